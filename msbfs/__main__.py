@@ -1,0 +1,5 @@
+import sys
+
+from msbfs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of ``msbfs``: one module each, see ``msbfs.cli``."""
