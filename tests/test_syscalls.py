@@ -35,17 +35,22 @@ def test_credentials_are_per_thread(tmp_path):
     dfd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     seen: dict[str, int] = {}
 
+    go = threading.Event()
+
     def other_thread() -> None:
+        go.wait()
         fd = os.open("other", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=dfd)
         seen["other"] = os.fstat(fd).st_uid
         os.close(fd)
 
+    # Started before the switch: a new thread would inherit the creator's credentials.
+    t = threading.Thread(target=other_thread)
+    t.start()
     with syscalls.credentials(1234, 4321, [4321]):
         fd = os.open("mine", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=dfd)
         st = os.fstat(fd)
         os.close(fd)
-        t = threading.Thread(target=other_thread)
-        t.start()
+        go.set()
         t.join()
     os.close(dfd)
     assert (st.st_uid, st.st_gid) == (1234, 4321)
