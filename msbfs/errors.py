@@ -29,6 +29,10 @@ class PathEscape(MsbfsError, PermissionError):
     whose resolution leaves it)."""
 
 
+class InvalidArgument(MsbfsError, ValueError):
+    """An argument that makes no sense (a disk volume without a size, a bad label...)."""
+
+
 class InvalidMountSpec(MsbfsError, ValueError):
     """A mount given on the command line or as JSON that does not parse or makes no sense."""
 
