@@ -1,0 +1,601 @@
+"""The FUSE protocol server: one request's bytes in, one reply's bytes out (sans-I/O).
+
+Rules of this module:
+
+* Every length is checked before a field is read. A request that is shorter than its
+  header says, shorter than its opcode's struct, or whose names are not NUL-terminated
+  gets an ``EINVAL`` reply; a header too short to carry a ``unique`` gets no reply at all
+  (there is nobody to address it to). Nothing a guest sends raises out of ``dispatch``.
+* Errors are the tree's: an ``OSError`` from the tree becomes ``-errno`` in
+  ``fuse_out_header.error``. Any other exception is a bug; it is logged and answered
+  with ``EIO`` so one bad request never takes the daemon down.
+* ``dispatch`` returns the reply bytes, ``None`` for requests without a reply (FORGET,
+  BATCH_FORGET, INTERRUPT), or a ``Deferred`` for requests that may block (SETLKW): the
+  caller runs ``Deferred.run()`` in a worker thread and sends what it returns.
+* ``reply_room`` (the bytes the transport can carry back, e.g. a chain's writable part)
+  caps READ, READDIR(PLUS), GETXATTR and LISTXATTR so a lying size never makes us build
+  a reply that cannot be delivered.
+* Before INIT every request but INIT is answered with ``EIO``; INIT after DESTROY starts
+  a new session (a guest may unmount and mount the same device again).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from msbfs.fuse import abi
+from msbfs.fuse.abi import Opcode
+from msbfs.tree.api import TreeOps
+from msbfs.tree.types import FATTR_FH, Attr, Ctx, Entry, Lock, Opened, SetAttr
+
+log = logging.getLogger(__name__)
+
+#: Largest WRITE/READ we announce: 256 pages = 1 MiB (FUSE_MAX_PAGES).
+MAX_PAGES = 256
+PAGE_SIZE = 4096
+MAX_WRITE = MAX_PAGES * PAGE_SIZE
+MAX_READAHEAD = MAX_WRITE
+HEADER = abi.fuse_out_header.size
+IN_HEADER = abi.fuse_in_header.size
+
+#: What we offer at INIT (intersected with what the kernel offers).
+BASE_FLAGS = (
+    abi.FUSE_ASYNC_READ | abi.FUSE_BIG_WRITES | abi.FUSE_ATOMIC_O_TRUNC
+    | abi.FUSE_EXPORT_SUPPORT | abi.FUSE_DONT_MASK | abi.FUSE_FLOCK_LOCKS
+    | abi.FUSE_POSIX_LOCKS | abi.FUSE_DO_READDIRPLUS | abi.FUSE_READDIRPLUS_AUTO
+    | abi.FUSE_ASYNC_DIO | abi.FUSE_PARALLEL_DIROPS | abi.FUSE_HANDLE_KILLPRIV_V2
+    | abi.FUSE_MAX_PAGES | abi.FUSE_SUBMOUNTS | abi.FUSE_INIT_EXT
+)
+
+
+class BadRequest(Exception):
+    """A request that does not parse: answered with EINVAL."""
+
+
+@dataclass
+class Deferred:
+    """A request that may block (SETLKW): run ``run()`` off the event loop, send its result."""
+
+    unique: int
+    opcode: int
+    run: Callable[[], bytes]
+
+
+def _ns(sec: int, nsec: int) -> int:
+    return sec * 1_000_000_000 + nsec
+
+
+def _split_timeout(t: float) -> tuple[int, int]:
+    if t <= 0:
+        return 0, 0
+    sec = int(t)
+    return sec, min(int((t - sec) * 1e9), 999_999_999)
+
+
+def encode_attr(a: Attr) -> bytes:
+    return abi.fuse_attr.pack(
+        a.ino & 0xFFFFFFFFFFFFFFFF, max(a.size, 0), max(a.blocks, 0),
+        (a.atime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
+        (a.mtime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
+        (a.ctime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
+        a.atime_ns % 1_000_000_000, a.mtime_ns % 1_000_000_000, a.ctime_ns % 1_000_000_000,
+        a.mode & 0xFFFFFFFF, a.nlink & 0xFFFFFFFF, a.uid & 0xFFFFFFFF, a.gid & 0xFFFFFFFF,
+        a.rdev & 0xFFFFFFFF, a.blksize & 0xFFFFFFFF,
+        abi.FUSE_ATTR_SUBMOUNT if a.submount else 0,
+    )
+
+
+def encode_entry(e: Entry) -> bytes:
+    es, ens = _split_timeout(e.entry_timeout)
+    as_, ans = _split_timeout(e.attr_timeout)
+    return abi.fuse_entry_out_head.pack(e.nodeid, e.generation, es, as_, ens, ans) + encode_attr(e.attr)
+
+
+def encode_attr_out(attr: Attr, timeout: float) -> bytes:
+    s, ns = _split_timeout(timeout)
+    return abi.fuse_attr_out_head.pack(s, ns) + encode_attr(attr)
+
+
+def encode_open(o: Opened) -> bytes:
+    return abi.fuse_open_out.pack(o.fh, o.open_flags)
+
+
+def out_header(unique: int, error: int, payload_len: int = 0) -> bytes:
+    return abi.fuse_out_header.pack(HEADER + payload_len, -error if error else 0, unique)
+
+
+def error_reply(unique: int, err: int) -> bytes:
+    return abi.fuse_out_header.pack(HEADER, -err, unique)
+
+
+def _reply(unique: int, *parts: bytes) -> bytes:
+    n = sum(len(p) for p in parts)
+    return abi.fuse_out_header.pack(HEADER + n, 0, unique) + b"".join(parts)
+
+
+class _Body:
+    """A cursor over a request's argument bytes; every take is bounds-checked."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def struct(self, s: Any) -> tuple[Any, ...]:
+        end = self.pos + s.size
+        if end > len(self.buf):
+            raise BadRequest(f"short {s.size}-byte argument")
+        v = s.unpack_from(self.buf, self.pos)
+        self.pos = end
+        return v
+
+    def name(self) -> bytes:
+        """A NUL-terminated string."""
+        rest = self.buf[self.pos:]
+        i = bytes(rest).find(b"\0")
+        if i < 0:
+            raise BadRequest("unterminated name")
+        self.pos += i + 1
+        return bytes(rest[:i])
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise BadRequest("short payload")
+        v = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return v
+
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+
+HandleHook = Callable[[int, int], None]
+
+
+class FuseSession:
+    """One FUSE session (INIT .. DESTROY) over a tree.
+
+    ``on_open(fh, flags)`` is called after OPEN/CREATE/TMPFILE succeed and ``on_release(fh)``
+    after RELEASE, so a transport can keep its own table of data handles (the C data path).
+    """
+
+    def __init__(self, tree: TreeOps, *, writeback: bool = False, posix_acl: bool = False,
+                 on_open: HandleHook | None = None,
+                 on_release: Callable[[int], None] | None = None) -> None:
+        self.tree = tree
+        self.writeback = writeback
+        self.posix_acl = posix_acl
+        self.on_open = on_open
+        self.on_release = on_release
+        self.initialized = False
+        self.minor = 0
+        self.flags = 0  # negotiated (both words)
+        self.max_write = MAX_WRITE
+        self.counts: dict[int, int] = {}
+        self._handlers: dict[int, Callable[[int, int, Ctx, _Body, int], bytes | Deferred | None]] = {
+            Opcode.LOOKUP: self._lookup, Opcode.FORGET: self._forget,
+            Opcode.GETATTR: self._getattr, Opcode.SETATTR: self._setattr,
+            Opcode.READLINK: self._readlink, Opcode.SYMLINK: self._symlink,
+            Opcode.MKNOD: self._mknod, Opcode.MKDIR: self._mkdir,
+            Opcode.UNLINK: self._unlink, Opcode.RMDIR: self._rmdir,
+            Opcode.RENAME: self._rename, Opcode.RENAME2: self._rename2,
+            Opcode.LINK: self._link, Opcode.OPEN: self._open, Opcode.READ: self._read,
+            Opcode.WRITE: self._write, Opcode.STATFS: self._statfs,
+            Opcode.RELEASE: self._release, Opcode.FSYNC: self._fsync,
+            Opcode.SETXATTR: self._setxattr, Opcode.GETXATTR: self._getxattr,
+            Opcode.LISTXATTR: self._listxattr, Opcode.REMOVEXATTR: self._removexattr,
+            Opcode.FLUSH: self._flush, Opcode.OPENDIR: self._opendir,
+            Opcode.READDIR: self._readdir, Opcode.READDIRPLUS: self._readdirplus,
+            Opcode.RELEASEDIR: self._releasedir, Opcode.FSYNCDIR: self._fsyncdir,
+            Opcode.GETLK: self._getlk, Opcode.SETLK: self._setlk, Opcode.SETLKW: self._setlkw,
+            Opcode.ACCESS: self._access, Opcode.CREATE: self._create,
+            Opcode.INTERRUPT: self._interrupt, Opcode.DESTROY: self._destroy,
+            Opcode.BATCH_FORGET: self._batch_forget, Opcode.FALLOCATE: self._fallocate,
+            Opcode.LSEEK: self._lseek, Opcode.COPY_FILE_RANGE: self._copy_file_range,
+            Opcode.SYNCFS: self._syncfs, Opcode.TMPFILE: self._tmpfile,
+        }
+
+    # ---- entry point ------------------------------------------------------------------
+    def dispatch(self, request: bytes | bytearray | memoryview,
+                 reply_room: int | None = None) -> bytes | Deferred | None:
+        """Answer one request. See the module docstring for the contract."""
+        buf = memoryview(request).cast("B") if not isinstance(request, memoryview) else request
+        if buf.ndim != 1 or buf.itemsize != 1:
+            buf = buf.cast("B")
+        if len(buf) < IN_HEADER:
+            if len(buf) >= 16:  # enough for a unique: say what was wrong
+                unique = int.from_bytes(buf[8:16], "little")
+                return error_reply(unique, errno.EINVAL)
+            return None
+        length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = abi.fuse_in_header.unpack_from(buf)
+        room = (1 << 32) if reply_room is None else reply_room
+        if length != len(buf) or length < IN_HEADER + extlen * 8:
+            return error_reply(unique, errno.EINVAL)
+        self.counts[opcode] = self.counts.get(opcode, 0) + 1
+        # Extensions (security context, supplementary groups) trail the arguments; we
+        # negotiate none of them, so they are cut off and ignored.
+        body = _Body(buf[IN_HEADER:length - extlen * 8])
+        if opcode == Opcode.INIT:
+            try:
+                return self._init(unique, body)
+            except BadRequest:
+                return error_reply(unique, errno.EINVAL)
+        if not self.initialized:
+            return error_reply(unique, errno.EIO)
+        handler = self._handlers.get(opcode)
+        if handler is None:
+            return error_reply(unique, errno.ENOSYS)
+        ctx = Ctx(uid, gid, pid)
+        try:
+            return handler(unique, nodeid, ctx, body, room)
+        except BadRequest as e:
+            log.debug("bad %s request: %s", opcode, e)
+            return error_reply(unique, errno.EINVAL)
+        except OSError as e:
+            if opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
+                return None
+            return error_reply(unique, e.errno if e.errno and 0 < e.errno < 4096 else errno.EIO)
+        except Exception:
+            log.exception("internal error serving opcode %d", opcode)
+            if opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
+                return None
+            return error_reply(unique, errno.EIO)
+
+    # ---- session ----------------------------------------------------------------------
+    def _init(self, unique: int, body: _Body) -> bytes:
+        if body.remaining() < abi.FUSE_INIT_IN_COMPAT_SIZE:
+            raise BadRequest("short init")
+        if body.remaining() >= abi.fuse_init_in.size:
+            major, minor, max_readahead, flags, flags2 = body.struct(abi.fuse_init_in)
+        else:
+            major, minor, max_readahead, flags = body.struct(abi.fuse_init_in_compat)
+            flags2 = 0
+        if major > abi.FUSE_KERNEL_VERSION:
+            # Tell a newer kernel our major; it will send INIT again with ours.
+            return _reply(unique, abi.fuse_init_out_compat.pack(abi.FUSE_KERNEL_VERSION,
+                                                                abi.FUSE_KERNEL_MINOR_VERSION))
+        if major < abi.FUSE_KERNEL_VERSION or minor < abi.FUSE_MIN_KERNEL_MINOR:
+            log.error("kernel speaks FUSE %d.%d, we need 7.%d or later", major, minor,
+                      abi.FUSE_MIN_KERNEL_MINOR)
+            return error_reply(unique, errno.EPROTO)
+        kernel = flags | ((flags2 << 32) if flags & abi.FUSE_INIT_EXT else 0)
+        want = BASE_FLAGS
+        if self.writeback:
+            want |= abi.FUSE_WRITEBACK_CACHE
+        if self.posix_acl:
+            want |= abi.FUSE_POSIX_ACL | abi.FUSE_SETXATTR_EXT
+        neg = kernel & want
+        self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
+        self.flags = neg
+        self.max_write = MAX_WRITE
+        self.initialized = True
+        out = abi.fuse_init_out.pack(
+            abi.FUSE_KERNEL_VERSION, self.minor, min(max_readahead, MAX_READAHEAD),
+            neg & 0xFFFFFFFF, 64, 48, self.max_write, 1, MAX_PAGES, 0,
+            (neg >> 32) & 0xFFFFFFFF,
+        )
+        return _reply(unique, out)
+
+    def _destroy(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        self.initialized = False
+        self.tree.destroy()
+        return _reply(unique)
+
+    def _interrupt(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> None:
+        # Every request but SETLKW is answered inline, so there is nothing to interrupt.
+        return None
+
+    # ---- inodes -----------------------------------------------------------------------
+    def _lookup(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        name = body.name()
+        return _reply(unique, encode_entry(self.tree.lookup(nodeid, name, ctx)))
+
+    def _forget(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> None:
+        (n,) = body.struct(abi.fuse_forget_in)
+        self.tree.forget(nodeid, n)
+        return None
+
+    def _batch_forget(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> None:
+        (count,) = body.struct(abi.fuse_batch_forget_in)
+        if count * abi.fuse_forget_one.size > body.remaining():
+            raise BadRequest("batch forget count exceeds message")
+        items = [body.struct(abi.fuse_forget_one) for _ in range(count)]
+        self.tree.batch_forget(items)  # type: ignore[arg-type]
+        return None
+
+    def _getattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        flags, fh = body.struct(abi.fuse_getattr_in)
+        attr, t = self.tree.getattr(nodeid, fh if flags & abi.FUSE_GETATTR_FH else None, ctx)
+        return _reply(unique, encode_attr_out(attr, t))
+
+    def _setattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        (valid, fh, size, lock_owner, atime, mtime, ctime, atimensec, mtimensec, ctimensec,
+         mode, uid, gid) = body.struct(abi.fuse_setattr_in)
+        sa = SetAttr(valid=valid, fh=fh if valid & FATTR_FH else None, size=size,
+                     atime_ns=_ns(atime, atimensec), mtime_ns=_ns(mtime, mtimensec),
+                     ctime_ns=_ns(ctime, ctimensec), mode=mode, uid=uid, gid=gid,
+                     lock_owner=lock_owner)
+        attr, t = self.tree.setattr(nodeid, sa, ctx)
+        return _reply(unique, encode_attr_out(attr, t))
+
+    def _readlink(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        target = self.tree.readlink(nodeid, ctx)
+        if len(target) > room - HEADER:
+            raise OSError(errno.ENAMETOOLONG, "link target does not fit")
+        return _reply(unique, target)
+
+    # ---- namespace ----------------------------------------------------------------------
+    def _symlink(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        name = body.name()
+        target = body.name()
+        return _reply(unique, encode_entry(self.tree.symlink(nodeid, name, target, ctx)))
+
+    def _mknod(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        mode, rdev, umask, _ = body.struct(abi.fuse_mknod_in)
+        name = body.name()
+        return _reply(unique, encode_entry(self.tree.mknod(nodeid, name, mode, rdev, umask, ctx)))
+
+    def _mkdir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        mode, umask = body.struct(abi.fuse_mkdir_in)
+        name = body.name()
+        return _reply(unique, encode_entry(self.tree.mkdir(nodeid, name, mode, umask, ctx)))
+
+    def _unlink(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        self.tree.unlink(nodeid, body.name(), ctx)
+        return _reply(unique)
+
+    def _rmdir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        self.tree.rmdir(nodeid, body.name(), ctx)
+        return _reply(unique)
+
+    def _rename(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        (newdir,) = body.struct(abi.fuse_rename_in)
+        old = body.name()
+        new = body.name()
+        self.tree.rename(nodeid, old, newdir, new, 0, ctx)
+        return _reply(unique)
+
+    def _rename2(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        newdir, flags = body.struct(abi.fuse_rename2_in)
+        old = body.name()
+        new = body.name()
+        self.tree.rename(nodeid, old, newdir, new, flags, ctx)
+        return _reply(unique)
+
+    def _link(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        (old,) = body.struct(abi.fuse_link_in)
+        name = body.name()
+        return _reply(unique, encode_entry(self.tree.link(old, nodeid, name, ctx)))
+
+    # ---- files ----------------------------------------------------------------------------
+    def _open_flags(self, flags: int) -> int:
+        if self.flags & abi.FUSE_WRITEBACK_CACHE:
+            # With writeback caching the kernel reads pages of write-only files and does
+            # O_APPEND itself: the host file must be readable and not append-only.
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+            flags &= ~os.O_APPEND
+        return flags
+
+    def _opened(self, o: Opened, flags: int) -> None:
+        if self.on_open is not None:
+            self.on_open(o.fh, flags)
+
+    def _open(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        flags, _open_flags = body.struct(abi.fuse_open_in)
+        flags = self._open_flags(flags)
+        o = self.tree.open(nodeid, flags, ctx)
+        self._opened(o, flags)
+        return _reply(unique, encode_open(o))
+
+    def _create(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        flags, mode, umask, _open_flags = body.struct(abi.fuse_create_in)
+        name = body.name()
+        flags = self._open_flags(flags)
+        entry, o = self.tree.create(nodeid, name, mode, flags, umask, ctx)
+        self._opened(o, flags)
+        return _reply(unique, encode_entry(entry), encode_open(o))
+
+    def _tmpfile(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        flags, mode, umask, _open_flags = body.struct(abi.fuse_create_in)
+        flags = self._open_flags(flags)
+        entry, o = self.tree.tmpfile(nodeid, mode, flags, umask, ctx)
+        self._opened(o, flags)
+        return _reply(unique, encode_entry(entry), encode_open(o))
+
+    def _read(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, offset, size, _rf, _lo, _flags = body.struct(abi.fuse_read_in)
+        size = max(0, min(size, self.max_write, room - HEADER))
+        if offset >= 1 << 63:
+            raise OSError(errno.EINVAL, "offset")
+        return _reply(unique, self.tree.read(fh, offset, size))
+
+    def _write(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, offset, size, write_flags, _lo, _flags = body.struct(abi.fuse_write_in)
+        if size != body.remaining():
+            raise BadRequest("write size differs from payload")
+        if offset >= 1 << 63:
+            raise OSError(errno.EINVAL, "offset")
+        data = body.take(size)
+        n = self.tree.write(fh, offset, data, ctx,
+                            kill_suidgid=bool(write_flags & abi.FUSE_WRITE_KILL_SUIDGID))
+        return _reply(unique, abi.fuse_write_out.pack(n))
+
+    def _statfs(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        s = self.tree.statfs(nodeid)
+        return _reply(unique, abi.fuse_kstatfs.pack(s.blocks, s.bfree, s.bavail, s.files,
+                                                     s.ffree, s.bsize, s.namelen, s.frsize))
+
+    def _release(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, flags, release_flags, lock_owner = body.struct(abi.fuse_release_in)
+        if self.on_release is not None:
+            self.on_release(fh)
+        self.tree.release(fh, flags, lock_owner,
+                          bool(release_flags & abi.FUSE_RELEASE_FLOCK_UNLOCK))
+        return _reply(unique)
+
+    def _fsync(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, fsync_flags = body.struct(abi.fuse_fsync_in)
+        self.tree.fsync(fh, bool(fsync_flags & abi.FUSE_FSYNC_FDATASYNC))
+        return _reply(unique)
+
+    def _flush(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, lock_owner = body.struct(abi.fuse_flush_in)
+        self.tree.flush(fh, lock_owner)
+        return _reply(unique)
+
+    def _fallocate(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, offset, length, mode = body.struct(abi.fuse_fallocate_in)
+        if offset >= 1 << 63 or length >= 1 << 63:
+            raise OSError(errno.EINVAL, "range")
+        self.tree.fallocate(fh, mode, offset, length)
+        return _reply(unique)
+
+    def _lseek(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, offset, whence = body.struct(abi.fuse_lseek_in)
+        if offset >= 1 << 63:
+            raise OSError(errno.EINVAL, "offset")
+        return _reply(unique, abi.fuse_lseek_out.pack(self.tree.lseek(fh, offset, whence)))
+
+    def _copy_file_range(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh_in, off_in, _nodeid_out, fh_out, off_out, length, flags = body.struct(abi.fuse_copy_file_range_in)
+        if off_in >= 1 << 63 or off_out >= 1 << 63:
+            raise OSError(errno.EINVAL, "offset")
+        n = self.tree.copy_file_range(fh_in, off_in, fh_out, off_out, min(length, 1 << 30), flags)
+        return _reply(unique, abi.fuse_write_out.pack(n & 0xFFFFFFFF))
+
+    # ---- locks ------------------------------------------------------------------------------
+    def _lk(self, body: _Body) -> tuple[int, int, Lock, bool]:
+        fh, owner, start, end, typ, pid, lk_flags = body.struct(abi.fuse_lk_in)
+        return fh, owner, Lock(start, end, typ, pid), bool(lk_flags & abi.FUSE_LK_FLOCK)
+
+    def _getlk(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, owner, lock, _ = self._lk(body)
+        got = self.tree.getlk(fh, owner, lock)
+        return _reply(unique, abi.fuse_file_lock.pack(got.start, got.end, got.type, got.pid))
+
+    def _setlk(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, owner, lock, is_flock = self._lk(body)
+        self.tree.setlk(fh, owner, lock, is_flock=is_flock)
+        return _reply(unique)
+
+    def _setlkw(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> Deferred:
+        fh, owner, lock, is_flock = self._lk(body)
+        tree = self.tree
+
+        def run() -> bytes:
+            try:
+                tree.setlkw(fh, owner, lock, is_flock=is_flock)
+            except OSError as e:
+                return error_reply(unique, e.errno or errno.EIO)
+            except Exception:
+                log.exception("internal error in SETLKW")
+                return error_reply(unique, errno.EIO)
+            return _reply(unique)
+
+        return Deferred(unique, Opcode.SETLKW, run)
+
+    # ---- directories --------------------------------------------------------------------------
+    def _opendir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        flags, _ = body.struct(abi.fuse_open_in)
+        return _reply(unique, encode_open(self.tree.opendir(nodeid, flags, ctx)))
+
+    def _releasedir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, _flags, _rf, _lo = body.struct(abi.fuse_release_in)
+        self.tree.releasedir(fh)
+        return _reply(unique)
+
+    def _fsyncdir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, fsync_flags = body.struct(abi.fuse_fsync_in)
+        self.tree.fsyncdir(fh, bool(fsync_flags & abi.FUSE_FSYNC_FDATASYNC))
+        return _reply(unique)
+
+    def _readdir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, offset, size, _rf, _lo, _flags = body.struct(abi.fuse_read_in)
+        size = max(0, min(size, room - HEADER, MAX_WRITE))
+        parts: list[bytes] = []
+        used = 0
+        for d in self.tree.readdir(fh, offset):
+            rec = abi.dirent_size(len(d.name))
+            if used + rec > size:
+                break
+            raw = abi.fuse_dirent_head.pack(d.ino, d.off, len(d.name), d.type) + d.name
+            parts.append(raw + b"\0" * (rec - len(raw)))
+            used += rec
+        return _reply(unique, *parts)
+
+    def _readdirplus(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        fh, offset, size, _rf, _lo, _flags = body.struct(abi.fuse_read_in)
+        size = max(0, min(size, room - HEADER, MAX_WRITE))
+        parts: list[bytes] = []
+        used = 0
+        for d in self.tree.readdir(fh, offset):
+            rec = abi.dirent_size(len(d.name), plus=True)
+            if used + rec > size:
+                break  # checked before the lookup, so no lookup is counted for it
+            if d.name in (b".", b".."):
+                # No attributes (nodeid 0): the kernel makes no dentry from it.
+                eout = abi.fuse_entry_out_head.pack(0, 0, 0, 0, 0, 0) + abi.fuse_attr.pack(
+                    d.ino, 0, 0, 0, 0, 0, 0, 0, 0, d.type << 12, 0, 0, 0, 0, 0, 0)
+            else:
+                try:
+                    eout = encode_entry(self.tree.lookup(nodeid, d.name, ctx))
+                except OSError:
+                    continue  # vanished since the listing: skip it
+            raw = eout + abi.fuse_dirent_head.pack(d.ino, d.off, len(d.name), d.type) + d.name
+            parts.append(raw + b"\0" * (rec - len(raw)))
+            used += rec
+        return _reply(unique, *parts)
+
+    # ---- whole filesystem -------------------------------------------------------------------------
+    def _access(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        (mask,) = body.struct(abi.fuse_access_in)
+        self.tree.access(nodeid, mask, ctx)
+        return _reply(unique)
+
+    def _syncfs(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        body.struct(abi.fuse_syncfs_in)
+        self.tree.syncfs()
+        return _reply(unique)
+
+    # ---- xattrs ---------------------------------------------------------------------------------
+    def _setxattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        if self.flags & abi.FUSE_SETXATTR_EXT:
+            size, flags, _sxf, _ = body.struct(abi.fuse_setxattr_in)
+        else:
+            size, flags = body.struct(abi.fuse_setxattr_in_compat)
+        name = body.name()
+        if size != body.remaining():
+            raise BadRequest("xattr size differs from payload")
+        value = bytes(body.take(size))
+        self.tree.setxattr(nodeid, name, value, flags, ctx)
+        return _reply(unique)
+
+    def _getxattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        (size,) = body.struct(abi.fuse_getxattr_in)
+        name = body.name()
+        value = self.tree.getxattr(nodeid, name, size, ctx)
+        if size == 0:
+            return _reply(unique, abi.fuse_getxattr_out.pack(len(value)))
+        if len(value) > size or len(value) > room - HEADER:
+            raise OSError(errno.ERANGE, "xattr value larger than buffer")
+        return _reply(unique, value)
+
+    def _listxattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        (size,) = body.struct(abi.fuse_getxattr_in)
+        data = b"".join(n + b"\0" for n in self.tree.listxattr(nodeid, ctx))
+        if size == 0:
+            return _reply(unique, abi.fuse_getxattr_out.pack(len(data)))
+        if len(data) > size or len(data) > room - HEADER:
+            raise OSError(errno.ERANGE, "xattr list larger than buffer")
+        return _reply(unique, data)
+
+    def _removexattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        self.tree.removexattr(nodeid, body.name(), ctx)
+        return _reply(unique)
