@@ -1,0 +1,57 @@
+/* The virtio-fs hot path: FUSE_READ and FUSE_WRITE on open handles served in C,
+ * straight between a host fd and the guest memory of a descriptor chain
+ * (preadv/pwritev on the chain's iovecs: no Python objects, no copies).
+ *
+ * Python (msbfs/virtiofs.py) keeps a handle table in step with the FUSE session:
+ * after OPEN/CREATE/TMPFILE it stores the tree's data fd for that fh (per direction,
+ * as Tree.data_fd allows), and before RELEASE/DESTROY it removes it. msb_fs_serve pops
+ * chains; a request it can answer on its own (well-formed READ/WRITE, fh in the table
+ * for that direction, every length consistent) is answered and pushed here; every other
+ * chain is handed back to Python untouched, in order, to go through the FUSE codec.
+ * So C never has to know an error rule: anything unusual takes the slow path, which
+ * checks everything and answers with the right errno.
+ *
+ * The table does not own the fds (the tree does). Single-threaded: a table and a queue
+ * are used by one thread at a time. */
+#ifndef MSBFS_FUSE_DATAPATH_H
+#define MSBFS_FUSE_DATAPATH_H
+
+#include <stdint.h>
+#include "virtq.h"
+
+#define MSB_FS_READ 1   /* the fd may serve FUSE_READ */
+#define MSB_FS_WRITE 2  /* the fd may serve FUSE_WRITE */
+
+struct msb_fs_slot { uint64_t fh; int32_t rfd, wfd; uint8_t used; };
+
+struct msb_fs_table {
+    uint32_t cap;              /* power of two */
+    uint32_t count;            /* live entries */
+    uint32_t tombs;            /* deleted slots still in probe chains */
+    struct msb_fs_slot *slots; /* open addressing, linear probing */
+};
+
+struct msb_fs_stats {
+    uint64_t reads, writes, read_bytes, write_bytes, slow, errors;
+};
+
+struct msb_fs_table *msb_fs_table_new(void);
+void msb_fs_table_free(struct msb_fs_table *t);
+/* Set the fd of `fh` for READ and/or WRITE (`dirs` is MSB_FS_READ|MSB_FS_WRITE).
+ * 0 or -ENOMEM. */
+int msb_fs_table_set(struct msb_fs_table *t, uint64_t fh, int fd, int dirs);
+/* Forget `fh` (both directions). 1 if it was there, else 0. */
+int msb_fs_table_del(struct msb_fs_table *t, uint64_t fh);
+void msb_fs_table_clear(struct msb_fs_table *t);
+/* The fd of `fh` for one direction, or -1. */
+int msb_fs_table_get(const struct msb_fs_table *t, uint64_t fh, int dir);
+
+/* Pop up to `budget` chains from `vq`; serve the fast ones (pushed, not notified),
+ * store the rest in slow[0..n) for Python. Stops early when `max_slow` slow chains are
+ * held or the queue is empty. Returns n >= 0, or -errno if the queue broke (a broken
+ * queue takes no more pushes, so the slow chains of this call are dropped with it).
+ * Counts into `st`. */
+int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
+                 int max_slow, int budget, struct msb_fs_stats *st);
+
+#endif
