@@ -2,4 +2,38 @@
 
 from __future__ import annotations
 
+from msbfs.mounts import Mount, MountKind, MountOptions, ResolvedMount, resolve
+from msbfs.volumefs import VolumeFs
+from msbfs.volumes import (
+    Volume,
+    VolumeHandle,
+    VolumeLock,
+    create_volume,
+    get_volume,
+    hold_volume,
+    list_volumes,
+    remove_volume,
+    update_labels,
+    volume_in_use,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Mount",
+    "MountKind",
+    "MountOptions",
+    "ResolvedMount",
+    "Volume",
+    "VolumeFs",
+    "VolumeHandle",
+    "VolumeLock",
+    "create_volume",
+    "get_volume",
+    "hold_volume",
+    "list_volumes",
+    "remove_volume",
+    "resolve",
+    "update_labels",
+    "volume_in_use",
+]

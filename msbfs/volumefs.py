@@ -1,0 +1,355 @@
+"""``VolumeFs``: host-side file operations on a named volume, contained to its root.
+
+Every path is relative to the volume root and resolved by the kernel with
+``openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`` from an fd of the root, never by
+string checks: ``..`` above the root, absolute paths and symlinks that lead out fail
+with ``PathEscape`` even when another thread swaps a symlink in mid-operation. Ops with
+no ``openat2`` form (mkdir, unlink, rmdir) resolve the parent that way and then act on
+the last component with the ``*at`` call, which never follows a symlink there.
+
+``ContainedRoot`` holds all of that; ``VolumeFs`` is the public face over it. When the
+tree (``msbfs/tree``) grows its own resolution and quota code, ``ContainedRoot`` is
+what gets swapped for it.
+
+A disk volume's files live inside its ext4 image: ``DiskVolumeFs`` mounts the image
+with fuse2fs on a private directory (per ``with`` block, or per call outside one) while
+holding the volume's serving lock EXCLUSIVELY, so it refuses with ``VolumeInUse`` while
+a sandbox or host mount uses the disk (ext4 mounted twice is corruption).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat as stat_mod
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from msbfs import diskimage, locks
+from msbfs.errors import InvalidArgument, PathEscape
+from msbfs.syscalls import RESOLVE_CONTAINED, openat2
+
+if TYPE_CHECKING:
+    from msbfs.volumes import VolumeHandle
+
+StrPath = str | os.PathLike[str]
+
+_BLOCK = 4096
+
+
+def _rel(path: StrPath) -> str:
+    """The relative path as given; absolute paths are refused before any syscall."""
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        raise InvalidArgument(f"path must be str, not {type(p).__name__}")
+    if p.startswith("/"):
+        raise PathEscape(f"{p!r}: absolute paths are not allowed (paths are relative to "
+                         f"the volume root)")
+    if "\0" in p:
+        raise InvalidArgument(f"{p!r}: path contains a NUL byte")
+    return p or "."
+
+
+@contextlib.contextmanager
+def _escapes_as(path: str) -> Iterator[None]:
+    """EXDEV is how openat2 says "resolution tried to leave the root"."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            raise PathEscape(f"{path!r} escapes the volume root") from None
+        raise
+
+
+def usage_bytes(root: str | Path) -> int:
+    """Blocks in use below ``root`` (st_blocks * 512), counting each inode once, never
+    following symlinks and never crossing into another filesystem."""
+    top = os.lstat(root)
+    seen: set[int] = {top.st_ino}
+    total = top.st_blocks * 512
+    for _dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+        keep = []
+        for name in dirnames:
+            try:
+                st = os.lstat(name, dir_fd=dirfd)
+            except FileNotFoundError:
+                continue
+            if st.st_dev != top.st_dev:
+                continue
+            keep.append(name)
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
+        dirnames[:] = keep
+        for name in filenames:
+            try:
+                st = os.lstat(name, dir_fd=dirfd)
+            except FileNotFoundError:
+                continue
+            if st.st_dev == top.st_dev and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
+    return total
+
+
+class ContainedRoot:
+    """Path operations beneath one directory, through an ``O_PATH`` fd of it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.path = str(root)
+        self.fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._finalizer = weakref.finalize(self, os.close, self.fd)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def open(self, path: str, flags: int, mode: int = 0) -> int:
+        """An fd for ``path`` resolved beneath the root (symlinks followed while they
+        stay inside, unless ``flags`` has O_NOFOLLOW)."""
+        with _escapes_as(path):
+            return openat2(self.fd, path, flags, mode, RESOLVE_CONTAINED)
+
+    @contextlib.contextmanager
+    def parent(self, path: str) -> Iterator[tuple[int, str]]:
+        """``(fd of the containing directory, last component)``, for the ``*at`` calls.
+        The last component is never ``.`` or ``..`` (callers handle those first)."""
+        head, _, name = path.rstrip("/").rpartition("/")
+        fd = self.open(head or ".", os.O_PATH | os.O_DIRECTORY)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+
+def _last_is_dot(path: str) -> bool:
+    return path.rstrip("/").rpartition("/")[2] in ("", ".", "..")
+
+
+class VolumeFs:
+    """File operations on a volume's contents. Use as a context manager to keep the
+    root fd (and, for disk volumes, the fuse2fs mount) across calls; outside ``with``
+    every call sets up what it needs itself."""
+
+    def __init__(self, root: str | Path, *, quota_bytes: int | None = None) -> None:
+        self._root_path = str(root)
+        self._quota_bytes = quota_bytes
+        self._held: ContainedRoot | None = None
+        self._depth = 0
+
+    # ---- life cycle ------------------------------------------------------------------
+    @property
+    def root(self) -> str:
+        """The absolute host path of the volume's data directory."""
+        return self._root_path
+
+    def __enter__(self) -> VolumeFs:
+        if self._depth == 0:
+            self._held = self._open_root()
+        self._depth += 1
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._close_root()
+
+    def close(self) -> None:
+        self._depth = 0
+        self._close_root()
+
+    def _open_root(self) -> ContainedRoot:
+        return ContainedRoot(self._root_path)
+
+    def _close_root(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
+
+    @contextlib.contextmanager
+    def _tree(self) -> Iterator[ContainedRoot]:
+        if self._held is not None:
+            yield self._held
+            return
+        with self:
+            assert self._held is not None
+            yield self._held
+
+    # ---- reading -----------------------------------------------------------------------
+    def read(self, path: StrPath) -> bytes:
+        p = _rel(path)
+        with self._tree() as t:
+            fd = t.open(p, os.O_RDONLY)
+            with os.fdopen(fd, "rb") as f:
+                return f.read()
+
+    def read_text(self, path: StrPath, encoding: str = "utf-8") -> str:
+        return self.read(path).decode(encoding)
+
+    def exists(self, path: StrPath) -> bool:
+        """Whether something exists there (a dangling symlink does not count). Paths
+        that escape still raise ``PathEscape``: that is an error, not an answer."""
+        p = _rel(path)
+        with self._tree() as t:
+            try:
+                os.close(t.open(p, os.O_PATH))
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            return True
+
+    def stat(self, path: StrPath, *, follow_symlinks: bool = True) -> os.stat_result:
+        p = _rel(path)
+        flags = os.O_PATH if follow_symlinks else os.O_PATH | os.O_NOFOLLOW
+        with self._tree() as t:
+            fd = t.open(p, flags)
+            try:
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
+
+    def listdir(self, path: StrPath = ".") -> list[str]:
+        """Names in a directory, sorted."""
+        p = _rel(path)
+        with self._tree() as t:
+            fd = t.open(p, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                return sorted(os.listdir(fd))
+            finally:
+                os.close(fd)
+
+    # ---- writing -----------------------------------------------------------------------
+    def write(self, path: StrPath, data: bytes | bytearray | memoryview) -> None:
+        """Create or truncate the file and write ``data`` (new files get mode 0o644)."""
+        p = _rel(path)
+        view = memoryview(data).cast("B")
+        with self._tree() as t:
+            if self._quota_bytes is not None:
+                self._check_quota(t, p, len(view))
+            # One openat2 for the whole path: the kernel resolves and creates atomically
+            # beneath the root, so no swapped-in symlink can redirect the create.
+            fd = t.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            finally:
+                os.close(fd)
+
+    def write_text(self, path: StrPath, text: str, encoding: str = "utf-8") -> None:
+        self.write(path, text.encode(encoding))
+
+    def _check_quota(self, t: ContainedRoot, p: str, size: int) -> None:
+        assert self._quota_bytes is not None
+        try:
+            fd = t.open(p, os.O_PATH)
+            try:
+                old = os.fstat(fd).st_blocks * 512
+            finally:
+                os.close(fd)
+        except (FileNotFoundError, NotADirectoryError):
+            old = 0
+        new = -(-size // _BLOCK) * _BLOCK
+        if usage_bytes(t.path) - old + new > self._quota_bytes:
+            raise OSError(errno.ENOSPC, "volume quota exceeded", p)
+
+    def mkdir(self, path: StrPath) -> None:
+        """Create a directory and any missing parents (mode 0o755); fine if it exists."""
+        p = _rel(path)
+        parts = [c for c in p.split("/") if c]
+        with self._tree() as t:
+            for i, name in enumerate(parts):
+                prefix = "/".join(parts[:i + 1])
+                if name not in (".", ".."):
+                    with t.parent(prefix) as (dirfd, _):
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(name, 0o755, dir_fd=dirfd)
+                # What is there now must be a directory inside the root (it may be a
+                # symlink to one inside; one leading out is an escape).
+                os.close(t.open(prefix, os.O_PATH | os.O_DIRECTORY))
+
+    def remove(self, path: StrPath) -> None:
+        """Remove a file, symlink or empty directory (a symlink itself, not its target)."""
+        p = _rel(path)
+        with self._tree() as t:
+            if _last_is_dot(p):
+                os.close(t.open(p, os.O_PATH))  # escapes still say so
+                raise OSError(errno.EBUSY if p.strip("/.") == "" else errno.EINVAL,
+                              "cannot remove '.' or '..'", p)
+            with t.parent(p) as (dirfd, name):
+                st = os.lstat(name, dir_fd=dirfd)
+                if stat_mod.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=dirfd)
+                else:
+                    os.unlink(name, dir_fd=dirfd)
+
+    def remove_all(self, path: StrPath) -> None:
+        """Remove a path and everything below it; nothing there is not an error. Never
+        follows a symlink, so a link to a directory elsewhere loses only the link."""
+        p = _rel(path)
+        with self._tree() as t:
+            if _last_is_dot(p):
+                os.close(t.open(p, os.O_PATH))
+                raise InvalidArgument(f"{p!r}: cannot remove the volume root or '.'/'..'; "
+                                      f"remove the volume instead")
+            try:
+                parent = contextlib.ExitStack()
+                dirfd, name = parent.enter_context(t.parent(p))
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            with parent:
+                _remove_tree_at(dirfd, name)
+
+
+def _remove_tree_at(dirfd: int, name: str) -> None:
+    try:
+        st = os.lstat(name, dir_fd=dirfd)
+    except FileNotFoundError:
+        return
+    if not stat_mod.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dirfd)
+        return
+    # O_NOFOLLOW: if a symlink was swapped in since the lstat, this fails (ELOOP or
+    # ENOTDIR) instead of descending into wherever it points.
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 dir_fd=dirfd)
+    try:
+        for child in os.listdir(fd):
+            _remove_tree_at(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dirfd)
+
+
+class DiskVolumeFs(VolumeFs):
+    """``VolumeFs`` over the ext4 inside a disk volume's image, through fuse2fs."""
+
+    def __init__(self, volume: VolumeHandle,
+                 lock: Callable[[], locks.VolumeLock] | None = None) -> None:
+        super().__init__(volume.path)
+        self._volume = volume
+        self._lock = lock or (lambda: locks.acquire(volume.name, exclusive=True))
+        self._stack: contextlib.ExitStack | None = None
+
+    def _open_root(self) -> ContainedRoot:
+        assert self._volume.image_path is not None
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(self._lock())
+            mnt = stack.enter_context(diskimage.fuse2fs_mounted(Path(self._volume.image_path)))
+            tree = ContainedRoot(mnt)
+            stack.callback(tree.close)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return tree
+
+    def _close_root(self) -> None:
+        self._held = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
