@@ -1,0 +1,99 @@
+"""The virtio-fs daemons a guest needs: one per served tree, each handed a vhost-user
+listening socket we bound ourselves (``--fd``), so QEMU can connect the moment it starts
+and no one waits for a socket file to appear.
+
+Which daemon runs is a ``DaemonCommand``: ``msbfs_serve`` (ours, policy server-side) or
+``virtiofsd`` (Debian's C reference, for side-by-side tests and timing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+
+
+@dataclass(frozen=True)
+class ServedTree:
+    """One tree served to the guest and the policy its daemon enforces."""
+
+    tag: str
+    guest_path: str
+    shared_dir: Path | None = None
+    volume: str | None = None
+    readonly: bool = False
+    noexec: bool = False
+    nosuid: bool = False
+    nodev: bool = False
+    quota_mib: int | None = None
+
+    def describe(self) -> str:
+        src = f"volume {self.volume}" if self.volume else str(self.shared_dir)
+        return f"{self.guest_path} ({src})"
+
+
+DaemonCommand = Callable[[ServedTree, int], list[str]]
+
+
+def msbfs_serve(tree: ServedTree, fd: int) -> list[str]:
+    argv = [sys.executable, "-m", "msbfs", "serve", f"--fd={fd}", f"--tag={tree.tag}"]
+    if tree.volume:
+        argv.append(f"--volume={tree.volume}")
+    else:
+        argv.append(f"--shared-dir={tree.shared_dir}")
+    for flag in ("readonly", "noexec", "nosuid", "nodev"):
+        if getattr(tree, flag):
+            argv.append(f"--{flag}")
+    if tree.quota_mib is not None:
+        argv.append(f"--quota={tree.quota_mib}")
+    return argv
+
+
+def virtiofsd(tree: ServedTree, fd: int) -> list[str]:
+    """Debian's C virtiofsd. It knows no policy and no volumes: a named volume's directory
+    must be given as ``shared_dir``."""
+    if tree.shared_dir is None:
+        raise ValueError("virtiofsd serves directories only")
+    return [VIRTIOFSD, f"--fd={fd}", "-o", f"source={tree.shared_dir}", "-o", "cache=auto",
+            "-o", "sandbox=chroot"]
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: if the launcher is killed outright, its children follow it.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(argv: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start a helper in its own session (a terminal's Ctrl-C reaches only us, and we stop
+    the helpers in order) that dies with us."""
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                pass_fds=pass_fds, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+
+
+def listen_unix(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(1)
+    os.set_inheritable(sock.fileno(), True)
+    return sock
+
+
+def stop(proc: subprocess.Popen, grace: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaped."""
+    if proc.poll() is None:
+        try:
+            proc.terminate()
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
