@@ -36,10 +36,10 @@ venv: deps $(VENV)/.installed
 guest: venv
 	@$(PY) -m tools.guest build --quiet
 
-demo: venv
+demo: venv guest
 	@$(PY) -m tools.demo
 
-test: venv
+test: venv guest
 	@$(PY) -m pytest -q
 
 lint: venv
