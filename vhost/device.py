@@ -1,0 +1,73 @@
+"""The device interface: what a vhost-user device (virtio-fs, an echo device, a block
+device...) implements on top of the generic backend in ``vhost.backend``.
+
+The backend owns the protocol, memory and rings; a device only states its features,
+config space and queue count, and serves a queue when it is kicked:
+
+    class Echo(VhostUserDevice):
+        num_queues = 1
+        async def handle_kick(self, index, vq):
+            while chains := vq.pop(64):
+                for c in chains:
+                    vq.write_reply(c, vq.readable_bytes(c))
+                vq.push_many([(c.head, min(c.out_len, c.in_len)) for c in chains])
+                vq.notify()
+
+Rules for ``handle_kick``: pop until ``pop()`` returns fewer than asked (the backend
+calls again only on the next kick); push every popped chain once; call ``notify()``
+after pushing. Chains stay valid while the handler runs (guest memory is pinned); a
+device that keeps chains beyond its handler must hold ``backend.memory.pinned()``.
+``vq.pop`` raises ``QueueBroken`` when the guest broke the ring: let it propagate
+(the backend stops serving that queue) or catch it and return.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vhost.virtqueue import Virtqueue
+
+
+class ConfigError(Exception):
+    """Raised by get_config/set_config for an access the device refuses."""
+
+
+class VhostUserDevice:
+    """Subclass and override. Defaults: no config space, no extra features."""
+
+    #: number of virtqueues, including any control/hiprio queue
+    num_queues: int = 1
+    #: how many chains Virtqueue.pop() may return at once (its reusable C buffer)
+    pop_batch: int = 64
+
+    def device_features(self) -> int:
+        """Device-specific virtio feature bits (VERSION_1, INDIRECT_DESC, EVENT_IDX
+        and PROTOCOL_FEATURES are added by the backend)."""
+        return 0
+
+    def protocol_features(self) -> int:
+        """Extra VHOST_USER_PROTOCOL_F_* bits beyond what the backend offers itself."""
+        return 0
+
+    def get_config(self, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of the virtio config space."""
+        raise ConfigError("device has no config space")
+
+    def set_config(self, offset: int, data: bytes) -> None:
+        raise ConfigError("device config space is read-only")
+
+    def queue_started(self, index: int, vq: Virtqueue) -> None:
+        """The ring is set up, started and enabled: kicks will be delivered."""
+
+    def queue_stopped(self, index: int, vq: Virtqueue) -> None:
+        """The ring was stopped (GET_VRING_BASE), disabled, reset, or the frontend left.
+        No more pops or pushes on it until queue_started again."""
+
+    def reset(self) -> None:
+        """RESET_DEVICE / RESET_OWNER: forget per-session state."""
+
+    async def handle_kick(self, index: int, vq: Virtqueue) -> None:
+        """The driver made buffers available on queue ``index``: pop, serve, push,
+        notify. Also called once when a queue starts (buffers may predate the kick)."""
+        raise NotImplementedError
