@@ -51,3 +51,7 @@ class MountError(MsbfsError):
 
 class LaunchError(MsbfsError):
     """A sandbox could not be started, or a part of it died."""
+
+
+class ServeError(MsbfsError):
+    """``msbfs serve`` cannot start: bad options, an unusable socket or source, a failed sandbox."""
