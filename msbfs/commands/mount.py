@@ -1,0 +1,135 @@
+"""``msbfs mount`` and ``msbfs umount``: the sandboxed tree of a volume or host directory,
+mounted on the host through FUSE (see ``msbfs.hostmount``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from msbfs.errors import MountError, MsbfsError
+from msbfs.hostmount import (
+    MountOptions,
+    Readiness,
+    check_mountpoint,
+    serve,
+    start_background,
+    unmount,
+)
+
+MIB = 1024 * 1024
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "mount", help="mount a volume or host directory on the host (FUSE)",
+        description="Mount SOURCE (a named volume, or a host directory when it contains "
+                    "a '/' or starts with '.') at MOUNTPOINT. Returns once the mount "
+                    "answers; the daemon runs in the background until `msbfs umount`.")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("-o", dest="options", metavar="OPTS", default="",
+                   help="comma-separated: ro, noexec, nosuid, nodev, allow_other, uid=N, "
+                        "gid=N (show every file as owned by N), quota=MIB")
+    p.add_argument("--foreground", action="store_true",
+                   help="serve in this process until unmounted or SIGINT/SIGTERM")
+    p.add_argument("--no-kernel-flags", action="store_true",
+                   help="enforce ro/noexec/nosuid/nodev only in the server, not also as "
+                        "kernel mount flags (for showing the server enforces them alone)")
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_mount)
+
+    u = subparsers.add_parser("umount", help="unmount an msbfs host mount",
+                              description="Unmount MOUNTPOINT (clearing it if its daemon "
+                                          "died) and wait for the daemon to exit.")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.set_defaults(func=cmd_umount)
+
+
+@dataclass
+class Source:
+    """What is being mounted: a directory, and the volume lock held while it is."""
+
+    path: str
+    label: str
+    quota_bytes: int | None
+    lock: object | None = None
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.close()  # type: ignore[attr-defined]
+            self.lock = None
+
+
+def is_path_source(source: str) -> bool:
+    """A host directory rather than a volume name (volume names never hold a '/')."""
+    return "/" in source or source.startswith(".")
+
+
+def open_source(source: str, options: MountOptions) -> Source:
+    quota = options.quota_mib * MIB if options.quota_mib is not None else None
+    if is_path_source(source):
+        path = os.path.abspath(source)
+        if not os.path.isdir(path):
+            raise MountError(f"source {source} is not a directory")
+        return Source(path, path, quota)
+    from msbfs.volumes import get_volume, hold_volume
+
+    lock = hold_volume(source)  # VolumeNotFound / VolumeInUse say why on their own
+    try:
+        vol = get_volume(source)
+        if vol.kind != "dir":
+            raise MountError(f"volume {source} is a {vol.kind} volume; msbfs mount serves "
+                             "directory volumes")
+        if quota is None and vol.quota_mib is not None:
+            quota = vol.quota_mib * MIB
+        return Source(vol.path, source, quota, lock)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def build_tree(src: Source, options: MountOptions, writeback: bool = False):  # type: ignore[no-untyped-def]
+    from msbfs.tree import Policy, Tree
+
+    policy = Policy(readonly=options.readonly, noexec=options.noexec, nosuid=options.nosuid,
+                    nodev=options.nodev, quota_bytes=src.quota_bytes,
+                    squash_uid=options.uid, squash_gid=options.gid)
+    return Tree(src.path, policy, writeback=writeback)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    options = MountOptions.parse(args.options)
+    if not args.foreground:
+        # Check what we cheaply can here, so plain mistakes are reported without a daemon.
+        check_mountpoint(args.mountpoint)
+        argv = ["mount", args.source, os.path.abspath(args.mountpoint)]
+        if args.options:
+            argv += ["-o", args.options]
+        if args.no_kernel_flags:
+            argv.append("--no-kernel-flags")
+        start_background(argv, args.mountpoint)
+        return 0
+    ready = Readiness(args.ready_fd)
+    try:
+        mountpoint = check_mountpoint(args.mountpoint)
+        src = open_source(args.source, options)
+        try:
+            tree = build_tree(src, options)
+            try:
+                serve(tree, mountpoint, options, fsname=src.label,
+                      mirror_policy=not args.no_kernel_flags, on_ready=ready.ready)
+            finally:
+                tree.close()
+        finally:
+            src.close()
+    except (MsbfsError, OSError) as e:
+        ready.failed(str(e) if isinstance(e, MsbfsError) else f"{e.strerror or e}"
+                     + (f": {e.filename}" if getattr(e, "filename", None) else ""))
+        raise
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    unmount(args.mountpoint)
+    return 0

@@ -1,0 +1,714 @@
+"""``msbfs mount``: the host FUSE mount of a sandboxed tree, through pyfuse3.
+
+This module owns three things:
+
+* ``HostOps``: the thin ``pyfuse3.Operations`` adapter. Every operation pyfuse3 offers is
+  one call into the tree; the tree's ``OSError`` becomes ``FUSEError(errno)`` exactly once,
+  here. pyfuse3 offers no lock, fallocate, lseek, copy_file_range or tmpfile callbacks,
+  so the kernel handles locks locally and answers the rest with EOPNOTSUPP for us.
+* the mount options (``-o ro,noexec,...``) and how they become a ``Policy`` for the tree
+  and, mirrored, kernel mount flags;
+* the mount life cycle: serve in the foreground until unmounted or signalled, readiness
+  reported through a pipe, stale mounts (ENOTCONN after a killed daemon) cleared, and
+  ``unmount`` that waits for the daemon to let go.
+
+Why no ``default_permissions``: the tree already runs every operation with the caller's
+fsuid/fsgid/groups, so the host kernel checks permissions against the real on-disk
+owners. With ``default_permissions`` the FUSE kernel would check a second time, against
+the attributes we *report* — which differ from the real ones under an owner squash
+(``uid=``/``gid=``), where the whole point is that files appear as the user's. One
+authority (the tree) keeps the host mount, VolumeFs and guests in agreement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import hashlib
+import logging
+import os
+import select
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from msbfs.errors import InvalidMountSpec, MountError
+from msbfs.tree.api import TreeOps
+from msbfs.tree.types import (
+    FATTR_ATIME,
+    FATTR_ATIME_NOW,
+    FATTR_CTIME,
+    FATTR_FH,
+    FATTR_GID,
+    FATTR_MODE,
+    FATTR_MTIME,
+    FATTR_MTIME_NOW,
+    FATTR_SIZE,
+    FATTR_UID,
+    ROOT_ID,
+    Attr,
+    Ctx,
+    Entry,
+    Opened,
+    SetAttr,
+)
+
+log = logging.getLogger(__name__)
+
+# fuse_open_out.open_flags (linux/fuse.h)
+FOPEN_DIRECT_IO = 1 << 0
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_NONSEEKABLE = 1 << 2
+
+#: linux/limits.h: the largest xattr value; pyfuse3 asks for a value without a size and
+#: applies the caller's size itself.
+XATTR_SIZE_MAX = 65536
+
+#: pyfuse3 turns FATTR_*_NOW into "the current time" (clock_gettime just before calling
+#: us), which loses the distinction the permission rules need (a writer who is not the
+#: owner may touch to *now*, not to an explicit time). A time within this window of our
+#: own clock is taken as NOW. An explicit utimensat() landing this close to the present
+#: is indistinguishable from touch(1) anyway.
+_NOW_WINDOW_NS = 50_000_000
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _op(fn: F) -> F:
+    """Make a synchronous tree call a pyfuse3 handler: ``OSError`` → ``FUSEError`` once;
+    anything else is a bug, logged and answered EIO (an unexpected exception escaping a
+    pyfuse3 handler would stop the whole session)."""
+
+    @functools.wraps(fn)
+    async def handler(self: HostOps, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("%s%r failed", fn.__name__, args)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler  # type: ignore[return-value]
+
+
+def entry_attributes(nodeid: int, attr: Attr, *, generation: int = 0,
+                     entry_timeout: float = 0.0, attr_timeout: float = 0.0,
+                     ) -> pyfuse3.EntryAttributes:
+    """The tree's ``Attr`` as pyfuse3 wants it. pyfuse3 uses one field for the FUSE node
+    id and ``st_ino``, so the host mount reports the node id as the inode number (hard
+    links still share one, since the tree keys inodes by (st_dev, st_ino))."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = nodeid
+    e.generation = generation
+    e.entry_timeout = entry_timeout
+    e.attr_timeout = attr_timeout
+    e.st_mode = attr.mode
+    e.st_nlink = attr.nlink
+    e.st_uid = attr.uid
+    e.st_gid = attr.gid
+    e.st_rdev = attr.rdev
+    e.st_size = attr.size
+    e.st_blksize = attr.blksize
+    e.st_blocks = attr.blocks
+    e.st_atime_ns = attr.atime_ns
+    e.st_mtime_ns = attr.mtime_ns
+    e.st_ctime_ns = attr.ctime_ns
+    return e
+
+
+def _entry(entry: Entry) -> pyfuse3.EntryAttributes:
+    return entry_attributes(entry.nodeid, entry.attr, generation=entry.generation,
+                            entry_timeout=entry.entry_timeout,
+                            attr_timeout=entry.attr_timeout)
+
+
+def _file_info(opened: Opened) -> pyfuse3.FileInfo:
+    f = opened.open_flags
+    return pyfuse3.FileInfo(fh=opened.fh, direct_io=bool(f & FOPEN_DIRECT_IO),
+                            keep_cache=bool(f & FOPEN_KEEP_CACHE),
+                            nonseekable=bool(f & FOPEN_NONSEEKABLE))
+
+
+def request_ctx(ctx: pyfuse3.RequestContext) -> Ctx:
+    """The caller as the tree wants it. FUSE does not send supplementary groups; for
+    non-root callers we read them from /proc (root has its capabilities anyway), so a
+    user reaches files through a group they are only a supplementary member of."""
+    groups: tuple[int, ...] | None = None
+    if ctx.uid != 0 and ctx.pid > 0:
+        try:
+            groups = tuple(sorted(pyfuse3.get_sup_groups(ctx.pid)))
+        except (OSError, RuntimeError):
+            groups = None  # the process is gone; its primary gid is all we know
+    return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask, groups=groups)
+
+
+class HostOps(pyfuse3.Operations):
+    """pyfuse3 operations over one tree. Synchronous tree calls run inline on the trio
+    loop (local syscalls take microseconds); only fsync-like calls that may block for
+    long go to a worker thread."""
+
+    supports_dot_lookup = True
+    enable_acl = False
+
+    def __init__(self, tree: TreeOps, *, writeback: bool = False) -> None:
+        super().__init__()
+        self.tree = tree
+        self.enable_writeback_cache = writeback
+        #: dir handle -> (node id, opener): readdirplus looks each entry up beneath it.
+        self._dirs: dict[int, tuple[int, Ctx]] = {}
+        #: file handle -> opener: pyfuse3's write() carries no request context.
+        self._files: dict[int, Ctx] = {}
+
+    # ---- inodes -----------------------------------------------------------------------
+    @_op
+    def lookup(self, parent_inode: int, name: bytes,
+               ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return _entry(self.tree.lookup(parent_inode, name, request_ctx(ctx)))
+
+    @_op
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        self.tree.batch_forget(inode_list)
+
+    @_op
+    def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        attr, timeout = self.tree.getattr(inode, None, request_ctx(ctx))
+        return entry_attributes(inode, attr, attr_timeout=timeout)
+
+    @_op
+    def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                fields: pyfuse3.SetattrFields, fh: int | None,
+                ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        sa = SetAttr(fh=fh)
+        valid = FATTR_FH if fh is not None else 0
+        now = time.time_ns()
+        if fields.update_mode:
+            valid |= FATTR_MODE
+            sa.mode = attr.st_mode
+        if fields.update_uid:
+            valid |= FATTR_UID
+            sa.uid = attr.st_uid
+        if fields.update_gid:
+            valid |= FATTR_GID
+            sa.gid = attr.st_gid
+        if fields.update_size:
+            valid |= FATTR_SIZE
+            sa.size = attr.st_size
+        if fields.update_atime:
+            sa.atime_ns = attr.st_atime_ns
+            valid |= FATTR_ATIME_NOW if 0 <= now - sa.atime_ns < _NOW_WINDOW_NS else FATTR_ATIME
+        if fields.update_mtime:
+            sa.mtime_ns = attr.st_mtime_ns
+            valid |= FATTR_MTIME_NOW if 0 <= now - sa.mtime_ns < _NOW_WINDOW_NS else FATTR_MTIME
+        if fields.update_ctime:
+            valid |= FATTR_CTIME
+            sa.ctime_ns = attr.st_ctime_ns
+        sa.valid = valid
+        new, timeout = self.tree.setattr(inode, sa, request_ctx(ctx))
+        return entry_attributes(inode, new, attr_timeout=timeout)
+
+    @_op
+    def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.tree.readlink(inode, request_ctx(ctx))
+
+    # ---- namespace --------------------------------------------------------------------
+    @_op
+    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+              ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        c = request_ctx(ctx)
+        return _entry(self.tree.mknod(parent_inode, name, mode, rdev, c.umask, c))
+
+    @_op
+    def mkdir(self, parent_inode: int, name: bytes, mode: int,
+              ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        c = request_ctx(ctx)
+        return _entry(self.tree.mkdir(parent_inode, name, mode, c.umask, c))
+
+    @_op
+    def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return _entry(self.tree.symlink(parent_inode, name, target, request_ctx(ctx)))
+
+    @_op
+    def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+             ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return _entry(self.tree.link(inode, new_parent_inode, new_name, request_ctx(ctx)))
+
+    @_op
+    def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.tree.unlink(parent_inode, name, request_ctx(ctx))
+
+    @_op
+    def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.tree.rmdir(parent_inode, name, request_ctx(ctx))
+
+    @_op
+    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+               name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self.tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags,
+                         request_ctx(ctx))
+
+    # ---- files ------------------------------------------------------------------------
+    @_op
+    def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        c = request_ctx(ctx)
+        opened = self.tree.open(inode, flags, c)
+        self._files[opened.fh] = c
+        return _file_info(opened)
+
+    @_op
+    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+               ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        c = request_ctx(ctx)
+        entry, opened = self.tree.create(parent_inode, name, mode, flags, c.umask, c)
+        self._files[opened.fh] = c
+        return _file_info(opened), _entry(entry)
+
+    @_op
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.tree.read(fh, off, size)
+
+    @_op
+    def write(self, fh: int, off: int, buf: bytes) -> int:
+        c = self._files.get(fh)
+        if c is None:
+            raise OSError(errno.EBADF, "unknown handle")
+        # libfuse enables FUSE_CAP_HANDLE_KILLPRIV: the kernel leaves clearing set-id bits
+        # on write to us. Without CAP_FSETID (we only know root has it) they go.
+        return self.tree.write(fh, off, buf, c, kill_suidgid=c.uid != 0)
+
+    @_op
+    def flush(self, fh: int) -> None:
+        # The kernel keeps POSIX locks locally (pyfuse3 has no lock callbacks), so the
+        # lock owner pyfuse3 does not pass us has nothing to release in the tree.
+        self.tree.flush(fh, 0)
+
+    @_op
+    def release(self, fh: int) -> None:
+        self._files.pop(fh, None)
+        self.tree.release(fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        # May take long on a busy disk: off the loop so other requests keep flowing.
+        await _blocking(self.tree.fsync, fh, datasync)
+
+    # ---- directories ------------------------------------------------------------------
+    @_op
+    def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        c = request_ctx(ctx)
+        opened = self.tree.opendir(inode, os.O_RDONLY | os.O_DIRECTORY, c)
+        self._dirs[opened.fh] = (inode, c)
+        return opened.fh
+
+    @_op
+    def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """pyfuse3 always answers READDIRPLUS, whose entries each count one lookup in the
+        kernel: we look each name up as we send it and forget the one that did not fit.
+        ``.``/``..`` are left to the kernel, as pyfuse3 expects."""
+        parent, c = self._dirs.get(fh, (0, None))
+        if c is None:
+            raise OSError(errno.EBADF, "unknown directory handle")
+        tree = self.tree
+        for de in tree.readdir(fh, start_id):
+            if de.name == b"." or de.name == b"..":
+                continue
+            try:
+                entry = tree.lookup(parent, de.name, c)
+            except OSError:
+                continue  # removed (or made unreachable) since the listing was read
+            if not pyfuse3.readdir_reply(token, de.name, _entry(entry), de.off):
+                tree.forget(entry.nodeid, 1)
+                break
+
+    @_op
+    def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+        self.tree.releasedir(fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await _blocking(self.tree.fsyncdir, fh, datasync)
+
+    # ---- whole filesystem -------------------------------------------------------------
+    @_op
+    def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = self.tree.statfs(ROOT_ID)
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.bsize
+        out.f_frsize = s.frsize
+        out.f_blocks = s.blocks
+        out.f_bfree = s.bfree
+        out.f_bavail = s.bavail
+        out.f_files = s.files
+        out.f_ffree = s.ffree
+        out.f_favail = s.ffree
+        out.f_namemax = s.namelen
+        return out
+
+    @_op
+    def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        self.tree.access(inode, mode, request_ctx(ctx))
+        return True
+
+    # ---- xattrs -----------------------------------------------------------------------
+    @_op
+    def setxattr(self, inode: int, name: bytes, value: bytes,
+                 ctx: pyfuse3.RequestContext) -> None:
+        # pyfuse3 implements XATTR_CREATE/XATTR_REPLACE itself (through getxattr) and
+        # hands us only the plain set.
+        self.tree.setxattr(inode, name, value, 0, request_ctx(ctx))
+
+    @_op
+    def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.tree.getxattr(inode, name, XATTR_SIZE_MAX, request_ctx(ctx))
+
+    @_op
+    def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return self.tree.listxattr(inode, request_ctx(ctx))
+
+    @_op
+    def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.tree.removexattr(inode, name, request_ctx(ctx))
+
+    def stacktrace(self) -> None:
+        """pyfuse3 calls this for a setxattr of ``fuse_stacktrace`` on the root — a
+        debugging aid any local user could trigger to spam the log; refuse quietly."""
+
+
+async def _blocking(fn: Callable[..., None], *args: Any) -> None:
+    try:
+        await trio.to_thread.run_sync(fn, *args)
+    except OSError as e:
+        raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+
+
+# ---- options ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MountOptions:
+    """What ``-o`` says. Policy flags go to the tree (enforced there for every client)
+    and, mirrored, to the kernel mount."""
+
+    readonly: bool = False
+    noexec: bool = False
+    nosuid: bool = False
+    nodev: bool = False
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    quota_mib: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> MountOptions:
+        flags: dict[str, Any] = {}
+        for raw in (text or "").split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            key, eq, value = item.partition("=")
+            if key in ("ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev",
+                       "allow_other") and not eq:
+                if key in ("ro", "rw"):
+                    flags["readonly"] = key == "ro"
+                elif key.startswith("no"):
+                    flags[key] = True
+                elif key == "allow_other":
+                    flags["allow_other"] = True
+                else:
+                    flags["no" + key] = False
+            elif key in ("uid", "gid", "quota") and eq:
+                try:
+                    n = int(value, 10)
+                except ValueError:
+                    raise InvalidMountSpec(f"mount option {key}= needs a number, not {value!r}") from None
+                if n < 0 or (key != "quota" and n > 0xFFFFFFFE):
+                    raise InvalidMountSpec(f"mount option {key}={value} is out of range")
+                flags["quota_mib" if key == "quota" else key] = n
+            else:
+                raise InvalidMountSpec(
+                    f"unknown mount option {item!r} (known: ro, noexec, nosuid, nodev, "
+                    "allow_other, uid=N, gid=N, quota=MIB)")
+        return cls(**flags)
+
+    def kernel_options(self, fsname: str, *, mirror_policy: bool = True) -> set[str]:
+        """libfuse mount options. ``mirror_policy=False`` leaves the policy to the server
+        alone (what the policy tests need to show it enforces it on its own)."""
+        # fsname shows in /proc/mounts; commas would split it into options.
+        opts = {f"fsname=msbfs:{fsname.replace(',', '_')}", "subtype=msbfs"}
+        if self.allow_other:
+            opts.add("allow_other")
+        if mirror_policy:
+            opts.update(name for name, on in (("ro", self.readonly), ("noexec", self.noexec),
+                                              ("nosuid", self.nosuid), ("nodev", self.nodev))
+                        if on)
+        return opts
+
+
+# ---- mountpoint state -------------------------------------------------------------------
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_fstype(mountpoint: str) -> str | None:
+    """The filesystem type mounted exactly at ``mountpoint`` (the top one), or None."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts = left.split()
+            if len(parts) >= 5 and _unescape_mountinfo(parts[4]) == target:
+                found = right.split()[0] if right else "?"
+    return found
+
+
+def mount_state(mountpoint: str) -> str:
+    """"mounted" (an answering mount), "stale" (its daemon is gone: ENOTCONN), or "none"."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            return "stale"
+        if e.errno == errno.ENOENT:
+            return "none"
+        raise
+    return "mounted" if os.path.ismount(mountpoint) else "none"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+MNT_DETACH = 2
+
+
+def _umount(mountpoint: str, *, lazy: bool) -> None:
+    if os.geteuid() == 0:
+        if _libc.umount2(os.fsencode(mountpoint), MNT_DETACH if lazy else 0) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), mountpoint)
+        return
+    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), mountpoint]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise MountError(f"{mountpoint}: {r.stderr.strip() or 'fusermount3 failed'}")
+
+
+def clear_stale(mountpoint: str) -> bool:
+    """Lazily unmount a mount whose daemon died (stat gives ENOTCONN). True if one was."""
+    if mount_state(mountpoint) != "stale":
+        return False
+    log.info("clearing stale mount at %s", mountpoint)
+    _umount(mountpoint, lazy=True)
+    return True
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    """The absolute mountpoint, ready to mount on (stale mount cleared), or MountError."""
+    path = os.path.abspath(mountpoint)
+    clear_stale(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"mountpoint {path} is busy: something is already mounted there")
+    return path
+
+
+# ---- daemon records: which process serves which mountpoint --------------------------------
+
+def runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else "/tmp")
+    d = Path(base) / f"msbfs-hostmount-{os.geteuid()}"
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return d
+
+
+def _record_path(mountpoint: str, suffix: str) -> Path:
+    key = hashlib.sha256(os.fsencode(os.path.abspath(mountpoint))).hexdigest()[:24]
+    return runtime_dir() / f"{key}.{suffix}"
+
+
+def daemon_pid(mountpoint: str) -> int | None:
+    try:
+        return int(_record_path(mountpoint, "pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def log_path(mountpoint: str) -> Path:
+    """Where a background daemon's stderr goes (its stdout/stderr must not hold the
+    caller's pipes open)."""
+    return _record_path(mountpoint, "log")
+
+
+def wait_pid_exit(pid: int, timeout: float) -> bool:
+    """Wait for ``pid`` to exit (pidfd: no polling loop). True if it has."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def unmount(mountpoint: str, *, timeout: float = 30.0) -> None:
+    """``msbfs umount``: unmount an msbfs host mount (or clear a stale one) and wait for
+    its daemon to exit, so the volume's serving lock is free when this returns."""
+    path = os.path.abspath(mountpoint)
+    state = mount_state(path)
+    if state == "none":
+        raise MountError(f"{path} is not mounted")
+    fstype = mount_fstype(path)
+    if fstype is not None and not fstype.startswith("fuse"):
+        raise MountError(f"{path} is a {fstype} mount, not an msbfs one")
+    pid = daemon_pid(path)
+    try:
+        _umount(path, lazy=state == "stale")
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise MountError(f"{path} is busy (files open or a process inside)") from None
+        raise
+    if pid is not None and not wait_pid_exit(pid, timeout):
+        raise MountError(f"{path} unmounted, but its daemon (pid {pid}) has not exited")
+
+
+# ---- serving --------------------------------------------------------------------------------
+
+class Readiness:
+    """The child's side of the readiness pipe: one line, ``ready`` or ``error: why``."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def _send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.fd, line.encode() + b"\n")
+            os.close(self.fd)
+        self.fd = None
+
+    def ready(self) -> None:
+        self._send("ready")
+
+    def failed(self, why: str) -> None:
+        self._send("error: " + " ".join(why.split()))
+
+
+async def _serve(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) -> None:
+    async with trio.open_nursery() as nursery:
+        async def loop() -> None:
+            await pyfuse3.main(min_tasks=2, max_tasks=32)
+            nursery.cancel_scope.cancel()  # unmounted from outside: we are done
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+                async for _ in sigs:
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(loop)
+        nursery.start_soon(watch_signals)
+        # The mount answers once a stat through it comes back (served by the loop above,
+        # so it must run in a thread).
+        await trio.to_thread.run_sync(os.stat, mountpoint)
+        if not os.path.ismount(mountpoint):
+            raise MountError(f"{mountpoint}: mounted, but it does not show as a mount point")
+        on_ready()
+
+
+def serve(tree: TreeOps, mountpoint: str, options: MountOptions, *, fsname: str,
+          mirror_policy: bool = True, writeback: bool = False,
+          on_ready: Callable[[], None] = lambda: None) -> None:
+    """Mount ``tree`` at ``mountpoint`` and serve it in this process until it is unmounted
+    or SIGINT/SIGTERM/SIGHUP arrives; then unmount and release every inode and handle."""
+    ops = HostOps(tree, writeback=writeback)
+    try:
+        pyfuse3.init(ops, mountpoint, options.kernel_options(fsname, mirror_policy=mirror_policy))
+    except RuntimeError as e:
+        raise MountError(f"cannot mount at {mountpoint}: {e}") from None
+    record = _record_path(mountpoint, "pid")
+    record.write_text(f"{os.getpid()}\n")
+    try:
+        trio.run(_serve, ops, mountpoint, on_ready)
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        finally:
+            with contextlib.suppress(OSError):
+                record.unlink()
+            tree.destroy()
+
+
+def start_background(argv: list[str], mountpoint: str, *, timeout: float = 60.0) -> None:
+    """Run ``msbfs mount ... --foreground`` as a detached daemon and return once it
+    reports the mount answering; MountError with its reason otherwise."""
+    r, w = os.pipe()
+    logf = open(log_path(mountpoint), "ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "msbfs", *argv, "--foreground", "--ready-fd", str(w)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,),
+            start_new_session=True)
+    finally:
+        os.close(w)
+        logf.close()
+    try:
+        line = _read_line(r, timeout)
+    finally:
+        os.close(r)
+    if line == "ready":
+        return
+    if line.startswith("error: "):
+        proc.wait()
+        raise MountError(line[len("error: "):])
+    # No answer: the child died before it could say why, or hangs.
+    try:
+        code = proc.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise MountError(f"mount daemon did not report ready within {timeout:.0f}s "
+                         f"(log: {log_path(mountpoint)})") from None
+    raise MountError(f"mount daemon exited with status {code} before the mount answered "
+                     f"(log: {log_path(mountpoint)})")
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
