@@ -161,18 +161,21 @@ HandleHook = Callable[[int, int], None]
 class FuseSession:
     """One FUSE session (INIT .. DESTROY) over a tree.
 
-    ``on_open(fh, flags)`` is called after OPEN/CREATE/TMPFILE succeed and ``on_release(fh)``
-    after RELEASE, so a transport can keep its own table of data handles (the C data path).
+    ``on_open(fh, flags)`` is called after OPEN/CREATE/TMPFILE succeed, ``on_release(fh)``
+    before RELEASE and ``on_destroy()`` before DESTROY and INIT, so a transport can keep its
+    own table of data handles (the C data path) that never outlives the tree's fds.
     """
 
     def __init__(self, tree: TreeOps, *, writeback: bool = False, posix_acl: bool = False,
                  on_open: HandleHook | None = None,
-                 on_release: Callable[[int], None] | None = None) -> None:
+                 on_release: Callable[[int], None] | None = None,
+                 on_destroy: Callable[[], None] | None = None) -> None:
         self.tree = tree
         self.writeback = writeback
         self.posix_acl = posix_acl
         self.on_open = on_open
         self.on_release = on_release
+        self.on_destroy = on_destroy
         self.initialized = False
         self.minor = 0
         self.flags = 0  # negotiated (both words)
@@ -271,6 +274,8 @@ class FuseSession:
         if self.posix_acl:
             want |= abi.FUSE_POSIX_ACL | abi.FUSE_SETXATTR_EXT
         neg = kernel & want
+        if self.on_destroy is not None:
+            self.on_destroy()
         self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
         self.flags = neg
         self.max_write = MAX_WRITE
@@ -284,6 +289,8 @@ class FuseSession:
 
     def _destroy(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         self.initialized = False
+        if self.on_destroy is not None:
+            self.on_destroy()
         self.tree.destroy()
         return _reply(unique)
 

@@ -1,0 +1,421 @@
+"""``msbfs serve``: the virtio-fs daemon, a drop-in for virtiofsd.
+
+It accepts virtiofsd's command lines, both the Rust daemon's (``--shared-dir``,
+``--cache=``, ``--sandbox=``...) and the C daemon's ``-o source=DIR,cache=none,xattr``
+form, plus our own policy options (``--volume``, ``--noexec``, ``--nosuid``, ``--nodev``,
+``--quota``). Start-up order matters and is fixed here: resolve the source and take the
+volume's serving lock, bind or adopt the vhost-user socket, build the tree, then enter
+the sandbox (everything needed afterwards is an fd by then), then serve on trio until the
+frontend disconnects (exit 0, like virtiofsd) or SIGTERM/SIGINT (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import grp
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import stat
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from msbfs.errors import MsbfsError, ServeError
+
+log = logging.getLogger("msbfs.serve")
+
+CACHE_MODES = ("auto", "always", "metadata", "never")
+SANDBOXES = ("namespace", "chroot", "none")
+LOG_LEVELS = {"error": logging.ERROR, "err": logging.ERROR, "warn": logging.WARNING,
+              "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG,
+              "trace": logging.DEBUG, "off": logging.CRITICAL + 10}
+MIB = 1024 * 1024
+
+#: What we print for --print-capabilities: libvirt's vhost-user.json for an fs backend.
+#: "separate-options" tells libvirt we take --shared-dir/--cache/... as options of their
+#: own (the Rust virtiofsd's interface); we do not offer migration.
+CAPABILITIES = {"type": "fs", "features": ["separate-options"]}
+
+
+@dataclass
+class ServeOptions:
+    shared_dir: str | None = None
+    volume: str | None = None
+    socket_path: str | None = None
+    fd: int | None = None
+    socket_group: str | None = None
+    tag: str = "msbfs"
+    cache: str = "auto"
+    readonly: bool = False
+    xattr: bool = True
+    posix_acl: bool = False
+    writeback: bool = False
+    announce_submounts: bool = False
+    sandbox: str = "none"
+    thread_pool_size: int = 0
+    num_request_queues: int = 1
+    noexec: bool = False
+    nosuid: bool = False
+    nodev: bool = False
+    quota_mib: int | None = None
+    keep_serving: bool = False
+    log_level: str = "info"
+    syslog: bool = False
+    ignored: list[str] = field(default_factory=list)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """virtiofsd's options (Rust and C spellings) and ours, on any parser."""
+    p.add_argument("--shared-dir", metavar="DIR", help="directory to serve")
+    p.add_argument("--volume", metavar="NAME", help="serve named volume NAME (holds its serving lock)")
+    p.add_argument("--socket-path", metavar="PATH", help="vhost-user socket to listen on")
+    p.add_argument("--fd", type=int, metavar="FD",
+                   help="an inherited vhost-user socket (listening or connected)")
+    p.add_argument("--socket-group", metavar="GROUP", help="group owning --socket-path")
+    p.add_argument("--tag", default=None, help="virtio-fs tag in config space (default msbfs)")
+    p.add_argument("--cache", choices=(*CACHE_MODES, "none"), default=None,
+                   help="cache mode: never|auto|metadata|always (default auto)")
+    p.add_argument("--readonly", action="store_true", default=None, help="refuse every change")
+    p.add_argument("--xattr", dest="xattr", action="store_true", default=None)
+    p.add_argument("--no-xattr", dest="xattr", action="store_false")
+    p.add_argument("--posix-acl", action="store_true", default=None)
+    p.add_argument("--writeback", action="store_true", default=None,
+                   help="let the guest cache writes (FUSE_WRITEBACK_CACHE)")
+    p.add_argument("--announce-submounts", action="store_true", default=None)
+    p.add_argument("--sandbox", choices=SANDBOXES, default=None,
+                   help="namespace: private mount namespace + pivot_root; chroot: chroot; "
+                        "none (default)")
+    p.add_argument("--thread-pool-size", type=int, default=None, metavar="N",
+                   help="accepted for compatibility: requests are served inline")
+    p.add_argument("--num-request-queues", type=int, default=None, metavar="N",
+                   help="request queues offered (default 1)")
+    p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default=None)
+    p.add_argument("--syslog", action="store_true", default=None)
+    p.add_argument("--print-capabilities", action="store_true",
+                   help="print libvirt's vhost-user JSON and exit")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]",
+                   help="virtiofsd -o options: source=DIR, cache=, xattr, no_xattr, "
+                        "sandbox=, writeback, posix_acl, announce_submounts, log_level=...")
+    p.add_argument("-f", "--foreground", action="store_true", help="(always in the foreground)")
+    p.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    p.add_argument("--noexec", action="store_true", default=None, help="refuse exec opens")
+    p.add_argument("--nosuid", action="store_true", default=None, help="never store or show set-id bits")
+    p.add_argument("--nodev", action="store_true", default=None, help="no device nodes")
+    p.add_argument("--quota", type=int, metavar="MIB", default=None,
+                   help="refuse growth past MIB mebibytes (ENOSPC)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="accept a new frontend after one disconnects (needs a listening socket)")
+
+
+#: -o options that change nothing for us (virtiofsd tunables with no equivalent here).
+_IGNORED_O = {"flock", "no_flock", "posix_lock", "no_posix_lock", "readdirplus",
+              "no_readdirplus", "allow_root", "killpriv_v2", "no_killpriv_v2",
+              "no_posix_acl", "no_writeback", "no_announce_submounts", "allow_direct_io",
+              "no_allow_direct_io", "security_label", "no_security_label", "max_idle_threads",
+              "timeout", "modcaps", "rlimit_nofile"}
+
+
+def options_from_args(a: argparse.Namespace) -> ServeOptions:
+    o = ServeOptions()
+    # -o first, so the separate options override them
+    for group in a.options:
+        for item in group.split(","):
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            if key == "source":
+                o.shared_dir = value
+            elif key == "cache":
+                o.cache = value
+            elif key == "xattr":
+                o.xattr = True
+            elif key == "no_xattr":
+                o.xattr = False
+            elif key == "posix_acl":
+                o.posix_acl = True
+            elif key == "writeback":
+                o.writeback = True
+            elif key == "announce_submounts":
+                o.announce_submounts = True
+            elif key == "sandbox":
+                o.sandbox = value
+            elif key == "log_level":
+                o.log_level = value
+            elif key == "debug":
+                o.log_level = "debug"
+            elif key == "readonly" or key == "ro":
+                o.readonly = True
+            elif key == "xattrmap":
+                raise ServeError("-o xattrmap is not supported")
+            elif key in _IGNORED_O:
+                o.ignored.append(item)
+            else:
+                raise ServeError(f"unknown option -o {item}")
+    for name in ("shared_dir", "volume", "socket_path", "fd", "socket_group", "tag", "cache",
+                 "readonly", "xattr", "posix_acl", "writeback", "announce_submounts",
+                 "sandbox", "thread_pool_size", "num_request_queues", "noexec", "nosuid",
+                 "nodev", "log_level", "syslog"):
+        v = getattr(a, name, None)
+        if v is not None:
+            setattr(o, name, v)
+    if a.quota is not None:
+        o.quota_mib = a.quota
+    if a.debug:
+        o.log_level = "debug"
+    o.keep_serving = bool(a.keep_serving)
+    if o.cache == "none":
+        o.cache = "never"  # the C virtiofsd's name for it
+    if o.cache not in CACHE_MODES:
+        raise ServeError(f"unknown cache mode {o.cache!r} (use {'|'.join(CACHE_MODES)})")
+    if o.sandbox not in SANDBOXES:
+        raise ServeError(f"unknown sandbox {o.sandbox!r} (use {'|'.join(SANDBOXES)})")
+    if o.log_level not in LOG_LEVELS:
+        raise ServeError(f"unknown log level {o.log_level!r}")
+    if (o.shared_dir is None) == (o.volume is None):
+        raise ServeError("give exactly one of --shared-dir (or -o source=DIR) and --volume")
+    if (o.socket_path is None) == (o.fd is None):
+        raise ServeError("give exactly one of --socket-path and --fd")
+    if o.quota_mib is not None and o.quota_mib <= 0:
+        raise ServeError("--quota must be a positive number of MiB")
+    if not 1 <= o.num_request_queues <= 64:
+        raise ServeError("--num-request-queues must be 1..64")
+    if not o.tag or len(o.tag.encode()) > 36:
+        raise ServeError("--tag must be 1..36 bytes")
+    return o
+
+
+# ---- start-up pieces -------------------------------------------------------------------------
+
+def setup_logging(o: ServeOptions) -> None:
+    root = logging.getLogger()
+    root.setLevel(LOG_LEVELS[o.log_level])
+    if o.syslog:
+        try:
+            handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+        except OSError:
+            handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("msbfs-serve[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("msbfs serve: %(levelname)s %(message)s"))
+    root.handlers[:] = [handler]
+
+
+def open_socket(o: ServeOptions) -> socket.socket:
+    """The listening (or already connected) vhost-user socket, made before any sandbox."""
+    if o.fd is not None:
+        try:
+            s = socket.socket(fileno=o.fd)
+        except OSError as e:
+            raise ServeError(f"--fd={o.fd} is not a socket: {e.strerror}") from None
+        if s.family != socket.AF_UNIX:
+            raise ServeError(f"--fd={o.fd} is not a Unix socket")
+        return s
+    assert o.socket_path is not None
+    path = o.socket_path
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ServeError(f"{path} exists and is not a socket")
+        os.unlink(path)  # a stale socket of an earlier daemon, as virtiofsd does
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        s.bind(path)
+    except OSError as e:
+        s.close()
+        raise ServeError(f"cannot bind {path}: {e.strerror}") from None
+    finally:
+        os.umask(old)
+    if o.socket_group:
+        try:
+            gid = grp.getgrnam(o.socket_group).gr_gid
+        except KeyError:
+            s.close()
+            raise ServeError(f"no group {o.socket_group!r}") from None
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+    s.listen(1)
+    return s
+
+
+def is_listening(s: socket.socket) -> bool:
+    return bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+MNT_DETACH = 2
+SYS_pivot_root = 155  # x86_64
+
+
+def _check(r: int, what: str) -> None:
+    if r < 0:
+        e = ctypes.get_errno()
+        raise ServeError(f"sandbox: {what}: {os.strerror(e)}")
+
+
+def _mount(src: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(_libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None,
+                       ctypes.c_ulong(flags), data.encode() if data else None),
+           f"mount {target}")
+
+
+def enter_sandbox(mode: str, shared_dir: str) -> None:
+    """Leave the host's filesystem behind. Everything the daemon serves is already an fd
+    (the tree's root, the socket); only ``/proc/self/fd`` is still needed by path (the
+    tree re-opens O_PATH fds through it), so the new root has the shared directory and
+    a fresh /proc and nothing else.
+
+    ``namespace``: a private mount namespace whose root is a small tmpfs, entered with
+    pivot_root and the old root detached (nothing of the host stays reachable).
+    ``chroot``: the same new root entered with chroot(2) (for hosts where pivot_root is
+    not allowed); the host's mounts stay below it, unreachable by path.
+    """
+    if mode == "none":
+        return
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount("none", "/", None, MS_REC | MS_PRIVATE)
+    new_root = tempfile.mkdtemp(prefix="msbfs-sandbox-")
+    _mount("msbfs-root", new_root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k")
+    for d in ("shared", "proc", "old"):
+        os.mkdir(os.path.join(new_root, d))
+    _mount(shared_dir, os.path.join(new_root, "shared"), None, MS_BIND | MS_REC)
+    _mount("proc", os.path.join(new_root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if mode == "namespace":
+        os.chdir(new_root)
+        _check(_libc.syscall(SYS_pivot_root, b".", b"old"), "pivot_root")
+        os.chroot(".")
+        _check(_libc.umount2(b"/old", MNT_DETACH), "umount old root")
+        os.rmdir("/old")
+    else:
+        os.chroot(new_root)
+    os.chdir("/shared")
+
+
+def print_capabilities() -> int:
+    print(json.dumps(CAPABILITIES, indent=2))
+    return 0
+
+
+# ---- running -------------------------------------------------------------------------------
+
+def run(o: ServeOptions) -> int:
+    """Serve until the frontend leaves (or SIGTERM). Returns the exit status."""
+    import trio
+
+    from msbfs.tree import Policy, Tree
+    from msbfs.virtiofs import VirtioFsDevice
+
+    setup_logging(o)
+    lock: Any = None
+    shared_dir = o.shared_dir
+    quota_mib = o.quota_mib
+    if o.volume is not None:
+        from msbfs import volumes
+
+        lock = volumes.hold_volume(o.volume)
+        vol = volumes.get_volume(o.volume)
+        if vol.kind != "dir":
+            lock.close()
+            raise ServeError(f"volume {o.volume} is a {vol.kind} volume: it is attached as a "
+                             f"block device, not served over virtio-fs")
+        shared_dir = vol.path
+        if quota_mib is None:
+            quota_mib = vol.quota_mib
+    assert shared_dir is not None
+    if not os.path.isdir(shared_dir):
+        raise ServeError(f"shared directory {shared_dir} does not exist or is not a directory")
+    sock = open_socket(o)
+    policy = Policy(readonly=o.readonly, noexec=o.noexec, nosuid=o.nosuid, nodev=o.nodev,
+                    quota_bytes=quota_mib * MIB if quota_mib is not None else None)
+    tree = Tree(shared_dir, policy, cache=o.cache, xattr=o.xattr, posix_acl=o.posix_acl,
+                announce_submounts=o.announce_submounts, writeback=o.writeback)
+    enter_sandbox(o.sandbox, shared_dir)
+    for item in o.ignored:
+        log.debug("ignoring -o %s", item)
+    device = VirtioFsDevice(tree, tag=o.tag, num_request_queues=o.num_request_queues,
+                            writeback=o.writeback and o.cache != "never",
+                            posix_acl=o.posix_acl)
+    log.info("serving %s (tag %s) on %s", o.volume or shared_dir, o.tag,
+             o.socket_path or f"fd {o.fd}")
+    try:
+        trio.run(_serve, device, sock, o.keep_serving)
+    finally:
+        tree.close()
+        sock.close()
+        if o.socket_path:
+            try:
+                os.unlink(o.socket_path)
+            except OSError:
+                pass
+        if lock is not None:
+            lock.close()
+    return 0
+
+
+async def _serve(device: Any, sock: socket.socket, keep_serving: bool) -> None:
+    import trio
+
+    from vhost import backend
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                async for sig in signals:
+                    log.info("%s: stopping", signal.Signals(sig).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            device.nursery = nursery
+            tsock = trio.socket.from_stdlib_socket(sock)
+            while True:
+                if is_listening(sock):
+                    conn, _ = await tsock.accept()
+                else:
+                    conn = tsock
+                log.info("frontend connected")
+                try:
+                    await backend.serve(device, conn)
+                finally:
+                    if conn is not tsock:
+                        conn.close()
+                log.info("frontend disconnected")
+                if not keep_serving or not is_listening(sock):
+                    break
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "msbfs-virtiofsd") -> int:
+    """The drop-in entry: virtiofsd's argv exactly (``msbfs-virtiofsd``)."""
+    p = argparse.ArgumentParser(prog=prog, description="virtio-fs daemon (msbfs)")
+    add_arguments(p)
+    p.add_argument("-V", "--version", action="store_true")
+    a = p.parse_args(argv)
+    if a.version:
+        print("msbfs-virtiofsd 0.1.0 (FUSE 7.38)")
+        return 0
+    return handle(a)
+
+
+def handle(a: argparse.Namespace) -> int:
+    if a.print_capabilities:
+        return print_capabilities()
+    try:
+        return run(options_from_args(a))
+    except MsbfsError as e:
+        print(f"msbfs serve: {e}", file=sys.stderr)
+        return 1

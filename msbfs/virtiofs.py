@@ -1,0 +1,207 @@
+"""The vhost-user-fs device: a hiprio queue plus N request queues carrying FUSE requests
+to one tree.
+
+Per kick, the C data path (``csrc/fuse_datapath.c``) pops the available chains and answers
+well-formed READ/WRITE requests on open handles itself, straight between the host fd and
+guest memory; it hands every other chain back here, where the request bytes go through
+the FUSE codec (``msbfs.fuse``) into the tree, inline on the trio loop, and the reply is
+scattered into the chain's writable part. Used elements are pushed in batches and the
+driver is signalled once per batch (EVENT_IDX-aware, in C).
+
+The C handle table mirrors the session's open files: filled from ``tree.data_fd`` when
+OPEN/CREATE/TMPFILE succeed, emptied before RELEASE and DESTROY, so C never touches an
+fd the tree has closed. A handle whose writes the tree must see (quota: ``data_fd``
+raises EAGAIN) is only registered for reading; its writes take the slow path.
+
+SETLKW may block: it runs in a worker thread and its reply is pushed when it returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import struct
+from typing import Any
+
+import trio
+
+from msbfs._native import ffi, lib
+from msbfs.fuse import abi
+from msbfs.fuse.server import Deferred, FuseSession, error_reply
+from msbfs.tree.api import TreeOps
+from vhost.device import VhostUserDevice
+
+log = logging.getLogger(__name__)
+
+#: Chains handed to Python per C call (each struct msb_chain is ~16 KiB).
+SLOW_BATCH = 32
+#: Chains popped per C call before Python gets to run again (fairness between queues).
+BUDGET = 256
+#: The largest request we read into Python: a 1 MiB WRITE plus its headers, or a 64 KiB
+#: xattr value plus a name. Anything longer is answered EINVAL from its header alone.
+MAX_REQUEST = (1 << 20) + 4096 + (64 << 10)
+HIPRIO = 0
+VIRTIO_FS_TAG_LEN = 36
+#: struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
+virtio_fs_config = struct.Struct("<36sI")
+
+
+class VirtioFsDevice(VhostUserDevice):
+    """vhost-user-fs over ``tree``. ``num_request_queues`` is what we offer; the guest
+    kernel uses as many as the frontend sets up."""
+
+    def __init__(self, tree: TreeOps, *, tag: str = "msbfs", num_request_queues: int = 1,
+                 writeback: bool = False, posix_acl: bool = False) -> None:
+        tb = tag.encode()
+        if not tb or len(tb) > VIRTIO_FS_TAG_LEN:
+            raise ValueError(f"tag must be 1..{VIRTIO_FS_TAG_LEN} bytes")
+        super().__init__()
+        self.tree = tree
+        self.tag = tb
+        self.num_request_queues = num_request_queues
+        self.num_queues = 1 + num_request_queues
+        self.table = ffi.gc(lib.msb_fs_table_new(), lib.msb_fs_table_free)
+        if self.table == ffi.NULL:
+            raise MemoryError("handle table")
+        self.stats = ffi.new("struct msb_fs_stats *")
+        self.session = FuseSession(tree, writeback=writeback, posix_acl=posix_acl,
+                                   on_open=self._opened, on_release=self._released,
+                                   on_destroy=self._destroyed)
+        # One chain buffer per queue: queues are served by separate tasks that may
+        # interleave at checkpoints.
+        self._chains: dict[int, Any] = {}
+        self.nursery: trio.Nursery | None = None
+        self.deferred_running = 0
+
+    # ---- VhostUserDevice -----------------------------------------------------------------
+    def device_features(self) -> int:
+        return 0  # virtio-fs has no feature bits of its own that we offer
+
+    def protocol_features(self) -> int:
+        return 0
+
+    def get_config(self, offset: int, size: int) -> bytes:
+        cfg = virtio_fs_config.pack(self.tag, self.num_request_queues)
+        return cfg[offset:offset + size].ljust(size, b"\0") if offset >= 0 else b"\0" * size
+
+    def set_config(self, offset: int, data: bytes) -> None:
+        pass  # read-only config space: writes are ignored, as in virtio-fs devices
+
+    def queue_started(self, index: int, vq: Any) -> None:
+        if index not in self._chains:
+            self._chains[index] = ffi.new("struct msb_chain[]", SLOW_BATCH)
+
+    def queue_stopped(self, index: int, vq: Any) -> None:
+        pass
+
+    async def handle_kick(self, index: int, vq: Any) -> None:
+        chains = self._chains.get(index)
+        if chains is None:
+            chains = self._chains[index] = ffi.new("struct msb_chain[]", SLOW_BATCH)
+        cvq = vq.c
+        while True:
+            n = lib.msb_fs_serve(cvq, self.table, chains, SLOW_BATCH, BUDGET, self.stats)
+            if n < 0:
+                log.warning("queue %d broken by the driver (%s)", index, errno.errorcode.get(-n, n))
+                return
+            if n:
+                heads = ffi.new("uint16_t[]", n)
+                lens = ffi.new("uint32_t[]", n)
+                k = 0
+                for i in range(n):
+                    used = self._serve_slow(vq, chains[i])
+                    if used is None:
+                        continue  # deferred: pushed later
+                    heads[k] = chains[i].head
+                    lens[k] = used
+                    k += 1
+                if k:
+                    r = lib.msb_vq_push_many(cvq, heads, lens, k)
+                    if r < 0:
+                        log.warning("push on queue %d failed: %s", index, r)
+                        return
+            lib.msb_vq_notify(cvq)
+            if lib.msb_vq_pending(cvq) == 0:
+                return
+            await trio.lowlevel.checkpoint()
+
+    # ---- the slow path -------------------------------------------------------------------------
+    def _serve_slow(self, vq: Any, chain: Any) -> int | None:
+        """Answer one chain through the codec; the used length, or None when deferred."""
+        out_len = chain.out_len
+        in_len = chain.in_len
+        n = min(out_len, MAX_REQUEST)
+        if out_len > MAX_REQUEST:
+            n = abi.fuse_in_header.size
+        buf = bytearray(n)
+        lib.msb_iov_copy_from(chain.iov, chain.nout, 0, ffi.from_buffer(buf), n)
+        if out_len > MAX_REQUEST:
+            # Too long to be a request of ours: answer from the header alone.
+            unique = int.from_bytes(buf[8:16], "little")
+            reply: bytes | Deferred | None = error_reply(unique, errno.EINVAL)
+        else:
+            reply = self.session.dispatch(buf, in_len)
+        if reply is None:
+            return 0
+        if isinstance(reply, Deferred):
+            self._defer(vq, chain, reply)
+            return None
+        return self._write_reply(chain, reply)
+
+    @staticmethod
+    def _write_reply(chain: Any, reply: bytes) -> int:
+        in_len = chain.in_len
+        if len(reply) > in_len:
+            # The driver gave too little room (the codec already clamps sizes): say so
+            # if even a header fits, else give the buffer back empty.
+            unique = int.from_bytes(reply[8:16], "little")
+            reply = error_reply(unique, errno.EINVAL)
+            if len(reply) > in_len:
+                return 0
+        lib.msb_iov_copy_to(chain.iov + chain.nout, chain.nin, 0, reply, len(reply))
+        return len(reply)
+
+    def _defer(self, vq: Any, chain: Any, d: Deferred) -> None:
+        # The chain buffer is reused by the next kick: keep a private copy of it.
+        saved = ffi.new("struct msb_chain *")
+        ffi.memmove(saved, ffi.addressof(chain), ffi.sizeof("struct msb_chain"))
+        if self.nursery is None:
+            # No place to wait: refuse rather than block the loop.
+            self._push_now(vq, saved, error_reply(d.unique, errno.ENOLCK))
+            return
+        self.nursery.start_soon(self._run_deferred, vq, saved, d)
+
+    async def _run_deferred(self, vq: Any, saved: Any, d: Deferred) -> None:
+        self.deferred_running += 1
+        try:
+            reply = await trio.to_thread.run_sync(d.run, abandon_on_cancel=True)
+        finally:
+            self.deferred_running -= 1
+        self._push_now(vq, saved, reply)
+
+    def _push_now(self, vq: Any, chain: Any, reply: bytes) -> None:
+        used = self._write_reply(chain, reply)
+        if lib.msb_vq_push(vq.c, chain.head, used) == 0:
+            lib.msb_vq_notify(vq.c)
+
+    # ---- the C handle table ----------------------------------------------------------------------
+    def _opened(self, fh: int, flags: int) -> None:
+        for write, bit in ((False, lib.MSB_FS_READ), (True, lib.MSB_FS_WRITE)):
+            try:
+                fd = self.tree.data_fd(fh, write=write)
+            except OSError:
+                continue  # not open that way, or the tree must see it (quota): slow path
+            if lib.msb_fs_table_set(self.table, fh, fd, bit) < 0:
+                raise MemoryError("handle table")
+
+    def _released(self, fh: int) -> None:
+        lib.msb_fs_table_del(self.table, fh)
+
+    def _destroyed(self) -> None:
+        lib.msb_fs_table_clear(self.table)
+
+    def statistics(self) -> dict[str, int]:
+        s = self.stats
+        return {"fast_reads": s.reads, "fast_writes": s.writes, "read_bytes": s.read_bytes,
+                "write_bytes": s.write_bytes, "slow": s.slow, "fast_errors": s.errors,
+                "handles": self.table.count, "deferred_running": self.deferred_running}
