@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+#: Every helper process carries this mark (our pid) in its environment, so a leak check
+#: can find one even after it has been orphaned.
+OWNER_ENV = "MSBFS_SANDBOX_OWNER"
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,10 @@ def _die_with_parent() -> None:
 def spawn(argv: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     """Start a helper in its own session (a terminal's Ctrl-C reaches only us, and we stop
     the helpers in order) that dies with us."""
+    env = {**os.environ, OWNER_ENV: str(os.getpid())}
     with log.open("ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                pass_fds=pass_fds, start_new_session=True,
+                                pass_fds=pass_fds, start_new_session=True, env=env,
                                 preexec_fn=_die_with_parent)
 
 

@@ -62,7 +62,7 @@ class Vm:
     def __init__(self, spec: VmSpec, image: GuestImage | None = None) -> None:
         self.spec = spec
         self.image = image or find_image()
-        self.dir = Path(tempfile.mkdtemp(prefix="msbfs-vm-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"msbfs-vm-{os.getpid()}-"))
         self.qemu: subprocess.Popen | None = None
         self.daemons: list[tuple[daemons.ServedTree, subprocess.Popen]] = []
         self.channel: AgentChannel | None = None
