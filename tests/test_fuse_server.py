@@ -1,0 +1,335 @@
+"""The FUSE codec against a REAL tree over a tmp dir: request bytes in, reply bytes
+checked (and the host directory checked behind it)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from msbfs.fuse import abi
+from msbfs.fuse.abi import Opcode
+from msbfs.fuse.kernel import (
+    Requests,
+    parse_attr_out,
+    parse_dirents,
+    parse_entry,
+    parse_open,
+    parse_reply,
+    u32,
+)
+from msbfs.fuse.server import BASE_FLAGS, Deferred, FuseSession
+from msbfs.tree import Policy, Tree
+
+ROOT = 1
+
+
+def make(tmp_path: Path, policy: Policy | None = None) -> tuple[FuseSession, Requests, Tree, Path]:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    tree = Tree(src, policy or Policy())
+    s = FuseSession(tree)
+    r = Requests()
+    rep = parse_reply(s.dispatch(r.init()))  # type: ignore[arg-type]
+    assert rep.error == 0
+    return s, r, tree, src
+
+
+@pytest.fixture
+def fs(tmp_path: Path):
+    s, r, tree, src = make(tmp_path)
+    yield s, r, src
+    tree.close()
+
+
+def call(s: FuseSession, req: bytes, room: int | None = None):
+    out = s.dispatch(req, room)
+    assert isinstance(out, bytes)
+    rep = parse_reply(out)
+    return rep
+
+
+def ok(s: FuseSession, req: bytes) -> bytes:
+    rep = call(s, req)
+    assert rep.error == 0, os.strerror(rep.error)
+    return rep.payload
+
+
+# ---- INIT -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("minor", [27, 31, 36, 38, 41])
+def test_init_negotiates_down_to_the_kernel(tmp_path: Path, minor: int) -> None:
+    tree = Tree(tmp_path)
+    s = FuseSession(tree)
+    r = Requests()
+    offered = abi.FUSE_ASYNC_READ | abi.FUSE_MAX_PAGES | abi.FUSE_SPLICE_READ | abi.FUSE_WRITEBACK_CACHE
+    rep = call(s, r.init(minor=minor, flags=offered))
+    assert rep.error == 0 and rep.unique == r.last_unique
+    major, got_minor, _ra, flags, _bg, _ct, max_write, _tg, max_pages, _ma, flags2 = abi.fuse_init_out.unpack(rep.payload)
+    assert (major, got_minor) == (7, min(minor, 38))
+    assert flags == abi.FUSE_ASYNC_READ | abi.FUSE_MAX_PAGES  # never more than offered; no splice; no writeback
+    assert flags2 == 0 and max_write == 1 << 20 and max_pages == 256
+    tree.close()
+
+
+def test_init_full_flag_set_and_old_kernels(tmp_path: Path) -> None:
+    tree = Tree(tmp_path)
+    s = FuseSession(tree, writeback=True, posix_acl=True)
+    r = Requests()
+    payload = call(s, r.init()).payload
+    flags = abi.fuse_init_out.unpack(payload)[3]
+    want = BASE_FLAGS | abi.FUSE_WRITEBACK_CACHE | abi.FUSE_POSIX_ACL | abi.FUSE_SETXATTR_EXT
+    assert flags == want & 0xFFFFFFFF
+    assert call(s, r.init(minor=26)).error == errno.EPROTO
+    # a newer major hears ours and nothing else (8 bytes), then retries
+    rep = call(s, r.init(major=8))
+    assert rep.error == 0 and rep.payload == abi.fuse_init_out_compat.pack(7, 38)
+    tree.close()
+
+
+def test_requests_before_init_are_eio(tmp_path: Path) -> None:
+    tree = Tree(tmp_path)
+    s = FuseSession(tree)
+    assert call(s, Requests().getattr(ROOT)).error == errno.EIO
+    tree.close()
+
+
+# ---- malformed input ----------------------------------------------------------------------
+
+def test_malformed_requests_get_einval_never_an_exception(fs) -> None:
+    s, r, _ = fs
+    good = r.lookup(ROOT, b"x")
+    cases = [
+        r.raw(Opcode.GETATTR, ROOT, b"\0" * 4),                 # body shorter than getattr_in
+        r.raw(Opcode.LOOKUP, ROOT, b"noterminator"),             # name without NUL
+        r.raw(Opcode.LOOKUP, ROOT, b"x\0", length=100),          # header longer than message
+        r.raw(Opcode.LOOKUP, ROOT, b"x\0", length=41),           # header shorter than message
+        r.raw(Opcode.WRITE, ROOT, abi.fuse_write_in.pack(1, 0, 100, 0, 0, 0) + b"abc"),  # lying size
+        r.raw(Opcode.BATCH_FORGET, 0, abi.fuse_batch_forget_in.pack(1 << 30)),  # lying count: no reply
+        r.raw(Opcode.SETXATTR, ROOT, abi.fuse_setxattr_in_compat.pack(99, 0) + b"user.a\0v"),
+        r.raw(Opcode.RENAME, ROOT, abi.fuse_rename_in.pack(1) + b"a\0b"),
+        r.raw(Opcode.LOOKUP, ROOT, b"x\0", extlen=1000),         # extensions longer than message
+    ]
+    for req in cases:
+        out = s.dispatch(req)
+        if out is None:
+            assert int.from_bytes(req[4:8], "little") == Opcode.BATCH_FORGET
+            continue
+        rep = parse_reply(out)
+        assert rep.error == errno.EINVAL, req
+    assert s.dispatch(b"") is None and s.dispatch(b"\0" * 10) is None
+    short = r.raw(Opcode.GETATTR, ROOT)[:20]
+    assert parse_reply(s.dispatch(short)).error == errno.EINVAL  # type: ignore[arg-type]
+    assert call(s, r.raw(999, ROOT)).error == errno.ENOSYS
+    assert call(s, r.raw(Opcode.BMAP, ROOT, b"\0" * 16)).error == errno.ENOSYS
+    assert call(s, good).error == errno.ENOENT  # still serving
+
+
+# ---- inodes and namespace -------------------------------------------------------------------
+
+def test_namespace_ops(fs) -> None:
+    s, r, src = fs
+    d = parse_entry(ok(s, r.mkdir(ROOT, b"d", 0o750)))
+    assert stat.S_ISDIR(d.mode) and (src / "d").is_dir()
+    f = parse_entry(ok(s, r.mknod(d.nodeid, b"f", stat.S_IFREG | 0o640)))
+    assert stat.S_ISREG(f.mode) and (src / "d/f").is_file()
+    ln = parse_entry(ok(s, r.symlink(ROOT, b"ln", b"d/f")))
+    assert stat.S_ISLNK(ln.mode)
+    assert ok(s, r.readlink(ln.nodeid)) == b"d/f"
+    hl = parse_entry(ok(s, r.link(f.nodeid, ROOT, b"hard")))
+    assert hl.attr[10] == 2 and os.stat(src / "hard").st_nlink == 2
+    looked = parse_entry(ok(s, r.lookup(d.nodeid, b"f")))
+    assert looked.nodeid == f.nodeid and looked.ino == os.stat(src / "d/f").st_ino
+    _, attr = parse_attr_out(ok(s, r.getattr(f.nodeid)))
+    assert attr[0] == os.stat(src / "d/f").st_ino and stat.S_IMODE(attr[9]) == 0o640
+    _, attr = parse_attr_out(ok(s, r.setattr(f.nodeid, valid=1, mode=0o600)))
+    assert stat.S_IMODE(os.stat(src / "d/f").st_mode) == 0o600 == stat.S_IMODE(attr[9])
+    ok(s, r.rename(d.nodeid, b"f", ROOT, b"g"))
+    assert (src / "g").exists() and not (src / "d/f").exists()
+    (src / "h").write_text("h")
+    assert call(s, r.rename2(ROOT, b"g", ROOT, b"h", 1)).error == errno.EEXIST  # NOREPLACE
+    ok(s, r.rename2(ROOT, b"g", ROOT, b"h", 2))  # EXCHANGE
+    assert (src / "g").read_text() == "h"
+    ok(s, r.unlink(ROOT, b"g"))
+    ok(s, r.rmdir(ROOT, b"d"))
+    assert not (src / "d").exists()
+    assert call(s, r.rmdir(ROOT, b"nope")).error == errno.ENOENT
+    assert call(s, r.lookup(ROOT, b"../..")).error in (errno.EINVAL, errno.ENOENT)
+    assert s.dispatch(r.forget(f.nodeid, 1)) is None
+    assert s.dispatch(r.batch_forget([(hl.nodeid, 1), (looked.nodeid, 1), (12345, 1)])) is None
+    st = parse_reply(s.dispatch(r.statfs())).payload  # type: ignore[arg-type]
+    assert len(st) == abi.fuse_kstatfs.size and abi.fuse_kstatfs.unpack(st)[5] > 0
+    ok(s, r.access(ROOT, os.R_OK | os.W_OK))
+    ok(s, r.syncfs())
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+def test_file_io_ops(fs) -> None:
+    s, r, src = fs
+    p = ok(s, r.create(ROOT, b"f", 0o644, os.O_RDWR))
+    e = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+    fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+    assert u32(ok(s, r.write(e.nodeid, fh, 0, b"hello world"))) == 11
+    assert (src / "f").read_bytes() == b"hello world"
+    assert ok(s, r.read(e.nodeid, fh, 6, 100)) == b"world"
+    # the reply room caps what is read
+    assert call(s, r.read(e.nodeid, fh, 0, 100), room=16 + 4).payload == b"hell"
+    ok(s, r.flush(e.nodeid, fh))
+    ok(s, r.fsync(e.nodeid, fh, True))
+    ok(s, r.fallocate(e.nodeid, fh, 0, 65536))
+    assert os.stat(src / "f").st_size == 65536
+    assert abi.fuse_lseek_out.unpack(ok(s, r.lseek(e.nodeid, fh, 0, os.SEEK_DATA)))[0] == 0
+    p2 = ok(s, r.create(ROOT, b"g", 0o644, os.O_RDWR))
+    fh2, _ = parse_open(p2[abi.FUSE_ENTRY_OUT_SIZE:])
+    n = u32(ok(s, r.copy_file_range(e.nodeid, fh, 0, 0, fh2, 0, 11)))
+    assert n == 11 and (src / "g").read_bytes() == b"hello world"
+    _, attr = parse_attr_out(ok(s, r.setattr(e.nodeid, valid=abi_FATTR_SIZE | 64, fh=fh, size=5)))
+    assert attr[1] == 5 and (src / "f").read_bytes() == b"hello"
+    ok(s, r.release(e.nodeid, fh))
+    ok(s, r.release(e.nodeid, fh2))
+    assert call(s, r.read(e.nodeid, fh, 0, 10)).error == errno.EBADF
+    o = parse_open(ok(s, r.open(e.nodeid, os.O_RDONLY)))
+    assert call(s, r.write(e.nodeid, o[0], 0, b"x")).error == errno.EBADF
+    ok(s, r.release(e.nodeid, o[0]))
+    t = ok(s, r.tmpfile(ROOT))
+    te = parse_entry(t[:abi.FUSE_ENTRY_OUT_SIZE])
+    tfh, _ = parse_open(t[abi.FUSE_ENTRY_OUT_SIZE:])
+    assert u32(ok(s, r.write(te.nodeid, tfh, 0, b"tmp"))) == 3
+    ok(s, r.release(te.nodeid, tfh))
+    assert sorted(os.listdir(src)) == ["f", "g"]  # the tmpfile has no name
+
+
+abi_FATTR_SIZE = 1 << 3
+
+
+def test_xattrs(fs) -> None:
+    s, r, src = fs
+    e = parse_entry(ok(s, r.mknod(ROOT, b"f", stat.S_IFREG | 0o644)))
+    ok(s, r.setxattr(e.nodeid, b"user.k", b"value"))
+    assert os.getxattr(src / "f", "user.k") == b"value"
+    assert u32(ok(s, r.getxattr(e.nodeid, b"user.k", 0))) == 5
+    assert ok(s, r.getxattr(e.nodeid, b"user.k", 64)) == b"value"
+    assert call(s, r.getxattr(e.nodeid, b"user.k", 2)).error == errno.ERANGE
+    assert call(s, r.getxattr(e.nodeid, b"user.nope", 64)).error == errno.ENODATA
+    names = ok(s, r.listxattr(e.nodeid, 4096))
+    assert b"user.k\0" in names
+    assert u32(ok(s, r.listxattr(e.nodeid, 0))) == len(names)
+    ok(s, r.removexattr(e.nodeid, b"user.k"))
+    assert "user.k" not in os.listxattr(src / "f")
+
+
+def test_readdir_and_readdirplus(fs) -> None:
+    s, r, src = fs
+    names = {f"file{i:03}".encode() for i in range(100)}
+    for n in names:
+        (src / n.decode()).write_bytes(b"")
+    for plus in (False, True):
+        fh, _ = parse_open(ok(s, r.opendir(ROOT)))
+        seen: list[bytes] = []
+        off = 0
+        while True:
+            recs = parse_dirents(ok(s, r.readdir(ROOT, fh, off, 1024, plus=plus)), plus=plus)
+            if not recs:
+                break
+            for name, ino, roff, entry in recs:
+                seen.append(name)
+                if plus:
+                    assert entry is not None
+                    if name in (b".", b".."):
+                        assert entry.nodeid == 0
+                    else:
+                        assert entry.nodeid > 1 and entry.ino == ino == os.stat(src / name.decode()).st_ino
+                        s.dispatch(r.forget(entry.nodeid, 1))
+                off = roff
+        assert set(seen) == names | {b".", b".."} and len(seen) == len(set(seen))
+        ok(s, r.fsyncdir(ROOT, fh))
+        ok(s, r.releasedir(ROOT, fh))
+    # a buffer too small for even one record returns no records (not an error)
+    fh, _ = parse_open(ok(s, r.opendir(ROOT)))
+    assert ok(s, r.readdir(ROOT, fh, 0, 10, plus=True)) == b""
+    ok(s, r.releasedir(ROOT, fh))
+
+
+def test_readdirplus_counts_one_lookup_per_delivered_entry(fs) -> None:
+    s, r, src = fs
+    for i in range(50):
+        (src / f"n{i}").write_bytes(b"")
+    base = s.tree.statistics().inodes
+    fh, _ = parse_open(ok(s, r.opendir(ROOT)))
+    recs = parse_dirents(ok(s, r.readdir(ROOT, fh, 0, 2000, plus=True)), plus=True)
+    delivered = [e for n, _, _, e in recs if n not in (b".", b"..")]
+    assert 0 < len(delivered) < 50
+    assert s.tree.statistics().inodes == base + len(delivered)
+    for e in delivered:
+        assert e is not None
+        s.dispatch(r.forget(e.nodeid, 1))
+    assert s.tree.statistics().inodes == base
+    ok(s, r.releasedir(ROOT, fh))
+
+
+def test_locks_posix_flock_and_blocking_setlkw(fs) -> None:
+    s, r, _ = fs
+    p = ok(s, r.create(ROOT, b"f", 0o644, os.O_RDWR))
+    e = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+    fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+    ok(s, r.lk(Opcode.SETLK, e.nodeid, fh, 1, 0, 99, fcntl.F_WRLCK))
+    lk = abi.fuse_file_lock.unpack(ok(s, r.lk(Opcode.GETLK, e.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK)))
+    assert lk[2] == fcntl.F_WRLCK  # owner 2 sees owner 1's lock
+    assert call(s, r.lk(Opcode.SETLK, e.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK)).error == errno.EAGAIN
+    d = s.dispatch(r.lk(Opcode.SETLKW, e.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK))
+    assert isinstance(d, Deferred) and d.opcode == Opcode.SETLKW
+    result: list[bytes] = []
+    t = threading.Thread(target=lambda: result.append(d.run()))
+    t.start()
+    t.join(0.2)
+    assert t.is_alive() and not result  # blocked behind owner 1
+    ok(s, r.lk(Opcode.SETLK, e.nodeid, fh, 1, 0, 99, fcntl.F_UNLCK))
+    t.join(30)
+    assert parse_reply(result[0]).error == 0 and parse_reply(result[0]).unique == d.unique
+    ok(s, r.lk(Opcode.SETLK, e.nodeid, fh, 3, 0, 0, fcntl.F_WRLCK, flock=True))
+    assert s.dispatch(r.interrupt(12345)) is None
+    ok(s, r.release(e.nodeid, fh, release_flags=abi.FUSE_RELEASE_FLOCK_UNLOCK))
+
+
+def test_policy_through_the_codec(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data")
+    (src / "f").chmod(0o755)
+    tree = Tree(src, Policy(readonly=True, noexec=True))
+    s = FuseSession(tree)
+    r = Requests()
+    ok(s, r.init())
+    e = parse_entry(ok(s, r.lookup(ROOT, b"f")))
+    assert call(s, r.mkdir(ROOT, b"d")).error == errno.EROFS
+    assert call(s, r.create(ROOT, b"new")).error == errno.EROFS
+    assert call(s, r.open(e.nodeid, os.O_RDWR)).error == errno.EROFS
+    assert call(s, r.setxattr(e.nodeid, b"user.a", b"b")).error == errno.EROFS
+    assert call(s, r.open(e.nodeid, os.O_RDONLY | abi.FMODE_EXEC)).error == errno.EACCES
+    fh, _ = parse_open(ok(s, r.open(e.nodeid, os.O_RDONLY)))
+    assert ok(s, r.read(e.nodeid, fh, 0, 10)) == b"data"
+    ok(s, r.release(e.nodeid, fh))
+    ok(s, r.destroy())
+    assert call(s, r.getattr(ROOT)).error == errno.EIO  # destroyed: until the next INIT
+    ok(s, r.init())
+    ok(s, r.getattr(ROOT))
+    tree.close()
+
+
+def test_handle_hooks_track_open_files(fs) -> None:
+    s, r, _ = fs
+    events: list[tuple[str, int]] = []
+    s.on_open = lambda fh, flags: events.append(("open", fh))
+    s.on_release = lambda fh: events.append(("release", fh))
+    s.on_destroy = lambda: events.append(("destroy", 0))
+    p = ok(s, r.create(ROOT, b"f"))
+    fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+    ok(s, r.release(1, fh))
+    ok(s, r.destroy())
+    assert events == [("open", fh), ("release", fh), ("destroy", 0)]
