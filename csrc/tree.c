@@ -1,0 +1,60 @@
+#define _GNU_SOURCE
+#include "tree.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int msb_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                  unsigned int flags)
+{
+    long r = syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, flags);
+    return r < 0 ? -errno : 0;
+}
+
+int msb_fallocate(int fd, int mode, int64_t offset, int64_t len)
+{
+    long r = syscall(SYS_fallocate, fd, mode, (off_t)offset, (off_t)len);
+    return r < 0 ? -errno : 0;
+}
+
+long msb_getdents64(int fd, void *buf, size_t size)
+{
+    long r = syscall(SYS_getdents64, fd, buf, size);
+    return r < 0 ? -errno : r;
+}
+
+/* uid/gid of -1 mean "leave unchanged", as for chown(2). */
+int msb_fchownat(int dirfd, const char *path, int64_t uid, int64_t gid, int flags)
+{
+    long r = syscall(SYS_fchownat, dirfd, path, (uid_t)uid, (gid_t)gid, flags);
+    return r < 0 ? -errno : 0;
+}
+
+/* The nsec fields may be UTIME_NOW or UTIME_OMIT. */
+int msb_utimensat(int dirfd, const char *path, int64_t atime_sec, int64_t atime_nsec,
+                  int64_t mtime_sec, int64_t mtime_nsec, int flags)
+{
+    struct timespec ts[2] = {
+        { .tv_sec = atime_sec, .tv_nsec = atime_nsec },
+        { .tv_sec = mtime_sec, .tv_nsec = mtime_nsec },
+    };
+    long r = syscall(SYS_utimensat, dirfd, path, ts, flags);
+    return r < 0 ? -errno : 0;
+}
+
+/* The raw syscall: glibc's faccessat emulates AT_EACCESS with the process's ids when
+ * faccessat2 is missing, which would ignore our per-thread fsuid. */
+int msb_faccessat2(int dirfd, const char *path, int mode, int flags)
+{
+    long r = syscall(SYS_faccessat2, dirfd, path, mode, flags);
+    return r < 0 ? -errno : 0;
+}
+
+int msb_syncfs(int fd)
+{
+    long r = syscall(SYS_syncfs, fd);
+    return r < 0 ? -errno : 0;
+}

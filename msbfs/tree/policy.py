@@ -1,0 +1,201 @@
+"""Every policy rule of a served tree, in one place: readonly, noexec, nosuid, nodev,
+owner squash and the directory-volume quota.
+
+The tree calls these checks for every client (virtio-fs guest, host mount, VolumeFs);
+no transport re-implements a rule, and none trusts the client's own mount flags (a
+guest root can remount).
+
+Quota accounting unit: **allocated bytes** (``st_blocks * 512``) of every inode on the
+root's filesystem, each inode counted once (hard links), directories and symlinks
+included, never following symlinks and never crossing into another filesystem — the
+same definition as ``VolumeFs``'s ``used_bytes``, so statfs inside a sandbox and
+``msbfs volume`` agree. Usage is found by one walk when the tree starts and then
+tracked incrementally from the allocation each mutating call actually caused (fstat
+before/after), so sparse files and holes are charged as the host charges them.
+Changes made behind the tree's back (another process writing the host directory) are
+picked up at the next start only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from dataclasses import dataclass
+
+#: The kernel's ``__FMODE_EXEC``: execve's open of the binary; FUSE passes it on in
+#: ``fuse_open_in.flags`` so the server can refuse it on a noexec tree.
+FMODE_EXEC = 0x20
+
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
+_WRITE_OPEN = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+_DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
+_BLOCK = 4096
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a tree allows. All fields default to "like a plain bind mount"."""
+
+    readonly: bool = False
+    noexec: bool = False
+    nosuid: bool = False
+    nodev: bool = False
+    quota_bytes: int | None = None  # directory-volume quota, in allocated bytes
+    squash_uid: int | None = None  # owner squash for host mounts: all files appear as this uid
+    squash_gid: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quota_bytes is not None and self.quota_bytes < 0:
+            raise ValueError("quota_bytes must be >= 0")
+
+    # ---- checks the tree runs before a syscall --------------------------------------
+    def check_mutation(self) -> None:
+        """Every namespace, data, attribute or xattr change on a readonly tree: EROFS."""
+        if self.readonly:
+            raise _err(errno.EROFS)
+
+    def check_open(self, flags: int, kind: int) -> None:
+        """An open of an existing inode of file type ``kind`` (``S_IFMT`` bits)."""
+        if self.readonly and (flags & os.O_ACCMODE != os.O_RDONLY or flags & _WRITE_OPEN):
+            raise _err(errno.EROFS)
+        if self.noexec and flags & FMODE_EXEC:
+            raise _err(errno.EACCES)
+        if self.nodev and kind in _DEVICE_TYPES:
+            raise _err(errno.EACCES)
+
+    def check_mknod(self, mode: int) -> None:
+        self.check_mutation()
+        if self.nodev and stat.S_IFMT(mode) in _DEVICE_TYPES:
+            raise _err(errno.EPERM)
+
+    def check_access(self, mask: int, kind: int) -> None:
+        """access(2) answers as on a ro/noexec mount, before asking the host."""
+        if self.readonly and mask & os.W_OK and kind in (stat.S_IFREG, stat.S_IFDIR,
+                                                        stat.S_IFLNK):
+            raise _err(errno.EROFS)
+        if self.noexec and mask & os.X_OK and kind == stat.S_IFREG:
+            raise _err(errno.EACCES)
+
+    def stored_mode(self, mode: int) -> int:
+        """The permission bits a create/mkdir/mknod/chmod may store."""
+        return mode & ~SETID_BITS if self.nosuid else mode
+
+    # ---- what clients see -----------------------------------------------------------
+    @property
+    def reported_mode_mask(self) -> int:
+        """AND-ed into every reported ``st_mode`` (nosuid hides set-id bits)."""
+        return ~SETID_BITS if self.nosuid else ~0
+
+
+class QuotaAccount:
+    """Allocated bytes in use under a quota'd root, charged incrementally.
+
+    ``reserve`` answers "may this call grow usage by about N bytes?" before the syscall
+    (ENOSPC if not); ``charge`` books the growth (or shrinkage) the call really caused.
+    A lock makes the pair safe when a transport runs tree calls on several threads.
+    """
+
+    def __init__(self, limit: int, used: int) -> None:
+        self.limit = limit
+        self.used = used
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> int:
+        return max(0, self.limit - self.used)
+
+    def reserve(self, growth: int) -> None:
+        if growth > 0 and self.used + growth > self.limit:
+            raise _err(errno.ENOSPC)
+
+    def charge(self, delta: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used + delta)
+
+    def write_allowance(self, st: os.stat_result, offset: int, length: int) -> int:
+        """How many of ``length`` bytes at ``offset`` may be written to the file whose
+        stat is ``st``: all of them, a prefix (a short write, as a nearly full
+        filesystem gives), or ENOSPC when not even one block fits."""
+        est = estimate_growth(st, offset, length)
+        if est <= self.available:
+            return length
+        # Allocation grows from what is allocated now up to the new end: keep the part
+        # that fits in whole blocks.
+        room = (st.st_blocks * 512 + self.available) // _BLOCK * _BLOCK - offset
+        if room <= 0 or estimate_growth(st, offset, room) > self.available:
+            raise _err(errno.ENOSPC)
+        return min(room, length)
+
+
+def estimate_growth(st: os.stat_result, offset: int, length: int) -> int:
+    """Allocated bytes a write of ``length`` at ``offset`` may add: nothing for an
+    overwrite inside a fully allocated file, otherwise up to the new end (bounded by the
+    blocks the data itself can fill)."""
+    if length <= 0:
+        return 0
+    end = offset + length
+    allocated = st.st_blocks * 512
+    if end <= st.st_size and allocated >= st.st_size:
+        return 0
+    span = -(-max(end, st.st_size) // _BLOCK) * _BLOCK - allocated
+    return max(0, min(span, -(-length // _BLOCK) * _BLOCK + _BLOCK))
+
+
+def allocated(st: os.stat_result | None, root_dev: int) -> int:
+    """The bytes an inode counts against the quota (0 for another filesystem)."""
+    if st is None or st.st_dev != root_dev:
+        return 0
+    return st.st_blocks * 512
+
+
+def walk_usage(root_fd: int) -> int:
+    """Allocated bytes below ``root_fd`` by the quota's definition (see module doc).
+    Keeps at most one fd per directory level open, so any tree shape is walkable."""
+    top = os.stat(root_fd)
+    dev = top.st_dev
+    seen: set[int] = set()
+    total = top.st_blocks * 512
+    first = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+    stack: list[tuple[int, list[str]]] = []
+    fd: int | None = first
+    while fd is not None or stack:
+        if fd is not None:
+            subdirs: list[str] = []
+            try:
+                with os.scandir(fd) as it:
+                    for e in it:
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if st.st_dev != dev:
+                            continue
+                        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                            if st.st_ino in seen:
+                                continue
+                            seen.add(st.st_ino)
+                        total += st.st_blocks * 512
+                        if stat.S_ISDIR(st.st_mode):
+                            subdirs.append(e.name)
+            except OSError:
+                pass
+            stack.append((fd, subdirs))
+            fd = None
+        parent, names = stack[-1]
+        if not names:
+            os.close(parent)
+            stack.pop()
+            continue
+        name = names.pop()
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent)
+        except OSError:
+            fd = None
+    return total

@@ -1,0 +1,998 @@
+"""``Tree``: every FUSE operation over one host directory, sandboxed.
+
+How the rules of DESIGN.md's security model are kept here:
+
+* Resolution: one component at a time, from the parent's ``O_PATH`` fd, with
+  ``openat2(O_PATH | O_NOFOLLOW, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)``. A name is
+  never a path (``/`` is EINVAL), a symlink is opened as itself and never followed,
+  and ``..`` is resolved by the tree (the root's ``..`` is the root).
+* Acting on an inode goes through its fd: ``*at(fd, "", AT_EMPTY_PATH)`` calls, or the
+  ``/proc/self/fd/N`` re-open (virtiofsd's trick) built from OUR fd number, never from
+  a client string.
+* Identity: ops that create, change ownership or need a permission check run under the
+  caller's fsuid/fsgid/groups (raw per-thread syscalls), so the host kernel applies its
+  own rules: owners, EACCES/EPERM, set-id clearing, sticky directories. A root caller
+  (the common sandbox case) skips the switch.
+* Policy lives in ``msbfs.tree.policy``; this module only calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from msbfs import syscalls
+from msbfs._native import lib
+from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
+from msbfs.tree.inodes import Inode, InodeTable
+from msbfs.tree.policy import Policy, QuotaAccount, allocated, walk_usage
+from msbfs.tree.types import (
+    FATTR_ATIME,
+    FATTR_ATIME_NOW,
+    FATTR_FH,
+    FATTR_GID,
+    FATTR_KILL_SUIDGID,
+    FATTR_MODE,
+    FATTR_MTIME,
+    FATTR_MTIME_NOW,
+    FATTR_SIZE,
+    FATTR_UID,
+    Attr,
+    Ctx,
+    DirEntry,
+    Entry,
+    Lock,
+    Opened,
+    SetAttr,
+    StatFs,
+    Statistics,
+)
+
+# fuse_open_out.open_flags
+FOPEN_DIRECT_IO = 1 << 0
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_CACHE_DIR = 1 << 3
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_COLLAPSE_RANGE = 0x08
+
+AT_EMPTY_PATH = 0x1000
+AT_EACCESS = 0x200
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+OFFSET_MAX = (1 << 63) - 1
+NAME_MAX = 255
+PATH_MAX = 4096
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+MAX_IO = 1 << 24  # larger reads are clamped: no client gets to size our buffers
+
+_LONG = 86400.0
+_TIMEOUTS = {"never": 0.0, "auto": 1.0, "metadata": _LONG, "always": _LONG}
+
+# Open flags passed through to the host; everything else (O_CREAT/O_EXCL on a re-open,
+# O_NOCTTY, FMODE_EXEC and other kernel-internal bits) is dropped.
+_OPEN_PASS = (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DSYNC | os.O_SYNC
+              | os.O_DIRECT | os.O_NOATIME | os.O_TRUNC)
+_LOOKUP_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_RESOLVE = syscalls.RESOLVE_CONTAINED
+_FLOCK = struct.Struct("@hhqqi4x")  # struct flock (x86-64 / aarch64 layout)
+
+_NO_CREDS = contextlib.nullcontext()
+_DEFAULT_POLICY = Policy()
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def _proc(fd: int) -> bytes:
+    return b"/proc/self/fd/%d" % fd
+
+
+def _name(name: Any) -> bytes:
+    """A single path component from a client: bytes, no ``/``, no NUL."""
+    if type(name) is not bytes:
+        try:
+            name = bytes(name)
+        except TypeError:
+            raise _err(errno.EINVAL) from None
+    if not name:
+        raise _err(errno.ENOENT)
+    if len(name) > NAME_MAX:
+        raise _err(errno.ENAMETOOLONG)
+    if b"/" in name or b"\0" in name:
+        raise _err(errno.EINVAL)
+    return name
+
+
+def _new_name(name: Any) -> bytes:
+    """A name a creating op will make: ``.``/``..`` already exist (EEXIST, as Linux)."""
+    name = _name(name)
+    if name in (b".", b".."):
+        raise _err(errno.EEXIST)
+    return name
+
+
+def _int(value: Any, lo: int = 0, hi: int = OFFSET_MAX) -> int:
+    """A number from a client, in range or EINVAL (never a TypeError/OverflowError)."""
+    if type(value) is not int:
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise _err(errno.EINVAL) from None
+    if value < lo or value > hi:
+        raise _err(errno.EINVAL)
+    return value
+
+
+def _check(r: int) -> int:
+    if r < 0:
+        raise _err(-r)
+    return r
+
+
+class Tree:
+    """The sandboxed tree (``msbfs.tree.api.TreeOps``) over the directory ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str] | int, policy: Policy = _DEFAULT_POLICY, *,
+                 cache: str = "auto", xattr: bool = True, posix_acl: bool = False,
+                 announce_submounts: bool = False, writeback: bool = False) -> None:
+        if cache not in _TIMEOUTS:
+            raise ValueError(f"cache must be one of {', '.join(_TIMEOUTS)}, not {cache!r}")
+        if isinstance(root, int):
+            fd = os.open(_proc(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd = os.open(os.fspath(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.stat(fd)
+        self.policy = policy
+        self.cache = cache
+        self.xattr = xattr
+        self.posix_acl = posix_acl
+        self.announce_submounts = announce_submounts
+        self.writeback = writeback
+        self._timeout = _TIMEOUTS[cache]
+        self._file_open_flags = {"never": FOPEN_DIRECT_IO, "metadata": FOPEN_DIRECT_IO,
+                                 "always": FOPEN_KEEP_CACHE}.get(cache, 0)
+        self._dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
+        self._inodes = InodeTable(fd, st)
+        self._handles = HandleTable()
+        self._root_dev = st.st_dev
+        self._foreign_devs: dict[int, int] = {}
+        self._mode_mask = policy.reported_mode_mask
+        self._squash_uid = policy.squash_uid
+        self._squash_gid = policy.squash_gid
+        self._umask = _process_umask()
+        # POSIX record locks: one open file description per (inode, lock owner), so OFD
+        # locks conflict exactly between owners, as POSIX locks between processes.
+        self._lock_fds: dict[tuple[int, int], int] = {}
+        self._lock_fds_lock = threading.Lock()
+        self.quota: QuotaAccount | None = None
+        if policy.quota_bytes is not None:
+            self.quota = QuotaAccount(policy.quota_bytes, walk_usage(fd))
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _creds(self, ctx: Ctx) -> contextlib.AbstractContextManager[None]:
+        if ctx.uid == 0 and ctx.gid == 0 and not ctx.groups:
+            return _NO_CREDS
+        # Unknown groups mean "none but gid": never let the daemon's own supplementary
+        # groups stand in for the caller's.
+        return syscalls.credentials(ctx.uid, ctx.gid, ctx.groups or ())
+
+    def _ino(self, dev: int, ino: int) -> int:
+        """The st_ino a client sees: the host's on the root's filesystem; on any other
+        filesystem inside the root, tagged with a small per-device number in the top
+        bits so inodes of different filesystems never collide."""
+        if dev == self._root_dev:
+            return ino
+        tag = self._foreign_devs.get(dev)
+        if tag is None:
+            tag = self._foreign_devs[dev] = len(self._foreign_devs) + 1
+        return (tag << 48) ^ (ino & ((1 << 48) - 1))
+
+    def _attr(self, st: os.stat_result, submount: bool = False) -> Attr:
+        return Attr(
+            st.st_ino if st.st_dev == self._root_dev else self._ino(st.st_dev, st.st_ino),
+            st.st_size, st.st_blocks, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
+            st.st_mode & self._mode_mask, st.st_nlink,
+            st.st_uid if self._squash_uid is None else self._squash_uid,
+            st.st_gid if self._squash_gid is None else self._squash_gid,
+            st.st_rdev, st.st_blksize, submount)
+
+    def _entry(self, inode: Inode, st: os.stat_result) -> Entry:
+        t = self._timeout
+        return Entry(inode.nodeid, 0, self._attr(st, inode.submount), t, t)
+
+    def _add(self, fd: int, st: os.stat_result, parent: Inode) -> Inode:
+        sub = (self.announce_submounts and st.st_dev != parent.dev
+               and stat.S_ISDIR(st.st_mode))
+        return self._inodes.add(fd, st, sub)
+
+    def _open_beneath(self, parent: Inode, name: bytes) -> int:
+        fd = lib.msb_openat2(parent.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
+        if fd < 0:
+            raise _err(-fd)
+        return fd
+
+    def _lookup_new(self, parent: Inode, name: bytes) -> Entry:
+        """The Entry of a name just created beneath ``parent``."""
+        fd = self._open_beneath(parent, name)
+        try:
+            st = os.stat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._entry(self._add(fd, st, parent), st)
+
+    def _fix_mode(self, path: bytes | int, want: int, st: os.stat_result) -> os.stat_result:
+        """Creating ops run under this process's umask on top of the caller's; add back
+        permission bits only the process umask took, and drop set-id bits nosuid forbids
+        (a directory inherits S_ISGID from its parent regardless of the mode asked)."""
+        mode = st.st_mode & 0o7777
+        fixed = (mode | (want & 0o777 & self._umask))
+        fixed = self.policy.stored_mode(fixed)
+        if fixed == mode:
+            return st
+        if isinstance(path, int):
+            os.fchmod(path, fixed)
+            return os.stat(path)
+        os.chmod(path, fixed)
+        return os.stat(path)
+
+    def _charge_stat(self, before: os.stat_result | None, after: os.stat_result | None) -> None:
+        if self.quota is not None:
+            d = self._root_dev
+            self.quota.charge(allocated(after, d) - allocated(before, d))
+
+    def _lstat_at(self, parent: Inode, name: bytes) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return None
+
+    # ---- inodes ----------------------------------------------------------------------
+    def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Entry:
+        p = self._inodes.get(parent)
+        name = _name(name)
+        if name == b".":
+            st = os.stat(p.fd)
+            self._inodes.ref(p)
+            return self._entry(p, st)
+        if name == b"..":
+            return self._lookup_dotdot(p)
+        if ctx.uid == 0 and ctx.gid == 0 and not ctx.groups:
+            fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
+        else:
+            with self._creds(ctx):  # search permission on the parent, as the caller
+                fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
+        if fd < 0:
+            raise _err(-fd)
+        try:
+            st = os.stat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        known = self._inodes.find(st)
+        if known is not None:
+            # The common warm case: no new fd needed.
+            self._inodes.ref(known)
+            os.close(fd)
+            return self._entry(known, st)
+        return self._entry(self._add(fd, st, p), st)
+
+    def _lookup_dotdot(self, p: Inode) -> Entry:
+        root = self._inodes.root
+        if p is root:
+            st = os.stat(root.fd)
+            self._inodes.ref(root)
+            return self._entry(root, st)
+        fd = os.open(b"..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=p.fd)
+        try:
+            st = os.stat(fd)
+            self._check_beneath_root(fd, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        known = self._inodes.find(st)
+        if known is not None:
+            self._inodes.ref(known)
+            os.close(fd)
+            return self._entry(known, st)
+        return self._entry(self._inodes.add(fd, st), st)
+
+    def _check_beneath_root(self, fd: int, st: os.stat_result) -> None:
+        """Walk ``..`` up from ``fd`` until the root: a directory moved out of the root
+        behind our back must not hand the client its new parent (ENOENT)."""
+        root = self._inodes.root
+        cur = os.dup(fd)
+        try:
+            while (st.st_dev, st.st_ino) != (root.dev, root.ino):
+                up = os.open(b"..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+                ust = os.stat(up)
+                os.close(cur)
+                cur = up
+                if (ust.st_dev, ust.st_ino) == (st.st_dev, st.st_ino):
+                    raise _err(errno.ENOENT)  # reached the host's / : not beneath us
+                st = ust
+        finally:
+            os.close(cur)
+
+    def forget(self, nodeid: int, nlookup: int) -> None:
+        try:
+            self._inodes.forget(int(nodeid), int(nlookup))
+        except (TypeError, ValueError, OverflowError):
+            pass
+
+    def batch_forget(self, items: Iterable[tuple[int, int]]) -> None:
+        for nodeid, nlookup in items:
+            self.forget(nodeid, nlookup)
+
+    def getattr(self, nodeid: int, fh: int | None, ctx: Ctx) -> tuple[Attr, float]:
+        inode = self._inodes.get(nodeid)
+        fd = inode.fd
+        if fh is not None:
+            h = self._handles.get(fh)
+            if h is not None and h.inode is inode:
+                fd = h.fd
+        return self._attr(os.stat(fd), inode.submount), self._timeout
+
+    def setattr(self, nodeid: int, attr: SetAttr, ctx: Ctx) -> tuple[Attr, float]:
+        inode = self._inodes.get(nodeid)
+        valid = attr.valid
+        changes = valid & (FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_SIZE | FATTR_ATIME
+                           | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW)
+        if changes:
+            self.policy.check_mutation()
+        handle: FileHandle | None = None
+        if valid & FATTR_FH and attr.fh is not None:
+            handle = self._handles.file(attr.fh)
+        with self._creds(ctx):
+            if valid & FATTR_MODE:
+                self._chmod(inode, handle, _int(attr.mode, 0, 0o7777 | 0o170000) & 0o7777)
+            if valid & (FATTR_UID | FATTR_GID):
+                uid = _int(attr.uid, 0, 0xFFFFFFFE) if valid & FATTR_UID else -1
+                gid = _int(attr.gid, 0, 0xFFFFFFFE) if valid & FATTR_GID else -1
+                _check(lib.msb_fchownat(inode.fd, b"", uid, gid, AT_EMPTY_PATH))
+            if valid & FATTR_SIZE:
+                self._truncate(inode, handle, _int(attr.size))
+            if valid & (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW):
+                a = self._timespec(valid, FATTR_ATIME, FATTR_ATIME_NOW, attr.atime_ns)
+                m = self._timespec(valid, FATTR_MTIME, FATTR_MTIME_NOW, attr.mtime_ns)
+                _check(lib.msb_utimensat(inode.fd, b"", a[0], a[1], m[0], m[1], AT_EMPTY_PATH))
+        if valid & FATTR_KILL_SUIDGID and not valid & FATTR_MODE:
+            self._kill_suidgid(inode.fd)
+        return self._attr(os.stat(inode.fd), inode.submount), self._timeout
+
+    @staticmethod
+    def _timespec(valid: int, bit: int, now_bit: int, ns: int) -> tuple[int, int]:
+        if valid & now_bit:
+            return 0, UTIME_NOW
+        if valid & bit:
+            ns = _int(ns, -(1 << 62), 1 << 62)
+            return ns // 1_000_000_000, ns % 1_000_000_000
+        return 0, UTIME_OMIT
+
+    def _chmod(self, inode: Inode, handle: FileHandle | None, mode: int) -> None:
+        mode = self.policy.stored_mode(mode)
+        if inode.kind == stat.S_IFLNK:
+            raise _err(errno.EOPNOTSUPP)  # as fchmodat(AT_SYMLINK_NOFOLLOW)
+        if handle is not None:
+            os.fchmod(handle.fd, mode)
+        else:
+            os.chmod(_proc(inode.fd), mode)
+
+    def _truncate(self, inode: Inode, handle: FileHandle | None, size: int) -> None:
+        if inode.kind == stat.S_IFDIR:
+            raise _err(errno.EISDIR)
+        if inode.kind != stat.S_IFREG:
+            raise _err(errno.EINVAL)
+        if handle is not None and handle.writable:
+            fd, own = handle.fd, False
+        else:
+            # No writable handle: open one as the caller, so the kernel checks write
+            # permission exactly as truncate(2) would.
+            fd, own = os.open(_proc(inode.fd), os.O_WRONLY | os.O_CLOEXEC), True
+        try:
+            before = os.stat(fd) if self.quota is not None else None
+            os.ftruncate(fd, size)
+            if before is not None:
+                self._charge_stat(before, os.stat(fd))
+        finally:
+            if own:
+                os.close(fd)
+
+    def _kill_suidgid(self, fd: int) -> None:
+        """The kernel's rule for a write/truncate by an unprivileged caller: drop
+        S_ISUID, and S_ISGID when it means "setgid" (group-exec set)."""
+        st = os.stat(fd)
+        mode = st.st_mode
+        if not stat.S_ISREG(mode):
+            return
+        kill = stat.S_ISUID if mode & stat.S_ISUID else 0
+        if mode & stat.S_ISGID and mode & stat.S_IXGRP:
+            kill |= stat.S_ISGID
+        if kill:
+            # With the daemon's own identity: the kernel drops these bits on its own
+            # authority, whoever the writer is (callers never wrap this in _creds).
+            os.chmod(_proc(fd), stat.S_IMODE(mode) & ~kill)
+
+    def readlink(self, nodeid: int, ctx: Ctx) -> bytes:
+        inode = self._inodes.get(nodeid)
+        if inode.kind != stat.S_IFLNK:
+            raise _err(errno.EINVAL)
+        return os.readlink(b"", dir_fd=inode.fd)
+
+    # ---- namespace -------------------------------------------------------------------
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, umask: int,
+              ctx: Ctx) -> Entry:
+        p = self._inodes.get(parent)
+        name = _new_name(name)
+        mode = _int(mode, 0, 0xFFFFFFFF)
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind == stat.S_IFDIR:
+            raise _err(errno.EPERM)
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR,
+                        stat.S_IFBLK):
+            raise _err(errno.EINVAL)
+        self.policy.check_mknod(kind)
+        rdev = _int(rdev, 0, 0xFFFFFFFF)
+        want = self.policy.stored_mode(mode & 0o7777 & ~_int(umask, 0, 0o7777))
+        with self._creds(ctx):
+            os.mknod(name, kind | want, rdev, dir_fd=p.fd)
+            entry = self._lookup_new(p, name)
+            inode = self._inodes.get(entry.nodeid)
+            st = os.stat(inode.fd)
+            if inode.kind != stat.S_IFLNK:
+                st2 = self._fix_mode(_proc(inode.fd), want, st)
+                if st2 is not st:
+                    entry.attr = self._attr(st2, inode.submount)
+                    st = st2
+        self._charge_stat(None, st)
+        return entry
+
+    def mkdir(self, parent: int, name: bytes, mode: int, umask: int, ctx: Ctx) -> Entry:
+        p = self._inodes.get(parent)
+        name = _new_name(name)
+        self.policy.check_mutation()
+        want = self.policy.stored_mode(
+            _int(mode, 0, 0xFFFFFFFF) & 0o1777 & ~_int(umask, 0, 0o7777))
+        with self._creds(ctx):
+            os.mkdir(name, want, dir_fd=p.fd)
+            entry = self._lookup_new(p, name)
+            inode = self._inodes.get(entry.nodeid)
+            st = os.stat(inode.fd)
+            if inode.kind == stat.S_IFDIR:
+                st2 = self._fix_mode(_proc(inode.fd), want, st)
+                if st2 is not st:
+                    entry.attr = self._attr(st2, inode.submount)
+                    st = st2
+        self._charge_stat(None, st)
+        return entry
+
+    def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Entry:
+        p = self._inodes.get(parent)
+        name = _new_name(name)
+        self.policy.check_mutation()
+        if type(target) is not bytes:
+            try:
+                target = bytes(target)
+            except TypeError:
+                raise _err(errno.EINVAL) from None
+        if b"\0" in target:
+            raise _err(errno.EINVAL)
+        if len(target) >= PATH_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        with self._creds(ctx):
+            os.symlink(target, name, dir_fd=p.fd)
+            entry = self._lookup_new(p, name)
+        if self.quota is not None:
+            self._charge_stat(None, os.stat(self._inodes.get(entry.nodeid).fd))
+        return entry
+
+    def link(self, nodeid: int, newparent: int, newname: bytes, ctx: Ctx) -> Entry:
+        inode = self._inodes.get(nodeid)
+        np = self._inodes.get(newparent)
+        newname = _new_name(newname)
+        self.policy.check_mutation()
+        if inode.kind == stat.S_IFDIR:
+            raise _err(errno.EPERM)
+        with self._creds(ctx):
+            # linkat(AT_SYMLINK_FOLLOW) of the magic link links the inode our fd holds
+            # (also a symlink itself, or an O_TMPFILE file), not anything by name.
+            os.link(_proc(inode.fd), newname, dst_dir_fd=np.fd, follow_symlinks=True)
+        st = os.stat(inode.fd)
+        self._inodes.ref(inode)
+        return self._entry(inode, st)
+
+    def unlink(self, parent: int, name: bytes, ctx: Ctx) -> None:
+        p = self._inodes.get(parent)
+        name = _name(name)
+        self.policy.check_mutation()
+        if name in (b".", b".."):
+            raise _err(errno.EISDIR)
+        before = self._lstat_at(p, name) if self.quota is not None else None
+        with self._creds(ctx):
+            os.unlink(name, dir_fd=p.fd)
+        if before is not None and before.st_nlink <= 1:
+            self._charge_stat(before, None)
+
+    def rmdir(self, parent: int, name: bytes, ctx: Ctx) -> None:
+        p = self._inodes.get(parent)
+        name = _name(name)
+        self.policy.check_mutation()
+        if name == b".":
+            raise _err(errno.EINVAL)
+        if name == b"..":
+            raise _err(errno.ENOTEMPTY)
+        before = self._lstat_at(p, name) if self.quota is not None else None
+        with self._creds(ctx):
+            os.rmdir(name, dir_fd=p.fd)
+        if before is not None:
+            self._charge_stat(before, None)
+
+    def rename(self, parent: int, name: bytes, newparent: int, newname: bytes,
+               flags: int, ctx: Ctx) -> None:
+        p = self._inodes.get(parent)
+        np = self._inodes.get(newparent)
+        name = _name(name)
+        newname = _name(newname)
+        flags = _int(flags, 0, 0xFFFFFFFF)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
+            raise _err(errno.EINVAL)
+        self.policy.check_mutation()
+        if name in (b".", b".."):
+            raise _err(errno.EBUSY)
+        if newname in (b".", b".."):
+            raise _err(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY)
+        replaced = None
+        if self.quota is not None and not flags & RENAME_EXCHANGE:
+            replaced = self._lstat_at(np, newname)
+        with self._creds(ctx):
+            _check(lib.msb_renameat2(p.fd, name, np.fd, newname, flags))
+        if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
+            src = self._lstat_at(np, newname)
+            if src is None or (src.st_dev, src.st_ino) != (replaced.st_dev, replaced.st_ino):
+                self._charge_stat(replaced, None)
+
+    # ---- files -----------------------------------------------------------------------
+    def _reopen_flags(self, flags: int) -> int:
+        oflags = flags & _OPEN_PASS
+        if self.writeback:
+            # With a writeback cache the kernel reads pages of write-only files and
+            # computes append offsets itself (as virtiofsd does).
+            oflags &= ~os.O_APPEND
+        return oflags | os.O_CLOEXEC
+
+    def open(self, nodeid: int, flags: int, ctx: Ctx) -> Opened:
+        inode = self._inodes.get(nodeid)
+        flags = _int(flags, 0, 0xFFFFFFFF)
+        self.policy.check_open(flags, inode.kind)
+        kind = inode.kind
+        if kind == stat.S_IFLNK:
+            raise _err(errno.ELOOP)
+        if kind == stat.S_IFDIR and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise _err(errno.EISDIR)
+        oflags = self._reopen_flags(flags)
+        if kind == stat.S_IFIFO:
+            oflags |= os.O_NONBLOCK  # a hostile client must not park the daemon on a FIFO
+        before = None
+        if self.quota is not None and flags & os.O_TRUNC:
+            before = os.stat(inode.fd)
+        with self._creds(ctx):
+            fd = self._open_proc(inode.fd, oflags)
+        if before is not None:
+            self._charge_stat(before, os.stat(fd))
+        return Opened(self._handles.add(FileHandle(fd, inode, oflags)), self._file_open_flags)
+
+    def _open_proc(self, fd: int, oflags: int) -> int:
+        if self.writeback and oflags & os.O_ACCMODE == os.O_WRONLY:
+            try:
+                return os.open(_proc(fd), (oflags & ~os.O_ACCMODE) | os.O_RDWR)
+            except PermissionError:
+                pass
+        return os.open(_proc(fd), oflags)
+
+    def create(self, parent: int, name: bytes, mode: int, flags: int, umask: int,
+               ctx: Ctx) -> tuple[Entry, Opened]:
+        p = self._inodes.get(parent)
+        name = _new_name(name)
+        self.policy.check_mutation()
+        flags = _int(flags, 0, 0xFFFFFFFF)
+        want = self.policy.stored_mode(
+            _int(mode, 0, 0xFFFFFFFF) & 0o7777 & ~_int(umask, 0, 0o7777))
+        oflags = (self._reopen_flags(flags) | os.O_CREAT | os.O_NOFOLLOW
+                  | (flags & os.O_EXCL))
+        before = self._lstat_at(p, name) if self.quota is not None else None
+        with self._creds(ctx):
+            fd = os.open(name, oflags, want, dir_fd=p.fd)
+            try:
+                st = os.stat(fd)
+                if before is None:
+                    st = self._fix_mode(fd, want, st)
+            except BaseException:
+                os.close(fd)
+                raise
+        try:
+            pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._charge_stat(before, st)
+        inode = self._add(pfd, st, p)
+        opened = Opened(self._handles.add(FileHandle(fd, inode, oflags)),
+                        self._file_open_flags)
+        return self._entry(inode, st), opened
+
+    def tmpfile(self, parent: int, mode: int, flags: int, umask: int,
+                ctx: Ctx) -> tuple[Entry, Opened]:
+        p = self._inodes.get(parent)
+        self.policy.check_mutation()
+        flags = _int(flags, 0, 0xFFFFFFFF)
+        want = self.policy.stored_mode(
+            _int(mode, 0, 0xFFFFFFFF) & 0o7777 & ~_int(umask, 0, 0o7777))
+        oflags = self._reopen_flags(flags) & ~os.O_TRUNC
+        if oflags & os.O_ACCMODE == os.O_RDONLY:
+            oflags |= os.O_RDWR  # O_TMPFILE needs write access; the kernel asks for it
+        with self._creds(ctx):
+            fd = os.open(b".", oflags | os.O_TMPFILE | (flags & os.O_EXCL), want,
+                         dir_fd=p.fd)
+            try:
+                st = self._fix_mode(fd, want, os.stat(fd))
+                pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
+            except BaseException:
+                os.close(fd)
+                raise
+        inode = self._add(pfd, st, p)
+        opened = Opened(self._handles.add(FileHandle(fd, inode, oflags)),
+                        self._file_open_flags)
+        return self._entry(inode, st), opened
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        h = self._handles.file(fh)
+        if not h.readable:
+            raise _err(errno.EBADF)
+        offset = _int(offset)
+        size = min(_int(size, 0, 1 << 62), MAX_IO)
+        return os.pread(h.fd, size, offset)
+
+    def write(self, fh: int, offset: int, data: bytes | memoryview, ctx: Ctx,
+              kill_suidgid: bool = False) -> int:
+        h = self._handles.file(fh)
+        self.policy.check_mutation()
+        if not h.writable:
+            raise _err(errno.EBADF)
+        offset = _int(offset)
+        if kill_suidgid:
+            self._kill_suidgid(h.fd)
+        quota = self.quota
+        if quota is None:
+            return os.pwrite(h.fd, data, offset)
+        before = os.stat(h.fd)
+        at = before.st_size if h.flags & os.O_APPEND else offset
+        n = quota.write_allowance(before, at, len(data))
+        try:
+            return os.pwrite(h.fd, memoryview(data)[:n] if n < len(data) else data, offset)
+        finally:
+            self._charge_stat(before, os.stat(h.fd))
+
+    def data_fd(self, fh: int, *, write: bool) -> int:
+        h = self._handles.file(fh)
+        if write:
+            if not h.writable:
+                raise _err(errno.EBADF)
+            if self.quota is not None or self.policy.readonly:
+                raise _err(errno.EAGAIN)
+        elif not h.readable:
+            raise _err(errno.EBADF)
+        return h.fd
+
+    def flush(self, fh: int, lock_owner: int) -> None:
+        h = self._handles.file(fh)
+        self._drop_owner_locks(h.inode, lock_owner)
+        # close() of a dup gives the host filesystem its flush (NFS-style close-to-open).
+        os.close(os.dup(h.fd))
+
+    def release(self, fh: int, flags: int = 0, lock_owner: int = 0,
+                flock_release: bool = False) -> None:
+        h = self._handles.pop(fh, FileHandle)
+        try:
+            if flock_release:
+                fcntl.flock(h.fd, fcntl.LOCK_UN)
+            if lock_owner:
+                self._drop_owner_locks(h.inode, lock_owner)
+        finally:
+            os.close(h.fd)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handles.file(fh)
+        if datasync:
+            os.fdatasync(h.fd)
+        else:
+            os.fsync(h.fd)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        h = self._handles.file(fh)
+        self.policy.check_mutation()
+        mode = _int(mode, 0, 0xFFFFFFFF)
+        offset = _int(offset)
+        length = _int(length, 1)
+        if offset + length > OFFSET_MAX:
+            raise _err(errno.EFBIG)
+        if not h.writable:
+            raise _err(errno.EBADF)
+        before = None
+        if self.quota is not None:
+            before = os.stat(h.fd)
+            if not mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_COLLAPSE_RANGE):
+                self.quota.reserve(-(-length // 4096) * 4096)
+        try:
+            _check(lib.msb_fallocate(h.fd, mode, offset, length))
+        finally:
+            if before is not None:
+                self._charge_stat(before, os.stat(h.fd))
+
+    def lseek(self, fh: int, offset: int, whence: int) -> int:
+        h = self._handles.file(fh)
+        offset = _int(offset, -OFFSET_MAX - 1)
+        whence = _int(whence, 0, 4)
+        return os.lseek(h.fd, offset, whence)
+
+    def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int,
+                        length: int, flags: int) -> int:
+        src = self._handles.file(fh_in)
+        dst = self._handles.file(fh_out)
+        self.policy.check_mutation()
+        if _int(flags, 0, 0xFFFFFFFF):
+            raise _err(errno.EINVAL)
+        if not src.readable or not dst.writable or dst.flags & os.O_APPEND:
+            raise _err(errno.EBADF)
+        off_in = _int(off_in)
+        off_out = _int(off_out)
+        length = min(_int(length, 0, 1 << 62), 1 << 30)
+        quota = self.quota
+        if quota is None:
+            return os.copy_file_range(src.fd, dst.fd, length, off_in, off_out)
+        before = os.stat(dst.fd)
+        n = quota.write_allowance(before, off_out, length)
+        try:
+            return os.copy_file_range(src.fd, dst.fd, n, off_in, off_out)
+        finally:
+            self._charge_stat(before, os.stat(dst.fd))
+
+    # ---- locks -----------------------------------------------------------------------
+    @staticmethod
+    def _flock_struct(lock: Lock) -> bytes:
+        start = _int(lock.start)
+        end = _int(lock.end)
+        if end < start:
+            raise _err(errno.EINVAL)
+        if lock.type not in (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK):
+            raise _err(errno.EINVAL)
+        length = 0 if end == OFFSET_MAX else end - start + 1
+        return _FLOCK.pack(lock.type, os.SEEK_SET, start, length, 0)
+
+    def _owner_fd(self, h: FileHandle, owner: int, create: bool) -> int | None:
+        key = (h.inode.nodeid, owner)
+        with self._lock_fds_lock:
+            fd = self._lock_fds.get(key)
+            if fd is not None or not create:
+                return fd
+            try:
+                fd = os.open(_proc(h.fd), os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                fd = os.open(_proc(h.fd), (h.flags & os.O_ACCMODE) | os.O_CLOEXEC)
+            self._lock_fds[key] = fd
+            return fd
+
+    def _drop_owner_locks(self, inode: Inode, owner: int) -> None:
+        with self._lock_fds_lock:
+            fd = self._lock_fds.pop((inode.nodeid, owner), None)
+        if fd is not None:
+            os.close(fd)  # closing the description releases its OFD locks
+
+    def getlk(self, fh: int, owner: int, lock: Lock) -> Lock:
+        h = self._handles.file(fh)
+        arg = self._flock_struct(lock)
+        fd = self._owner_fd(h, owner, create=False)
+        res = fcntl.fcntl(h.fd if fd is None else fd, fcntl.F_OFD_GETLK, arg)
+        typ, _whence, start, length, _pid = _FLOCK.unpack(res)
+        if typ == fcntl.F_UNLCK:
+            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
+        end = OFFSET_MAX if length == 0 else start + length - 1
+        return Lock(start, end, typ, 0)
+
+    def _setlk(self, fh: int, owner: int, lock: Lock, is_flock: bool, wait: bool) -> None:
+        h = self._handles.file(fh)
+        if is_flock:
+            op = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
+                  fcntl.F_UNLCK: fcntl.LOCK_UN}.get(lock.type)
+            if op is None:
+                raise _err(errno.EINVAL)
+            fcntl.flock(h.fd, op if wait or op == fcntl.LOCK_UN else op | fcntl.LOCK_NB)
+            return
+        arg = self._flock_struct(lock)
+        if lock.type == fcntl.F_RDLCK and not h.readable:
+            raise _err(errno.EBADF)
+        if lock.type == fcntl.F_WRLCK and not h.writable:
+            raise _err(errno.EBADF)
+        fd = self._owner_fd(h, owner, create=lock.type != fcntl.F_UNLCK)
+        if fd is None:
+            return  # unlocking what this owner never locked
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
+
+    def setlk(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
+        self._setlk(fh, owner, lock, is_flock, False)
+
+    def setlkw(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
+        self._setlk(fh, owner, lock, is_flock, True)
+
+    # ---- directories -----------------------------------------------------------------
+    def opendir(self, nodeid: int, flags: int, ctx: Ctx) -> Opened:
+        inode = self._inodes.get(nodeid)
+        if inode.kind != stat.S_IFDIR:
+            raise _err(errno.ENOTDIR)
+        with self._creds(ctx):
+            fd = os.open(_proc(inode.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return Opened(self._handles.add(DirHandle(fd, inode)), self._dir_open_flags)
+
+    def readdir(self, fh: int, offset: int) -> Iterator[DirEntry]:
+        h = self._handles.dir(fh)
+        # Cookies are the host's d_off values; seeking to 0 is rewinddir (fresh listing).
+        os.lseek(h.fd, _int(offset), os.SEEK_SET)
+        return self._dir_entries(h)
+
+    def _dir_entries(self, h: DirHandle) -> Iterator[DirEntry]:
+        dev = h.inode.dev
+        is_root = h.inode is self._inodes.root
+        for d_ino, d_off, d_type, name in h.entries():
+            if name == b".." and is_root:
+                d_ino = self._inodes.root.ino  # never show the host's parent
+            ino = d_ino if dev == self._root_dev else self._ino(dev, d_ino)
+            yield DirEntry(ino, d_off, d_type, name)
+
+    def releasedir(self, fh: int) -> None:
+        h = self._handles.pop(fh, DirHandle)
+        os.close(h.fd)
+
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
+        h = self._handles.dir(fh)
+        if datasync:
+            os.fdatasync(h.fd)
+        else:
+            os.fsync(h.fd)
+
+    # ---- whole filesystem ------------------------------------------------------------
+    def statfs(self, nodeid: int) -> StatFs:
+        inode = self._inodes.get(nodeid)
+        v = os.statvfs(inode.fd)
+        blocks, bfree, bavail = v.f_blocks, v.f_bfree, v.f_bavail
+        if self.quota is not None:
+            frsize = v.f_frsize or 4096
+            blocks = self.quota.limit // frsize
+            free = self.quota.available // frsize
+            bfree = min(free, v.f_bfree)
+            bavail = min(free, v.f_bavail)
+        return StatFs(blocks, bfree, bavail, v.f_files, v.f_ffree, v.f_bsize,
+                      v.f_namemax, v.f_frsize)
+
+    def access(self, nodeid: int, mask: int, ctx: Ctx) -> None:
+        inode = self._inodes.get(nodeid)
+        mask = _int(mask, 0, 7)
+        self.policy.check_access(mask, inode.kind)
+        with self._creds(ctx):
+            _check(lib.msb_faccessat2(inode.fd, b"", mask, AT_EACCESS | AT_EMPTY_PATH))
+
+    def syncfs(self) -> None:
+        _check(lib.msb_syncfs(self._inodes.root.fd))
+
+    # ---- xattrs ----------------------------------------------------------------------
+    def _xattr_name(self, name: Any, ctx: Ctx, write: bool) -> bytes:
+        if not self.xattr:
+            raise _err(errno.EOPNOTSUPP)
+        if type(name) is not bytes:
+            try:
+                name = bytes(name)
+            except TypeError:
+                raise _err(errno.EINVAL) from None
+        if not name or len(name) > XATTR_NAME_MAX:
+            raise _err(errno.ERANGE)
+        if b"\0" in name:
+            raise _err(errno.EINVAL)
+        if not self.posix_acl and name.startswith(b"system.posix_acl_"):
+            raise _err(errno.EOPNOTSUPP)
+        if name.startswith(b"trusted.") and ctx.uid != 0:
+            # The daemon holds CAP_SYS_ADMIN; the caller does not.
+            raise _err(errno.EPERM if write else errno.ENODATA)
+        return name
+
+    def setxattr(self, nodeid: int, name: bytes, value: bytes, flags: int, ctx: Ctx) -> None:
+        inode = self._inodes.get(nodeid)
+        name = self._xattr_name(name, ctx, True)
+        self.policy.check_mutation()
+        flags = _int(flags, 0, 0xFFFFFFFF)
+        if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
+            raise _err(errno.EINVAL)
+        if len(value) > XATTR_SIZE_MAX:
+            raise _err(errno.E2BIG)
+        with self._creds(ctx):
+            os.setxattr(_proc(inode.fd), name, value, flags)
+
+    def getxattr(self, nodeid: int, name: bytes, size: int, ctx: Ctx) -> bytes:
+        inode = self._inodes.get(nodeid)
+        name = self._xattr_name(name, ctx, False)
+        size = _int(size, 0, 1 << 32)
+        with self._creds(ctx):
+            value = os.getxattr(_proc(inode.fd), name)
+        if size and len(value) > size:
+            raise _err(errno.ERANGE)
+        return value
+
+    def listxattr(self, nodeid: int, ctx: Ctx) -> list[bytes]:
+        inode = self._inodes.get(nodeid)
+        if not self.xattr:
+            raise _err(errno.EOPNOTSUPP)
+        with self._creds(ctx):
+            names = [os.fsencode(n) for n in os.listxattr(_proc(inode.fd))]
+        return [n for n in names
+                if not (n.startswith(b"trusted.") and ctx.uid != 0)
+                and (self.posix_acl or not n.startswith(b"system.posix_acl_"))]
+
+    def removexattr(self, nodeid: int, name: bytes, ctx: Ctx) -> None:
+        inode = self._inodes.get(nodeid)
+        name = self._xattr_name(name, ctx, True)
+        self.policy.check_mutation()
+        with self._creds(ctx):
+            os.removexattr(_proc(inode.fd), name)
+
+    # ---- life cycle ------------------------------------------------------------------
+    def destroy(self) -> None:
+        self._handles.close_all()
+        with self._lock_fds_lock:
+            fds, self._lock_fds = self._lock_fds, {}
+        for fd in fds.values():
+            os.close(fd)
+        self._inodes.clear()
+
+    def close(self) -> None:
+        self.destroy()
+        root = self._inodes.root
+        if root.fd >= 0:
+            os.close(root.fd)
+            root.fd = -1
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def statistics(self) -> Statistics:
+        return Statistics(
+            inodes=len(self._inodes), handles=len(self._handles),
+            quota_used_bytes=None if self.quota is None else self.quota.used,
+            extra={"lock_fds": len(self._lock_fds), "foreign_devices": len(self._foreign_devs)})
+
+
+def _process_umask() -> int:
+    """This process's umask, read without the set-and-restore race of os.umask."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
