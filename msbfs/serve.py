@@ -393,6 +393,7 @@ async def _serve(device: Any, sock: socket.socket, keep_serving: bool) -> None:
                 finally:
                     if conn is not tsock:
                         conn.close()
+                    device.end_session()
                 log.info("frontend disconnected")
                 if not keep_serving or not is_listening(sock):
                     break

@@ -70,6 +70,9 @@ class VirtioFsDevice(VhostUserDevice):
         # One chain buffer per queue: queues are served by separate tasks that may
         # interleave at checkpoints.
         self._chains: dict[int, Any] = {}
+        # Bumped when a queue stops: a deferred reply for an older epoch is dropped (its
+        # ring and maybe its guest memory are gone).
+        self._epoch: dict[int, int] = {}
         self.nursery: trio.Nursery | None = None
         self.deferred_running = 0
 
@@ -87,12 +90,23 @@ class VirtioFsDevice(VhostUserDevice):
     def set_config(self, offset: int, data: bytes) -> None:
         pass  # read-only config space: writes are ignored, as in virtio-fs devices
 
+    def reset(self) -> None:
+        """A new driver (device reset, or the next frontend): nothing of the old FUSE
+        session survives: handles and inodes are released, INIT is needed again."""
+        self.end_session()
+
+    def end_session(self) -> None:
+        lib.msb_fs_table_clear(self.table)
+        if self.session.initialized:
+            self.session.initialized = False
+            self.tree.destroy()
+
     def queue_started(self, index: int, vq: Any) -> None:
         if index not in self._chains:
             self._chains[index] = ffi.new("struct msb_chain[]", SLOW_BATCH)
 
     def queue_stopped(self, index: int, vq: Any) -> None:
-        pass
+        self._epoch[index] = self._epoch.get(index, 0) + 1
 
     async def handle_kick(self, index: int, vq: Any) -> None:
         chains = self._chains.get(index)
@@ -169,14 +183,20 @@ class VirtioFsDevice(VhostUserDevice):
             # No place to wait: refuse rather than block the loop.
             self._push_now(vq, saved, error_reply(d.unique, errno.ENOLCK))
             return
-        self.nursery.start_soon(self._run_deferred, vq, saved, d)
+        epoch = (self._epoch.get(vq.index, 0), vq.c.mem)
+        self.nursery.start_soon(self._run_deferred, vq, saved, d, epoch)
 
-    async def _run_deferred(self, vq: Any, saved: Any, d: Deferred) -> None:
+    async def _run_deferred(self, vq: Any, saved: Any, d: Deferred, epoch: Any) -> None:
         self.deferred_running += 1
         try:
             reply = await trio.to_thread.run_sync(d.run, abandon_on_cancel=True)
         finally:
             self.deferred_running -= 1
+        if (self._epoch.get(vq.index, 0), vq.c.mem) != epoch:
+            # The ring stopped or guest memory was remapped meanwhile: the saved iovecs
+            # may point at nothing now. Drop the reply rather than touch them.
+            log.info("dropping a SETLKW reply: queue %d changed while it waited", vq.index)
+            return
         self._push_now(vq, saved, reply)
 
     def _push_now(self, vq: Any, chain: Any, reply: bytes) -> None:
