@@ -37,3 +37,12 @@ __all__ = [
     "update_labels",
     "volume_in_use",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # msbfs.Sandbox without importing the launcher (and QEMU plumbing) for every msbfs user.
+    if name == "Sandbox":
+        from msbfs.launcher.sandbox import Sandbox
+
+        return Sandbox
+    raise AttributeError(f"module 'msbfs' has no attribute {name!r}")
