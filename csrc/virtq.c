@@ -351,6 +351,11 @@ int msb_vq_notify(struct msb_vq *vq)
     return 1;
 }
 
+void msb_mb(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
 size_t msb_iov_copy_from(const struct iovec *iov, int n, size_t off, void *dst, size_t len)
 {
     size_t done = 0;

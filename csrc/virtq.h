@@ -111,6 +111,9 @@ int msb_vq_notify(struct msb_vq *vq);
 /* Number of chains the driver has made available and we have not popped (0 if broken). */
 int msb_vq_pending(const struct msb_vq *vq);
 
+/* A full memory barrier, for Python code playing the driver (vhost/frontend.py). */
+void msb_mb(void);
+
 /* Gather from / scatter into an iovec list starting `off` bytes in. Return bytes copied
  * (short when the list ends first). */
 size_t msb_iov_copy_from(const struct iovec *iov, int n, size_t off, void *dst, size_t len);

@@ -1,0 +1,554 @@
+"""The vhost-user backend: the protocol state machine between a frontend (QEMU, or
+``vhost.frontend``) and a ``VhostUserDevice``.
+
+State rules (vhost-user.rst "Ring states"):
+- a ring is *started* by SET_VRING_KICK (with size, addresses and memory known) and
+  *stopped* by GET_VRING_BASE, which answers with the next avail index to resume from;
+- with PROTOCOL_FEATURES negotiated a ring starts disabled until SET_VRING_ENABLE 1,
+  otherwise it is enabled at once;
+- a ring is served (one task: wait the kick eventfd, call ``device.handle_kick``) only
+  while started AND enabled; ``device.queue_started/queue_stopped`` bracket that;
+- stopping lets a running ``handle_kick`` finish (no popped chain is abandoned), then
+  no more pops or pushes happen on that ring.
+
+Errors: a well-framed but invalid message is answered with a failed REPLY_ACK when the
+frontend asked for one (or an empty GET_CONFIG reply); if the frontend expects no reply
+there is no way to report it, so the connection is closed. A framing error closes the
+connection. Every fd received is either kept by the state it was sent for or closed.
+A guest that breaks a ring only breaks that ring. ``serve`` returns when the frontend
+disconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+import trio
+from msbfs._native import ffi, lib
+
+from vhost.connection import Connection, close_fds
+from vhost.device import ConfigError, VhostUserDevice
+from vhost.memory import GuestMemory, GuestMemoryError
+from vhost.messages import (
+    Config,
+    Feature,
+    FramingError,
+    MemRegion,
+    MemTable,
+    Message,
+    MessageError,
+    Payload,
+    ProtocolFeature,
+    Request,
+    U64Payload,
+    VringAddr,
+    VringFile,
+    VringState,
+    build_ack,
+    build_reply,
+    parse_request,
+)
+from vhost.virtqueue import MAX_QUEUE_SIZE, QueueBroken, Virtqueue
+
+log = logging.getLogger("vhost.backend")
+
+BASE_FEATURES = (Feature.VERSION_1 | Feature.RING_INDIRECT_DESC | Feature.RING_EVENT_IDX
+                 | Feature.PROTOCOL_FEATURES)
+BASE_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
+                          | ProtocolFeature.BACKEND_REQ | ProtocolFeature.CONFIG
+                          | ProtocolFeature.RESET_DEVICE
+                          | ProtocolFeature.CONFIGURE_MEM_SLOTS)
+# requests whose reply carries a body: they are always answered
+_HAS_REPLY = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
+              Request.GET_QUEUE_NUM, Request.GET_CONFIG, Request.GET_MAX_MEM_SLOTS}
+
+
+class Disconnect(Exception):
+    """Close the connection (an error that cannot be reported in a reply)."""
+
+
+@dataclass
+class _Runner:
+    """The serving task of one started+enabled ring."""
+
+    stopping: bool = False
+    wait_scope: trio.CancelScope | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Backend:
+    """One connection's worth of backend state. ``await Backend(dev, conn).run()``."""
+
+    def __init__(self, device: VhostUserDevice, conn: Connection) -> None:
+        self.device = device
+        self.conn = conn
+        self.memory = GuestMemory()
+        self.queues = [Virtqueue(i, device.pop_batch) for i in range(device.num_queues)]
+        self.features = 0
+        self.protocol_features = 0
+        self.owner = False
+        self.backend_req_fd = -1
+        self.errors = 0
+        self.messages = 0
+        self._runners: dict[int, _Runner] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # ---- features --------------------------------------------------------------------
+
+    def offered_features(self) -> int:
+        return int(BASE_FEATURES) | self.device.device_features()
+
+    def offered_protocol_features(self) -> int:
+        return int(BASE_PROTOCOL_FEATURES) | self.device.protocol_features()
+
+    def _proto(self, f: ProtocolFeature) -> bool:
+        return bool(self.protocol_features & f)
+
+    # ---- main loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until the frontend disconnects (or sends something unrecoverable)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._message_loop()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._teardown()
+
+    async def _message_loop(self) -> None:
+        while True:
+            try:
+                raw = await self.conn.recv_message()
+            except FramingError as e:
+                log.warning("closing connection: %s", e)
+                return
+            except OSError as e:
+                log.info("connection error: %s", e)
+                return
+            if raw is None:
+                log.debug("frontend disconnected")
+                return
+            request, flags, payload, fds = raw
+            self.messages += 1
+            try:
+                try:
+                    msg = parse_request(request, flags, payload, fds)
+                except MessageError:
+                    close_fds(fds)
+                    raise
+                try:
+                    body = await self._dispatch(msg)
+                finally:
+                    close_fds(msg.fds)  # every fd no handler took
+                if msg.request in _HAS_REPLY:
+                    assert body is not None
+                    await self.conn.send(build_reply(msg.request, body))
+                elif msg.need_reply and self._proto(ProtocolFeature.REPLY_ACK):
+                    await self.conn.send(build_ack(msg.request, True))
+            except (MessageError, GuestMemoryError) as e:
+                self.errors += 1
+                log.warning("vhost-user %s: %s", _name(request), e)
+                if not await self._report_failure(request, flags):
+                    log.warning("closing connection: the error cannot be reported")
+                    return
+            except Disconnect as e:
+                log.warning("closing connection: %s", e)
+                return
+            except OSError as e:
+                log.info("connection error: %s", e)
+                return
+
+    async def _report_failure(self, request: int, flags: int) -> bool:
+        """Tell the frontend a request failed; False if the protocol has no way to."""
+        if request == Request.GET_CONFIG:
+            await self.conn.send(build_reply(request, b""))  # spec: empty = error
+            return True
+        if flags & 0x8 and self._proto(ProtocolFeature.REPLY_ACK) \
+                and request not in _HAS_REPLY:
+            await self.conn.send(build_ack(request, False))
+            return True
+        return False
+
+    async def _dispatch(self, msg: Message) -> Payload | None:
+        handler = getattr(self, "_on_" + Request(msg.request).name.lower(), None)
+        if handler is None:
+            raise MessageError(f"{Request(msg.request).name} is not supported", errno.ENOSYS)
+        return await handler(msg)
+
+    # ---- handlers (each returns the reply body for _HAS_REPLY requests) ---------------
+
+    async def _on_get_features(self, msg: Message) -> Payload:
+        return U64Payload(self.offered_features())
+
+    async def _on_set_features(self, msg: Message) -> None:
+        assert isinstance(msg.body, U64Payload)
+        f = msg.body.value
+        extra = f & ~self.offered_features()
+        if extra:
+            raise MessageError(f"features {extra:#x} were not offered")
+        self.features = f
+        for vq in self.queues:
+            vq.c.event_idx = bool(f & Feature.RING_EVENT_IDX)
+            vq.c.indirect = bool(f & Feature.RING_INDIRECT_DESC)
+            if not f & Feature.PROTOCOL_FEATURES and vq.started and not vq.enabled:
+                vq.enabled = True
+                self._update_queue(vq)
+
+    async def _on_get_protocol_features(self, msg: Message) -> Payload:
+        return U64Payload(self.offered_protocol_features())
+
+    async def _on_set_protocol_features(self, msg: Message) -> None:
+        assert isinstance(msg.body, U64Payload)
+        extra = msg.body.value & ~self.offered_protocol_features()
+        if extra:
+            raise MessageError(f"protocol features {extra:#x} were not offered")
+        self.protocol_features = msg.body.value
+
+    async def _on_set_owner(self, msg: Message) -> None:
+        self.owner = True
+
+    async def _on_reset_owner(self, msg: Message) -> None:
+        # deprecated; the spec recommends treating it as "disable all rings"
+        for vq in self.queues:
+            await self._stop_queue(vq)
+
+    async def _on_reset_device(self, msg: Message) -> None:
+        for vq in self.queues:
+            await self._stop_queue(vq)
+            self._forget_queue(vq)
+        self.features = 0
+        self.device.reset()
+
+    async def _on_get_queue_num(self, msg: Message) -> Payload:
+        return U64Payload(len(self.queues))
+
+    async def _on_get_max_mem_slots(self, msg: Message) -> Payload:
+        return U64Payload(lib.MSB_MAX_MEMREGS)
+
+    async def _on_set_mem_table(self, msg: Message) -> None:
+        assert isinstance(msg.body, MemTable)
+        self.memory.set_table(msg.body.regions, msg.fds)
+        self._memory_changed()
+
+    async def _on_add_mem_reg(self, msg: Message) -> None:
+        assert isinstance(msg.body, MemRegion)
+        self.memory.add(msg.body, msg.fds[0])
+        self._memory_changed()
+
+    async def _on_rem_mem_reg(self, msg: Message) -> None:
+        assert isinstance(msg.body, MemRegion)
+        self.memory.remove(msg.body)
+        self._memory_changed()
+
+    async def _on_set_vring_num(self, msg: Message) -> None:
+        assert isinstance(msg.body, VringState)
+        vq = self._vq(msg.body.index)
+        n = msg.body.num
+        if not 1 <= n <= MAX_QUEUE_SIZE or n & (n - 1):
+            raise MessageError(f"queue size {n} (power of two, 1..{MAX_QUEUE_SIZE})")
+        if vq.started:
+            raise MessageError(f"queue {vq.index} is started")
+        vq.size = n
+
+    async def _on_set_vring_addr(self, msg: Message) -> None:
+        assert isinstance(msg.body, VringAddr)
+        a = msg.body
+        vq = self._vq(a.index)
+        if a.flags:  # VRING_F_LOG or unknown bits
+            raise MessageError("ring logging requested but LOG_ALL was never offered")
+        addrs = (a.desc, a.avail, a.used)
+        if vq.size and self.memory.mappings:
+            probe = ffi.new("struct msb_vq *")
+            lib.msb_vq_init(probe)
+            if lib.msb_vq_setup(probe, self.memory.table, vq.size, *addrs) < 0:
+                raise MessageError(f"queue {vq.index}: rings are not inside guest memory "
+                                   "or misaligned")
+        vq.addrs = addrs
+        if vq.started and lib.msb_vq_remap(vq.c, self.memory.table, *addrs) < 0:
+            await self._stop_queue(vq)
+            raise MessageError(f"queue {vq.index}: cannot move rings")
+
+    async def _on_set_vring_base(self, msg: Message) -> None:
+        assert isinstance(msg.body, VringState)
+        vq = self._vq(msg.body.index)
+        if msg.body.num > 0xFFFF:
+            raise MessageError(f"vring base {msg.body.num} does not fit 16 bits")
+        if vq.started:
+            raise MessageError(f"queue {vq.index} is started")
+        vq.base = msg.body.num
+
+    async def _on_get_vring_base(self, msg: Message) -> Payload:
+        assert isinstance(msg.body, VringState)
+        vq = self._vq(msg.body.index)
+        await self._stop_queue(vq)
+        base = int(vq.c.last_avail_idx) if vq.c.desc != ffi.NULL else vq.base
+        vq.base = base
+        self._forget_queue(vq, keep_config=True)
+        return VringState(vq.index, base)
+
+    async def _on_set_vring_kick(self, msg: Message) -> None:
+        assert isinstance(msg.body, VringFile)
+        vq = self._vq(msg.body.index)
+        if not msg.body.has_fd:
+            raise MessageError("polling rings (no kick fd) are not supported")
+        await self._stop_queue(vq)
+        if vq.kick_fd >= 0:
+            os.close(vq.kick_fd)
+        vq.kick_fd = msg.take_fd(0)
+        await self._start_queue(vq)
+
+    async def _on_set_vring_call(self, msg: Message) -> None:
+        assert isinstance(msg.body, VringFile)
+        vq = self._vq(msg.body.index)
+        old = vq.c.call_fd
+        vq.c.call_fd = msg.take_fd(0) if msg.body.has_fd else -1
+        if old >= 0:
+            os.close(old)
+
+    async def _on_set_vring_err(self, msg: Message) -> None:
+        assert isinstance(msg.body, VringFile)
+        vq = self._vq(msg.body.index)
+        old = vq.c.err_fd
+        vq.c.err_fd = msg.take_fd(0) if msg.body.has_fd else -1
+        if old >= 0:
+            os.close(old)
+
+    async def _on_set_vring_enable(self, msg: Message) -> None:
+        assert isinstance(msg.body, VringState)
+        vq = self._vq(msg.body.index)
+        if not self.features & Feature.PROTOCOL_FEATURES:
+            raise MessageError("SET_VRING_ENABLE without PROTOCOL_FEATURES negotiated")
+        if msg.body.num not in (0, 1):
+            raise MessageError(f"SET_VRING_ENABLE {msg.body.num}")
+        vq.enabled = bool(msg.body.num)
+        await self._sync_queue(vq)
+
+    async def _on_get_config(self, msg: Message) -> Payload:
+        assert isinstance(msg.body, Config)
+        c = msg.body
+        try:
+            data = self.device.get_config(c.offset, c.size)
+        except ConfigError as e:
+            raise MessageError(str(e)) from None
+        if len(data) != c.size:
+            raise MessageError(f"device returned {len(data)} config bytes for {c.size}")
+        return Config(c.offset, c.size, c.flags, bytes(data))
+
+    async def _on_set_config(self, msg: Message) -> None:
+        assert isinstance(msg.body, Config)
+        try:
+            self.device.set_config(msg.body.offset, msg.body.data)
+        except ConfigError as e:
+            raise MessageError(str(e)) from None
+
+    async def _on_set_backend_req_fd(self, msg: Message) -> None:
+        if self.backend_req_fd >= 0:
+            os.close(self.backend_req_fd)
+        self.backend_req_fd = msg.take_fd(0)
+
+    # ---- queue lifecycle -----------------------------------------------------------------
+
+    def _vq(self, index: int) -> Virtqueue:
+        if not 0 <= index < len(self.queues):
+            raise MessageError(f"queue index {index} (device has {len(self.queues)})")
+        return self.queues[index]
+
+    async def _start_queue(self, vq: Virtqueue) -> None:
+        if not vq.size or vq.addrs is None:
+            raise MessageError(f"queue {vq.index}: kick before size and addresses")
+        if lib.msb_vq_setup(vq.c, self.memory.table, vq.size, *vq.addrs) < 0:
+            raise MessageError(f"queue {vq.index}: rings are not inside guest memory")
+        vq.c.last_avail_idx = vq.base
+        vq.c.event_idx = bool(self.features & Feature.RING_EVENT_IDX)
+        vq.c.indirect = bool(self.features & Feature.RING_INDIRECT_DESC)
+        vq.started = True
+        if not self.features & Feature.PROTOCOL_FEATURES:
+            vq.enabled = True
+        await self._sync_queue(vq)
+
+    async def _sync_queue(self, vq: Virtqueue) -> None:
+        """Run the ring's serving task iff it is started and enabled."""
+        should = vq.started and vq.enabled and vq.kick_fd >= 0
+        running = vq.index in self._runners
+        if should and not running:
+            self._spawn(vq)
+        elif running and not should:
+            await self._halt(vq)
+
+    def _update_queue(self, vq: Virtqueue) -> None:
+        if vq.started and vq.enabled and vq.index not in self._runners:
+            self._spawn(vq)
+
+    def _spawn(self, vq: Virtqueue) -> None:
+        assert self._nursery is not None
+        r = _Runner()
+        self._runners[vq.index] = r
+        self.device.queue_started(vq.index, vq)
+        self._nursery.start_soon(self._serve_queue, vq, r)
+
+    async def _halt(self, vq: Virtqueue) -> None:
+        r = self._runners.pop(vq.index, None)
+        if r is None:
+            return
+        r.stopping = True
+        if r.wait_scope is not None:
+            r.wait_scope.cancel()
+        await r.done.wait()
+        self.device.queue_stopped(vq.index, vq)
+
+    async def _stop_queue(self, vq: Virtqueue) -> None:
+        await self._halt(vq)
+        vq.started = False
+
+    def _forget_queue(self, vq: Virtqueue, keep_config: bool = False) -> None:
+        """Drop a stopped queue's fds and rings (GET_VRING_BASE, reset)."""
+        for fd in (vq.kick_fd, vq.c.call_fd, vq.c.err_fd):
+            if fd >= 0:
+                os.close(fd)
+        vq.kick_fd = -1
+        vq.c.call_fd = -1
+        vq.c.err_fd = -1
+        vq.c.desc = ffi.NULL
+        vq.c.avail = ffi.NULL
+        vq.c.used = ffi.NULL
+        if not keep_config:
+            vq.size = 0
+            vq.addrs = None
+            vq.base = 0
+            vq.enabled = False
+
+    async def _serve_queue(self, vq: Virtqueue, r: _Runner) -> None:
+        kick_fd = vq.kick_fd
+        try:
+            first = True
+            while not r.stopping:
+                if not first:
+                    with trio.CancelScope() as scope:
+                        r.wait_scope = scope
+                        await trio.lowlevel.wait_readable(kick_fd)
+                    r.wait_scope = None
+                    if r.stopping:
+                        break
+                    try:
+                        if not os.read(kick_fd, 8):
+                            log.warning("queue %d: kick fd reached end of file", vq.index)
+                            break
+                    except BlockingIOError:
+                        continue
+                first = False
+                with self.memory.pinned():
+                    await self.device.handle_kick(vq.index, vq)
+        except QueueBroken as e:
+            log.warning("%s; it is no longer served", e)
+        except Exception:
+            # a device bug must not take the connection (and every other queue) down
+            log.exception("queue %d: device handler failed; queue no longer served",
+                          vq.index)
+        finally:
+            r.done.set()
+
+    def _memory_changed(self) -> None:
+        """Re-point running rings at the new memory table, then free the old one."""
+        for vq in self.queues:
+            if vq.c.desc != ffi.NULL and vq.addrs is not None:
+                if lib.msb_vq_remap(vq.c, self.memory.table, *vq.addrs) < 0:
+                    log.warning("queue %d: rings left guest memory; queue broken", vq.index)
+                    vq.c.broken = 1
+                    vq.c.mem = self.memory.table
+        self.memory.collect()
+
+    def _teardown(self) -> None:
+        for vq in self.queues:
+            if vq.index in self._runners:
+                self._runners.pop(vq.index)
+                with contextlib.suppress(Exception):
+                    self.device.queue_stopped(vq.index, vq)
+            vq.started = False
+            self._forget_queue(vq)
+        if self.backend_req_fd >= 0:
+            os.close(self.backend_req_fd)
+            self.backend_req_fd = -1
+        self.memory.close()
+        self.conn.close()
+
+    def statistics(self) -> dict[str, object]:
+        return {"messages": self.messages, "errors": self.errors,
+                "memory": self.memory.statistics(),
+                "queues": [vq.statistics() for vq in self.queues]}
+
+
+def _name(request: int) -> str:
+    try:
+        return Request(request).name
+    except ValueError:
+        return f"request {request}"
+
+
+# ---- entry points ------------------------------------------------------------------------
+
+
+async def serve(device: VhostUserDevice, sock: trio.socket.SocketType | Connection) -> Backend:
+    """Serve one connected frontend until it disconnects; returns the finished Backend
+    (its statistics stay readable)."""
+    conn = sock if isinstance(sock, Connection) else Connection(sock)
+    backend = Backend(device, conn)
+    await backend.run()
+    return backend
+
+
+async def listen(path: str) -> trio.socket.SocketType:
+    """A listening Unix socket at ``path`` (replacing a stale socket file)."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.exists(path) and not os.path.isdir(path):
+            import stat
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+    s = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await s.bind(path)
+        s.listen(1)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+async def accept_one(listener: trio.socket.SocketType) -> Connection:
+    conn, _ = await listener.accept()
+    return Connection(conn)
+
+
+async def serve_path(device: VhostUserDevice, path: str,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> Backend:
+    """virtiofsd's --socket-path: listen, signal readiness, serve ONE frontend, return."""
+    listener = await listen(path)
+    try:
+        task_status.started()
+        conn = await accept_one(listener)
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return await serve(device, conn)
+
+
+async def serve_fd(device: VhostUserDevice, fd: int) -> Backend:
+    """virtiofsd's --fd: a listening socket (accept one) or an already connected one."""
+    s = socket.socket(fileno=fd)
+    s.setblocking(False)
+    ts = trio.socket.from_stdlib_socket(s)
+    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        try:
+            conn = await accept_one(ts)
+        finally:
+            ts.close()
+        return await serve(device, conn)
+    return await serve(device, Connection(ts))
