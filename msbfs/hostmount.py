@@ -130,6 +130,11 @@ def entry_attributes(nodeid: int, attr: Attr, *, generation: int = 0,
     return e
 
 
+#: What a ``.``/``..`` entry carries: only its type matters (the kernel links neither).
+_DOT_ATTR = Attr(ino=0, size=0, blocks=0, atime_ns=0, mtime_ns=0, ctime_ns=0,
+                 mode=stat.S_IFDIR | 0o755, nlink=2, uid=0, gid=0, rdev=0, blksize=4096)
+
+
 def _entry(entry: Entry) -> pyfuse3.EntryAttributes:
     return entry_attributes(entry.nodeid, entry.attr, generation=entry.generation,
                             entry_timeout=entry.entry_timeout,
@@ -316,14 +321,19 @@ class HostOps(pyfuse3.Operations):
     @_op
     def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """pyfuse3 always answers READDIRPLUS, whose entries each count one lookup in the
-        kernel: we look each name up as we send it and forget the one that did not fit.
-        ``.``/``..`` are left to the kernel, as pyfuse3 expects."""
+        kernel: we look each name up as we send it and forget the one that did not fit."""
         parent, c = self._dirs.get(fh, (0, None))
         if c is None:
             raise OSError(errno.EBADF, "unknown directory handle")
         tree = self.tree
         for de in tree.readdir(fh, start_id):
             if de.name == b"." or de.name == b"..":
+                # Sent like a native filesystem lists them (``ls -a``), but without a
+                # lookup: the kernel takes no reference for ./.. entries of a
+                # READDIRPLUS reply (fuse_direntplus_link returns early for them).
+                dot = entry_attributes(parent if de.name == b"." else de.ino, _DOT_ATTR)
+                if not pyfuse3.readdir_reply(token, de.name, dot, de.off):
+                    break
                 continue
             try:
                 entry = tree.lookup(parent, de.name, c)
@@ -450,9 +460,14 @@ class MountOptions:
         if self.allow_other:
             opts.add("allow_other")
         if mirror_policy:
-            opts.update(name for name, on in (("ro", self.readonly), ("noexec", self.noexec),
-                                              ("nosuid", self.nosuid), ("nodev", self.nodev))
+            # libfuse mounts nosuid,nodev unless told otherwise, and we keep that even when
+            # the policy allows set-id files and devices: a guest's root can plant a
+            # set-uid binary in a volume, which must not become a way up on the host.
+            opts.update(name for name, on in (("ro", self.readonly), ("noexec", self.noexec))
                         if on)
+        else:
+            # Nothing from the kernel at all, not even libfuse's defaults.
+            opts.update(("suid", "dev"))
         return opts
 
 
@@ -485,9 +500,12 @@ def mount_fstype(mountpoint: str) -> str | None:
 
 
 def mount_state(mountpoint: str) -> str:
-    """"mounted" (an answering mount), "stale" (its daemon is gone: ENOTCONN), or "none"."""
+    """"mounted" (an answering mount), "stale" (its daemon is gone: ENOTCONN), or "none".
+
+    statfs, not stat: the kernel answers stat from cached attributes even after the
+    daemon died, while every STATFS goes to the (gone) daemon."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as e:
         if e.errno == errno.ENOTCONN:
             return "stale"
