@@ -1,0 +1,128 @@
+"""Fixtures for the sandboxed tree, driven directly (no FUSE).
+
+- ``twin``: two identical directories, ``native`` (plain syscalls) and ``served`` (a
+  ``Tree`` over it), for "the tree gives exactly the errno Linux gives" comparisons.
+- ``make_tree(policy=..., **kw)``: a Tree over a fresh populated directory (closed at
+  teardown).
+- ``USER``/``OTHER``: non-root callers (uid/gid 1000 and 1001).
+- helpers: ``err(fn)`` → errno or None; ``walk(tree, "a/b")`` → node id; ``fd_count()``.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msbfs import syscalls
+from msbfs.tree import ROOT_ID, Ctx, Policy, Tree
+
+ROOT = Ctx(0, 0)
+USER = Ctx(1000, 1000, groups=())
+OTHER = Ctx(1001, 1001, groups=())
+
+
+def err(fn: Callable[[], Any]) -> int | None:
+    """The errno ``fn`` fails with, or None when it succeeds (anything else propagates:
+    the tree must never let a non-OSError out for client input)."""
+    try:
+        fn()
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def errname(code: int | None) -> str:
+    return "ok" if code is None else errno_mod.errorcode.get(code, str(code))
+
+
+def walk(tree: Tree, path: str, ctx: Ctx = ROOT) -> int:
+    node = ROOT_ID
+    for part in path.split("/"):
+        if part:
+            node = tree.lookup(node, part.encode(), ctx).nodeid
+    return node
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def populate(d: Path) -> None:
+    """The same small world in every twin: files, dirs, links, modes and owners that the
+    errno cases rely on."""
+    (d / "file").write_bytes(b"hello world")
+    (d / "sub").mkdir()
+    (d / "sub" / "inner").write_bytes(b"x" * 100)
+    (d / "empty").mkdir()
+    (d / "link").symlink_to("file")
+    (d / "abs").symlink_to("/etc")
+    (d / "up").symlink_to("../..")
+    (d / "private").mkdir(mode=0o700)
+    (d / "private" / "secret").write_bytes(b"s")
+    (d / "sticky").mkdir()
+    os.chmod(d / "sticky", 0o1777)
+    (d / "sticky" / "rootfile").write_bytes(b"r")
+    (d / "shared").mkdir()
+    os.chmod(d / "shared", 0o777)
+    (d / "ro0600").write_bytes(b"p")
+    os.chmod(d / "ro0600", 0o600)
+    (d / "userfile").write_bytes(b"u")
+    os.chown(d / "userfile", 1000, 1000)
+    os.chmod(d, 0o755)
+
+
+@dataclass
+class Twin:
+    native: Path
+    served: Path
+    tree: Tree
+    native_fd: int
+
+    def as_caller(self, ctx: Ctx) -> Any:
+        """Credentials for the native side, exactly as the tree switches them."""
+        return syscalls.credentials(ctx.uid, ctx.gid, ctx.groups or ())
+
+    def node(self, path: str, ctx: Ctx = ROOT) -> int:
+        return walk(self.tree, path, ctx)
+
+
+@pytest.fixture
+def twin(tmp_path: Path) -> Iterator[Twin]:
+    os.chmod(tmp_path, 0o755)
+    native, served = tmp_path / "native", tmp_path / "served"
+    native.mkdir()
+    served.mkdir()
+    populate(native)
+    populate(served)
+    tree = Tree(served)
+    nfd = os.open(native, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield Twin(native, served, tree, nfd)
+    finally:
+        os.close(nfd)
+        tree.close()
+
+
+@pytest.fixture
+def make_tree(tmp_path: Path) -> Iterator[Callable[..., Tree]]:
+    trees: list[Tree] = []
+    os.chmod(tmp_path, 0o755)
+
+    def make(policy: Policy | None = None, **kw: Any) -> Tree:
+        d = tmp_path / f"root{len(trees)}"
+        d.mkdir()
+        populate(d)
+        t = Tree(d, policy or Policy(), **kw)
+        t.path = d  # type: ignore[attr-defined]
+        trees.append(t)
+        return t
+
+    yield make
+    for t in trees:
+        t.close()
