@@ -1,0 +1,231 @@
+"""Inode table and containment: forget really closes fds, node ids are the tree's own,
+resolution never follows a symlink or leaves the root, and submounts get their own
+inode numbers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from msbfs.tree import ROOT_ID, Policy, Tree
+from tests.plugins.tree import ROOT, err, fd_count, walk
+
+
+def test_forget_releases_fds(tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(5000):
+        (root / f"f{i}").write_bytes(b"")
+    with Tree(root) as tree:
+        baseline = fd_count()
+        entries = [tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT) for i in range(5000)]
+        assert fd_count() >= baseline + 5000
+        assert tree.statistics().inodes == 5001
+        # A second lookup of each counts, but opens nothing new.
+        again = [tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT) for i in range(5000)]
+        assert [e.nodeid for e in again] == [e.nodeid for e in entries]
+        assert fd_count() <= baseline + 5000 + 2
+        tree.batch_forget((e.nodeid, 1) for e in entries)
+        assert tree.statistics().inodes == 5001  # one lookup each is still held
+        tree.batch_forget((e.nodeid, 1) for e in again)
+        assert tree.statistics().inodes == 1
+        assert fd_count() == baseline
+        # Forgotten node ids are gone for good, and a new lookup gets a new id.
+        assert err(lambda: tree.getattr(entries[0].nodeid, None, ROOT)) == errno.EBADF
+        assert tree.lookup(ROOT_ID, b"f0", ROOT).nodeid > entries[-1].nodeid
+
+
+def test_destroy_closes_everything_but_the_root(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x")
+    tree = Tree(tmp_path)
+    baseline = fd_count()
+    d = tree.lookup(ROOT_ID, b"d", ROOT)
+    f = tree.lookup(d.nodeid, b"f", ROOT)
+    tree.open(f.nodeid, os.O_RDONLY, ROOT)
+    tree.opendir(d.nodeid, 0, ROOT)
+    assert fd_count() == baseline + 4
+    tree.destroy()
+    assert fd_count() == baseline
+    assert tree.statistics().inodes == 1 and tree.statistics().handles == 0
+    assert tree.lookup(ROOT_ID, b"d", ROOT).nodeid  # still serving after DESTROY
+    tree.close()
+    assert fd_count() == baseline - 1
+
+
+def test_node_ids_and_hard_links(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"")
+    os.link(tmp_path / "a", tmp_path / "b")
+    with Tree(tmp_path) as tree:
+        a = tree.lookup(ROOT_ID, b"a", ROOT)
+        b = tree.lookup(ROOT_ID, b"b", ROOT)
+        assert a.nodeid == b.nodeid  # one inode, one node id
+        assert a.nodeid != a.attr.ino  # node ids are the tree's own counter
+        assert a.attr.ino == os.stat(tmp_path / "a").st_ino
+        assert a.generation == 0
+        tree.forget(a.nodeid, 1)
+        assert tree.getattr(a.nodeid, None, ROOT)[0].nlink == 2  # b's lookup keeps it
+        tree.forget(a.nodeid, 1)
+        assert tree.statistics().inodes == 1
+
+
+def test_lookup_never_follows_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "etc").symlink_to("/etc")
+    (tmp_path / "dotdot").symlink_to("..")
+    (tmp_path / "loop").symlink_to("loop")
+    with Tree(tmp_path) as tree:
+        etc = tree.lookup(ROOT_ID, b"etc", ROOT)
+        assert etc.attr.mode & 0o170000 == 0o120000  # the link itself
+        assert tree.readlink(etc.nodeid, ROOT) == b"/etc"
+        # Using a symlink as a directory does not go through it.
+        assert err(lambda: tree.lookup(etc.nodeid, b"passwd", ROOT)) == errno.ENOTDIR
+        assert err(lambda: tree.opendir(etc.nodeid, 0, ROOT)) == errno.ENOTDIR
+        assert err(lambda: tree.open(etc.nodeid, os.O_RDONLY, ROOT)) == errno.ELOOP
+        assert err(lambda: tree.create(etc.nodeid, b"x", 0o644, os.O_WRONLY, 0, ROOT)) \
+            == errno.ENOTDIR
+        assert not os.path.exists("/etc/x-msbfs-test")
+        loop = tree.lookup(ROOT_ID, b"loop", ROOT)
+        assert tree.readlink(loop.nodeid, ROOT) == b"loop"
+        dd = tree.lookup(ROOT_ID, b"dotdot", ROOT)
+        assert err(lambda: tree.lookup(dd.nodeid, b"tmp", ROOT)) == errno.ENOTDIR
+        # Creating through a dangling symlink's name does not follow it either.
+        (tmp_path / "dangle").symlink_to(str(tmp_path.parent / "outside-created"))
+        assert err(lambda: tree.create(ROOT_ID, b"dangle", 0o644, os.O_WRONLY | os.O_CREAT,
+                                       0, ROOT)) == errno.ELOOP
+        assert not (tmp_path.parent / "outside-created").exists()
+
+
+def test_dotdot_never_leaves_the_root(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with Tree(tmp_path) as tree:
+        up = tree.lookup(ROOT_ID, b"..", ROOT)
+        assert up.nodeid == ROOT_ID
+        assert up.attr.ino == os.stat(tmp_path).st_ino
+        a = tree.lookup(ROOT_ID, b"a", ROOT)
+        b = tree.lookup(a.nodeid, b"b", ROOT)
+        assert tree.lookup(b.nodeid, b"..", ROOT).nodeid == a.nodeid
+        assert tree.lookup(a.nodeid, b"..", ROOT).nodeid == ROOT_ID
+        assert tree.lookup(b.nodeid, b".", ROOT).nodeid == b.nodeid
+        # Creating ops refuse . and .. (they exist), never touching the parent.
+        assert err(lambda: tree.mkdir(ROOT_ID, b"..", 0o755, 0, ROOT)) == errno.EEXIST
+        assert err(lambda: tree.symlink(ROOT_ID, b"..", b"x", ROOT)) == errno.EEXIST
+        assert err(lambda: tree.rename(ROOT_ID, b"..", ROOT_ID, b"x", 0, ROOT)) == errno.EBUSY
+
+
+def test_directory_moved_out_of_the_root_has_no_parent(tmp_path: Path) -> None:
+    """A directory renamed out of the root behind the tree's back (the host moved it)
+    must not lead the client to the host's directories through ``..``."""
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    with Tree(root) as tree:
+        a = tree.lookup(ROOT_ID, b"a", ROOT)
+        b = tree.lookup(a.nodeid, b"b", ROOT)
+        os.rename(root / "a", tmp_path / "moved")
+        assert tree.lookup(b.nodeid, b".", ROOT).nodeid == b.nodeid
+        assert err(lambda: tree.lookup(b.nodeid, b"..", ROOT)) == errno.ENOENT
+        assert err(lambda: tree.lookup(a.nodeid, b"..", ROOT)) == errno.ENOENT
+        os.rename(tmp_path / "moved", root / "back")
+        assert tree.lookup(b.nodeid, b"..", ROOT).nodeid == a.nodeid
+        assert tree.lookup(a.nodeid, b"..", ROOT).nodeid == ROOT_ID
+
+
+def test_racing_symlink_swap_never_escapes(tmp_path: Path) -> None:
+    """A thread keeps swapping a directory for a symlink to / while lookups run: every
+    lookup either finds the directory's entry or fails; none reaches the host's /."""
+    import threading
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "etc").mkdir()
+    stop = threading.Event()
+
+    def swapper() -> None:
+        while not stop.is_set():
+            try:
+                os.rename(root / "d", root / "d.real")
+                os.symlink("/", root / "d")
+                os.unlink(root / "d")
+                os.rename(root / "d.real", root / "d")
+            except OSError:
+                pass
+
+    th = threading.Thread(target=swapper)
+    th.start()
+    host_etc = os.stat("/etc").st_ino
+    try:
+        with Tree(root) as tree:
+            for _ in range(2000):
+                try:
+                    d = tree.lookup(ROOT_ID, b"d", ROOT)
+                    e = tree.lookup(d.nodeid, b"etc", ROOT)
+                except OSError:
+                    continue
+                assert e.attr.ino != host_etc
+                tree.forget(e.nodeid, 1)
+                tree.forget(d.nodeid, 1)
+    finally:
+        stop.set()
+        th.join()
+
+
+@pytest.fixture
+def with_submount(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "root"
+    (root / "mnt").mkdir(parents=True)
+    (root / "plain").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "msbfs-test", str(root / "mnt")],
+                   check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root / "mnt")], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_submount_distinct_inodes(with_submount: Path) -> None:
+    root = with_submount
+    (root / "mnt" / "f").write_bytes(b"on tmpfs")
+    (root / "plainfile").write_bytes(b"")
+    for announce in (True, False):
+        with Tree(root, announce_submounts=announce) as tree:
+            mnt = tree.lookup(ROOT_ID, b"mnt", ROOT)
+            plain = tree.lookup(ROOT_ID, b"plain", ROOT)
+            assert mnt.attr.submount is announce
+            assert plain.attr.submount is False
+            f = tree.lookup(mnt.nodeid, b"f", ROOT)
+            assert f.attr.submount is False  # only the directory where the fs changes
+            host = os.stat(root / "mnt" / "f")
+            assert f.attr.ino != host.st_ino  # tagged: never collides with the root's fs
+            assert f.attr.ino & ((1 << 48) - 1) == host.st_ino
+            # Stable: the same file reports the same number every time, readdir agrees.
+            assert tree.getattr(f.nodeid, None, ROOT)[0].ino == f.attr.ino
+            fh = tree.opendir(mnt.nodeid, 0, ROOT).fh
+            assert {e.name: e.ino for e in tree.readdir(fh, 0)}[b"f"] == f.attr.ino
+            tree.releasedir(fh)
+            m_id, f_id = mnt.nodeid, f.nodeid
+            assert err(lambda t=tree, m=m_id: t.rename(m, b"f", ROOT_ID, b"g", 0, ROOT)) \
+                == errno.EXDEV
+            assert err(lambda t=tree, n=f_id: t.link(n, ROOT_ID, b"g", ROOT)) == errno.EXDEV
+            assert tree.statfs(mnt.nodeid).blocks == 1024  # tmpfs size=4m in 4k blocks
+
+
+def test_root_given_as_fd(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(b"1")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with Tree(fd, Policy()) as tree:
+            assert tree.lookup(ROOT_ID, b"x", ROOT).attr.size == 1
+        os.fstat(fd)  # the caller's fd is the caller's: still open
+    finally:
+        os.close(fd)
+
+
+def test_walk_helper_agrees_with_host(tmp_path: Path) -> None:
+    (tmp_path / "p" / "q").mkdir(parents=True)
+    with Tree(tmp_path) as tree:
+        node = walk(tree, "p/q")
+        assert tree.getattr(node, None, ROOT)[0].ino == os.stat(tmp_path / "p" / "q").st_ino
