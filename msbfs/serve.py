@@ -228,24 +228,32 @@ def open_socket(o: ServeOptions) -> socket.socket:
         if not stat.S_ISSOCK(st.st_mode):
             raise ServeError(f"{path} exists and is not a socket")
         os.unlink(path)  # a stale socket of an earlier daemon, as virtiofsd does
+    # Bind under a temporary name and rename once listening: whoever sees the socket
+    # file can connect at once (a readiness signal for scripts and tests).
+    tmp = f"{path}.{os.getpid()}.tmp"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o077)
     try:
-        s.bind(path)
+        s.bind(tmp)
+        if o.socket_group:
+            try:
+                gid = grp.getgrnam(o.socket_group).gr_gid
+            except KeyError:
+                raise ServeError(f"no group {o.socket_group!r}") from None
+            os.chown(tmp, -1, gid)
+            os.chmod(tmp, 0o660)
+        s.listen(1)
+        os.rename(tmp, path)
     except OSError as e:
         s.close()
-        raise ServeError(f"cannot bind {path}: {e.strerror}") from None
+        raise ServeError(f"cannot listen on {path}: {e.strerror}") from None
+    except BaseException:
+        s.close()
+        raise
     finally:
         os.umask(old)
-    if o.socket_group:
-        try:
-            gid = grp.getgrnam(o.socket_group).gr_gid
-        except KeyError:
-            s.close()
-            raise ServeError(f"no group {o.socket_group!r}") from None
-        os.chown(path, -1, gid)
-        os.chmod(path, 0o660)
-    s.listen(1)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
     return s
 
 
@@ -380,7 +388,6 @@ async def _serve(device: Any, sock: socket.socket, keep_serving: bool) -> None:
                     return
 
             nursery.start_soon(stop_on_signal)
-            device.nursery = nursery
             tsock = trio.socket.from_stdlib_socket(sock)
             while True:
                 if is_listening(sock):

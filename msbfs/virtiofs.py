@@ -73,7 +73,6 @@ class VirtioFsDevice(VhostUserDevice):
         # Bumped when a queue stops: a deferred reply for an older epoch is dropped (its
         # ring and maybe its guest memory are gone).
         self._epoch: dict[int, int] = {}
-        self.nursery: trio.Nursery | None = None
         self.deferred_running = 0
 
     # ---- VhostUserDevice -----------------------------------------------------------------
@@ -179,17 +178,18 @@ class VirtioFsDevice(VhostUserDevice):
         # The chain buffer is reused by the next kick: keep a private copy of it.
         saved = ffi.new("struct msb_chain *")
         ffi.memmove(saved, ffi.addressof(chain), ffi.sizeof("struct msb_chain"))
-        if self.nursery is None:
-            # No place to wait: refuse rather than block the loop.
-            self._push_now(vq, saved, error_reply(d.unique, errno.ENOLCK))
-            return
         epoch = (self._epoch.get(vq.index, 0), vq.c.mem)
-        self.nursery.start_soon(self._run_deferred, vq, saved, d, epoch)
+        # A system task: it outlives this kick's handler, and is cancelled (its thread
+        # abandoned) when the daemon's trio run ends.
+        trio.lowlevel.spawn_system_task(self._run_deferred, vq, saved, d, epoch,
+                                        name="msbfs-setlkw")
 
     async def _run_deferred(self, vq: Any, saved: Any, d: Deferred, epoch: Any) -> None:
         self.deferred_running += 1
         try:
             reply = await trio.to_thread.run_sync(d.run, abandon_on_cancel=True)
+        except trio.Cancelled:
+            return
         finally:
             self.deferred_running -= 1
         if (self._epoch.get(vq.index, 0), vq.c.mem) != epoch:

@@ -1,0 +1,233 @@
+"""The virtio-fs device through the in-tree vhost-user frontend (real socket, real guest
+memory, real rings, a real tree): every opcode, the C data path, malformed chains."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from pathlib import Path
+
+import trio
+
+from msbfs.fuse import abi
+from msbfs.fuse.abi import Opcode
+from msbfs.fuse.kernel import (
+    parse_attr_out,
+    parse_dirents,
+    parse_entry,
+    parse_open,
+    parse_reply,
+    u32,
+)
+from msbfs.tree import Policy
+from vhost.frontend import F_NEXT, F_WRITE, Pending
+
+ROOT = 1
+HDR = 16
+
+
+async def test_config_space_and_queues(fs_client, tmp_path: Path) -> None:
+    async with fs_client(tmp_path) as c:
+        cfg = await c.fe.get_config(0, 40)
+        assert cfg is not None
+        assert cfg[:36].rstrip(b"\0") == b"test"
+        assert int.from_bytes(cfg[36:40], "little") == 1
+
+
+async def test_every_opcode_through_the_rings(fs_client, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    async with fs_client(src) as c:
+        r = c.r
+        d = parse_entry(await c.ok(r.mkdir(ROOT, b"d")))
+        p = await c.ok(r.create(d.nodeid, b"f", 0o640, os.O_RDWR))
+        f = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+        fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+        assert u32(await c.ok(r.write(f.nodeid, fh, 0, b"abcdef"))) == 6
+        assert await c.ok(r.read(f.nodeid, fh, 2, 100)) == b"cdef"
+        assert (src / "d/f").read_bytes() == b"abcdef"
+        assert parse_attr_out(await c.ok(r.getattr(f.nodeid)))[1][1] == 6
+        await c.ok(r.setattr(f.nodeid, valid=1, mode=0o600))
+        assert stat.S_IMODE(os.stat(src / "d/f").st_mode) == 0o600
+        await c.ok(r.flush(f.nodeid, fh))
+        await c.ok(r.fsync(f.nodeid, fh))
+        await c.ok(r.fallocate(f.nodeid, fh, 0, 8192))
+        assert abi.fuse_lseek_out.unpack(await c.ok(r.lseek(f.nodeid, fh, 0, os.SEEK_END)))[0] == 8192
+        await c.ok(r.lk(Opcode.SETLK, f.nodeid, fh, 1, 0, 10, fcntl.F_WRLCK))
+        got = abi.fuse_file_lock.unpack(await c.ok(r.lk(Opcode.GETLK, f.nodeid, fh, 2, 0, 10, fcntl.F_RDLCK)))
+        assert got[2] == fcntl.F_WRLCK
+        # SETLKW blocks in a worker thread; the queue keeps serving meanwhile
+        async with trio.open_nursery() as n:
+            res: list = []
+
+            async def wait_lock() -> None:
+                res.append(await c.call(r.lk(Opcode.SETLKW, f.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK)))
+
+            n.start_soon(wait_lock)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not res
+            await c.ok(r.getattr(ROOT))  # other requests are answered while it waits
+            await c.ok(r.lk(Opcode.SETLK, f.nodeid, fh, 1, 0, 10, fcntl.F_UNLCK))
+        assert res[0].error == 0
+        await c.ok(r.setxattr(f.nodeid, b"user.x", b"1"))
+        assert await c.ok(r.getxattr(f.nodeid, b"user.x", 10)) == b"1"
+        assert b"user.x\0" in await c.ok(r.listxattr(f.nodeid, 100))
+        await c.ok(r.removexattr(f.nodeid, b"user.x"))
+        p2 = await c.ok(r.create(ROOT, b"g"))
+        g = parse_entry(p2[:abi.FUSE_ENTRY_OUT_SIZE])
+        gfh, _ = parse_open(p2[abi.FUSE_ENTRY_OUT_SIZE:])
+        assert u32(await c.ok(r.copy_file_range(f.nodeid, fh, 0, g.nodeid, gfh, 0, 6))) == 6
+        assert (src / "g").read_bytes() == b"abcdef"
+        await c.ok(r.release(f.nodeid, fh))
+        await c.ok(r.release(g.nodeid, gfh))
+        ofh, _ = parse_open(await c.ok(r.open(f.nodeid, os.O_RDONLY)))
+        await c.ok(r.release(f.nodeid, ofh))
+        t = await c.ok(r.tmpfile(ROOT))
+        await c.ok(r.release(parse_entry(t[:abi.FUSE_ENTRY_OUT_SIZE]).nodeid, parse_open(t[abi.FUSE_ENTRY_OUT_SIZE:])[0]))
+        ln = parse_entry(await c.ok(r.symlink(ROOT, b"ln", b"d/f")))
+        assert await c.ok(r.readlink(ln.nodeid)) == b"d/f"
+        await c.ok(r.link(g.nodeid, d.nodeid, b"g2"))
+        await c.ok(r.mknod(ROOT, b"fifo", stat.S_IFIFO | 0o600))
+        assert stat.S_ISFIFO(os.lstat(src / "fifo").st_mode)
+        await c.ok(r.rename(ROOT, b"g", d.nodeid, b"g3"))
+        await c.ok(r.rename2(d.nodeid, b"g3", ROOT, b"g4", 0))
+        await c.ok(r.access(f.nodeid, os.R_OK))
+        dfh, _ = parse_open(await c.ok(r.opendir(d.nodeid)))
+        names = {n for n, *_ in parse_dirents(await c.ok(r.readdir(d.nodeid, dfh)))}
+        assert names == {b".", b"..", b"f", b"g2"}
+        plus = parse_dirents(await c.ok(r.readdir(d.nodeid, dfh, plus=True)), plus=True)
+        assert {n for n, *_ in plus} == names
+        await c.ok(r.fsyncdir(d.nodeid, dfh))
+        await c.ok(r.releasedir(d.nodeid, dfh))
+        st = abi.fuse_kstatfs.unpack(await c.ok(r.statfs()))
+        assert st[5] > 0
+        await c.ok(r.unlink(d.nodeid, b"f"))
+        await c.ok(r.unlink(d.nodeid, b"g2"))
+        await c.ok(r.rmdir(ROOT, b"d"))
+        # no-reply opcodes go through the hiprio queue; the chain comes back with 0 bytes
+        done = await c.raw([r.forget(ln.nodeid, 1)], [HDR], queue=0)
+        assert done.used_len == 0
+        done = await c.raw([r.batch_forget([(g.nodeid, 1)])], [HDR], queue=0)
+        assert done.used_len == 0
+        done = await c.raw([r.interrupt(7)], [HDR], queue=0)
+        assert done.used_len == 0
+        assert (await c.call(r.raw(Opcode.IOCTL, ROOT, b"\0" * 32))).error == errno.ENOSYS
+        await c.ok(r.destroy())
+        assert (await c.call(r.getattr(ROOT))).error == errno.EIO
+        assert c.device.table.count == 0
+
+
+async def test_c_data_path_serves_read_and_write(fs_client, tmp_path: Path) -> None:
+    data = os.urandom(256 * 1024)
+    (tmp_path / "big").write_bytes(data)
+    async with fs_client(tmp_path, slot_size=600 * 1024) as c:
+        r = c.r
+        e = parse_entry(await c.ok(r.lookup(ROOT, b"big")))
+        fh, _ = parse_open(await c.ok(r.open(e.nodeid, os.O_RDWR)))
+        before = c.device.statistics()
+        # the kernel's shape: header in one buffer, data in pages
+        done = await c.raw([r.read(e.nodeid, fh, 4096, 65536)], [HDR] + [4096] * 16)
+        rep = parse_reply(done.data)
+        assert rep.error == 0 and rep.unique == r.last_unique and rep.payload == data[4096:4096 + 65536]
+        # one buffer, and a short read at end of file
+        rep = await c.call(r.read(e.nodeid, fh, len(data) - 100, 4096), 4096 + HDR)
+        assert rep.payload == data[-100:]
+        # write with the payload split over several readable buffers
+        new = os.urandom(200 * 1024)
+        req = r.write(e.nodeid, fh, 8192, new)
+        split = [req[:80], req[80:1000], req[1000:]]
+        rep = parse_reply((await c.raw(split, [24])).data)
+        assert rep.error == 0 and u32(rep.payload) == len(new)
+        assert (tmp_path / "big").read_bytes()[8192:8192 + len(new)] == new
+        after = c.device.statistics()
+        assert after["fast_reads"] - before["fast_reads"] == 2
+        assert after["fast_writes"] - before["fast_writes"] == 1
+        assert after["read_bytes"] - before["read_bytes"] == 65536 + 100
+        # a READ asking more than the chain can hold is clamped by the slow path
+        rep = await c.call(r.read(e.nodeid, fh, 0, 65536), 1000)
+        assert rep.error == 0 and len(rep.payload) == 1000 - HDR
+        assert c.device.statistics()["fast_reads"] == after["fast_reads"]
+        await c.ok(r.release(e.nodeid, fh))
+        # after RELEASE the handle is gone from C too: the slow path answers EBADF
+        assert (await c.call(r.read(e.nodeid, fh, 0, 10))).error == errno.EBADF
+        assert c.device.table.count == 0
+
+
+async def test_quota_keeps_writes_on_the_slow_path(fs_client, tmp_path: Path) -> None:
+    async with fs_client(tmp_path, Policy(quota_bytes=1 << 20)) as c:
+        r = c.r
+        p = await c.ok(r.create(ROOT, b"f"))
+        e = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+        fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+        chunk = b"x" * 60000
+        errs = []
+        for i in range(40):
+            rep = await c.call(r.write(e.nodeid, fh, i * len(chunk), chunk), 24)
+            errs.append(rep.error)
+        assert (errs[0] == 0 and errno.ENOSPC in errs) or errno.EDQUOT in errs
+        assert c.device.statistics()["fast_writes"] == 0
+        assert (await c.ok(r.read(e.nodeid, fh, 0, 5))) == b"xxxxx"  # reads still fast
+        assert c.device.statistics()["fast_reads"] == 1
+
+
+async def test_malformed_chains_get_errors_and_the_device_keeps_serving(fs_client, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"hello")
+    async with fs_client(tmp_path) as c:
+        r = c.r
+        e = parse_entry(await c.ok(r.lookup(ROOT, b"f")))
+        fh, _ = parse_open(await c.ok(r.open(e.nodeid, os.O_RDWR)))
+        bad = [
+            ([r.raw(Opcode.READ, e.nodeid, abi.fuse_read_in.pack(fh, 0, 5, 0, 0, 0), length=200)], [64], errno.EINVAL),
+            ([r.raw(Opcode.WRITE, e.nodeid, abi.fuse_write_in.pack(fh, 0, 1000, 0, 0, 0) + b"ab")], [64], errno.EINVAL),
+            ([r.raw(Opcode.READ, e.nodeid, b"\0" * 8)], [64], errno.EINVAL),
+            ([r.raw(Opcode.READ, e.nodeid, abi.fuse_read_in.pack(987654, 0, 5, 0, 0, 0))], [64], errno.EBADF),
+            ([r.raw(Opcode.WRITE, e.nodeid, abi.fuse_write_in.pack(987654, 0, 1, 0, 0, 0) + b"a")], [64], errno.EBADF),
+            ([r.raw(Opcode.READ, e.nodeid, abi.fuse_read_in.pack(fh, 1 << 63, 5, 0, 0, 0))], [64], errno.EINVAL),
+            ([r.raw(4242, ROOT)], [64], errno.ENOSYS),
+            ([r.raw(Opcode.LOOKUP, ROOT, b"x" * 100)], [64], errno.EINVAL),
+        ]
+        for readable, sizes, err in bad:
+            rep = parse_reply((await c.raw(readable, sizes)).data)
+            assert rep.error == err, (readable[0][:8], rep)
+        # too short to carry a unique, or no room for any reply: used with 0 bytes
+        assert (await c.raw([b"\1\2\3"], [64])).used_len == 0
+        assert (await c.raw([r.getattr(ROOT)], [8])).used_len == 0
+        assert (await c.raw([r.getattr(ROOT)], [])).used_len == 0
+        # a reply bigger than the room: an error header instead
+        rep = parse_reply((await c.raw([r.getattr(ROOT)], [40])).data)
+        assert rep.error == errno.EINVAL
+        # a chain whose readable part is absurdly long (3 MiB) is refused from its header
+        q = c.fe.queues[1]
+        big = c.fe.ram.alloc(3 << 20, 4096)
+        c.fe.ram.write(big, r.getattr(ROOT))
+        reply_at = c.fe.ram.alloc(64)
+        d0, d1 = q.free_descs.pop(), q.free_descs.pop()
+        q.write_desc(d0, big, 3 << 20, F_NEXT, d1)
+        q.write_desc(d1, reply_at, 64, F_WRITE)
+        p = Pending(d0, [d0, d1], q.free_slots.pop(), [(reply_at, 64)])
+        q.inflight[d0] = p
+        q.publish([d0])
+        q.kick()
+        rep = parse_reply((await q.wait(p)).data)
+        assert rep.error == errno.EINVAL and rep.unique == r.last_unique
+        # the device is still fine: good requests work, fast and slow
+        assert parse_attr_out(await c.ok(r.getattr(e.nodeid)))[1][1] == 5
+        assert await c.ok(r.read(e.nodeid, fh, 0, 5)) == b"hello"
+
+
+async def test_a_broken_ring_stops_only_that_queue(fs_client, tmp_path: Path) -> None:
+    async with fs_client(tmp_path) as c:
+        q = c.fe.queues[1]
+        q.write_desc(0, c.fe.ram.end() + 4096, 64, 0)  # outside guest memory
+        q.publish([0])
+        q.kick()
+        with trio.fail_after(30):
+            while not q.error_signalled():
+                await trio.sleep(0)  # yield to the backend: no wall-clock wait
+        # the other queue still answers
+        done = await c.raw([c.r.getattr(ROOT)], [128], queue=0)
+        assert parse_reply(done.data).error == 0
+        await c.fe.restart_queue(1)
+        assert (await c.call(c.r.getattr(ROOT))).error == 0
