@@ -322,10 +322,15 @@ def print_capabilities() -> int:
 
 def run(o: ServeOptions) -> int:
     """Serve until the frontend leaves (or SIGTERM). Returns the exit status."""
+    # Everything the daemon will ever import is imported now: after the sandbox the
+    # Python installation is out of reach.
     import trio
+    import trio.lowlevel
+    import trio.to_thread
 
     from msbfs.tree import Policy, Tree
     from msbfs.virtiofs import VirtioFsDevice
+    from vhost import backend  # noqa: F401
 
     setup_logging(o)
     lock: Any = None
