@@ -1,0 +1,143 @@
+"""The caller's identity: what a non-root caller creates is theirs, what they may not do
+fails as the kernel says, set-id bits are cleared by the kernel's rules, and the
+daemon's own identity is back after every call."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from msbfs.tree import (
+    FATTR_GID,
+    FATTR_KILL_SUIDGID,
+    FATTR_SIZE,
+    ROOT_ID,
+    Ctx,
+    SetAttr,
+    Tree,
+)
+from tests.plugins.tree import ROOT, USER, err, walk
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching identities needs root")
+
+MakeTree = Callable[..., Tree]
+
+
+def thread_fs_ids() -> tuple[int, int, list[int]]:
+    status = Path("/proc/thread-self/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return (int(fields["Uid"].split()[3]), int(fields["Gid"].split()[3]),
+            [int(g) for g in fields["Groups"].split()])
+
+
+def test_created_files_belong_to_the_caller(make_tree: MakeTree) -> None:
+    tree = make_tree()
+    root: Path = tree.path  # type: ignore[attr-defined]
+    shared = walk(tree, "shared")
+    e, o = tree.create(shared, b"f", 0o644, os.O_WRONLY, 0o022, USER)
+    tree.release(o.fh)
+    d = tree.mkdir(shared, b"d", 0o755, 0o022, USER)
+    s = tree.symlink(shared, b"s", b"f", USER)
+    n = tree.mknod(shared, b"p", stat.S_IFIFO | 0o600, 0, 0, USER)
+    for name, entry in (("f", e), ("d", d), ("s", s), ("p", n)):
+        st = os.stat(root / "shared" / name, follow_symlinks=False)
+        assert (st.st_uid, st.st_gid) == (1000, 1000), name
+        assert (entry.attr.uid, entry.attr.gid) == (1000, 1000), name
+    assert thread_fs_ids()[:2] == (0, 0)
+
+
+def test_caller_umask_and_mode_are_exact(make_tree: MakeTree) -> None:
+    """The daemon's own umask (022 here) must not eat bits the caller asked for."""
+    tree = make_tree()
+    root: Path = tree.path  # type: ignore[attr-defined]
+    _e, o = tree.create(ROOT_ID, b"g", 0o666, os.O_WRONLY, 0o002, ROOT)
+    tree.release(o.fh)
+    assert os.stat(root / "g").st_mode & 0o777 == 0o664
+    tree.mkdir(ROOT_ID, b"gd", 0o777, 0o002, ROOT)
+    assert os.stat(root / "gd").st_mode & 0o777 == 0o775
+    tree.mknod(ROOT_ID, b"gp", stat.S_IFIFO | 0o666, 0, 0o000, ROOT)
+    assert os.stat(root / "gp").st_mode & 0o777 == 0o666
+    tree.mkdir(ROOT_ID, b"strict", 0o777, 0o077, ROOT)
+    assert os.stat(root / "strict").st_mode & 0o777 == 0o700
+
+
+def test_permission_denied_as_non_root(make_tree: MakeTree) -> None:
+    tree = make_tree()
+    private = walk(tree, "private")  # 0700 root
+    assert err(lambda: tree.lookup(private, b"secret", USER)) == errno.EACCES
+    assert err(lambda: tree.create(private, b"x", 0o644, os.O_WRONLY, 0, USER)) == errno.EACCES
+    assert err(lambda: tree.opendir(private, 0, USER)) == errno.EACCES
+    assert err(lambda: tree.access(private, os.R_OK, USER)) == errno.EACCES
+    assert err(lambda: tree.open(walk(tree, "ro0600"), os.O_RDONLY, USER)) == errno.EACCES
+    assert err(lambda: tree.mknod(walk(tree, "shared"), b"c", stat.S_IFCHR | 0o600,
+                                  os.makedev(1, 3), 0, USER)) == errno.EPERM
+    # Root gets through all of these.
+    tree.lookup(private, b"secret", ROOT)
+    tree.access(private, os.R_OK | os.W_OK | os.X_OK, ROOT)
+    assert thread_fs_ids() == (0, 0, thread_fs_ids()[2])
+
+
+def test_supplementary_groups(make_tree: MakeTree) -> None:
+    tree = make_tree()
+    own_groups = thread_fs_ids()[2]
+    root: Path = tree.path  # type: ignore[attr-defined]
+    (root / "team").mkdir()
+    os.chown(root / "team", 0, 2000)
+    os.chmod(root / "team", 0o770)
+    (root / "wheel").mkdir()
+    os.chmod(root / "wheel", 0o770)  # root:root
+    team, wheel = walk(tree, "team"), walk(tree, "wheel")
+    member = Ctx(1000, 1000, groups=(2000,))
+    _e, o = tree.create(team, b"ok", 0o640, os.O_WRONLY, 0, member)
+    tree.release(o.fh)
+    assert os.stat(root / "team" / "ok").st_uid == 1000
+    assert err(lambda: tree.create(team, b"no", 0o640, os.O_WRONLY, 0, USER)) == errno.EACCES
+    # Unknown groups (FUSE does not send them) never borrow the daemon's own groups:
+    # root's group 0 must not open root:root 0770 to uid 1000.
+    unknown = Ctx(1000, 1000, groups=None)
+    assert err(lambda: tree.lookup(wheel, b"x", unknown)) == errno.EACCES
+    assert err(lambda: tree.mkdir(wheel, b"x", 0o755, 0, unknown)) == errno.EACCES
+    assert thread_fs_ids()[2] == own_groups
+
+
+def test_chown_by_owner_clears_setid(make_tree: MakeTree) -> None:
+    tree = make_tree()
+    root: Path = tree.path  # type: ignore[attr-defined]
+    os.chmod(root / "userfile", 0o6755)
+    node = walk(tree, "userfile")
+    tree.setattr(node, SetAttr(valid=FATTR_GID, gid=1000), USER)
+    assert os.stat(root / "userfile").st_mode & 0o7777 == 0o755
+
+
+def test_write_and_truncate_kill_suidgid(make_tree: MakeTree) -> None:
+    tree = make_tree()
+    root: Path = tree.path  # type: ignore[attr-defined]
+    shared = walk(tree, "shared")
+    e, o = tree.create(shared, b"w", 0o644, os.O_RDWR, 0, USER)
+    os.chmod(root / "shared" / "w", 0o6775)
+    tree.write(o.fh, 0, b"data", USER, kill_suidgid=True)
+    assert os.stat(root / "shared" / "w").st_mode & 0o7777 == 0o775
+    # S_ISGID without group-exec is mandatory locking, not set-gid: it stays.
+    os.chmod(root / "shared" / "w", 0o6764)
+    tree.write(o.fh, 0, b"data", USER, kill_suidgid=True)
+    assert os.stat(root / "shared" / "w").st_mode & 0o7777 == 0o2764
+    os.chmod(root / "shared" / "w", 0o4755)
+    tree.write(o.fh, 0, b"data", ROOT)  # no kill flag: root writes keep the bits
+    assert os.stat(root / "shared" / "w").st_mode & 0o7777 == 0o4755
+    tree.setattr(e.nodeid, SetAttr(valid=FATTR_SIZE | FATTR_KILL_SUIDGID, size=1), ROOT)
+    assert os.stat(root / "shared" / "w").st_mode & 0o7777 == 0o755
+    tree.release(o.fh)
+
+
+def test_identity_restored_after_failures(make_tree: MakeTree) -> None:
+    tree = make_tree()
+    groups = thread_fs_ids()[2]
+    for _ in range(3):
+        assert err(lambda: tree.create(walk(tree, "private"), b"x", 0o644, os.O_WRONLY, 0,
+                                       Ctx(1000, 1000, groups=(5, 6)))) == errno.EACCES
+        assert thread_fs_ids() == (0, 0, groups)
