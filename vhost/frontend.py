@@ -440,7 +440,7 @@ class Frontend:
         mine = (Feature.VERSION_1 | Feature.RING_INDIRECT_DESC | Feature.RING_EVENT_IDX
                 | Feature.PROTOCOL_FEATURES)
         self.features = (self.backend_features & mine) if features is None else features
-        if self.backend_features & Feature.PROTOCOL_FEATURES:
+        if self.features & Feature.PROTOCOL_FEATURES:
             self.backend_protocol_features = await self.get_u64(Request.GET_PROTOCOL_FEATURES)
             my_proto = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
                         | ProtocolFeature.BACKEND_REQ | ProtocolFeature.CONFIG
