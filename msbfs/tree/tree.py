@@ -274,23 +274,27 @@ class Tree:
         if name == b"..":
             return self._lookup_dotdot(p)
         if ctx.uid == 0 and ctx.gid == 0 and not ctx.groups:
-            fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
-        else:
-            with self._creds(ctx):  # search permission on the parent, as the caller
-                fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
+            return self._lookup_component(p, name)
+        with self._creds(ctx):  # search permission on the parent, as the caller
+            return self._lookup_component(p, name)
+
+    def _lookup_component(self, p: Inode, name: bytes) -> Entry:
+        # Warm path: a stat of the single component (never following it: no "/" and
+        # no ".." in name, AT_SYMLINK_NOFOLLOW) finds an inode we already hold, and no
+        # fd is opened at all.
+        st = os.stat(name, dir_fd=p.fd, follow_symlinks=False)
+        known = self._inodes.find(st)
+        if known is not None:
+            self._inodes.ref(known)
+            return self._entry(known, st)
+        fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
         if fd < 0:
             raise _err(-fd)
         try:
-            st = os.stat(fd)
+            st = os.stat(fd)  # the object we hold is the truth, whatever raced
         except BaseException:
             os.close(fd)
             raise
-        known = self._inodes.find(st)
-        if known is not None:
-            # The common warm case: no new fd needed.
-            self._inodes.ref(known)
-            os.close(fd)
-            return self._entry(known, st)
         return self._entry(self._add(fd, st, p), st)
 
     def _lookup_dotdot(self, p: Inode) -> Entry:
