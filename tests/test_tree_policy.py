@@ -227,6 +227,30 @@ def test_quota_enospc_statfs_and_accounting(make_tree: MakeTree) -> None:
         os.close(fd)
 
 
+def test_quota_unlinked_open_files_and_tmpfiles(make_tree: MakeTree) -> None:
+    """Blocks of a file unlinked while open (and of a tmpfile never linked) are in use
+    until the last handle closes, as the host counts them, and free after."""
+    tree = make_tree(Policy(quota_bytes=8 << 20))
+    root: Path = tree.path  # type: ignore[attr-defined]
+    base = tree.statistics().quota_used_bytes
+    assert base is not None
+    _e, o = tree.create(ROOT_ID, b"doomed", 0o644, os.O_RDWR, 0, ROOT)
+    tree.write(o.fh, 0, b"d" * (1 << 20), ROOT)
+    tree.unlink(ROOT_ID, b"doomed", ROOT)
+    tree.write(o.fh, 1 << 20, b"d" * (1 << 20), ROOT)  # still growing after unlink
+    assert tree.statistics().quota_used_bytes >= base + (2 << 20)  # type: ignore[operator]
+    _t, to = tree.tmpfile(ROOT_ID, 0o600, os.O_RDWR, 0, ROOT)
+    tree.write(to.fh, 0, b"t" * (1 << 20), ROOT)
+    tree.release(o.fh)
+    tree.release(to.fh)
+    assert tree.statistics().quota_used_bytes == base
+    fd = os.open(root, os.O_PATH)
+    try:
+        assert walk_usage(fd) == base
+    finally:
+        os.close(fd)
+
+
 def test_quota_walk_counts_hard_links_once(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 10000)
     os.link(tmp_path / "a", tmp_path / "b")

@@ -18,7 +18,7 @@ from msbfs.tree.types import ROOT_ID
 
 
 class Inode:
-    __slots__ = ("dev", "fd", "ino", "kind", "nlookup", "nodeid", "submount")
+    __slots__ = ("dev", "fd", "ino", "kind", "nlookup", "nodeid", "nopen", "submount")
 
     def __init__(self, nodeid: int, fd: int, st: os.stat_result, submount: bool) -> None:
         self.nodeid = nodeid
@@ -27,6 +27,7 @@ class Inode:
         self.ino = st.st_ino
         self.kind = stat.S_IFMT(st.st_mode)  # a file's type never changes
         self.nlookup = 0
+        self.nopen = 0  # file handles of ours on it (the quota frees blocks at the last)
         self.submount = submount
 
 

@@ -257,6 +257,17 @@ class Tree:
             d = self._root_dev
             self.quota.charge(allocated(after, d) - allocated(before, d))
 
+    def _add_handle(self, fd: int, inode: Inode, oflags: int) -> int:
+        inode.nopen += 1
+        return self._handles.add(FileHandle(fd, inode, oflags))
+
+    def _discharge_removed(self, st: os.stat_result) -> None:
+        """The last name of ``st`` is gone: its blocks are free now, unless a handle of
+        ours still holds it open (then they are freed, and discharged, at its release)."""
+        inode = self._inodes.find(st)
+        if inode is None or inode.nopen == 0:
+            self._charge_stat(st, None)
+
     def _lstat_at(self, parent: Inode, name: bytes) -> os.stat_result | None:
         try:
             return os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
@@ -363,6 +374,8 @@ class Tree:
         handle: FileHandle | None = None
         if valid & FATTR_FH and attr.fh is not None:
             handle = self._handles.file(attr.fh)
+            if handle.inode is not inode:
+                handle = None  # a handle of another file says nothing about this one
         with self._creds(ctx):
             if valid & FATTR_MODE:
                 self._chmod(inode, handle, _int(attr.mode, 0, 0o7777 | 0o170000) & 0o7777)
@@ -531,7 +544,7 @@ class Tree:
         with self._creds(ctx):
             os.unlink(name, dir_fd=p.fd)
         if before is not None and before.st_nlink <= 1:
-            self._charge_stat(before, None)
+            self._discharge_removed(before)
 
     def rmdir(self, parent: int, name: bytes, ctx: Ctx) -> None:
         p = self._inodes.get(parent)
@@ -569,7 +582,7 @@ class Tree:
         if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
             src = self._lstat_at(np, newname)
             if src is None or (src.st_dev, src.st_ino) != (replaced.st_dev, replaced.st_ino):
-                self._charge_stat(replaced, None)
+                self._discharge_removed(replaced)
 
     # ---- files -----------------------------------------------------------------------
     def _reopen_flags(self, flags: int) -> int:
@@ -599,7 +612,7 @@ class Tree:
             fd = self._open_proc(inode.fd, oflags)
         if before is not None:
             self._charge_stat(before, os.stat(fd))
-        return Opened(self._handles.add(FileHandle(fd, inode, oflags)), self._file_open_flags)
+        return Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
 
     def _open_proc(self, fd: int, oflags: int) -> int:
         if self.writeback and oflags & os.O_ACCMODE == os.O_WRONLY:
@@ -636,8 +649,7 @@ class Tree:
             raise
         self._charge_stat(before, st)
         inode = self._add(pfd, st, p)
-        opened = Opened(self._handles.add(FileHandle(fd, inode, oflags)),
-                        self._file_open_flags)
+        opened = Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
         return self._entry(inode, st), opened
 
     def tmpfile(self, parent: int, mode: int, flags: int, umask: int,
@@ -660,8 +672,7 @@ class Tree:
                 os.close(fd)
                 raise
         inode = self._add(pfd, st, p)
-        opened = Opened(self._handles.add(FileHandle(fd, inode, oflags)),
-                        self._file_open_flags)
+        opened = Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
         return self._entry(inode, st), opened
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -712,11 +723,17 @@ class Tree:
     def release(self, fh: int, flags: int = 0, lock_owner: int = 0,
                 flock_release: bool = False) -> None:
         h = self._handles.pop(fh, FileHandle)
+        inode = h.inode
+        inode.nopen -= 1
         try:
             if flock_release:
                 fcntl.flock(h.fd, fcntl.LOCK_UN)
             if lock_owner:
-                self._drop_owner_locks(h.inode, lock_owner)
+                self._drop_owner_locks(inode, lock_owner)
+            if self.quota is not None and inode.nopen == 0:
+                st = os.stat(h.fd)
+                if st.st_nlink == 0:  # unlinked while open, or a never-linked tmpfile
+                    self._charge_stat(st, None)
         finally:
             os.close(h.fd)
 
