@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,16 @@ def check_regions(regions: Sequence[MemRegion]) -> None:
 
 
 def map_region(region: MemRegion, fd: int, guard: int = GUARD) -> Mapping:
-    """mmap ``fd`` for ``region`` (does not close fd)."""
+    """mmap ``fd`` for ``region`` (does not close fd). A regular file (memfd) must be
+    long enough: pages past its end would SIGBUS on first touch."""
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        raise GuestMemoryError(f"region fd: {e}") from None
+    if stat.S_ISREG(st.st_mode) and region.mmap_offset + region.size > st.st_size:
+        raise GuestMemoryError(f"region {region.gpa:#x}+{region.size:#x} at offset "
+                               f"{region.mmap_offset:#x} runs past the end of its file "
+                               f"({st.st_size:#x} bytes)")
     p = lib.msb_map_guarded(fd, region.size, region.mmap_offset, guard)
     if p == ffi.NULL:
         err = ffi.errno
