@@ -917,7 +917,12 @@ class Tree:
             _check(lib.msb_faccessat2(inode.fd, b"", mask, AT_EACCESS | AT_EMPTY_PATH))
 
     def syncfs(self) -> None:
-        _check(lib.msb_syncfs(self._inodes.root.fd))
+        # syncfs(2) refuses O_PATH fds (EBADF): use a real fd of the root for it.
+        fd = os.open(_proc(self._inodes.root.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _check(lib.msb_syncfs(fd))
+        finally:
+            os.close(fd)
 
     # ---- xattrs ----------------------------------------------------------------------
     def _xattr_name(self, name: Any, ctx: Ctx, write: bool) -> bytes:
