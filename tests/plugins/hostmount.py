@@ -8,8 +8,9 @@ in a separate daemon process, as users run it).
 - ``shared_host_mount``: one module-scoped mount of a fresh directory, for tests that only
   need *a* mount (differential exerciser, errno tests); tests work in their own subdirs.
 - ``msbfs_cli(*args)``: run ``python -m msbfs ARGS`` and return the CompletedProcess.
-- ``run_as(uid, gid, argv)``: run a command as another user (``subprocess`` ``user=``/
-  ``group=``, no supplementary groups).
+- ``run_as(uid, gid, argv, cwd=)`` / ``py_as(uid, gid, code, *args, cwd=)``: run a command
+  (a Python snippet) as another user, no supplementary groups. The working directory is
+  entered before the switch, so relative paths work beneath root-only (0700) test dirs.
 - ``wait_for(predicate, timeout)``: poll a real condition with a deadline.
 """
 
@@ -56,9 +57,12 @@ def run_as(uid: int, gid: int, argv: Sequence[str], *, cwd: str | None = None,
                           stdin=subprocess.DEVNULL)
 
 
-def py_as(uid: int, gid: int, code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a Python snippet as ``uid:gid``; it prints its results."""
-    return run_as(uid, gid, [sys.executable, "-c", code, *args])
+def py_as(uid: int, gid: int, code: str, *args: str,
+          cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a stdlib-only Python snippet as ``uid:gid``; it prints its results. The
+    system interpreter, because the venv's may live where other users cannot reach."""
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    return run_as(uid, gid, [python, "-c", code, *args], cwd=cwd)
 
 
 @dataclass
