@@ -59,9 +59,10 @@ log = logging.getLogger("vhost.backend")
 
 BASE_FEATURES = (Feature.VERSION_1 | Feature.RING_INDIRECT_DESC | Feature.RING_EVENT_IDX
                  | Feature.PROTOCOL_FEATURES)
+# CONFIG is left to devices that have a config space of their own: QEMU's
+# vhost-user-fs keeps the config itself and warns when a backend offers it.
 BASE_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
-                          | ProtocolFeature.BACKEND_REQ | ProtocolFeature.CONFIG
-                          | ProtocolFeature.RESET_DEVICE
+                          | ProtocolFeature.BACKEND_REQ | ProtocolFeature.RESET_DEVICE
                           | ProtocolFeature.CONFIGURE_MEM_SLOTS)
 # requests whose reply carries a body: they are always answered
 _HAS_REPLY = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
@@ -138,6 +139,8 @@ class Backend:
                 return
             request, flags, payload, fds = raw
             self.messages += 1
+            log.debug("<- %s flags=%#x size=%d fds=%d", _name(request), flags, len(payload),
+                      len(fds))
             try:
                 try:
                     msg = parse_request(request, flags, payload, fds)

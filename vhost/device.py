@@ -47,7 +47,9 @@ class VhostUserDevice:
         return 0
 
     def protocol_features(self) -> int:
-        """Extra VHOST_USER_PROTOCOL_F_* bits beyond what the backend offers itself."""
+        """Extra VHOST_USER_PROTOCOL_F_* bits beyond what the backend offers itself
+        (MQ, REPLY_ACK, BACKEND_REQ, RESET_DEVICE, CONFIGURE_MEM_SLOTS). A device with
+        its own config space adds CONFIG here."""
         return 0
 
     def get_config(self, offset: int, size: int) -> bytes:

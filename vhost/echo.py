@@ -16,6 +16,7 @@ import trio
 
 from vhost.backend import serve_path
 from vhost.device import ConfigError, VhostUserDevice
+from vhost.messages import ProtocolFeature
 from vhost.virtqueue import Virtqueue
 
 
@@ -29,6 +30,9 @@ class EchoDevice(VhostUserDevice):
         self.started: set[int] = set()
         self.served = 0
         self.resets = 0
+
+    def protocol_features(self) -> int:
+        return ProtocolFeature.CONFIG
 
     def get_config(self, offset: int, size: int) -> bytes:
         if offset + size > len(self.config):
