@@ -33,6 +33,7 @@ from vhost.messages import (
     build,
     encode,
 )
+from vhost.virtqueue import Virtqueue
 
 DISCONNECTED = (EOFError, ConnectionResetError, BrokenPipeError)
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,6 +304,49 @@ async def test_broken_ring_signals_error_and_restarts(vhost_pair: VhostPair) -> 
         await fe.restart_queue(0)
         assert not be.queues[0].broken
         await echo_check(fe, 0)
+
+
+class SliceDevice(EchoDevice):
+    """Replies ``readable[2:5]`` at writable offset 1 (exercises the Chain helpers);
+    a request starting with b"boom" makes the handler raise."""
+
+    async def handle_kick(self, index: int, vq: Virtqueue) -> None:
+        for c in vq.pop():
+            head = bytearray(4)
+            assert c.readinto(head) == min(4, c.out_len)
+            if head == b"boom":
+                raise RuntimeError("device bug")
+            part = c.read(2, 3)
+            c.write(b"<", 0)
+            n = c.write(part, 1)
+            vq.push(c.head, 1 + n)
+        vq.notify()
+
+
+async def test_chain_helpers_and_device_errors(vhost_pair: VhostPair) -> None:
+    async with vhost_pair(SliceDevice(), [16]) as (fe, be):
+        c = await fe.submit(0, [b"ab", b"cdefg"], [2, 2])
+        assert c.data == b"<cde" and c.used_len == 4
+        c = await fe.submit(0, [b"abc"], [8])
+        assert c.data == b"<c"  # only one byte past offset 2
+        q = fe.queues[0]
+        q.post([b"boom"], [8])
+        q.kick(force=True)
+        await trio.lowlevel.wait_readable(q.err_fd)  # the bug breaks only that ring
+        assert q.error_signalled() and be.queues[0].broken
+        assert await fe.get_u64(Request.GET_FEATURES) == fe.backend_features
+
+
+async def test_new_kick_fd_while_running_keeps_position(vhost_pair: VhostPair) -> None:
+    async with vhost_pair(EchoDevice(), [16]) as (fe, be):
+        await echo_check(fe, 0, n=7)
+        q = fe.queues[0]
+        old = q.kick_fd
+        q.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        os.close(old)
+        await fe.request(Request.SET_VRING_KICK, VringFile(0, True), fds=[q.kick_fd])
+        await echo_check(fe, 0, n=7)
+        assert be.queues[0].statistics()["popped"] == 14
 
 
 async def test_fds_all_closed_after_disconnect(vhost_pair: VhostPair) -> None:

@@ -302,7 +302,11 @@ class Backend:
         vq = self._vq(msg.body.index)
         if not msg.body.has_fd:
             raise MessageError("polling rings (no kick fd) are not supported")
-        await self._stop_queue(vq)
+        if vq.started:
+            # a new kick fd for a running ring: carry on from where it is, not from
+            # the SET_VRING_BASE it started with
+            await self._stop_queue(vq)
+            vq.base = int(vq.c.last_avail_idx)
         if vq.kick_fd >= 0:
             os.close(vq.kick_fd)
         vq.kick_fd = msg.take_fd(0)
@@ -452,9 +456,15 @@ class Backend:
         except QueueBroken as e:
             log.warning("%s; it is no longer served", e)
         except Exception:
-            # a device bug must not take the connection (and every other queue) down
+            # a device bug must not take the connection (and every other queue) down;
+            # the ring is marked broken and the frontend told through the error eventfd
             log.exception("queue %d: device handler failed; queue no longer served",
                           vq.index)
+            if not vq.c.broken:
+                vq.c.broken = 1
+                if vq.c.err_fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.eventfd_write(vq.c.err_fd, 1)
         finally:
             r.done.set()
 
