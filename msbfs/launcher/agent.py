@@ -109,14 +109,19 @@ class AgentChannel:
     """One connected agent. ``alive`` is polled while waiting so that a dead QEMU ends a
     wait with an error instead of a hang."""
 
-    def __init__(self, sock: socket.socket, alive: Callable[[], str | None]) -> None:
+    def __init__(self, sock: socket.socket, alive: Callable[[], str | None],
+                 on_eof: Callable[[], str | None] | None = None) -> None:
         self._sock = sock
         self._sock.setblocking(False)
         self._alive = alive
+        #: Called when the guest hangs up, to say why (e.g. after QEMU has exited).
+        self._on_eof = on_eof or alive
         self._decoder = FrameDecoder()
         self._pending: list[Frame] = []
         self._sel = selectors.DefaultSelector()
         self._sel.register(sock, selectors.EVENT_READ)
+        #: A command is in flight: the agent will not read a quit request until it ends.
+        self.busy = False
 
     def close(self) -> None:
         self._sel.close()
@@ -139,7 +144,7 @@ class AgentChannel:
             except OSError as e:
                 raise AgentError(f"agent channel failed: {e}") from e
             if not data:
-                why = self._alive()
+                why = self._on_eof()
                 raise AgentError(why or "the guest closed the agent channel")
             self._pending.extend(self._decoder.feed(data))
         return self._pending.pop(0)
@@ -162,9 +167,11 @@ class AgentChannel:
     def run(self, argv: Sequence[str | bytes], env: Mapping[str, str] | None = None,
             cwd: str = "", uid: int = 0, gid: int = 0, timeout: float | None = None,
             on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> RunResult:
+        request = encode_run(argv, DEFAULT_ENV if env is None else env, cwd, uid, gid)
         sent = time.monotonic()
         deadline = None if timeout is None else sent + timeout
-        self._send(encode_run(argv, DEFAULT_ENV if env is None else env, cwd, uid, gid))
+        self.busy = True
+        self._send(request)
         out: list[bytes] = []
         err: list[bytes] = []
         latency = 0.0
@@ -177,6 +184,7 @@ class AgentChannel:
             elif frame.type == b"S":
                 latency = time.monotonic() - sent
             elif frame.type == b"X":
+                self.busy = False
                 return RunResult(parse_exit(frame.payload), b"".join(out), b"".join(err),
                                  latency)
             else:

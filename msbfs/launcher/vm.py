@@ -137,7 +137,7 @@ class Vm:
         self.qemu = daemons.spawn(qemu_argv(cfg), self.dir / "qemu.log")
         conn = self._accept(agent_listener, began + timeout)
         agent_listener.close()
-        self.channel = AgentChannel(conn, self.failure)
+        self.channel = AgentChannel(conn, self.failure, self._failure_after_hangup)
         try:
             self.channel.wait_hello(max(0.1, began + timeout - time.monotonic()))
         except AgentError as e:
@@ -159,8 +159,15 @@ class Vm:
                     return conn
 
     def _console_note(self) -> str:
-        tail = _tail(self.dir / "console.log")
-        return f"\nguest console:\n{tail}" if tail else ""
+        """The console's last lines, led by the panic line when there is one (the lines
+        after it are a stack trace)."""
+        try:
+            lines = (self.dir / "console.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        panic = [ln for ln in lines if "Kernel panic" in ln][:1]
+        picked = [*panic, *lines[-6:]]
+        return "\nguest console:\n" + "\n".join(ln.strip() for ln in picked) if picked else ""
 
     def failure(self) -> str | None:
         """Why this guest can no longer work, or None: QEMU exited, or a daemon died (the
@@ -179,9 +186,23 @@ class Vm:
                         + self._console_note())
         return None
 
+    def _failure_after_hangup(self) -> str | None:
+        # The channel closes a moment before QEMU exits (guest panic, power-off): give
+        # QEMU a few seconds to finish so the error says what happened.
+        if self.qemu is not None:
+            try:
+                self.qemu.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.failure()
+
     def _teardown(self) -> None:
-        if self.channel is not None:
+        if self.channel is not None and not self.channel.busy:
             self.channel.quit()
+        elif self.qemu is not None and self.qemu.poll() is None:
+            # Interrupted mid-command (Ctrl-C, timeout, a dead daemon): the agent is not
+            # listening for a quit, and nothing the guest holds is worth waiting for.
+            self.qemu.kill()
         if self.qemu is not None:
             try:
                 self.qemu.wait(10)

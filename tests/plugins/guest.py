@@ -129,10 +129,10 @@ def guest(boot_guest: BootGuest, tmp_path_factory: pytest.TempPathFactory) -> It
         yield g
 
 
-def _our_processes() -> list[str]:
-    """Live processes started by this test process's launchers (found by the owner mark
+def owned_processes(owner: int) -> list[str]:
+    """Live processes started by launchers in process ``owner`` (found by the owner mark
     in their environment, so orphans count too)."""
-    mark = f"{OWNER_ENV}={os.getpid()}".encode()
+    mark = f"{OWNER_ENV}={owner}".encode()
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -169,6 +169,6 @@ def no_leftovers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     base = tmp_path_factory.getbasetemp()
     before_dirs, before_mounts = _vm_dirs(), _mounts_under(base)
     yield
-    assert _our_processes() == []
+    assert owned_processes(os.getpid()) == []
     assert _vm_dirs() - before_dirs == set()
     assert _mounts_under(base) - before_mounts == set()

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
@@ -110,6 +111,42 @@ static int open_port(const char *path)
         char ev[4096];
         if (read(in, ev, sizeof ev) < 0 && errno != EINTR)
             die_poweroff("inotify read");
+    }
+}
+
+/* Unmount every filesystem, last mounted first, so ext4 disks are left clean (no journal
+ * to replay) before the VM ends; virtiofs mounts send their final FORGETs and DESTROY. */
+static void unmount_all(void)
+{
+    static char buf[65536];
+    char *points[512];
+    int n = 0;
+    int fd = open("/proc/mounts", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t len = 0, r;
+    while (len < (ssize_t)sizeof buf - 1 && (r = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
+        len += r;
+    close(fd);
+    buf[len] = 0;
+    for (char *line = buf; line && *line && n < 512;) {
+        char *next = strchr(line, '\n');
+        if (next)
+            *next++ = 0;
+        char *sp = strchr(line, ' ');
+        if (sp) {
+            char *point = sp + 1;
+            char *end = strchr(point, ' ');
+            if (end)
+                *end = 0;
+            points[n++] = point;
+        }
+        line = next;
+    }
+    while (n-- > 0) {
+        const char *p = points[n];
+        if (strcmp(p, "/") && strcmp(p, "/proc") && strcmp(p, "/sys") && strcmp(p, "/dev"))
+            umount2(p, 0);
     }
 }
 
@@ -277,6 +314,8 @@ int main(int argc, char **argv)
             run(payload, len, sfd);
             break;
         case 'Q':
+            sync();
+            unmount_all();
             sync();
             reboot(RB_AUTOBOOT);
             _exit(0);

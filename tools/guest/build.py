@@ -22,8 +22,9 @@ HERE = Path(__file__).resolve().parent
 KERNEL_META = "linux-image-6.12-amd64"
 BUSYBOX = "busybox-static"
 #: Modules the guest needs that Debian's 6.12 kernel ships as .ko.xz (virtio-fs, FUSE,
-#: virtio-pci and the virtio console are built in).
-MODULES = ("virtio_blk", "ext4")
+#: virtio-pci and the virtio console are built in). crc32c_generic is ext4's soft
+#: dependency (its checksums), which modinfo's ``depends=`` does not list.
+MODULES = ("virtio_blk", "crc32c_generic", "ext4")
 
 
 class BuildError(Exception):

@@ -1,0 +1,191 @@
+"""``msbfs.Sandbox`` and ``msbfs run`` end to end under TCG: every mount kind, named
+volumes seen from the guest, ``VolumeFs`` and ``msbfs mount``, persistence of disks,
+tmpfs, sharing, the serving lock, exit status, and a clean teardown every time (the
+``no_leftovers`` fixture) — also on daemon death, guest panic and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msbfs import volumes
+from msbfs.cli import main as msbfs_main
+from msbfs.errors import LaunchError
+from msbfs.launcher.sandbox import Sandbox
+from msbfs.mounts import Mount, MountOptions
+from tests.plugins.guest import owned_processes
+
+pytestmark = [pytest.mark.guest, pytest.mark.usefixtures("no_leftovers")]
+
+
+@pytest.fixture
+def sandbox(guest_image, guest_daemon, msb_home):
+    def make(mounts, **kw) -> Sandbox:
+        kw.setdefault("accel", "tcg")
+        return Sandbox(mounts, daemon=guest_daemon, image=guest_image, **kw)
+
+    return make
+
+
+def _ext4_image(path: Path, size_mib: int = 32) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size_mib << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(path)], check=True)
+    return path
+
+
+def test_every_mount_kind(sandbox, tmp_path: Path) -> None:
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    (bind / "host.txt").write_text("from the host\n")
+    disk = _ext4_image(tmp_path / "disk.img")
+    volumes.create_volume("vol")
+    volumes.create_volume("vdisk", kind="disk", size_mib=32)
+    mounts = {
+        "/bind": Mount.bind(bind),
+        "/named": Mount.named("vol"),
+        "/scratch": Mount.tmpfs(size_mib=8),
+        "/disk": Mount.disk(disk, fstype="ext4"),
+        "/vdisk": Mount.named("vdisk"),
+        "/bind/ro": Mount.tmpfs(readonly=True),  # nested: mounted after its parent
+    }
+    with sandbox(mounts) as sb:
+        r = sb.run("cat /bind/host.txt; for d in /bind /named /scratch /disk /vdisk; do "
+                   "echo $d > $d/who || exit 1; done; "
+                   "grep -E ' /(bind|named|scratch|disk|vdisk|bind/ro) ' /proc/mounts "
+                   "| cut -d' ' -f2,3 | sort; df -k /scratch | tail -n 1 | tr -s ' ' "
+                   "| cut -d' ' -f2")
+        assert r.exit_code == 0, r
+        lines = r.stdout.decode().splitlines()
+        assert lines[0] == "from the host"
+        assert lines[1:7] == ["/bind virtiofs", "/bind/ro tmpfs", "/disk ext4",
+                              "/named virtiofs", "/scratch tmpfs", "/vdisk ext4"]
+        assert lines[7] == str(8 * 1024)
+        r = sb.run("touch /bind/ro/x")
+        assert r.exit_code != 0 and b"Read-only" in r.stderr
+    assert (bind / "who").read_text() == "/bind\n"
+    assert volumes.get_volume("vol").fs().read_text("who") == "/named\n"
+    with volumes.get_volume("vdisk").fs() as fs:
+        assert fs.read_text("who") == "/vdisk\n"
+    out = subprocess.run(["debugfs", "-R", "cat /who", str(disk)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out == "/disk\n"
+
+
+def test_named_volume_both_ways_and_host_mount(sandbox, tmp_path: Path) -> None:
+    vol = volumes.create_volume("shared")
+    vol.fs().write_text("from-volumefs.txt", "written by VolumeFs\n")
+    with sandbox({"/data": Mount.named("shared")}) as sb:
+        r = sb.run("cat /data/from-volumefs.txt && mkdir /data/sub && "
+                   "echo 'written by the guest' > /data/sub/from-guest.txt")
+        assert r.exit_code == 0, r
+        assert r.stdout == b"written by VolumeFs\n"
+        # Seen at once through VolumeFs and a host FUSE mount while the guest runs.
+        assert vol.fs().read_text("sub/from-guest.txt") == "written by the guest\n"
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        assert msbfs_main(["mount", "shared", str(mnt)]) == 0
+        try:
+            assert (mnt / "sub" / "from-guest.txt").read_text() == "written by the guest\n"
+            (mnt / "from-host-mount.txt").write_text("via msbfs mount\n")
+            r = sb.run(["cat", "/data/from-host-mount.txt"])
+            assert (r.exit_code, r.stdout) == (0, b"via msbfs mount\n")
+        finally:
+            assert msbfs_main(["umount", str(mnt)]) == 0
+
+
+def test_disk_persists_and_tmpfs_does_not(sandbox, tmp_path: Path) -> None:
+    volumes.create_volume("persist", kind="disk", size_mib=32)
+    mounts = {"/disk": Mount.named("persist"), "/tmp2": Mount.tmpfs()}
+    with sandbox(mounts) as sb:
+        r = sb.run("echo kept > /disk/kept && echo lost > /tmp2/lost && sync")
+        assert r.exit_code == 0, r
+    with sandbox(mounts) as sb:
+        r = sb.run("cat /disk/kept; ls -A /tmp2 | wc -l")
+        assert (r.exit_code, r.stdout) == (0, b"kept\n0\n"), r
+
+
+def test_policy_holds_after_remount(sandbox, tmp_path: Path) -> None:
+    vol = volumes.create_volume("guarded")
+    vol.fs().write_text("tool.sh", "#!/bin/sh\necho ran\n")
+    os.chmod(Path(vol.path) / "tool.sh", 0o755)
+    bind = tmp_path / "ro"
+    bind.mkdir()
+    mounts = {"/x": Mount.named("guarded", MountOptions(noexec=True)),
+              "/ro": Mount.bind(bind, MountOptions(readonly=True))}
+    with sandbox(mounts) as sb:
+        sb.run("mount -o remount,exec /x; mount -o remount,rw /ro")
+        r = sb.run("/x/tool.sh")
+        assert r.exit_code == 126, r
+        r = sb.run("touch /ro/new")
+        assert r.exit_code != 0 and b"Read-only file system" in r.stderr, r
+    assert os.listdir(bind) == []
+
+
+def test_two_sandboxes_share_a_volume_and_rm_is_refused(sandbox, capsys) -> None:
+    volumes.create_volume("both")
+    with sandbox({"/v": Mount.named("both")}, memory_mib=256) as a, \
+            sandbox({"/v": Mount.named("both")}, memory_mib=256) as b:
+        assert a.run("echo from-a > /v/a.txt").exit_code == 0
+        r = b.run("cat /v/a.txt && echo from-b > /v/b.txt")
+        assert (r.exit_code, r.stdout) == (0, b"from-a\n")
+        assert a.run(["cat", "/v/b.txt"]).stdout == b"from-b\n"
+        assert msbfs_main(["volume", "rm", "both"]) != 0
+        assert "in use" in capsys.readouterr().err
+        assert volumes.get_volume("both").fs().read_text("a.txt") == "from-a\n"
+    assert msbfs_main(["volume", "rm", "both"]) == 0
+
+
+def test_daemon_death_names_the_mount(sandbox, tmp_path: Path) -> None:
+    share = tmp_path / "dying"
+    share.mkdir()
+    sb = sandbox({"/dying": Mount.bind(share)})
+    with sb:
+        assert sb.vm is not None
+        [(_, proc)] = sb.vm.daemons
+        proc.kill()
+        with pytest.raises(LaunchError, match="/dying"):
+            sb.run("ls /dying; cat /dying/x", timeout=120)
+
+
+def test_guest_panic_is_reported(sandbox) -> None:
+    with sandbox({}) as sb, pytest.raises(LaunchError, match="QEMU exited") as e:
+        sb.run("echo c > /proc/sysrq-trigger", timeout=120)
+    assert "Kernel panic" in str(e.value)  # the console's last words come along
+
+
+def test_cli_exit_status_stderr_and_ctrl_c(guest_image, guest_daemon, msb_home,
+                                            tmp_path: Path) -> None:
+    daemon = "virtiofsd" if guest_daemon.__name__ == "virtiofsd" else "msbfs"
+    share = tmp_path / "cli"
+    share.mkdir()
+    base = [sys.executable, "-m", "msbfs", "run", "--accel", "tcg", "--daemon", daemon,
+            "--mount", f"/cli=bind:{share}", "--env", "GREETING=hi", "--workdir", "/cli"]
+    env = {**os.environ, "MSBFS_GUEST_DIR": str(guest_image.directory)}
+    r = subprocess.run([*base, "--", "sh", "-c",
+                        'echo "$GREETING from $(pwd)"; echo bad >&2; echo f > f; exit 3'],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 3, r
+    assert r.stdout == "hi from /cli\n"
+    assert r.stderr.endswith("bad\n")
+    assert (share / "f").read_text() == "f\n"
+
+    # Ctrl-C while the guest command runs: everything goes, exit status 130.
+    proc = subprocess.Popen([*base, "--", "sh", "-c", "echo started; exec sleep 600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"
+        assert owned_processes(proc.pid)  # QEMU and the daemon are up
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 130
+        assert owned_processes(proc.pid) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
