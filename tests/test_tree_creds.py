@@ -141,3 +141,30 @@ def test_identity_restored_after_failures(make_tree: MakeTree) -> None:
         assert err(lambda: tree.create(walk(tree, "private"), b"x", 0o644, os.O_WRONLY, 0,
                                        Ctx(1000, 1000, groups=(5, 6)))) == errno.EACCES
         assert thread_fs_ids() == (0, 0, groups)
+
+
+def test_default_acl_overrides_umask_with_posix_acl(make_tree: MakeTree) -> None:
+    """With posix_acl, a parent's default ACL decides the new file's mode (no umask),
+    as on a local filesystem; without it the caller's umask applies."""
+    import struct
+    tree = make_tree(posix_acl=True)
+    root: Path = tree.path  # type: ignore[attr-defined]
+    (root / "acl").mkdir()
+    # system.posix_acl_default: version 2; USER_OBJ rwx, GROUP_OBJ rwx, OTHER rwx.
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, 7, 0xFFFFFFFF)
+                                          for tag in (0x01, 0x04, 0x20))
+    try:
+        os.setxattr(root / "acl", "system.posix_acl_default", acl)
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs here: {e}")
+    node = walk(tree, "acl")
+    _e, o = tree.create(node, b"f", 0o666, os.O_WRONLY, 0o077, ROOT)
+    tree.release(o.fh)
+    assert os.stat(root / "acl" / "f").st_mode & 0o777 == 0o666
+    _e, o = tree.create(ROOT_ID, b"g", 0o666, os.O_WRONLY, 0o077, ROOT)
+    tree.release(o.fh)
+    assert os.stat(root / "g").st_mode & 0o777 == 0o600
+    assert tree.getxattr(node, b"system.posix_acl_default", 0, ROOT) == acl
+    plain = make_tree()
+    assert err(lambda: plain.getxattr(walk(plain, "sub"), b"system.posix_acl_default", 0,
+                                      ROOT)) == errno.EOPNOTSUPP  # ACLs off: not offered

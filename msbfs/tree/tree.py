@@ -237,12 +237,32 @@ class Tree:
             raise
         return self._entry(self._add(fd, st, parent), st)
 
-    def _fix_mode(self, path: bytes | int, want: int, st: os.stat_result) -> os.stat_result:
+    def _creation_mode(self, p: Inode, mode: Any, umask: Any, bits: int) -> tuple[int, bool]:
+        """The mode a creating op asks the host for, and whether the caller's umask was
+        applied (so the daemon's own umask must be undone). With ``posix_acl`` and a
+        default ACL on the parent, the kernel derives the mode from the ACL and ignores
+        every umask, as on a local filesystem."""
+        mode = _int(mode, 0, 0xFFFFFFFF) & bits
+        umask = _int(umask, 0, 0o7777)
+        if self.posix_acl and self._has_default_acl(p):
+            return self.policy.stored_mode(mode), False
+        return self.policy.stored_mode(mode & ~umask), True
+
+    @staticmethod
+    def _has_default_acl(p: Inode) -> bool:
+        try:
+            os.getxattr(_proc(p.fd), b"system.posix_acl_default")
+        except OSError:
+            return False
+        return True
+
+    def _fix_mode(self, path: bytes | int, want: int, st: os.stat_result,
+                  masked: bool = True) -> os.stat_result:
         """Creating ops run under this process's umask on top of the caller's; add back
         permission bits only the process umask took, and drop set-id bits nosuid forbids
         (a directory inherits S_ISGID from its parent regardless of the mode asked)."""
         mode = st.st_mode & 0o7777
-        fixed = (mode | (want & 0o777 & self._umask))
+        fixed = mode | (want & 0o777 & self._umask) if masked else mode
         fixed = self.policy.stored_mode(fixed)
         if fixed == mode:
             return st
@@ -466,14 +486,14 @@ class Tree:
             raise _err(errno.EINVAL)
         self.policy.check_mknod(kind)
         rdev = _int(rdev, 0, 0xFFFFFFFF)
-        want = self.policy.stored_mode(mode & 0o7777 & ~_int(umask, 0, 0o7777))
+        want, masked = self._creation_mode(p, mode, umask, 0o7777)
         with self._creds(ctx):
             os.mknod(name, kind | want, rdev, dir_fd=p.fd)
             entry = self._lookup_new(p, name)
             inode = self._inodes.get(entry.nodeid)
             st = os.stat(inode.fd)
             if inode.kind != stat.S_IFLNK:
-                st2 = self._fix_mode(_proc(inode.fd), want, st)
+                st2 = self._fix_mode(_proc(inode.fd), want, st, masked)
                 if st2 is not st:
                     entry.attr = self._attr(st2, inode.submount)
                     st = st2
@@ -484,15 +504,14 @@ class Tree:
         p = self._inodes.get(parent)
         name = _new_name(name)
         self.policy.check_mutation()
-        want = self.policy.stored_mode(
-            _int(mode, 0, 0xFFFFFFFF) & 0o1777 & ~_int(umask, 0, 0o7777))
+        want, masked = self._creation_mode(p, mode, umask, 0o1777)
         with self._creds(ctx):
             os.mkdir(name, want, dir_fd=p.fd)
             entry = self._lookup_new(p, name)
             inode = self._inodes.get(entry.nodeid)
             st = os.stat(inode.fd)
             if inode.kind == stat.S_IFDIR:
-                st2 = self._fix_mode(_proc(inode.fd), want, st)
+                st2 = self._fix_mode(_proc(inode.fd), want, st, masked)
                 if st2 is not st:
                     entry.attr = self._attr(st2, inode.submount)
                     st = st2
@@ -628,8 +647,7 @@ class Tree:
         name = _new_name(name)
         self.policy.check_mutation()
         flags = _int(flags, 0, 0xFFFFFFFF)
-        want = self.policy.stored_mode(
-            _int(mode, 0, 0xFFFFFFFF) & 0o7777 & ~_int(umask, 0, 0o7777))
+        want, masked = self._creation_mode(p, mode, umask, 0o7777)
         oflags = (self._reopen_flags(flags) | os.O_CREAT | os.O_NOFOLLOW
                   | (flags & os.O_EXCL))
         before = self._lstat_at(p, name) if self.quota is not None else None
@@ -638,7 +656,7 @@ class Tree:
             try:
                 st = os.stat(fd)
                 if before is None:
-                    st = self._fix_mode(fd, want, st)
+                    st = self._fix_mode(fd, want, st, masked)
             except BaseException:
                 os.close(fd)
                 raise
@@ -657,8 +675,7 @@ class Tree:
         p = self._inodes.get(parent)
         self.policy.check_mutation()
         flags = _int(flags, 0, 0xFFFFFFFF)
-        want = self.policy.stored_mode(
-            _int(mode, 0, 0xFFFFFFFF) & 0o7777 & ~_int(umask, 0, 0o7777))
+        want, masked = self._creation_mode(p, mode, umask, 0o7777)
         oflags = self._reopen_flags(flags) & ~os.O_TRUNC
         if oflags & os.O_ACCMODE == os.O_RDONLY:
             oflags |= os.O_RDWR  # O_TMPFILE needs write access; the kernel asks for it
@@ -666,7 +683,7 @@ class Tree:
             fd = os.open(b".", oflags | os.O_TMPFILE | (flags & os.O_EXCL), want,
                          dir_fd=p.fd)
             try:
-                st = self._fix_mode(fd, want, os.stat(fd))
+                st = self._fix_mode(fd, want, os.stat(fd), masked)
                 pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
             except BaseException:
                 os.close(fd)
