@@ -422,3 +422,39 @@ def test_encode_used_by_frontend_matches_parser() -> None:
     t = MemTable((MemRegion(0, 4096, 1 << 40, 8192),))
     from vhost.messages import parse_request
     assert parse_request(Request.SET_MEM_TABLE, 1, encode(t), [3]).body == t
+
+
+async def test_message_split_across_writes(vhost_pair: VhostPair) -> None:
+    async with vhost_pair(EchoDevice(), [16]) as (fe, _):
+        data = build(Request.GET_QUEUE_NUM)
+        for i in range(len(data)):  # one byte per send: the backend reassembles
+            await fe.send_raw(data[i:i + 1])
+            await trio.lowlevel.checkpoint()
+        reply = await fe.recv_reply(Request.GET_QUEUE_NUM)
+        assert struct.unpack("<Q", reply.payload) == (1,)
+
+
+async def test_too_many_fds_closes_cleanly(vhost_pair: VhostPair) -> None:
+    before = open_fds()
+    async with vhost_pair(EchoDevice(), [16]) as (fe, _):
+        fds = [os.eventfd(0) for _ in range(12)]  # more than any message may carry
+        try:
+            await fe.send_raw(build(Request.SET_OWNER, need_reply=True), fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        with pytest.raises(DISCONNECTED):
+            await fe.recv_reply(Request.SET_OWNER)
+    assert open_fds() == before
+
+
+async def test_end_of_stream_inside_a_message(vhost_pair: VhostPair) -> None:
+    before = open_fds()
+    async with vhost_pair(EchoDevice(), [16]) as (fe, _):
+        fd = os.eventfd(0)
+        await fe.send_raw(build(Request.SET_VRING_CALL, struct.pack("<Q", 0))[:15], [fd])
+        os.close(fd)
+        fe.conn.sock.shutdown(socket.SHUT_WR)
+        with pytest.raises(DISCONNECTED):
+            await fe.recv_reply(Request.SET_VRING_CALL)
+    assert open_fds() == before  # the fd that came with the partial message is closed
