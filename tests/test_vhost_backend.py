@@ -458,3 +458,17 @@ async def test_end_of_stream_inside_a_message(vhost_pair: VhostPair) -> None:
         with pytest.raises(DISCONNECTED):
             await fe.recv_reply(Request.SET_VRING_CALL)
     assert open_fds() == before  # the fd that came with the partial message is closed
+
+
+async def test_call_fd_can_be_withdrawn_and_restored(vhost_pair: VhostPair) -> None:
+    async with vhost_pair(EchoDevice(), [16]) as (fe, be):
+        q = fe.queues[0]
+        await fe.request(Request.SET_VRING_CALL, VringFile(0, False))  # "invalid fd": polling
+        assert be.queues[0].call_fd == -1
+        p = q.post([b"polled"], [16])
+        q.kick(force=True)
+        await fe.request(Request.SET_VRING_CALL, VringFile(0, True), fds=[q.call_fd])
+        assert be.queues[0].call_fd >= 0
+        q.kick(force=True)  # nudge: the first completion may have gone unsignalled
+        assert (await q.wait(p)).data == b"polled"
+        await echo_check(fe, 0)
