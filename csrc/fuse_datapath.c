@@ -243,14 +243,10 @@ static uint32_t serve_one(struct msb_fs_table *t, struct msb_chain *c, struct ms
     return 0;
 }
 
-#define PUSH_BATCH 64
-
 int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
                  int max_slow, int budget, struct msb_fs_stats *st)
 {
-    uint16_t heads[PUSH_BATCH];
-    uint32_t lens[PUSH_BATCH];
-    int npush = 0, nslow = 0;
+    int nslow = 0;
     while (nslow < max_slow && budget-- > 0) {
         struct msb_chain *c = &slow[nslow];
         int r = msb_vq_pop(vq, c, 1);
@@ -264,17 +260,10 @@ int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *sl
             nslow++;
             continue;
         }
-        heads[npush] = c->head;
-        lens[npush] = len;
-        if (++npush == PUSH_BATCH) {
-            r = msb_vq_push_many(vq, heads, lens, npush);
-            if (r < 0)
-                return r;
-            npush = 0;
-        }
-    }
-    if (npush) {
-        int r = msb_vq_push_many(vq, heads, lens, npush);
+        /* Pushed at once, signalled by the caller once per round: measured through the
+         * frontend, a signal per reply costs the driver a wake-up per reply and halves
+         * 4 KiB throughput on a busy 2-CPU host. */
+        r = msb_vq_push(vq, c->head, len);
         if (r < 0)
             return r;
     }

@@ -46,7 +46,8 @@ void msb_fs_table_clear(struct msb_fs_table *t);
 /* The fd of `fh` for one direction, or -1. */
 int msb_fs_table_get(const struct msb_fs_table *t, uint64_t fh, int dir);
 
-/* Pop up to `budget` chains from `vq`; serve the fast ones (pushed, not notified),
+/* Pop up to `budget` chains from `vq`; serve the fast ones (each pushed as soon as it
+ * is answered; the caller signals the driver once, with msb_vq_notify),
  * store the rest in slow[0..n) for Python. Stops early when `max_slow` slow chains are
  * held or the queue is empty. Returns n >= 0, or -errno if the queue broke (a broken
  * queue takes no more pushes, so the slow chains of this call are dropped with it).

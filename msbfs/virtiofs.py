@@ -5,8 +5,8 @@ Per kick, the C data path (``csrc/fuse_datapath.c``) pops the available chains a
 well-formed READ/WRITE requests on open handles itself, straight between the host fd and
 guest memory; it hands every other chain back here, where the request bytes go through
 the FUSE codec (``msbfs.fuse``) into the tree, inline on the trio loop, and the reply is
-scattered into the chain's writable part. Used elements are pushed in batches and the
-driver is signalled once per batch (EVENT_IDX-aware, in C).
+scattered into the chain's writable part. Each used element is pushed as soon as it is
+answered and the driver is signalled once per round of pops (EVENT_IDX-aware, in C).
 
 The C handle table mirrors the session's open files: filled from ``tree.data_fd`` when
 OPEN/CREATE/TMPFILE succeed, emptied before RELEASE and DESTROY, so C never touches an
@@ -117,22 +117,15 @@ class VirtioFsDevice(VhostUserDevice):
             if n < 0:
                 log.warning("queue %d broken by the driver (%s)", index, errno.errorcode.get(-n, n))
                 return
-            if n:
-                heads = ffi.new("uint16_t[]", n)
-                lens = ffi.new("uint32_t[]", n)
-                k = 0
-                for i in range(n):
-                    used = self._serve_slow(vq, chains[i])
-                    if used is None:
-                        continue  # deferred: pushed later
-                    heads[k] = chains[i].head
-                    lens[k] = used
-                    k += 1
-                if k:
-                    r = lib.msb_vq_push_many(cvq, heads, lens, k)
-                    if r < 0:
-                        log.warning("push on queue %d failed: %s", index, r)
-                        return
+            for i in range(n):
+                chain = chains[i]
+                used = self._serve_slow(vq, chain)
+                if used is None:
+                    continue  # deferred: pushed when it completes
+                # Pushed at once, signalled once per round (see msb_fs_serve).
+                if lib.msb_vq_push(cvq, chain.head, used) < 0:
+                    log.warning("push on queue %d failed: the ring is broken", index)
+                    return
             lib.msb_vq_notify(cvq)
             if lib.msb_vq_pending(cvq) == 0:
                 return

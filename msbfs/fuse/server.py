@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,30 +71,51 @@ def _ns(sec: int, nsec: int) -> int:
     return sec * 1_000_000_000 + nsec
 
 
+_timeouts: dict[float, tuple[int, int]] = {}
+
+
 def _split_timeout(t: float) -> tuple[int, int]:
-    if t <= 0:
-        return 0, 0
-    sec = int(t)
-    return sec, min(int((t - sec) * 1e9), 999_999_999)
+    """(seconds, nanoseconds) of a timeout; a tree uses a handful of values, so cached."""
+    r = _timeouts.get(t)
+    if r is None:
+        if t <= 0:
+            r = (0, 0)
+        else:
+            sec = int(t)
+            r = (sec, min(int((t - sec) * 1e9), 999_999_999))
+        if len(_timeouts) < 64:
+            _timeouts[t] = r
+    return r
+
+
+_U64 = 0xFFFFFFFFFFFFFFFF
+_U32 = 0xFFFFFFFF
+_pack_attr = abi.fuse_attr.pack
 
 
 def encode_attr(a: Attr) -> bytes:
-    return abi.fuse_attr.pack(
-        a.ino & 0xFFFFFFFFFFFFFFFF, max(a.size, 0), max(a.blocks, 0),
-        (a.atime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
-        (a.mtime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
-        (a.ctime_ns // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF,
-        a.atime_ns % 1_000_000_000, a.mtime_ns % 1_000_000_000, a.ctime_ns % 1_000_000_000,
-        a.mode & 0xFFFFFFFF, a.nlink & 0xFFFFFFFF, a.uid & 0xFFFFFFFF, a.gid & 0xFFFFFFFF,
-        a.rdev & 0xFFFFFFFF, a.blksize & 0xFFFFFFFF,
-        abi.FUSE_ATTR_SUBMOUNT if a.submount else 0,
-    )
+    at, mt, ct = divmod(a.atime_ns, 1_000_000_000), divmod(a.mtime_ns, 1_000_000_000), \
+        divmod(a.ctime_ns, 1_000_000_000)
+    flags = abi.FUSE_ATTR_SUBMOUNT if a.submount else 0
+    try:
+        return _pack_attr(a.ino, a.size, a.blocks, at[0], mt[0], ct[0], at[1], mt[1], ct[1],
+                          a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, flags)
+    except struct.error:
+        # Out-of-range values (times before 1970, huge ids): wrap as the kernel's
+        # unsigned fields would hold them.
+        return _pack_attr(a.ino & _U64, max(a.size, 0), max(a.blocks, 0), at[0] & _U64,
+                          mt[0] & _U64, ct[0] & _U64, at[1], mt[1], ct[1], a.mode & _U32,
+                          a.nlink & _U32, a.uid & _U32, a.gid & _U32, a.rdev & _U32,
+                          a.blksize & _U32, flags)
+
+
+_pack_entry_head = abi.fuse_entry_out_head.pack
 
 
 def encode_entry(e: Entry) -> bytes:
     es, ens = _split_timeout(e.entry_timeout)
     as_, ans = _split_timeout(e.attr_timeout)
-    return abi.fuse_entry_out_head.pack(e.nodeid, e.generation, es, as_, ens, ans) + encode_attr(e.attr)
+    return _pack_entry_head(e.nodeid, e.generation, es, as_, ens, ans) + encode_attr(e.attr)
 
 
 def encode_attr_out(attr: Attr, timeout: float) -> bytes:
@@ -113,9 +135,17 @@ def error_reply(unique: int, err: int) -> bytes:
     return abi.fuse_out_header.pack(HEADER, -err, unique)
 
 
+_pack_out = abi.fuse_out_header.pack
+_unpack_in = abi.fuse_in_header.unpack_from
+_INIT = int(Opcode.INIT)
+
+
 def _reply(unique: int, *parts: bytes) -> bytes:
-    n = sum(len(p) for p in parts)
-    return abi.fuse_out_header.pack(HEADER + n, 0, unique) + b"".join(parts)
+    if len(parts) == 1:
+        p = parts[0]
+        return _pack_out(HEADER + len(p), 0, unique) + p
+    body = b"".join(parts)
+    return _pack_out(HEADER + len(body), 0, unique) + body
 
 
 class _Body:
@@ -181,6 +211,7 @@ class FuseSession:
         self.flags = 0  # negotiated (both words)
         self.max_write = MAX_WRITE
         self.counts: dict[int, int] = {}
+        self._ctxs: dict[tuple[int, int, int], Ctx] = {}  # Ctx is immutable: share them
         self._handlers: dict[int, Callable[[int, int, Ctx, _Body, int], bytes | Deferred | None]] = {
             Opcode.LOOKUP: self._lookup, Opcode.FORGET: self._forget,
             Opcode.GETATTR: self._getattr, Opcode.SETATTR: self._setattr,
@@ -208,15 +239,15 @@ class FuseSession:
     def dispatch(self, request: bytes | bytearray | memoryview,
                  reply_room: int | None = None) -> bytes | Deferred | None:
         """Answer one request. See the module docstring for the contract."""
-        buf = memoryview(request).cast("B") if not isinstance(request, memoryview) else request
-        if buf.ndim != 1 or buf.itemsize != 1:
+        buf = memoryview(request)
+        if buf.format != "B" or buf.ndim != 1:
             buf = buf.cast("B")
         if len(buf) < IN_HEADER:
             if len(buf) >= 16:  # enough for a unique: say what was wrong
                 unique = int.from_bytes(buf[8:16], "little")
                 return error_reply(unique, errno.EINVAL)
             return None
-        length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = abi.fuse_in_header.unpack_from(buf)
+        length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = _unpack_in(buf)
         room = (1 << 32) if reply_room is None else reply_room
         if length != len(buf) or length < IN_HEADER + extlen * 8:
             return error_reply(unique, errno.EINVAL)
@@ -224,7 +255,7 @@ class FuseSession:
         # Extensions (security context, supplementary groups) trail the arguments; we
         # negotiate none of them, so they are cut off and ignored.
         body = _Body(buf[IN_HEADER:length - extlen * 8])
-        if opcode == Opcode.INIT:
+        if opcode == _INIT:
             try:
                 return self._init(unique, body)
             except BadRequest:
@@ -234,7 +265,12 @@ class FuseSession:
         handler = self._handlers.get(opcode)
         if handler is None:
             return error_reply(unique, errno.ENOSYS)
-        ctx = Ctx(uid, gid, pid)
+        key = (uid, gid, pid)
+        ctx = self._ctxs.get(key)
+        if ctx is None:
+            if len(self._ctxs) > 4096:
+                self._ctxs.clear()
+            ctx = self._ctxs[key] = Ctx(uid, gid, pid)
         try:
             return handler(unique, nodeid, ctx, body, room)
         except BadRequest as e:
