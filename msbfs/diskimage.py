@@ -40,6 +40,9 @@ def make_ext4_image(path: Path, size_mib: int) -> None:
     try:
         try:
             os.ftruncate(fd, size_mib * MIB)  # sparse: no blocks until written
+        except OSError as e:
+            raise DiskError(f"cannot make a {size_mib} MiB image at {path}: "
+                            f"{e.strerror}") from None
         finally:
             os.close(fd)
         r = subprocess.run([_tool("mkfs.ext4"), "-q", "-F", str(path)],

@@ -269,7 +269,11 @@ class VolumeFs:
                             os.mkdir(name, 0o755, dir_fd=dirfd)
                 # What is there now must be a directory inside the root (it may be a
                 # symlink to one inside; one leading out is an escape).
-                os.close(t.open(prefix, os.O_PATH | os.O_DIRECTORY))
+                try:
+                    os.close(t.open(prefix, os.O_PATH | os.O_DIRECTORY))
+                except NotADirectoryError:
+                    raise FileExistsError(errno.EEXIST, "exists and is not a directory",
+                                          prefix) from None
 
     def remove(self, path: StrPath) -> None:
         """Remove a file, symlink or empty directory (a symlink itself, not its target)."""
