@@ -54,3 +54,21 @@ async def test_four_queues_concurrently(vhost_pair: VhostPair) -> None:
             for i in range(4):
                 n.start_soon(run_echo, fe, i, 5_000, i)
         assert [vq.statistics()["pushed"] for vq in be.queues] == [5_000] * 4
+
+
+async def test_many_tasks_share_one_queue(vhost_pair: VhostPair) -> None:
+    async with vhost_pair(EchoDevice(), [64]) as (fe, be):
+        results: dict[int, bytes] = {}
+
+        async def client(i: int) -> None:
+            for k in range(50):
+                data = f"{i}:{k}".encode() * (k % 5 + 1)
+                c = await fe.submit(0, [data], [len(data)], indirect=bool(k % 2))
+                assert c.data == data
+            results[i] = b"ok"
+
+        async with trio.open_nursery() as n:
+            for i in range(20):
+                n.start_soon(client, i)
+        assert len(results) == 20
+        assert be.queues[0].statistics()["pushed"] == 1000
