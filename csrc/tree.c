@@ -58,3 +58,15 @@ int msb_syncfs(int fd)
     long r = syscall(SYS_syncfs, fd);
     return r < 0 ? -errno : 0;
 }
+
+int msb_switch_creds(uint32_t uid, uint32_t gid, size_t ngroups, const uint32_t *groups)
+{
+    /* CAP_SETUID/CAP_SETGID are not among the capabilities a non-zero fsuid drops, so
+     * the order only matters for clarity: group identity first, then the uid. */
+    long r = 0;
+    syscall(SYS_setfsgid, gid);
+    if (ngroups != (size_t)-1)   /* -1: the groups are already right, skip the cred copy */
+        r = syscall(SYS_setgroups, ngroups, groups);
+    syscall(SYS_setfsuid, uid);
+    return r < 0 ? -errno : 0;
+}

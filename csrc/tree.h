@@ -21,5 +21,8 @@ int msb_utimensat(int dirfd, const char *path, int64_t atime_sec, int64_t atime_
                   int64_t mtime_sec, int64_t mtime_nsec, int flags);
 int msb_faccessat2(int dirfd, const char *path, int mode, int flags);
 int msb_syncfs(int fd);
+/* fsgid, groups, fsuid of this thread in one call (raw syscalls: this thread
+ * only); 0 or -errno of setgroups. ngroups == (size_t)-1 leaves the groups alone. */
+int msb_switch_creds(uint32_t uid, uint32_t gid, size_t ngroups, const uint32_t *groups);
 
 #endif

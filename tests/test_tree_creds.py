@@ -168,3 +168,28 @@ def test_default_acl_overrides_umask_with_posix_acl(make_tree: MakeTree) -> None
     plain = make_tree()
     assert err(lambda: plain.getxattr(walk(plain, "sub"), b"system.posix_acl_default", 0,
                                       ROOT)) == errno.EOPNOTSUPP  # ACLs off: not offered
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o701, 0o710, 0o070, 0o007, 0o750, 0o705, 0o000])
+@pytest.mark.parametrize("owner", [(0, 0), (1000, 0), (0, 1000), (1000, 2000)])
+def test_lookup_search_permission_matches_kernel(make_tree: MakeTree, mode: int,
+                                                 owner: tuple[int, int]) -> None:
+    """The lookup's own search check (mode bits, as generic_permission) against the host
+    kernel's answer for the same caller."""
+    from msbfs import syscalls
+    tree = make_tree()
+    root: Path = tree.path  # type: ignore[attr-defined]
+    (root / "d").mkdir()
+    (root / "d" / "x").write_bytes(b"")
+    os.chown(root / "d", *owner)
+    os.chmod(root / "d", mode)
+    node = walk(tree, "d")
+    rfd = os.open(root, os.O_PATH)
+    try:
+        for ctx in (USER, Ctx(1000, 1000, groups=(2000,)), Ctx(1001, 0), Ctx(1001, 1001)):
+            with syscalls.credentials(ctx.uid, ctx.gid, ctx.groups or ()):
+                want = err(lambda: os.stat("d/x", dir_fd=rfd, follow_symlinks=False))
+            got = err(lambda c=ctx: tree.lookup(node, b"x", c))
+            assert got == want, (oct(mode), owner, ctx)
+    finally:
+        os.close(rfd)

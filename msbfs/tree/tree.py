@@ -30,6 +30,7 @@ from typing import Any
 
 from msbfs import syscalls
 from msbfs._native import lib
+from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.inodes import Inode, InodeTable
 from msbfs.tree.policy import Policy, QuotaAccount, allocated, walk_usage
@@ -91,7 +92,6 @@ _LOOKUP_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _RESOLVE = syscalls.RESOLVE_CONTAINED
 _FLOCK = struct.Struct("@hhqqi4x")  # struct flock (x86-64 / aarch64 layout)
 
-_NO_CREDS = contextlib.nullcontext()
 _DEFAULT_POLICY = Policy()
 
 
@@ -176,6 +176,7 @@ class Tree:
         self._squash_uid = policy.squash_uid
         self._squash_gid = policy.squash_gid
         self._umask = _process_umask()
+        self._ids = Identities()
         # POSIX record locks: one open file description per (inode, lock owner), so OFD
         # locks conflict exactly between owners, as POSIX locks between processes.
         self._lock_fds: dict[tuple[int, int], int] = {}
@@ -186,11 +187,7 @@ class Tree:
 
     # ---- helpers ---------------------------------------------------------------------
     def _creds(self, ctx: Ctx) -> contextlib.AbstractContextManager[None]:
-        if ctx.uid == 0 and ctx.gid == 0 and not ctx.groups:
-            return _NO_CREDS
-        # Unknown groups mean "none but gid": never let the daemon's own supplementary
-        # groups stand in for the caller's.
-        return syscalls.credentials(ctx.uid, ctx.gid, ctx.groups or ())
+        return self._ids.of(ctx)
 
     def _ino(self, dev: int, ino: int) -> int:
         """The st_ino a client sees: the host's on the root's filesystem; on any other
@@ -304,10 +301,29 @@ class Tree:
             return self._entry(p, st)
         if name == b"..":
             return self._lookup_dotdot(p)
-        if ctx.uid == 0 and ctx.gid == 0 and not ctx.groups:
-            return self._lookup_component(p, name)
-        with self._creds(ctx):  # search permission on the parent, as the caller
-            return self._lookup_component(p, name)
+        if ctx.uid != 0 and self._ids.enabled:
+            self._check_search(p, ctx)
+        return self._lookup_component(p, name)
+
+    @staticmethod
+    def _check_search(p: Inode, ctx: Ctx) -> None:
+        """Search permission on the parent by its mode bits, as generic_permission (and
+        so FUSE's default_permissions) decides it: cheaper than switching credentials
+        (two kernel cred commits) on the hottest path. Lookups only reveal names and
+        attributes; every op that touches data or changes anything runs as the caller
+        and gets the host kernel's full check, ACLs included."""
+        st = os.stat(p.fd)
+        mode = st.st_mode
+        if not stat.S_ISDIR(mode):
+            raise _err(errno.ENOTDIR)
+        if ctx.uid == st.st_uid:
+            ok = mode & stat.S_IXUSR
+        elif ctx.gid == st.st_gid or (ctx.groups and st.st_gid in ctx.groups):
+            ok = mode & stat.S_IXGRP
+        else:
+            ok = mode & stat.S_IXOTH
+        if not ok:
+            raise _err(errno.EACCES)
 
     def _lookup_component(self, p: Inode, name: bytes) -> Entry:
         # Warm path: a stat of the single component (never following it: no "/" and
