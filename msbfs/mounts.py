@@ -81,6 +81,10 @@ def _mib(what: str, value: object) -> int | None:
     return value
 
 
+def _fspath(path: object) -> object:
+    return os.fspath(path) if isinstance(path, os.PathLike) else path
+
+
 def _host_path(what: str, path: object) -> str:
     if not isinstance(path, str) or not path:
         raise InvalidMountSpec(f"{what} needs a host path, got {path!r}")
@@ -112,7 +116,7 @@ class Mount:
     @classmethod
     def bind(cls, host_path: str | os.PathLike[str],
              options: MountOptions | None = None) -> Mount:
-        return cls(MountKind.BIND, _host_path("bind", os.fspath(host_path)),
+        return cls(MountKind.BIND, _host_path("bind", _fspath(host_path)),
                    options or MountOptions())
 
     @classmethod
@@ -150,7 +154,7 @@ class Mount:
     def disk(cls, host_path: str | os.PathLike[str], format: str | None = None,
              fstype: str | None = None, readonly: bool = False, noexec: bool = False,
              nosuid: bool = False, nodev: bool = False) -> Mount:
-        path = _host_path("disk", os.fspath(host_path))
+        path = _host_path("disk", _fspath(host_path))
         fmt = format or default_disk_format(path)
         if fmt not in DISK_FORMATS:
             raise InvalidMountSpec(f"disk format must be one of {', '.join(DISK_FORMATS)}, "
