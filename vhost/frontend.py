@@ -197,6 +197,11 @@ class FrontendQueue:
         self.used = self.ram.alloc(6 + 8 * n, PAGE)
         self.arena = self.ram.alloc(self.slot_size * n, PAGE)
         self.kick_fd, self.call_fd, self.err_fd = _eventfd(), _eventfd(), _eventfd()
+        # views of the rings and the arena, so the driver's hot path does no lookups
+        self._desc_mv = self.ram.view(self.desc, 16 * n)
+        self._avail_mv = self.ram.view(self.avail, 6 + 2 * n)
+        self._used_mv = self.ram.view(self.used, 6 + 8 * n)
+        self._arena_mv = self.ram.view(self.arena, self.slot_size * n)
         self.reset_rings()
 
     def reset_rings(self) -> None:
@@ -210,6 +215,8 @@ class FrontendQueue:
         self.inflight.clear()
 
     def close(self) -> None:
+        for mv in (self._desc_mv, self._avail_mv, self._used_mv, self._arena_mv):
+            mv.release()
         close_fds([self.kick_fd, self.call_fd, self.err_fd])
         self.kick_fd = self.call_fd = self.err_fd = -1
 
@@ -218,33 +225,34 @@ class FrontendQueue:
     def write_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0,
                    table: int | None = None) -> None:
         """Descriptor ``i`` of the ring's table (or of an indirect table at ``table``)."""
-        base = self.desc if table is None else table
-        DESC.pack_into(self.ram.view(base + 16 * i, 16), 0, addr, length, flags, nxt)
+        if table is None:
+            DESC.pack_into(self._desc_mv, 16 * i, addr, length, flags, nxt)
+        else:
+            DESC.pack_into(self.ram.view(table + 16 * i, 16), 0, addr, length, flags, nxt)
 
     def publish(self, heads: Sequence[int]) -> None:
         """Put heads in the avail ring and move avail->idx past them."""
         for h in heads:
-            U16.pack_into(self.ram.view(self.avail + 4 + 2 * (self.avail_idx % self.size), 2),
-                          0, h)
+            U16.pack_into(self._avail_mv, 4 + 2 * (self.avail_idx % self.size), h)
             self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         lib.msb_mb()
-        U16.pack_into(self.ram.view(self.avail + 2, 2), 0, self.avail_idx)
+        U16.pack_into(self._avail_mv, 2, self.avail_idx)
 
     def set_avail_idx(self, value: int) -> None:
         self.avail_idx = value & 0xFFFF
-        U16.pack_into(self.ram.view(self.avail + 2, 2), 0, self.avail_idx)
+        U16.pack_into(self._avail_mv, 2, self.avail_idx)
 
     def used_idx(self) -> int:
-        return U16.unpack(self.ram.view(self.used + 2, 2))[0]
+        return U16.unpack_from(self._used_mv, 2)[0]
 
     def avail_event(self) -> int:
-        return U16.unpack(self.ram.view(self.used + 4 + 8 * self.size, 2))[0]
+        return U16.unpack_from(self._used_mv, 4 + 8 * self.size)[0]
 
     def set_used_event(self, value: int) -> None:
-        U16.pack_into(self.ram.view(self.avail + 4 + 2 * self.size, 2), 0, value & 0xFFFF)
+        U16.pack_into(self._avail_mv, 4 + 2 * self.size, value & 0xFFFF)
 
     def set_no_interrupt(self, on: bool) -> None:
-        U16.pack_into(self.ram.view(self.avail, 2), 0, 1 if on else 0)
+        U16.pack_into(self._avail_mv, 0, 1 if on else 0)
 
     # ---- the driver -------------------------------------------------------------------
 
@@ -267,7 +275,8 @@ class FrontendQueue:
         bufs: list[tuple[int, int, int]] = []
         for b in readable:
             if b:
-                self.ram.write(pos, b)
+                o = pos - self.arena
+                self._arena_mv[o:o + len(b)] = b
             bufs.append((pos, len(b), 0))
             pos += len(b)
         writable = []
@@ -318,8 +327,8 @@ class FrontendQueue:
                 raise RuntimeError(f"queue {self.index}: device moved used idx to {used_idx}"
                                    f" from {self.last_used}")
             while self.last_used != used_idx:
-                off = self.used + 4 + 8 * (self.last_used % self.size)
-                head, length = USED_ELEM.unpack(self.ram.view(off, 8))
+                head, length = USED_ELEM.unpack_from(self._used_mv,
+                                                     4 + 8 * (self.last_used % self.size))
                 self.last_used = (self.last_used + 1) & 0xFFFF
                 p = self.inflight.pop(head, None)
                 if p is None:
@@ -328,7 +337,11 @@ class FrontendQueue:
                 for gpa, size in p.writable:
                     k = min(size, left)
                     if k:
-                        parts.append(self.ram.read(gpa, k))
+                        o = gpa - self.arena
+                        if 0 <= o and o + k <= len(self._arena_mv):
+                            parts.append(bytes(self._arena_mv[o:o + k]))
+                        else:  # a hand-made Pending may point anywhere in RAM
+                            parts.append(self.ram.read(gpa, k))
                     left -= k
                 p.result = Completion(length, b"".join(parts))
                 p.done = True
