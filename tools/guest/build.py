@@ -164,13 +164,38 @@ def _initramfs(root: Path, out: Path) -> None:
     tmp.replace(out)
 
 
+def _read_stamp(stamp: Path) -> tuple[str, list[Package]] | None:
+    """(inputs hash, packages) recorded by the last build, or None."""
+    try:
+        digest, *specs = stamp.read_text().split()
+    except (OSError, ValueError):
+        return None
+    packages = [Package(*spec.split("=", 1)) for spec in specs if "=" in spec]
+    return (digest, packages) if len(packages) == 2 else None
+
+
+def _apt_lists_newer_than(stamp: Path) -> bool:
+    lists = Path("/var/lib/apt/lists")
+    try:
+        newest = max((p.stat().st_mtime for p in lists.iterdir()), default=0.0)
+    except OSError:
+        return True
+    return newest > stamp.stat().st_mtime
+
+
 def build(out_dir: Path | None = None, quiet: bool = False) -> GuestImage:
     out = out_dir or default_image_dir()
     image = GuestImage(out)
-    packages = resolve_packages()
-    digest = inputs_hash(packages)
     stamp = out / "stamp"
-    if image.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+    recorded = _read_stamp(stamp)
+    if image.exists() and recorded and not _apt_lists_newer_than(stamp):
+        # apt's lists have not changed since the last build, so neither have the
+        # versions it would pick: skip asking apt (the slow part of a no-op check).
+        packages = recorded[1]
+    else:
+        packages = resolve_packages()
+    digest = inputs_hash(packages)
+    if image.exists() and recorded and recorded[0] == digest:
         return image
 
     def say(msg: str) -> None:
@@ -212,8 +237,10 @@ def build(out_dir: Path | None = None, quiet: bool = False) -> GuestImage:
     say(f"modules: {', '.join(n for n, _ in modules)}")
 
     _initramfs(root, image.initrd)
-    shutil.copy2(vmlinuz, image.kernel)
-    stamp.write_text(digest + "\n")
+    # Replace, never overwrite in place: a guest may be booting from the old files.
+    shutil.copy2(vmlinuz, image.kernel.with_suffix(".tmp"))
+    image.kernel.with_suffix(".tmp").replace(image.kernel)
+    stamp.write_text(digest + "\n" + "".join(p.spec + "\n" for p in packages))
     shutil.rmtree(pkgs)  # the debs stay as the download cache
     say(f"built {image.kernel} and {image.initrd}")
     return image
