@@ -499,3 +499,26 @@ def test_bad_client_input_is_only_oserror(twin: Twin) -> None:
     t.forget(999999, 1)  # unknown node ids are ignored
     t.forget(1, 10**9)  # the root is never forgotten
     assert t.getattr(1, None, ROOT)[0].ino == os.stat(twin.served).st_ino
+
+
+def test_readdir_resumes_at_any_cookie_across_batches(twin: Twin) -> None:
+    """A directory larger than one getdents batch: resuming at any earlier cookie (not
+    only inside the last batch) continues exactly after that entry."""
+    import random
+    t = twin.tree
+    big = twin.served / "big"
+    big.mkdir()
+    for i in range(1500):
+        (big / (f"{i:05}-" + "n" * 120)).write_bytes(b"")
+    fh = t.opendir(twin.node("big"), 0, ROOT).fh
+    full = [(e.off, e.name) for e in t.readdir(fh, 0)]
+    assert len(full) == 1502 and len({n for _o, n in full}) == 1502
+    rng = random.Random(7)
+    for k in [0, 1, 700, 1499, 1500, 1501, *rng.sample(range(1502), 20)]:
+        got = []
+        for e in t.readdir(fh, full[k][0]):
+            got.append(e.name)
+            if len(got) == 3:
+                break
+        assert got == [n for _o, n in full[k + 1:k + 4]], k
+    t.releasedir(fh)

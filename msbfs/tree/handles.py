@@ -11,13 +11,20 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 from msbfs._native import ffi, lib
 from msbfs.tree.inodes import Inode
+from msbfs.tree.types import DirEntry
 
 _DIRENT = struct.Struct("=QqHB")  # struct linux_dirent64 up to d_name
 _DIRBUF = 32768
+# One getdents buffer for the process: each batch is copied out at once.
+_buf = ffi.new("char[]", _DIRBUF)
+_buf_lock = threading.Lock()
+
+Convert = Callable[[int, int, int, bytes], DirEntry]
 
 
 class FileHandle:
@@ -33,29 +40,50 @@ class FileHandle:
 
 
 class DirHandle:
-    __slots__ = ("fd", "inode")
+    """A directory stream. Keeps the last getdents64 batch decoded, because a transport
+    resumes at the cookie of the last entry it could fit, which is nearly always inside
+    that batch: the next request is then served without a syscall, and the fd's position
+    (just after the batch) is still right for what follows."""
+
+    __slots__ = ("_chunk", "_index", "fd", "inode")
 
     def __init__(self, fd: int, inode: Inode) -> None:
         self.fd = fd
         self.inode = inode
+        self._chunk: list[DirEntry] = []
+        self._index: dict[int, int] = {}  # d_off -> position in _chunk
 
-    def entries(self) -> Iterator[tuple[int, int, int, bytes]]:
-        """(d_ino, d_off, d_type, name) from the fd's current position on; lazy, so a
-        transport that stops early leaves the rest unread."""
-        buf = ffi.new("char[]", _DIRBUF)
+    def entries(self, offset: int, convert: Convert) -> Iterator[DirEntry]:
+        """Entries after cookie ``offset`` (0: from the start, re-reading the directory
+        as rewinddir does); lazy, so a transport that stops early leaves the rest."""
+        i = self._index.get(offset) if offset else None
+        if i is not None:
+            yield from self._chunk[i + 1:]
+        else:
+            os.lseek(self.fd, offset, os.SEEK_SET)
+            self._chunk, self._index = [], {}
         while True:
-            n = lib.msb_getdents64(self.fd, buf, _DIRBUF)
+            chunk = self._read_batch(convert)
+            if not chunk:
+                return
+            yield from chunk
+
+    def _read_batch(self, convert: Convert) -> list[DirEntry]:
+        with _buf_lock:
+            n = lib.msb_getdents64(self.fd, _buf, _DIRBUF)
             if n < 0:
                 raise OSError(-n, os.strerror(-n))
-            if n == 0:
-                return
-            data = ffi.buffer(buf, n)[:]
-            pos = 0
-            while pos < n:
-                d_ino, d_off, reclen, d_type = _DIRENT.unpack_from(data, pos)
-                start = pos + _DIRENT.size
-                yield d_ino, d_off, d_type, data[start:data.index(b"\0", start)]
-                pos += reclen
+            data = ffi.buffer(_buf, n)[:]
+        chunk = []
+        pos = 0
+        while pos < n:
+            d_ino, d_off, reclen, d_type = _DIRENT.unpack_from(data, pos)
+            start = pos + _DIRENT.size
+            chunk.append(convert(d_ino, d_off, d_type, data[start:data.index(b"\0", start)]))
+            pos += reclen
+        self._chunk = chunk
+        self._index = {e.off: k for k, e in enumerate(chunk)}
+        return chunk
 
 
 class HandleTable:

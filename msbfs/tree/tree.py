@@ -904,18 +904,19 @@ class Tree:
 
     def readdir(self, fh: int, offset: int) -> Iterator[DirEntry]:
         h = self._handles.dir(fh)
-        # Cookies are the host's d_off values; seeking to 0 is rewinddir (fresh listing).
-        os.lseek(h.fd, _int(offset), os.SEEK_SET)
-        return self._dir_entries(h)
-
-    def _dir_entries(self, h: DirHandle) -> Iterator[DirEntry]:
+        # Cookies are the host's d_off values; offset 0 is rewinddir (a fresh listing).
+        offset = _int(offset)
+        root = self._inodes.root
         dev = h.inode.dev
-        is_root = h.inode is self._inodes.root
-        for d_ino, d_off, d_type, name in h.entries():
-            if name == b".." and is_root:
-                d_ino = self._inodes.root.ino  # never show the host's parent
-            ino = d_ino if dev == self._root_dev else self._ino(dev, d_ino)
-            yield DirEntry(ino, d_off, d_type, name)
+        foreign = dev != self._root_dev
+        fix_dotdot = h.inode is root
+
+        def convert(d_ino: int, d_off: int, d_type: int, name: bytes) -> DirEntry:
+            if fix_dotdot and name == b"..":
+                d_ino = root.ino  # never show the host's parent of the root
+            return DirEntry(self._ino(dev, d_ino) if foreign else d_ino, d_off, d_type, name)
+
+        return h.entries(offset, convert)
 
     def releasedir(self, fh: int) -> None:
         h = self._handles.pop(fh, DirHandle)
