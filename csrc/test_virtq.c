@@ -147,6 +147,14 @@ static void test_indirect(void)
     CHECK(msb_vq_pop(&vq, chains, 8) == 1);
     CHECK(chains[0].nout == 2 && chains[0].nin == 1 && chains[0].out_len == 30 &&
           chains[0].in_len == 30);
+    /* an indirect table at an odd guest address is read byte-wise, not misaligned */
+    reset_ring(0, 1);
+    uint8_t *odd = ram + DATA_OFF + 0x4001;
+    struct msb_vring_desc e = { gpa(DATA_OFF + 0x1000), 7, 0, 0 };
+    memcpy(odd, &e, sizeof e);
+    set_desc(0, gpa(DATA_OFF + 0x4001), 16, DESC_F_INDIRECT, 0);
+    publish(0);
+    CHECK(msb_vq_pop(&vq, chains, 8) == 1 && chains[0].out_len == 7);
     /* indirect not negotiated */
     reset_ring(0, 0);
     set_desc(0, gpa(DATA_OFF), 48, DESC_F_INDIRECT, 0);

@@ -175,7 +175,8 @@ static int add_buffer(const struct msb_memtable *mem, struct msb_chain *c, int *
 static int walk_chain(const struct msb_vq *vq, uint16_t head, struct msb_chain *c)
 {
     const struct msb_memtable *mem = vq->mem;
-    const struct msb_vring_desc *table = vq->desc;
+    /* bytes, not typed: an indirect table may sit at any guest address (alignment) */
+    const uint8_t *table = (const uint8_t *)vq->desc;
     uint32_t table_n = vq->num;
     uint32_t idx = head;
     uint32_t seen = 0;          /* descriptors walked in the current table */
@@ -196,7 +197,7 @@ static int walk_chain(const struct msb_vq *vq, uint16_t head, struct msb_chain *
         if (++total > vq->num)
             return -E2BIG;
         struct msb_vring_desc d;
-        memcpy(&d, &table[idx], sizeof d);
+        memcpy(&d, table + (size_t)idx * sizeof d, sizeof d);
         __atomic_signal_fence(__ATOMIC_SEQ_CST);  /* keep the copy a single read */
 
         if (d.flags & DESC_F_INDIRECT) {
