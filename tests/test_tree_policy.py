@@ -296,3 +296,18 @@ def test_xattr_disabled(make_tree: MakeTree) -> None:
     assert err(lambda: tree.getxattr(f, b"user.a", 0, ROOT)) == errno.EOPNOTSUPP
     assert err(lambda: tree.listxattr(f, ROOT)) == errno.EOPNOTSUPP
     assert err(lambda: tree.removexattr(f, b"user.a", ROOT)) == errno.EOPNOTSUPP
+
+
+def test_quota_usage_agrees_with_volumefs(make_tree: MakeTree) -> None:
+    """statfs inside a sandbox and ``msbfs volume`` must report the same usage: the
+    tree's walk and VolumeFs's count are one definition."""
+    from msbfs.volumefs import usage_bytes
+    tree = make_tree(Policy(quota_bytes=64 << 20))
+    root: Path = tree.path  # type: ignore[attr-defined]
+    _e, o = tree.create(ROOT_ID, b"data", 0o644, os.O_RDWR, 0, ROOT)
+    tree.write(o.fh, 0, b"q" * 300_000, ROOT)
+    tree.write(o.fh, 5 << 20, b"sparse tail", ROOT)
+    tree.release(o.fh)
+    tree.link(walk(tree, "data"), ROOT_ID, b"data2", ROOT)
+    tree.mkdir(ROOT_ID, b"d", 0o755, 0, ROOT)
+    assert tree.statistics().quota_used_bytes == usage_bytes(root)
