@@ -89,7 +89,7 @@ class Virtqueue:
         self.c: Any = ffi.new("struct msb_vq *")  # the C consumers' handle
         lib.msb_vq_init(self.c)
         self._batch = max(1, pop_batch)
-        self._chains: Any = _alloc_raw("struct msb_chain[]", self._batch)
+        self._chains: Any = None  # 16 KiB per chain: allocated on the first pop()
         # protocol state, owned by the backend
         self.size = 0                       # SET_VRING_NUM (0 = not set)
         self.addrs: tuple[int, int, int] | None = None  # desc, avail, used (frontend VAs)
@@ -112,6 +112,8 @@ class Virtqueue:
         """Pop up to ``max_chains`` available chains (default: the batch size).
         Raises QueueBroken if the guest broke the ring."""
         want = self._batch if max_chains is None else max(0, min(max_chains, self._batch))
+        if self._chains is None:
+            self._chains = _alloc_raw("struct msb_chain[]", self._batch)
         n = lib.msb_vq_pop(self.c, self._chains, want)
         if n < 0:
             raise QueueBroken(self.index, -n)
