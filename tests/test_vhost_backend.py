@@ -119,8 +119,10 @@ async def test_stop_and_resume_from_base(vhost_pair: VhostPair) -> None:
     dev = EchoDevice()
     async with vhost_pair(dev, [16]) as (fe, be):
         await echo_check(fe, 0, n=5)
+        gen = be.queues[0].generation
         base = await fe.stop_queue(0)
         assert base == 5
+        assert be.queues[0].generation > gen
         assert dev.started == set()
         assert be.queues[0].kick_fd == -1 and be.queues[0].call_fd == -1
         # a request posted while stopped waits for the restart
@@ -238,9 +240,10 @@ async def test_framing_error_closes(vhost_pair: VhostPair) -> None:
 async def test_memory_changes_while_running(vhost_pair: VhostPair) -> None:
     ram = GuestRam([(0, 4 << 20), (8 << 20, 1 << 20)])
     async with vhost_pair(EchoDevice(), [16], ram=ram) as (fe, be):
-        old_mem = be.queues[0].c.mem
+        old_mem, gen = be.queues[0].c.mem, be.queues[0].generation
         await fe.set_memory()  # same regions, fresh mappings: rings must follow
         assert be.queues[0].c.mem != old_mem
+        assert be.queues[0].generation > gen
         assert be.memory.statistics()["retired"] == 0
         await echo_check(fe, 0)
         # overlapping regions are refused and the old table stays

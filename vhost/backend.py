@@ -373,6 +373,7 @@ class Backend:
             raise MessageError(f"queue {vq.index}: kick before size and addresses")
         if lib.msb_vq_setup(vq.c, self.memory.table, vq.size, *vq.addrs) < 0:
             raise MessageError(f"queue {vq.index}: rings are not inside guest memory")
+        vq.generation += 1
         vq.c.last_avail_idx = vq.base
         vq.c.event_idx = bool(self.features & Feature.RING_EVENT_IDX)
         vq.c.indirect = bool(self.features & Feature.RING_INDIRECT_DESC)
@@ -409,6 +410,7 @@ class Backend:
         if r.wait_scope is not None:
             r.wait_scope.cancel()
         await r.done.wait()
+        vq.generation += 1
         self.device.queue_stopped(vq.index, vq)
 
     async def _stop_queue(self, vq: Virtqueue) -> None:
@@ -471,6 +473,7 @@ class Backend:
     def _memory_changed(self) -> None:
         """Re-point running rings at the new memory table, then free the old one."""
         for vq in self.queues:
+            vq.generation += 1
             if vq.c.desc != ffi.NULL and vq.addrs is not None:
                 if lib.msb_vq_remap(vq.c, self.memory.table, *vq.addrs) < 0:
                     log.warning("queue %d: rings left guest memory; queue broken", vq.index)

@@ -97,6 +97,11 @@ class Virtqueue:
         self.kick_fd = -1
         self.enabled = False
         self.started = False
+        # Bumped whenever the memory or rings this queue's chains point into may have
+        # changed (start, stop, memory table change). Something that holds a chain past
+        # its handler compares it before touching the chain (a table pointer alone can
+        # be reused by a later allocation).
+        self.generation = 0
 
     # ---- used by devices -------------------------------------------------------
 
