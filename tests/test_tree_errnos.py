@@ -522,3 +522,20 @@ def test_readdir_resumes_at_any_cookie_across_batches(twin: Twin) -> None:
                 break
         assert got == [n for _o, n in full[k + 1:k + 4]], k
     t.releasedir(fh)
+
+
+def test_fifos_never_block_the_daemon(twin: Twin) -> None:
+    """open/create of a FIFO with no peer must return at once (ENXIO or a handle),
+    never wait in the daemon for a writer or reader."""
+    t = twin.tree
+    os.mkfifo(twin.served / "fifo")
+    node = twin.node("fifo")
+    fh = t.open(node, os.O_RDONLY, ROOT).fh  # no writer: a non-blocking open succeeds
+    assert err(lambda: t.read(fh, 0, 10)) == errno.ESPIPE  # pread on a pipe, as Linux
+    t.release(fh)
+    assert err(lambda: t.open(node, os.O_WRONLY, ROOT)) == errno.ENXIO  # no reader
+    assert err(lambda: t.create(1, b"fifo", 0o644, os.O_WRONLY | os.O_CREAT, 0, ROOT)) \
+        == errno.ENXIO
+    _e, o = t.create(1, b"regular", 0o644, os.O_WRONLY, 0, ROOT)
+    assert not fcntl.fcntl(t.data_fd(o.fh, write=True), fcntl.F_GETFL) & os.O_NONBLOCK
+    t.release(o.fh)

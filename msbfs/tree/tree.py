@@ -638,8 +638,9 @@ class Tree:
         if kind == stat.S_IFDIR and flags & os.O_ACCMODE != os.O_RDONLY:
             raise _err(errno.EISDIR)
         oflags = self._reopen_flags(flags)
-        if kind == stat.S_IFIFO:
-            oflags |= os.O_NONBLOCK  # a hostile client must not park the daemon on a FIFO
+        if kind not in (stat.S_IFREG, stat.S_IFDIR):
+            # A hostile client must not park the daemon on a FIFO or a device's open.
+            oflags |= os.O_NONBLOCK
         before = None
         if self.quota is not None and flags & os.O_TRUNC:
             before = os.stat(inode.fd)
@@ -668,9 +669,14 @@ class Tree:
                   | (flags & os.O_EXCL))
         before = self._lstat_at(p, name) if self.quota is not None else None
         with self._creds(ctx):
-            fd = os.open(name, oflags, want, dir_fd=p.fd)
+            # O_NONBLOCK: if the name turns out to be an existing FIFO, the open must
+            # not wait for a writer; a regular file gets the caller's flags back below.
+            fd = os.open(name, oflags | os.O_NONBLOCK, want, dir_fd=p.fd)
             try:
                 st = os.stat(fd)
+                if stat.S_ISREG(st.st_mode) and not oflags & os.O_NONBLOCK:
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL)
+                                & ~os.O_NONBLOCK)
                 if before is None:
                     st = self._fix_mode(fd, want, st, masked)
             except BaseException:
