@@ -105,9 +105,15 @@ def test_disk_persists_and_tmpfs_does_not(sandbox, tmp_path: Path) -> None:
     with sandbox(mounts) as sb:
         r = sb.run("echo kept > /disk/kept && echo lost > /tmp2/lost && sync")
         assert r.exit_code == 0, r
+    # Second boot attaches the disk read-only: the data is there and cannot change.
+    mounts["/disk"] = Mount.named("persist", MountOptions(readonly=True))
     with sandbox(mounts) as sb:
         r = sb.run("cat /disk/kept; ls -A /tmp2 | wc -l")
         assert (r.exit_code, r.stdout) == (0, b"kept\n0\n"), r
+        r = sb.run("echo more > /disk/more")
+        assert r.exit_code != 0 and b"Read-only file system" in r.stderr, r
+    with volumes.get_volume("persist").fs() as fs:
+        assert sorted(fs.listdir()) == ["kept", "lost+found"]
 
 
 def test_policy_holds_after_remount(sandbox, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def qemu_argv(cfg: VmConfig) -> list[str]:
             "-device", f"vhost-user-fs-pci,chardev=fs{i},tag={fs.tag},queue-size=1024",
         ]
     for i, disk in enumerate(cfg.disks):
-        ro = ",readonly=on" if disk.readonly else ""
+        ro = ",read-only=on" if disk.readonly else ""
         argv += [
             "-blockdev",
             f"driver=file,filename={disk.path},node-name=f{i}{ro}",
