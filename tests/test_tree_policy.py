@@ -29,7 +29,7 @@ from msbfs.tree import (
     Tree,
 )
 from msbfs.tree.policy import walk_usage
-from tests.plugins.tree import ROOT, err, walk
+from tests.plugins.tree import ROOT, USER, err, walk
 
 MakeTree = Callable[..., Tree]
 
@@ -137,6 +137,27 @@ def test_nosuid_never_stores_or_reports_setid(make_tree: MakeTree) -> None:
     plain = make_tree()
     plain.mknod(ROOT_ID, b"n", stat.S_IFREG | 0o4755, 0, 0, ROOT)
     assert os.stat(plain.path / "n").st_mode & 0o7777 == 0o4755  # type: ignore[attr-defined]
+
+
+def test_nosuid_refuses_file_capabilities(make_tree: MakeTree) -> None:
+    import struct
+    # VFS_CAP_REVISION_2 with CAP_NET_RAW (13) permitted+effective.
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+    tree = make_tree(Policy(nosuid=True))
+    f = walk(tree, "file")
+    assert err(lambda: tree.setxattr(f, b"security.capability", cap, 0, ROOT)) == errno.EPERM
+    assert err(lambda: tree.getxattr(f, b"security.capability", 0, ROOT)) == errno.ENODATA
+    plain = make_tree()
+    pf = walk(plain, "file")
+    plain.setxattr(pf, b"security.capability", cap, 0, ROOT)
+    assert plain.getxattr(pf, b"security.capability", 0, ROOT) == cap
+    # Non-root callers may never set security.* (CAP_SETFCAP/CAP_SYS_ADMIN), even on
+    # their own files, though the daemon itself could.
+    uf = walk(plain, "userfile")
+    assert err(lambda: plain.setxattr(uf, b"security.capability", cap, 0, USER)) == errno.EPERM
+    assert err(lambda: plain.setxattr(uf, b"security.x", b"1", 0, USER)) == errno.EPERM
+    assert err(lambda: plain.removexattr(pf, b"security.capability", USER)) == errno.EPERM
+    assert plain.getxattr(pf, b"security.capability", 0, USER) == cap  # reading is fine
 
 
 def test_nodev(make_tree: MakeTree) -> None:

@@ -82,6 +82,12 @@ class Policy:
         if self.noexec and mask & os.X_OK and kind == stat.S_IFREG:
             raise _err(errno.EACCES)
 
+    def check_setcap(self) -> None:
+        """security.capability grants privileges on exec like a set-uid bit: nosuid never
+        stores it."""
+        if self.nosuid:
+            raise _err(errno.EPERM)
+
     def stored_mode(self, mode: int) -> int:
         """The permission bits a create/mkdir/mknod/chmod may store."""
         return mode & ~SETID_BITS if self.nosuid else mode

@@ -979,9 +979,16 @@ class Tree:
             raise _err(errno.EINVAL)
         if not self.posix_acl and name.startswith(b"system.posix_acl_"):
             raise _err(errno.EOPNOTSUPP)
-        if name.startswith(b"trusted.") and ctx.uid != 0:
-            # The daemon holds CAP_SYS_ADMIN; the caller does not.
-            raise _err(errno.EPERM if write else errno.ENODATA)
+        if ctx.uid != 0:
+            # The daemon holds CAP_SYS_ADMIN and CAP_SETFCAP, which a credential switch
+            # does not drop; the caller has neither, so refuse as its kernel would.
+            if name.startswith(b"trusted."):
+                raise _err(errno.EPERM if write else errno.ENODATA)
+            if write and name.startswith(b"security."):
+                raise _err(errno.EPERM)
+        if write and name == b"security.capability":
+            # File capabilities are set-id bits by another name.
+            self.policy.check_setcap()
         return name
 
     def setxattr(self, nodeid: int, name: bytes, value: bytes, flags: int, ctx: Ctx) -> None:
