@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -66,5 +67,32 @@ def msbfs_cli(msb_home: Path) -> Callable[..., subprocess.CompletedProcess[bytes
         return subprocess.run([sys.executable, "-m", "msbfs", *args], input=input,
                               capture_output=True, env=os.environ.copy(), timeout=120,
                               check=False)
+
+    return run
+
+
+@pytest.fixture
+def msbfs_main(msb_home: Path, monkeypatch: pytest.MonkeyPatch
+               ) -> Callable[..., subprocess.CompletedProcess[bytes]]:
+    """Like ``msbfs_cli`` but runs ``msbfs.cli.main`` in this process (no interpreter
+    start-up), for tables of cases; ``msbfs_cli`` covers the same paths for real."""
+    from msbfs import cli
+
+    def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        out, err = io.BytesIO(), io.BytesIO()
+        with monkeypatch.context() as m:
+            m.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input or b"")))
+            stdout = io.TextIOWrapper(out, write_through=True)
+            stderr = io.TextIOWrapper(err, write_through=True)
+            m.setattr(sys, "stdout", stdout)
+            m.setattr(sys, "stderr", stderr)
+            try:
+                rc = cli.main(list(args))
+            except SystemExit as e:  # argparse usage errors
+                rc = e.code if isinstance(e.code, int) else 1
+            stdout.flush()
+            stderr.flush()
+        return subprocess.CompletedProcess(["msbfs", *args], rc, out.getvalue(),
+                                           err.getvalue())
 
     return run
