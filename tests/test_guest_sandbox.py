@@ -191,6 +191,17 @@ def test_cli_exit_status_stderr_and_ctrl_c(guest_image, guest_daemon, msb_home,
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 130
         assert owned_processes(proc.pid) == []
+        # SIGTERM (a supervisor stopping it) cleans up the same way.
+        proc = subprocess.Popen([*base, "--", "sh", "-c", "echo started; exec sleep 600"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"
+        proc.terminate()
+        assert proc.wait(120) == 128 + signal.SIGTERM
+        assert owned_processes(proc.pid) == []
+        import tempfile
+
+        assert list(Path(tempfile.gettempdir()).glob(f"msbfs-vm-{proc.pid}-*")) == []
     finally:
         if proc.poll() is None:
             proc.kill()

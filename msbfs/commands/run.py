@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from typing import Any
 
@@ -89,6 +90,12 @@ def handle(args: argparse.Namespace) -> int:
                 print(shlex.join(argv))
         print("# then: " + shlex.join(cmd))
         return 0
+    # SIGTERM tears down like Ctrl-C does (the helpers would die with us anyway, through
+    # their parent-death signal, but the temporary directory would stay).
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
     with sandbox:
         result = sandbox.run(cmd, env=env, workdir=args.workdir,
                              on_stdout=_write(sys.stdout.buffer),
