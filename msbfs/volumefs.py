@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 StrPath = str | os.PathLike[str]
 
 _BLOCK = 4096
+_EAGAIN_RETRIES = 64
 
 
 def _rel(path: StrPath) -> str:
@@ -111,6 +112,13 @@ class ContainedRoot:
         """An fd for ``path`` resolved beneath the root (symlinks followed while they
         stay inside, unless ``flags`` has O_NOFOLLOW)."""
         with _escapes_as(path):
+            for _ in range(_EAGAIN_RETRIES):
+                try:
+                    return openat2(self.fd, path, flags, mode, RESOLVE_CONTAINED)
+                except BlockingIOError:
+                    # The kernel saw a rename somewhere on the system while walking a
+                    # ``..`` and could not prove it stayed beneath: openat2(2) says retry.
+                    continue
             return openat2(self.fd, path, flags, mode, RESOLVE_CONTAINED)
 
     @contextlib.contextmanager
