@@ -70,6 +70,7 @@ class Vm:
         #: Seconds from ``start`` to the agent's hello (kernel boot + init).
         self.boot_seconds = 0.0
         self._sockets: list[socket.socket] = []
+        self._ready = False  # the agent said hello: it will obey a quit
         self._closed = False
 
     # -- life cycle ---------------------------------------------------------------
@@ -143,6 +144,7 @@ class Vm:
         except AgentError as e:
             raise LaunchError(f"guest did not boot: {e}{self._console_note()}") from e
         self.boot_seconds = time.monotonic() - began
+        self._ready = True
 
     def _accept(self, listener: socket.socket, deadline: float) -> socket.socket:
         with selectors.DefaultSelector() as sel:
@@ -197,11 +199,13 @@ class Vm:
         return self.failure()
 
     def _teardown(self) -> None:
-        if self.channel is not None and not self.channel.busy:
+        ready, self._ready = self._ready, False
+        if self.channel is not None and ready and not self.channel.busy:
             self.channel.quit()
         elif self.qemu is not None and self.qemu.poll() is None:
-            # Interrupted mid-command (Ctrl-C, timeout, a dead daemon): the agent is not
-            # listening for a quit, and nothing the guest holds is worth waiting for.
+            # Not booted yet, or interrupted mid-command (Ctrl-C, timeout, a dead daemon):
+            # the agent is not listening for a quit, and nothing in the guest is worth
+            # waiting for.
             self.qemu.kill()
         if self.qemu is not None:
             try:
