@@ -14,6 +14,7 @@ Every server of a volume holds its serving lock (``hold_volume``) while it serve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -302,6 +303,14 @@ def remove_volume(name: str) -> None:
                     trash.parent.mkdir(parents=True, exist_ok=True)
                     data.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
+    _sweep_trash()
+
+
+def _sweep_trash() -> None:
+    """Finish removals a crash interrupted: everything in trash/ already has no record."""
+    with contextlib.suppress(FileNotFoundError):
+        for leftover in os.listdir(_trash_dir()):
+            shutil.rmtree(_trash_dir() / leftover, ignore_errors=True)
 
 
 def hold_volume(name: str) -> VolumeLock:

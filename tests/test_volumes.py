@@ -49,6 +49,12 @@ def test_round_trip(msb_home):
     assert not os.path.exists(vol.path)
     assert [v.name for v in msbfs.list_volumes()] == ["another"]
     assert os.listdir(msb_home / "trash") == []
+    # Data a crashed removal left in trash/ goes with the next removal.
+    (msb_home / "trash" / "old.123" / "sub").mkdir(parents=True)
+    (msb_home / "trash" / "old.123" / "sub" / "f").write_text("x")
+    msbfs.create_volume("third")
+    msbfs.remove_volume("third")
+    assert os.listdir(msb_home / "trash") == []
     with pytest.raises(VolumeNotFound):
         msbfs.remove_volume("data")
     # The name is free again.
