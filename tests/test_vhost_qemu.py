@@ -15,6 +15,8 @@ from vhost.echo import EchoDevice
 from vhost.messages import Feature, ProtocolFeature, Request
 
 QEMU = shutil.which("qemu-system-x86_64")
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+BIOS = ["-bios", str(QBOOT)] if QBOOT.exists() else []  # boots faster than SeaBIOS
 
 
 class Recorder(EchoDevice):
@@ -73,6 +75,66 @@ async def test_qemu_device_init_handshake(tmp_path: Path) -> None:
         err = (await proc.stderr.receive_some(65536) or b"").decode()
         assert "warning" not in err.lower(), err
         assert not be.features & Feature.LOG_ALL
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+class StartRecorder(Recorder):
+    """Sets ``all_started`` once the queues in ``expect`` have been started."""
+
+    def __init__(self, num_queues: int, expect: set[int]) -> None:
+        super().__init__(num_queues=num_queues)
+        self.expect = expect
+        self.all_started = trio.Event()
+        self.ever_started: set[int] = set()
+
+    def queue_started(self, index: int, vq) -> None:  # type: ignore[no-untyped-def]
+        super().queue_started(index, vq)
+        self.ever_started.add(index)
+        if self.expect <= self.ever_started:
+            self.all_started.set()
+
+
+@pytest.mark.guest
+@pytest.mark.skipif(QEMU is None, reason="needs qemu-system-x86_64")
+async def test_qemu_starts_the_rings_the_guest_driver_sets_up(
+        tmp_path: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+    """Boot the guest kernel alone (no initramfs: it stops at the root mount, after
+    device probing). Its virtio-fs driver sets DRIVER_OK, so QEMU runs the full start:
+    features, memory, and NUM/BASE/ADDR/KICK/CALL/ENABLE for the rings the driver set
+    up: the hiprio queue and one request queue per vCPU (Linux >= 6.11), so with one
+    vCPU the third ring stays stopped."""
+    path = str(tmp_path / "fs.sock")
+    listener = await listen(path)
+    proc = await trio.lowlevel.open_process(
+        [QEMU, "-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none",
+         "-nodefaults", "-serial", "none", *BIOS, "-kernel", str(guest_image.kernel),
+         "-append", "quiet panic=0",
+         "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
+         "-numa", "node,memdev=mem", "-chardev", f"socket,id=c,path={path}",
+         "-device", "vhost-user-fs-pci,chardev=c,tag=t,num-request-queues=2,queue-size=256"])
+    try:
+        with trio.fail_after(60):
+            conn = await accept_one(listener)
+        listener.close()
+        dev = StartRecorder(3, expect={0, 1})
+        be = Backend(dev, conn)
+        async with trio.open_nursery() as n:
+            n.start_soon(be.run)
+            with trio.fail_after(120):
+                await dev.all_started.wait()
+            assert be.errors == 0
+            assert be.memory.statistics()["regions"] >= 1
+            for vq in be.queues[:2]:
+                assert vq.size == 256 and vq.started and vq.enabled and not vq.broken
+                assert vq.call_fd >= 0 and vq.kick_fd >= 0
+            assert not be.queues[2].started
+            assert be.features & Feature.VERSION_1
+            proc.kill()
+            await proc.wait()
+        assert conn.closed and dev.started == set()
     finally:
         if proc.returncode is None:
             proc.kill()
