@@ -153,6 +153,20 @@ def test_used_bytes_walks_without_following(volume, tmp_path):
     assert volume.used_bytes < used + 16 * 1024  # one inode once, links not followed
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_used_bytes_stays_on_its_filesystem(volume):
+    mnt = os.path.join(volume.path, "mnt")
+    os.mkdir(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], check=True)
+    try:
+        with open(os.path.join(mnt, "big"), "wb") as f:
+            f.write(os.urandom(2 * MIB))
+        assert os.stat(os.path.join(mnt, "big")).st_blocks * 512 >= 2 * MIB
+        assert volume.used_bytes < MIB
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+
+
 _RACER = """
 import sys
 import msbfs
