@@ -82,36 +82,43 @@ async def test_qemu_device_init_handshake(tmp_path: Path) -> None:
 
 
 class StartRecorder(Recorder):
-    """Sets ``all_started`` once the queues in ``expect`` have been started."""
+    """Sets ``done`` once each queue in ``expect`` has been started ``rounds`` times."""
 
-    def __init__(self, num_queues: int, expect: set[int]) -> None:
+    def __init__(self, num_queues: int, expect: set[int], rounds: int) -> None:
         super().__init__(num_queues=num_queues)
         self.expect = expect
-        self.all_started = trio.Event()
-        self.ever_started: set[int] = set()
+        self.rounds = rounds
+        self.done = trio.Event()
+        self.starts = dict.fromkeys(range(num_queues), 0)
+        self.stops = dict.fromkeys(range(num_queues), 0)
 
     def queue_started(self, index: int, vq) -> None:  # type: ignore[no-untyped-def]
         super().queue_started(index, vq)
-        self.ever_started.add(index)
-        if self.expect <= self.ever_started:
-            self.all_started.set()
+        self.starts[index] += 1
+        if all(self.starts[i] >= self.rounds for i in self.expect):
+            self.done.set()
+
+    def queue_stopped(self, index: int, vq) -> None:  # type: ignore[no-untyped-def]
+        super().queue_stopped(index, vq)
+        self.stops[index] += 1
 
 
 @pytest.mark.guest
 @pytest.mark.skipif(QEMU is None, reason="needs qemu-system-x86_64")
-async def test_qemu_starts_the_rings_the_guest_driver_sets_up(
+async def test_qemu_starts_stops_and_restarts_the_rings(
         tmp_path: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
-    """Boot the guest kernel alone (no initramfs: it stops at the root mount, after
-    device probing). Its virtio-fs driver sets DRIVER_OK, so QEMU runs the full start:
-    features, memory, and NUM/BASE/ADDR/KICK/CALL/ENABLE for the rings the driver set
-    up: the hiprio queue and one request queue per vCPU (Linux >= 6.11), so with one
-    vCPU the third ring stays stopped."""
+    """Boot the guest kernel alone (no initramfs: it panics at the root mount, after
+    device probing, and reboots). Its virtio-fs driver sets DRIVER_OK, so QEMU runs the
+    full start: features, memory, NUM/BASE/ADDR/KICK/CALL/ENABLE for the rings the
+    driver set up (hiprio and one request ring per vCPU on Linux >= 6.11: with one vCPU
+    the third ring stays stopped). The reboot makes QEMU stop them (ENABLE 0,
+    GET_VRING_BASE) and the next boot start them again."""
     path = str(tmp_path / "fs.sock")
     listener = await listen(path)
     proc = await trio.lowlevel.open_process(
         [QEMU, "-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none",
          "-nodefaults", "-serial", "none", *BIOS, "-kernel", str(guest_image.kernel),
-         "-append", "quiet panic=0",
+         "-append", "quiet panic=1",
          "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
          "-numa", "node,memdev=mem", "-chardev", f"socket,id=c,path={path}",
          "-device", "vhost-user-fs-pci,chardev=c,tag=t,num-request-queues=2,queue-size=256"])
@@ -119,12 +126,14 @@ async def test_qemu_starts_the_rings_the_guest_driver_sets_up(
         with trio.fail_after(60):
             conn = await accept_one(listener)
         listener.close()
-        dev = StartRecorder(3, expect={0, 1})
+        dev = StartRecorder(3, expect={0, 1}, rounds=2)
         be = Backend(dev, conn)
         async with trio.open_nursery() as n:
             n.start_soon(be.run)
             with trio.fail_after(120):
-                await dev.all_started.wait()
+                await dev.done.wait()
+            assert dev.stops[0] >= 1 and dev.stops[1] >= 1
+            assert dev.starts[2] == 0
             assert be.errors == 0
             assert be.memory.statistics()["regions"] >= 1
             for vq in be.queues[:2]:
