@@ -340,6 +340,18 @@ async def test_chain_helpers_and_device_errors(vhost_pair: VhostPair) -> None:
         assert await fe.get_u64(Request.GET_FEATURES) == fe.backend_features
 
 
+class FaultyConfigDevice(EchoDevice):
+    def get_config(self, offset: int, size: int) -> bytes:
+        raise ZeroDivisionError("device bug")
+
+
+async def test_device_bug_in_a_message_is_answered_not_fatal(vhost_pair: VhostPair) -> None:
+    async with vhost_pair(FaultyConfigDevice(), [16]) as (fe, be):
+        assert await fe.get_config(0, 4) is None
+        assert be.errors == 1
+        await echo_check(fe, 0)
+
+
 async def test_new_kick_fd_while_running_keeps_position(vhost_pair: VhostPair) -> None:
     async with vhost_pair(EchoDevice(), [16]) as (fe, be):
         await echo_check(fe, 0, n=7)

@@ -168,6 +168,16 @@ class Backend:
             except OSError as e:
                 log.info("connection error: %s", e)
                 return
+            except Exception:
+                # a bug (ours or the device's) while handling one message: say so, answer
+                # it as failed, and keep the daemon up
+                self.errors += 1
+                log.exception("vhost-user %s: internal error", _name(request))
+                try:
+                    if not await self._report_failure(request, flags):
+                        return
+                except OSError:
+                    return
 
     async def _report_failure(self, request: int, flags: int) -> bool:
         """Tell the frontend a request failed; False if the protocol has no way to."""
