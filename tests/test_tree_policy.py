@@ -172,9 +172,14 @@ def test_nodev(make_tree: MakeTree) -> None:
     tree.mknod(ROOT_ID, b"fifo", stat.S_IFIFO | 0o600, 0, 0, ROOT)
     null = walk(tree, "null")
     assert err(lambda: tree.open(null, os.O_RDWR, ROOT)) == errno.EACCES
-    assert tree.getattr(null, None, ROOT)[0].rdev == os.makedev(1, 3)  # still visible
+    # Still visible, but naming no device: a client kernel that opens special files
+    # itself (FUSE, virtio-fs) gets nowhere even without its own nodev flag.
+    attr = tree.getattr(null, None, ROOT)[0]
+    assert stat.S_ISCHR(attr.mode) and attr.rdev == 0
+    assert tree.lookup(ROOT_ID, b"null", ROOT).attr.rdev == 0
     plain = make_tree()
     os.mknod(plain.path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # type: ignore[attr-defined]
+    assert plain.getattr(walk(plain, "null"), None, ROOT)[0].rdev == os.makedev(1, 3)
     fh = plain.open(walk(plain, "null"), os.O_RDWR, ROOT).fh
     assert plain.write(fh, 0, b"gone", ROOT) == 4
     plain.release(fh)

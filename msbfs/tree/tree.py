@@ -173,6 +173,7 @@ class Tree:
         self._root_dev = st.st_dev
         self._foreign_devs: dict[int, int] = {}
         self._mode_mask = policy.reported_mode_mask
+        self._hide_rdev = policy.nodev
         self._squash_uid = policy.squash_uid
         self._squash_gid = policy.squash_gid
         self._umask = _process_umask()
@@ -207,7 +208,9 @@ class Tree:
             st.st_mode & self._mode_mask, st.st_nlink,
             st.st_uid if self._squash_uid is None else self._squash_uid,
             st.st_gid if self._squash_gid is None else self._squash_gid,
-            st.st_rdev, st.st_blksize, submount)
+            # nodev: a device node stays visible but names no device (0:0), so a
+            # client kernel that opens special files itself cannot reach a host device.
+            0 if self._hide_rdev and st.st_rdev else st.st_rdev, st.st_blksize, submount)
 
     def _entry(self, inode: Inode, st: os.stat_result) -> Entry:
         t = self._timeout
