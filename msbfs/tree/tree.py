@@ -391,7 +391,11 @@ class Tree:
             pass
 
     def batch_forget(self, items: Iterable[tuple[int, int]]) -> None:
-        for nodeid, nlookup in items:
+        for item in items:
+            try:
+                nodeid, nlookup = item
+            except (TypeError, ValueError):
+                continue  # FORGET has no reply: a malformed item is just dropped
             self.forget(nodeid, nlookup)
 
     def getattr(self, nodeid: int, fh: int | None, ctx: Ctx) -> tuple[Attr, float]:
