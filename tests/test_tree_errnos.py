@@ -540,3 +540,38 @@ def test_fifos_never_block_the_daemon(twin: Twin) -> None:
     _e, o = t.create(1, b"regular", 0o644, os.O_WRONLY, 0, ROOT)
     assert not fcntl.fcntl(t.data_fd(o.fh, write=True), fcntl.F_GETFL) & os.O_NONBLOCK
     t.release(o.fh)
+
+
+def test_writeback_opens_readable_and_without_append(tmp_path: Path) -> None:
+    """With a writeback cache the kernel reads pages of write-only files and computes
+    append offsets itself: the host fd must be readable and not O_APPEND."""
+    from msbfs.tree import Tree
+    (tmp_path / "f").write_bytes(b"0123456789")
+    with Tree(tmp_path, writeback=True) as t:
+        node = t.lookup(1, b"f", ROOT).nodeid
+        fh = t.open(node, os.O_WRONLY | os.O_APPEND, ROOT).fh
+        fd = t.data_fd(fh, write=True)
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & (os.O_ACCMODE | os.O_APPEND) == os.O_RDWR
+        t.write(fh, 2, b"ab", ROOT)  # lands at the offset the kernel chose
+        assert (tmp_path / "f").read_bytes() == b"01ab456789"
+        t.release(fh)
+    with Tree(tmp_path) as t:
+        node = t.lookup(1, b"f", ROOT).nodeid
+        fh = t.open(node, os.O_WRONLY | os.O_APPEND, ROOT).fh
+        assert fcntl.fcntl(t.data_fd(fh, write=True), fcntl.F_GETFL) & os.O_APPEND
+        assert err(lambda: t.read(fh, 0, 1)) == errno.EBADF
+        t.write(fh, 0, b"Z", ROOT)  # O_APPEND kept: appends, as the client asked
+        assert (tmp_path / "f").read_bytes() == b"01ab456789Z"
+        t.release(fh)
+
+
+def test_getattr_through_handle_of_unlinked_file(twin: Twin) -> None:
+    t = twin.tree
+    node = twin.node("file")
+    fh = t.open(node, os.O_RDWR, ROOT).fh
+    t.unlink(1, b"file", ROOT)
+    t.write(fh, 0, b"still here, longer", ROOT)
+    attr, _timeout = t.getattr(node, fh, ROOT)
+    assert attr.nlink == 0 and attr.size == 18
+    assert t.getattr(node, None, ROOT)[0].size == 18  # the O_PATH fd holds the inode too
+    t.release(fh)
