@@ -229,3 +229,18 @@ def test_walk_helper_agrees_with_host(tmp_path: Path) -> None:
     with Tree(tmp_path) as tree:
         node = walk(tree, "p/q")
         assert tree.getattr(node, None, ROOT)[0].ino == os.stat(tmp_path / "p" / "q").st_ino
+
+
+def test_fd_limit_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """One fd per looked-up inode: the tree lifts the soft RLIMIT_NOFILE to the hard one
+    so a large walk is bounded by the kernel's lookups, not by 1024."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 1024:
+        pytest.skip("needs a finite hard limit above 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        with Tree(tmp_path):
+            assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

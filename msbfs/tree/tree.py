@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import resource
 import stat
 import struct
 import threading
@@ -158,6 +159,7 @@ class Tree:
         else:
             fd = os.open(os.fspath(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.stat(fd)
+        _raise_fd_limit()
         self.policy = policy
         self.cache = cache
         self.xattr = xattr
@@ -1064,6 +1066,18 @@ class Tree:
             inodes=len(self._inodes), handles=len(self._handles),
             quota_used_bytes=None if self.quota is None else self.quota.used,
             extra={"lock_fds": len(self._lock_fds), "foreign_devices": len(self._foreign_devs)})
+
+
+def _raise_fd_limit() -> None:
+    """The tree holds one fd per inode the client has looked up (the kernel decides how
+    many); a 1024 soft limit would turn a large walk into EMFILE. Raise it to the hard
+    limit, as virtiofsd does (best effort: a process-wide setting, only ever raised)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        pass
 
 
 def _process_umask() -> int:
