@@ -487,3 +487,36 @@ async def test_call_fd_can_be_withdrawn_and_restored(vhost_pair: VhostPair) -> N
         q.kick(force=True)  # nudge: the first completion may have gone unsignalled
         assert (await q.wait(p)).data == b"polled"
         await echo_check(fe, 0)
+
+
+class PausingDevice(EchoDevice):
+    """Pops, then waits for ``release`` before answering: a handler in the middle of
+    its work when the memory table changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.popped = trio.Event()
+        self.release = trio.Event()
+
+    async def handle_kick(self, index: int, vq: Virtqueue) -> None:
+        chains = vq.pop()
+        if not chains:
+            return
+        self.popped.set()
+        await self.release.wait()
+        vq.push_many([(c.head, c.write(c.read())) for c in chains])
+        vq.notify()
+
+
+async def test_memory_is_not_unmapped_under_a_running_handler(vhost_pair: VhostPair) -> None:
+    dev = PausingDevice()
+    async with vhost_pair(dev, [16]) as (fe, be):
+        q = fe.queues[0]
+        p = q.post([b"still mapped"], [32])
+        q.kick(force=True)
+        await dev.popped.wait()
+        await fe.set_memory()  # new mappings; the handler holds chains into the old ones
+        assert be.memory.statistics()["retired"] == 1
+        dev.release.set()
+        assert (await q.wait(p)).data == b"still mapped"
+        assert be.memory.statistics()["retired"] == 0  # released once the handler ended
