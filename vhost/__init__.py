@@ -9,6 +9,10 @@ Layers, each usable alone:
 - ``vhost.device``     what a device implements (``VhostUserDevice``).
 - ``vhost.backend``    the protocol state machine: ``serve(device, sock)``.
 - ``vhost.frontend``   the role QEMU plays, for tests and benchmarks without a VM.
+- ``vhost.echo``       a test device (readable bytes echoed into the writable part).
+
+The C side (csrc/virtq.h) is usable from other C units: ``Virtqueue.c`` is the
+``struct msb_vq *`` of a queue.
 """
 
 from vhost.device import VhostUserDevice
