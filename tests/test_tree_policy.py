@@ -337,3 +337,23 @@ def test_quota_usage_agrees_with_volumefs(make_tree: MakeTree) -> None:
     tree.link(walk(tree, "data"), ROOT_ID, b"data2", ROOT)
     tree.mkdir(ROOT_ID, b"d", 0o755, 0, ROOT)
     assert tree.statistics().quota_used_bytes == usage_bytes(root)
+
+
+def test_quota_tracks_directory_growth(make_tree: MakeTree) -> None:
+    """Thousands of long names grow their directory by many blocks: the tree charges
+    that growth too, and still agrees with a fresh walk."""
+    tree = make_tree(Policy(quota_bytes=256 << 20))
+    root: Path = tree.path  # type: ignore[attr-defined]
+    d = tree.mkdir(ROOT_ID, b"many", 0o755, 0, ROOT).nodeid
+    for i in range(600):
+        _e, o = tree.create(d, f"{i:04}-{'x' * 200}".encode(), 0o644, os.O_WRONLY, 0, ROOT)
+        tree.release(o.fh)
+    tree.symlink(d, b"s" * 200, b"t", ROOT)
+    tree.link(walk(tree, "file"), d, b"l" * 200, ROOT)
+    tree.rename(ROOT_ID, b"userfile", d, b"r" * 200, 0, ROOT)
+    assert os.stat(root / "many").st_blocks * 512 > 4096 * 8  # it really grew
+    fd = os.open(root, os.O_PATH)
+    try:
+        assert tree.statistics().quota_used_bytes == walk_usage(fd)
+    finally:
+        os.close(fd)

@@ -279,6 +279,14 @@ class Tree:
             d = self._root_dev
             self.quota.charge(allocated(after, d) - allocated(before, d))
 
+    def _dir_before(self, p: Inode) -> os.stat_result | None:
+        """With a quota, the parent's allocation before a new entry may grow it."""
+        return os.stat(p.fd) if self.quota is not None else None
+
+    def _dir_after(self, p: Inode, before: os.stat_result | None) -> None:
+        if before is not None:
+            self._charge_stat(before, os.stat(p.fd))
+
     def _add_handle(self, fd: int, inode: Inode, oflags: int) -> int:
         inode.nopen += 1
         return self._handles.add(FileHandle(fd, inode, oflags))
@@ -512,6 +520,7 @@ class Tree:
         self.policy.check_mknod(kind)
         rdev = _int(rdev, 0, 0xFFFFFFFF)
         want, masked = self._creation_mode(p, mode, umask, 0o7777)
+        pst = self._dir_before(p)
         with self._creds(ctx):
             os.mknod(name, kind | want, rdev, dir_fd=p.fd)
             entry = self._lookup_new(p, name)
@@ -523,6 +532,7 @@ class Tree:
                     entry.attr = self._attr(st2, inode.submount)
                     st = st2
         self._charge_stat(None, st)
+        self._dir_after(p, pst)
         return entry
 
     def mkdir(self, parent: int, name: bytes, mode: int, umask: int, ctx: Ctx) -> Entry:
@@ -530,6 +540,7 @@ class Tree:
         name = _new_name(name)
         self.policy.check_mutation()
         want, masked = self._creation_mode(p, mode, umask, 0o1777)
+        pst = self._dir_before(p)
         with self._creds(ctx):
             os.mkdir(name, want, dir_fd=p.fd)
             entry = self._lookup_new(p, name)
@@ -541,6 +552,7 @@ class Tree:
                     entry.attr = self._attr(st2, inode.submount)
                     st = st2
         self._charge_stat(None, st)
+        self._dir_after(p, pst)
         return entry
 
     def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Entry:
@@ -556,11 +568,13 @@ class Tree:
             raise _err(errno.EINVAL)
         if len(target) >= PATH_MAX:
             raise _err(errno.ENAMETOOLONG)
+        pst = self._dir_before(p)
         with self._creds(ctx):
             os.symlink(target, name, dir_fd=p.fd)
             entry = self._lookup_new(p, name)
-        if self.quota is not None:
+        if pst is not None:
             self._charge_stat(None, os.stat(self._inodes.get(entry.nodeid).fd))
+            self._dir_after(p, pst)
         return entry
 
     def link(self, nodeid: int, newparent: int, newname: bytes, ctx: Ctx) -> Entry:
@@ -570,10 +584,12 @@ class Tree:
         self.policy.check_mutation()
         if inode.kind == stat.S_IFDIR:
             raise _err(errno.EPERM)
+        pst = self._dir_before(np)
         with self._creds(ctx):
             # linkat(AT_SYMLINK_FOLLOW) of the magic link links the inode our fd holds
             # (also a symlink itself, or an O_TMPFILE file), not anything by name.
             os.link(_proc(inode.fd), newname, dst_dir_fd=np.fd, follow_symlinks=True)
+        self._dir_after(np, pst)
         st = os.stat(inode.fd)
         self._inodes.ref(inode)
         return self._entry(inode, st)
@@ -621,8 +637,10 @@ class Tree:
         replaced = None
         if self.quota is not None and not flags & RENAME_EXCHANGE:
             replaced = self._lstat_at(np, newname)
+        pst = self._dir_before(np)
         with self._creds(ctx):
             _check(lib.msb_renameat2(p.fd, name, np.fd, newname, flags))
+        self._dir_after(np, pst)
         if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
             src = self._lstat_at(np, newname)
             if src is None or (src.st_dev, src.st_ino) != (replaced.st_dev, replaced.st_ino):
@@ -677,6 +695,7 @@ class Tree:
         oflags = (self._reopen_flags(flags) | os.O_CREAT | os.O_NOFOLLOW
                   | (flags & os.O_EXCL))
         before = self._lstat_at(p, name) if self.quota is not None else None
+        pst = self._dir_before(p)
         with self._creds(ctx):
             # O_NONBLOCK: if the name turns out to be an existing FIFO, the open must
             # not wait for a writer; a regular file gets the caller's flags back below.
@@ -697,6 +716,7 @@ class Tree:
             os.close(fd)
             raise
         self._charge_stat(before, st)
+        self._dir_after(p, pst)
         inode = self._add(pfd, st, p)
         opened = Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
         return self._entry(inode, st), opened
