@@ -29,6 +29,7 @@ import functools
 import hashlib
 import logging
 import os
+import resource
 import select
 import signal
 import stat
@@ -326,6 +327,7 @@ class HostOps(pyfuse3.Operations):
         if c is None:
             raise OSError(errno.EBADF, "unknown directory handle")
         tree = self.tree
+        sent = False
         for de in tree.readdir(fh, start_id):
             if de.name == b"." or de.name == b"..":
                 # Sent like a native filesystem lists them (``ls -a``), but without a
@@ -337,8 +339,18 @@ class HostOps(pyfuse3.Operations):
                 continue
             try:
                 entry = tree.lookup(parent, de.name, c)
-            except OSError:
-                continue  # removed (or made unreachable) since the listing was read
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    continue  # removed since the listing was read
+                # Never drop a name silently (out of descriptors, or a directory the
+                # caller may read but not search). An entry without attributes (node id
+                # 0) is no way out: glibc hides d_ino 0. So: the error, if nothing is in
+                # this reply yet; else a short reply, and the next READDIRPLUS from this
+                # entry's cookie reports it.
+                if sent:
+                    break
+                raise
+            sent = True
             if not pyfuse3.readdir_reply(token, de.name, _entry(entry), de.off):
                 tree.forget(entry.nodeid, 1)
                 break
@@ -661,11 +673,37 @@ async def _serve(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) ->
         on_ready()
 
 
+#: How many descriptors the daemon asks for (virtiofsd's default is the same million).
+WANTED_NOFILE = 1_000_000
+
+
+def raise_fd_limit() -> int:
+    """Every inode the kernel holds a lookup on is an O_PATH fd in the tree, and the
+    kernel keeps lookups for everything in its inode cache: a walk of 100,000 files needs
+    100,000 fds. Raise the soft limit to the hard one, and (as root) the hard one up to
+    ``WANTED_NOFILE`` within fs.nr_open. Returns the resulting soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if os.geteuid() == 0:
+        try:
+            nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            nr_open = hard
+        want = max(hard, min(WANTED_NOFILE, nr_open))
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+        except (OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def serve(tree: TreeOps, mountpoint: str, options: MountOptions, *, fsname: str,
           mirror_policy: bool = True, writeback: bool = False,
           on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve it in this process until it is unmounted
     or SIGINT/SIGTERM/SIGHUP arrives; then unmount and release every inode and handle."""
+    raise_fd_limit()
     ops = HostOps(tree, writeback=writeback)
     try:
         pyfuse3.init(ops, mountpoint, options.kernel_options(fsname, mirror_policy=mirror_policy))

@@ -241,7 +241,9 @@ class Exerciser:
 
     def _report(self, seed: int, n: int, what: str) -> str:
         recent = "\n  ".join(self.log[-15:])
-        return (f"seed {seed} step {n}: {what}\nreproduce: MSBFS_DIFF_SEED={seed}\n"
+        how = (f"MSBFS_DIFF_SEED={seed}" if seed >= 0
+               else "the falsifying hypothesis example printed with this failure")
+        return (f"seed {seed} step {n}: {what}\nreproduce: {how}\n"
                 f"last operations:\n  {recent}")
 
 
@@ -252,22 +254,25 @@ def seeds() -> list[int]:
     return [1, 2, 3, random.SystemRandom().randrange(2**32)]
 
 
+def fresh_worlds(base_native: Path, base_mount: Path) -> tuple[World, World]:
+    """Two equal starting trees. Each world sits one level below a private directory,
+    which is where a "../a" symlink made at its top lands, on both sides alike; the
+    start has directories so that most operations succeed."""
+    roots = (base_native / "w", base_mount / "w")
+    for root in roots:
+        root.mkdir(parents=True)
+        for d in ("x", "x/y", "y"):
+            (root / d).mkdir()
+        (root / "x" / "b").write_bytes(b"start")
+    return World(roots[0]), World(roots[1])
+
+
 @pytest.mark.parametrize("seed", seeds())
 def test_same_results_as_a_native_directory(seed: int, shared_host_mount: HostMount,
                                             tmp_path: Path) -> None:
     print(f"differential seed: {seed} (MSBFS_DIFF_SEED={seed} reproduces)")
     steps = int(os.environ.get("MSBFS_DIFF_STEPS", "2500"))
-    # Each world sits one level below a private directory, which is where a "../a"
-    # symlink created at its top lands, on both sides alike.
-    native_root = tmp_path / "native" / "w"
-    mount_root = shared_host_mount.mnt / f"seed-{seed}" / "w"
-    native_root.mkdir(parents=True)
-    mount_root.mkdir(parents=True)
-    for root in (native_root, mount_root):  # a start that makes most operations succeed
-        for d in ("x", "x/y", "y"):
-            (root / d).mkdir()
-        (root / "x" / "b").write_bytes(b"start")
-    native, mounted = World(native_root), World(mount_root)
+    native, mounted = fresh_worlds(tmp_path / "native", shared_host_mount.mnt / f"seed-{seed}")
     ex = Exerciser(random.Random(seed), native, mounted)
     try:
         for n in range(steps):
@@ -278,3 +283,31 @@ def test_same_results_as_a_native_directory(seed: int, shared_host_mount: HostMo
     finally:
         native.close_all()
         mounted.close_all()
+
+
+def test_hypothesis_driven_sequences(shared_host_mount: HostMount, tmp_path: Path) -> None:
+    """The same exerciser with hypothesis choosing every random draw, so a failing
+    sequence is shrunk to a short one and printed with the blob that reproduces it."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    base_native = tmp_path / "hyp-native"
+    base_mount = shared_host_mount.mnt / "hyp"
+    counter = iter(range(10**6))
+
+    @settings(max_examples=int(os.environ.get("MSBFS_DIFF_EXAMPLES", "15")), deadline=None,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(rng=st.randoms(use_true_random=False))
+    def run(rng: random.Random) -> None:
+        k = next(counter)
+        native, mounted = fresh_worlds(base_native / f"ex{k}", base_mount / f"ex{k}")
+        ex = Exerciser(rng, native, mounted)
+        try:
+            for n in range(200):
+                ex.step(n, seed=-1)
+            ex.compare_trees(200, seed=-1)
+        finally:
+            native.close_all()
+            mounted.close_all()
+
+    run()
