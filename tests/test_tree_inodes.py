@@ -244,3 +244,24 @@ def test_fd_limit_raised_to_the_hard_limit(tmp_path: Path) -> None:
             assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_ops_on_a_symlink_inode_act_on_the_link(tmp_path: Path) -> None:
+    """Everything that goes through /proc/self/fd/N of a symlink's O_PATH fd reaches the
+    link itself, never its target."""
+    from msbfs.tree import FATTR_MODE, FATTR_SIZE, SetAttr
+    (tmp_path / "target").write_bytes(b"data")
+    (tmp_path / "link").symlink_to("target")
+    with Tree(tmp_path) as tree:
+        n = tree.lookup(ROOT_ID, b"link", ROOT).nodeid
+        tree.link(n, ROOT_ID, b"hard", ROOT)
+        assert os.path.islink(tmp_path / "hard")
+        assert os.lstat(tmp_path / "link").st_nlink == 2
+        assert err(lambda: tree.setxattr(n, b"user.x", b"1", 0, ROOT)) == errno.EPERM
+        assert err(lambda: tree.setattr(n, SetAttr(valid=FATTR_MODE, mode=0o600), ROOT)) \
+            == errno.EOPNOTSUPP
+        assert err(lambda: tree.setattr(n, SetAttr(valid=FATTR_SIZE, size=0), ROOT)) \
+            == errno.EINVAL
+        assert (tmp_path / "target").read_bytes() == b"data"
+        assert os.stat(tmp_path / "target").st_mode & 0o777 != 0o600
+        assert os.listxattr(tmp_path / "target") == []
