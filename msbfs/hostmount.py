@@ -285,6 +285,8 @@ class HostOps(pyfuse3.Operations):
 
     @_op
     def read(self, fh: int, off: int, size: int) -> bytes:
+        # Inline even for 128 KiB readahead: measured, a worker-thread hop per read
+        # halved cold sequential throughput (1107 -> 525 MiB/s) instead of overlapping I/O.
         return self.tree.read(fh, off, size)
 
     @_op

@@ -6,16 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from msbfs.errors import MountError, MsbfsError
-from msbfs.hostmount import (
-    MountOptions,
-    Readiness,
-    check_mountpoint,
-    serve,
-    start_background,
-    unmount,
-)
+
+if TYPE_CHECKING:  # pyfuse3, trio and the tree load only when mounting
+    from msbfs.hostmount import MountOptions
+    from msbfs.locks import VolumeLock
+    from msbfs.tree import Tree
 
 MIB = 1024 * 1024
 
@@ -53,11 +51,11 @@ class Source:
     path: str
     label: str
     quota_bytes: int | None
-    lock: object | None = None
+    lock: VolumeLock | None = None
 
     def close(self) -> None:
         if self.lock is not None:
-            self.lock.close()  # type: ignore[attr-defined]
+            self.lock.close()
             self.lock = None
 
 
@@ -89,7 +87,7 @@ def open_source(source: str, options: MountOptions) -> Source:
         raise
 
 
-def build_tree(src: Source, options: MountOptions, writeback: bool = False):  # type: ignore[no-untyped-def]
+def build_tree(src: Source, options: MountOptions, writeback: bool = False) -> Tree:
     from msbfs.tree import Policy, Tree
 
     policy = Policy(readonly=options.readonly, noexec=options.noexec, nosuid=options.nosuid,
@@ -99,6 +97,14 @@ def build_tree(src: Source, options: MountOptions, writeback: bool = False):  # 
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from msbfs.hostmount import (
+        MountOptions,
+        Readiness,
+        check_mountpoint,
+        serve,
+        start_background,
+    )
+
     options = MountOptions.parse(args.options)
     if not args.foreground:
         # Check what we cheaply can here, so plain mistakes are reported without a daemon.
@@ -131,5 +137,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from msbfs.hostmount import unmount
+
     unmount(args.mountpoint)
     return 0
