@@ -244,16 +244,20 @@ static uint32_t serve_one(struct msb_fs_table *t, struct msb_chain *c, struct ms
 }
 
 int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
-                 int max_slow, int budget, struct msb_fs_stats *st)
+                 int max_slow, int budget, struct msb_fs_stats *st, int *drained)
 {
     int nslow = 0;
+    *drained = 0;
     while (nslow < max_slow && budget-- > 0) {
         struct msb_chain *c = &slow[nslow];
         int r = msb_vq_pop(vq, c, 1);
         if (r < 0)
             return r;
-        if (r == 0)
+        if (r == 0) {
+            /* Only an empty pop re-arms the driver's kick (EVENT_IDX avail_event). */
+            *drained = 1;
             break;
+        }
         uint32_t len = serve_one(t, c, st);
         if (len == 0) {
             st->slow++;

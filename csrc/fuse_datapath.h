@@ -51,8 +51,10 @@ int msb_fs_table_get(const struct msb_fs_table *t, uint64_t fh, int dir);
  * store the rest in slow[0..n) for Python. Stops early when `max_slow` slow chains are
  * held or the queue is empty. Returns n >= 0, or -errno if the queue broke (a broken
  * queue takes no more pushes, so the slow chains of this call are dropped with it).
- * Counts into `st`. */
+ * Counts into `st`. *drained is set to 1 when the queue was found empty (which
+ * re-arms the driver's kicks under EVENT_IDX): until then the caller must call again,
+ * or the next kick may never come. */
 int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
-                 int max_slow, int budget, struct msb_fs_stats *st);
+                 int max_slow, int budget, struct msb_fs_stats *st, int *drained);
 
 #endif

@@ -64,6 +64,7 @@ class VirtioFsDevice(VhostUserDevice):
         if self.table == ffi.NULL:
             raise MemoryError("handle table")
         self.stats = ffi.new("struct msb_fs_stats *")
+        self._drained = ffi.new("int *")
         self.session = FuseSession(tree, writeback=writeback, posix_acl=posix_acl,
                                    on_open=self._opened, on_release=self._released,
                                    on_destroy=self._destroyed)
@@ -112,8 +113,9 @@ class VirtioFsDevice(VhostUserDevice):
         if chains is None:
             chains = self._chains[index] = ffi.new("struct msb_chain[]", SLOW_BATCH)
         cvq = vq.c
+        drained = self._drained
         while True:
-            n = lib.msb_fs_serve(cvq, self.table, chains, SLOW_BATCH, BUDGET, self.stats)
+            n = lib.msb_fs_serve(cvq, self.table, chains, SLOW_BATCH, BUDGET, self.stats, drained)
             if n < 0:
                 log.warning("queue %d broken by the driver (%s)", index, errno.errorcode.get(-n, n))
                 return
@@ -127,7 +129,9 @@ class VirtioFsDevice(VhostUserDevice):
                     log.warning("push on queue %d failed: the ring is broken", index)
                     return
             lib.msb_vq_notify(cvq)
-            if lib.msb_vq_pending(cvq) == 0:
+            if drained[0]:
+                # Popped until empty: that is what re-arms the driver's kick. Returning
+                # on "nothing pending" instead loses kicks under EVENT_IDX.
                 return
             await trio.lowlevel.checkpoint()
 

@@ -231,3 +231,15 @@ async def test_a_broken_ring_stops_only_that_queue(fs_client, tmp_path: Path) ->
         assert parse_reply(done.data).error == 0
         await c.fe.restart_queue(1)
         assert (await c.call(c.r.getattr(ROOT))).error == 0
+
+
+async def test_full_batches_of_slow_requests_never_lose_a_kick(fs_client, tmp_path: Path) -> None:
+    """A kick's worth of exactly SLOW_BATCH slow requests, again and again: the device
+    must pop until the ring is empty (re-arming EVENT_IDX kicks) before it waits."""
+    from msbfs.virtiofs import SLOW_BATCH
+
+    async with fs_client(tmp_path, queue_size=2 * SLOW_BATCH) as c:
+        for _ in range(20):
+            with trio.fail_after(30):
+                done = await c.fe.submit_many(1, [([c.r.getattr(ROOT)], [128])] * SLOW_BATCH)
+            assert all(parse_reply(d.data).error == 0 for d in done)

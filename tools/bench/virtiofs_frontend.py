@@ -188,15 +188,39 @@ async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int
     return c
 
 
+#: A workload round that takes longer than this means a daemon stopped answering.
+args_timeout = 120.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of the daemon's process tree (threads included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 async def best_of(rounds: int, clients: dict[str, Client],
-                  work: Callable[[Client], Awaitable[int]]) -> dict[str, float]:
+                  work: Callable[[Client], Awaitable[int]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Best throughput (ops/s) and the daemon's CPU time per op (us) over all rounds."""
     best = dict.fromkeys(clients, 0.0)
+    cpu = dict.fromkeys(clients, 0.0)
+    ops = dict.fromkeys(clients, 0)
     for _ in range(rounds):
         for kind, c in clients.items():
+            c0 = cpu_seconds(c.proc.pid)
             t0 = time.perf_counter()
-            n = await work(c)
+            with trio.move_on_after(args_timeout) as scope:
+                n = await work(c)
+            if scope.cancelled_caught:
+                raise RuntimeError(f"{kind} did not answer within {args_timeout} s "
+                                   f"(daemon {'alive' if c.proc.poll() is None else 'exited'})")
             best[kind] = max(best[kind], n / (time.perf_counter() - t0))
-    return best
+            cpu[kind] += cpu_seconds(c.proc.pid) - c0
+            ops[kind] += n
+    return best, {k: cpu[k] / ops[k] * 1e6 for k in clients}
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -221,12 +245,13 @@ async def main_async(args: argparse.Namespace) -> None:
             ("LOOKUP+GETATTR", "ops/s", 1.0, lambda c: c.lookup_getattr(nm)),
             ("CREATE+RELEASE+UNLINK", "cycles/s", 1.0, lambda c: c.create_cycles(nm // 4)),
         ]
-        print(f"{'workload':22} {'virtiofsd':>16} {'msbfs':>16} {'msbfs/virtiofsd':>16}")
+        print(f"{'workload':22} {'virtiofsd':>17} {'msbfs':>17} {'ratio':>6}   "
+              f"daemon CPU us/op: virtiofsd msbfs")
         for label, unit, scale, work in workloads:
-            best = await best_of(args.rounds, clients, work)
+            best, cpu = await best_of(args.rounds, clients, work)
             v, m = best["virtiofsd"], best["msbfs"]
-            print(f"{label:22} {v * scale:10.1f} {unit:>5} {m * scale:10.1f} {unit:>5} {m / v:15.2f}x",
-                  flush=True)
+            print(f"{label:22} {v * scale:9.1f} {unit:>8}{m * scale:9.1f} {unit:>8}{m / v:6.2f}x"
+                  f"   {cpu['virtiofsd']:8.1f} {cpu['msbfs']:8.1f}", flush=True)
         mem = {k: rss_kib(c.proc.pid) for k, c in clients.items()}
         print(f"{'RSS now / peak (MiB)':22} {mem['virtiofsd'][0] / 1024:7.1f} / {mem['virtiofsd'][1] / 1024:5.1f}"
               f"  {mem['msbfs'][0] / 1024:7.1f} / {mem['msbfs'][1] / 1024:5.1f}")
