@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -69,4 +70,23 @@ int msb_switch_creds(uint32_t uid, uint32_t gid, size_t ngroups, const uint32_t 
         r = syscall(SYS_setgroups, ngroups, groups);
     syscall(SYS_setfsuid, uid);
     return r < 0 ? -errno : 0;
+}
+
+/* buf holds a struct file_handle of bufsize bytes; on success its handle_bytes field
+ * says how much of it the handle uses (8 + handle_bytes in all). */
+int msb_name_to_handle_at(int dirfd, const char *path, void *buf, uint32_t bufsize,
+                          int *mount_id, int flags)
+{
+    struct file_handle *fh = buf;
+    if (bufsize < sizeof *fh)
+        return -EINVAL;
+    fh->handle_bytes = bufsize - sizeof *fh;
+    long r = syscall(SYS_name_to_handle_at, dirfd, path, fh, mount_id, flags);
+    return r < 0 ? -errno : 0;
+}
+
+int msb_open_by_handle_at(int mount_fd, const void *handle, int flags)
+{
+    long r = syscall(SYS_open_by_handle_at, mount_fd, handle, flags);
+    return r < 0 ? -errno : (int)r;
 }

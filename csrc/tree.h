@@ -24,5 +24,10 @@ int msb_syncfs(int fd);
 /* fsgid, groups, fsuid of this thread in one call (raw syscalls: this thread
  * only); 0 or -errno of setgroups. ngroups == (size_t)-1 leaves the groups alone. */
 int msb_switch_creds(uint32_t uid, uint32_t gid, size_t ngroups, const uint32_t *groups);
+/* File handles, so the tree can close an inode's O_PATH fd and re-open it later
+ * (root only: open_by_handle_at needs CAP_DAC_READ_SEARCH). */
+int msb_name_to_handle_at(int dirfd, const char *path, void *buf, uint32_t bufsize,
+                          int *mount_id, int flags);
+int msb_open_by_handle_at(int mount_fd, const void *handle, int flags);
 
 #endif

@@ -226,10 +226,8 @@ def test_listing_never_drops_names_when_out_of_descriptors(tmp_path: Path) -> No
     assert not os.path.ismount(mnt)
 
 
-@pytest.mark.xfail(strict=True, reason="the tree keeps one O_PATH fd per inode the kernel "
-                   "holds a lookup on, so a walk past RLIMIT_NOFILE (20000 on these "
-                   "machines, not raisable) fails with EMFILE; needs file handles "
-                   "(open_by_handle_at) or an fd cache in the tree")
+# The tree's inode fd cache closes least recently used inode fds past half the fd limit
+# and re-opens them from file handles, so a walk is not bounded by RLIMIT_NOFILE.
 def test_walk_beyond_the_descriptor_limit(tmp_path: Path) -> None:
     _src, mnt = _mount_with_fd_limit(tmp_path, 600, 128)
     try:

@@ -80,6 +80,7 @@ NAME_MAX = 255
 PATH_MAX = 4096
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
+_MIN_INODE_FDS = 16  # an op touches at most a few inodes: never evict one mid-call
 MAX_IO = 1 << 24  # larger reads are clamped: no client gets to size our buffers
 
 _LONG = 86400.0
@@ -151,7 +152,8 @@ class Tree:
 
     def __init__(self, root: str | os.PathLike[str] | int, policy: Policy = _DEFAULT_POLICY, *,
                  cache: str = "auto", xattr: bool = True, posix_acl: bool = False,
-                 announce_submounts: bool = False, writeback: bool = False) -> None:
+                 announce_submounts: bool = False, writeback: bool = False,
+                 max_inode_fds: int | None = None) -> None:
         if cache not in _TIMEOUTS:
             raise ValueError(f"cache must be one of {', '.join(_TIMEOUTS)}, not {cache!r}")
         if isinstance(root, int):
@@ -159,7 +161,7 @@ class Tree:
         else:
             fd = os.open(os.fspath(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.stat(fd)
-        _raise_fd_limit()
+        soft = _raise_fd_limit()
         self.policy = policy
         self.cache = cache
         self.xattr = xattr
@@ -170,7 +172,12 @@ class Tree:
         self._file_open_flags = {"never": FOPEN_DIRECT_IO, "metadata": FOPEN_DIRECT_IO,
                                  "always": FOPEN_KEEP_CACHE}.get(cache, 0)
         self._dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
-        self._inodes = InodeTable(fd, st)
+        if max_inode_fds is None:
+            # Re-opening by file handle needs CAP_DAC_READ_SEARCH: only root may evict.
+            max_inode_fds = max(_MIN_INODE_FDS, soft // 2) if os.geteuid() == 0 else 0
+        elif max_inode_fds:
+            max_inode_fds = max(_MIN_INODE_FDS, max_inode_fds)
+        self._inodes = InodeTable(fd, st, max_inode_fds or None)
         self._handles = HandleTable()
         self._root_dev = st.st_dev
         self._foreign_devs: dict[int, int] = {}
@@ -1070,10 +1077,7 @@ class Tree:
 
     def close(self) -> None:
         self.destroy()
-        root = self._inodes.root
-        if root.fd >= 0:
-            os.close(root.fd)
-            root.fd = -1
+        self._inodes.close()
 
     def __enter__(self) -> Tree:
         return self
@@ -1085,19 +1089,23 @@ class Tree:
         return Statistics(
             inodes=len(self._inodes), handles=len(self._handles),
             quota_used_bytes=None if self.quota is None else self.quota.used,
-            extra={"lock_fds": len(self._lock_fds), "foreign_devices": len(self._foreign_devs)})
+            extra={"lock_fds": len(self._lock_fds), "foreign_devices": len(self._foreign_devs),
+                   "inode_fds": self._inodes.open_fds, "inode_fd_evictions": self._inodes.evictions,
+                   "inode_fd_reopens": self._inodes.reopens})
 
 
-def _raise_fd_limit() -> None:
-    """The tree holds one fd per inode the client has looked up (the kernel decides how
-    many); a 1024 soft limit would turn a large walk into EMFILE. Raise it to the hard
-    limit, as virtiofsd does (best effort: a process-wide setting, only ever raised)."""
+def _raise_fd_limit() -> int:
+    """The tree holds an fd per inode the client has looked up (up to its fd cache); a
+    1024 soft limit would make that cache small. Raise it to the hard limit, as virtiofsd
+    does (best effort: a process-wide setting, only ever raised). Returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
     except (OSError, ValueError):
         pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 def _process_umask() -> int:
