@@ -243,3 +243,24 @@ async def test_full_batches_of_slow_requests_never_lose_a_kick(fs_client, tmp_pa
             with trio.fail_after(30):
                 done = await c.fe.submit_many(1, [([c.r.getattr(ROOT)], [128])] * SLOW_BATCH)
             assert all(parse_reply(d.data).error == 0 for d in done)
+
+
+async def test_several_request_queues_share_one_session(fs_client, tmp_path: Path) -> None:
+    async with fs_client(tmp_path, request_queues=3) as c:
+        cfg = await c.fe.get_config(36, 4)
+        assert cfg is not None and int.from_bytes(cfg, "little") == 3
+        p = await c.ok(c.r.create(ROOT, b"shared"), queue=2)
+        e = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+        fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+        chunks = {q: bytes([q]) * 4096 for q in (1, 2, 3)}
+        async with trio.open_nursery() as n:
+            for q, data in chunks.items():
+                async def write(q: int = q, data: bytes = data) -> None:
+                    reqs = [([c.r.write(e.nodeid, fh, (q * 8 + i) * 4096, data)], [24]) for i in range(8)]
+                    for d in await c.fe.submit_many(q, reqs):
+                        assert parse_reply(d.data).error == 0
+                n.start_soon(write)
+        content = (tmp_path / "shared").read_bytes()
+        for q, data in chunks.items():
+            assert content[q * 8 * 4096:(q * 8 + 8) * 4096] == data * 8
+        await c.ok(c.r.release(e.nodeid, fh), queue=3)

@@ -4,9 +4,11 @@ the virtiofsd command line, exit on disconnect, SIGTERM, policy, volumes, sandbo
 from __future__ import annotations
 
 import errno
+import grp
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +41,10 @@ async def test_serve_io_then_exit_zero_on_disconnect(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     sock = str(tmp_path / "vfs.sock")
-    with run_serve([f"--shared-dir={src}", "--tag=t1", "--cache=auto"], sock) as proc:
+    with run_serve([f"--shared-dir={src}", "--tag=t1", "--cache=auto", "--socket-group=disk",
+                    "--thread-pool-size=4"], sock) as proc:
+        st = os.stat(sock)
+        assert st.st_gid == grp.getgrnam("disk").gr_gid and stat.S_IMODE(st.st_mode) == 0o660
         c = await connect(sock)
         cfg = await c.fe.get_config(0, 40)
         assert cfg is not None and cfg[:2] == b"t1"

@@ -43,8 +43,9 @@ class FuseClient:
         done = await self.fe.submit(queue, readable, sizes)
         return parse_reply(done.data)
 
-    async def ok(self, request: bytes, reply_size: int = DEFAULT_REPLY) -> bytes:
-        return (await self.call(request, reply_size)).ok()
+    async def ok(self, request: bytes, reply_size: int = DEFAULT_REPLY,
+                 queue: int = REQUEST_QUEUE) -> bytes:
+        return (await self.call(request, reply_size, queue)).ok()
 
     async def raw(self, readable: Sequence[bytes], sizes: Sequence[int], queue: int = REQUEST_QUEUE):
         return await self.fe.submit(queue, readable, sizes)
@@ -60,14 +61,14 @@ def fs_client(vhost_pair: Callable[..., Any]) -> Callable[..., AbstractAsyncCont
 
     @asynccontextmanager
     async def start(root: Path, policy: Policy | None = None, *, slot_size: int = 64 * 1024,
-                    ram_mib: int | None = None, queue_size: int = 64, **tree_kw: Any) -> AsyncIterator[FuseClient]:
+                    ram_mib: int | None = None, queue_size: int = 64, request_queues: int = 1, **tree_kw: Any) -> AsyncIterator[FuseClient]:
         tree = Tree(root, policy or Policy(), **tree_kw)
-        dev = VirtioFsDevice(tree, tag="test")
+        dev = VirtioFsDevice(tree, tag="test", num_request_queues=request_queues)
         try:
             if ram_mib is None:  # both queues' slots, plus room for crafted buffers
-                ram_mib = (2 * queue_size * slot_size >> 20) + 16
+                ram_mib = ((1 + request_queues) * queue_size * slot_size >> 20) + 16
             ram = GuestRam(((0, ram_mib << 20),))
-            async with vhost_pair(dev, [queue_size, queue_size], ram=ram,
+            async with vhost_pair(dev, [queue_size] * (1 + request_queues), ram=ram,
                                   slot_size=slot_size) as (fe, backend):
                 c = FuseClient(fe)
                 c.device = dev  # type: ignore[attr-defined]
