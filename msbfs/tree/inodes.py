@@ -7,8 +7,8 @@ table's own counter (never reused, never equal to ``st_ino`` by design), so the 
 generation stays 0.
 
 The kernel decides how many lookups it holds (its dentry cache), which can be far more
-than the process may have fds. So past ``max_fds`` open inode fds, the least recently
-used one is closed and only its file handle (``name_to_handle_at``) kept; touching the
+than the process may have fds. So past ``max_fds`` open inode fds, a least recently
+used one (CLOCK order) is closed and only its file handle (``name_to_handle_at``) kept; touching the
 inode again re-opens it with ``open_by_handle_at`` (root only, like virtiofsd's
 ``--inode-file-handles``). Handles come only from our own fds, never from a client.
 Inodes that cannot be re-opened that way stay pinned: filesystems without handles,
@@ -33,7 +33,7 @@ _REOPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class Inode:
     __slots__ = ("_fd", "dev", "handle", "ino", "kind", "mount_id", "nlookup", "nodeid",
-                 "nopen", "submount", "table")
+                 "nopen", "submount", "table", "used")
 
     def __init__(self, table: InodeTable, nodeid: int, fd: int, st: os.stat_result,
                  submount: bool) -> None:
@@ -48,6 +48,7 @@ class Inode:
         self.submount = submount
         self.handle: bytes | None = None  # file handle, once the fd had to be closed
         self.mount_id = -1
+        self.used = False  # the fd cache's reference bit (CLOCK: a second chance)
 
     @property
     def fd(self) -> int:
@@ -55,9 +56,7 @@ class Inode:
         fd = self._fd
         if fd < 0:
             return self.table.reopen(self)
-        lru = self.table.lru
-        if lru is not None and self.nodeid in lru:
-            lru.move_to_end(self.nodeid)
+        self.used = True
         return fd
 
 
@@ -184,7 +183,14 @@ class InodeTable:
             self._evict_one(lru)
 
     def _evict_one(self, lru: OrderedDict[int, Inode]) -> None:
-        _nodeid, victim = lru.popitem(last=False)
+        # CLOCK: an inode used since the hand last passed gets a second chance, so the
+        # hot path only sets a flag instead of reordering a list on every access.
+        while True:
+            nodeid, victim = lru.popitem(last=False)
+            if not victim.used:
+                break
+            victim.used = False
+            lru[nodeid] = victim
         fd = victim._fd
         if victim.handle is None:
             try:
