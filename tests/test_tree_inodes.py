@@ -334,3 +334,63 @@ def test_unlinked_inodes_are_never_evicted(tmp_path: Path) -> None:
             tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT)
         attr, _t = tree.getattr(doomed.nodeid, None, ROOT)
         assert attr.nlink == 0 and attr.size == 10
+
+
+def test_fd_cache_off_without_file_handles() -> None:
+    """procfs has no file handles: a tree over it cannot re-open a closed inode fd, so
+    it never closes one (every inode keeps its fd, as without a cache)."""
+    names = [n.encode() for n in os.listdir("/proc") if not n.isdigit()][:40]
+    with Tree("/proc", max_inode_fds=16) as tree:
+        found = 0
+        for n in names:
+            try:
+                tree.lookup(ROOT_ID, n, ROOT)
+                found += 1
+            except OSError:
+                continue
+        assert found > 16
+        stats = tree.statistics().extra
+        assert stats["inode_fd_evictions"] == 0 and stats["inode_fds"] == found + 1
+
+
+def test_fd_cache_can_be_turned_off(tmp_path: Path) -> None:
+    for i in range(40):
+        (tmp_path / f"f{i}").write_bytes(b"")
+    with Tree(tmp_path, max_inode_fds=0) as tree:
+        for i in range(40):
+            tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT)
+        assert tree.statistics().extra["inode_fds"] == 41
+        assert tree.statistics().extra["inode_fd_evictions"] == 0
+
+
+def test_fd_cache_off_when_handles_cannot_be_reopened(tmp_path: Path) -> None:
+    """An unprivileged process can make file handles but not open them (no
+    CAP_DAC_READ_SEARCH): a cache asked for anyway must not strand any inode."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i}").write_bytes(b"x" * i)
+    src_fd = os.open(src, os.O_PATH)
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(rd)
+            os.setgroups([])
+            os.setgid(1000)
+            os.setuid(1000)
+            with Tree(src_fd, max_inode_fds=16) as tree:
+                ids = [tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT).nodeid for i in range(40)]
+                sizes = [tree.getattr(n, None, ROOT)[0].size for n in ids]
+            os.write(wr, repr(sizes).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(wr)
+    os.close(src_fd)
+    with os.fdopen(rd) as f:
+        out = f.read()
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert out == repr(list(range(40)))

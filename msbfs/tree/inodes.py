@@ -79,13 +79,26 @@ class InodeTable:
         self._mount_fds: dict[int, int] = {}
         self.evictions = 0
         self.reopens = 0
-        if self.lru is not None:
-            try:
-                _h, mount_id = self._handle_of(root_fd)
-                self._mount_fds[mount_id] = os.open(
-                    b"/proc/self/fd/%d" % root_fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                pass
+        if self.lru is not None and not self._probe_handles(root_fd):
+            # No way back from a closed fd here (no CAP_DAC_READ_SEARCH, or no handles on
+            # this filesystem): every inode keeps its fd, as without a cache.
+            self.max_fds, self.lru = None, None
+
+    def _probe_handles(self, root_fd: int) -> bool:
+        """Can this process re-open the root from its handle? Seeds the root's mount fd."""
+        try:
+            handle, mount_id = self._handle_of(root_fd)
+            mount_fd = os.open(b"/proc/self/fd/%d" % root_fd,
+                               os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        fd = lib.msb_open_by_handle_at(mount_fd, ffi.from_buffer(handle), _REOPEN_FLAGS)
+        if fd < 0:
+            os.close(mount_fd)
+            return False
+        os.close(fd)
+        self._mount_fds[mount_id] = mount_fd
+        return True
 
     def __len__(self) -> int:
         return len(self._by_id)
