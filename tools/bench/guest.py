@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     p.add_argument("--launch-rounds", type=int, default=3)
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="tcg")
+    p.add_argument("--launch-only", action="store_true", help="only the launch timing")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     results = {k: Result() for k in KINDS}
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 (base / f"launch-{kind}").mkdir(exist_ok=True)
                 results[kind].launch.append(launch_once(kind, base / f"launch-{kind}",
                                                         args.accel))
-        for kind in KINDS:
+        for kind in () if args.launch_only else KINDS:
             share = base / f"share-{kind}"
             share.mkdir()
             r = workloads(kind, share, tools, sizes, args.accel)
@@ -161,11 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _launch_line(v: Result, m: Result) -> None:
+    lv, lm = statistics.median(v.launch), statistics.median(m.launch)
+    print(f"{'launch to command start (median s)':<34}{lv:>12.2f}{lm:>12.2f}{lv / lm:>11.2f}x")
+    print(f"{'  launch rounds (s)':<34}{' '.join(f'{x:.2f}' for x in v.launch):>12}"
+          f"  {' '.join(f'{x:.2f}' for x in m.launch)}")
+
+
 def report(results: dict[str, Result], sizes: Sizes) -> None:
     v, m = results["virtiofsd"], results["msbfs"]
     print(f"{'guest (TCG)':<34}{'virtiofsd':>12}{'msbfs':>12}{'msbfs/vfsd':>12}")
-    lv, lm = statistics.median(v.launch), statistics.median(m.launch)
-    print(f"{'launch to command start (median s)':<34}{lv:>12.2f}{lm:>12.2f}{lv / lm:>11.2f}x")
+    _launch_line(v, m)
+    if not v.times:
+        return
     labels = {
         "seq write": f"seq write {sizes.file_mib} MiB (s)",
         "seq read": f"seq read {sizes.file_mib} MiB (s)",
