@@ -44,6 +44,9 @@ def test_every_mount_kind(sandbox, tmp_path: Path) -> None:
     bind.mkdir()
     (bind / "host.txt").write_text("from the host\n")
     disk = _ext4_image(tmp_path / "disk.img")
+    qcow = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(_ext4_image(tmp_path / "q.raw")),
+                    str(qcow)], check=True)
     volumes.create_volume("vol")
     volumes.create_volume("vdisk", kind="disk", size_mib=32)
     mounts = {
@@ -51,21 +54,23 @@ def test_every_mount_kind(sandbox, tmp_path: Path) -> None:
         "/named": Mount.named("vol"),
         "/scratch": Mount.tmpfs(size_mib=8),
         "/disk": Mount.disk(disk, fstype="ext4"),
+        "/qcow": Mount.disk(qcow),  # format from the name, fstype detected by the guest
         "/vdisk": Mount.named("vdisk"),
         "/bind/ro": Mount.tmpfs(readonly=True),  # nested: mounted after its parent
     }
     with sandbox(mounts) as sb:
-        r = sb.run("cat /bind/host.txt; for d in /bind /named /scratch /disk /vdisk; do "
+        r = sb.run("cat /bind/host.txt; for d in /bind /named /scratch /disk /vdisk /qcow; do "
                    "echo $d > $d/who || exit 1; done; "
-                   "grep -E ' /(bind|named|scratch|disk|vdisk|bind/ro) ' /proc/mounts "
+                   "grep -E ' /(bind|named|scratch|disk|vdisk|qcow|bind/ro) ' /proc/mounts "
                    "| cut -d' ' -f2,3 | sort; df -k /scratch | tail -n 1 | tr -s ' ' "
                    "| cut -d' ' -f2")
         assert r.exit_code == 0, r
         lines = r.stdout.decode().splitlines()
         assert lines[0] == "from the host"
-        assert lines[1:7] == ["/bind virtiofs", "/bind/ro tmpfs", "/disk ext4",
-                              "/named virtiofs", "/scratch tmpfs", "/vdisk ext4"]
-        assert lines[7] == str(8 * 1024)
+        assert lines[1:8] == ["/bind virtiofs", "/bind/ro tmpfs", "/disk ext4",
+                              "/named virtiofs", "/qcow ext4", "/scratch tmpfs",
+                              "/vdisk ext4"]
+        assert lines[8] == str(8 * 1024)
         r = sb.run("touch /bind/ro/x")
         assert r.exit_code != 0 and b"Read-only" in r.stderr
     assert (bind / "who").read_text() == "/bind\n"
@@ -75,6 +80,17 @@ def test_every_mount_kind(sandbox, tmp_path: Path) -> None:
     out = subprocess.run(["debugfs", "-R", "cat /who", str(disk)], capture_output=True,
                          text=True, check=True).stdout
     assert out == "/disk\n"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow), str(tmp_path / "q.out")],
+                   check=True)
+    out = subprocess.run(["debugfs", "-R", "cat /who", str(tmp_path / "q.out")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "/qcow\n"
+
+
+def test_disk_format_is_checked(sandbox, tmp_path: Path) -> None:
+    raw = _ext4_image(tmp_path / "plain.qcow2")  # a raw image with a misleading name
+    with pytest.raises(LaunchError, match="is raw, not qcow2"):
+        sandbox({"/d": Mount.disk(raw)}).start()
 
 
 def test_named_volume_both_ways_and_host_mount(sandbox, tmp_path: Path) -> None:
