@@ -394,3 +394,26 @@ def test_fd_cache_off_when_handles_cannot_be_reopened(tmp_path: Path) -> None:
     _pid, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert out == repr(list(range(40)))
+
+
+def test_open_files_keep_their_inode_fd(tmp_path: Path) -> None:
+    """An inode with an open handle is never evicted, so a file the host unlinks while a
+    client has it open still answers getattr (nlink 0), even without the handle."""
+    for i in range(60):
+        (tmp_path / f"f{i}").write_bytes(b"")
+    (tmp_path / "open").write_bytes(b"12345")
+    with Tree(tmp_path, max_inode_fds=16) as tree:
+        node = tree.lookup(ROOT_ID, b"open", ROOT).nodeid
+        fh = tree.open(node, os.O_RDONLY, ROOT).fh
+        for i in range(60):
+            tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT)
+        os.unlink(tmp_path / "open")
+        attr, _t = tree.getattr(node, None, ROOT)
+        assert attr.nlink == 0 and attr.size == 5
+        tree.release(fh)
+        # Everything open at once: the cache goes over its size rather than loop or fail.
+        handles = [tree.open(tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT).nodeid,
+                             os.O_RDONLY, ROOT).fh for i in range(60)]
+        assert tree.statistics().extra["inode_fds"] > 16
+        for h in handles:
+            tree.release(h)

@@ -192,18 +192,27 @@ class InodeTable:
         if lru is None or inode.nodeid == ROOT_ID or inode.handle == b"":
             return
         lru[inode.nodeid] = inode
+        inode.used = True
         while len(lru) > self.max_fds:  # type: ignore[operator]
-            self._evict_one(lru)
+            if not self._evict_one(lru, inode):
+                break
 
-    def _evict_one(self, lru: OrderedDict[int, Inode]) -> None:
+    def _evict_one(self, lru: OrderedDict[int, Inode], keep: Inode) -> bool:
+        """Close one inode fd (or pin one that cannot be closed); False: none can go."""
         # CLOCK: an inode used since the hand last passed gets a second chance, so the
-        # hot path only sets a flag instead of reordering a list on every access.
-        while True:
+        # hot path only sets a flag instead of reordering a list on every access. One
+        # pass at most: an inode whose fd an operation fetched (flag set) survives the
+        # eviction that a later step of the same operation may cause, so an fd number
+        # in hand is never closed under it. Open files are passed over: their inode
+        # must outlive an unlink on the host.
+        for _ in range(len(lru)):
             nodeid, victim = lru.popitem(last=False)
-            if not victim.used:
+            if not victim.used and not victim.nopen and victim is not keep:
                 break
             victim.used = False
             lru[nodeid] = victim
+        else:
+            return False  # everything is in use: go over the limit rather than strand one
         fd = victim._fd
         if victim.handle is None:
             try:
@@ -212,13 +221,14 @@ class InodeTable:
                 victim.handle, victim.mount_id = self._handle_of(fd)
             except OSError:
                 victim.handle = b""  # pinned: keeps its fd, out of the cache
-                return
+                return True
         if victim.mount_id not in self._mount_fds and not self._add_mount_fd(victim):
             victim.handle = b""  # no way back to that mount yet: keep the fd
-            return
+            return True
         victim._fd = -1
         os.close(fd)
         self.evictions += 1
+        return True
 
     def _add_mount_fd(self, inode: Inode) -> bool:
         """A readable fd on the inode's mount, made from the inode itself when it is a
