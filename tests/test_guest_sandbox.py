@@ -96,7 +96,9 @@ def test_disk_format_is_checked(sandbox, tmp_path: Path) -> None:
 def test_named_volume_both_ways_and_host_mount(sandbox, tmp_path: Path) -> None:
     vol = volumes.create_volume("shared")
     vol.fs().write_text("from-volumefs.txt", "written by VolumeFs\n")
-    with sandbox({"/data": Mount.named("shared")}) as sb:
+    with sandbox({"/data": Mount.named("shared")}, cpus=2, memory_mib=640) as sb:
+        r = sb.run("nproc; free -m | grep -c Mem")
+        assert r.stdout.split() == [b"2", b"1"], r
         r = sb.run("cat /data/from-volumefs.txt && mkdir /data/sub && "
                    "echo 'written by the guest' > /data/sub/from-guest.txt")
         assert r.exit_code == 0, r
@@ -222,3 +224,13 @@ def test_cli_exit_status_stderr_and_ctrl_c(guest_image, guest_daemon, msb_home,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_accel_auto_says_which(sandbox, capfd) -> None:
+    # Here a KVM guest hangs, so auto must end on TCG (remembered per host boot, so only
+    # the first run on a machine pays for the probe); on a KVM host it would say kvm.
+    with sandbox({}, accel="auto") as sb:
+        assert sb.run("true").exit_code == 0
+        used = sb.accel_used
+    assert used in ("kvm", "tcg")
+    assert f"msbfs: accel {used}" in capfd.readouterr().err
