@@ -181,3 +181,11 @@ def test_exit_status_and_streams(guest) -> None:
     assert tuple(r) == (7, "out\n", "err\n")
     r = guest.run("kill -9 $$")
     assert r.status == 128 + 9
+
+
+def test_large_binary_output_is_intact(guest) -> None:
+    # Several MiB through the agent channel, split across many frames, byte for byte.
+    (guest.host_dir / "payload.bin").write_bytes(os.urandom(3 << 20))
+    r = guest.vm.run(["cat", "/mnt/share/payload.bin"])
+    assert r.exit_code == 0
+    assert r.stdout == (guest.host_dir / "payload.bin").read_bytes()
