@@ -55,9 +55,9 @@ def snapshot(path: Path) -> list[tuple[str, int, int]]:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
-@given(seq=calls, quota=st.sampled_from([None, 1 << 16]))
+@given(seq=calls, quota=st.sampled_from([None, 1 << 16]), cache=st.sampled_from([0, 16]))
 def test_random_calls_only_raise_oserror(tmp_path: Path, seq: list[tuple[str, tuple[Any, ...]]],
-                                         quota: int | None) -> None:
+                                         quota: int | None, cache: int) -> None:
     import tempfile
     base = Path(tempfile.mkdtemp(dir=tmp_path))
     os.chmod(base, 0o755)
@@ -68,7 +68,7 @@ def test_random_calls_only_raise_oserror(tmp_path: Path, seq: list[tuple[str, tu
     populate(root)
     outside_before = snapshot(base / "outside")
     before_fds = fd_count()
-    tree = Tree(root, Policy(quota_bytes=quota))
+    tree = Tree(root, Policy(quota_bytes=quota), max_inode_fds=cache)
     try:
         for method, args in seq:
             # A few real node ids and handles so calls get past the first check.
