@@ -10,6 +10,8 @@ import stat
 
 import pytest
 
+from msbfs.launcher.agent import AgentError
+
 pytestmark = pytest.mark.guest
 
 # Each op prints "ARGS -> STATUS MESSAGE OUTPUT" (first lines) with the command's name and
@@ -174,6 +176,14 @@ def test_ownership_as_non_root_guest_user(guest) -> None:
     guest.check("chown 2000:3000 /mnt/share/own/u.txt")
     st = (host / "own" / "u.txt").stat()
     assert (st.st_uid, st.st_gid) == (2000, 3000)
+
+
+def test_timeout_retires_the_channel(boot_guest) -> None:
+    with boot_guest([]) as g:
+        with pytest.raises(AgentError, match="timed out"):
+            g.vm.run(["sleep", "600"], timeout=1)
+        with pytest.raises(AgentError, match="did not finish"):
+            g.vm.run(["true"])
 
 
 def test_exit_status_and_streams(guest) -> None:

@@ -167,6 +167,10 @@ class AgentChannel:
     def run(self, argv: Sequence[str | bytes], env: Mapping[str, str] | None = None,
             cwd: str = "", uid: int = 0, gid: int = 0, timeout: float | None = None,
             on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> RunResult:
+        if self.busy:
+            # The previous command timed out or was interrupted and may still be running;
+            # its frames would be taken for this one's.
+            raise AgentError("an earlier command did not finish; close this guest")
         request = encode_run(argv, DEFAULT_ENV if env is None else env, cwd, uid, gid)
         sent = time.monotonic()
         deadline = None if timeout is None else sent + timeout
