@@ -417,3 +417,21 @@ def test_open_files_keep_their_inode_fd(tmp_path: Path) -> None:
         assert tree.statistics().extra["inode_fds"] > 16
         for h in handles:
             tree.release(h)
+
+
+def test_lookup_path_for_host_side_callers(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_bytes(b"12")
+    (tmp_path / "a" / "ln").symlink_to("b")
+    with Tree(tmp_path) as tree:
+        e = tree.lookup_path("a/b/f")
+        assert e.attr.size == 2 and e.attr.ino == os.stat(tmp_path / "a/b/f").st_ino
+        assert tree.statistics().inodes == 2  # only the result keeps a lookup
+        assert tree.lookup_path("a/./b/../b/f").nodeid == e.nodeid
+        assert tree.lookup_path("../../a/b/f").nodeid == e.nodeid  # .. stops at the root
+        assert tree.lookup_path("").nodeid == ROOT_ID
+        assert err(lambda: tree.lookup_path("a/ln/f")) == errno.ENOTDIR  # never followed
+        assert err(lambda: tree.lookup_path("/etc/passwd")) == errno.EINVAL
+        assert err(lambda: tree.lookup_path("a/missing")) == errno.ENOENT
+        tree.forget(e.nodeid, 3)
+        assert tree.statistics().inodes == 1
