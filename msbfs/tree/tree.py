@@ -24,8 +24,6 @@ import fcntl
 import os
 import resource
 import stat
-import struct
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,6 +32,7 @@ from msbfs._native import lib
 from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.inodes import Inode, InodeTable
+from msbfs.tree.locks import RecordLocks
 from msbfs.tree.policy import Policy, QuotaAccount, allocated, walk_usage
 from msbfs.tree.types import (
     FATTR_ATIME,
@@ -94,7 +93,6 @@ _OPEN_PASS = (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DSYNC | os.O_SYN
               | os.O_DIRECT | os.O_NOATIME | os.O_TRUNC)
 _LOOKUP_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _RESOLVE = syscalls.RESOLVE_CONTAINED
-_FLOCK = struct.Struct("@hhqqi4x")  # struct flock (x86-64 / aarch64 layout)
 
 _DEFAULT_POLICY = Policy()
 
@@ -189,10 +187,7 @@ class Tree:
         self._squash_gid = policy.squash_gid
         self._umask = _process_umask()
         self._ids = Identities()
-        # POSIX record locks: one open file description per (inode, lock owner), so OFD
-        # locks conflict exactly between owners, as POSIX locks between processes.
-        self._lock_fds: dict[tuple[int, int], int] = {}
-        self._lock_fds_lock = threading.Lock()
+        self._locks = RecordLocks()
         self.quota: QuotaAccount | None = None
         if policy.quota_bytes is not None:
             self.quota = QuotaAccount(policy.quota_bytes, walk_usage(fd))
@@ -818,7 +813,7 @@ class Tree:
 
     def flush(self, fh: int, lock_owner: int) -> None:
         h = self._handles.file(fh)
-        self._drop_owner_locks(h.inode, lock_owner)
+        self._locks.drop_owner(h.inode, lock_owner)
         # close() of a dup gives the host filesystem its flush (NFS-style close-to-open).
         os.close(os.dup(h.fd))
 
@@ -831,7 +826,7 @@ class Tree:
             if flock_release:
                 fcntl.flock(h.fd, fcntl.LOCK_UN)
             if lock_owner:
-                self._drop_owner_locks(inode, lock_owner)
+                self._locks.drop_owner(inode, lock_owner)
             if self.quota is not None and inode.nopen == 0:
                 st = os.stat(h.fd)
                 if st.st_nlink == 0:  # unlinked while open, or a never-linked tmpfile
@@ -895,72 +890,15 @@ class Tree:
         finally:
             self._charge_stat(before, os.stat(dst.fd))
 
-    # ---- locks -----------------------------------------------------------------------
-    @staticmethod
-    def _flock_struct(lock: Lock) -> bytes:
-        start = _int(lock.start)
-        end = _int(lock.end)
-        if end < start:
-            raise _err(errno.EINVAL)
-        if lock.type not in (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK):
-            raise _err(errno.EINVAL)
-        length = 0 if end == OFFSET_MAX else end - start + 1
-        return _FLOCK.pack(lock.type, os.SEEK_SET, start, length, 0)
-
-    def _owner_fd(self, h: FileHandle, owner: int, create: bool) -> int | None:
-        key = (h.inode.nodeid, owner)
-        with self._lock_fds_lock:
-            fd = self._lock_fds.get(key)
-            if fd is not None or not create:
-                return fd
-            try:
-                fd = os.open(_proc(h.fd), os.O_RDWR | os.O_CLOEXEC)
-            except OSError:
-                fd = os.open(_proc(h.fd), (h.flags & os.O_ACCMODE) | os.O_CLOEXEC)
-            self._lock_fds[key] = fd
-            return fd
-
-    def _drop_owner_locks(self, inode: Inode, owner: int) -> None:
-        with self._lock_fds_lock:
-            fd = self._lock_fds.pop((inode.nodeid, owner), None)
-        if fd is not None:
-            os.close(fd)  # closing the description releases its OFD locks
-
+    # ---- locks (msbfs.tree.locks) ----------------------------------------------------
     def getlk(self, fh: int, owner: int, lock: Lock) -> Lock:
-        h = self._handles.file(fh)
-        arg = self._flock_struct(lock)
-        fd = self._owner_fd(h, owner, create=False)
-        res = fcntl.fcntl(h.fd if fd is None else fd, fcntl.F_OFD_GETLK, arg)
-        typ, _whence, start, length, _pid = _FLOCK.unpack(res)
-        if typ == fcntl.F_UNLCK:
-            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
-        end = OFFSET_MAX if length == 0 else start + length - 1
-        return Lock(start, end, typ, 0)
-
-    def _setlk(self, fh: int, owner: int, lock: Lock, is_flock: bool, wait: bool) -> None:
-        h = self._handles.file(fh)
-        if is_flock:
-            op = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
-                  fcntl.F_UNLCK: fcntl.LOCK_UN}.get(lock.type)
-            if op is None:
-                raise _err(errno.EINVAL)
-            fcntl.flock(h.fd, op if wait or op == fcntl.LOCK_UN else op | fcntl.LOCK_NB)
-            return
-        arg = self._flock_struct(lock)
-        if lock.type == fcntl.F_RDLCK and not h.readable:
-            raise _err(errno.EBADF)
-        if lock.type == fcntl.F_WRLCK and not h.writable:
-            raise _err(errno.EBADF)
-        fd = self._owner_fd(h, owner, create=lock.type != fcntl.F_UNLCK)
-        if fd is None:
-            return  # unlocking what this owner never locked
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
+        return self._locks.getlk(self._handles.file(fh), owner, lock)
 
     def setlk(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
-        self._setlk(fh, owner, lock, is_flock, False)
+        self._locks.setlk(self._handles.file(fh), owner, lock, is_flock, wait=False)
 
     def setlkw(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
-        self._setlk(fh, owner, lock, is_flock, True)
+        self._locks.setlk(self._handles.file(fh), owner, lock, is_flock, wait=True)
 
     # ---- directories -----------------------------------------------------------------
     def opendir(self, nodeid: int, flags: int, ctx: Ctx) -> Opened:
@@ -1096,10 +1034,7 @@ class Tree:
     # ---- life cycle ------------------------------------------------------------------
     def destroy(self) -> None:
         self._handles.close_all()
-        with self._lock_fds_lock:
-            fds, self._lock_fds = self._lock_fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        self._locks.close_all()
         self._inodes.clear()
 
     def close(self) -> None:
@@ -1116,7 +1051,7 @@ class Tree:
         return Statistics(
             inodes=len(self._inodes), handles=len(self._handles),
             quota_used_bytes=None if self.quota is None else self.quota.used,
-            extra={"lock_fds": len(self._lock_fds), "foreign_devices": len(self._foreign_devs),
+            extra={"lock_fds": len(self._locks), "foreign_devices": len(self._foreign_devs),
                    "inode_fds": self._inodes.open_fds, "inode_fd_evictions": self._inodes.evictions,
                    "inode_fd_reopens": self._inodes.reopens})
 

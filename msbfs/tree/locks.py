@@ -1,0 +1,111 @@
+"""File locks of open handles: POSIX record locks (FUSE GETLK/SETLK/SETLKW) and flock.
+
+POSIX locks belong to a lock *owner* (the client's process), not to a handle: two
+handles of one owner never conflict, closing any of them drops all the owner's locks
+on the file. Open file description (OFD) locks have exactly those semantics per
+description, so each (inode, owner) pair gets its own description of the file (a
+re-open of a handle's fd) and its OFD locks stand for the owner's POSIX locks. They
+are real host locks: native processes on the host see them and conflict with them.
+flock locks belong to the handle's own description, which is what flock means.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import threading
+
+from msbfs.tree.handles import FileHandle
+from msbfs.tree.inodes import Inode
+from msbfs.tree.types import Lock
+
+OFFSET_MAX = (1 << 63) - 1
+_FLOCK = struct.Struct("@hhqqi4x")  # struct flock (x86-64 / aarch64 layout)
+_FLOCK_OPS = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
+              fcntl.F_UNLCK: fcntl.LOCK_UN}
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def _flock_struct(lock: Lock) -> bytes:
+    """FUSE's inclusive [start, end] (end OFFSET_MAX: to EOF) as a struct flock."""
+    start, end = lock.start, lock.end
+    if type(start) is not int or type(end) is not int or not 0 <= start <= end <= OFFSET_MAX:
+        raise _err(errno.EINVAL)
+    if lock.type not in _FLOCK_OPS:
+        raise _err(errno.EINVAL)
+    length = 0 if end == OFFSET_MAX else end - start + 1
+    return _FLOCK.pack(lock.type, os.SEEK_SET, start, length, 0)
+
+
+class RecordLocks:
+    def __init__(self) -> None:
+        self._fds: dict[tuple[int, int], int] = {}  # (node id, owner) -> description
+        # SETLKW runs on a worker thread while the loop thread opens and drops owners.
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def _owner_fd(self, h: FileHandle, owner: int, create: bool) -> int | None:
+        key = (h.inode.nodeid, owner)
+        with self._lock:
+            fd = self._fds.get(key)
+            if fd is not None or not create:
+                return fd
+            proc = b"/proc/self/fd/%d" % h.fd
+            try:
+                # Read-write if the file allows, so read and write locks of one owner
+                # live on one description (two would conflict with each other).
+                fd = os.open(proc, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                fd = os.open(proc, (h.flags & os.O_ACCMODE) | os.O_CLOEXEC)
+            self._fds[key] = fd
+            return fd
+
+    def drop_owner(self, inode: Inode, owner: int) -> None:
+        """The owner closed the file (FLUSH): its POSIX locks on it are gone."""
+        with self._lock:
+            fd = self._fds.pop((inode.nodeid, owner), None)
+        if fd is not None:
+            os.close(fd)  # closing the description releases its OFD locks
+
+    def getlk(self, h: FileHandle, owner: int, lock: Lock) -> Lock:
+        arg = _flock_struct(lock)
+        fd = self._owner_fd(h, owner, create=False)
+        # An owner without a description holds no locks: ask through the handle's fd.
+        res = fcntl.fcntl(h.fd if fd is None else fd, fcntl.F_OFD_GETLK, arg)
+        typ, _whence, start, length, _pid = _FLOCK.unpack(res)
+        if typ == fcntl.F_UNLCK:
+            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
+        end = OFFSET_MAX if length == 0 else start + length - 1
+        return Lock(start, end, typ, 0)
+
+    def setlk(self, h: FileHandle, owner: int, lock: Lock, is_flock: bool,
+              wait: bool) -> None:
+        """EAGAIN when held elsewhere, unless ``wait`` (then it blocks: worker thread)."""
+        if is_flock:
+            op = _FLOCK_OPS.get(lock.type)
+            if op is None:
+                raise _err(errno.EINVAL)
+            fcntl.flock(h.fd, op if wait or op == fcntl.LOCK_UN else op | fcntl.LOCK_NB)
+            return
+        arg = _flock_struct(lock)
+        if lock.type == fcntl.F_RDLCK and not h.readable:
+            raise _err(errno.EBADF)
+        if lock.type == fcntl.F_WRLCK and not h.writable:
+            raise _err(errno.EBADF)
+        fd = self._owner_fd(h, owner, create=lock.type != fcntl.F_UNLCK)
+        if fd is None:
+            return  # unlocking what this owner never locked
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
+
+    def close_all(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
