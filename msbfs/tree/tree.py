@@ -2,17 +2,22 @@
 
 How the rules of DESIGN.md's security model are kept here:
 
-* Resolution: one component at a time, from the parent's ``O_PATH`` fd, with
-  ``openat2(O_PATH | O_NOFOLLOW, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)``. A name is
-  never a path (``/`` is EINVAL), a symlink is opened as itself and never followed,
-  and ``..`` is resolved by the tree (the root's ``..`` is the root).
+* Resolution: one component at a time, from the parent's ``O_PATH`` fd: a
+  ``fstatat(AT_SYMLINK_NOFOLLOW)`` of the single name finds inodes already held (the
+  warm path opens nothing), new ones are opened with ``openat2(O_PATH | O_NOFOLLOW,
+  RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)``. A name is never a path (``/`` is EINVAL),
+  a symlink is opened as itself and never followed, and ``..`` is resolved by the tree
+  (the root's ``..`` is the root; a directory moved out of the root has no parent).
 * Acting on an inode goes through its fd: ``*at(fd, "", AT_EMPTY_PATH)`` calls, or the
   ``/proc/self/fd/N`` re-open (virtiofsd's trick) built from OUR fd number, never from
   a client string.
 * Identity: ops that create, change ownership or need a permission check run under the
   caller's fsuid/fsgid/groups (raw per-thread syscalls), so the host kernel applies its
   own rules: owners, EACCES/EPERM, set-id clearing, sticky directories. A root caller
-  (the common sandbox case) skips the switch.
+  (the common sandbox case) skips the switch; lookups check search permission from
+  the parent's mode bits instead (``msbfs.tree.creds`` has the why).
+* Inodes (``msbfs.tree.inodes``) may have their fd closed and re-opened from a file
+  handle, so fds are bounded by the fd cache, not by the client's lookups.
 * Policy lives in ``msbfs.tree.policy``; this module only calls it.
 """
 
