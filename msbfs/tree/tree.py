@@ -15,7 +15,7 @@ How the rules of DESIGN.md's security model are kept here:
   caller's fsuid/fsgid/groups (raw per-thread syscalls), so the host kernel applies its
   own rules: owners, EACCES/EPERM, set-id clearing, sticky directories. A root caller
   (the common sandbox case) skips the switch; lookups check search permission from
-  the parent's mode bits instead (``msbfs.tree.creds`` has the why).
+  the parent's mode bits instead (``Tree._check_search`` says why).
 * Inodes (``msbfs.tree.inodes``) may have their fd closed and re-opened from a file
   handle, so fds are bounded by the fd cache, not by the client's lookups.
 * Policy lives in ``msbfs.tree.policy``; this module only calls it.
