@@ -233,3 +233,25 @@ def test_unprivileged_daemon_serves_its_own_user(tmp_path: Path) -> None:
     # Root callers get nothing extra from an unprivileged daemon (None: src is 1000's).
     assert out == "2 None"
     assert os.stat(src / "f").st_uid == 1000 and (src / "d").is_dir()
+
+
+def test_lookup_honours_acls_with_posix_acl(make_tree: MakeTree) -> None:
+    """A directory closed by its mode bits but opened to uid 1000 by an ACL entry: with
+    posix_acl the lookup asks the host kernel, which honours the ACL."""
+    import struct
+    tree = make_tree(posix_acl=True)
+    root: Path = tree.path  # type: ignore[attr-defined]
+    (root / "acl").mkdir()
+    (root / "acl" / "x").write_bytes(b"")
+    os.chmod(root / "acl", 0o700)
+    # system.posix_acl_access: USER_OBJ rwx, USER 1000 --x, GROUP_OBJ ---, MASK --x, OTHER ---
+    entries = [(0x01, 7, 0xFFFFFFFF), (0x02, 1, 1000), (0x04, 0, 0xFFFFFFFF),
+               (0x10, 1, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    try:
+        os.setxattr(root / "acl", "system.posix_acl_access", acl)
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs here: {e}")
+    node = walk(tree, "acl")
+    assert tree.lookup(node, b"x", USER).attr.size == 0
+    assert err(lambda: tree.lookup(node, b"x", Ctx(1001, 1001))) == errno.EACCES

@@ -324,6 +324,11 @@ class Tree:
         if name == b"..":
             return self._lookup_dotdot(p)
         if ctx.uid != 0 and self._ids.enabled:
+            if self.posix_acl:
+                # ACLs may grant or deny search beyond the mode bits: ask the host
+                # kernel as the caller (the client checks ACLs too when they are on).
+                with self._creds(ctx):
+                    return self._lookup_component(p, name)
             self._check_search(p, ctx)
         return self._lookup_component(p, name)
 
