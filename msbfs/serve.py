@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import grp
 import json
 import logging
@@ -333,6 +334,9 @@ def run(o: ServeOptions) -> int:
     from vhost import backend  # noqa: F401
 
     setup_logging(o)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a
+    # daemon that stopped answering is stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     lock: Any = None
     shared_dir = o.shared_dir
     quota_mib = o.quota_mib

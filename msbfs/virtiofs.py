@@ -117,7 +117,11 @@ class VirtioFsDevice(VhostUserDevice):
         while True:
             n = lib.msb_fs_serve(cvq, self.table, chains, SLOW_BATCH, BUDGET, self.stats, drained)
             if n < 0:
-                log.warning("queue %d broken by the driver (%s)", index, errno.errorcode.get(-n, n))
+                c = cvq
+                log.warning("queue %d broken by the driver (%s): avail idx %s, last avail %d, "
+                            "used %d", index, errno.errorcode.get(-n, n),
+                            c.avail.idx if c.avail != ffi.NULL else "-", c.last_avail_idx,
+                            c.used_idx)
                 return
             for i in range(n):
                 chain = chains[i]
