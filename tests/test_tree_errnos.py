@@ -102,7 +102,8 @@ for _src, _dst, _flags, _who in [
     ("file", "link", RENAME_NOREPLACE, ROOT), ("file", "new", RENAME_NOREPLACE, ROOT),
     ("file", "sub", RENAME_EXCHANGE, ROOT), ("file", "missing", RENAME_EXCHANGE, ROOT),
     ("missing", "x", 0, ROOT), ("file", "x", 0, USER), ("sticky/rootfile", "shared/x", 0, USER),
-    ("file", "x", 8, ROOT),
+    ("file", "x", 8, ROOT), ("file", "wh", 4, ROOT), ("shared", "shared2", 4, USER),
+    ("file", "sub", RENAME_NOREPLACE | RENAME_EXCHANGE, ROOT),
 ]:
     def _rename(t: Twin, c: Ctx, src: str = _src, dst: str = _dst,
                 flags: int = _flags) -> tuple[Op, Op]:
