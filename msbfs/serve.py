@@ -111,6 +111,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodev", action="store_true", default=None, help="no device nodes")
     p.add_argument("--quota", type=int, metavar="MIB", default=None,
                    help="refuse growth past MIB mebibytes (ENOSPC)")
+    # The Rust virtiofsd's tunables with no meaning here: accepted so its command lines
+    # (kata, libvirt) work unchanged, and logged at debug level.
+    for flag in ("--seccomp", "--inode-file-handles", "--rlimit-nofile", "--modcaps",
+                 "--migration-mode", "--migration-on-error"):
+        p.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"), metavar="X",
+                       default=None, help=argparse.SUPPRESS)
+    for flag in ("--no-readdirplus", "--allow-direct-io", "--killpriv-v2", "--no-killpriv-v2",
+                 "--security-label", "--preserve-noatime", "--allow-mmap", "--no-announce-submounts"):
+        p.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"), action="store_true",
+                       help=argparse.SUPPRESS)
+    p.add_argument("--xattrmap", default=None, help=argparse.SUPPRESS)
     p.add_argument("--keep-serving", action="store_true",
                    help="accept a new frontend after one disconnects (needs a listening socket)")
 
@@ -166,6 +177,11 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
         v = getattr(a, name, None)
         if v is not None:
             setattr(o, name, v)
+    if getattr(a, "xattrmap", None):
+        raise ServeError("--xattrmap is not supported")
+    for k, v in vars(a).items():
+        if k.startswith("ignored_") and v:
+            o.ignored.append(k[len("ignored_"):].replace("_", "-"))
     if a.quota is not None:
         o.quota_mib = a.quota
     if a.debug:

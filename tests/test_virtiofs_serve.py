@@ -61,7 +61,9 @@ async def test_serve_io_then_exit_zero_on_disconnect(tmp_path: Path) -> None:
 
 async def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     sock = str(tmp_path / "s")
-    with run_serve([f"--shared-dir={tmp_path}"], sock) as proc:
+    # the Rust virtiofsd's tunables that mean nothing here are accepted (kata, libvirt)
+    with run_serve([f"--shared-dir={tmp_path}", "--seccomp=kill", "--no-readdirplus",
+                    "--inode-file-handles=never", "--sandbox=none"], sock) as proc:
         c = await connect(sock)
         await c.ok(c.r.getattr(ROOT))
         proc.send_signal(signal.SIGTERM)
@@ -161,6 +163,7 @@ def test_cli_surface(tmp_path: Path) -> None:
         ([f"--shared-dir={tmp_path}", f"--socket-path={tmp_path}/s", "-o", "bogus"], "unknown option"),
         ([f"--shared-dir={tmp_path}", f"--socket-path={tmp_path}/s", "--tag=" + "x" * 40], "tag"),
         ([f"--shared-dir={tmp_path}", "--fd=0"], "not a socket"),
+        ([f"--shared-dir={tmp_path}", f"--socket-path={tmp_path}/s", "--xattrmap=:map::"], "xattrmap"),
     ]:
         r = subprocess.run([*run, *bad], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         assert r.returncode == 1, (bad, r.stderr)
