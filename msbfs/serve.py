@@ -387,6 +387,7 @@ def run(o: ServeOptions) -> int:
     try:
         trio.run(_serve, device, sock, o.keep_serving)
     finally:
+        log.info("statistics: %s", " ".join(f"{k}={v}" for k, v in device.statistics().items()))
         tree.close()
         sock.close()
         if o.socket_path:
