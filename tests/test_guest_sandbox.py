@@ -175,6 +175,9 @@ def test_daemon_death_names_the_mount(sandbox, tmp_path: Path) -> None:
         proc.kill()
         with pytest.raises(LaunchError, match="/dying"):
             sb.run("ls /dying; cat /dying/x", timeout=120)
+        # And every later command, even one that never touches the mount.
+        with pytest.raises(LaunchError, match="/dying"):
+            sb.run("true")
 
 
 def test_guest_panic_is_reported(sandbox) -> None:

@@ -250,6 +250,9 @@ class Vm:
             on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> RunResult:
         if self.channel is None:
             raise LaunchError("the guest is not running")
+        why = self.failure()  # a daemon that died between commands fails the next one
+        if why:
+            raise LaunchError(why)
         return self.channel.run(argv, env, cwd, uid, gid, timeout, on_stdout, on_stderr)
 
     def sh(self, script: str, **kw) -> RunResult:
