@@ -18,7 +18,7 @@ from msbfs.launcher.agent import (
     encode_run,
     parse_exit,
 )
-from msbfs.launcher.daemon import ServedTree, msbfs_serve
+from msbfs.launcher.daemon import ServedTree, msbfs_serve, request_queues, virtiofsd
 from msbfs.launcher.image import GuestImage
 from msbfs.launcher.qemu import BlockDevice, FsDevice, VmConfig, qemu_argv
 from msbfs.launcher.sandbox import Sandbox, _Attached, guest_mount_script
@@ -68,17 +68,19 @@ def test_mount_script_orders_parents_first_and_passes_flags(tmp_path: Path) -> N
 
 def test_command_lines(tmp_path: Path) -> None:
     tree = ServedTree(tag="t", guest_path="/g", volume="v", readonly=True, nodev=True,
-                      quota_mib=7)
+                      quota_mib=7, request_queues=2)
     argv = msbfs_serve(tree, 9)
     assert argv[1:] == ["-m", "msbfs", "serve", "--fd=9", "--tag=t", "--volume=v",
-                        "--readonly", "--nodev", "--quota=7"]
+                        "--readonly", "--nodev", "--quota=7", "--num-request-queues=2"]
+    assert request_queues(msbfs_serve, 4) == 4
+    assert request_queues(virtiofsd, 4) == 1  # Debian's C virtiofsd has one
     cfg = VmConfig(GuestImage(tmp_path), tmp_path / "a.sock", tmp_path / "c.log", cpus=2,
-                   memory_mib=300, accel="tcg", fs=[FsDevice("t", tmp_path / "f.sock")],
+                   memory_mib=300, accel="tcg", fs=[FsDevice("t", tmp_path / "f.sock", 2)],
                    disks=[BlockDevice(tmp_path / "d.img", "qcow2", True, "msbd0")])
     q = " ".join(qemu_argv(cfg))
     assert "memory-backend-memfd,id=mem,size=300M,share=on" in q
     assert "-smp 2" in q and "pc,accel=tcg" in q and "-no-reboot" in q
-    assert "vhost-user-fs-pci,chardev=fs0,tag=t" in q
+    assert "vhost-user-fs-pci,chardev=fs0,tag=t,queue-size=1024,num-request-queues=2" in q
     assert "driver=qcow2,file=f0,node-name=d0,read-only=on" in q
     # virtio-serial precedes every other virtio device: the agent port is vport0p1.
     assert q.index("virtio-serial-pci") < q.index("vhost-user-fs-pci") < q.index("virtio-blk")

@@ -37,6 +37,8 @@ class ServedTree:
     nosuid: bool = False
     nodev: bool = False
     quota_mib: int | None = None
+    #: virtio-fs request queues (Linux >= 6.11 spreads requests over them per CPU).
+    request_queues: int = 1
 
     def describe(self) -> str:
         src = f"volume {self.volume}" if self.volume else str(self.shared_dir)
@@ -57,7 +59,12 @@ def msbfs_serve(tree: ServedTree, fd: int) -> list[str]:
             argv.append(f"--{flag}")
     if tree.quota_mib is not None:
         argv.append(f"--quota={tree.quota_mib}")
+    if tree.request_queues != 1:
+        argv.append(f"--num-request-queues={tree.request_queues}")
     return argv
+
+
+msbfs_serve.max_request_queues = 64  # type: ignore[attr-defined]
 
 
 def virtiofsd(tree: ServedTree, fd: int) -> list[str]:
@@ -67,6 +74,15 @@ def virtiofsd(tree: ServedTree, fd: int) -> list[str]:
         raise ValueError("virtiofsd serves directories only")
     return [VIRTIOFSD, f"--fd={fd}", "-o", f"source={tree.shared_dir}", "-o", "cache=auto",
             "-o", "sandbox=chroot"]
+
+
+# Debian's (QEMU 7.2) C virtiofsd panics on a second request queue.
+virtiofsd.max_request_queues = 1  # type: ignore[attr-defined]
+
+
+def request_queues(daemon: DaemonCommand, cpus: int) -> int:
+    """One request queue per vCPU, as far as the daemon supports."""
+    return max(1, min(cpus, getattr(daemon, "max_request_queues", 1)))
 
 
 def _die_with_parent() -> None:

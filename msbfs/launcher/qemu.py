@@ -25,6 +25,7 @@ QBOOT = Path("/usr/share/qemu/qboot.rom")
 class FsDevice:
     tag: str
     socket: Path
+    request_queues: int = 1
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def qemu_argv(cfg: VmConfig) -> list[str]:
     for i, fs in enumerate(cfg.fs):
         argv += [
             "-chardev", f"socket,id=fs{i},path={fs.socket}",
-            "-device", f"vhost-user-fs-pci,chardev=fs{i},tag={fs.tag},queue-size=1024",
+            "-device", f"vhost-user-fs-pci,chardev=fs{i},tag={fs.tag},queue-size=1024"
+                       f",num-request-queues={fs.request_queues}",
         ]
     for i, disk in enumerate(cfg.disks):
         ro = ",read-only=on" if disk.readonly else ""

@@ -125,7 +125,8 @@ class Sandbox:
                     tag=tag, guest_path=guest_path,
                     shared_dir=None if r.host_path is None else Path(r.host_path),
                     volume=r.volume, readonly=o.readonly, noexec=o.noexec, nosuid=o.nosuid,
-                    nodev=o.nodev, quota_mib=r.quota_mib))
+                    nodev=o.nodev, quota_mib=r.quota_mib,
+                    request_queues=daemons.request_queues(self.daemon, self.cpus)))
                 attached.append(_Attached(guest_path, r, tag=tag))
             elif r.transport == "block":
                 assert r.image_path is not None

@@ -88,7 +88,8 @@ class Vm:
             cpus=self.spec.cpus,
             memory_mib=self.spec.memory_mib,
             accel=self.accel,
-            fs=[FsDevice(t.tag, self.dir / f"fs{i}.sock") for i, t in enumerate(self.spec.trees)],
+            fs=[FsDevice(t.tag, self.dir / f"fs{i}.sock", t.request_queues)
+                for i, t in enumerate(self.spec.trees)],
             disks=[BlockDevice(d.path, d.format, d.readonly, f"msbd{i}")
                    for i, d in enumerate(self.spec.disks)],
         )
