@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Chains handed to Python per C call (each struct msb_chain is ~16 KiB).
 SLOW_BATCH = 32
+#: Slow-path replies between signals to the driver within one round.
+SLOW_NOTIFY_EVERY = 8
 #: Chains popped per C call before Python gets to run again (fairness between queues).
 BUDGET = 256
 #: The largest request we read into Python: a 1 MiB WRITE plus its headers, or a 64 KiB
@@ -128,10 +130,14 @@ class VirtioFsDevice(VhostUserDevice):
                 used = self._serve_slow(vq, chain)
                 if used is None:
                     continue  # deferred: pushed when it completes
-                # Pushed at once, signalled once per round (see msb_fs_serve).
                 if lib.msb_vq_push(cvq, chain.head, used) < 0:
                     log.warning("push on queue %d failed: the ring is broken", index)
                     return
+                if i % SLOW_NOTIFY_EVERY == SLOW_NOTIFY_EVERY - 1:
+                    # Slow requests take ~10 us each: let a waiting driver start on the
+                    # first replies while we serve the rest (fast ones are signalled once
+                    # per round: there a signal per reply costs more than it overlaps).
+                    lib.msb_vq_notify(cvq)
             lib.msb_vq_notify(cvq)
             if drained[0]:
                 # Popped until empty: that is what re-arms the driver's kick. Returning

@@ -333,3 +333,20 @@ def test_handle_hooks_track_open_files(fs) -> None:
     ok(s, r.release(1, fh))
     ok(s, r.destroy())
     assert events == [("open", fh), ("release", fh), ("destroy", 0)]
+
+
+def test_setxattr_ext_layout_when_posix_acl_is_negotiated(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"")
+    tree = Tree(src, posix_acl=True)
+    s = FuseSession(tree, posix_acl=True)
+    r = Requests()
+    flags = abi.fuse_init_out.unpack(ok(s, r.init()))[3]
+    assert flags & abi.FUSE_SETXATTR_EXT and flags & abi.FUSE_POSIX_ACL
+    e = parse_entry(ok(s, r.lookup(ROOT, b"f")))
+    ok(s, r.setxattr(e.nodeid, b"user.ext", b"v2", ext=True))  # 16-byte fuse_setxattr_in
+    assert os.getxattr(src / "f", "user.ext") == b"v2"
+    # the 8-byte layout is now a lie about the value's size
+    assert call(s, r.setxattr(e.nodeid, b"user.old", b"v1", ext=False)).error == errno.EINVAL
+    tree.close()
