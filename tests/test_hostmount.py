@@ -35,6 +35,9 @@ def test_bind_mount_shows_the_source_both_ways(host_mount: MountFactory) -> None
     (m.mnt / "sub" / "from-mount").write_bytes(b"x" * 100_000)
     assert (m.source / "sub" / "from-mount").read_bytes() == b"x" * 100_000
     assert hostmount.mount_fstype(str(m.mnt)) == "fuse.msbfs"
+    dev = os.stat(m.mnt).st_dev
+    bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    assert int(bdi.read_text()) == hostmount.READAHEAD_KIB  # widened by the daemon
     st = os.stat(m.mnt / "sub" / "from-mount")
     assert st.st_size == 100_000 and st.st_nlink == 1
 
