@@ -168,3 +168,33 @@ def test_cli_surface(tmp_path: Path) -> None:
         r = subprocess.run([*run, *bad], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         assert r.returncode == 1, (bad, r.stderr)
         assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+async def test_connected_fd_and_the_c_virtiofsd_command_line(tmp_path: Path) -> None:
+    """libvirt-style: an inherited, already connected socket, and the C virtiofsd's
+    exact argv through the msbfs-virtiofsd entry point."""
+    import socket
+
+    from vhost.connection import Connection
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    argv = [sys.executable, "-m", "msbfs.virtiofsd", f"--fd={theirs.fileno()}",
+            "-o", f"source={tmp_path},cache=auto,sandbox=chroot,xattr,flock,no_posix_lock",
+            "--thread-pool-size=0", "-f", "-o", "log_level=warn"]
+    proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+    theirs.close()
+    try:
+        ours.setblocking(False)
+        fe = Frontend(Connection(trio.socket.from_stdlib_socket(ours)),
+                      GuestRam(((0, 16 << 20),)))
+        await fe.handshake([16, 16])
+        c = FuseClient(fe)
+        await c.init()
+        await c.ok(c.r.mkdir(ROOT, b"via-fd"))
+        await fe.close()
+        assert await wait_exit(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (tmp_path / "via-fd").is_dir()
