@@ -264,3 +264,31 @@ async def test_several_request_queues_share_one_session(fs_client, tmp_path: Pat
         for q, data in chunks.items():
             assert content[q * 8 * 4096:(q * 8 + 8) * 4096] == data * 8
         await c.ok(c.r.release(e.nodeid, fh), queue=3)
+
+
+async def test_a_setlkw_reply_is_dropped_when_its_ring_stopped_meanwhile(fs_client, tmp_path: Path) -> None:
+    async with fs_client(tmp_path) as c:
+        r = c.r
+        p = await c.ok(r.create(ROOT, b"f"))
+        e = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+        fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+        await c.ok(r.lk(Opcode.SETLK, e.nodeid, fh, 1, 0, 10, fcntl.F_WRLCK))
+        q = c.fe.queues[1]
+        q.post([r.lk(Opcode.SETLKW, e.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK)], [64])
+        q.kick()
+        with trio.fail_after(30):
+            while c.device.deferred_running == 0:
+                await trio.sleep(0)  # yield until the device parked it in a thread
+        await c.fe.stop_queue(1)
+        q.reset_rings()
+        await c.fe.start_queue(1)  # a new ring where the old chain means nothing
+        # owner 1 unlocks: the parked waiter gets the lock now, and its reply must not
+        # land in the new ring (the frontend would see an unknown head)
+        await c.ok(r.lk(Opcode.SETLK, e.nodeid, fh, 1, 0, 10, fcntl.F_UNLCK))
+        with trio.fail_after(30):
+            while c.device.deferred_running:
+                await trio.sleep(0)
+        for _ in range(10):
+            await trio.sleep(0)
+        assert q.used_idx() == 1  # only the unlock's reply
+        assert (await c.call(r.getattr(ROOT))).error == 0
