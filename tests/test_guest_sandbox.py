@@ -142,15 +142,24 @@ def test_policy_holds_after_remount(sandbox, tmp_path: Path) -> None:
     os.chmod(Path(vol.path) / "tool.sh", 0o755)
     bind = tmp_path / "ro"
     bind.mkdir()
+    volumes.create_volume("small", quota_mib=4)
     mounts = {"/x": Mount.named("guarded", MountOptions(noexec=True)),
-              "/ro": Mount.bind(bind, MountOptions(readonly=True))}
+              "/ro": Mount.bind(bind, MountOptions(readonly=True)),
+              "/small": Mount.named("small")}
     with sandbox(mounts) as sb:
         sb.run("mount -o remount,exec /x; mount -o remount,rw /ro")
         r = sb.run("/x/tool.sh")
         assert r.exit_code == 126, r
         r = sb.run("touch /ro/new")
         assert r.exit_code != 0 and b"Read-only file system" in r.stderr, r
+        # The quota is the server's too: growth past 4 MiB fails, and statfs says 4 MiB.
+        r = sb.run("dd if=/dev/zero of=/small/big bs=1M count=8 conv=fsync")
+        assert r.exit_code != 0, r
+        assert b"No space left" in r.stderr or b"quota exceeded" in r.stderr, r
+        r = sb.run("df -k /small | tail -n 1 | tr -s ' ' | cut -d' ' -f2")
+        assert r.stdout.strip() == str(4 * 1024).encode(), r
     assert os.listdir(bind) == []
+    assert volumes.get_volume("small").used_bytes <= 4 << 20
 
 
 def test_two_sandboxes_share_a_volume_and_rm_is_refused(sandbox, capsys) -> None:
@@ -196,13 +205,18 @@ def test_cli_exit_status_stderr_and_ctrl_c(guest_image, guest_daemon, msb_home,
     base = [sys.executable, "-m", "msbfs", "run", "--accel", "tcg", "--daemon", daemon,
             "--mount", f"/cli=bind:{share}", "--env", "GREETING=hi", "--workdir", "/cli"]
     env = {**os.environ, "MSBFS_GUEST_DIR": str(guest_image.directory)}
-    r = subprocess.run([*base, "--", "sh", "-c",
-                        'echo "$GREETING from $(pwd)"; echo bad >&2; echo f > f; exit 3'],
+    r = subprocess.run([*base, "--mount", "/v=named:clivol:mode=ensure-exists,quota=16",
+                        "--", "sh", "-c",
+                        'echo "$GREETING from $(pwd)"; echo bad >&2; echo f > f; '
+                        'echo v > /v/made-by-cli; exit 3'],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 3, r
     assert r.stdout == "hi from /cli\n"
     assert r.stderr.endswith("bad\n")
     assert (share / "f").read_text() == "f\n"
+    # The named mount's mode created the volume, with its quota.
+    vol = volumes.get_volume("clivol")
+    assert vol.quota_mib == 16 and vol.fs().read_text("made-by-cli") == "v\n"
 
     # Ctrl-C while the guest command runs: everything goes, exit status 130.
     proc = subprocess.Popen([*base, "--", "sh", "-c", "echo started; exec sleep 600"],
