@@ -351,3 +351,18 @@ def test_setxattr_ext_layout_when_posix_acl_is_negotiated(tmp_path: Path) -> Non
     assert call(s, r.setxattr(e.nodeid, b"user.old", b"v1", ext=False)).error != 0
     assert "user.old" not in os.listxattr(src / "f")
     tree.close()
+
+
+def test_init_again_without_destroy_releases_the_old_session(fs) -> None:
+    s, r, src = fs
+    for i in range(20):
+        (src / f"n{i}").write_bytes(b"")
+        parse_entry(ok(s, r.lookup(ROOT, f"n{i}".encode())))
+    p = ok(s, r.create(ROOT, b"open"))
+    fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+    before = s.tree.statistics()
+    assert before.inodes >= 21 and before.handles >= 1
+    ok(s, r.init())  # a rebooted guest mounts again
+    after = s.tree.statistics()
+    assert after.inodes < before.inodes and after.handles == 0
+    assert call(s, r.read(1, fh, 0, 10)).error == errno.EBADF

@@ -16,7 +16,8 @@ Rules of this module:
   caps READ, READDIR(PLUS), GETXATTR and LISTXATTR so a lying size never makes us build
   a reply that cannot be delivered.
 * Before INIT every request but INIT is answered with ``EIO``; INIT after DESTROY starts
-  a new session (a guest may unmount and mount the same device again).
+  a new session (a guest may unmount and mount the same device again), and INIT without
+  one (a rebooted guest) first releases everything the old session held.
 """
 
 from __future__ import annotations
@@ -312,6 +313,10 @@ class FuseSession:
         neg = kernel & want
         if self.on_destroy is not None:
             self.on_destroy()
+        if self.initialized:
+            # A new INIT without DESTROY: the guest rebooted (or remounted after a crash).
+            # The old session's node ids and handles mean nothing now: release them.
+            self.tree.destroy()
         self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
         self.flags = neg
         self.max_write = MAX_WRITE
