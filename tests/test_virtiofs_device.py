@@ -292,3 +292,13 @@ async def test_a_setlkw_reply_is_dropped_when_its_ring_stopped_meanwhile(fs_clie
             await trio.sleep(0)
         assert q.used_idx() == 1  # only the unlock's reply
         assert (await c.call(r.getattr(ROOT))).error == 0
+
+
+async def test_o_direct_opens_still_serve_unaligned_io(fs_client, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"0123456789" * 100)
+    async with fs_client(tmp_path) as c:
+        e = parse_entry(await c.ok(c.r.lookup(ROOT, b"f")))
+        fh, _ = parse_open(await c.ok(c.r.open(e.nodeid, os.O_RDWR | os.O_DIRECT)))
+        assert await c.ok(c.r.read(e.nodeid, fh, 3, 7)) == b"3456789"  # unaligned offset/size
+        assert u32(await c.ok(c.r.write(e.nodeid, fh, 5, b"xyz"))) == 3
+        assert (tmp_path / "f").read_bytes()[:10] == b"01234xyz89"

@@ -423,6 +423,9 @@ class FuseSession:
 
     # ---- files ----------------------------------------------------------------------------
     def _open_flags(self, flags: int) -> int:
+        # O_DIRECT is the guest's business with its own page cache; on the host it would
+        # demand aligned buffers of every READ/WRITE (virtiofsd drops it by default too).
+        flags &= ~os.O_DIRECT
         if self.flags & abi.FUSE_WRITEBACK_CACHE:
             # With writeback caching the kernel reads pages of write-only files and does
             # O_APPEND itself: the host file must be readable and not append-only.
