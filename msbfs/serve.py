@@ -23,7 +23,6 @@ import signal
 import socket
 import stat
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,13 +310,23 @@ def enter_sandbox(mode: str, shared_dir: str) -> None:
     """
     if mode == "none":
         return
+    # The new root is a tmpfs mounted over /tmp inside our private namespace (so nothing
+    # is left behind on the host); the shared directory is bound into it through an fd,
+    # since it may itself live under /tmp.
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
-    new_root = tempfile.mkdtemp(prefix="msbfs-sandbox-")
-    _mount("msbfs-root", new_root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k")
-    for d in ("shared", "proc", "old"):
-        os.mkdir(os.path.join(new_root, d))
-    _mount(shared_dir, os.path.join(new_root, "shared"), None, MS_BIND | MS_REC)
+    # opened after unshare: a bind source must be a mount of our own namespace
+    src_fd = os.open(shared_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        new_root = "/tmp"
+        _mount("msbfs-root", new_root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               "mode=0755,size=64k")
+        for d in ("shared", "proc", "old"):
+            os.mkdir(os.path.join(new_root, d))
+        _mount(f"/proc/self/fd/{src_fd}", os.path.join(new_root, "shared"), None,
+               MS_BIND | MS_REC)
+    finally:
+        os.close(src_fd)
     _mount("proc", os.path.join(new_root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if mode == "namespace":
         os.chdir(new_root)
