@@ -366,3 +366,18 @@ def test_init_again_without_destroy_releases_the_old_session(fs) -> None:
     after = s.tree.statistics()
     assert after.inodes < before.inodes and after.handles == 0
     assert call(s, r.read(1, fh, 0, 10)).error == errno.EBADF
+
+
+def test_no_effect_without_room_for_the_answer(fs) -> None:
+    s, r, src = fs
+    (src / "f").write_bytes(b"abc")
+    base = s.tree.statistics().inodes
+    assert call(s, r.lookup(ROOT, b"f"), room=100).error == errno.EINVAL
+    assert s.tree.statistics().inodes == base  # no lookup counted
+    assert call(s, r.create(ROOT, b"g"), room=150).error == errno.EINVAL
+    assert not (src / "g").exists()
+    e = parse_entry(ok(s, r.lookup(ROOT, b"f")))
+    fh, _ = parse_open(ok(s, r.open(e.nodeid, os.O_RDWR)))
+    assert call(s, r.write(e.nodeid, fh, 0, b"XYZ"), room=20).error == errno.EINVAL
+    assert (src / "f").read_bytes() == b"abc"
+    ok(s, r.release(e.nodeid, fh))

@@ -302,3 +302,74 @@ async def test_o_direct_opens_still_serve_unaligned_io(fs_client, tmp_path: Path
         assert await c.ok(c.r.read(e.nodeid, fh, 3, 7)) == b"3456789"  # unaligned offset/size
         assert u32(await c.ok(c.r.write(e.nodeid, fh, 5, b"xyz"))) == 3
         assert (tmp_path / "f").read_bytes()[:10] == b"01234xyz89"
+
+
+async def test_randomised_read_write_chains_stay_in_bounds_and_match_a_model(fs_client, tmp_path: Path) -> None:
+    """2,000 seeded random READ/WRITE chains (good and bad handles, lying sizes, odd
+    buffer splits, offsets near 2^63) against a shadow model of the file. Every reply's
+    length is its header's, nothing is written past it (canary bytes survive), and
+    the file always equals the model."""
+    import random
+
+    rnd = random.Random(5)
+    size0 = 64 * 1024
+    model = bytearray(rnd.randbytes(size0))
+    (tmp_path / "f").write_bytes(model)
+    async with fs_client(tmp_path, slot_size=160 * 1024, queue_size=16) as c:
+        r = c.r
+        e = parse_entry(await c.ok(r.lookup(ROOT, b"f")))
+        fh, _ = parse_open(await c.ok(r.open(e.nodeid, os.O_RDWR)))
+        q = c.fe.queues[1]
+
+        def split(total: int) -> list[int]:
+            cuts = sorted(rnd.sample(range(1, total), min(rnd.randrange(0, 4), total - 1))) if total > 1 else []
+            return [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+
+        for _ in range(2000):
+            is_read = rnd.random() < 0.5
+            handle = fh if rnd.random() < 0.8 else rnd.choice([0, fh + 1, 2**64 - 1])
+            offset = rnd.choice([0, rnd.randrange(0, size0 + 4096), 2**63 - 1, 2**63, 2**64 - 1])
+            if is_read:
+                want = rnd.randrange(0, 40000)
+                req = r.read(e.nodeid, handle, offset, want)
+                room = rnd.choice([16, 100, want + 16, want + 16 + rnd.randrange(0, 5000), 8])
+                data = b""
+            else:
+                data = rnd.randbytes(rnd.randrange(0, 40000))
+                req = r.write(e.nodeid, handle, offset, data)
+                if rnd.random() < 0.1:  # lie about the payload size
+                    req = req[:56] + (len(data) + rnd.choice([-1, 1, 4096])).to_bytes(4, "little", signed=False) + req[60:] if data else req
+                room = rnd.choice([24, 16, 8, 4096])
+            readable, pos = [], 0
+            for n in split(len(req)):
+                readable.append(req[pos:pos + n])
+                pos += n
+            writable = split(room) if room > 0 else [room]
+            p = q.post(readable, writable)
+            for gpa, n in p.writable:
+                c.fe.ram.fill(gpa, n, 0xA5)
+            q.kick()
+            with trio.fail_after(30):
+                done = await q.wait(p)
+            raw = b"".join(c.fe.ram.read(gpa, n) for gpa, n in p.writable)
+            assert set(raw[done.used_len:]) <= {0xA5}, "written past the used length"
+            if done.used_len == 0:
+                assert room < 16
+                continue
+            rep = parse_reply(done.data)  # its header's length equals the used length
+            if is_read and rep.error == 0:
+                assert handle == fh and offset <= 2**63 - 1
+                n = min(want, room - 16)
+                assert rep.payload == bytes(model[offset:offset + n])
+            elif not is_read and rep.error == 0:
+                n = u32(rep.payload)
+                assert handle == fh and n == len(data)
+                end = offset + n
+                if end > len(model):
+                    model.extend(b"\0" * (end - len(model)))
+                model[offset:end] = data
+            else:
+                assert rep.error in (errno.EBADF, errno.EINVAL, errno.EFBIG, errno.EOVERFLOW,
+                                     errno.ENOSPC), rep
+        await c.ok(r.release(e.nodeid, fh))
+    assert (tmp_path / "f").read_bytes() == bytes(model)

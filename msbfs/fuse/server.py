@@ -55,6 +55,21 @@ BASE_FLAGS = (
 )
 
 
+#: The smallest successful reply of opcodes whose success has effects the driver must
+#: learn of (new node ids, lookup counts, bytes written, handles).
+_ENTRY_REPLY = HEADER + abi.FUSE_ENTRY_OUT_SIZE
+_MIN_REPLY: dict[int, int] = {
+    Opcode.LOOKUP: _ENTRY_REPLY, Opcode.MKNOD: _ENTRY_REPLY, Opcode.MKDIR: _ENTRY_REPLY,
+    Opcode.SYMLINK: _ENTRY_REPLY, Opcode.LINK: _ENTRY_REPLY,
+    Opcode.CREATE: _ENTRY_REPLY + abi.fuse_open_out.size,
+    Opcode.TMPFILE: _ENTRY_REPLY + abi.fuse_open_out.size,
+    Opcode.OPEN: HEADER + abi.fuse_open_out.size, Opcode.OPENDIR: HEADER + abi.fuse_open_out.size,
+    Opcode.WRITE: HEADER + abi.fuse_write_out.size,
+    Opcode.COPY_FILE_RANGE: HEADER + abi.fuse_write_out.size,
+    Opcode.SETATTR: HEADER + abi.FUSE_ATTR_OUT_SIZE,
+}
+
+
 class BadRequest(Exception):
     """A request that does not parse: answered with EINVAL."""
 
@@ -266,6 +281,10 @@ class FuseSession:
         handler = self._handlers.get(opcode)
         if handler is None:
             return error_reply(unique, errno.ENOSYS)
+        if room < _MIN_REPLY.get(opcode, HEADER):
+            # Refuse before acting: a WRITE done or a lookup counted whose answer cannot
+            # be delivered would leave the driver and us disagreeing.
+            return error_reply(unique, errno.EINVAL)
         key = (uid, gid, pid)
         ctx = self._ctxs.get(key)
         if ctx is None:
