@@ -55,7 +55,6 @@ from vhost.messages import (
 
 PAGE = 4096
 DESC = struct.Struct("<QIHH")
-U16 = struct.Struct("<H")
 USED_ELEM = struct.Struct("<II")
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
 
@@ -202,6 +201,14 @@ class FrontendQueue:
         self._avail_mv = self.ram.view(self.avail, 6 + 2 * n)
         self._used_mv = self.ram.view(self.used, 6 + 8 * n)
         self._arena_mv = self.ram.view(self.arena, self.slot_size * n)
+        # Ring indexes and flags are shared with a device that may run in another process
+        # at the same moment: they must be read and written with single 16-bit accesses.
+        # struct.pack_into/unpack_from move one byte at a time, so a device could see
+        # avail->idx torn (e.g. the low byte already 0, the high byte not yet written),
+        # read it as a jump past the queue size and rightly mark the ring broken.
+        self._ring_bufs = (ffi.from_buffer(self._avail_mv), ffi.from_buffer(self._used_mv))
+        self._avail16 = ffi.cast("uint16_t *", self._ring_bufs[0])
+        self._used16 = ffi.cast("uint16_t *", self._ring_bufs[1])
         self.reset_rings()
 
     def reset_rings(self) -> None:
@@ -215,6 +222,8 @@ class FrontendQueue:
         self.inflight.clear()
 
     def close(self) -> None:
+        for buf in self._ring_bufs:
+            ffi.release(buf)
         for mv in (self._desc_mv, self._avail_mv, self._used_mv, self._arena_mv):
             mv.release()
         close_fds([self.kick_fd, self.call_fd, self.err_fd])
@@ -232,27 +241,28 @@ class FrontendQueue:
 
     def publish(self, heads: Sequence[int]) -> None:
         """Put heads in the avail ring and move avail->idx past them."""
+        avail16 = self._avail16
         for h in heads:
-            U16.pack_into(self._avail_mv, 4 + 2 * (self.avail_idx % self.size), h)
+            avail16[2 + self.avail_idx % self.size] = h
             self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         lib.msb_mb()
-        U16.pack_into(self._avail_mv, 2, self.avail_idx)
+        avail16[1] = self.avail_idx
 
     def set_avail_idx(self, value: int) -> None:
         self.avail_idx = value & 0xFFFF
-        U16.pack_into(self._avail_mv, 2, self.avail_idx)
+        self._avail16[1] = self.avail_idx
 
     def used_idx(self) -> int:
-        return U16.unpack_from(self._used_mv, 2)[0]
+        return self._used16[1]
 
     def avail_event(self) -> int:
-        return U16.unpack_from(self._used_mv, 4 + 8 * self.size)[0]
+        return self._used16[2 + 4 * self.size]
 
     def set_used_event(self, value: int) -> None:
-        U16.pack_into(self._avail_mv, 4 + 2 * self.size, value & 0xFFFF)
+        self._avail16[2 + self.size] = value & 0xFFFF
 
     def set_no_interrupt(self, on: bool) -> None:
-        U16.pack_into(self._avail_mv, 0, 1 if on else 0)
+        self._avail16[0] = 1 if on else 0
 
     # ---- the driver -------------------------------------------------------------------
 

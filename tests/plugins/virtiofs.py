@@ -23,12 +23,7 @@ from typing import Any
 import pytest
 
 from msbfs.fuse.kernel import Reply, Requests, parse_reply
-from tools.bench.virtiofs_frontend import atomic_ring_stores
 from vhost.frontend import Frontend, GuestRam
-
-# The daemon-process tests run the frontend concurrently with a daemon: its ring index
-# stores must not tear (see atomic_ring_stores).
-atomic_ring_stores()
 
 HIPRIO, REQUEST_QUEUE = 0, 1
 DEFAULT_REPLY = 8192

@@ -24,14 +24,11 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import trio
-from msbfs._native import ffi, lib
 
 from msbfs.fuse import abi
 from msbfs.fuse.kernel import Requests, parse_entry, parse_open, parse_reply
-from vhost import frontend as _frontend
 from vhost.frontend import Frontend, GuestRam
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -39,46 +36,6 @@ ROOT = 1
 HDR = 16
 MIB = 1 << 20
 KINDS = ("virtiofsd", "msbfs")
-
-
-def _store16(view: memoryview, value: int) -> None:
-    """One 16-bit store, as a driver must publish ring indexes."""
-    ffi.cast("uint16_t *", ffi.from_buffer(view))[0] = value
-
-
-def atomic_ring_stores() -> None:
-    """Make the in-tree frontend publish ``avail->idx`` and ``used_event`` with single
-    16-bit stores.
-
-    Its ring writes go through ``struct.pack_into``, which clears the bytes before it
-    writes them: a device running at the same time in another process (a daemon, not
-    the in-process test backend) can read ``avail->idx`` as 0 in between, sees the index
-    jump by more than the queue size, and rightly marks the ring broken (reproduced:
-    ``queue 1 broken by the driver (EINVAL): avail idx 0`` after ~500k requests). A torn
-    ``used_event`` can likewise swallow a notification. Idempotent.
-    """
-    q = _frontend.FrontendQueue
-    if getattr(q, "_msbfs_atomic", False):
-        return
-
-    def publish(self: Any, heads: Any) -> None:
-        for h in heads:
-            _store16(self.ram.view(self.avail + 4 + 2 * (self.avail_idx % self.size), 2), h)
-            self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        lib.msb_mb()
-        _store16(self.ram.view(self.avail + 2, 2), self.avail_idx)
-
-    def set_avail_idx(self: Any, value: int) -> None:
-        self.avail_idx = value & 0xFFFF
-        _store16(self.ram.view(self.avail + 2, 2), self.avail_idx)
-
-    def set_used_event(self: Any, value: int) -> None:
-        _store16(self.ram.view(self.avail + 4 + 2 * self.size, 2), value & 0xFFFF)
-
-    q.publish = publish  # type: ignore[method-assign]
-    q.set_avail_idx = set_avail_idx  # type: ignore[method-assign]
-    q.set_used_event = set_used_event  # type: ignore[method-assign]
-    q._msbfs_atomic = True  # type: ignore[attr-defined]
 
 
 def start_daemon(kind: str, shared: Path, sock: Path) -> subprocess.Popen:
@@ -323,7 +280,6 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.n_small, args.n_big, args.n_meta, args.file_mib, args.rounds = 1000, 32, 400, 16, 1
-    atomic_ring_stores()
     trio.run(main_async, args)
 
 
