@@ -170,6 +170,12 @@ def test_two_sandboxes_share_a_volume_and_rm_is_refused(sandbox, capsys) -> None
         r = b.run("cat /v/a.txt && echo from-b > /v/b.txt")
         assert (r.exit_code, r.stdout) == (0, b"from-a\n")
         assert a.run(["cat", "/v/b.txt"]).stdout == b"from-b\n"
+        r = a.run("touch /v/mine", uid=1000, gid=100)  # the volume root is root's, 0755
+        assert r.exit_code == 1 and b"Permission denied" in r.stderr, r
+        assert a.run("mkdir -m 1777 /v/pub").exit_code == 0
+        r = a.run("id -u; id -g; touch mine; stat -c '%u:%g' mine", uid=1000, gid=100,
+                  workdir="/v/pub")
+        assert r.stdout.split() == [b"1000", b"100", b"1000:100"], r
         assert msbfs_main(["volume", "rm", "both"]) != 0
         assert "in use" in capsys.readouterr().err
         assert volumes.get_volume("both").fs().read_text("a.txt") == "from-a\n"

@@ -197,14 +197,16 @@ class Sandbox:
 
     def run(self, cmd: Sequence[str] | str, env: Mapping[str, str] | None = None,
             workdir: str = "/", on_stdout: Sink | None = None,
-            on_stderr: Sink | None = None, timeout: float | None = None) -> RunResult:
-        """Run ``cmd`` (argv, or a string for ``/bin/sh -c``) in the guest as root."""
+            on_stderr: Sink | None = None, timeout: float | None = None,
+            uid: int = 0, gid: int = 0) -> RunResult:
+        """Run ``cmd`` (argv, or a string for ``/bin/sh -c``) in the guest, as root unless
+        ``uid``/``gid`` say otherwise. stdin is ``/dev/null``."""
         if self.vm is None:
             raise LaunchError("the sandbox is not running (use it as a context manager)")
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         full_env = {**DEFAULT_ENV, **(env or {})}
-        return self.vm.run(argv, env=full_env, cwd=workdir, timeout=timeout,
-                           on_stdout=on_stdout, on_stderr=on_stderr)
+        return self.vm.run(argv, env=full_env, cwd=workdir, uid=uid, gid=gid,
+                           timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr)
 
     @property
     def accel_used(self) -> str | None:
