@@ -433,6 +433,9 @@ class MountOptions:
     uid: int | None = None
     gid: int | None = None
     quota_mib: int | None = None
+    #: The kernel's writeback cache: small writes are gathered in the page cache and
+    #: sent as large WRITEs. Errors (ENOSPC) then surface at fsync/close, not write().
+    writeback: bool = False
 
     @classmethod
     def parse(cls, text: str | None) -> MountOptions:
@@ -443,13 +446,13 @@ class MountOptions:
                 continue
             key, eq, value = item.partition("=")
             if key in ("ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev",
-                       "allow_other") and not eq:
+                       "allow_other", "writeback") and not eq:
                 if key in ("ro", "rw"):
                     flags["readonly"] = key == "ro"
                 elif key.startswith("no"):
                     flags[key] = True
-                elif key == "allow_other":
-                    flags["allow_other"] = True
+                elif key in ("allow_other", "writeback"):
+                    flags[key] = True
                 else:
                     flags["no" + key] = False
             elif key in ("uid", "gid", "quota") and eq:
@@ -463,7 +466,7 @@ class MountOptions:
             else:
                 raise InvalidMountSpec(
                     f"unknown mount option {item!r} (known: ro, noexec, nosuid, nodev, "
-                    "allow_other, uid=N, gid=N, quota=MIB)")
+                    "allow_other, uid=N, gid=N, quota=MIB, writeback)")
         return cls(**flags)
 
     def kernel_options(self, fsname: str, *, mirror_policy: bool = True) -> set[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.hostmount import HostMount, needs_root
+from tests.plugins.hostmount import HostMount, MountFactory, needs_root
 
 pytestmark = [pytest.mark.fuse, needs_root]
 
@@ -311,3 +311,24 @@ def test_hypothesis_driven_sequences(shared_host_mount: HostMount, tmp_path: Pat
             mounted.close_all()
 
     run()
+
+
+@pytest.mark.xfail(strict=True, reason="Tree(writeback=True) re-opens O_WRONLY files O_RDWR "
+                   "for the kernel's page reads but records the handle as write-only, so "
+                   "the read-modify-write of a partial page gets EBADF")
+def test_same_results_with_the_writeback_cache(host_mount: MountFactory,
+                                               tmp_path: Path) -> None:
+    """``-o writeback`` lets the kernel gather writes in its page cache: the same
+    operations must still give the same results."""
+    m = host_mount(options="writeback")
+    seed = 11
+    native, mounted = fresh_worlds(tmp_path / "native", m.mnt / "wb")
+    ex = Exerciser(random.Random(seed), native, mounted)
+    try:
+        for n in range(1500):
+            ex.step(n, seed)
+            if n % 50 == 49:
+                ex.compare_trees(n, seed)
+    finally:
+        native.close_all()
+        mounted.close_all()

@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-o", dest="options", metavar="OPTS", default="",
                    help="comma-separated: ro, noexec, nosuid, nodev, allow_other, uid=N, "
-                        "gid=N (show every file as owned by N), quota=MIB")
+                        "gid=N (show every file as owned by N), quota=MIB, writeback "
+                        "(experimental: the kernel's writeback cache; faster small writes, "
+                        "errors such as ENOSPC show at fsync/close)")
     p.add_argument("--foreground", action="store_true",
                    help="serve in this process until unmounted or SIGINT/SIGTERM")
     p.add_argument("--no-kernel-flags", action="store_true",
@@ -121,10 +123,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         mountpoint = check_mountpoint(args.mountpoint)
         src = open_source(args.source, options)
         try:
-            tree = build_tree(src, options)
+            tree = build_tree(src, options, writeback=options.writeback)
             try:
                 serve(tree, mountpoint, options, fsname=src.label,
-                      mirror_policy=not args.no_kernel_flags, on_ready=ready.ready)
+                      mirror_policy=not args.no_kernel_flags, writeback=options.writeback,
+                      on_ready=ready.ready)
             finally:
                 tree.close()
         finally:
