@@ -79,7 +79,7 @@ def test_command_lines(tmp_path: Path) -> None:
                    disks=[BlockDevice(tmp_path / "d.img", "qcow2", True, "msbd0")])
     q = " ".join(qemu_argv(cfg))
     assert "memory-backend-memfd,id=mem,size=300M,share=on" in q
-    assert "-smp 2" in q and "pc,accel=tcg" in q and "-no-reboot" in q
+    assert "-smp 2" in q and "-accel tcg,thread=single" in q and "-no-reboot" in q
     assert "vhost-user-fs-pci,chardev=fs0,tag=t,queue-size=1024,num-request-queues=2" in q
     assert "driver=qcow2,file=f0,node-name=d0,read-only=on" in q
     # virtio-serial precedes every other virtio device: the agent port is vport0p1.
