@@ -273,3 +273,20 @@ int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *sl
     }
     return nslow;
 }
+
+/* ---- the slow path's transport -------------------------------------------------------- */
+
+uint32_t msb_fs_gather(const struct msb_chain *c, void *buf, uint32_t cap)
+{
+    msb_iov_copy_from(c->iov, c->nout, 0, buf, c->out_len < cap ? c->out_len : cap);
+    return c->out_len;
+}
+
+int64_t msb_fs_answer(struct msb_vq *vq, const struct msb_chain *c, const void *reply, uint32_t len)
+{
+    if (len > c->in_len)
+        return -EMSGSIZE;
+    msb_iov_copy_to(c->iov + c->nout, c->nin, 0, reply, len);
+    int r = msb_vq_push(vq, c->head, len);
+    return r < 0 ? r : (int64_t)len;
+}

@@ -57,4 +57,12 @@ int msb_fs_table_get(const struct msb_fs_table *t, uint64_t fh, int dir);
 int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
                  int max_slow, int budget, struct msb_fs_stats *st, int *drained);
 
+/* Python's slow path, one crossing each way per request. msb_fs_gather copies the
+ * chain's readable part into buf (at most cap bytes) and returns its full length
+ * (> cap: the caller must not parse it). msb_fs_answer scatters a reply into the
+ * writable part and pushes it: the used length, -EMSGSIZE when the reply does not
+ * fit (nothing pushed), or the push's -errno. */
+uint32_t msb_fs_gather(const struct msb_chain *c, void *buf, uint32_t cap);
+int64_t msb_fs_answer(struct msb_vq *vq, const struct msb_chain *c, const void *reply, uint32_t len);
+
 #endif

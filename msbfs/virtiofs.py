@@ -81,6 +81,12 @@ class VirtioFsDevice(VhostUserDevice):
         # ring and maybe its guest memory are gone).
         self._epoch: dict[int, int] = {}
         self.deferred_running = 0
+        # One request buffer for the device: a request is parsed and answered before the
+        # next is gathered (no checkpoint in between), and the codec keeps no view of it
+        # (names and values are copied out; a deferred SETLKW holds parsed numbers only).
+        self._req = bytearray(MAX_REQUEST)
+        self._req_view = memoryview(self._req)
+        self._req_ptr = ffi.from_buffer(self._req)
 
     # ---- VhostUserDevice -----------------------------------------------------------------
     def device_features(self) -> int:
@@ -130,11 +136,9 @@ class VirtioFsDevice(VhostUserDevice):
                             c.used_idx)
                 return
             for i in range(n):
-                chain = chains[i]
-                used = self._serve_slow(vq, chain)
-                if used is None:
-                    continue  # deferred: pushed when it completes
-                if lib.msb_vq_push(cvq, chain.head, used) < 0:
+                c = chains + i
+                used = self._serve_slow(cvq, vq, c)
+                if used < 0:
                     log.warning("push on queue %d failed: the ring is broken", index)
                     return
                 if i % SLOW_NOTIFY_EVERY == SLOW_NOTIFY_EVERY - 1:
@@ -150,45 +154,41 @@ class VirtioFsDevice(VhostUserDevice):
             await trio.lowlevel.checkpoint()
 
     # ---- the slow path -------------------------------------------------------------------------
-    def _serve_slow(self, vq: Any, chain: Any) -> int | None:
-        """Answer one chain through the codec; the used length, or None when deferred."""
-        out_len = chain.out_len
-        in_len = chain.in_len
-        n = min(out_len, MAX_REQUEST)
-        if out_len > MAX_REQUEST:
-            n = abi.fuse_in_header.size
-        buf = bytearray(n)
-        lib.msb_iov_copy_from(chain.iov, chain.nout, 0, ffi.from_buffer(buf), n)
-        if out_len > MAX_REQUEST:
+    def _serve_slow(self, cvq: Any, vq: Any, c: Any) -> int:
+        """Answer one chain through the codec and push it: the used length, 0 when
+        deferred (pushed when it completes), < 0 when the ring broke."""
+        n = lib.msb_fs_gather(c, self._req_ptr, MAX_REQUEST)
+        if n > MAX_REQUEST:
             # Too long to be a request of ours: answer from the header alone.
-            unique = int.from_bytes(buf[8:16], "little")
+            unique = int.from_bytes(self._req[8:16], "little")
             reply: bytes | Deferred | None = error_reply(unique, errno.EINVAL)
         else:
-            reply = self.session.dispatch(buf, in_len)
+            reply = self.session.dispatch(self._req_view[:n], c.in_len)
+        if type(reply) is bytes:
+            return self._answer(cvq, c, reply)
         if reply is None:
-            return 0
-        if isinstance(reply, Deferred):
-            self._defer(vq, chain, reply)
-            return None
-        return self._write_reply(chain, reply)
+            return lib.msb_vq_push(cvq, c.head, 0)
+        assert isinstance(reply, Deferred)
+        self._defer(vq, c, reply)
+        return 0
 
     @staticmethod
-    def _write_reply(chain: Any, reply: bytes) -> int:
-        in_len = chain.in_len
-        if len(reply) > in_len:
+    def _answer(cvq: Any, c: Any, reply: bytes) -> int:
+        r = lib.msb_fs_answer(cvq, c, reply, len(reply))
+        if r == -errno.EMSGSIZE:
             # The driver gave too little room (the codec already clamps sizes): say so
             # if even a header fits, else give the buffer back empty.
             unique = int.from_bytes(reply[8:16], "little")
-            reply = error_reply(unique, errno.EINVAL)
-            if len(reply) > in_len:
-                return 0
-        lib.msb_iov_copy_to(chain.iov + chain.nout, chain.nin, 0, reply, len(reply))
-        return len(reply)
+            r = lib.msb_fs_answer(cvq, c, error_reply(unique, errno.EINVAL),
+                                     abi.fuse_out_header.size)
+            if r == -errno.EMSGSIZE:
+                r = lib.msb_vq_push(cvq, c.head, 0)
+        return r
 
     def _defer(self, vq: Any, chain: Any, d: Deferred) -> None:
         # The chain buffer is reused by the next kick: keep a private copy of it.
         saved = ffi.new("struct msb_chain *")
-        ffi.memmove(saved, ffi.addressof(chain), ffi.sizeof("struct msb_chain"))
+        ffi.memmove(saved, chain, ffi.sizeof("struct msb_chain"))
         epoch = (self._epoch.get(vq.index, 0), vq.c.mem)
         # A system task: it outlives this kick's handler, and is cancelled (its thread
         # abandoned) when the daemon's trio run ends.
@@ -211,8 +211,7 @@ class VirtioFsDevice(VhostUserDevice):
         self._push_now(vq, saved, reply)
 
     def _push_now(self, vq: Any, chain: Any, reply: bytes) -> None:
-        used = self._write_reply(chain, reply)
-        if lib.msb_vq_push(vq.c, chain.head, used) == 0:
+        if self._answer(vq.c, chain, reply) >= 0:
             lib.msb_vq_notify(vq.c)
 
     # ---- the C handle table ----------------------------------------------------------------------

@@ -139,6 +139,60 @@ def encode_attr_out(attr: Attr, timeout: float) -> bytes:
     return abi.fuse_attr_out_head.pack(s, ns) + encode_attr(attr)
 
 
+# Whole replies in one pack: fuse_out_header + fuse_entry_out (or fuse_attr_out) +
+# fuse_attr. Lookup and getattr are most of a guest's requests; building the reply
+# from parts cost three packs and two concatenations each.
+_ATTR_FMT = abi.fuse_attr.format.lstrip("<=")
+_entry_reply = struct.Struct("<IiQQQQQII" + _ATTR_FMT)
+_create_reply = struct.Struct("<IiQQQQQII" + _ATTR_FMT + "QI4x")  # + fuse_open_out
+_attr_reply = struct.Struct("<IiQQI4x" + _ATTR_FMT)
+_ENTRY_REPLY_LEN = _entry_reply.size
+_ATTR_REPLY_LEN = _attr_reply.size
+_CREATE_REPLY_LEN = _create_reply.size
+assert _ENTRY_REPLY_LEN == HEADER + abi.FUSE_ENTRY_OUT_SIZE
+assert _ATTR_REPLY_LEN == HEADER + abi.FUSE_ATTR_OUT_SIZE
+_NS = 1_000_000_000
+
+
+def entry_reply(unique: int, e: Entry, o: Opened | None = None) -> bytes:
+    """The whole reply to LOOKUP/MKNOD/MKDIR/SYMLINK/LINK, or with ``o`` CREATE/TMPFILE."""
+    a = e.attr
+    es, ens = _split_timeout(e.entry_timeout)
+    as_, ans = (es, ens) if e.attr_timeout == e.entry_timeout else _split_timeout(e.attr_timeout)
+    at, mt, ct = a.atime_ns, a.mtime_ns, a.ctime_ns
+    try:
+        if o is None:
+            return _entry_reply.pack(
+                _ENTRY_REPLY_LEN, 0, unique, e.nodeid, e.generation, es, as_, ens, ans,
+                a.ino, a.size, a.blocks, at // _NS, mt // _NS, ct // _NS, at % _NS,
+                mt % _NS, ct % _NS, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize,
+                abi.FUSE_ATTR_SUBMOUNT if a.submount else 0)
+        return _create_reply.pack(
+            _CREATE_REPLY_LEN, 0, unique, e.nodeid, e.generation, es, as_, ens, ans,
+            a.ino, a.size, a.blocks, at // _NS, mt // _NS, ct // _NS, at % _NS,
+            mt % _NS, ct % _NS, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize,
+            abi.FUSE_ATTR_SUBMOUNT if a.submount else 0, o.fh, o.open_flags)
+    except struct.error:
+        # Out-of-range values (times before 1970, huge ids): wrapped there.
+        if o is None:
+            return _reply(unique, encode_entry(e))
+        return _reply(unique, encode_entry(e), encode_open(o))
+
+
+def attr_reply(unique: int, a: Attr, timeout: float) -> bytes:
+    """The whole reply to GETATTR/SETATTR."""
+    s, ns = _split_timeout(timeout)
+    at, mt, ct = a.atime_ns, a.mtime_ns, a.ctime_ns
+    try:
+        return _attr_reply.pack(
+            _ATTR_REPLY_LEN, 0, unique, s, ns,
+            a.ino, a.size, a.blocks, at // _NS, mt // _NS, ct // _NS, at % _NS, mt % _NS,
+            ct % _NS, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize,
+            abi.FUSE_ATTR_SUBMOUNT if a.submount else 0)
+    except struct.error:
+        return _reply(unique, encode_attr_out(a, timeout))
+
+
 def encode_open(o: Opened) -> bytes:
     return abi.fuse_open_out.pack(o.fh, o.open_flags)
 
@@ -165,17 +219,23 @@ def _reply(unique: int, *parts: bytes) -> bytes:
 
 
 class _Body:
-    """A cursor over a request's argument bytes; every take is bounds-checked."""
+    """A cursor over a request's argument bytes ``buf[pos:end]``; every take is
+    bounds-checked. Names are found in one private copy of the arguments, made at the
+    first name (a hostile driver may rewrite its buffer while we parse: what we check
+    is what we use)."""
 
-    __slots__ = ("buf", "pos")
+    __slots__ = ("_base", "_raw", "buf", "end", "pos")
 
-    def __init__(self, buf: memoryview) -> None:
+    def __init__(self, buf: memoryview, pos: int = 0, end: int | None = None) -> None:
         self.buf = buf
-        self.pos = 0
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+        self._raw: bytes | None = None
+        self._base = pos
 
     def struct(self, s: Any) -> tuple[Any, ...]:
         end = self.pos + s.size
-        if end > len(self.buf):
+        if end > self.end:
             raise BadRequest(f"short {s.size}-byte argument")
         v = s.unpack_from(self.buf, self.pos)
         self.pos = end
@@ -183,25 +243,30 @@ class _Body:
 
     def name(self) -> bytes:
         """A NUL-terminated string."""
-        rest = self.buf[self.pos:]
-        i = bytes(rest).find(b"\0")
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = bytes(self.buf[self._base:self.end])
+        start = self.pos - self._base
+        i = raw.find(b"\0", start)
         if i < 0:
             raise BadRequest("unterminated name")
-        self.pos += i + 1
-        return bytes(rest[:i])
+        self.pos = self._base + i + 1
+        return raw[start:i]
 
     def take(self, n: int) -> memoryview:
-        if n < 0 or self.pos + n > len(self.buf):
+        if n < 0 or self.pos + n > self.end:
             raise BadRequest("short payload")
         v = self.buf[self.pos:self.pos + n]
         self.pos += n
         return v
 
     def remaining(self) -> int:
-        return len(self.buf) - self.pos
+        return self.end - self.pos
 
 
 HandleHook = Callable[[int, int], None]
+Handler = Callable[[int, int, Ctx, "_Body", int], "bytes | Deferred | None"]
+_NO_LIMIT = 1 << 32
 
 
 class FuseSession:
@@ -226,9 +291,8 @@ class FuseSession:
         self.minor = 0
         self.flags = 0  # negotiated (both words)
         self.max_write = MAX_WRITE
-        self.counts: dict[int, int] = {}
         self._ctxs: dict[tuple[int, int, int], Ctx] = {}  # Ctx is immutable: share them
-        self._handlers: dict[int, Callable[[int, int, Ctx, _Body, int], bytes | Deferred | None]] = {
+        handlers: dict[int, Handler] = {
             Opcode.LOOKUP: self._lookup, Opcode.FORGET: self._forget,
             Opcode.GETATTR: self._getattr, Opcode.SETATTR: self._setattr,
             Opcode.READLINK: self._readlink, Opcode.SYMLINK: self._symlink,
@@ -250,6 +314,11 @@ class FuseSession:
             Opcode.LSEEK: self._lseek, Opcode.COPY_FILE_RANGE: self._copy_file_range,
             Opcode.SYNCFS: self._syncfs, Opcode.TMPFILE: self._tmpfile,
         }
+        # Indexed by opcode (a list, not a dict lookup plus a second one for the reply
+        # floor): (handler, smallest reply room it needs before acting).
+        self._table: list[tuple[Handler, int] | None] = [None] * (max(handlers) + 1)
+        for op, h in handlers.items():
+            self._table[op] = (h, _MIN_REPLY.get(op, HEADER))
 
     # ---- entry point ------------------------------------------------------------------
     def dispatch(self, request: bytes | bytearray | memoryview,
@@ -264,13 +333,11 @@ class FuseSession:
                 return error_reply(unique, errno.EINVAL)
             return None
         length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = _unpack_in(buf)
-        room = (1 << 32) if reply_room is None else reply_room
         if length != len(buf) or length < IN_HEADER + extlen * 8:
             return error_reply(unique, errno.EINVAL)
-        self.counts[opcode] = self.counts.get(opcode, 0) + 1
         # Extensions (security context, supplementary groups) trail the arguments; we
         # negotiate none of them, so they are cut off and ignored.
-        body = _Body(buf[IN_HEADER:length - extlen * 8])
+        body = _Body(buf, IN_HEADER, length - extlen * 8)
         if opcode == _INIT:
             try:
                 return self._init(unique, body)
@@ -278,13 +345,16 @@ class FuseSession:
                 return error_reply(unique, errno.EINVAL)
         if not self.initialized:
             return error_reply(unique, errno.EIO)
-        handler = self._handlers.get(opcode)
-        if handler is None:
+        table = self._table
+        entry = table[opcode] if opcode < len(table) else None
+        if entry is None:
             return error_reply(unique, errno.ENOSYS)
-        if room < _MIN_REPLY.get(opcode, HEADER):
+        handler, min_reply = entry
+        if reply_room is not None and reply_room < min_reply:
             # Refuse before acting: a WRITE done or a lookup counted whose answer cannot
             # be delivered would leave the driver and us disagreeing.
             return error_reply(unique, errno.EINVAL)
+        room = _NO_LIMIT if reply_room is None else reply_room
         key = (uid, gid, pid)
         ctx = self._ctxs.get(key)
         if ctx is None:
@@ -361,7 +431,7 @@ class FuseSession:
     # ---- inodes -----------------------------------------------------------------------
     def _lookup(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         name = body.name()
-        return _reply(unique, encode_entry(self.tree.lookup(nodeid, name, ctx)))
+        return entry_reply(unique, self.tree.lookup(nodeid, name, ctx))
 
     def _forget(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> None:
         (n,) = body.struct(abi.fuse_forget_in)
@@ -379,7 +449,7 @@ class FuseSession:
     def _getattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         flags, fh = body.struct(abi.fuse_getattr_in)
         attr, t = self.tree.getattr(nodeid, fh if flags & abi.FUSE_GETATTR_FH else None, ctx)
-        return _reply(unique, encode_attr_out(attr, t))
+        return attr_reply(unique, attr, t)
 
     def _setattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         (valid, fh, size, lock_owner, atime, mtime, ctime, atimensec, mtimensec, ctimensec,
@@ -389,7 +459,7 @@ class FuseSession:
                      ctime_ns=_ns(ctime, ctimensec), mode=mode, uid=uid, gid=gid,
                      lock_owner=lock_owner)
         attr, t = self.tree.setattr(nodeid, sa, ctx)
-        return _reply(unique, encode_attr_out(attr, t))
+        return attr_reply(unique, attr, t)
 
     def _readlink(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         target = self.tree.readlink(nodeid, ctx)
@@ -401,17 +471,17 @@ class FuseSession:
     def _symlink(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         name = body.name()
         target = body.name()
-        return _reply(unique, encode_entry(self.tree.symlink(nodeid, name, target, ctx)))
+        return entry_reply(unique, self.tree.symlink(nodeid, name, target, ctx))
 
     def _mknod(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         mode, rdev, umask, _ = body.struct(abi.fuse_mknod_in)
         name = body.name()
-        return _reply(unique, encode_entry(self.tree.mknod(nodeid, name, mode, rdev, umask, ctx)))
+        return entry_reply(unique, self.tree.mknod(nodeid, name, mode, rdev, umask, ctx))
 
     def _mkdir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         mode, umask = body.struct(abi.fuse_mkdir_in)
         name = body.name()
-        return _reply(unique, encode_entry(self.tree.mkdir(nodeid, name, mode, umask, ctx)))
+        return entry_reply(unique, self.tree.mkdir(nodeid, name, mode, umask, ctx))
 
     def _unlink(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         self.tree.unlink(nodeid, body.name(), ctx)
@@ -438,7 +508,7 @@ class FuseSession:
     def _link(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         (old,) = body.struct(abi.fuse_link_in)
         name = body.name()
-        return _reply(unique, encode_entry(self.tree.link(old, nodeid, name, ctx)))
+        return entry_reply(unique, self.tree.link(old, nodeid, name, ctx))
 
     # ---- files ----------------------------------------------------------------------------
     def _open_flags(self, flags: int) -> int:
@@ -470,14 +540,14 @@ class FuseSession:
         flags = self._open_flags(flags)
         entry, o = self.tree.create(nodeid, name, mode, flags, umask, ctx)
         self._opened(o, flags)
-        return _reply(unique, encode_entry(entry), encode_open(o))
+        return entry_reply(unique, entry, o)
 
     def _tmpfile(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         flags, mode, umask, _open_flags = body.struct(abi.fuse_create_in)
         flags = self._open_flags(flags)
         entry, o = self.tree.tmpfile(nodeid, mode, flags, umask, ctx)
         self._opened(o, flags)
-        return _reply(unique, encode_entry(entry), encode_open(o))
+        return entry_reply(unique, entry, o)
 
     def _read(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         fh, offset, size, _rf, _lo, _flags = body.struct(abi.fuse_read_in)
