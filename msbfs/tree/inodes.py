@@ -139,6 +139,16 @@ class InodeTable:
             os.close(fd)
         return inode
 
+    def find_ref(self, st: os.stat_result) -> Inode | None:
+        """The inode ``st`` names, with one more lookup counted, if it is in the table
+        (found and counted under one lock: a forget in between cannot drop it)."""
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            inode = self._by_key.get(key)
+            if inode is not None:
+                inode.nlookup += 1
+        return inode
+
     def ref(self, inode: Inode) -> None:
         """One more lookup of an inode already in the table (link, ``.``)."""
         with self._lock:

@@ -357,9 +357,8 @@ class Tree:
         # no ".." in name, AT_SYMLINK_NOFOLLOW) finds an inode we already hold, and no
         # fd is opened at all.
         st = os.stat(name, dir_fd=p.fd, follow_symlinks=False)
-        known = self._inodes.find(st)
+        known = self._inodes.find_ref(st)
         if known is not None:
-            self._inodes.ref(known)
             return self._entry(known, st)
         fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
         if fd < 0:
@@ -409,9 +408,8 @@ class Tree:
         except BaseException:
             os.close(fd)
             raise
-        known = self._inodes.find(st)
+        known = self._inodes.find_ref(st)
         if known is not None:
-            self._inodes.ref(known)
             os.close(fd)
             return self._entry(known, st)
         return self._entry(self._inodes.add(fd, st), st)
