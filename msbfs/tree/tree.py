@@ -734,21 +734,16 @@ class Tree:
         before = self._lstat_at(p, name) if self.quota is not None else None
         pst = self._dir_before(p)
         with self._creds(ctx):
-            # O_NONBLOCK: if the name turns out to be an existing FIFO, the open must
-            # not wait for a writer; a regular file gets the caller's flags back below.
-            fd = os.open(name, oflags | os.O_NONBLOCK, want, dir_fd=p.fd)
+            fd = self._create_open(p, name, oflags, want)
             try:
                 st = os.stat(fd)
-                if stat.S_ISREG(st.st_mode) and not oflags & os.O_NONBLOCK:
-                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL)
-                                & ~os.O_NONBLOCK)
                 if before is None:
                     st = self._fix_mode(fd, want, st, masked)
             except BaseException:
                 os.close(fd)
                 raise
         try:
-            pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
+            pfd = self._path_fd_of(p, name, fd, st)
         except BaseException:
             os.close(fd)
             raise
@@ -757,6 +752,43 @@ class Tree:
         inode = self._add(pfd, st, p)
         opened = Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
         return self._entry(inode, st), opened
+
+    @staticmethod
+    def _create_open(p: Inode, name: bytes, oflags: int, want: int) -> int:
+        """The open of CREATE. Most creates make a new file: try that first with O_EXCL
+        (a new file is a regular file, so it opens with the caller's flags as they are).
+        When the name exists, open it with O_NONBLOCK: if it is a FIFO the open must not
+        wait for a writer; a regular file gets the caller's flags back."""
+        if not oflags & os.O_EXCL:
+            try:
+                return os.open(name, oflags | os.O_EXCL, want, dir_fd=p.fd)
+            except FileExistsError:
+                pass
+        fd = os.open(name, oflags | os.O_NONBLOCK, want, dir_fd=p.fd)
+        try:
+            if not oflags & os.O_NONBLOCK and stat.S_ISREG(os.stat(fd).st_mode):
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def _path_fd_of(p: Inode, name: bytes, fd: int, st: os.stat_result) -> int:
+        """An O_PATH fd of the inode ``fd`` (opened as ``name`` beneath ``p``) holds.
+        By name first: the ``/proc/self/fd`` re-open walks procfs and costs twice as
+        much; kept for when the name no longer leads to that inode (raced away)."""
+        pfd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
+        if pfd >= 0:
+            try:
+                got = os.stat(pfd)
+            except BaseException:
+                os.close(pfd)
+                raise
+            if got.st_ino == st.st_ino and got.st_dev == st.st_dev:
+                return pfd
+            os.close(pfd)
+        return os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
 
     def tmpfile(self, parent: int, mode: int, flags: int, umask: int,
                 ctx: Ctx) -> tuple[Entry, Opened]:
