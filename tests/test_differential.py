@@ -313,9 +313,6 @@ def test_hypothesis_driven_sequences(shared_host_mount: HostMount, tmp_path: Pat
     run()
 
 
-@pytest.mark.xfail(strict=True, reason="Tree(writeback=True) re-opens O_WRONLY files O_RDWR "
-                   "for the kernel's page reads but records the handle as write-only, so "
-                   "the read-modify-write of a partial page gets EBADF")
 def test_same_results_with_the_writeback_cache(host_mount: MountFactory,
                                                tmp_path: Path) -> None:
     """``-o writeback`` lets the kernel gather writes in its page cache: the same

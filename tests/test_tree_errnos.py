@@ -566,6 +566,52 @@ def test_writeback_opens_readable_and_without_append(tmp_path: Path) -> None:
         t.release(fh)
 
 
+def test_writeback_handles_of_write_only_opens_are_readable(tmp_path: Path) -> None:
+    """The kernel fills a partially written page by READ through the handle the
+    application opened write-only (seed 11 of the differential run on ``-o writeback``
+    got EBADF here): open, create and tmpfile must all hand out readable handles, and
+    a file the caller may write but not read still opens write-only, as natively."""
+    from msbfs.tree import Tree
+    (tmp_path / "f").write_bytes(b"0123456789")
+    (tmp_path / "wo").write_bytes(b"secret")
+    os.chown(tmp_path / "wo", 1000, 1000)
+    os.chmod(tmp_path / "wo", 0o200)
+    os.chmod(tmp_path, 0o755)
+    with Tree(tmp_path, writeback=True) as t:
+        node = t.lookup(1, b"f", ROOT).nodeid
+        fh = t.open(node, os.O_WRONLY, ROOT).fh
+        assert t.read(fh, 0, 4) == b"0123"
+        assert t.data_fd(fh, write=False) == t.data_fd(fh, write=True)
+        t.release(fh)
+        for name, flags in [(b"f", os.O_WRONLY | os.O_APPEND), (b"new", os.O_WRONLY | os.O_APPEND)]:
+            _e, o = t.create(1, name, 0o644, flags | os.O_CREAT, 0, ROOT)
+            fd = t.data_fd(o.fh, write=True)
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & (os.O_ACCMODE | os.O_APPEND) == os.O_RDWR
+            t.write(o.fh, 1, b"W", ROOT)  # at the kernel's offset, not appended
+            assert t.read(o.fh, 0, 2)[1:] == b"W"
+            t.release(o.fh)
+        _e, o = t.tmpfile(1, 0o600, os.O_WRONLY, 0, ROOT)
+        t.write(o.fh, 0, b"tmp", ROOT)
+        assert t.read(o.fh, 0, 3) == b"tmp"
+        t.release(o.fh)
+        # write-only to its owner: the open must not fail for want of read permission
+        node = t.lookup(1, b"wo", USER).nodeid
+        fh = t.open(node, os.O_WRONLY, USER).fh
+        assert err(lambda: t.read(fh, 0, 1)) == errno.EBADF
+        t.write(fh, 0, b"S", USER)
+        t.release(fh)
+        _e, o = t.create(1, b"wo", 0o200, os.O_WRONLY | os.O_CREAT, 0, USER)
+        t.write(o.fh, 1, b"E", USER)
+        t.release(o.fh)
+        # a FIFO has no pages: write-only with no reader stays ENXIO, as natively
+        os.mkfifo(tmp_path / "fifo")
+        node = t.lookup(1, b"fifo", ROOT).nodeid
+        assert err(lambda: t.open(node, os.O_WRONLY, ROOT)) == errno.ENXIO
+        assert err(lambda: t.create(1, b"fifo", 0o644, os.O_WRONLY | os.O_CREAT, 0, ROOT)) \
+            == errno.ENXIO
+    assert (tmp_path / "wo").read_bytes() == b"SEcret"
+
+
 def test_getattr_through_handle_of_unlinked_file(twin: Twin) -> None:
     t = twin.tree
     node = twin.node("file")

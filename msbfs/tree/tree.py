@@ -709,18 +709,32 @@ class Tree:
         if self.quota is not None and flags & os.O_TRUNC:
             before = os.stat(inode.fd)
         with self._creds(ctx):
-            fd = self._open_proc(inode.fd, oflags)
+            # Only a regular file has pages to fill; a FIFO keeps its access mode (ENXIO).
+            wanted = self._writeback_flags(oflags) if kind == stat.S_IFREG else oflags
+            fd, oflags = self._open_either(_proc(inode.fd), wanted, oflags)
         if before is not None:
             self._charge_stat(before, os.stat(fd))
         return Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
 
-    def _open_proc(self, fd: int, oflags: int) -> int:
+    def _writeback_flags(self, oflags: int) -> int:
+        """Read-write in place of write-only under writeback: the kernel READs through
+        the application's write-only handle to fill partially written pages."""
         if self.writeback and oflags & os.O_ACCMODE == os.O_WRONLY:
+            return (oflags & ~os.O_ACCMODE) | os.O_RDWR
+        return oflags
+
+    @staticmethod
+    def _open_either(path: bytes, wanted: int, oflags: int, mode: int = 0o777,
+                     dir_fd: int | None = None) -> tuple[int, int]:
+        """Open ``path`` with ``wanted`` flags, or with the caller's ``oflags`` when the
+        caller may not read the file (write-only to them: the open must still work, as
+        natively). Returns the fd and the flags it really has, which the handle records."""
+        if wanted != oflags:
             try:
-                return os.open(_proc(fd), (oflags & ~os.O_ACCMODE) | os.O_RDWR)
+                return os.open(path, wanted, mode, dir_fd=dir_fd), wanted
             except PermissionError:
                 pass
-        return os.open(_proc(fd), oflags)
+        return os.open(path, oflags, mode, dir_fd=dir_fd), oflags
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, umask: int,
                ctx: Ctx) -> tuple[Entry, Opened]:
@@ -734,7 +748,7 @@ class Tree:
         before = self._lstat_at(p, name) if self.quota is not None else None
         pst = self._dir_before(p)
         with self._creds(ctx):
-            fd = self._create_open(p, name, oflags, want)
+            fd, oflags = self._create_open(p, name, oflags, want)
             try:
                 st = os.stat(fd)
                 if before is None:
@@ -753,25 +767,37 @@ class Tree:
         opened = Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
         return self._entry(inode, st), opened
 
-    @staticmethod
-    def _create_open(p: Inode, name: bytes, oflags: int, want: int) -> int:
-        """The open of CREATE. Most creates make a new file: try that first with O_EXCL
-        (a new file is a regular file, so it opens with the caller's flags as they are).
-        When the name exists, open it with O_NONBLOCK: if it is a FIFO the open must not
-        wait for a writer; a regular file gets the caller's flags back."""
+    def _create_open(self, p: Inode, name: bytes, oflags: int, want: int) -> tuple[int, int]:
+        """The open of CREATE and the flags its fd really has. Most creates make a new
+        file: try that first with O_EXCL (a new file is a regular file, so it opens with
+        the caller's flags as they are, read-write under writeback: creating needs no
+        read permission). When the name exists, open it with O_NONBLOCK: if it is a FIFO
+        the open must not wait for a writer; a regular file gets the caller's flags back."""
+        wanted = self._writeback_flags(oflags)
         if not oflags & os.O_EXCL:
             try:
-                return os.open(name, oflags | os.O_EXCL, want, dir_fd=p.fd)
+                return os.open(name, wanted | os.O_EXCL, want, dir_fd=p.fd), wanted
             except FileExistsError:
                 pass
-        fd = os.open(name, oflags | os.O_NONBLOCK, want, dir_fd=p.fd)
+        fd, got = self._open_either(name, wanted | os.O_NONBLOCK, oflags | os.O_NONBLOCK,
+                                    want, p.fd)
         try:
-            if not oflags & os.O_NONBLOCK and stat.S_ISREG(os.stat(fd).st_mode):
+            if not stat.S_ISREG(os.stat(fd).st_mode):
+                if got & os.O_ACCMODE == oflags & os.O_ACCMODE:
+                    return fd, oflags
+                # Not a regular file: no pages to fill, and a FIFO opened read-write
+                # would not give the ENXIO of a write-only open without a reader.
+                os.close(fd)
+                fd = -1
+                fd = os.open(name, oflags | os.O_NONBLOCK, want, dir_fd=p.fd)
+                return fd, oflags
+            if not oflags & os.O_NONBLOCK:
                 fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise
-        return fd
+        return fd, (oflags & ~os.O_ACCMODE) | (got & os.O_ACCMODE)
 
     @staticmethod
     def _path_fd_of(p: Inode, name: bytes, fd: int, st: os.stat_result) -> int:
@@ -796,7 +822,7 @@ class Tree:
         self.policy.check_mutation()
         flags = _int(flags, 0, 0xFFFFFFFF)
         want, masked = self._creation_mode(p, mode, umask, 0o7777)
-        oflags = self._reopen_flags(flags) & ~os.O_TRUNC
+        oflags = self._writeback_flags(self._reopen_flags(flags) & ~os.O_TRUNC)
         if oflags & os.O_ACCMODE == os.O_RDONLY:
             oflags |= os.O_RDWR  # O_TMPFILE needs write access; the kernel asks for it
         with self._creds(ctx):
