@@ -383,13 +383,16 @@ def run(o: ServeOptions) -> int:
     sock = open_socket(o)
     policy = Policy(readonly=o.readonly, noexec=o.noexec, nosuid=o.nosuid, nodev=o.nodev,
                     quota_bytes=quota_mib * MIB if quota_mib is not None else None)
+    # One answer for the tree and the session: a tree that drops O_APPEND for a kernel
+    # that does not append itself (cache=never) would write appends at stale offsets.
+    writeback = o.writeback and o.cache != "never"
     tree = Tree(shared_dir, policy, cache=o.cache, xattr=o.xattr, posix_acl=o.posix_acl,
-                announce_submounts=o.announce_submounts, writeback=o.writeback)
+                announce_submounts=o.announce_submounts, writeback=writeback)
     enter_sandbox(o.sandbox, shared_dir)
     for item in o.ignored:
         log.debug("ignoring -o %s", item)
     device = VirtioFsDevice(tree, tag=o.tag, num_request_queues=o.num_request_queues,
-                            writeback=o.writeback and o.cache != "never",
+                            writeback=writeback,
                             posix_acl=o.posix_acl)
     log.info("serving %s (tag %s) on %s", o.volume or shared_dir, o.tag,
              o.socket_path or f"fd {o.fd}")

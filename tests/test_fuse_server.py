@@ -78,7 +78,7 @@ def test_init_negotiates_down_to_the_kernel(tmp_path: Path, minor: int) -> None:
 
 
 def test_init_full_flag_set_and_old_kernels(tmp_path: Path) -> None:
-    tree = Tree(tmp_path)
+    tree = Tree(tmp_path, writeback=True)
     s = FuseSession(tree, writeback=True, posix_acl=True)
     r = Requests()
     payload = call(s, r.init()).payload
@@ -206,6 +206,39 @@ def test_file_io_ops(fs) -> None:
 
 
 abi_FATTR_SIZE = 1 << 3
+
+
+def test_writeback_handles_like_the_host_mount(tmp_path: Path) -> None:
+    """Under a negotiated writeback cache the guest kernel READs through write-only
+    handles and appends itself. The tree does that (the host mount shares it): a
+    write-only open is readable unless the caller may not read, O_APPEND is dropped,
+    and a file write-only to its owner still opens for them, as natively."""
+    src = tmp_path / "src"
+    src.mkdir(mode=0o755)
+    (src / "f").write_bytes(b"0123456789")
+    (src / "wo").write_bytes(b"secret")
+    for name in ("f", "wo"):
+        os.chown(src / name, 1000, 1000)
+    os.chmod(src / "wo", 0o200)
+    with Tree(src, writeback=True) as tree:
+        s = FuseSession(tree, writeback=True)
+        r = Requests(uid=1000, gid=1000)
+        assert call(s, r.init()).error == 0
+        assert s.flags & abi.FUSE_WRITEBACK_CACHE
+        f = parse_entry(ok(s, r.lookup(ROOT, b"f"))).nodeid
+        fh, _ = parse_open(ok(s, r.open(f, os.O_WRONLY | os.O_APPEND)))
+        assert ok(s, r.read(f, fh, 0, 4)) == b"0123"
+        ok(s, r.write(f, fh, 2, b"ab"))  # at the kernel's offset: it did the append
+        ok(s, r.release(f, fh))
+        assert (src / "f").read_bytes() == b"01ab456789"
+        wo = parse_entry(ok(s, r.lookup(ROOT, b"wo"))).nodeid
+        fh, _ = parse_open(ok(s, r.open(wo, os.O_WRONLY)))
+        assert call(s, r.read(wo, fh, 0, 1)).error == errno.EBADF
+        ok(s, r.write(wo, fh, 0, b"S"))
+        ok(s, r.release(wo, fh))
+        assert (src / "wo").read_bytes() == b"Secret"
+    with pytest.raises(ValueError, match="writeback"), Tree(src) as plain:
+        FuseSession(plain, writeback=True)  # its write-only handles would not be readable
 
 
 def test_xattrs(fs) -> None:

@@ -281,6 +281,9 @@ class FuseSession:
                  on_open: HandleHook | None = None,
                  on_release: Callable[[int], None] | None = None,
                  on_destroy: Callable[[], None] | None = None) -> None:
+        if writeback and not tree.writeback:
+            raise ValueError("a writeback session needs a writeback tree (Tree(writeback=True)):"
+                             " the kernel reads through write-only handles")
         self.tree = tree
         self.writeback = writeback
         self.posix_acl = posix_acl
@@ -514,14 +517,10 @@ class FuseSession:
     def _open_flags(self, flags: int) -> int:
         # O_DIRECT is the guest's business with its own page cache; on the host it would
         # demand aligned buffers of every READ/WRITE (virtiofsd drops it by default too).
-        flags &= ~os.O_DIRECT
-        if self.flags & abi.FUSE_WRITEBACK_CACHE:
-            # With writeback caching the kernel reads pages of write-only files and does
-            # O_APPEND itself: the host file must be readable and not append-only.
-            if flags & os.O_ACCMODE == os.O_WRONLY:
-                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
-            flags &= ~os.O_APPEND
-        return flags
+        # Writeback caching (the kernel reads pages of write-only files and does O_APPEND
+        # itself) is the tree's to handle: it alone can fall back to a write-only open
+        # when the caller may not read, and record the access mode the fd really has.
+        return flags & ~os.O_DIRECT
 
     def _opened(self, o: Opened, flags: int) -> None:
         if self.on_open is not None:

@@ -20,6 +20,11 @@ from msbfs.tree.types import Attr, Ctx, DirEntry, Entry, Lock, Opened, SetAttr, 
 
 
 class TreeOps(Protocol):
+    #: The client runs the kernel's writeback cache: write-only opens must be readable
+    #: (the kernel fills partially written pages through them) and O_APPEND is dropped
+    #: (the kernel computes append offsets itself).
+    writeback: bool
+
     # ---- inodes -------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Entry:
         """Resolve one component beneath ``parent`` without following symlinks; counts
