@@ -24,7 +24,7 @@ from msbfs.fuse.kernel import (
     u32,
 )
 from msbfs.fuse.server import BASE_FLAGS, Deferred, FuseSession
-from msbfs.tree import Policy, Tree
+from msbfs.tree import FATTR_ATIME, FATTR_MTIME, Policy, Tree
 
 ROOT = 1
 
@@ -239,6 +239,27 @@ def test_writeback_handles_like_the_host_mount(tmp_path: Path) -> None:
         assert (src / "wo").read_bytes() == b"Secret"
     with pytest.raises(ValueError, match="writeback"), Tree(src) as plain:
         FuseSession(plain, writeback=True)  # its write-only handles would not be readable
+
+
+@pytest.mark.parametrize("sec", [-5, -(1 << 31) - 1, (1 << 62) // 10**9 + 1, (1 << 34) + 7,
+                                 (1 << 63) - 1])
+def test_setattr_times_are_signed_seconds(fs, sec: int) -> None:
+    """fuse_setattr_in carries the kernel's time64_t tv_sec in a u64: times before 1970
+    arrive with the top bit set. Stored as utimensat stores them (ext4 clamps to its
+    range), as in the host mount."""
+    s, r, src = fs
+    (src / "t").write_bytes(b"")
+    (src / "native").write_bytes(b"")
+    node = parse_entry(ok(s, r.lookup(ROOT, b"t"))).nodeid
+    times = (sec & 0xFFFFFFFFFFFFFFFF, 7)
+    _, attr = parse_attr_out(ok(s, r.setattr(node, valid=FATTR_ATIME | FATTR_MTIME,
+                                             atime=times, mtime=times)))
+    os.utime(src / "native", ns=(sec * 10**9 + 7, sec * 10**9 + 7))
+    want = os.stat(src / "native").st_mtime_ns
+    assert os.stat(src / "t").st_mtime_ns == os.stat(src / "t").st_atime_ns == want
+    assert want != 0
+    # the reply carries what was stored, wrapped into the u64 field as the kernel reads it
+    assert (attr[4], attr[7]) == ((want // 10**9) & 0xFFFFFFFFFFFFFFFF, want % 10**9)
 
 
 def test_xattrs(fs) -> None:

@@ -204,3 +204,18 @@ def test_erofs_and_enospc(host_mount: MountFactory) -> None:
     # Freeing space makes room again.
     os.unlink(q.mnt / "fill")
     (q.mnt / "small").write_bytes(b"s" * 4096)
+
+
+def test_utime_far_past_and_future_as_natively(host_mount: MountFactory, tmp_path: Path) -> None:
+    """Any 64-bit second reaches the host filesystem, which clamps it as it would
+    natively (ext4: 1901..2446); nothing is refused with EINVAL."""
+    m = host_mount()
+    native = tmp_path / "native-times"
+    native.write_bytes(b"")
+    (m.mnt / "times").write_bytes(b"")
+    for ns in (-5 * 10**9 + 7, (1 << 62) + 1, (1 << 63) - 1, 15032385536 * 10**9):
+        os.utime(native, ns=(ns, ns))
+        os.utime(m.mnt / "times", ns=(ns, ns))
+        want = os.stat(native).st_mtime_ns
+        assert os.stat(m.mnt / "times").st_mtime_ns == want, ns
+        assert os.stat(m.source / "times").st_mtime_ns == want, ns

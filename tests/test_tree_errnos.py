@@ -43,6 +43,7 @@ CASES: dict[str, tuple[Ctx, Case]] = {}
 
 def case(name: str, ctx: Ctx = ROOT) -> Callable[[Case], Case]:
     def deco(fn: Case) -> Case:
+        assert name not in CASES, f"two cases named {name!r}: one would never run"
         CASES[name] = (ctx, fn)
         return fn
     return deco
@@ -177,7 +178,10 @@ for _path, _flags, _who in [
 
 
 # ---- attributes ------------------------------------------------------------------------
-for _path, _attr, _who in [
+_TIME_MAX_NS = (1 << 63) * 10**9 - 1  # the last nanosecond of a 64-bit tv_sec
+_TIME_MIN_NS = -(1 << 63) * 10**9
+
+for _i, (_path, _attr, _who) in enumerate([
     ("file", SetAttr(valid=FATTR_MODE, mode=0o600), USER),
     ("userfile", SetAttr(valid=FATTR_MODE, mode=0o600), USER),
     ("userfile", SetAttr(valid=FATTR_UID, uid=1001), USER),
@@ -195,7 +199,10 @@ for _path, _attr, _who in [
     ("shared", SetAttr(valid=FATTR_MTIME_NOW | FATTR_ATIME_NOW), USER),
     ("userfile", SetAttr(valid=FATTR_MTIME_NOW | FATTR_ATIME_NOW), OTHER),
     ("userfile", SetAttr(valid=FATTR_ATIME, atime_ns=-5), USER),
-]:
+    # Any 64-bit second is accepted; the host filesystem clamps it to what it can store.
+    ("file", SetAttr(valid=FATTR_MTIME | FATTR_ATIME, mtime_ns=_TIME_MAX_NS,
+                     atime_ns=_TIME_MIN_NS), ROOT),
+]):
     def _setattr(t: Twin, c: Ctx, path: str = _path, a: SetAttr = _attr) -> tuple[Op, Op]:
         def native() -> None:
             p = _np(t, path)
@@ -213,7 +220,7 @@ for _path, _attr, _who in [
                 if r < 0:
                     raise OSError(-r, os.strerror(-r))
         return native, lambda: t.tree.setattr(t.node(path), a, c)
-    case(f"setattr {_path} valid={_attr.valid:#x} as {_who.uid}", _who)(_setattr)
+    case(f"setattr#{_i} {_path} valid={_attr.valid:#x} as {_who.uid}", _who)(_setattr)
 
 def _ts(valid: int, bit: int, now_bit: int, ns: int) -> tuple[int, int]:
     if valid & now_bit:
@@ -474,6 +481,28 @@ def test_xattr_list_size_and_remove(twin: Twin) -> None:
     assert b"trusted.hidden" not in t.listxattr(node, USER)
     t.removexattr(node, b"user.one", ROOT)
     assert err(lambda: t.getxattr(node, b"user.one", 0, ROOT)) == errno.ENODATA
+
+
+@pytest.mark.parametrize("ns", [(1 << 62) + 1, (1 << 63) - 1, 1 << 63, 15032385536 * 10**9,
+                                _TIME_MAX_NS, -(1 << 62) - 1, -(1 << 31) * 10**9 - 1,
+                                _TIME_MIN_NS])
+def test_large_times_are_stored_as_the_host_stores_them(twin: Twin, ns: int) -> None:
+    """utimensat takes any 64-bit tv_sec and the filesystem clamps it to its own range
+    (ext4: 1901..2446, tmpfs: all of it): the tree must neither refuse nor wrap it."""
+    os.utime(twin.native / "file", ns=(ns, ns))
+    attr, _t = twin.tree.setattr(twin.node("file"), SetAttr(valid=FATTR_MTIME | FATTR_ATIME,
+                                                           mtime_ns=ns, atime_ns=ns), ROOT)
+    want = os.stat(twin.native / "file")
+    assert (attr.mtime_ns, attr.atime_ns) == (want.st_mtime_ns, want.st_atime_ns)
+    assert os.stat(twin.served / "file").st_mtime_ns == want.st_mtime_ns
+
+
+def test_times_beyond_64_bit_seconds_are_einval(twin: Twin) -> None:
+    """No client can send a tv_sec past 64 bits (FUSE: u64 seconds; pyfuse3: s64 ns);
+    a caller of the tree that tries gets EINVAL, never an OverflowError."""
+    for ns in (_TIME_MAX_NS + 1, _TIME_MIN_NS - 1):
+        assert err(lambda ns=ns: twin.tree.setattr(
+            twin.node("file"), SetAttr(valid=FATTR_MTIME, mtime_ns=ns), ROOT)) == errno.EINVAL
 
 
 def test_bad_client_input_is_only_oserror(twin: Twin) -> None:

@@ -84,6 +84,10 @@ class Deferred:
 
 
 def _ns(sec: int, nsec: int) -> int:
+    """Nanoseconds of a fuse_setattr_in time: the kernel's signed time64_t tv_sec in a
+    u64 field (a time before 1970 has the top bit set)."""
+    if sec >= 1 << 63:
+        sec -= 1 << 64
     return sec * 1_000_000_000 + nsec
 
 

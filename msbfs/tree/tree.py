@@ -82,6 +82,8 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
 OFFSET_MAX = (1 << 63) - 1
+_TIME_MIN_NS = -(1 << 63) * 1_000_000_000  # the range of a timespec with a 64-bit tv_sec
+_TIME_MAX_NS = (1 << 63) * 1_000_000_000 - 1
 NAME_MAX = 255
 PATH_MAX = 4096
 XATTR_NAME_MAX = 255
@@ -488,7 +490,9 @@ class Tree:
         if valid & now_bit:
             return 0, UTIME_NOW
         if valid & bit:
-            ns = _int(ns, -(1 << 62), 1 << 62)
+            # Any 64-bit tv_sec, as utimensat takes it: the host filesystem clamps it to
+            # what it can store (ext4: 1901..2446), and the reply shows what it kept.
+            ns = _int(ns, _TIME_MIN_NS, _TIME_MAX_NS)
             return ns // 1_000_000_000, ns % 1_000_000_000
         return 0, UTIME_OMIT
 
