@@ -12,7 +12,7 @@
  * checks everything and answers with the right errno.
  *
  * The table does not own the fds (the tree does). Single-threaded: a table and a queue
- * are used by one thread at a time. Big requests (>= 64 KiB) of one call are run on this
+ * are used by one thread at a time. Big READs (>= 64 KiB) of one call are run on this
  * thread and a helper thread ("msbfs-io", started at the first) at once, then pushed by
  * the caller; only the caller's thread ever touches the ring. */
 #ifndef MSBFS_FUSE_DATAPATH_H

@@ -3,7 +3,7 @@ to one tree.
 
 Per kick, the C data path (``csrc/fuse_datapath.c``) pops the available chains and answers
 well-formed READ/WRITE requests on open handles itself, straight between the host fd and
-guest memory (big ones of a round on two threads at once, as virtiofsd's pool would);
+guest memory (big reads of a round on two threads at once, as virtiofsd's pool would);
 it hands every other chain back here, where the request bytes go through
 the FUSE codec (``msbfs.fuse``) into the tree, inline on the trio loop, and the reply is
 scattered into the chain's writable part. Each used element is pushed as soon as it is

@@ -1,7 +1,8 @@
-"""Big READ/WRITE requests of one round run on two threads in C (csrc/fuse_datapath.c,
-``par_run``), then are pushed by the serving thread. Through the real frontend: a
-round mixing big and small, reads and writes, short reads and a failing write gets
-every reply right, nothing lost, and the file ends as a model says."""
+"""Big READs of one round run on two threads in C (csrc/fuse_datapath.c, ``par_run``),
+then are pushed by the serving thread, while writes and small reads are served in
+between. Through the real frontend: a round mixing big and small, reads and writes,
+short reads and a failing write gets every reply right, nothing lost, and the file
+ends as a model says."""
 
 from __future__ import annotations
 
