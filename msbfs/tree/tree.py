@@ -905,11 +905,7 @@ class Tree:
             os.close(h.fd)
 
     def fsync(self, fh: int, datasync: bool) -> None:
-        h = self._handles.file(fh)
-        if datasync:
-            os.fdatasync(h.fd)
-        else:
-            os.fsync(h.fd)
+        _sync(self._handles.file(fh).fd, datasync)
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         h = self._handles.file(fh)
@@ -1000,11 +996,7 @@ class Tree:
         os.close(h.fd)
 
     def fsyncdir(self, fh: int, datasync: bool) -> None:
-        h = self._handles.dir(fh)
-        if datasync:
-            os.fdatasync(h.fd)
-        else:
-            os.fsync(h.fd)
+        _sync(self._handles.dir(fh).fd, datasync)
 
     # ---- whole filesystem ------------------------------------------------------------
     def statfs(self, nodeid: int) -> StatFs:
@@ -1150,3 +1142,11 @@ def _process_umask() -> int:
     except OSError:
         pass
     return 0o022
+
+
+def _sync(fd: int, datasync: bool) -> None:
+    """FSYNC/FSYNCDIR: fdatasync when the client asked for data only (FUSE_FSYNC_FDATASYNC)."""
+    if datasync:
+        os.fdatasync(fd)
+    else:
+        os.fsync(fd)
