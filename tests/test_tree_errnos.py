@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from msbfs.tree import (
     Ctx,
     SetAttr,
 )
+from tests.plugins.hostmount import wait_for
 from tests.plugins.tree import OTHER, ROOT, USER, Twin, err, errname
 
 Op = Callable[[], Any]
@@ -242,15 +242,6 @@ for _path, _mask, _who in [("file", os.R_OK, USER), ("file", os.W_OK, USER),
     case(f"access {_path} {_mask} as {_who.uid}", _who)(_access)
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 # ---- xattrs ----------------------------------------------------------------------------
 def _np(t: Twin, path: str) -> str:
     return os.path.join(f"/proc/self/fd/{t.native_fd}", path)
@@ -417,7 +408,7 @@ def test_flock_and_blocking_setlkw(twin: Twin) -> None:
     th = threading.Thread(target=waiter)
     th.start()
     # Poll (with a deadline) until the waiter really sleeps in the kernel's lock wait.
-    assert wait_until(lambda: th.native_id is not None and "lock" in Path(
+    assert wait_for(lambda: th.native_id is not None and "lock" in Path(
         f"/proc/self/task/{th.native_id}/wchan").read_text())
     assert not got.is_set()
     t.release(a, flock_release=True)
