@@ -201,10 +201,6 @@ def encode_open(o: Opened) -> bytes:
     return abi.fuse_open_out.pack(o.fh, o.open_flags)
 
 
-def out_header(unique: int, error: int, payload_len: int = 0) -> bytes:
-    return abi.fuse_out_header.pack(HEADER + payload_len, -error if error else 0, unique)
-
-
 def error_reply(unique: int, err: int) -> bytes:
     return abi.fuse_out_header.pack(HEADER, -err, unique)
 
