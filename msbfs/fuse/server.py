@@ -208,6 +208,8 @@ def error_reply(unique: int, err: int) -> bytes:
 _pack_out = abi.fuse_out_header.pack
 _unpack_in = abi.fuse_in_header.unpack_from
 _INIT = int(Opcode.INIT)
+#: Requests the kernel expects no answer to, even when serving them fails.
+_NO_REPLY = (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT)
 
 
 def _reply(unique: int, *parts: bytes) -> bytes:
@@ -370,12 +372,12 @@ class FuseSession:
             log.debug("bad %s request: %s", opcode, e)
             return error_reply(unique, errno.EINVAL)
         except OSError as e:
-            if opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
+            if opcode in _NO_REPLY:
                 return None
             return error_reply(unique, e.errno if e.errno and 0 < e.errno < 4096 else errno.EIO)
         except Exception:
             log.exception("internal error serving opcode %d", opcode)
-            if opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
+            if opcode in _NO_REPLY:
                 return None
             return error_reply(unique, errno.EIO)
 
