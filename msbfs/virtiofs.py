@@ -75,8 +75,8 @@ class VirtioFsDevice(VhostUserDevice):
         self.session = FuseSession(tree, writeback=writeback, posix_acl=posix_acl,
                                    on_open=self._opened, on_release=self._released,
                                    on_destroy=self._destroyed)
-        # One chain buffer per queue: queues are served by separate tasks that may
-        # interleave at checkpoints.
+        # One chain buffer per queue, made at its first kick: queues are served by
+        # separate tasks that may interleave at checkpoints.
         self._chains: dict[int, Any] = {}
         # Bumped when a queue stops: a deferred reply for an older epoch is dropped (its
         # ring and maybe its guest memory are gone).
@@ -113,10 +113,6 @@ class VirtioFsDevice(VhostUserDevice):
         if self.session.initialized:
             self.session.initialized = False
             self.tree.destroy()
-
-    def queue_started(self, index: int, vq: Any) -> None:
-        if index not in self._chains:
-            self._chains[index] = ffi.new("struct msb_chain[]", SLOW_BATCH)
 
     def queue_stopped(self, index: int, vq: Any) -> None:
         self._epoch[index] = self._epoch.get(index, 0) + 1
