@@ -213,7 +213,7 @@ class Backend:
             vq.c.indirect = bool(f & Feature.RING_INDIRECT_DESC)
             if not f & Feature.PROTOCOL_FEATURES and vq.started and not vq.enabled:
                 vq.enabled = True
-                self._update_queue(vq)
+                await self._sync_queue(vq)
 
     async def _on_get_protocol_features(self, msg: Message) -> Payload:
         return U64Payload(self.offered_protocol_features())
@@ -400,10 +400,6 @@ class Backend:
             self._spawn(vq)
         elif running and not should:
             await self._halt(vq)
-
-    def _update_queue(self, vq: Virtqueue) -> None:
-        if vq.started and vq.enabled and vq.index not in self._runners:
-            self._spawn(vq)
 
     def _spawn(self, vq: Virtqueue) -> None:
         assert self._nursery is not None
