@@ -57,6 +57,9 @@ from msbfs.tree.types import (
     FATTR_MTIME_NOW,
     FATTR_SIZE,
     FATTR_UID,
+    FOPEN_DIRECT_IO,
+    FOPEN_KEEP_CACHE,
+    FOPEN_NONSEEKABLE,
     ROOT_ID,
     Attr,
     Ctx,
@@ -66,11 +69,6 @@ from msbfs.tree.types import (
 )
 
 log = logging.getLogger(__name__)
-
-# fuse_open_out.open_flags (linux/fuse.h)
-FOPEN_DIRECT_IO = 1 << 0
-FOPEN_KEEP_CACHE = 1 << 1
-FOPEN_NONSEEKABLE = 1 << 2
 
 #: linux/limits.h: the largest xattr value; pyfuse3 asks for a value without a size and
 #: applies the caller's size itself.

@@ -5,9 +5,6 @@ the contract is ``msbfs.tree.api.TreeOps``."""
 from msbfs.tree.api import TreeOps
 from msbfs.tree.policy import FMODE_EXEC, Policy
 from msbfs.tree.tree import (
-    FOPEN_CACHE_DIR,
-    FOPEN_DIRECT_IO,
-    FOPEN_KEEP_CACHE,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     RENAME_WHITEOUT,
@@ -26,6 +23,9 @@ from msbfs.tree.types import (
     FATTR_MTIME_NOW,
     FATTR_SIZE,
     FATTR_UID,
+    FOPEN_CACHE_DIR,
+    FOPEN_DIRECT_IO,
+    FOPEN_KEEP_CACHE,
     ROOT_CTX,
     ROOT_ID,
     Attr,

@@ -50,6 +50,9 @@ from msbfs.tree.types import (
     FATTR_MTIME_NOW,
     FATTR_SIZE,
     FATTR_UID,
+    FOPEN_CACHE_DIR,
+    FOPEN_DIRECT_IO,
+    FOPEN_KEEP_CACHE,
     ROOT_CTX,
     ROOT_ID,
     Attr,
@@ -62,11 +65,6 @@ from msbfs.tree.types import (
     StatFs,
     Statistics,
 )
-
-# fuse_open_out.open_flags
-FOPEN_DIRECT_IO = 1 << 0
-FOPEN_KEEP_CACHE = 1 << 1
-FOPEN_CACHE_DIR = 1 << 3
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2

@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 #: FUSE's node id of the root directory (``FUSE_ROOT_ID``).
 ROOT_ID = 1
 
+# fuse_open_out.open_flags: what ``Opened.open_flags`` holds
+FOPEN_DIRECT_IO = 1 << 0
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_NONSEEKABLE = 1 << 2
+FOPEN_CACHE_DIR = 1 << 3
+
 
 @dataclass(frozen=True, slots=True)
 class Ctx:
