@@ -564,13 +564,11 @@ async def serve_path(device: VhostUserDevice, path: str,
 
 async def serve_fd(device: VhostUserDevice, fd: int) -> Backend:
     """virtiofsd's --fd: a listening socket (accept one) or an already connected one."""
-    s = socket.socket(fileno=fd)
-    s.setblocking(False)
-    ts = trio.socket.from_stdlib_socket(s)
-    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        try:
-            conn = await accept_one(ts)
-        finally:
-            ts.close()
-        return await serve(device, conn)
-    return await serve(device, Connection(ts))
+    adopted = Connection.from_fd(fd)
+    if not adopted.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        return await serve(device, adopted)
+    try:
+        conn = await accept_one(adopted.sock)
+    finally:
+        adopted.close()
+    return await serve(device, conn)
