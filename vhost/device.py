@@ -9,7 +9,7 @@ config space and queue count, and serves a queue when it is kicked:
         async def handle_kick(self, index, vq):
             while chains := vq.pop(64):
                 for c in chains:
-                    vq.write_reply(c, vq.readable_bytes(c))
+                    c.write(c.read())
                 vq.push_many([(c.head, min(c.out_len, c.in_len)) for c in chains])
                 vq.notify()
 

@@ -82,7 +82,7 @@ class Chain:
 
 class Virtqueue:
     """Ring state of one queue. Built and configured by the backend; devices use
-    ``pop``, ``push``/``push_many``, ``notify`` and the chain helpers."""
+    ``pop``, ``push``/``push_many``, ``notify``, and each ``Chain``'s read/write."""
 
     def __init__(self, index: int, pop_batch: int = 64) -> None:
         self.index = index
@@ -159,16 +159,6 @@ class Virtqueue:
     def pending(self) -> int:
         """Chains available but not yet popped."""
         return int(lib.msb_vq_pending(self.c))
-
-    @staticmethod
-    def readable_bytes(chain: Chain) -> bytes:
-        """All readable bytes of a chain."""
-        return chain.read()
-
-    @staticmethod
-    def write_reply(chain: Chain, data: bytes | bytearray | memoryview) -> int:
-        """Write ``data`` at the start of the writable part; returns bytes written."""
-        return chain.write(data)
 
     def statistics(self) -> dict[str, int]:
         c = self.c
