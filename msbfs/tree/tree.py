@@ -238,15 +238,25 @@ class Tree:
             raise _err(-fd)
         return fd
 
-    def _lookup_new(self, parent: Inode, name: bytes) -> Entry:
-        """The Entry of a name just created beneath ``parent``."""
+    def _lookup_new(self, parent: Inode, name: bytes) -> tuple[Entry, Inode, os.stat_result]:
+        """The Entry of a name just created beneath ``parent``, with its inode and the
+        stat it was built from (the creating op charges and fixes the mode from it)."""
         fd = self._open_beneath(parent, name)
         try:
             st = os.stat(fd)
         except BaseException:
             os.close(fd)
             raise
-        return self._entry(self._add(fd, st, parent), st)
+        inode = self._add(fd, st, parent)
+        return self._entry(inode, st), inode, st
+
+    def _fix_new_mode(self, entry: Entry, inode: Inode, st: os.stat_result, want: int,
+                      masked: bool) -> os.stat_result:
+        """``_fix_mode`` for a node mknod/mkdir just made, its Entry updated to match."""
+        fixed = self._fix_mode(_proc(inode.fd), want, st, masked)
+        if fixed is not st:
+            entry.attr = self._attr(fixed, inode.submount)
+        return fixed
 
     def _creation_mode(self, p: Inode, mode: Any, umask: Any, bits: int) -> tuple[int, bool]:
         """The mode a creating op asks the host for, and whether the caller's umask was
@@ -562,14 +572,9 @@ class Tree:
         pst = self._dir_before(p)
         with self._creds(ctx):
             os.mknod(name, kind | want, rdev, dir_fd=p.fd)
-            entry = self._lookup_new(p, name)
-            inode = self._inodes.get(entry.nodeid)
-            st = os.stat(inode.fd)
+            entry, inode, st = self._lookup_new(p, name)
             if inode.kind != stat.S_IFLNK:
-                st2 = self._fix_mode(_proc(inode.fd), want, st, masked)
-                if st2 is not st:
-                    entry.attr = self._attr(st2, inode.submount)
-                    st = st2
+                st = self._fix_new_mode(entry, inode, st, want, masked)
         self._charge_stat(None, st)
         self._dir_after(p, pst)
         return entry
@@ -582,14 +587,9 @@ class Tree:
         pst = self._dir_before(p)
         with self._creds(ctx):
             os.mkdir(name, want, dir_fd=p.fd)
-            entry = self._lookup_new(p, name)
-            inode = self._inodes.get(entry.nodeid)
-            st = os.stat(inode.fd)
+            entry, inode, st = self._lookup_new(p, name)
             if inode.kind == stat.S_IFDIR:
-                st2 = self._fix_mode(_proc(inode.fd), want, st, masked)
-                if st2 is not st:
-                    entry.attr = self._attr(st2, inode.submount)
-                    st = st2
+                st = self._fix_new_mode(entry, inode, st, want, masked)
         self._charge_stat(None, st)
         self._dir_after(p, pst)
         return entry
@@ -610,9 +610,9 @@ class Tree:
         pst = self._dir_before(p)
         with self._creds(ctx):
             os.symlink(target, name, dir_fd=p.fd)
-            entry = self._lookup_new(p, name)
+            entry, _, st = self._lookup_new(p, name)
         if pst is not None:
-            self._charge_stat(None, os.stat(self._inodes.get(entry.nodeid).fd))
+            self._charge_stat(None, st)
             self._dir_after(p, pst)
         return entry
 
