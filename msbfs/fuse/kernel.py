@@ -183,12 +183,10 @@ class Requests:
         return self.raw(Opcode.WRITE, nodeid, abi.fuse_write_in.pack(fh, offset, len(data), flags, 0, 0) + data)
 
     def write_header(self, nodeid: int, fh: int, offset: int, size: int) -> bytes:
-        """A WRITE's headers only (for callers that place the payload themselves)."""
-        u = next(self._unique)
-        self.last_unique = u
-        n = abi.fuse_in_header.size + abi.fuse_write_in.size + size
-        return (abi.fuse_in_header.pack(n, Opcode.WRITE, u, nodeid, self.uid, self.gid, self.pid, 0, 0)
-                + abi.fuse_write_in.pack(fh, offset, size, 0, 0, 0))
+        """A WRITE's headers only (for callers that place the payload themselves): the
+        header's length counts the ``size`` bytes that will follow."""
+        return self.raw(Opcode.WRITE, nodeid, abi.fuse_write_in.pack(fh, offset, size, 0, 0, 0),
+                        length=abi.fuse_in_header.size + abi.fuse_write_in.size + size)
 
     def statfs(self, nodeid: int = 1) -> bytes:
         return self.raw(Opcode.STATFS, nodeid)
