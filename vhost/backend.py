@@ -35,6 +35,7 @@ from vhost.connection import Connection, close_fds
 from vhost.device import ConfigError, VhostUserDevice
 from vhost.memory import GuestMemory, GuestMemoryError
 from vhost.messages import (
+    HAS_REPLY,
     Config,
     Feature,
     FramingError,
@@ -64,9 +65,6 @@ BASE_FEATURES = (Feature.VERSION_1 | Feature.RING_INDIRECT_DESC | Feature.RING_E
 BASE_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
                           | ProtocolFeature.BACKEND_REQ | ProtocolFeature.RESET_DEVICE
                           | ProtocolFeature.CONFIGURE_MEM_SLOTS)
-# requests whose reply carries a body: they are always answered
-_HAS_REPLY = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
-              Request.GET_QUEUE_NUM, Request.GET_CONFIG, Request.GET_MAX_MEM_SLOTS}
 
 
 class Disconnect(Exception):
@@ -151,7 +149,7 @@ class Backend:
                     body = await self._dispatch(msg)
                 finally:
                     close_fds(msg.fds)  # every fd no handler took
-                if msg.request in _HAS_REPLY:
+                if msg.request in HAS_REPLY:
                     assert body is not None
                     await self.conn.send(build_reply(msg.request, body))
                 elif msg.need_reply and self._proto(ProtocolFeature.REPLY_ACK):
@@ -185,7 +183,7 @@ class Backend:
             await self.conn.send(build_reply(request, b""))  # spec: empty = error
             return True
         if flags & 0x8 and self._proto(ProtocolFeature.REPLY_ACK) \
-                and request not in _HAS_REPLY:
+                and request not in HAS_REPLY:
             await self.conn.send(build_ack(request, False))
             return True
         return False
@@ -196,7 +194,7 @@ class Backend:
             raise MessageError(f"{Request(msg.request).name} is not supported", errno.ENOSYS)
         return await handler(msg)
 
-    # ---- handlers (each returns the reply body for _HAS_REPLY requests) ---------------
+    # ---- handlers (each returns the reply body for HAS_REPLY requests) ---------------
 
     async def _on_get_features(self, msg: Message) -> Payload:
         return U64Payload(self.offered_features())

@@ -35,6 +35,7 @@ from msbfs._native import ffi, lib
 
 from vhost.connection import Connection, close_fds
 from vhost.messages import (
+    HAS_REPLY,
     Config,
     Feature,
     MemRegion,
@@ -57,9 +58,6 @@ PAGE = 4096
 DESC = struct.Struct("<QIHH")
 USED_ELEM = struct.Struct("<II")
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
-
-REPLYING = {Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
-            Request.GET_QUEUE_NUM, Request.GET_CONFIG, Request.GET_MAX_MEM_SLOTS}
 
 
 def _eventfd() -> int:
@@ -452,10 +450,10 @@ class Frontend:
         """Send one request; returns the reply payload if one is expected. A failed
         REPLY_ACK raises MessageError."""
         if need_reply is None:
-            need_reply = self.need_reply and request not in REPLYING
+            need_reply = self.need_reply and request not in HAS_REPLY
         payload = body if isinstance(body, bytes) else encode(body)
         await self.conn.send(build(request, payload, need_reply=need_reply), fds)
-        if request in REPLYING:
+        if request in HAS_REPLY:
             return (await self.recv_reply(request)).payload
         if need_reply:
             reply = await self.recv_reply(request)

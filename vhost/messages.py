@@ -84,6 +84,13 @@ class Request(enum.IntEnum):
     GET_STATUS = 40
 
 
+#: Requests whose reply carries a body: the backend always answers them (whatever the
+#: NEED_REPLY flag says), and REPLY_ACK never applies to them.
+HAS_REPLY = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
+                       Request.GET_VRING_BASE, Request.GET_QUEUE_NUM, Request.GET_CONFIG,
+                       Request.GET_MAX_MEM_SLOTS})
+
+
 class ProtocolFeature(enum.IntFlag):
     MQ = 1 << 0
     LOG_SHMFD = 1 << 1
