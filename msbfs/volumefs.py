@@ -68,33 +68,18 @@ def _escapes_as(path: str) -> Iterator[None]:
 
 def usage_bytes(root: str | Path) -> int:
     """Blocks in use below ``root`` (st_blocks * 512), counting each inode once, never
-    following symlinks and never crossing into another filesystem."""
-    top = os.lstat(root)
-    seen: set[int] = {top.st_ino}
-    total = top.st_blocks * 512
-    for _dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
-        keep = []
-        for name in dirnames:
-            try:
-                st = os.lstat(name, dir_fd=dirfd)
-            except FileNotFoundError:
-                continue
-            if st.st_dev != top.st_dev:
-                continue
-            keep.append(name)
-            if st.st_ino not in seen:
-                seen.add(st.st_ino)
-                total += st.st_blocks * 512
-        dirnames[:] = keep
-        for name in filenames:
-            try:
-                st = os.lstat(name, dir_fd=dirfd)
-            except FileNotFoundError:
-                continue
-            if st.st_dev == top.st_dev and st.st_ino not in seen:
-                seen.add(st.st_ino)
-                total += st.st_blocks * 512
-    return total
+    following symlinks and never crossing into another filesystem: the directory-volume
+    quota's own count (``msbfs.tree.policy.walk_usage``), so ``msbfs volume`` and statfs
+    inside a sandbox agree by construction."""
+    # Imported here: the tree package is only needed once usage is asked for, not to
+    # list or create volumes.
+    from msbfs.tree.policy import walk_usage
+
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return walk_usage(fd)
+    finally:
+        os.close(fd)
 
 
 class ContainedRoot:
