@@ -118,6 +118,11 @@ class GuestRam:
                 return r.gpa + start
         raise MemoryError(f"guest RAM exhausted allocating {size} bytes")
 
+    def uaddr(self, gpa: int) -> int:
+        """Our address of guest address ``gpa``: what the backend is told for rings."""
+        r, off = self.region_of(gpa)
+        return r.host + off
+
     def view(self, gpa: int, length: int) -> memoryview:
         r, off = self.region_of(gpa, length)
         return r.buf[off:off + length]
@@ -528,8 +533,7 @@ class Frontend:
         q = self.queues[i]
         await self.request(Request.SET_VRING_NUM, VringState(i, q.size))
         await self.request(Request.SET_VRING_BASE, VringState(i, base))
-        r_desc, r_avail, r_used = (self.ram.region_of(a)[0].host + self.ram.region_of(a)[1]
-                                   for a in (q.desc, q.avail, q.used))
+        r_desc, r_avail, r_used = (self.ram.uaddr(a) for a in (q.desc, q.avail, q.used))
         await self.request(Request.SET_VRING_ADDR, VringAddr(i, 0, r_desc, r_used, r_avail, 0))
         await self.request(Request.SET_VRING_KICK, VringFile(i, True), fds=[q.kick_fd])
         await self.request(Request.SET_VRING_CALL, VringFile(i, True), fds=[q.call_fd])
