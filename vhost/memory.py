@@ -7,7 +7,7 @@ fd is closed at once; the mapping keeps the memory alive.
 
 Replacing or removing regions never unmaps memory a queue may still be using:
 - every change builds a NEW memtable; queues are re-pointed at it by the backend
-  (``Backend._remap_queues``) before the old one is retired;
+  (``Backend._memory_changed``) before the old one is retired;
 - retired tables and mappings are released only when no one holds ``pinned()``
   (the backend pins around every ``handle_kick``; C threads serving a queue pin too).
 """
