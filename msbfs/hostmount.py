@@ -717,12 +717,11 @@ def raise_fd_limit() -> int:
 
 
 def serve(tree: TreeOps, mountpoint: str, options: MountOptions, *, fsname: str,
-          mirror_policy: bool = True, writeback: bool = False,
-          on_ready: Callable[[], None] = lambda: None) -> None:
+          mirror_policy: bool = True, on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve it in this process until it is unmounted
     or SIGINT/SIGTERM/SIGHUP arrives; then unmount and release every inode and handle."""
     raise_fd_limit()
-    ops = HostOps(tree, writeback=writeback)
+    ops = HostOps(tree, writeback=options.writeback)
     try:
         pyfuse3.init(ops, mountpoint, options.kernel_options(fsname, mirror_policy=mirror_policy))
     except RuntimeError as e:

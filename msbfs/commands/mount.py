@@ -89,13 +89,13 @@ def open_source(source: str, options: MountOptions) -> Source:
         raise
 
 
-def build_tree(src: Source, options: MountOptions, writeback: bool = False) -> Tree:
+def build_tree(src: Source, options: MountOptions) -> Tree:
     from msbfs.tree import Policy, Tree
 
     policy = Policy(readonly=options.readonly, noexec=options.noexec, nosuid=options.nosuid,
                     nodev=options.nodev, quota_bytes=src.quota_bytes,
                     squash_uid=options.uid, squash_gid=options.gid)
-    return Tree(src.path, policy, writeback=writeback)
+    return Tree(src.path, policy, writeback=options.writeback)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -123,11 +123,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         mountpoint = check_mountpoint(args.mountpoint)
         src = open_source(args.source, options)
         try:
-            tree = build_tree(src, options, writeback=options.writeback)
+            tree = build_tree(src, options)
             try:
                 serve(tree, mountpoint, options, fsname=src.label,
-                      mirror_policy=not args.no_kernel_flags, writeback=options.writeback,
-                      on_ready=ready.ready)
+                      mirror_policy=not args.no_kernel_flags, on_ready=ready.ready)
             finally:
                 tree.close()
         finally:
