@@ -357,7 +357,10 @@ void msb_mb(void)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
-size_t msb_iov_copy_from(const struct iovec *iov, int n, size_t off, void *dst, size_t len)
+/* Copy len bytes between buf and the iovec list from byte `off` of the list on, in the
+ * direction `to_iov` says; returns the bytes copied (short when the list ends first). */
+static inline size_t iov_copy(const struct iovec *iov, int n, size_t off, uint8_t *buf,
+                              size_t len, int to_iov)
 {
     size_t done = 0;
     for (int i = 0; i < n && done < len; i++) {
@@ -368,29 +371,26 @@ size_t msb_iov_copy_from(const struct iovec *iov, int n, size_t off, void *dst, 
         size_t k = iov[i].iov_len - off;
         if (k > len - done)
             k = len - done;
-        memcpy((uint8_t *)dst + done, (const uint8_t *)iov[i].iov_base + off, k);
+        uint8_t *at = (uint8_t *)iov[i].iov_base + off;
+        if (to_iov)
+            memcpy(at, buf + done, k);
+        else
+            memcpy(buf + done, at, k);
         done += k;
         off = 0;
     }
     return done;
 }
 
+size_t msb_iov_copy_from(const struct iovec *iov, int n, size_t off, void *dst, size_t len)
+{
+    return iov_copy(iov, n, off, dst, len, 0);
+}
+
 size_t msb_iov_copy_to(const struct iovec *iov, int n, size_t off, const void *src, size_t len)
 {
-    size_t done = 0;
-    for (int i = 0; i < n && done < len; i++) {
-        if (off >= iov[i].iov_len) {
-            off -= iov[i].iov_len;
-            continue;
-        }
-        size_t k = iov[i].iov_len - off;
-        if (k > len - done)
-            k = len - done;
-        memcpy((uint8_t *)iov[i].iov_base + off, (const uint8_t *)src + done, k);
-        done += k;
-        off = 0;
-    }
-    return done;
+    /* src is only read: the cast serves the shared walk */
+    return iov_copy(iov, n, off, (uint8_t *)src, len, 1);
 }
 
 static uint64_t page_size(void)
