@@ -146,10 +146,15 @@ def encode_attr_out(attr: Attr, timeout: float) -> bytes:
 # Whole replies in one pack: fuse_out_header + fuse_entry_out (or fuse_attr_out) +
 # fuse_attr. Lookup and getattr are most of a guest's requests; building the reply
 # from parts cost three packs and two concatenations each.
-_ATTR_FMT = abi.fuse_attr.format.lstrip("<=")
-_entry_reply = struct.Struct("<IiQQQQQII" + _ATTR_FMT)
-_create_reply = struct.Struct("<IiQQQQQII" + _ATTR_FMT + "QI4x")  # + fuse_open_out
-_attr_reply = struct.Struct("<IiQQI4x" + _ATTR_FMT)
+def _joined(*parts: struct.Struct) -> struct.Struct:
+    """The kernel's structs back to back (all little-endian, unpadded)."""
+    return struct.Struct("<" + "".join(p.format.lstrip("<=") for p in parts))
+
+
+_entry_reply = _joined(abi.fuse_out_header, abi.fuse_entry_out_head, abi.fuse_attr)
+_create_reply = _joined(abi.fuse_out_header, abi.fuse_entry_out_head, abi.fuse_attr,
+                        abi.fuse_open_out)
+_attr_reply = _joined(abi.fuse_out_header, abi.fuse_attr_out_head, abi.fuse_attr)
 _ENTRY_REPLY_LEN = _entry_reply.size
 _ATTR_REPLY_LEN = _attr_reply.size
 _CREATE_REPLY_LEN = _create_reply.size
