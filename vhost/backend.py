@@ -315,26 +315,18 @@ class Backend:
             # the SET_VRING_BASE it started with
             await self._stop_queue(vq)
             vq.base = int(vq.c.last_avail_idx)
-        if vq.kick_fd >= 0:
-            os.close(vq.kick_fd)
-        vq.kick_fd = msg.take_fd(0)
+        vq.kick_fd = _replace_fd(vq.kick_fd, msg)
         await self._start_queue(vq)
 
     async def _on_set_vring_call(self, msg: Message) -> None:
         assert isinstance(msg.body, VringFile)
         vq = self._vq(msg.body.index)
-        old = vq.c.call_fd
-        vq.c.call_fd = msg.take_fd(0) if msg.body.has_fd else -1
-        if old >= 0:
-            os.close(old)
+        vq.c.call_fd = _replace_fd(vq.c.call_fd, msg)
 
     async def _on_set_vring_err(self, msg: Message) -> None:
         assert isinstance(msg.body, VringFile)
         vq = self._vq(msg.body.index)
-        old = vq.c.err_fd
-        vq.c.err_fd = msg.take_fd(0) if msg.body.has_fd else -1
-        if old >= 0:
-            os.close(old)
+        vq.c.err_fd = _replace_fd(vq.c.err_fd, msg)
 
     async def _on_set_vring_enable(self, msg: Message) -> None:
         assert isinstance(msg.body, VringState)
@@ -503,6 +495,15 @@ class Backend:
         return {"messages": self.messages, "errors": self.errors,
                 "memory": self.memory.statistics(),
                 "queues": [vq.statistics() for vq in self.queues]}
+
+
+def _replace_fd(old: int, msg: Message) -> int:
+    """The eventfd a SET_VRING_KICK/CALL/ERR brings (-1 for none); ``old`` is closed."""
+    assert isinstance(msg.body, VringFile)
+    new = msg.take_fd(0) if msg.body.has_fd else -1
+    if old >= 0:
+        os.close(old)
+    return new
 
 
 def _name(request: int) -> str:
