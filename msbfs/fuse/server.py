@@ -33,7 +33,7 @@ from typing import Any
 from msbfs.fuse import abi
 from msbfs.fuse.abi import Opcode
 from msbfs.tree.api import TreeOps
-from msbfs.tree.types import FATTR_FH, Attr, Ctx, Entry, Lock, Opened, SetAttr
+from msbfs.tree.types import FATTR_FH, Attr, Ctx, DirEntry, Entry, Lock, Opened, SetAttr
 
 log = logging.getLogger(__name__)
 
@@ -663,38 +663,40 @@ class FuseSession:
         return _reply(unique)
 
     def _readdir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
-        fh, offset, size, _rf, _lo, _flags = body.struct(abi.fuse_read_in)
-        size = max(0, min(size, room - HEADER, MAX_WRITE))
-        parts: list[bytes] = []
-        used = 0
-        for d in self.tree.readdir(fh, offset):
-            rec = abi.dirent_size(len(d.name))
-            if used + rec > size:
-                break
-            raw = abi.fuse_dirent_head.pack(d.ino, d.off, len(d.name), d.type) + d.name
-            parts.append(raw + b"\0" * (rec - len(raw)))
-            used += rec
-        return _reply(unique, *parts)
+        return self._dirents(unique, body, room, None)
 
     def _readdirplus(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        def entry_out(d: DirEntry) -> bytes | None:
+            if d.name in (b".", b".."):
+                # No attributes (nodeid 0): the kernel makes no dentry from it.
+                return abi.fuse_entry_out_head.pack(0, 0, 0, 0, 0, 0) + abi.fuse_attr.pack(
+                    d.ino, 0, 0, 0, 0, 0, 0, 0, 0, d.type << 12, 0, 0, 0, 0, 0, 0)
+            try:
+                return encode_entry(self.tree.lookup(nodeid, d.name, ctx))
+            except OSError:
+                return None  # vanished since the listing: skip it
+
+        return self._dirents(unique, body, room, entry_out)
+
+    def _dirents(self, unique: int, body: _Body, room: int,
+                 entry_out: Callable[[DirEntry], bytes | None] | None) -> bytes:
+        """A READDIR reply, or with ``entry_out`` (each record's fuse_entry_out, None to
+        skip the entry) a READDIRPLUS one: whole records while they fit."""
         fh, offset, size, _rf, _lo, _flags = body.struct(abi.fuse_read_in)
         size = max(0, min(size, room - HEADER, MAX_WRITE))
+        plus = entry_out is not None
         parts: list[bytes] = []
         used = 0
         for d in self.tree.readdir(fh, offset):
-            rec = abi.dirent_size(len(d.name), plus=True)
+            rec = abi.dirent_size(len(d.name), plus=plus)
             if used + rec > size:
                 break  # checked before the lookup, so no lookup is counted for it
-            if d.name in (b".", b".."):
-                # No attributes (nodeid 0): the kernel makes no dentry from it.
-                eout = abi.fuse_entry_out_head.pack(0, 0, 0, 0, 0, 0) + abi.fuse_attr.pack(
-                    d.ino, 0, 0, 0, 0, 0, 0, 0, 0, d.type << 12, 0, 0, 0, 0, 0, 0)
-            else:
-                try:
-                    eout = encode_entry(self.tree.lookup(nodeid, d.name, ctx))
-                except OSError:
-                    continue  # vanished since the listing: skip it
-            raw = eout + abi.fuse_dirent_head.pack(d.ino, d.off, len(d.name), d.type) + d.name
+            raw = abi.fuse_dirent_head.pack(d.ino, d.off, len(d.name), d.type) + d.name
+            if entry_out is not None:
+                eout = entry_out(d)
+                if eout is None:
+                    continue
+                raw = eout + raw
             parts.append(raw + b"\0" * (rec - len(raw)))
             used += rec
         return _reply(unique, *parts)
