@@ -52,10 +52,8 @@ class _Attached:
 
 
 def _mount_flags(o: MountOptions) -> list[str]:
-    flags = ["ro" if o.readonly else "rw"]
-    flags += [f for f, on in (("noexec", o.noexec), ("nosuid", o.nosuid),
-                              ("nodev", o.nodev)) if on]
-    return flags
+    # The spec's flag names are mount(8)'s; "rw" is said outright when "ro" is not set.
+    return o.flags() if o.readonly else ["rw", *o.flags()]
 
 
 # Finds a virtio-blk disk by the serial the launcher gave it (probe order is not fixed).
