@@ -175,10 +175,10 @@ class Vm:
     def failure(self) -> str | None:
         """Why this guest can no longer work, or None: QEMU exited, or a daemon died (the
         message names the mount it served)."""
-        for tree, proc in self.daemons:
+        for i, (tree, proc) in enumerate(self.daemons):
             code = proc.poll()
             if code is not None:
-                log = _tail(self.dir / f"daemon{self.daemons.index((tree, proc))}.log", 600)
+                log = _tail(self.dir / f"daemon{i}.log", 600)
                 return (f"the daemon serving {tree.describe()} exited with status {code}"
                         + (f": {log}" if log else ""))
         if self.qemu is not None:
