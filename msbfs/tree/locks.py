@@ -19,9 +19,8 @@ import threading
 
 from msbfs.tree.handles import FileHandle
 from msbfs.tree.inodes import Inode
-from msbfs.tree.types import Lock
+from msbfs.tree.types import OFFSET_MAX, Lock
 
-OFFSET_MAX = (1 << 63) - 1
 _FLOCK = struct.Struct("@hhqqi4x")  # struct flock (x86-64 / aarch64 layout)
 _FLOCK_OPS = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
               fcntl.F_UNLCK: fcntl.LOCK_UN}

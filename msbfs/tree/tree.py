@@ -53,6 +53,7 @@ from msbfs.tree.types import (
     FOPEN_CACHE_DIR,
     FOPEN_DIRECT_IO,
     FOPEN_KEEP_CACHE,
+    OFFSET_MAX,
     ROOT_CTX,
     ROOT_ID,
     Attr,
@@ -79,7 +80,6 @@ AT_EACCESS = 0x200
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
-OFFSET_MAX = (1 << 63) - 1
 _TIME_MIN_NS = -(1 << 63) * 1_000_000_000  # the range of a timespec with a 64-bit tv_sec
 _TIME_MAX_NS = (1 << 63) * 1_000_000_000 - 1
 NAME_MAX = 255

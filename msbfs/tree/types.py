@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 #: FUSE's node id of the root directory (``FUSE_ROOT_ID``).
 ROOT_ID = 1
 
+#: The kernel's ``OFFSET_MAX`` (the largest ``loff_t``): the last file offset, and a
+#: ``Lock`` end meaning "to end of file".
+OFFSET_MAX = (1 << 63) - 1
+
 # fuse_open_out.open_flags: what ``Opened.open_flags`` holds
 FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
