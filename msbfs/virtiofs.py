@@ -109,10 +109,7 @@ class VirtioFsDevice(VhostUserDevice):
         self.end_session()
 
     def end_session(self) -> None:
-        lib.msb_fs_table_clear(self.table)
-        if self.session.initialized:
-            self.session.initialized = False
-            self.tree.destroy()
+        self.session.end()  # clears the C handle table first (on_destroy)
 
     def queue_stopped(self, index: int, vq: Any) -> None:
         self._epoch[index] = self._epoch.get(index, 0) + 1

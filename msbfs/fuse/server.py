@@ -427,6 +427,15 @@ class FuseSession:
         )
         return _reply(unique, out)
 
+    def end(self) -> None:
+        """The transport is gone (device reset, frontend left) without a DESTROY:
+        release what the session held, if it had begun; INIT is needed again."""
+        if self.on_destroy is not None:
+            self.on_destroy()
+        if self.initialized:
+            self.initialized = False
+            self.tree.destroy()
+
     def _destroy(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         self.initialized = False
         if self.on_destroy is not None:
