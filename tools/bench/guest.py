@@ -34,6 +34,7 @@ from pathlib import Path
 from msbfs.launcher import daemon as daemons
 from msbfs.launcher.sandbox import Sandbox
 from msbfs.mounts import Mount, MountOptions
+from tools.bench.proc import status_kib
 
 KINDS = {"virtiofsd": daemons.virtiofsd, "msbfs": daemons.msbfs_serve}
 HERE = Path(__file__).resolve().parent
@@ -62,20 +63,7 @@ def memory_kib(pid: int) -> dict[str, int]:
     """The daemon tree's memory by kind. Guest RAM the daemon has mapped (a vhost-user
     backend maps all of it) shows up as RssShmem: it is the guest's memory, not the
     daemon's, so RssAnon + RssFile is the daemon's own footprint."""
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        for task in Path(f"/proc/{p}/task").iterdir():
-            todo += [int(c) for c in (task / "children").read_text().split()]
-    keys = ("RssAnon", "RssFile", "RssShmem", "VmHWM")
-    total = dict.fromkeys(keys, 0)
-    for p in pids:
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            k, _, v = line.partition(":")
-            if k in total:
-                total[k] += int(v.split()[0])
-    return total
+    return status_kib(pid, ("RssAnon", "RssFile", "RssShmem", "VmHWM"))
 
 
 def build_tools(out: Path, sizes: Sizes) -> None:

@@ -29,6 +29,7 @@ import trio
 
 from msbfs.fuse import abi
 from msbfs.fuse.kernel import Requests, parse_entry, parse_open, parse_reply
+from tools.bench.proc import process_tree, status_kib
 from vhost.frontend import Frontend, GuestRam
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -54,27 +55,10 @@ def start_daemon(kind: str, shared: Path, sock: Path) -> subprocess.Popen:
     return proc
 
 
-def _tree(pid: int) -> list[int]:
-    """The daemon and its descendants (the C virtiofsd serves from a forked child in its
-    own pid namespace; the parent only waits)."""
-    out = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for k in (task / "children").read_text().split():
-            out.extend(_tree(int(k)))
-    return out
-
-
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) summed over the daemon's process tree, in KiB."""
-    rss = hwm = 0
-    for p in _tree(pid):
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            k, _, v = line.partition(":")
-            if k == "VmRSS":
-                rss += int(v.split()[0])
-            elif k == "VmHWM":
-                hwm += int(v.split()[0])
-    return rss, hwm
+    kib = status_kib(pid, ("VmRSS", "VmHWM"))
+    return kib["VmRSS"], kib["VmHWM"]
 
 
 Batch = list[tuple[list[bytes], list[int]]]
@@ -201,7 +185,7 @@ def cpu_seconds(pid: int) -> float:
     """utime+stime of the daemon's process tree (threads included)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
-    for p in _tree(pid):
+    for p in process_tree(pid):
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / tick

@@ -1,0 +1,29 @@
+"""What /proc says about a daemon's process tree (the C virtiofsd serves from a forked
+child; the parent only waits), for the benchmarks' memory and CPU lines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, through every thread's ``children`` list."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def status_kib(pid: int, keys: Iterable[str]) -> dict[str, int]:
+    """The ``/proc/PID/status`` fields ``keys`` (all in KiB), summed over the tree."""
+    total = dict.fromkeys(keys, 0)
+    for p in process_tree(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in total:
+                total[k] += int(v.split()[0])
+    return total
