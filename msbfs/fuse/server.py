@@ -410,12 +410,9 @@ class FuseSession:
         if self.posix_acl:
             want |= abi.FUSE_POSIX_ACL | abi.FUSE_SETXATTR_EXT
         neg = kernel & want
-        if self.on_destroy is not None:
-            self.on_destroy()
-        if self.initialized:
-            # A new INIT without DESTROY: the guest rebooted (or remounted after a crash).
-            # The old session's node ids and handles mean nothing now: release them.
-            self.tree.destroy()
+        # A new INIT without DESTROY: the guest rebooted (or remounted after a crash).
+        # The old session's node ids and handles mean nothing now: release them.
+        self.end()
         self.minor = min(minor, abi.FUSE_KERNEL_MINOR_VERSION)
         self.flags = neg
         self.max_write = MAX_WRITE
@@ -428,8 +425,8 @@ class FuseSession:
         return _reply(unique, out)
 
     def end(self) -> None:
-        """The transport is gone (device reset, frontend left) without a DESTROY:
-        release what the session held, if it had begun; INIT is needed again."""
+        """Release what the session held, if it had begun (DESTROY; INIT after INIT; the
+        transport gone: device reset, frontend left); INIT is needed again."""
         if self.on_destroy is not None:
             self.on_destroy()
         if self.initialized:
@@ -437,10 +434,7 @@ class FuseSession:
             self.tree.destroy()
 
     def _destroy(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
-        self.initialized = False
-        if self.on_destroy is not None:
-            self.on_destroy()
-        self.tree.destroy()
+        self.end()  # dispatch serves DESTROY only in an initialized session
         return _reply(unique)
 
     def _interrupt(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> None:
