@@ -280,8 +280,9 @@ class FuseSession:
     """One FUSE session (INIT .. DESTROY) over a tree.
 
     ``on_open(fh, flags)`` is called after OPEN/CREATE/TMPFILE succeed, ``on_release(fh)``
-    before RELEASE and ``on_destroy()`` before DESTROY and INIT, so a transport can keep its
-    own table of data handles (the C data path) that never outlives the tree's fds.
+    before RELEASE and ``on_destroy()`` whenever the session ends (``end``: DESTROY, INIT,
+    the transport gone), so a transport can keep its own table of data handles (the C data
+    path) that never outlives the tree's fds.
     """
 
     def __init__(self, tree: TreeOps, *, writeback: bool = False, posix_acl: bool = False,
