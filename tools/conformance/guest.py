@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from msbfs.commands.mount import is_path_source
 from msbfs.launcher import daemon as daemons
 from msbfs.launcher.sandbox import Sandbox
 from msbfs.mounts import Mount, MountOptions
@@ -65,7 +66,7 @@ class GuestTarget:
         elif self.source is None:
             (base / "work").mkdir()
             under_test = Mount.bind(base / "work", self.options)
-        elif "/" in self.source or self.source.startswith("."):
+        elif is_path_source(self.source):
             under_test = Mount.bind(self.source, self.options)
         else:
             under_test = Mount.named(self.source, self.options)
@@ -103,10 +104,9 @@ class GuestTarget:
             dest = self._stage / str(i)
             if p.is_dir():
                 shutil.copytree(p, dest / p.name)
-                out.append(f"{STAGED}/{i}/{p.name}")
             else:
                 shutil.copytree(p.parent, dest, ignore=shutil.ignore_patterns("__pycache__"))
-                out.append(f"{STAGED}/{i}/{p.name}")
+            out.append(f"{STAGED}/{i}/{p.name}")
         return out
 
     def run(self, argv: Sequence[str], *, cwd: str, env: Mapping[str, str] | None = None,
