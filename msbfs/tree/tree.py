@@ -287,10 +287,7 @@ class Tree:
         fixed = self.policy.stored_mode(fixed)
         if fixed == mode:
             return st
-        if isinstance(path, int):
-            os.fchmod(path, fixed)
-            return os.stat(path)
-        os.chmod(path, fixed)
+        os.chmod(path, fixed)  # an fd (int) is fchmod'ed
         return os.stat(path)
 
     def _charge_stat(self, before: os.stat_result | None, after: os.stat_result | None) -> None:
