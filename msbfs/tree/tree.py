@@ -36,7 +36,7 @@ from msbfs import syscalls
 from msbfs._native import lib
 from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
-from msbfs.tree.inodes import Inode, InodeTable
+from msbfs.tree.inodes import AT_EMPTY_PATH, Inode, InodeTable
 from msbfs.tree.locks import RecordLocks
 from msbfs.tree.policy import Policy, QuotaAccount, allocated, walk_usage
 from msbfs.tree.types import (
@@ -75,7 +75,6 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_COLLAPSE_RANGE = 0x08
 
-AT_EMPTY_PATH = 0x1000
 AT_EACCESS = 0x200
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
