@@ -7,9 +7,12 @@ with ``PathEscape`` even when another thread swaps a symlink in mid-operation. O
 no ``openat2`` form (mkdir, unlink, rmdir) resolve the parent that way and then act on
 the last component with the ``*at`` call, which never follows a symlink there.
 
-``ContainedRoot`` holds all of that; ``VolumeFs`` is the public face over it. When the
-tree (``msbfs/tree``) grows its own resolution and quota code, ``ContainedRoot`` is
-what gets swapped for it.
+``ContainedRoot`` holds all of that; ``VolumeFs`` is the public face over it. It shares
+with the tree (``msbfs/tree``) the kernel's containment (the same openat2 resolve flags)
+and the quota's definition of usage (``msbfs.tree.policy.walk_usage``), but not the
+tree's component-by-component lookup: VolumeFs follows symlinks that stay inside and
+calls ``..`` above the root an escape, where a client's lookup of ``..`` at the root
+is the root.
 
 A disk volume's files live inside its ext4 image: ``DiskVolumeFs`` mounts the image
 with fuse2fs on a private directory (per ``with`` block, or per call outside one) while
