@@ -21,7 +21,7 @@ from msbfs.tree import (
     SetAttr,
     Tree,
 )
-from tests.plugins.tree import ROOT, USER, err, walk
+from tests.plugins.tree import ROOT, USER, as_unprivileged_daemon, err, walk
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching identities needs root")
 
@@ -203,33 +203,20 @@ def test_unprivileged_daemon_serves_its_own_user(tmp_path: Path) -> None:
     os.chown(src, 1000, 1000)
     os.chmod(tmp_path, 0o755)
     src_fd = os.open(src, os.O_PATH)  # the pytest tmp dir's parents are root-only
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child drops root for good, then serves
-        status = 1
-        try:
-            os.close(rd)
-            os.setgroups([])
-            os.setgid(1000)
-            os.setuid(1000)
-            t = Tree(src_fd)
-            me = Ctx(1000, 1000)
-            _e, o = t.create(ROOT_ID, b"f", 0o644, os.O_WRONLY, 0o022, me)
-            t.write(o.fh, 0, b"hi", me)
-            t.release(o.fh)
-            t.mkdir(ROOT_ID, b"d", 0o755, 0o022, Ctx(1000, 1000, groups=(1000,)))
-            size = t.lookup(ROOT_ID, b"f", me).attr.size
-            denied = err(lambda: t.mkdir(ROOT_ID, b"x", 0o755, 0, Ctx(0, 0)))
-            os.write(wr, f"{size} {denied}".encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(wr)
+
+    def serve_as_1000() -> str:
+        t = Tree(src_fd)
+        me = Ctx(1000, 1000)
+        _e, o = t.create(ROOT_ID, b"f", 0o644, os.O_WRONLY, 0o022, me)
+        t.write(o.fh, 0, b"hi", me)
+        t.release(o.fh)
+        t.mkdir(ROOT_ID, b"d", 0o755, 0o022, Ctx(1000, 1000, groups=(1000,)))
+        size = t.lookup(ROOT_ID, b"f", me).attr.size
+        denied = err(lambda: t.mkdir(ROOT_ID, b"x", 0o755, 0, Ctx(0, 0)))
+        return f"{size} {denied}"
+
+    out = as_unprivileged_daemon(serve_as_1000)
     os.close(src_fd)
-    with os.fdopen(rd) as f:
-        out = f.read()
-    _pid, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
     # Root callers get nothing extra from an unprivileged daemon (None: src is 1000's).
     assert out == "2 None"
     assert os.stat(src / "f").st_uid == 1000 and (src / "d").is_dir()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from msbfs.tree import ROOT_ID, Policy, Tree
-from tests.plugins.tree import ROOT, err, fd_count, walk
+from tests.plugins.tree import ROOT, as_unprivileged_daemon, err, fd_count, walk
 
 
 def test_forget_releases_fds(tmp_path: Path) -> None:
@@ -371,28 +371,14 @@ def test_fd_cache_off_when_handles_cannot_be_reopened(tmp_path: Path) -> None:
     for i in range(40):
         (src / f"f{i}").write_bytes(b"x" * i)
     src_fd = os.open(src, os.O_PATH)
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.close(rd)
-            os.setgroups([])
-            os.setgid(1000)
-            os.setuid(1000)
-            with Tree(src_fd, max_inode_fds=16) as tree:
-                ids = [tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT).nodeid for i in range(40)]
-                sizes = [tree.getattr(n, None, ROOT)[0].size for n in ids]
-            os.write(wr, repr(sizes).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(wr)
+
+    def sizes_as_1000() -> str:
+        with Tree(src_fd, max_inode_fds=16) as tree:
+            ids = [tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT).nodeid for i in range(40)]
+            return repr([tree.getattr(n, None, ROOT)[0].size for n in ids])
+
+    out = as_unprivileged_daemon(sizes_as_1000)
     os.close(src_fd)
-    with os.fdopen(rd) as f:
-        out = f.read()
-    _pid, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
     assert out == repr(list(range(40)))
 
 

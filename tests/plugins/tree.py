@@ -5,7 +5,8 @@
 - ``make_tree(policy=..., **kw)``: a Tree over a fresh populated directory (closed at
   teardown).
 - ``USER``/``OTHER``: non-root callers (uid/gid 1000 and 1001).
-- helpers: ``err(fn)`` → errno or None; ``walk(tree, "a/b")`` → node id; ``fd_count()``.
+- helpers: ``err(fn)`` → errno or None; ``walk(tree, "a/b")`` → node id; ``fd_count()``;
+  ``as_unprivileged_daemon(body)`` runs ``body`` in a child that dropped root for uid 1000.
 """
 
 from __future__ import annotations
@@ -35,6 +36,31 @@ def err(fn: Callable[[], Any]) -> int | None:
     except OSError as e:
         return e.errno
     return None
+
+
+def as_unprivileged_daemon(body: Callable[[], str], uid: int = 1000, gid: int = 1000) -> str:
+    """Run ``body`` in a forked child that drops root for good (groups, gid, uid), as an
+    unprivileged daemon would run, and return the text it produced. The child exits
+    non-zero if ``body`` raises, and that fails the caller."""
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(rd)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.write(wr, body().encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(wr)
+    with os.fdopen(rd) as f:
+        out = f.read()
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return out
 
 
 def errname(code: int | None) -> str:
