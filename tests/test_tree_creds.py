@@ -68,6 +68,8 @@ def test_caller_umask_and_mode_are_exact(make_tree: MakeTree) -> None:
 
 def test_permission_denied_as_non_root(make_tree: MakeTree) -> None:
     tree = make_tree()
+    daemon_ids = thread_fs_ids()
+    assert daemon_ids[:2] == (0, 0)
     private = walk(tree, "private")  # 0700 root
     assert err(lambda: tree.lookup(private, b"secret", USER)) == errno.EACCES
     assert err(lambda: tree.create(private, b"x", 0o644, os.O_WRONLY, 0, USER)) == errno.EACCES
@@ -79,7 +81,8 @@ def test_permission_denied_as_non_root(make_tree: MakeTree) -> None:
     # Root gets through all of these.
     tree.lookup(private, b"secret", ROOT)
     tree.access(private, os.R_OK | os.W_OK | os.X_OK, ROOT)
-    assert thread_fs_ids() == (0, 0, thread_fs_ids()[2])
+    # USER carries no groups of its own: the daemon's group list must come back as it was.
+    assert thread_fs_ids() == daemon_ids
 
 
 def test_supplementary_groups(make_tree: MakeTree) -> None:
