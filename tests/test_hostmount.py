@@ -232,9 +232,14 @@ def test_listing_never_drops_names_when_out_of_descriptors(tmp_path: Path) -> No
 # The tree's inode fd cache closes least recently used inode fds past half the fd limit
 # and re-opens them from file handles, so a walk is not bounded by RLIMIT_NOFILE.
 def test_walk_beyond_the_descriptor_limit(tmp_path: Path) -> None:
-    _src, mnt = _mount_with_fd_limit(tmp_path, 600, 128)
+    src, mnt = _mount_with_fd_limit(tmp_path, 600, 128)
     try:
-        for name in os.listdir(mnt):
-            os.lstat(mnt / name)
+        names = sorted(os.listdir(mnt))
+        # Every name, not merely no error: an empty or short listing must fail here.
+        assert names == sorted(os.listdir(src)) and len(names) == 600
+        for name in names:
+            seen, host = os.lstat(mnt / name), os.lstat(src / name)
+            assert (seen.st_mode, seen.st_size, seen.st_mtime_ns) == (
+                host.st_mode, host.st_size, host.st_mtime_ns), name
     finally:
         hostmount.unmount(str(mnt))
