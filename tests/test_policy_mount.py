@@ -76,8 +76,10 @@ def test_nodev_no_device_created_or_opened(host_mount: MountFactory) -> None:
         os.mknod(m.mnt / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     assert e.value.errno in (errno.EPERM, errno.EACCES)
     assert not (m.source / "null").exists()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as e:
         os.mknod(m.mnt / "blk", stat.S_IFBLK | 0o666, os.makedev(7, 0))
+    assert e.value.errno in (errno.EPERM, errno.EACCES)
+    assert not (m.source / "blk").exists()
     # FIFOs are not devices.
     os.mkfifo(m.mnt / "fifo")
     assert stat.S_ISFIFO(os.stat(m.source / "fifo").st_mode)
@@ -88,9 +90,18 @@ def test_nodev_no_device_created_or_opened(host_mount: MountFactory) -> None:
 def test_nodev_existing_device_is_not_opened(host_mount: MountFactory) -> None:
     m = server_only(host_mount, "nodev")
     os.mknod(m.source / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))
-    with pytest.raises(OSError):
+    st = os.stat(m.mnt / "zero")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    with pytest.raises(OSError) as e:
         with open(m.mnt / "zero", "rb") as f:
             f.read(1)
+    assert e.value.errno == errno.ENXIO  # no device 0:0, not a refusal of some other kind
+    # The control: without the policy the same node does reach /dev/zero, so the refusal
+    # above is the tree's nodev and not something of the mount itself.
+    plain = host_mount(m.source, no_kernel_flags=True)
+    assert os.stat(plain.mnt / "zero").st_rdev == os.makedev(1, 5)
+    with open(plain.mnt / "zero", "rb") as f:
+        assert f.read(1) == b"\0"
 
 
 def test_readonly_nothing_writes(host_mount: MountFactory) -> None:
