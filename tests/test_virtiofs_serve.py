@@ -111,8 +111,13 @@ async def test_named_volume_holds_its_lock_and_quota(tmp_path: Path, msb_home: P
         errs = [(await c.call(c.r.write(e.nodeid, fh, i * len(chunk), chunk), 24)).error
                 for i in range(6)]
         assert errs[0] == 0 and (errno.ENOSPC in errs or errno.EDQUOT in errs)
-        st = abi.fuse_kstatfs.unpack(await c.ok(c.r.statfs()))
-        assert st[0] * st[7] <= 2 << 20  # statfs describes the 1 MiB quota
+        blocks, bfree, bavail, *_, frsize = abi.fuse_kstatfs.unpack(await c.ok(c.r.statfs()))
+        # statfs describes the 1 MiB quota exactly (not 0 bytes, not the host's disk), and
+        # the quota is spent: what is free is less than the chunk that was refused.
+        assert frsize > 0 and blocks * frsize == 1 << 20
+        assert bavail <= bfree and bfree * frsize < len(chunk)
+        host_used = os.stat(Path(volumes.get_volume("data").path) / "f").st_blocks * 512
+        assert host_used > 0 and (blocks - bfree) * frsize >= host_used
         await c.fe.close()
         assert await wait_exit(proc) == 0
     assert not volumes.volume_in_use("data")
