@@ -137,40 +137,65 @@ def test_directory_moved_out_of_the_root_has_no_parent(tmp_path: Path) -> None:
 
 def test_racing_symlink_swap_never_escapes(tmp_path: Path) -> None:
     """A thread keeps swapping a directory for a symlink to / while lookups run: every
-    lookup either finds the directory's entry or fails; none reaches the host's /."""
+    lookup either finds the directory's own entry or fails; none reaches the host's /.
+    Both outcomes must really occur (the race ran), each counted."""
     import threading
+    from collections import Counter
     root = tmp_path / "root"
     (root / "d").mkdir(parents=True)
     (root / "d" / "etc").mkdir()
+    own_etc = os.stat(root / "d" / "etc").st_ino
     stop = threading.Event()
+    swaps = 0
 
     def swapper() -> None:
+        nonlocal swaps
         while not stop.is_set():
             try:
                 os.rename(root / "d", root / "d.real")
                 os.symlink("/", root / "d")
                 os.unlink(root / "d")
                 os.rename(root / "d.real", root / "d")
+                swaps += 1
             except OSError:
                 pass
 
     th = threading.Thread(target=swapper)
     th.start()
     host_etc = os.stat("/etc").st_ino
+    outcomes: Counter[str] = Counter()
     try:
         with Tree(root) as tree:
-            for _ in range(2000):
+            # Not a time budget: run until both outcomes were seen often enough, with an
+            # iteration bound only as the failure limit.
+            for _ in range(200_000):
+                if outcomes["found"] >= 50 and outcomes["etc:ENOTDIR"] >= 5:
+                    break
                 try:
                     d = tree.lookup(ROOT_ID, b"d", ROOT)
-                    e = tree.lookup(d.nodeid, b"etc", ROOT)
-                except OSError:
+                except OSError as e:
+                    outcomes[f"d:{errno.errorcode[e.errno]}"] += 1
                     continue
-                assert e.attr.ino != host_etc
-                tree.forget(e.nodeid, 1)
+                try:
+                    e = tree.lookup(d.nodeid, b"etc", ROOT)
+                except OSError as ex:
+                    outcomes[f"etc:{errno.errorcode[ex.errno]}"] += 1
+                else:
+                    assert e.attr.ino != host_etc
+                    assert e.attr.ino == own_etc
+                    outcomes["found"] += 1
+                    tree.forget(e.nodeid, 1)
                 tree.forget(d.nodeid, 1)
     finally:
         stop.set()
         th.join()
+    # The race really ran: lookups found the directory, and some found the symlink in
+    # its place (the lookup under it then fails ENOTDIR instead of reaching /etc).
+    assert swaps > 0, outcomes
+    assert outcomes["found"] >= 50 and outcomes["etc:ENOTDIR"] >= 5, outcomes
+    # A failure is the name being gone or not a directory, never something else.
+    allowed = {"d:ENOENT", "etc:ENOENT", "etc:ENOTDIR", "etc:ESTALE"}
+    assert set(outcomes) - {"found"} <= allowed, outcomes
 
 
 @pytest.fixture
