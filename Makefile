@@ -9,9 +9,9 @@ BUILD := build
 # Debian packages the project uses: FUSE (host mounts, pyfuse3 build), e2fsprogs and
 # fuse2fs (disk volumes), QEMU (guests, and the C virtiofsd we compare against),
 # busybox + cpio + xz (guest initramfs), bindfs (benchmark reference), attr (xattr tools),
-# valgrind (the C test build).
+# valgrind (the C test build), libseccomp-dev (the serve daemon's syscall allowlist).
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config e2fsprogs fuse2fs qemu-system-x86 qemu-utils \
-	busybox-static cpio xz-utils bindfs attr valgrind python3-venv gcc
+	busybox-static cpio xz-utils bindfs attr valgrind python3-venv gcc libseccomp-dev
 
 .PHONY: demo test deps venv native guest lint bench clean
 

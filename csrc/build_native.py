@@ -26,8 +26,11 @@ ffibuilder.set_source(
     "\n".join(f'#include "{unit}.h"' for unit in units if (HERE / f"{unit}.h").exists()),
     # setuptools wants source paths relative to the project root it builds from.
     sources=[os.path.relpath(HERE / f"{unit}.c") for unit in units],
-    include_dirs=[str(HERE)],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+    # Our headers are found for "unit.h" only (-iquote), so csrc/seccomp.h does not
+    # shadow the system's <seccomp.h>.
+    # seccomp.c builds the daemon's syscall allowlist with libseccomp (libseccomp-dev).
+    libraries=["seccomp"],
+    extra_compile_args=["-iquote", str(HERE), "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-fno-strict-aliasing"],
 )
 

@@ -12,7 +12,6 @@ frontend disconnects (exit 0, like virtiofsd) or SIGTERM/SIGINT (exit 0).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import faulthandler
 import grp
 import json
@@ -27,12 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from msbfs import confine
+from msbfs.confine import SANDBOXES, SECCOMP_ACTIONS
 from msbfs.errors import MsbfsError, ServeError
 
 log = logging.getLogger("msbfs.serve")
 
 CACHE_MODES = ("auto", "always", "metadata", "never")
-SANDBOXES = ("namespace", "chroot", "none")
 LOG_LEVELS = {"error": logging.ERROR, "err": logging.ERROR, "warn": logging.WARNING,
               "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG,
               "trace": logging.DEBUG, "off": logging.CRITICAL + 10}
@@ -58,7 +58,10 @@ class ServeOptions:
     posix_acl: bool = False
     writeback: bool = False
     announce_submounts: bool = False
-    sandbox: str = "none"
+    sandbox: str = "namespace"
+    seccomp: str = "kill"
+    modcaps: str | None = None
+    rlimit_nofile: int | None = None
     thread_pool_size: int = 0
     num_request_queues: int = 1
     noexec: bool = False
@@ -90,8 +93,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="let the guest cache writes (FUSE_WRITEBACK_CACHE)")
     p.add_argument("--announce-submounts", action="store_true", default=None)
     p.add_argument("--sandbox", choices=SANDBOXES, default=None,
-                   help="namespace: private mount namespace + pivot_root; chroot: chroot; "
-                        "none (default)")
+                   help="namespace (default): own pid, net and mount namespaces + "
+                        "pivot_root into the share; chroot: private mounts + chroot; none")
+    p.add_argument("--seccomp", default=None, metavar="|".join(SECCOMP_ACTIONS),
+                   help="what a syscall outside the allowlist gets (default kill)")
+    p.add_argument("--modcaps", default=None, metavar="+CAP:-CAP",
+                   help="capabilities kept on top of the default set, e.g. +sys_admin:-chown")
+    p.add_argument("--rlimit-nofile", default=None, metavar="N",
+                   help="fd limit, soft and hard (default: soft raised to hard; 0: unchanged)")
     p.add_argument("--thread-pool-size", type=int, default=None, metavar="N",
                    help="accepted for compatibility: requests are served inline")
     p.add_argument("--num-request-queues", type=int, default=None, metavar="N",
@@ -112,8 +121,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="refuse growth past MIB mebibytes (ENOSPC)")
     # The Rust virtiofsd's tunables with no meaning here: accepted so its command lines
     # (kata, libvirt) work unchanged, and logged at debug level.
-    for flag in ("--seccomp", "--inode-file-handles", "--rlimit-nofile", "--modcaps",
-                 "--migration-mode", "--migration-on-error"):
+    for flag in ("--inode-file-handles", "--migration-mode", "--migration-on-error"):
         p.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"), metavar="X",
                        default=None, help=argparse.SUPPRESS)
     for flag in ("--no-readdirplus", "--allow-direct-io", "--killpriv-v2", "--no-killpriv-v2",
@@ -130,7 +138,7 @@ _IGNORED_O = {"flock", "no_flock", "posix_lock", "no_posix_lock", "readdirplus",
               "no_readdirplus", "allow_root", "killpriv_v2", "no_killpriv_v2",
               "no_posix_acl", "no_writeback", "no_announce_submounts", "allow_direct_io",
               "no_allow_direct_io", "security_label", "no_security_label", "max_idle_threads",
-              "timeout", "modcaps", "rlimit_nofile"}
+              "timeout"}
 
 
 def options_from_args(a: argparse.Namespace) -> ServeOptions:
@@ -157,6 +165,10 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
                 o.announce_submounts = True
             elif key == "sandbox":
                 o.sandbox = value
+            elif key == "modcaps":
+                o.modcaps = value
+            elif key == "rlimit_nofile":
+                o.rlimit_nofile = _fd_limit(value)
             elif key == "log_level":
                 o.log_level = value
             elif key == "debug":
@@ -172,10 +184,12 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
     for name in ("shared_dir", "volume", "socket_path", "fd", "socket_group", "tag", "cache",
                  "readonly", "xattr", "posix_acl", "writeback", "announce_submounts",
                  "sandbox", "thread_pool_size", "num_request_queues", "noexec", "nosuid",
-                 "nodev", "log_level", "syslog"):
+                 "nodev", "log_level", "syslog", "seccomp", "modcaps"):
         v = getattr(a, name, None)
         if v is not None:
             setattr(o, name, v)
+    if getattr(a, "rlimit_nofile", None) is not None:
+        o.rlimit_nofile = _fd_limit(a.rlimit_nofile)
     if getattr(a, "xattrmap", None):
         raise ServeError("--xattrmap is not supported")
     for k, v in vars(a).items():
@@ -192,6 +206,9 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
         raise ServeError(f"unknown cache mode {o.cache!r} (use {'|'.join(CACHE_MODES)})")
     if o.sandbox not in SANDBOXES:
         raise ServeError(f"unknown sandbox {o.sandbox!r} (use {'|'.join(SANDBOXES)})")
+    if o.seccomp not in SECCOMP_ACTIONS:
+        raise ServeError(f"unknown --seccomp action {o.seccomp!r} (use {'|'.join(SECCOMP_ACTIONS)})")
+    confine.parse_modcaps(o.modcaps)  # unknown names fail here, before anything starts
     if o.log_level not in LOG_LEVELS:
         raise ServeError(f"unknown log level {o.log_level!r}")
     if (o.shared_dir is None) == (o.volume is None):
@@ -205,6 +222,22 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
     if not o.tag or len(o.tag.encode()) > 36:
         raise ServeError("--tag must be 1..36 bytes")
     return o
+
+
+def _fd_limit(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ServeError(f"--rlimit-nofile must be a number of fds, not {value!r}")
+    return n
+
+
+def confinement(o: ServeOptions) -> confine.Confinement:
+    return confine.Confinement(sandbox=o.sandbox, seccomp=o.seccomp,
+                               caps=confine.parse_modcaps(o.modcaps),
+                               rlimit_nofile=o.rlimit_nofile)
 
 
 # ---- start-up pieces -------------------------------------------------------------------------
@@ -277,68 +310,6 @@ def is_listening(s: socket.socket) -> bool:
     return bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-MNT_DETACH = 2
-SYS_pivot_root = 155  # x86_64
-
-
-def _check(r: int, what: str) -> None:
-    if r < 0:
-        e = ctypes.get_errno()
-        raise ServeError(f"sandbox: {what}: {os.strerror(e)}")
-
-
-def _mount(src: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(_libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None,
-                       ctypes.c_ulong(flags), data.encode() if data else None),
-           f"mount {target}")
-
-
-def enter_sandbox(mode: str, shared_dir: str) -> None:
-    """Leave the host's filesystem behind. Everything the daemon serves is already an fd
-    (the tree's root, the socket); only ``/proc/self/fd`` is still needed by path (the
-    tree re-opens O_PATH fds through it), so the new root has the shared directory and
-    a fresh /proc and nothing else.
-
-    ``namespace``: a private mount namespace whose root is a small tmpfs, entered with
-    pivot_root and the old root detached (nothing of the host stays reachable).
-    ``chroot``: the same new root entered with chroot(2) (for hosts where pivot_root is
-    not allowed); the host's mounts stay below it, unreachable by path.
-    """
-    if mode == "none":
-        return
-    # The new root is a tmpfs mounted over /tmp inside our private namespace (so nothing
-    # is left behind on the host); the shared directory is bound into it through an fd,
-    # since it may itself live under /tmp.
-    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _mount("none", "/", None, MS_REC | MS_PRIVATE)
-    # opened after unshare: a bind source must be a mount of our own namespace
-    src_fd = os.open(shared_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        new_root = "/tmp"
-        _mount("msbfs-root", new_root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-               "mode=0755,size=64k")
-        for d in ("shared", "proc", "old"):
-            os.mkdir(os.path.join(new_root, d))
-        _mount(f"/proc/self/fd/{src_fd}", os.path.join(new_root, "shared"), None,
-               MS_BIND | MS_REC)
-    finally:
-        os.close(src_fd)
-    _mount("proc", os.path.join(new_root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    if mode == "namespace":
-        os.chdir(new_root)
-        _check(_libc.syscall(SYS_pivot_root, b".", b"old"), "pivot_root")
-        os.chroot(".")
-        _check(_libc.umount2(b"/old", MNT_DETACH), "umount old root")
-        os.rmdir("/old")
-    else:
-        os.chroot(new_root)
-    os.chdir("/shared")
-
-
 def print_capabilities() -> int:
     print(json.dumps(CAPABILITIES, indent=2))
     return 0
@@ -381,6 +352,8 @@ def run(o: ServeOptions) -> int:
     if not os.path.isdir(shared_dir):
         raise ServeError(f"shared directory {shared_dir} does not exist or is not a directory")
     sock = open_socket(o)
+    jail = confinement(o)
+    confine.set_fd_limit(jail.rlimit_nofile)  # before the tree sizes its fd cache on it
     policy = Policy(readonly=o.readonly, noexec=o.noexec, nosuid=o.nosuid, nodev=o.nodev,
                     quota_bytes=quota_mib * MIB if quota_mib is not None else None)
     # One answer for the tree and the session: a tree that drops O_APPEND for a kernel
@@ -388,7 +361,9 @@ def run(o: ServeOptions) -> int:
     writeback = o.writeback and o.cache != "never"
     tree = Tree(shared_dir, policy, cache=o.cache, xattr=o.xattr, posix_acl=o.posix_acl,
                 announce_submounts=o.announce_submounts, writeback=writeback)
-    enter_sandbox(o.sandbox, shared_dir)
+    # With the namespace sandbox only a forked child returns (pid 1 of its namespace);
+    # the process outside supervises it and removes the socket file it can no longer see.
+    confine.confine(jail, shared_dir, on_exit=lambda: _remove_socket(o))
     for item in o.ignored:
         log.debug("ignoring -o %s", item)
     device = VirtioFsDevice(tree, tag=o.tag, num_request_queues=o.num_request_queues,
@@ -402,14 +377,21 @@ def run(o: ServeOptions) -> int:
         log.info("statistics: %s", " ".join(f"{k}={v}" for k, v in device.statistics().items()))
         tree.close()
         sock.close()
-        if o.socket_path:
-            try:
-                os.unlink(o.socket_path)
-            except OSError:
-                pass
+        if o.sandbox == "none":
+            # Sandboxed, the path is out of reach (or, relative, would name a file in the
+            # share): the namespace sandbox's supervisor removes it.
+            _remove_socket(o)
         if lock is not None:
             lock.close()
     return 0
+
+
+def _remove_socket(o: ServeOptions) -> None:
+    if o.socket_path:
+        try:
+            os.unlink(o.socket_path)
+        except OSError:
+            pass
 
 
 async def _serve(device: Any, sock: socket.socket, keep_serving: bool) -> None:

@@ -1,0 +1,342 @@
+"""How ``msbfs serve`` confines itself once its tree, socket and lock are made, the way
+virtiofsd confines its own daemon. Each layer stops something the others do not:
+
+- namespaces + pivot_root (``--sandbox namespace``, the default): the serving process is
+  pid 1 of a new pid namespace, in a new network namespace (only a down loopback) and a
+  new mount namespace whose root is a small read-only tmpfs holding the shared
+  directory (``/shared``) and a ``/proc`` of its own pid namespace. No host path, host
+  process or network is reachable by name any more; what it serves it holds as fds.
+- capabilities: only what serving needs (``DEFAULT_CAPS``), in the bounding set too and
+  none ambient or inheritable, so a compromised daemon cannot mount, load modules,
+  ptrace, or set ``trusted.*`` xattrs (those need CAP_SYS_ADMIN).
+- ``no_new_privs``: nothing it could exec gains privileges (and seccomp needs it).
+- seccomp: an allowlist of the syscalls the daemon makes (``SYSCALLS``); anything else
+  kills the process (``--seccomp=kill``), so a hijacked daemon has a small kernel surface.
+- ``RLIMIT_NOFILE`` (``--rlimit-nofile``): a bound on the fds a guest can make it hold.
+
+The order is fixed by what each step needs: the fd limit before the tree; the sandbox
+(it mounts, so it needs CAP_SYS_ADMIN) before the capabilities go; dropping the bounding
+set needs CAP_SETPCAP, so it comes before capset; ``no_new_privs`` before the filter; the
+filter last and before any thread exists (capsets are per thread; the filter is
+installed with TSYNC anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from msbfs._native import ffi, lib
+from msbfs.errors import ServeError
+
+log = logging.getLogger("msbfs.confine")
+
+SANDBOXES = ("namespace", "chroot", "none")
+SECCOMP_ACTIONS = ("none", "log", "trap", "kill")
+
+# linux/sched.h, linux/mount.h, linux/prctl.h
+CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_READ, PR_CAPBSET_DROP = 1, 23, 24
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
+
+#: linux/capability.h, by number (capability N is bit N of the masks).
+CAP_NAMES = (
+    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid",
+    "setuid", "setpcap", "linux_immutable", "net_bind_service", "net_broadcast",
+    "net_admin", "net_raw", "ipc_lock", "ipc_owner", "sys_module", "sys_rawio",
+    "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
+    "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write",
+    "audit_control", "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm",
+    "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",
+)
+CAP_SETPCAP = CAP_NAMES.index("setpcap")
+
+#: virtiofsd's set (what creating files as the caller, chown/chmod/utimes on the
+#: caller's behalf, mknod and file capabilities need), plus DAC_READ_SEARCH: the inode
+#: table re-opens evicted inodes with open_by_handle_at (msbfs/tree/inodes.py).
+DEFAULT_CAPS = frozenset(CAP_NAMES.index(n) for n in (
+    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "setgid", "setuid",
+    "mknod", "setfcap"))
+
+#: Every syscall the serving process makes once the filter is on, by name so the list
+#: holds on every architecture (names an architecture lacks, like ``open`` on aarch64,
+#: are skipped). Where it came from: ``strace -f -c`` and ``--seccomp=log`` (the kernel
+#: logs each syscall outside the list, audit type 1326) over real daemons driven by
+#: tests/test_virtiofs_serve.py, tests/test_confinement.py, the guest tests
+#: (tests/test_guest_*.py, tests/test_launcher.py) and the frontend benchmark, plus the
+#: tree's own operations read from msbfs/tree and csrc/ (some only a rare request
+#: reaches). A syscall missing here kills the daemon on guest input: add, never guess
+#: by removing.
+SYSCALLS = (
+    # CPython, glibc, trio: memory, threads, signals, time, the event loop
+    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "futex", "set_robust_list",
+    "get_robust_list", "rseq", "clone", "clone3", "exit", "exit_group", "gettid", "getpid",
+    "getppid", "tgkill", "tkill", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn",
+    "sigaltstack", "restart_syscall", "sched_yield", "sched_getaffinity", "getrandom",
+    "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time",
+    "getrusage", "times", "sysinfo", "uname", "prlimit64", "getrlimit", "prctl", "capget",
+    "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid",
+    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll",
+    "select", "pselect6", "eventfd2", "pipe2", "membarrier",
+    # fds and sockets: the vhost-user connection (SCM_RIGHTS), trio's wake-up socketpair,
+    # syslog's connected socket (re-connect attempts fail harmlessly in the empty net
+    # namespace, but must not kill)
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
+    "preadv2", "pwritev2", "lseek", "close", "close_range", "dup", "dup2", "dup3", "fcntl",
+    "ioctl", "socket", "socketpair", "connect", "accept", "accept4", "shutdown",
+    "sendto", "sendmsg", "recvfrom", "recvmsg", "getsockopt", "setsockopt", "getsockname",
+    "getpeername",
+    # the tree: lookups over O_PATH fds, /proc/self/fd re-opens, xattrs by path
+    "open", "openat", "openat2", "name_to_handle_at", "open_by_handle_at", "stat", "lstat",
+    "fstat", "newfstatat", "statx", "statfs", "fstatfs", "getdents64", "readlink",
+    "readlinkat", "access", "faccessat", "faccessat2", "getcwd", "chdir", "fchdir", "umask",
+    "mkdir", "mkdirat", "mknodat", "unlink", "unlinkat", "rmdir", "rename", "renameat",
+    "renameat2", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat",
+    "chown", "fchown", "lchown", "fchownat", "utimensat", "truncate", "ftruncate",
+    "fallocate", "fsync", "fdatasync", "syncfs", "sync_file_range", "flock",
+    "copy_file_range", "fadvise64", "getxattr", "lgetxattr", "fgetxattr", "setxattr",
+    "lsetxattr", "fsetxattr", "listxattr", "llistxattr", "flistxattr", "removexattr",
+    "lremovexattr", "fremovexattr",
+    # the caller's identity per request (raw per-thread syscalls, csrc/sys.c, tree.c)
+    "setfsuid", "setfsgid", "setgroups", "getgroups",
+)
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What ``msbfs serve`` was asked for (already checked)."""
+
+    sandbox: str = "namespace"
+    seccomp: str = "kill"
+    caps: frozenset[int] = DEFAULT_CAPS
+    rlimit_nofile: int | None = None  # None: raise the soft limit to the hard one
+
+
+def _check(r: int, what: str) -> int:
+    if r < 0:
+        raise ServeError(f"sandbox: {what}: {os.strerror(-r)}")
+    return r
+
+
+# ---- options ------------------------------------------------------------------------------
+
+def cap_number(name: str) -> int:
+    """A capability by the name virtiofsd's --modcaps takes (``sys_admin``; case and a
+    ``cap_`` prefix do not matter)."""
+    n = name.strip().lower()
+    n = n.removeprefix("cap_")
+    if n not in CAP_NAMES:
+        raise ServeError(f"--modcaps: unknown capability {name!r}")
+    return CAP_NAMES.index(n)
+
+
+def parse_modcaps(spec: str | None, base: frozenset[int] = DEFAULT_CAPS) -> frozenset[int]:
+    """The Rust virtiofsd's ``--modcaps=+sys_admin:-chown``: colon-separated additions
+    (``+cap``) and removals (``-cap``) applied in order to the default set."""
+    caps = set(base)
+    for item in (spec or "").split(":"):
+        if not item:
+            continue
+        if item[0] not in "+-" or len(item) == 1:
+            raise ServeError(f"--modcaps: {item!r} is not +CAP or -CAP")
+        n = cap_number(item[1:])
+        if item[0] == "+":
+            caps.add(n)
+        else:
+            caps.discard(n)
+    return frozenset(caps)
+
+
+def cap_names(mask: int) -> list[str]:
+    """A capability mask (as /proc/<pid>/status prints it, in hex) as names."""
+    return [name for i, name in enumerate(CAP_NAMES) if mask >> i & 1] + \
+        [f"cap_{i}" for i in range(len(CAP_NAMES), 64) if mask >> i & 1]
+
+
+def cap_mask(caps: Iterable[int]) -> int:
+    return sum(1 << c for c in set(caps))
+
+
+# ---- the layers ---------------------------------------------------------------------------
+
+def set_fd_limit(n: int | None) -> None:
+    """``--rlimit-nofile N``: soft and hard limit both N, as virtiofsd sets them (the
+    tree then sees soft == hard and leaves it). None keeps today's default (the tree
+    raises the soft limit to the hard one); 0 leaves the limits alone."""
+    if not n:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    except (OSError, ValueError) as e:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        raise ServeError(f"--rlimit-nofile {n}: cannot set it (hard limit {hard}, "
+                         f"raising it needs CAP_SYS_RESOURCE): {e}") from None
+
+
+def _mount(src: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(lib.msb_mount(src.encode(), target.encode(),
+                         fstype.encode() if fstype else ffi.NULL, flags,
+                         data.encode() if data else ffi.NULL), f"mount {target}")
+
+
+def _new_root(shared_dir: str, new_root: str) -> None:
+    """A tmpfs at ``new_root`` (inside our private mount namespace, so nothing is left
+    on the host) holding the shared directory at ``shared`` and a fresh procfs at
+    ``proc`` (of the pid namespace we are in: the tree re-opens inodes through
+    /proc/self/fd). The shared directory is bound through an fd, since it may itself
+    live under ``new_root``; the fd is opened after unshare (a bind source must be a
+    mount of our own namespace)."""
+    _mount("none", "/", None, MS_REC | MS_PRIVATE)
+    src_fd = os.open(shared_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _mount("msbfs-root", new_root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               "mode=0755,size=64k")
+        for d in ("shared", "proc", "old"):
+            os.mkdir(os.path.join(new_root, d))
+        _mount(f"/proc/self/fd/{src_fd}", os.path.join(new_root, "shared"), None,
+               MS_BIND | MS_REC)
+    finally:
+        os.close(src_fd)
+    _mount("proc", os.path.join(new_root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def enter_sandbox(mode: str, shared_dir: str, on_exit: Callable[[], None] = lambda: None) -> None:
+    """Leave the host behind. Everything the daemon serves is already an fd (the tree's
+    root, the socket); only ``/proc/self/fd`` is still needed by path.
+
+    ``namespace``: fork into a new pid namespace (the caller stays outside as a
+    supervisor, see ``_supervise``: it never returns), then new mount and network
+    namespaces, pivot_root into the new root and the old root detached.
+    ``chroot``: a private mount namespace and the same new root entered with chroot(2)
+    (for hosts where pivot_root or namespaces beyond mount are not allowed); the host's
+    pids and network stay visible.
+    """
+    if mode == "none":
+        return
+    if mode == "namespace":
+        # Only the child enters the pid namespace, and only the child unshares mount and
+        # network: the supervisor keeps the host's mounts (pivot_root moves every process
+        # of the namespace whose root is the old one) so it can clean up the socket path.
+        _check(lib.msb_unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child:
+            _supervise(child, on_exit)
+        # pid 1 of its namespace now. If the supervisor is killed outright, follow it.
+        _check(lib.msb_prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+        # pid 1 ignores signals it has no handler for: exit on SIGTERM/SIGHUP as an
+        # unconfined daemon would die of them (trio takes SIGTERM over while serving).
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _exit_on_signal)
+        _check(lib.msb_unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare(CLONE_NEWNS|CLONE_NEWNET)")
+        _new_root(shared_dir, "/tmp")
+        os.chdir("/tmp")
+        _check(lib.msb_pivot_root(b".", b"old"), "pivot_root")
+        os.chroot(".")
+        _check(lib.msb_umount2(b"/old", MNT_DETACH), "umount old root")
+        os.rmdir("/old")
+        # Nothing is ever created in the new root itself: make it read-only.
+        _mount("none", "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    else:
+        _check(lib.msb_unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        _new_root(shared_dir, "/tmp")
+        os.chroot("/tmp")
+    os.chdir("/shared")
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
+
+
+def _supervise(child: int, on_exit: Callable[[], None]) -> None:
+    """The process outside the pid namespace: forward the stop signals to the serving
+    child, wait for it, clean up what only the host's view can reach (``on_exit``: the
+    socket path) and exit with the child's status (128+N if signal N killed it)."""
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        name = signal.Signals(-code).name
+        why = " (a system call outside the seccomp allowlist: see the kernel log)" \
+            if -code == signal.SIGSYS else ""
+        log.error("serving process killed by %s%s", name, why)
+        code = 128 - code
+    try:
+        on_exit()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def drop_capabilities(keep: frozenset[int]) -> None:
+    """Keep only ``keep`` in the effective and permitted sets, drop everything else from
+    the bounding set, clear the inheritable and ambient sets. A capability we never had
+    (a non-root daemon, a container) is left out of the default set silently; one asked
+    for with ``--modcaps=+cap`` that we do not have is an error."""
+    eff, prm, inh = ffi.new("uint64_t *"), ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    _check(lib.msb_capget(eff, prm, inh), "capget")
+    want = cap_mask(keep)
+    missing = want & ~prm[0] & ~cap_mask(DEFAULT_CAPS)
+    if missing:
+        raise ServeError(f"--modcaps: this process does not have {', '.join(cap_names(missing))}")
+    want &= prm[0]
+    _check(lib.msb_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient caps")
+    if eff[0] >> CAP_SETPCAP & 1:
+        last = _last_cap()
+        for cap in range(last + 1):
+            if not want >> cap & 1 and lib.msb_prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
+                _check(lib.msb_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop cap {cap} from bounding set")
+    _check(lib.msb_capset(want, want, 0), "capset")
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return len(CAP_NAMES) - 1
+
+
+def set_no_new_privs() -> None:
+    _check(lib.msb_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+
+
+_ACTIONS = {"log": lib.MSB_SECCOMP_LOG, "trap": lib.MSB_SECCOMP_TRAP, "kill": lib.MSB_SECCOMP_KILL}
+
+
+def install_seccomp(action: str, syscalls: Iterable[str] = SYSCALLS) -> None:
+    """The allowlist on every thread; anything else gets ``action``."""
+    if action == "none":
+        return
+    names = [ffi.new("char[]", n.encode()) for n in syscalls]
+    r = lib.msb_seccomp_load(_ACTIONS[action], ffi.new("char *[]", names), len(names))
+    _check(r, "seccomp")
+    if r:
+        log.debug("seccomp: %d syscall names do not exist on this architecture", r)
+
+
+def confine(c: Confinement, shared_dir: str, on_exit: Callable[[], None] = lambda: None) -> None:
+    """Every layer, in the order each needs (see the module docstring). With
+    ``namespace`` only the forked serving child returns from here."""
+    enter_sandbox(c.sandbox, shared_dir, on_exit)
+    drop_capabilities(c.caps)
+    set_no_new_privs()
+    install_seccomp(c.seccomp)
