@@ -177,12 +177,31 @@ def test_nodev(make_tree: MakeTree) -> None:
     attr = tree.getattr(null, None, ROOT)[0]
     assert stat.S_ISCHR(attr.mode) and attr.rdev == 0
     assert tree.lookup(ROOT_ID, b"null", ROOT).attr.rdev == 0
+
+def test_no_device_is_ever_opened(make_tree: MakeTree) -> None:
+    """Whatever the policy, a client never gets a host device opened for it (issue 9,
+    point 1): not by OPEN on the node, not by CREATE on its name. Its attributes stay
+    visible (ls shows it), as with the C virtiofsd."""
     plain = make_tree()
-    os.mknod(plain.path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # type: ignore[attr-defined]
+    root: Path = plain.path  # type: ignore[attr-defined]
+    os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(root / "loop", stat.S_IFBLK | 0o666, os.makedev(7, 0))
     assert plain.getattr(walk(plain, "null"), None, ROOT)[0].rdev == os.makedev(1, 3)
-    fh = plain.open(walk(plain, "null"), os.O_RDWR, ROOT).fh
-    assert plain.write(fh, 0, b"gone", ROOT) == 4
-    plain.release(fh)
+    handles = plain.statistics().handles
+    for name in (b"null", b"loop"):
+        node = walk(plain, name.decode())
+        for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
+            assert err(lambda n=node, f=flags: plain.open(n, f, ROOT)) == errno.EBADF
+            assert err(lambda b=name, f=flags: plain.create(ROOT_ID, b, 0o666, f, 0,
+                                                                     ROOT)) == errno.EBADF
+    assert plain.statistics().handles == handles
+    # a device node made through the tree (no nodev) is just as closed
+    e = plain.mknod(ROOT_ID, b"kmsg", stat.S_IFCHR | 0o600, os.makedev(1, 11), 0, ROOT)
+    assert err(lambda: plain.open(e.nodeid, os.O_RDONLY, ROOT)) == errno.EBADF
+    # FIFOs still open, without waiting for a peer
+    fifo = plain.mknod(ROOT_ID, b"fifo", stat.S_IFIFO | 0o600, 0, 0, ROOT)
+    plain.release(plain.open(fifo.nodeid, os.O_RDONLY, ROOT).fh)
+    assert err(lambda: plain.open(fifo.nodeid, os.O_WRONLY, ROOT)) == errno.ENXIO
 
 
 def test_owner_squash(make_tree: MakeTree) -> None:

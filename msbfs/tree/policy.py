@@ -14,6 +14,17 @@ tracked incrementally from the allocation each mutating call actually caused (fs
 before/after), so sparse files and holes are charged as the host charges them.
 Changes made behind the tree's back (another process writing the host directory) are
 picked up at the next start only.
+
+The quota also limits **inodes** (every inode on the root's filesystem, counted once,
+the root included), so a guest cannot exhaust the host filesystem's inode table with
+empty files, which cost no blocks. Unless set, the limit is one inode per 4 KiB block
+of the byte quota (so a volume can still be filled with one-block files), at least
+``MIN_DEFAULT_INODES``.
+
+Special files: a client never gets a host device opened for it, whatever the policy
+(``check_open``). A Linux client kernel opens device nodes itself and never sends OPEN
+for one; a hostile one that does would otherwise reach the host device behind the node
+(CVE-2020-35517's class; the C virtiofsd answers EBADF too).
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ SETID_BITS = stat.S_ISUID | stat.S_ISGID
 _WRITE_OPEN = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 _DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
 _BLOCK = 4096
+#: The smallest default inode limit of a quota (see the module doc).
+MIN_DEFAULT_INODES = 1024
 
 
 def _err(code: int) -> OSError:
@@ -47,12 +60,24 @@ class Policy:
     nosuid: bool = False
     nodev: bool = False
     quota_bytes: int | None = None  # directory-volume quota, in allocated bytes
+    quota_inodes: int | None = None  # inode limit; None: derived from quota_bytes
     squash_uid: int | None = None  # owner squash for host mounts: all files appear as this uid
     squash_gid: int | None = None
 
     def __post_init__(self) -> None:
         if self.quota_bytes is not None and self.quota_bytes < 0:
             raise ValueError("quota_bytes must be >= 0")
+        if self.quota_inodes is not None and self.quota_inodes < 1:
+            raise ValueError("quota_inodes must be >= 1")
+
+    @property
+    def inode_limit(self) -> int | None:
+        """The inode quota: as given, else derived from the byte quota, else none."""
+        if self.quota_inodes is not None:
+            return self.quota_inodes
+        if self.quota_bytes is not None:
+            return max(MIN_DEFAULT_INODES, self.quota_bytes // _BLOCK)
+        return None
 
     # ---- checks the tree runs before a syscall --------------------------------------
     def check_mutation(self) -> None:
@@ -66,8 +91,10 @@ class Policy:
             raise _err(errno.EROFS)
         if self.noexec and flags & FMODE_EXEC:
             raise _err(errno.EACCES)
-        if self.nodev and kind in _DEVICE_TYPES:
-            raise _err(errno.EACCES)
+        if kind in _DEVICE_TYPES:
+            # nodev answers as a nodev mount does; without it, still no host device
+            # (see the module doc).
+            raise _err(errno.EACCES if self.nodev else errno.EBADF)
 
     def check_mknod(self, mode: int) -> None:
         self.check_mutation()
@@ -99,30 +126,47 @@ class Policy:
         return ~SETID_BITS if self.nosuid else ~0
 
 
+_UNLIMITED = 1 << 62
+
+
 class QuotaAccount:
-    """Allocated bytes in use under a quota'd root, charged incrementally.
+    """Allocated bytes and inodes in use under a quota'd root, charged incrementally.
 
     ``reserve`` answers "may this call grow usage by about N bytes?" before the syscall
-    (ENOSPC if not); ``charge`` books the growth (or shrinkage) the call really caused.
-    A lock makes the pair safe when a transport runs tree calls on several threads.
+    (ENOSPC if not), ``reserve_inode`` the same for one new inode; ``charge`` books the
+    growth (or shrinkage) the call really caused. ``limit`` None: inodes only. A lock
+    makes the pair safe when a transport runs tree calls on several threads.
     """
 
-    def __init__(self, limit: int, used: int) -> None:
+    def __init__(self, limit: int | None, used: int, inode_limit: int | None = None,
+                 inodes: int = 0) -> None:
         self.limit = limit
         self.used = used
+        self.inode_limit = inode_limit
+        self.inodes = inodes
         self._lock = threading.Lock()
 
     @property
     def available(self) -> int:
-        return max(0, self.limit - self.used)
+        return _UNLIMITED if self.limit is None else max(0, self.limit - self.used)
+
+    @property
+    def inodes_available(self) -> int:
+        lim = self.inode_limit
+        return _UNLIMITED if lim is None else max(0, lim - self.inodes)
 
     def reserve(self, growth: int) -> None:
-        if growth > 0 and self.used + growth > self.limit:
+        if growth > 0 and growth > self.available:
             raise _err(errno.ENOSPC)
 
-    def charge(self, delta: int) -> None:
+    def reserve_inode(self) -> None:
+        if self.inodes_available < 1:
+            raise _err(errno.ENOSPC)
+
+    def charge(self, delta: int, inodes: int = 0) -> None:
         with self._lock:
             self.used = max(0, self.used + delta)
+            self.inodes = max(0, self.inodes + inodes)
 
     def write_allowance(self, st: os.stat_result, offset: int, length: int) -> int:
         """How many of ``length`` bytes at ``offset`` may be written to the file whose
@@ -161,12 +205,19 @@ def allocated(st: os.stat_result | None, root_dev: int) -> int:
 
 
 def walk_usage(root_fd: int) -> int:
-    """Allocated bytes below ``root_fd`` by the quota's definition (see module doc).
-    Keeps at most one fd per directory level open, so any tree shape is walkable."""
+    """Allocated bytes below ``root_fd`` by the quota's definition (see module doc)."""
+    return walk_counts(root_fd)[0]
+
+
+def walk_counts(root_fd: int) -> tuple[int, int]:
+    """Allocated bytes and inodes below ``root_fd``, the root included, by the quota's
+    definition (see module doc). Keeps at most one fd per directory level open, so any
+    tree shape is walkable."""
     top = os.stat(root_fd)
     dev = top.st_dev
     seen: set[int] = set()
     total = top.st_blocks * 512
+    inodes = 1
     first = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
     stack: list[tuple[int, list[str]]] = []
     fd: int | None = first
@@ -187,6 +238,7 @@ def walk_usage(root_fd: int) -> int:
                                 continue
                             seen.add(st.st_ino)
                         total += st.st_blocks * 512
+                        inodes += 1
                         if stat.S_ISDIR(st.st_mode):
                             subdirs.append(e.name)
             except OSError:
@@ -204,4 +256,4 @@ def walk_usage(root_fd: int) -> int:
                          dir_fd=parent)
         except OSError:
             fd = None
-    return total
+    return total, inodes

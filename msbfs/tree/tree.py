@@ -38,7 +38,7 @@ from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.inodes import AT_EMPTY_PATH, Inode, InodeTable
 from msbfs.tree.locks import RecordLocks
-from msbfs.tree.policy import Policy, QuotaAccount, allocated, walk_usage
+from msbfs.tree.policy import Policy, QuotaAccount, allocated, walk_counts
 from msbfs.tree.types import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -193,8 +193,9 @@ class Tree:
         self._ids = Identities()
         self._locks = RecordLocks()
         self.quota: QuotaAccount | None = None
-        if policy.quota_bytes is not None:
-            self.quota = QuotaAccount(policy.quota_bytes, walk_usage(fd))
+        if policy.quota_bytes is not None or policy.inode_limit is not None:
+            used, inodes = walk_counts(fd)
+            self.quota = QuotaAccount(policy.quota_bytes, used, policy.inode_limit, inodes)
 
     # ---- helpers ---------------------------------------------------------------------
     def _creds(self, ctx: Ctx) -> contextlib.AbstractContextManager[None]:
@@ -290,9 +291,21 @@ class Tree:
         return os.stat(path)
 
     def _charge_stat(self, before: os.stat_result | None, after: os.stat_result | None) -> None:
+        """Book what a call did: ``before`` None is an inode it made, ``after`` None one
+        it freed (both count against the inode quota, on the root's filesystem)."""
         if self.quota is not None:
             d = self._root_dev
-            self.quota.charge(allocated(after, d) - allocated(before, d))
+            inodes = 0
+            if (before is None) != (after is None):
+                st = after if before is None else before
+                if st is not None and st.st_dev == d:
+                    inodes = 1 if before is None else -1
+            self.quota.charge(allocated(after, d) - allocated(before, d), inodes)
+
+    def _reserve_inode(self) -> None:
+        """A creating op may make one more inode: ENOSPC past the inode quota."""
+        if self.quota is not None:
+            self.quota.reserve_inode()
 
     def _dir_before(self, p: Inode) -> os.stat_result | None:
         """With a quota, the parent's allocation before a new entry may grow it."""
@@ -485,7 +498,11 @@ class Tree:
                 a = self._timespec(valid, FATTR_ATIME, FATTR_ATIME_NOW, attr.atime_ns)
                 m = self._timespec(valid, FATTR_MTIME, FATTR_MTIME_NOW, attr.mtime_ns)
                 _check(lib.msb_utimensat(inode.fd, b"", a[0], a[1], m[0], m[1], AT_EMPTY_PATH))
-        if valid & FATTR_KILL_SUIDGID and not valid & FATTR_MODE:
+        if (valid & FATTR_KILL_SUIDGID and valid & (FATTR_SIZE | FATTR_UID | FATTR_GID)
+                and not valid & FATTR_MODE):
+            # Only beside a change the caller was just allowed to make (the kernel sends
+            # it with truncate and chown): alone it would let anyone strip set-id bits,
+            # even in a readonly tree (issue 9, point 4).
             self._kill_suidgid(inode.fd)
         return self._attr(os.stat(inode.fd), inode.submount), self._timeout
 
@@ -566,6 +583,7 @@ class Tree:
         rdev = _int(rdev, 0, 0xFFFFFFFF)
         want, masked = self._creation_mode(p, mode, umask, 0o7777)
         pst = self._dir_before(p)
+        self._reserve_inode()
         with self._creds(ctx):
             os.mknod(name, kind | want, rdev, dir_fd=p.fd)
             entry, inode, st = self._lookup_new(p, name)
@@ -581,6 +599,7 @@ class Tree:
         self.policy.check_mutation()
         want, masked = self._creation_mode(p, mode, umask, 0o1777)
         pst = self._dir_before(p)
+        self._reserve_inode()
         with self._creds(ctx):
             os.mkdir(name, want, dir_fd=p.fd)
             entry, inode, st = self._lookup_new(p, name)
@@ -604,6 +623,7 @@ class Tree:
         if len(target) >= PATH_MAX:
             raise _err(errno.ENAMETOOLONG)
         pst = self._dir_before(p)
+        self._reserve_inode()
         with self._creds(ctx):
             os.symlink(target, name, dir_fd=p.fd)
             entry, _, st = self._lookup_new(p, name)
@@ -743,59 +763,75 @@ class Tree:
         want, masked = self._creation_mode(p, mode, umask, 0o7777)
         oflags = (self._reopen_flags(flags) | os.O_CREAT | os.O_NOFOLLOW
                   | (flags & os.O_EXCL))
-        before = self._lstat_at(p, name) if self.quota is not None else None
         pst = self._dir_before(p)
         with self._creds(ctx):
-            fd, oflags = self._create_open(p, name, oflags, want)
+            fd, oflags, before, pfd = self._create_open(p, name, oflags, want, flags)
             try:
                 st = os.stat(fd)
                 if before is None:
+                    # Only a file we just made gets its mode fixed: an existing one
+                    # keeps its mode, as open(O_CREAT) leaves it.
                     st = self._fix_mode(fd, want, st, masked)
             except BaseException:
                 os.close(fd)
+                if pfd >= 0:
+                    os.close(pfd)
                 raise
-        try:
-            pfd = self._path_fd_of(p, name, fd, st)
-        except BaseException:
-            os.close(fd)
-            raise
+        if pfd < 0:
+            try:
+                pfd = self._path_fd_of(p, name, fd, st)
+            except BaseException:
+                os.close(fd)
+                raise
         self._charge_stat(before, st)
         self._dir_after(p, pst)
         inode = self._add(pfd, st, p)
         opened = Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
         return self._entry(inode, st), opened
 
-    def _create_open(self, p: Inode, name: bytes, oflags: int, want: int) -> tuple[int, int]:
-        """The open of CREATE and the flags its fd really has. Most creates make a new
-        file: try that first with O_EXCL (a new file is a regular file, so it opens with
-        the caller's flags as they are, read-write under writeback: creating needs no
-        read permission). When the name exists, open it with O_NONBLOCK: if it is a FIFO
-        the open must not wait for a writer; a regular file gets the caller's flags back."""
+    def _create_open(self, p: Inode, name: bytes, oflags: int, want: int,
+                     flags: int) -> tuple[int, int, os.stat_result | None, int]:
+        """The open of CREATE: the fd, the flags it really has, the file's stat before
+        the open if it already existed (None: we made it) and an O_PATH fd of it (-1:
+        not taken yet). Most creates make a new file: try that first with O_EXCL (a
+        new file is a regular file, so it opens with the caller's flags as they are,
+        read-write under writeback: creating needs no read permission). A name that
+        exists is opened as itself first (O_PATH, never following it), so what it is
+        decides the open: never a device (policy), a FIFO without waiting for a writer."""
         wanted = self._writeback_flags(oflags)
-        if not oflags & os.O_EXCL:
+        room = self.quota is None or self.quota.inodes_available > 0
+        if room:
             try:
-                return os.open(name, wanted | os.O_EXCL, want, dir_fd=p.fd), wanted
+                return os.open(name, wanted | os.O_EXCL, want, dir_fd=p.fd), wanted, None, -1
             except FileExistsError:
-                pass
-        fd, got = self._open_either(name, wanted | os.O_NONBLOCK, oflags | os.O_NONBLOCK,
-                                    want, p.fd)
+                if oflags & os.O_EXCL:
+                    raise
+        pfd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
+        if pfd < 0:
+            raise _err(errno.ENOSPC if pfd == -errno.ENOENT and not room else -pfd)
         try:
-            if not stat.S_ISREG(os.stat(fd).st_mode):
-                if got & os.O_ACCMODE == oflags & os.O_ACCMODE:
-                    return fd, oflags
-                # Not a regular file: no pages to fill, and a FIFO opened read-write
-                # would not give the ENXIO of a write-only open without a reader.
-                os.close(fd)
-                fd = -1
-                fd = os.open(name, oflags | os.O_NONBLOCK, want, dir_fd=p.fd)
-                return fd, oflags
-            if not oflags & os.O_NONBLOCK:
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            before = os.stat(pfd)
+            kind = stat.S_IFMT(before.st_mode)
+            if oflags & os.O_EXCL:
+                raise _err(errno.EEXIST)
+            if kind == stat.S_IFLNK:
+                raise _err(errno.ELOOP)  # open(O_CREAT | O_NOFOLLOW) of a symlink
+            if kind == stat.S_IFDIR:
+                raise _err(errno.EISDIR)
+            self.policy.check_open(flags, kind)
+            path = _proc(pfd)
+            reopen = ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
+            if kind == stat.S_IFREG:
+                fd, got = self._open_either(path, wanted & reopen, oflags & reopen)
+                got = (got & reopen) | (oflags & ~reopen)
+            else:
+                # A FIFO or socket: no pages to fill (its own access mode: a write-only
+                # FIFO open without a reader is ENXIO), and never waiting for a peer.
+                fd, got = os.open(path, (oflags & reopen) | os.O_NONBLOCK), oflags
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            os.close(pfd)
             raise
-        return fd, (oflags & ~os.O_ACCMODE) | (got & os.O_ACCMODE)
+        return fd, got, before, pfd
 
     @staticmethod
     def _path_fd_of(p: Inode, name: bytes, fd: int, st: os.stat_result) -> int:
@@ -823,6 +859,7 @@ class Tree:
         oflags = self._writeback_flags(self._reopen_flags(flags) & ~os.O_TRUNC)
         if oflags & os.O_ACCMODE == os.O_RDONLY:
             oflags |= os.O_RDWR  # O_TMPFILE needs write access; the kernel asks for it
+        self._reserve_inode()
         with self._creds(ctx):
             fd = os.open(b".", oflags | os.O_TMPFILE | (flags & os.O_EXCL), want,
                          dir_fd=p.fd)
@@ -832,6 +869,7 @@ class Tree:
             except BaseException:
                 os.close(fd)
                 raise
+        self._charge_stat(None, st)  # an inode until its release (or linkat)
         inode = self._add(pfd, st, p)
         opened = Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
         return self._entry(inode, st), opened
@@ -869,7 +907,7 @@ class Tree:
         if write:
             if not h.writable:
                 raise _err(errno.EBADF)
-            if self.quota is not None or self.policy.readonly:
+            if (self.quota is not None and self.quota.limit is not None) or self.policy.readonly:
                 raise _err(errno.EAGAIN)
         elif not h.readable:
             raise _err(errno.EBADF)
@@ -997,14 +1035,19 @@ class Tree:
         inode = self._inodes.get(nodeid)
         v = os.statvfs(inode.fd)
         blocks, bfree, bavail = v.f_blocks, v.f_bfree, v.f_bavail
-        if self.quota is not None:
-            frsize = v.f_frsize or 4096
-            blocks = self.quota.limit // frsize
-            free = self.quota.available // frsize
-            bfree = min(free, v.f_bfree)
-            bavail = min(free, v.f_bavail)
-        return StatFs(blocks, bfree, bavail, v.f_files, v.f_ffree, v.f_bsize,
-                      v.f_namemax, v.f_frsize)
+        files, ffree = v.f_files, v.f_ffree
+        quota = self.quota
+        if quota is not None:
+            if quota.limit is not None:
+                frsize = v.f_frsize or 4096
+                blocks = quota.limit // frsize
+                free = quota.available // frsize
+                bfree = min(free, v.f_bfree)
+                bavail = min(free, v.f_bavail)
+            if quota.inode_limit is not None:
+                files = quota.inode_limit
+                ffree = min(quota.inodes_available, v.f_ffree)
+        return StatFs(blocks, bfree, bavail, files, ffree, v.f_bsize, v.f_namemax, v.f_frsize)
 
     def access(self, nodeid: int, mask: int, ctx: Ctx) -> None:
         inode = self._inodes.get(nodeid)
@@ -1107,6 +1150,7 @@ class Tree:
         return Statistics(
             inodes=len(self._inodes), handles=len(self._handles),
             quota_used_bytes=None if self.quota is None else self.quota.used,
+            quota_used_inodes=None if self.quota is None else self.quota.inodes,
             extra={"lock_fds": len(self._locks), "foreign_devices": len(self._foreign_devs),
                    "inode_fds": self._inodes.open_fds, "inode_fd_evictions": self._inodes.evictions,
                    "inode_fd_reopens": self._inodes.reopens})

@@ -168,5 +168,6 @@ class Statistics:
     inodes: int
     handles: int
     quota_used_bytes: int | None = None
+    quota_used_inodes: int | None = None
     extra: dict[str, int] = field(default_factory=dict)
 

@@ -1,0 +1,135 @@
+"""What a hostile client must not get from the tree (issue 9): set-id bits stripped
+without a change it may make, a create that widens an existing file, inodes past the
+quota."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from msbfs.tree import (
+    FATTR_KILL_SUIDGID,
+    FATTR_SIZE,
+    ROOT_ID,
+    Policy,
+    SetAttr,
+    Tree,
+)
+from msbfs.tree.policy import MIN_DEFAULT_INODES, walk_counts
+from tests.plugins.tree import OTHER, ROOT, USER, err, walk
+
+MakeTree = Callable[..., Tree]
+
+
+def _setid_file(root: Path, name: str, owner: int = 0) -> Path:
+    f = root / name
+    f.write_bytes(b"#!/bin/sh\n")
+    os.chown(f, owner, owner)
+    os.chmod(f, 0o6755)
+    return f
+
+
+def test_kill_suidgid_alone_changes_nothing(make_tree: MakeTree) -> None:
+    ro = make_tree(Policy(readonly=True))
+    f = _setid_file(ro.path, "suid")  # type: ignore[attr-defined]
+    node = walk(ro, "suid")
+    for ctx in (ROOT, USER):
+        ro.setattr(node, SetAttr(valid=FATTR_KILL_SUIDGID), ctx)
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o6755
+    # Nor in a writable tree by someone who may not chmod it.
+    rw = make_tree()
+    g = _setid_file(rw.path, "suid", owner=OTHER.uid)  # type: ignore[attr-defined]
+    rw.setattr(walk(rw, "suid"), SetAttr(valid=FATTR_KILL_SUIDGID), USER)
+    assert stat.S_IMODE(os.stat(g).st_mode) == 0o6755
+
+
+def test_kill_suidgid_beside_a_permitted_truncate(make_tree: MakeTree) -> None:
+    tree = make_tree()
+    f = _setid_file(tree.path, "suid", owner=USER.uid)  # type: ignore[attr-defined]
+    tree.setattr(walk(tree, "suid"), SetAttr(valid=FATTR_SIZE | FATTR_KILL_SUIDGID, size=0),
+                 USER)
+    assert os.stat(f).st_size == 0
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
+    # A truncate the caller may not make is refused, and strips nothing.
+    g = _setid_file(tree.path, "other", owner=OTHER.uid)  # type: ignore[attr-defined]
+    os.chmod(g, 0o6755)
+    assert err(lambda: tree.setattr(walk(tree, "other"),
+                                    SetAttr(valid=FATTR_SIZE | FATTR_KILL_SUIDGID), USER)) \
+        == errno.EACCES
+    assert stat.S_IMODE(os.stat(g).st_mode) == 0o6755
+
+
+def test_create_of_an_existing_name_keeps_its_mode(make_tree: MakeTree) -> None:
+    tree = make_tree()
+    f = tree.path / "tight"  # type: ignore[attr-defined]
+    f.write_bytes(b"secret")
+    os.chmod(f, 0o600)
+    _, o = tree.create(ROOT_ID, b"tight", 0o777, os.O_RDWR, 0, ROOT)
+    tree.release(o.fh)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+    assert f.read_bytes() == b"secret"
+    # a new name still gets the mode asked for
+    _, o = tree.create(ROOT_ID, b"loose", 0o666, os.O_RDWR, 0, ROOT)
+    tree.release(o.fh)
+    assert stat.S_IMODE(os.stat(tree.path / "loose").st_mode) == 0o666  # type: ignore[attr-defined]
+
+
+def _used(tree: Tree) -> tuple[int, int]:
+    fd = os.open(tree.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return walk_counts(fd)
+    finally:
+        os.close(fd)
+
+
+def test_inode_quota(make_tree: MakeTree) -> None:
+    probe = make_tree()
+    start = _used(probe)[1]
+    limit = start + 6
+    tree = make_tree(Policy(quota_inodes=limit))
+    assert tree.quota is not None and tree.quota.inodes == start
+    sf = tree.statfs(ROOT_ID)
+    assert (sf.files, sf.ffree) == (limit, 6)
+    d = tree.mkdir(ROOT_ID, b"d", 0o755, 0, ROOT).nodeid
+    tree.mknod(d, b"fifo", stat.S_IFIFO | 0o600, 0, 0, ROOT)
+    tree.symlink(d, b"ln", b"fifo", ROOT)
+    _, o = tree.create(d, b"f", 0o644, os.O_RDWR, 0, ROOT)
+    tree.release(o.fh)
+    _, o = tree.tmpfile(d, 0o600, os.O_RDWR, 0, ROOT)
+    assert tree.quota.inodes == limit - 1
+    tree.link(walk(tree, "d/f"), d, b"hard", ROOT)  # a link is no new inode
+    tree.mkdir(d, b"last", 0o755, 0, ROOT)
+    assert tree.statfs(ROOT_ID).ffree == 0
+    full = {
+        "mkdir": lambda: tree.mkdir(d, b"x1", 0o755, 0, ROOT),
+        "mknod": lambda: tree.mknod(d, b"x2", stat.S_IFREG | 0o644, 0, 0, ROOT),
+        "symlink": lambda: tree.symlink(d, b"x3", b"t", ROOT),
+        "create": lambda: tree.create(d, b"x4", 0o644, os.O_RDWR, 0, ROOT),
+        "tmpfile": lambda: tree.tmpfile(d, 0o600, os.O_RDWR, 0, ROOT),
+    }
+    for op, fn in full.items():
+        assert err(fn) == errno.ENOSPC, op
+    assert sorted(os.listdir(tree.path / "d")) == ["f", "fifo", "hard", "last", "ln"]  # type: ignore[operator]
+    # an existing name still opens when there is no room for a new one
+    _, o2 = tree.create(d, b"f", 0o644, os.O_RDWR, 0, ROOT)
+    tree.release(o2.fh)
+    assert err(lambda: tree.create(d, b"f", 0o644, os.O_RDWR | os.O_EXCL, 0, ROOT)) == errno.EEXIST
+    # the tmpfile's inode returns at its release; a removal returns one
+    tree.release(o.fh)
+    tree.unlink(d, b"fifo", ROOT)
+    assert tree.quota.inodes == limit - 2 == _used(tree)[1]
+    tree.unlink(d, b"hard", ROOT)  # f keeps its other name: still one inode
+    assert tree.quota.inodes == limit - 2
+    tree.mkdir(d, b"again", 0o755, 0, ROOT)
+    tree.rmdir(d, b"again", ROOT)
+    assert tree.quota.inodes == _used(tree)[1]
+
+
+def test_default_inode_limit_follows_the_byte_quota() -> None:
+    assert Policy().inode_limit is None
+    assert Policy(quota_bytes=1 << 20).inode_limit == MIN_DEFAULT_INODES
+    assert Policy(quota_bytes=1 << 30).inode_limit == (1 << 30) // 4096
+    assert Policy(quota_bytes=1 << 30, quota_inodes=7).inode_limit == 7
