@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
 from collections.abc import Callable, Iterator
@@ -118,10 +119,12 @@ class Twin:
         return walk(self.tree, path, ctx)
 
 
-@pytest.fixture
-def twin(tmp_path: Path) -> Iterator[Twin]:
-    os.chmod(tmp_path, 0o755)
-    native, served = tmp_path / "native", tmp_path / "served"
+@contextlib.contextmanager
+def open_twin(base: Path) -> Iterator[Twin]:
+    """A fresh twin below ``base`` (created): for tests that need many worlds."""
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)
+    native, served = base / "native", base / "served"
     native.mkdir()
     served.mkdir()
     populate(native)
@@ -133,6 +136,12 @@ def twin(tmp_path: Path) -> Iterator[Twin]:
     finally:
         os.close(nfd)
         tree.close()
+
+
+@pytest.fixture
+def twin(tmp_path: Path) -> Iterator[Twin]:
+    with open_twin(tmp_path) as t:
+        yield t
 
 
 @pytest.fixture
