@@ -66,6 +66,7 @@ from msbfs.tree.types import (
     StatFs,
     Statistics,
 )
+from msbfs.tree.xattrmap import DEFAULT_MAP, XattrMap
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -85,6 +86,9 @@ NAME_MAX = 255
 PATH_MAX = 4096
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
+_CAPABILITY = b"security.capability"
+_XATTR_BLOCK = 4096  # what one xattr may allocate per started block of name and value
+_XATTR_ENTRY = 64  # with its entry header and an ext4 xattr block's own header
 _MIN_INODE_FDS = 16  # an op touches at most a few inodes: never evict one mid-call
 MAX_IO = 1 << 24  # larger reads are clamped: no client gets to size our buffers
 
@@ -157,7 +161,8 @@ class Tree:
     def __init__(self, root: str | os.PathLike[str] | int, policy: Policy = _DEFAULT_POLICY, *,
                  cache: str = "auto", xattr: bool = True, posix_acl: bool = False,
                  announce_submounts: bool = False, writeback: bool = False,
-                 max_inode_fds: int | None = None) -> None:
+                 max_inode_fds: int | None = None,
+                 xattrmap: XattrMap | str | None = None) -> None:
         if cache not in _TIMEOUTS:
             raise ValueError(f"cache must be one of {', '.join(_TIMEOUTS)}, not {cache!r}")
         if isinstance(root, int):
@@ -170,6 +175,10 @@ class Tree:
         self.cache = cache
         self.xattr = xattr
         self.posix_acl = posix_acl
+        # None: the built-in default map (msbfs.tree.xattrmap says what and why); a
+        # given map replaces it, as virtiofsd's --xattrmap does.
+        self.xattrmap = (XattrMap.parse(xattrmap) if isinstance(xattrmap, str)
+                         else xattrmap or DEFAULT_MAP)
         self.announce_submounts = announce_submounts
         self.writeback = writeback
         self._timeout = _TIMEOUTS[cache]
@@ -1065,7 +1074,11 @@ class Tree:
             os.close(fd)
 
     # ---- xattrs ----------------------------------------------------------------------
+    # Names go through the xattr map (msbfs.tree.xattrmap: the client's name -> the host's
+    # for get/set/remove, the host's -> the listed one); what no map may change is
+    # checked here, on both names of the pair.
     def _xattr_name(self, name: Any, ctx: Ctx, write: bool) -> bytes:
+        """The host's name for the client's xattr ``name``, or the errno refusing it."""
         if not self.xattr:
             raise _err(errno.EOPNOTSUPP)
         if type(name) is not bytes:
@@ -1079,17 +1092,52 @@ class Tree:
             raise _err(errno.EINVAL)
         if not self.posix_acl and name.startswith(b"system.posix_acl_"):
             raise _err(errno.EOPNOTSUPP)
+        host = self.xattrmap.to_server(name, get=not write)
+        if len(host) > XATTR_NAME_MAX:
+            raise _err(errno.ERANGE)
+        if _CAPABILITY in (name, host):
+            # A file capability is a set-uid bit by another name: under nosuid it is
+            # neither stored nor shown, whatever the map passes or renames.
+            if write:
+                self.policy.check_setcap()
+            elif self.policy.nosuid:
+                raise _err(errno.ENODATA)
         if ctx.uid != 0:
             # The daemon holds CAP_SYS_ADMIN and CAP_SETFCAP, which a credential switch
             # does not drop; the caller has neither, so refuse as its kernel would.
-            if name.startswith(b"trusted."):
+            if host.startswith(b"trusted."):
                 raise _err(errno.EPERM if write else errno.ENODATA)
-            if write and name.startswith(b"security."):
+            if write and host.startswith(b"security."):
                 raise _err(errno.EPERM)
-        if write and name == b"security.capability":
-            # File capabilities are set-id bits by another name.
-            self.policy.check_setcap()
+        return host
+
+    def _listed_name(self, host: bytes, ctx: Ctx) -> bytes | None:
+        """What listxattr shows of the host's xattr ``host``: the same rules as
+        ``_xattr_name``, from the other side; None hides it."""
+        if ctx.uid != 0 and host.startswith(b"trusted."):
+            return None
+        name = self.xattrmap.to_client(host)
+        if name is None or (not self.posix_acl and name.startswith(b"system.posix_acl_")):
+            return None
+        if self.policy.nosuid and _CAPABILITY in (name, host):
+            return None
         return name
+
+    @contextlib.contextmanager
+    def _xattr_charged(self, inode: Inode, growth: int) -> Iterator[None]:
+        """An xattr change on ``inode``: refused up front when ``growth`` bytes would not
+        fit the quota, then charged with what the host really allocated. An xattr can
+        take a block of its own, and unlink refunds the file's whole st_blocks: not
+        charging it here let usage drift below the truth (issue 9, point 5)."""
+        if self.quota is None:
+            yield
+            return
+        self.quota.reserve(growth)
+        before = os.stat(inode.fd)
+        try:
+            yield
+        finally:
+            self._charge_stat(before, os.stat(inode.fd))
 
     def setxattr(self, nodeid: int, name: bytes, value: bytes, flags: int, ctx: Ctx) -> None:
         inode = self._inodes.get(nodeid)
@@ -1100,7 +1148,9 @@ class Tree:
             raise _err(errno.EINVAL)
         if len(value) > XATTR_SIZE_MAX:
             raise _err(errno.E2BIG)
-        with self._creds(ctx):
+        # An upper bound of the allocation: a started block per 4 KiB of entry.
+        growth = -(-(len(name) + len(value) + _XATTR_ENTRY) // _XATTR_BLOCK) * _XATTR_BLOCK
+        with self._xattr_charged(inode, growth), self._creds(ctx):
             os.setxattr(_proc(inode.fd), name, value, flags)
 
     def getxattr(self, nodeid: int, name: bytes, size: int, ctx: Ctx) -> bytes:
@@ -1119,15 +1169,13 @@ class Tree:
             raise _err(errno.EOPNOTSUPP)
         with self._creds(ctx):
             names = [os.fsencode(n) for n in os.listxattr(_proc(inode.fd))]
-        return [n for n in names
-                if not (n.startswith(b"trusted.") and ctx.uid != 0)
-                and (self.posix_acl or not n.startswith(b"system.posix_acl_"))]
+        return [n for n in (self._listed_name(h, ctx) for h in names) if n is not None]
 
     def removexattr(self, nodeid: int, name: bytes, ctx: Ctx) -> None:
         inode = self._inodes.get(nodeid)
         name = self._xattr_name(name, ctx, True)
         self.policy.check_mutation()
-        with self._creds(ctx):
+        with self._xattr_charged(inode, 0), self._creds(ctx):
             os.removexattr(_proc(inode.fd), name)
 
     # ---- life cycle ------------------------------------------------------------------
