@@ -146,7 +146,20 @@ async def test_sandboxes(tmp_path: Path, sandbox: str) -> None:
     (src / "in").write_text("x")
     sock = str(tmp_path / "s")
     with run_serve([f"--shared-dir={src}", f"--sandbox={sandbox}"], sock) as proc:
-        c = await connect(sock)
+        c = await connect(sock)  # INIT answered: the sandbox is entered
+        # The serving process: namespace forks it into its own pid namespace.
+        pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0]) \
+            if sandbox == "namespace" else proc.pid
+        root = Path(f"/proc/{pid}/root")
+        # Its root holds the share and a /proc and nothing of the host's files.
+        assert {p.name for p in root.iterdir()} <= {"shared", "proc", "old"}
+        assert (root / "shared" / "in").read_text() == "x" and not (root / "etc").exists()
+        assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        seen = {p.name for p in (root / "proc").iterdir() if p.name.isdigit()}
+        if sandbox == "namespace":
+            assert seen == {"1"}  # its own pid namespace: no host process
+        else:
+            assert str(os.getpid()) in seen  # chroot keeps the host's pids in view
         e = parse_entry(await c.ok(c.r.lookup(ROOT, b"in")))
         await c.ok(c.r.setxattr(e.nodeid, b"user.k", b"v"))  # needs /proc/self/fd inside
         await c.ok(c.r.mkdir(ROOT, b"made"))
