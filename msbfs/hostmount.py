@@ -431,6 +431,7 @@ class MountOptions:
     uid: int | None = None
     gid: int | None = None
     quota_mib: int | None = None
+    quota_inodes: int | None = None
     #: The kernel's writeback cache: small writes are gathered in the page cache and
     #: sent as large WRITEs. Errors (ENOSPC) then surface at fsync/close, not write().
     writeback: bool = False
@@ -453,18 +454,19 @@ class MountOptions:
                     flags[key] = True
                 else:
                     flags["no" + key] = False
-            elif key in ("uid", "gid", "quota") and eq:
+            elif key in ("uid", "gid", "quota", "quota_inodes") and eq:
                 try:
                     n = int(value, 10)
                 except ValueError:
                     raise InvalidMountSpec(f"mount option {key}= needs a number, not {value!r}") from None
-                if n < 0 or (key != "quota" and n > 0xFFFFFFFE):
+                if n < 0 or (key in ("uid", "gid") and n > 0xFFFFFFFE) or (
+                        key == "quota_inodes" and n == 0):
                     raise InvalidMountSpec(f"mount option {key}={value} is out of range")
                 flags["quota_mib" if key == "quota" else key] = n
             else:
                 raise InvalidMountSpec(
                     f"unknown mount option {item!r} (known: ro, noexec, nosuid, nodev, "
-                    "allow_other, uid=N, gid=N, quota=MIB, writeback)")
+                    "allow_other, uid=N, gid=N, quota=MIB, quota_inodes=N, writeback)")
         return cls(**flags)
 
     def kernel_options(self, fsname: str, *, mirror_policy: bool = True) -> set[str]:

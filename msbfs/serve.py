@@ -56,6 +56,8 @@ class ServeOptions:
     readonly: bool = False
     xattr: bool = True
     posix_acl: bool = False
+    posix_lock: bool = True
+    flock: bool = True
     writeback: bool = False
     announce_submounts: bool = False
     sandbox: str = "namespace"
@@ -68,6 +70,7 @@ class ServeOptions:
     nosuid: bool = False
     nodev: bool = False
     quota_mib: int | None = None
+    quota_inodes: int | None = None
     keep_serving: bool = False
     log_level: str = "info"
     syslog: bool = False
@@ -119,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodev", action="store_true", default=None, help="no device nodes")
     p.add_argument("--quota", type=int, metavar="MIB", default=None,
                    help="refuse growth past MIB mebibytes (ENOSPC)")
+    p.add_argument("--quota-inodes", type=int, metavar="N", default=None,
+                   help="refuse new inodes past N (ENOSPC); default: one per 4 KiB of "
+                        "--quota, at least 1024")
     # The Rust virtiofsd's tunables with no meaning here: accepted so its command lines
     # (kata, libvirt) work unchanged, and logged at debug level.
     for flag in ("--inode-file-handles", "--migration-mode", "--migration-on-error"):
@@ -134,7 +140,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 #: -o options that change nothing for us (virtiofsd tunables with no equivalent here).
-_IGNORED_O = {"flock", "no_flock", "posix_lock", "no_posix_lock", "readdirplus",
+_IGNORED_O = {"readdirplus",
               "no_readdirplus", "allow_root", "killpriv_v2", "no_killpriv_v2",
               "no_posix_acl", "no_writeback", "no_announce_submounts", "allow_direct_io",
               "no_allow_direct_io", "security_label", "no_security_label", "max_idle_threads",
@@ -159,6 +165,10 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
                 o.xattr = False
             elif key == "posix_acl":
                 o.posix_acl = True
+            elif key in ("posix_lock", "no_posix_lock"):
+                o.posix_lock = key == "posix_lock"
+            elif key in ("flock", "no_flock"):
+                o.flock = key == "flock"
             elif key == "writeback":
                 o.writeback = True
             elif key == "announce_submounts":
@@ -197,6 +207,10 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
             o.ignored.append(k[len("ignored_"):].replace("_", "-"))
     if a.quota is not None:
         o.quota_mib = a.quota
+    if a.quota_inodes is not None:
+        if a.quota_inodes <= 0:
+            raise ServeError("--quota-inodes must be a positive number of inodes")
+        o.quota_inodes = a.quota_inodes
     if a.debug:
         o.log_level = "debug"
     o.keep_serving = bool(a.keep_serving)
@@ -336,6 +350,7 @@ def run(o: ServeOptions) -> int:
     lock: Any = None
     shared_dir = o.shared_dir
     quota_mib = o.quota_mib
+    quota_inodes = o.quota_inodes
     if o.volume is not None:
         from msbfs import volumes
 
@@ -348,6 +363,8 @@ def run(o: ServeOptions) -> int:
         shared_dir = vol.path
         if quota_mib is None:
             quota_mib = vol.quota_mib
+        if quota_inodes is None:
+            quota_inodes = vol.quota_inodes
     assert shared_dir is not None
     if not os.path.isdir(shared_dir):
         raise ServeError(f"shared directory {shared_dir} does not exist or is not a directory")
@@ -355,7 +372,8 @@ def run(o: ServeOptions) -> int:
     jail = confinement(o)
     confine.set_fd_limit(jail.rlimit_nofile)  # before the tree sizes its fd cache on it
     policy = Policy(readonly=o.readonly, noexec=o.noexec, nosuid=o.nosuid, nodev=o.nodev,
-                    quota_bytes=quota_mib * MIB if quota_mib is not None else None)
+                    quota_bytes=quota_mib * MIB if quota_mib is not None else None,
+                    quota_inodes=quota_inodes)
     # One answer for the tree and the session: a tree that drops O_APPEND for a kernel
     # that does not append itself (cache=never) would write appends at stale offsets.
     writeback = o.writeback and o.cache != "never"
@@ -367,8 +385,8 @@ def run(o: ServeOptions) -> int:
     for item in o.ignored:
         log.debug("ignoring -o %s", item)
     device = VirtioFsDevice(tree, tag=o.tag, num_request_queues=o.num_request_queues,
-                            writeback=writeback,
-                            posix_acl=o.posix_acl)
+                            writeback=writeback, posix_acl=o.posix_acl,
+                            posix_lock=o.posix_lock, flock=o.flock)
     log.info("serving %s (tag %s) on %s", o.volume or shared_dir, o.tag,
              o.socket_path or f"fd {o.fd}")
     try:

@@ -39,6 +39,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (volume, key)
     );
     """,
+    # 1 -> 2: an inode quota beside the byte quota (NULL: derived from quota_mib).
+    """
+    ALTER TABLE volumes ADD COLUMN quota_inodes INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -58,7 +58,8 @@ class VirtioFsDevice(VhostUserDevice):
     kernel uses as many as the frontend sets up."""
 
     def __init__(self, tree: TreeOps, *, tag: str = "msbfs", num_request_queues: int = 1,
-                 writeback: bool = False, posix_acl: bool = False) -> None:
+                 writeback: bool = False, posix_acl: bool = False, posix_lock: bool = True,
+                 flock: bool = True) -> None:
         tb = tag.encode()
         if not tb or len(tb) > VIRTIO_FS_TAG_LEN:
             raise ValueError(f"tag must be 1..{VIRTIO_FS_TAG_LEN} bytes")
@@ -73,6 +74,7 @@ class VirtioFsDevice(VhostUserDevice):
         self.stats = ffi.new("struct msb_fs_stats *")
         self._drained = ffi.new("int *")
         self.session = FuseSession(tree, writeback=writeback, posix_acl=posix_acl,
+                                   posix_lock=posix_lock, flock=flock,
                                    on_open=self._opened, on_release=self._released,
                                    on_destroy=self._destroyed)
         # One chain buffer per queue, made at its first kick: queues are served by

@@ -116,6 +116,8 @@ class VolumeHandle:
     image_path: str | None
     labels: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
+    #: Inode limit of a dir volume; None: one per 4 KiB of quota (see tree.policy).
+    quota_inodes: int | None = None
 
     @property
     def used_bytes(self) -> int:
@@ -153,6 +155,7 @@ class VolumeHandle:
             "path": self.path,
             "kind": self.kind,
             "quota_mib": self.quota_mib,
+            "quota_inodes": self.quota_inodes,
             "used_bytes": self.used_bytes,
             "capacity_bytes": self.capacity_bytes,
             "disk_format": self.disk_format,
@@ -181,7 +184,8 @@ class Volume:
         remove_volume(self.name)
 
 
-_COLUMNS = "name, kind, quota_mib, capacity_bytes, disk_format, disk_fstype, image_path, created_at"
+_COLUMNS = ("name, kind, quota_mib, capacity_bytes, disk_format, disk_fstype, image_path, "
+            "created_at, quota_inodes")
 
 
 def _labels_of(conn: sqlite3.Connection, name: str) -> dict[str, str]:
@@ -191,12 +195,13 @@ def _labels_of(conn: sqlite3.Connection, name: str) -> dict[str, str]:
 
 
 def _handle(conn: sqlite3.Connection, row: tuple[Any, ...]) -> VolumeHandle:
-    name, kind, quota, cap, fmt, fstype, image, created = row
+    name, kind, quota, cap, fmt, fstype, image, created, inodes = row
     return VolumeHandle(
         name=name, path=str(volumes_dir() / name), kind=kind, quota_mib=quota,
         capacity_bytes=cap, disk_format=fmt, disk_fstype=fstype, image_path=image,
         labels=_labels_of(conn, name),
-        created_at=datetime.fromisoformat(created) if created else None)
+        created_at=datetime.fromisoformat(created) if created else None,
+        quota_inodes=inodes)
 
 
 def _store_labels(conn: sqlite3.Connection, name: str, labels: Mapping[str, str]) -> None:
@@ -208,13 +213,20 @@ def _store_labels(conn: sqlite3.Connection, name: str, labels: Mapping[str, str]
 
 def create_volume(name: str, *, kind: VolumeKind = "dir", size_mib: int | None = None,
                   quota_mib: int | None = None,
-                  labels: Mapping[str, str] | None = None) -> Volume:
+                  labels: Mapping[str, str] | None = None,
+                  quota_inodes: int | None = None) -> Volume:
     """Create a named volume. ``kind="disk"`` needs ``size_mib`` (the ext4 image's
-    capacity); ``quota_mib`` caps a ``dir`` volume. ``VolumeExists`` if the name is taken."""
+    capacity); ``quota_mib`` caps a ``dir`` volume's allocated bytes, ``quota_inodes``
+    its inodes (default: one per 4 KiB of quota). ``VolumeExists`` if the name is taken."""
     validate_name(name)
     labels = _validate_labels(labels)
     size_mib = _positive("size", size_mib)
     quota_mib = _positive("quota", quota_mib)
+    if quota_inodes is not None and (isinstance(quota_inodes, bool)
+                                     or not isinstance(quota_inodes, int) or quota_inodes <= 0):
+        raise InvalidArgument(f"quota_inodes must be a positive number, not {quota_inodes!r}")
+    if kind == "disk" and quota_inodes is not None:
+        raise InvalidArgument("quota_inodes applies to dir volumes")
     if kind not in ("dir", "disk"):
         raise InvalidArgument(f"volume kind must be 'dir' or 'disk', not {kind!r}")
     if kind == "disk" and size_mib is None:
@@ -232,10 +244,10 @@ def create_volume(name: str, *, kind: VolumeKind = "dir", size_mib: int | None =
         with store.transaction(conn):
             try:
                 conn.execute(
-                    f"INSERT INTO volumes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO volumes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (name, kind, quota_mib, size_mib * MIB if size_mib else None,
                      "raw" if image else None, "ext4" if image else None,
-                     str(image) if image else None, created))
+                     str(image) if image else None, created, quota_inodes))
             except sqlite3.IntegrityError:
                 raise VolumeExists(f"volume {name!r} already exists") from None
             _store_labels(conn, name, labels)

@@ -5,20 +5,28 @@ quota."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import shutil
 import stat
+import struct
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from msbfs.tree import (
     FATTR_KILL_SUIDGID,
     FATTR_SIZE,
     ROOT_ID,
+    Lock,
     Policy,
     SetAttr,
     Tree,
 )
 from msbfs.tree.policy import MIN_DEFAULT_INODES, walk_counts
+from msbfs.tree.types import OFFSET_MAX
 from tests.plugins.tree import OTHER, ROOT, USER, err, walk
 
 MakeTree = Callable[..., Tree]
@@ -133,3 +141,48 @@ def test_default_inode_limit_follows_the_byte_quota() -> None:
     assert Policy(quota_bytes=1 << 20).inode_limit == MIN_DEFAULT_INODES
     assert Policy(quota_bytes=1 << 30).inode_limit == (1 << 30) // 4096
     assert Policy(quota_bytes=1 << 30, quota_inodes=7).inode_limit == 7
+
+
+def _write_fds_on(path: Path) -> list[int]:
+    """Our own fds open for writing on ``path`` (what makes exec fail with ETXTBSY)."""
+    found = []
+    ino = os.stat(path).st_ino
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.stat(f"/proc/self/fd/{fd}").st_ino != ino:
+                continue
+            flags = int(Path(f"/proc/self/fdinfo/{fd}").read_text().split()[3], 8)
+        except (OSError, ValueError, IndexError):
+            continue
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            found.append(int(fd))
+    return found
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_read_lock_never_reopens_for_writing(make_tree: MakeTree, readonly: bool) -> None:
+    """A read lock through a read-only handle must not leave a writable description of
+    the file behind: the host could no longer execute it (ETXTBSY)."""
+    tree = make_tree(Policy(readonly=readonly))
+    exe = tree.path / "tool"  # type: ignore[attr-defined]
+    shutil.copy("/bin/true", exe)
+    os.chmod(exe, 0o755)
+    node = walk(tree, "tool")
+    fh = tree.open(node, os.O_RDONLY, ROOT).fh
+    tree.setlk(fh, 7, Lock(0, OFFSET_MAX, fcntl.F_RDLCK))
+    assert tree.statistics().extra["lock_fds"] == 1  # the lock really took a description
+    assert _write_fds_on(exe) == []
+    subprocess.run([str(exe)], check=True)  # ETXTBSY before the fix
+    # a write lock needs a writable handle, as POSIX says
+    assert err(lambda: tree.setlk(fh, 7, Lock(0, 10, fcntl.F_WRLCK))) == errno.EBADF
+    # the lock is a real host lock: a native writer-lock attempt conflicts
+    probe = os.open(exe, os.O_RDONLY)
+    try:
+        got = fcntl.fcntl(probe, fcntl.F_OFD_GETLK,
+                          struct.pack("@hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
+        assert struct.unpack("@hhqqi4x", got)[0] == fcntl.F_RDLCK
+    finally:
+        os.close(probe)
+    tree.flush(fh, 7)
+    assert tree.statistics().extra["lock_fds"] == 0
+    tree.release(fh)

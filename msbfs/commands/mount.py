@@ -54,6 +54,7 @@ class Source:
     label: str
     quota_bytes: int | None
     lock: VolumeLock | None = None
+    quota_inodes: int | None = None
 
     def close(self) -> None:
         if self.lock is not None:
@@ -72,7 +73,7 @@ def open_source(source: str, options: MountOptions) -> Source:
         path = os.path.abspath(source)
         if not os.path.isdir(path):
             raise MountError(f"source {source} is not a directory")
-        return Source(path, path, quota)
+        return Source(path, path, quota, quota_inodes=options.quota_inodes)
     from msbfs.volumes import get_volume, hold_volume
 
     lock = hold_volume(source)  # VolumeNotFound / VolumeInUse say why on their own
@@ -83,7 +84,8 @@ def open_source(source: str, options: MountOptions) -> Source:
                              "directory volumes")
         if quota is None and vol.quota_mib is not None:
             quota = vol.quota_mib * MIB
-        return Source(vol.path, source, quota, lock)
+        inodes = options.quota_inodes if options.quota_inodes is not None else vol.quota_inodes
+        return Source(vol.path, source, quota, lock, inodes)
     except BaseException:
         lock.close()
         raise
@@ -94,6 +96,7 @@ def build_tree(src: Source, options: MountOptions) -> Tree:
 
     policy = Policy(readonly=options.readonly, noexec=options.noexec, nosuid=options.nosuid,
                     nodev=options.nodev, quota_bytes=src.quota_bytes,
+                    quota_inodes=src.quota_inodes,
                     squash_uid=options.uid, squash_gid=options.gid)
     return Tree(src.path, policy, writeback=options.writeback)
 

@@ -56,7 +56,8 @@ def _labels_text(labels: dict[str, str]) -> str:
 
 def cmd_create(args: argparse.Namespace) -> int:
     vol = volumes.create_volume(args.name, kind=args.kind, size_mib=args.size,
-                                quota_mib=args.quota, labels=dict(args.label))
+                                quota_mib=args.quota, labels=dict(args.label),
+                                quota_inodes=args.quota_inodes)
     if args.json:
         _print_json(volumes.get_volume(vol.name).to_dict())
     else:
@@ -182,6 +183,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--kind", choices=("dir", "disk"), default="dir")
     p.add_argument("--size", type=_mib, metavar="MIB", help="capacity of a disk volume")
     p.add_argument("--quota", type=_mib, metavar="MIB", help="quota of a dir volume")
+    p.add_argument("--quota-inodes", type=_mib, metavar="N",
+                   help="inode limit of a dir volume (default: one per 4 KiB of quota)")
     p.add_argument("--label", type=_label, action="append", default=[], metavar="K=V",
                    help="a label (repeatable; later keys overwrite)")
 

@@ -290,6 +290,7 @@ class FuseSession:
     """
 
     def __init__(self, tree: TreeOps, *, writeback: bool = False, posix_acl: bool = False,
+                 posix_lock: bool = True, flock: bool = True,
                  on_open: HandleHook | None = None,
                  on_release: Callable[[int], None] | None = None,
                  on_destroy: Callable[[], None] | None = None) -> None:
@@ -299,6 +300,11 @@ class FuseSession:
         self.tree = tree
         self.writeback = writeback
         self.posix_acl = posix_acl
+        # virtiofsd's -o posix_lock/flock: locks the server keeps (host locks, seen by
+        # host processes) or, when off, not offered at INIT: the guest kernel then
+        # keeps them to itself, and a LK request sent anyway is ENOSYS.
+        self.posix_lock = posix_lock
+        self.flock = flock
         self.on_open = on_open
         self.on_release = on_release
         self.on_destroy = on_destroy
@@ -410,6 +416,10 @@ class FuseSession:
             return error_reply(unique, errno.EPROTO)
         kernel = flags | ((flags2 << 32) if flags & abi.FUSE_INIT_EXT else 0)
         want = BASE_FLAGS
+        if not self.posix_lock:
+            want &= ~abi.FUSE_POSIX_LOCKS
+        if not self.flock:
+            want &= ~abi.FUSE_FLOCK_LOCKS
         if self.writeback:
             want |= abi.FUSE_WRITEBACK_CACHE
         if self.posix_acl:
@@ -627,7 +637,10 @@ class FuseSession:
     # ---- locks ------------------------------------------------------------------------------
     def _lk(self, body: _Body) -> tuple[int, int, Lock, bool]:
         fh, owner, start, end, typ, pid, lk_flags = body.struct(abi.fuse_lk_in)
-        return fh, owner, Lock(start, end, typ, pid), bool(lk_flags & abi.FUSE_LK_FLOCK)
+        is_flock = bool(lk_flags & abi.FUSE_LK_FLOCK)
+        if not self.flags & (abi.FUSE_FLOCK_LOCKS if is_flock else abi.FUSE_POSIX_LOCKS):
+            raise OSError(errno.ENOSYS, "lock kind not negotiated")
+        return fh, owner, Lock(start, end, typ, pid), is_flock
 
     def _getlk(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         fh, owner, lock, _ = self._lk(body)

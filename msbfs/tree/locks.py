@@ -7,6 +7,14 @@ description, so each (inode, owner) pair gets its own description of the file (a
 re-open of a handle's fd) and its OFD locks stand for the owner's POSIX locks. They
 are real host locks: native processes on the host see them and conflict with them.
 flock locks belong to the handle's own description, which is what flock means.
+
+The re-open never has more access than the handle it comes from (issue 9, point 3: a
+read lock on a read-only handle used to re-open the file read-write as root, and a
+host binary locked that way could no longer be executed: ETXTBSY, even in a readonly
+share). So an owner holds one description per access mode it locked through; the one
+thing this gives up is an owner whose read lock (through a read-only handle) and
+write lock (through a writable one) overlap: those two conflict with each other.
+Non-regular files are re-opened O_NONBLOCK (a FIFO's open must not wait for a peer).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import struct
 import threading
 
@@ -22,6 +31,7 @@ from msbfs.tree.inodes import Inode
 from msbfs.tree.types import OFFSET_MAX, Lock
 
 _FLOCK = struct.Struct("@hhqqi4x")  # struct flock (x86-64 / aarch64 layout)
+_ACCMODES = (os.O_RDONLY, os.O_WRONLY, os.O_RDWR)
 _FLOCK_OPS = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
               fcntl.F_UNLCK: fcntl.LOCK_UN}
 
@@ -43,7 +53,8 @@ def _flock_struct(lock: Lock) -> bytes:
 
 class RecordLocks:
     def __init__(self) -> None:
-        self._fds: dict[tuple[int, int], int] = {}  # (node id, owner) -> description
+        # (node id, owner, access mode) -> description
+        self._fds: dict[tuple[int, int, int], int] = {}
         # SETLKW runs on a worker thread while the loop thread opens and drops owners.
         self._lock = threading.Lock()
 
@@ -51,31 +62,44 @@ class RecordLocks:
         return len(self._fds)
 
     def _owner_fd(self, h: FileHandle, owner: int, create: bool) -> int | None:
-        key = (h.inode.nodeid, owner)
+        """The owner's description for locks through ``h``: same access mode as ``h``."""
+        acc = h.flags & os.O_ACCMODE
+        key = (h.inode.nodeid, owner, acc)
         with self._lock:
             fd = self._fds.get(key)
             if fd is not None or not create:
                 return fd
-            proc = b"/proc/self/fd/%d" % h.fd
-            try:
-                # Read-write if the file allows, so read and write locks of one owner
-                # live on one description (two would conflict with each other).
-                fd = os.open(proc, os.O_RDWR | os.O_CLOEXEC)
-            except OSError:
-                fd = os.open(proc, (h.flags & os.O_ACCMODE) | os.O_CLOEXEC)
+            flags = acc | os.O_CLOEXEC | os.O_NOCTTY
+            if h.inode.kind != stat.S_IFREG:
+                flags |= os.O_NONBLOCK
+            fd = os.open(b"/proc/self/fd/%d" % h.fd, flags)
             self._fds[key] = fd
             return fd
+
+    def _any_owner_fd(self, h: FileHandle, owner: int) -> int | None:
+        """A description of the owner's on ``h``'s inode, preferring ``h``'s mode."""
+        fd = self._owner_fd(h, owner, create=False)
+        if fd is not None:
+            return fd
+        nodeid = h.inode.nodeid
+        with self._lock:
+            for acc in _ACCMODES:
+                fd = self._fds.get((nodeid, owner, acc))
+                if fd is not None:
+                    return fd
+        return None
 
     def drop_owner(self, inode: Inode, owner: int) -> None:
         """The owner closed the file (FLUSH): its POSIX locks on it are gone."""
         with self._lock:
-            fd = self._fds.pop((inode.nodeid, owner), None)
-        if fd is not None:
-            os.close(fd)  # closing the description releases its OFD locks
+            fds = [self._fds.pop((inode.nodeid, owner, acc), -1) for acc in _ACCMODES]
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)  # closing the description releases its OFD locks
 
     def getlk(self, h: FileHandle, owner: int, lock: Lock) -> Lock:
         arg = _flock_struct(lock)
-        fd = self._owner_fd(h, owner, create=False)
+        fd = self._any_owner_fd(h, owner)
         # An owner without a description holds no locks: ask through the handle's fd.
         res = fcntl.fcntl(h.fd if fd is None else fd, fcntl.F_OFD_GETLK, arg)
         typ, _whence, start, length, _pid = _FLOCK.unpack(res)
