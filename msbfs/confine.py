@@ -68,43 +68,44 @@ DEFAULT_CAPS = frozenset(CAP_NAMES.index(n) for n in (
 
 #: Every syscall the serving process makes once the filter is on, by name so the list
 #: holds on every architecture (names an architecture lacks, like ``open`` on aarch64,
-#: are skipped). Where it came from: ``strace -f -c`` and ``--seccomp=log`` (the kernel
-#: logs each syscall outside the list, audit type 1326) over real daemons driven by
-#: tests/test_virtiofs_serve.py, tests/test_confinement.py, the guest tests
-#: (tests/test_guest_*.py, tests/test_launcher.py) and the frontend benchmark, plus the
-#: tree's own operations read from msbfs/tree and csrc/ (some only a rare request
-#: reaches). A syscall missing here kills the daemon on guest input: add, never guess
-#: by removing.
+#: are skipped). Where it came from: ``strace -f`` of real daemons (the syscalls each
+#: made after its filter went on) and ``--seccomp=log`` runs (the kernel logs every
+#: syscall outside the list, audit type 1326), driven by tests/test_virtiofs_serve.py,
+#: tests/test_confinement.py, the guest tests (tests/test_guest_*.py,
+#: tests/test_launcher.py) and the frontend benchmark (1 MiB reads: the C data path's
+#: threads); plus what msbfs/tree, vhost/ and csrc/ call on paths those runs did not
+#: reach (read from the code). A syscall missing here kills the daemon on guest input.
 SYSCALLS = (
-    # CPython, glibc, trio: memory, threads, signals, time, the event loop
+    # CPython, glibc, trio: memory, threads (glibc's thread start: clone3, rseq,
+    # set_robust_list), signals, time (vDSO fallbacks), the epoll loop
     "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "futex", "set_robust_list",
-    "get_robust_list", "rseq", "clone", "clone3", "exit", "exit_group", "gettid", "getpid",
-    "getppid", "tgkill", "tkill", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn",
-    "sigaltstack", "restart_syscall", "sched_yield", "sched_getaffinity", "getrandom",
-    "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time",
-    "getrusage", "times", "sysinfo", "uname", "prlimit64", "getrlimit", "prctl", "capget",
-    "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid",
-    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll",
-    "select", "pselect6", "eventfd2", "pipe2", "membarrier",
-    # fds and sockets: the vhost-user connection (SCM_RIGHTS), trio's wake-up socketpair,
-    # syslog's connected socket (re-connect attempts fail harmlessly in the empty net
-    # namespace, but must not kill)
+    "rseq", "clone", "clone3", "exit", "exit_group", "gettid", "getpid", "getppid", "tgkill",
+    "tkill", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
+    "restart_syscall", "sched_yield", "sched_getaffinity", "getrandom", "clock_gettime",
+    "clock_nanosleep", "nanosleep", "gettimeofday", "prlimit64", "getrlimit", "prctl",
+    "getuid", "geteuid", "getgid", "getegid", "epoll_create1", "epoll_ctl", "epoll_wait",
+    "epoll_pwait", "poll", "ppoll", "eventfd2",
+    # fds and sockets: the vhost-user connection (SCM_RIGHTS, eventfd_write on the error
+    # fd), trio's wake-up socketpair, syslog's connected socket (socket+connect: Python's
+    # SysLogHandler re-connects after a failed send; in the empty network namespace and
+    # the new root there is nothing to reach, but the attempt must not kill)
     "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
-    "preadv2", "pwritev2", "lseek", "close", "close_range", "dup", "dup2", "dup3", "fcntl",
-    "ioctl", "socket", "socketpair", "connect", "accept", "accept4", "shutdown",
-    "sendto", "sendmsg", "recvfrom", "recvmsg", "getsockopt", "setsockopt", "getsockname",
-    "getpeername",
-    # the tree: lookups over O_PATH fds, /proc/self/fd re-opens, xattrs by path
+    "preadv2", "pwritev2", "lseek", "close", "dup", "dup2", "dup3", "fcntl", "ioctl",
+    "socket", "socketpair", "connect", "accept", "accept4", "shutdown", "sendto", "sendmsg",
+    "recvfrom", "recvmsg", "getsockopt", "setsockopt", "getsockname", "getpeername",
+    # the tree: lookups over O_PATH fds, /proc/self/fd re-opens, xattrs by path. The
+    # path forms (open, stat, mkdir, chmod...) are what glibc issues for os.* calls on
+    # /proc/self/fd paths on x86_64; the *at forms for dir_fd calls. Several (flock,
+    # copy_file_range, fallocate, fsync, name_to_handle_at...) only a rarer request reaches.
     "open", "openat", "openat2", "name_to_handle_at", "open_by_handle_at", "stat", "lstat",
     "fstat", "newfstatat", "statx", "statfs", "fstatfs", "getdents64", "readlink",
     "readlinkat", "access", "faccessat", "faccessat2", "getcwd", "chdir", "fchdir", "umask",
     "mkdir", "mkdirat", "mknodat", "unlink", "unlinkat", "rmdir", "rename", "renameat",
     "renameat2", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat",
     "chown", "fchown", "lchown", "fchownat", "utimensat", "truncate", "ftruncate",
-    "fallocate", "fsync", "fdatasync", "syncfs", "sync_file_range", "flock",
-    "copy_file_range", "fadvise64", "getxattr", "lgetxattr", "fgetxattr", "setxattr",
-    "lsetxattr", "fsetxattr", "listxattr", "llistxattr", "flistxattr", "removexattr",
-    "lremovexattr", "fremovexattr",
+    "fallocate", "fsync", "fdatasync", "syncfs", "flock", "copy_file_range",
+    "getxattr", "lgetxattr", "fgetxattr", "setxattr", "lsetxattr", "fsetxattr", "listxattr",
+    "llistxattr", "flistxattr", "removexattr", "lremovexattr", "fremovexattr",
     # the caller's identity per request (raw per-thread syscalls, csrc/sys.c, tree.c)
     "setfsuid", "setfsgid", "setgroups", "getgroups",
 )
