@@ -1,5 +1,9 @@
 """A real ``msbfs serve`` process under fuzz: started, watched, restarted.
 
+With the namespace sandbox (the default) ``msbfs serve`` is a supervisor and a forked
+serving child; the supervisor exits when the child does (so its exit is the crash
+signal), and the fds counted are the serving child's (the leaf of the process tree).
+
 The daemon runs with ``--keep-serving`` so that one hostile session ending the
 connection (which it may legitimately do) does not end the daemon: it accepts the next
 frontend, and only an exit is a crash. It runs at ``nice`` 10 by default: the campaign
@@ -62,11 +66,29 @@ class Daemon:
         assert self.proc is not None
         return self.proc.poll()
 
-    def fds(self) -> dict[int, str]:
-        out = {}
-        for name in os.listdir(f"/proc/{self.pid}/fd"):
+    def serving_pid(self) -> int:
+        """The process that serves: the deepest descendant of the one we started."""
+        pid = self.pid
+        while True:
             try:
-                out[int(name)] = os.readlink(f"/proc/{self.pid}/fd/{name}")
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    kids = f.read().split()
+            except FileNotFoundError:
+                return pid
+            if not kids:
+                return pid
+            pid = int(kids[0])
+
+    def fds(self) -> dict[int, str]:
+        pid = self.serving_pid()
+        out = {}
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            return out
+        for name in names:
+            try:
+                out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
             except FileNotFoundError:
                 pass
         return out

@@ -33,7 +33,8 @@ def build(out: Path) -> Path:
         raise RuntimeError("no C compiler")
     subprocess.run([cc, "-std=gnu11", "-g", "-O1", "-Wall", "-Wextra", "-Werror",
                     "-Wno-unused-parameter", *SANITIZE, f"-I{CSRC}",
-                    str(HERE / "ring_harness.c"), "-o", str(exe), "-lpthread"],
+                    str(HERE / "ring_harness.c"), str(CSRC / "virtq.c"),
+                    str(CSRC / "fuse_datapath.c"), "-o", str(exe), "-lpthread"],
                    check=True, capture_output=True, text=True)
     return exe
 

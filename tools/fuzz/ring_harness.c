@@ -1,0 +1,243 @@
+/* In-process fuzz harness for csrc/virtq.c + csrc/fuse_datapath.c, built with
+ * -fsanitize=address,undefined by tools/fuzz/native.py.
+ *
+ * Guest memory: two regions of one memfd (gpa 0..1 MiB and 2..3 MiB: a hole between),
+ * each mapped with PROT_NONE guard pages (msb_map_guarded). Per input, fuzz_one() reads
+ * the input bytes as a recipe: ring flags, a few chains of descriptors (each a FUSE
+ * READ/WRITE/other request laid in scratch memory, then damaged: address outside or
+ * across regions, zero/huge lengths, loops, next out of range, direction swaps, lying
+ * indirect tables, lying FUSE lengths, an fh that is or is not in the handle table),
+ * avail idx jumps; then runs msb_fs_serve and answers every slow chain with
+ * msb_fs_gather + msb_fs_answer, as msbfs/virtiofs.py does. After a broken ring it is
+ * set up again. Nothing here checks results: the sanitizers and the guard pages are the
+ * oracle (an access outside the regions, UB, a leak).
+ *
+ * Linked with virtq.c and fuse_datapath.c as their own units (they share static names).
+ *
+ *   ring_harness SEED COUNT     seeded inputs (xorshift), prints counts, done=1 at the end
+ *   (clang -fsanitize=fuzzer: LLVMFuzzerTestOneInput is the libFuzzer entry point)
+ */
+#define _GNU_SOURCE
+#include "fuse_datapath.h"
+#include "virtq.h"
+
+#include <linux/fuse.h>
+#include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define VRING_DESC_F_NEXT 1
+#define VRING_DESC_F_WRITE 2
+#define VRING_DESC_F_INDIRECT 4
+#define REG (1u << 20)
+#define QN 16
+#define UVA 0x7f0000000000ull
+enum { DESC_OFF = 0, AVAIL_OFF = 0x1000, USED_OFF = 0x2000, SCRATCH = 0x10000 };
+
+static struct msb_memtable mem;
+static uint8_t *ram0, *ram1;
+static struct msb_vq vq;
+static struct msb_fs_table *table;
+static struct msb_chain slow[8];
+static struct msb_fs_stats st;
+static int data_fd;
+static uint64_t served, broken, inputs;
+
+struct cursor { const uint8_t *p; size_t n, i; };
+
+static uint64_t take(struct cursor *c, int bytes)
+{
+    uint64_t v = 0;
+    for (int k = 0; k < bytes; k++)
+        v |= (uint64_t)(c->i < c->n ? c->p[c->i++] : 0) << (8 * k);
+    return v;
+}
+
+static void setup(void)
+{
+    int fd = memfd_create("ring_harness", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, 4 * REG) < 0) { perror("memfd"); exit(2); }
+    ram0 = msb_map_guarded(fd, REG, 4096, 65536);
+    ram1 = msb_map_guarded(fd, REG, 4096 + 2 * REG, 65536);
+    if (!ram0 || !ram1) { perror("map"); exit(2); }
+    close(fd);
+    mem.n = 2;
+    mem.regs[0] = (struct msb_memreg){ 0, REG, UVA, ram0 };
+    mem.regs[1] = (struct msb_memreg){ 2 * REG, REG, UVA + 2 * REG, ram1 };
+    data_fd = memfd_create("ring_harness_data", MFD_CLOEXEC);
+    if (data_fd < 0 || ftruncate(data_fd, 1 << 20) < 0) { perror("data"); exit(2); }
+    table = msb_fs_table_new();
+    msb_fs_table_set(table, 7, data_fd, MSB_FS_READ | MSB_FS_WRITE);
+    msb_fs_table_set(table, 8, data_fd, MSB_FS_READ);
+}
+
+static void reset_ring(uint8_t flags)
+{
+    memset(ram0, 0, SCRATCH);
+    msb_vq_init(&vq);
+    if (msb_vq_setup(&vq, &mem, QN, UVA + DESC_OFF, UVA + AVAIL_OFF, UVA + USED_OFF) < 0)
+        abort();
+    vq.event_idx = flags & 1;
+    vq.indirect = (flags >> 1) & 1;
+}
+
+static const uint64_t bad_addrs[] = { REG - 8, REG, 2 * REG - 8, 3 * REG, 3 * REG - 8,
+                                      UINT64_MAX - 15, 1ull << 63, 0xffffffffull, 0 };
+
+/* A FUSE request at scratch offset `off` of region 0; returns its length. */
+static uint32_t put_request(struct cursor *c, uint32_t off)
+{
+    uint8_t kind = (uint8_t)take(c, 1) % 4;
+    uint32_t opcode = kind == 0 ? FUSE_READ : kind == 1 ? FUSE_WRITE : kind == 2 ? FUSE_GETATTR
+                      : (uint32_t)take(c, 1);
+    uint32_t body = opcode == FUSE_READ || opcode == FUSE_WRITE ? sizeof(struct fuse_read_in) : 16;
+    uint32_t extra = opcode == FUSE_WRITE ? (uint32_t)take(c, 2) % 8192 : 0;
+    struct fuse_in_header h = { .len = (uint32_t)(sizeof h + body + extra), .opcode = opcode,
+                                .unique = take(c, 1), .nodeid = 1 };
+    if (take(c, 1) < 16)
+        h.len = (uint32_t)take(c, 4);  /* the header lies */
+    memcpy(ram0 + off, &h, sizeof h);
+    struct fuse_read_in r = { .fh = take(c, 1) < 220 ? 7 + take(c, 1) % 2 : take(c, 1) % 10, .offset = take(c, 1) < 200 ? take(c, 3)
+                              : take(c, 8), .size = (uint32_t)(take(c, 1) < 200 ? take(c, 2)
+                              : take(c, 4)) };
+    if (opcode == FUSE_WRITE)
+        r.size = take(c, 1) < 220 ? extra : (uint32_t)take(c, 4);
+    memcpy(ram0 + off + sizeof h, &r, sizeof r);
+    return (uint32_t)sizeof h + body + extra;
+}
+
+static void set_desc(struct msb_vring_desc *d, uint64_t a, uint32_t l, uint16_t f, uint16_t n)
+{
+    *d = (struct msb_vring_desc){ a, l, f, n };
+}
+
+void fuzz_one(const uint8_t *data, size_t size)
+{
+    struct cursor c = { data, size, 0 };
+    inputs++;
+    struct msb_vring_desc *desc = (void *)(ram0 + DESC_OFF);
+    struct msb_vring_avail *avail = (void *)(ram0 + AVAIL_OFF);
+    if (vq.broken || take(&c, 1) < 8)
+        reset_ring((uint8_t)take(&c, 1));
+    uint32_t scratch = SCRATCH;
+    int nchains = 1 + (int)(take(&c, 1) % 4);
+    int d = (int)(take(&c, 1) % QN);
+    for (int k = 0; k < nchains; k++) {
+        uint32_t reqlen = put_request(&c, scratch);
+        uint64_t req_gpa = scratch;
+        scratch += (reqlen + 15) & ~15u;
+        uint32_t outsz = (uint32_t)take(&c, 2) % 16384;
+        uint64_t out_gpa = scratch;
+        scratch += (outsz + 15) & ~15u;
+        /* buffers: request split in 1..3 parts, then 1..2 writable parts */
+        uint64_t addr[6]; uint32_t len[6]; uint16_t fl[6]; int nb = 0;
+        int parts = 1 + (int)(take(&c, 1) % 3);
+        uint32_t done = 0;
+        for (int p = 0; p < parts; p++) {
+            uint32_t l = p == parts - 1 ? reqlen - done : (reqlen - done) / 2;
+            addr[nb] = req_gpa + done; len[nb] = l; fl[nb++] = 0; done += l;
+        }
+        int wparts = 1 + (int)(take(&c, 1) % 2);
+        for (int p = 0; p < wparts; p++) {
+            uint32_t l = wparts == 2 && p == 0 ? 16 : outsz;
+            addr[nb] = out_gpa + (p ? 16 : 0); len[nb] = l; fl[nb++] = VRING_DESC_F_WRITE;
+        }
+        int b = (int)(take(&c, 1) % nb);
+        int kind = take(&c, 1) < 150 ? -1 : kind;  /* -1: this chain is not damaged */
+        switch (kind) {
+        case 0: addr[b] = bad_addrs[take(&c, 1) % 9]; break;
+        case 1: len[b] = 0; break;
+        case 2: len[b] = (uint32_t)take(&c, 4); break;
+        case 3: fl[b] ^= VRING_DESC_F_WRITE; break;
+        case 4: addr[b] = REG - 8; len[b] = 64; break;           /* across region 0's end */
+        case 5: addr[b] = 2 * REG - 8; len[b] = 64; break;       /* from the hole in */
+        case 6: addr[b] = DESC_OFF; fl[b] = VRING_DESC_F_WRITE; break;  /* over the rings */
+        default: break;
+        }
+        int indirect = take(&c, 1) < 64;
+        int head = d;
+        if (indirect) {
+            struct msb_vring_desc *t = (void *)(ram0 + scratch);
+            uint64_t t_gpa = scratch;
+            scratch += 16 * nb;
+            for (int i = 0; i < nb; i++)
+                set_desc(&t[i], addr[i], len[i],
+                         (uint16_t)(fl[i] | (i < nb - 1 ? VRING_DESC_F_NEXT : 0)
+                                    | (kind == 7 && i == 0 ? VRING_DESC_F_INDIRECT : 0)),
+                         (uint16_t)(i < nb - 1 ? (kind == 8 ? 0 : i + 1) : 0));
+            uint32_t tlen = kind == 9 ? (uint32_t)take(&c, 2) : 16u * (uint32_t)nb;
+            set_desc(&desc[d], kind == 10 ? bad_addrs[take(&c, 1) % 9] : t_gpa, tlen,
+                     (uint16_t)(VRING_DESC_F_INDIRECT | (kind == 11 ? VRING_DESC_F_NEXT : 0)),
+                     (uint16_t)((d + 1) % QN));
+            d = (d + 1) % QN;
+        } else {
+            for (int i = 0; i < nb; i++) {
+                int nxt = (d + 1) % QN;
+                if (i < nb - 1 && kind == 8)
+                    nxt = (int)(take(&c, 1) % (QN + 2));         /* loops, out of range */
+                set_desc(&desc[d], addr[i], len[i],
+                         (uint16_t)(fl[i] | (i < nb - 1 ? VRING_DESC_F_NEXT : 0)), (uint16_t)nxt);
+                d = (d + 1) % QN;
+            }
+        }
+        if (take(&c, 1) < 4)
+            head = (int)take(&c, 2);                                 /* head out of range */
+        avail->ring[avail->idx % QN] = (uint16_t)head;
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        avail->idx++;
+        if (scratch > REG - 65536)
+            break;
+    }
+    if (take(&c, 1) < 6)
+        avail->idx = (uint16_t)(avail->idx + take(&c, 2));           /* avail idx jumps */
+    int drained = 0;
+    for (int round = 0; round < 8 && !drained; round++) {
+        int n = msb_fs_serve(&vq, table, slow, 8, 64, &st, &drained);
+        if (n < 0) { broken++; return; }
+        for (int i = 0; i < n; i++) {
+            static uint8_t buf[1 << 16];
+            uint32_t got = msb_fs_gather(&slow[i], buf, sizeof buf);
+            struct fuse_out_header oh = { .len = sizeof oh, .error = -22 };
+            if (got >= 16) memcpy(&oh.unique, buf + 8, 8);
+            if (msb_fs_answer(&vq, &slow[i], &oh, sizeof oh) < 0)
+                msb_vq_push(&vq, slow[i].head, 0);
+        }
+        msb_vq_notify(&vq);
+    }
+    served++;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!ram0)
+        setup();
+    fuzz_one(data, size);
+    return 0;
+}
+
+#ifndef MSB_LIBFUZZER
+int main(int argc, char **argv)
+{
+    if (argc != 3) { fprintf(stderr, "usage: %s SEED COUNT\n", argv[0]); return 2; }
+    uint64_t s = strtoull(argv[1], NULL, 0) * 2654435761u + 88172645463325252ull;
+    long count = strtol(argv[2], NULL, 0);
+    setup();
+    uint8_t input[256];
+    for (long k = 0; k < count; k++) {
+        for (size_t i = 0; i < sizeof input; i++) {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            input[i] = (uint8_t)s;
+        }
+        fuzz_one(input, sizeof input);
+    }
+    msb_fs_table_free(table);
+    close(data_fd);
+    printf("inputs=%llu served=%llu broken=%llu fast_reads=%llu fast_writes=%llu slow=%llu "
+           "done=1\n", (unsigned long long)inputs, (unsigned long long)served,
+           (unsigned long long)broken, (unsigned long long)st.reads,
+           (unsigned long long)st.writes, (unsigned long long)st.slow);
+    return 0;
+}
+#endif
