@@ -56,6 +56,8 @@ class ServeOptions:
     readonly: bool = False
     xattr: bool = True
     posix_acl: bool = False
+    #: virtiofsd's --xattrmap rules; None: the tree's default map (msbfs.tree.xattrmap)
+    xattrmap: str | None = None
     posix_lock: bool = True
     flock: bool = True
     writeback: bool = False
@@ -134,7 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  "--security-label", "--preserve-noatime", "--allow-mmap", "--no-announce-submounts"):
         p.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"), action="store_true",
                        help=argparse.SUPPRESS)
-    p.add_argument("--xattrmap", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--xattrmap", default=None, metavar="RULES",
+                   help="virtiofsd's xattr name mapping, replacing the default (which "
+                        "refuses trusted.* and security.*); e.g. ':map::user.virtiofs.:'")
     p.add_argument("--keep-serving", action="store_true",
                    help="accept a new frontend after one disconnects (needs a listening socket)")
 
@@ -186,7 +190,7 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
             elif key == "readonly" or key == "ro":
                 o.readonly = True
             elif key == "xattrmap":
-                raise ServeError("-o xattrmap is not supported")
+                o.xattrmap = value  # a map with a ',' in it needs --xattrmap
             elif key in _IGNORED_O:
                 o.ignored.append(item)
             else:
@@ -200,8 +204,15 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
             setattr(o, name, v)
     if getattr(a, "rlimit_nofile", None) is not None:
         o.rlimit_nofile = _fd_limit(a.rlimit_nofile)
-    if getattr(a, "xattrmap", None):
-        raise ServeError("--xattrmap is not supported")
+    if getattr(a, "xattrmap", None) is not None:
+        o.xattrmap = a.xattrmap
+    if o.xattrmap is not None:
+        from msbfs.tree.xattrmap import XattrMap, XattrMapError
+
+        try:
+            XattrMap.parse(o.xattrmap)  # refused at start-up, as virtiofsd does
+        except XattrMapError as e:
+            raise ServeError(f"--xattrmap: {e}") from None
     for k, v in vars(a).items():
         if k.startswith("ignored_") and v:
             o.ignored.append(k[len("ignored_"):].replace("_", "-"))
@@ -378,7 +389,8 @@ def run(o: ServeOptions) -> int:
     # that does not append itself (cache=never) would write appends at stale offsets.
     writeback = o.writeback and o.cache != "never"
     tree = Tree(shared_dir, policy, cache=o.cache, xattr=o.xattr, posix_acl=o.posix_acl,
-                announce_submounts=o.announce_submounts, writeback=writeback)
+                announce_submounts=o.announce_submounts, writeback=writeback,
+                xattrmap=o.xattrmap)
     # With the namespace sandbox only a forked child returns (pid 1 of its namespace);
     # the process outside supervises it and removes the socket file it can no longer see.
     confine.confine(jail, shared_dir, on_exit=lambda: _remove_socket(o))
