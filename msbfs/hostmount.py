@@ -432,6 +432,8 @@ class MountOptions:
     gid: int | None = None
     quota_mib: int | None = None
     quota_inodes: int | None = None
+    #: virtiofsd's --xattrmap rules (msbfs.tree.xattrmap); None: the tree's default map.
+    xattrmap: str | None = None
     #: The kernel's writeback cache: small writes are gathered in the page cache and
     #: sent as large WRITEs. Errors (ENOSPC) then surface at fsync/close, not write().
     writeback: bool = False
@@ -463,10 +465,19 @@ class MountOptions:
                         key == "quota_inodes" and n == 0):
                     raise InvalidMountSpec(f"mount option {key}={value} is out of range")
                 flags["quota_mib" if key == "quota" else key] = n
+            elif key == "xattrmap" and eq:
+                from msbfs.tree.xattrmap import XattrMap, XattrMapError
+
+                try:
+                    XattrMap.parse(value)
+                except XattrMapError as e:
+                    raise InvalidMountSpec(f"mount option xattrmap: {e}") from None
+                flags["xattrmap"] = value
             else:
                 raise InvalidMountSpec(
                     f"unknown mount option {item!r} (known: ro, noexec, nosuid, nodev, "
-                    "allow_other, uid=N, gid=N, quota=MIB, quota_inodes=N, writeback)")
+                    "allow_other, uid=N, gid=N, quota=MIB, quota_inodes=N, writeback, "
+                    "xattrmap=RULES)")
         return cls(**flags)
 
     def kernel_options(self, fsname: str, *, mirror_policy: bool = True) -> set[str]:

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated: ro, noexec, nosuid, nodev, allow_other, uid=N, "
                         "gid=N (show every file as owned by N), quota=MIB, writeback "
                         "(experimental: the kernel's writeback cache; faster small writes, "
-                        "errors such as ENOSPC show at fsync/close)")
+                        "errors such as ENOSPC show at fsync/close), xattrmap=RULES "
+                        "(virtiofsd's xattr name mapping, without ',')")
     p.add_argument("--foreground", action="store_true",
                    help="serve in this process until unmounted or SIGINT/SIGTERM")
     p.add_argument("--no-kernel-flags", action="store_true",
@@ -98,7 +99,7 @@ def build_tree(src: Source, options: MountOptions) -> Tree:
                     nodev=options.nodev, quota_bytes=src.quota_bytes,
                     quota_inodes=src.quota_inodes,
                     squash_uid=options.uid, squash_gid=options.gid)
-    return Tree(src.path, policy, writeback=options.writeback)
+    return Tree(src.path, policy, writeback=options.writeback, xattrmap=options.xattrmap)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
