@@ -4,6 +4,7 @@ LISTXATTR on the default map, and on a remapping map under nosuid."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import struct
@@ -81,3 +82,15 @@ def test_bad_maps_stop_the_daemon_at_start(tmp_path: Path) -> None:
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
         assert r.returncode == 1 and "xattrmap" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_launcher_passes_a_trees_map_to_its_daemon(tmp_path: Path) -> None:
+    from msbfs.launcher.daemon import ServedTree, msbfs_serve
+    from msbfs.serve import add_arguments, options_from_args
+
+    tree = ServedTree(tag="t", guest_path="/g", shared_dir=tmp_path, xattrmap="/map/trusted./u./")
+    argv = msbfs_serve(tree, 9)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert options_from_args(p.parse_args(argv[4:])).xattrmap == "/map/trusted./u./"
+    assert not any("xattrmap" in a for a in msbfs_serve(ServedTree("t", "/g", tmp_path), 9))

@@ -39,6 +39,8 @@ class ServedTree:
     quota_mib: int | None = None
     #: virtio-fs request queues (Linux >= 6.11 spreads requests over them per CPU).
     request_queues: int = 1
+    #: virtiofsd's --xattrmap rules; None: the daemon's default (no trusted.*/security.*).
+    xattrmap: str | None = None
 
     def describe(self) -> str:
         src = f"volume {self.volume}" if self.volume else str(self.shared_dir)
@@ -61,6 +63,8 @@ def msbfs_serve(tree: ServedTree, fd: int) -> list[str]:
         argv.append(f"--quota={tree.quota_mib}")
     if tree.request_queues != 1:
         argv.append(f"--num-request-queues={tree.request_queues}")
+    if tree.xattrmap is not None:
+        argv.append(f"--xattrmap={tree.xattrmap}")
     return argv
 
 
