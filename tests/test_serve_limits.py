@@ -111,3 +111,66 @@ def _host_lock(path: Path) -> int:
     finally:
         os.close(fd)
     return fmt.unpack(got)[0]
+
+
+def _daemon_fds(pid: int) -> int:
+    """Open fds of the serving process (a confined daemon serves from its child)."""
+    best = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            best = max(best, len(os.listdir(f"/proc/{p}/fd")))
+        except OSError:
+            pass
+    return best
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        out: list[int] = []
+        for t in tasks:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+        return out
+    except OSError:
+        return []
+
+
+async def test_a_client_that_never_lets_go_cannot_starve_the_daemon(tmp_path: Path) -> None:
+    """Opens without RELEASE, lookups of unlinked files without FORGET: past its budget
+    the guest's own requests fail (EMFILE, ENFILE) while the daemon stays inside its fd
+    limit and goes on serving (issue 9, point 7)."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "f").write_bytes(b"data")
+    sock = str(tmp_path / "s")
+    with run_serve([f"--shared-dir={share}", "--rlimit-nofile=256"], sock) as proc:
+        c, _ = await _connect(sock)
+        e = parse_entry(await c.ok(c.r.lookup(ROOT, b"f")))
+        errors: set[int] = set()
+        opened = 0
+        for _ in range(300):
+            r = await c.call(c.r.open(e.nodeid, os.O_RDONLY))
+            if r.error:
+                errors.add(r.error)
+                break
+            opened += 1
+        assert errors == {errno.EMFILE} and 0 < opened < 256
+        # the daemon kept fds of its own: a name it never saw still resolves
+        (share / "g").write_bytes(b"")
+        await c.ok(c.r.lookup(ROOT, b"g"))
+        # pinned inodes: created, looked up and unlinked, never forgotten
+        pinned_errors: set[int] = set()
+        for i in range(400):
+            r = await c.call(c.r.mknod(ROOT, b"p%d" % i, 0o100644))
+            if r.error:
+                pinned_errors.add(r.error)
+                break
+            await c.ok(c.r.unlink(ROOT, b"p%d" % i))
+        assert pinned_errors == {errno.ENFILE}
+        assert _daemon_fds(proc.pid) < 256
+        # still serving: reads of an open handle, lookups of known names, statfs
+        assert (await c.call(c.r.getattr(e.nodeid))).error == 0
+        assert (await c.call(c.r.statfs())).error == 0
+        assert parse_entry(await c.ok(c.r.lookup(ROOT, b"f"))).nodeid == e.nodeid
+        await c.fe.close()
+        assert await _wait_exit(proc) == 0

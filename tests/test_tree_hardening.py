@@ -186,3 +186,44 @@ def test_read_lock_never_reopens_for_writing(make_tree: MakeTree, readonly: bool
     tree.flush(fh, 7)
     assert tree.statistics().extra["lock_fds"] == 0
     tree.release(fh)
+
+
+def test_handle_budget(make_tree: MakeTree) -> None:
+    """Past its handle budget a client's opens fail with EMFILE; the daemon keeps its fds,
+    and a release makes room again (issue 9, point 7)."""
+    tree = make_tree(max_handles=4)
+    f = walk(tree, "file")
+    fhs = [tree.open(f, os.O_RDONLY, ROOT).fh for _ in range(3)]
+    fhs.append(tree.opendir(ROOT_ID, os.O_RDONLY, ROOT).fh)
+    before = len(os.listdir("/proc/self/fd"))
+    assert err(lambda: tree.open(f, os.O_RDONLY, ROOT)) == errno.EMFILE
+    assert err(lambda: tree.opendir(ROOT_ID, os.O_RDONLY, ROOT)) == errno.EMFILE
+    assert err(lambda: tree.create(ROOT_ID, b"new", 0o644, os.O_RDWR, 0, ROOT)) == errno.EMFILE
+    assert err(lambda: tree.tmpfile(ROOT_ID, 0o600, os.O_RDWR, 0, ROOT)) == errno.EMFILE
+    assert not (tree.path / "new").exists()  # type: ignore[attr-defined]
+    assert len(os.listdir("/proc/self/fd")) == before
+    tree.getattr(f, None, ROOT)  # everything else goes on
+    tree.release(fhs.pop(0))
+    tree.release(tree.open(f, os.O_RDONLY, ROOT).fh)
+
+
+def test_inode_budget(make_tree: MakeTree) -> None:
+    tree = make_tree(max_inodes=6)
+    root: Path = tree.path  # type: ignore[attr-defined]
+    for i in range(10):
+        (root / f"n{i}").write_bytes(b"")
+    held = tree.statistics().inodes
+    got = []
+    for i in range(10):
+        try:
+            got.append(tree.lookup(ROOT_ID, b"n%d" % i, ROOT).nodeid)
+        except OSError as e:
+            assert e.errno == errno.ENFILE
+            break
+    assert len(got) == 6 - held and tree.statistics().inodes == 6
+    assert err(lambda: tree.mkdir(ROOT_ID, b"d", 0o755, 0, ROOT)) == errno.ENFILE
+    assert not (root / "d").exists()
+    # known inodes still resolve; a forget makes room
+    assert tree.lookup(ROOT_ID, b"n0", ROOT).nodeid == got[0]
+    tree.forget(got[0], 2)
+    tree.lookup(ROOT_ID, b"n9", ROOT)

@@ -87,12 +87,22 @@ class DirHandle:
 
 
 class HandleTable:
-    def __init__(self) -> None:
+    """Handle numbers to open handles; at most ``max_handles`` at once: past that, the
+    client's next open is EMFILE (it is the client's fd table that is full, in effect)
+    and the daemon keeps the fds it needs."""
+
+    def __init__(self, max_handles: int | None = None) -> None:
         self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next = 1
+        self.max_handles = max_handles
 
     def __len__(self) -> int:
         return len(self._handles)
+
+    def check_room(self) -> None:
+        """Before opening an fd for a new handle: EMFILE when the client has its fill."""
+        if self.max_handles is not None and len(self._handles) >= self.max_handles:
+            raise OSError(errno.EMFILE, "the client holds too many open handles")
 
     def add(self, handle: FileHandle | DirHandle) -> int:
         fh = self._next

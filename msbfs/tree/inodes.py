@@ -13,6 +13,12 @@ inode again re-opens it with ``open_by_handle_at`` (root only, like virtiofsd's
 ``--inode-file-handles``). Handles come only from our own fds, never from a client.
 Inodes that cannot be re-opened that way stay pinned: filesystems without handles,
 and files with no name left (an fd is all that keeps them alive).
+
+The client decides how many inodes it holds, so the table has bounds of its own
+(issue 9, point 7): ``max_inodes`` entries and ``fd_cap`` open inode fds (pinned ones
+included). ``check_room`` is asked before an operation that may add an inode; past a
+bound (after trying to evict one fd) the client's request fails with ENFILE, and the
+daemon keeps the fds its own bookkeeping needs.
 """
 
 from __future__ import annotations
@@ -62,12 +68,16 @@ class Inode:
 
 class InodeTable:
     def __init__(self, root_fd: int, root_st: os.stat_result,
-                 max_fds: int | None = None) -> None:
+                 max_fds: int | None = None, *, fd_cap: int | None = None,
+                 max_inodes: int | None = None) -> None:
         self.root = Inode(self, ROOT_ID, root_fd, root_st, False)
         self.root.nlookup = 1  # the root is never forgotten
         self._by_id: dict[int, Inode] = {ROOT_ID: self.root}
         self._by_key: dict[tuple[int, int], Inode] = {(root_st.st_dev, root_st.st_ino): self.root}
         self._next_id = ROOT_ID + 1
+        self.nfds = 1  # open inode fds, the root's included
+        self.fd_cap = fd_cap
+        self.max_inodes = max_inodes
         # Lookups and forgets may come from different threads (a transport may serve
         # several queues); the count update and the close must not interleave.
         self._lock = threading.RLock()
@@ -105,7 +115,19 @@ class InodeTable:
 
     @property
     def open_fds(self) -> int:
-        return sum(1 for i in self._by_id.values() if i._fd >= 0)
+        return self.nfds
+
+    def check_room(self) -> None:
+        """ENFILE if one more inode would pass a bound (see the module doc)."""
+        if self.max_inodes is not None and len(self._by_id) >= self.max_inodes:
+            raise OSError(errno.ENFILE, "the client holds too many inodes")
+        cap = self.fd_cap
+        if cap is not None and self.nfds >= cap:
+            with self._lock:
+                if self.lru is not None:
+                    self._evict_one(self.lru, self.root)
+                if self.nfds >= cap:
+                    raise OSError(errno.ENFILE, "the client holds too many inode fds")
 
     def get(self, nodeid: int) -> Inode:
         inode = self._by_id.get(nodeid)
@@ -128,10 +150,12 @@ class InodeTable:
                 self._next_id += 1
                 self._by_id[inode.nodeid] = inode
                 self._by_key[key] = inode
+                self.nfds += 1
                 self._opened(inode)
                 fd = -1
             elif inode._fd < 0:
                 inode._fd = fd
+                self.nfds += 1
                 self._opened(inode)
                 fd = -1
             inode.nlookup += 1
@@ -169,6 +193,8 @@ class InodeTable:
             if self.lru is not None:
                 self.lru.pop(nodeid, None)
             fd, inode._fd = inode._fd, -1
+            if fd >= 0:
+                self.nfds -= 1
         if fd >= 0:
             os.close(fd)
 
@@ -179,6 +205,7 @@ class InodeTable:
             self._by_id = {ROOT_ID: self.root}
             self._by_key = {(self.root.dev, self.root.ino): self.root}
             self.root.nlookup = 1
+            self.nfds = 1 if self.root._fd >= 0 else 0
             if self.lru is not None:
                 self.lru.clear()
         for inode in dead:
@@ -192,6 +219,7 @@ class InodeTable:
         with self._lock:
             mount_fds, self._mount_fds = self._mount_fds, {}
             root_fd, self.root._fd = self.root._fd, -1
+            self.nfds = 0
         for fd in [*mount_fds.values(), root_fd]:
             if fd >= 0:
                 os.close(fd)
@@ -236,6 +264,7 @@ class InodeTable:
             victim.handle = b""  # no way back to that mount yet: keep the fd
             return True
         victim._fd = -1
+        self.nfds -= 1
         os.close(fd)
         self.evictions += 1
         return True
@@ -278,6 +307,7 @@ class InodeTable:
             if fd < 0:
                 raise OSError(-fd, os.strerror(-fd))
             inode._fd = fd
+            self.nfds += 1
             self.reopens += 1
             self._opened(inode)
             return fd

@@ -52,7 +52,10 @@ def _flock_struct(lock: Lock) -> bytes:
 
 
 class RecordLocks:
-    def __init__(self) -> None:
+    """The owners' lock descriptions: at most ``max_fds`` (ENOLCK past it)."""
+
+    def __init__(self, max_fds: int | None = None) -> None:
+        self.max_fds = max_fds
         # (node id, owner, access mode) -> description
         self._fds: dict[tuple[int, int, int], int] = {}
         # SETLKW runs on a worker thread while the loop thread opens and drops owners.
@@ -69,6 +72,8 @@ class RecordLocks:
             fd = self._fds.get(key)
             if fd is not None or not create:
                 return fd
+            if self.max_fds is not None and len(self._fds) >= self.max_fds:
+                raise _err(errno.ENOLCK)
             flags = acc | os.O_CLOEXEC | os.O_NOCTTY
             if h.inode.kind != stat.S_IFREG:
                 flags |= os.O_NONBLOCK

@@ -91,6 +91,8 @@ _XATTR_BLOCK = 4096  # what one xattr may allocate per started block of name and
 _XATTR_ENTRY = 64  # with its entry header and an ext4 xattr block's own header
 _MIN_INODE_FDS = 16  # an op touches at most a few inodes: never evict one mid-call
 MAX_IO = 1 << 24  # larger reads are clamped: no client gets to size our buffers
+#: Inodes a client may hold at once (each costs the daemon a few hundred bytes).
+DEFAULT_MAX_INODES = 1 << 20
 
 _LONG = 86400.0
 _TIMEOUTS = {"never": 0.0, "auto": 1.0, "metadata": _LONG, "always": _LONG}
@@ -162,7 +164,8 @@ class Tree:
                  cache: str = "auto", xattr: bool = True, posix_acl: bool = False,
                  announce_submounts: bool = False, writeback: bool = False,
                  max_inode_fds: int | None = None,
-                 xattrmap: XattrMap | str | None = None) -> None:
+                 xattrmap: XattrMap | str | None = None,
+                 max_handles: int | None = None, max_inodes: int | None = None) -> None:
         if cache not in _TIMEOUTS:
             raise ValueError(f"cache must be one of {', '.join(_TIMEOUTS)}, not {cache!r}")
         if isinstance(root, int):
@@ -190,8 +193,16 @@ class Tree:
             max_inode_fds = max(_MIN_INODE_FDS, soft // 2) if os.geteuid() == 0 else 0
         elif max_inode_fds:
             max_inode_fds = max(_MIN_INODE_FDS, max_inode_fds)
-        self._inodes = InodeTable(fd, st, max_inode_fds or None)
-        self._handles = HandleTable()
+        # A client's budget (issue 9, point 7): whatever it opens or looks up without
+        # letting go, the daemon keeps about a fifth of its fds for its own bookkeeping.
+        # Inode fds: the cache above plus room for pinned ones (unlinked, no handle);
+        # open handles an eighth, lock descriptions a sixteenth.
+        self._inodes = InodeTable(fd, st, max_inode_fds or None,
+                                  fd_cap=max(_MIN_INODE_FDS, soft // 2 + soft // 8),
+                                  max_inodes=DEFAULT_MAX_INODES if max_inodes is None
+                                  else max_inodes)
+        self._handles = HandleTable(max(_MIN_INODE_FDS, soft // 8) if max_handles is None
+                                    else max_handles)
         self._root_dev = st.st_dev
         self._foreign_devs: dict[int, int] = {}
         self._mode_mask = policy.reported_mode_mask
@@ -200,7 +211,7 @@ class Tree:
         self._squash_gid = policy.squash_gid
         self._umask = _process_umask()
         self._ids = Identities()
-        self._locks = RecordLocks()
+        self._locks = RecordLocks(max(_MIN_INODE_FDS, soft // 16))
         self.quota: QuotaAccount | None = None
         if policy.quota_bytes is not None or policy.inode_limit is not None:
             used, inodes = walk_counts(fd)
@@ -312,9 +323,11 @@ class Tree:
             self.quota.charge(allocated(after, d) - allocated(before, d), inodes)
 
     def _reserve_inode(self) -> None:
-        """A creating op may make one more inode: ENOSPC past the inode quota."""
+        """A creating op may make one more inode: ENOSPC past the inode quota, ENFILE
+        past the client's inode budget (checked before anything is made)."""
         if self.quota is not None:
             self.quota.reserve_inode()
+        self._inodes.check_room()
 
     def _dir_before(self, p: Inode) -> os.stat_result | None:
         """With a quota, the parent's allocation before a new entry may grow it."""
@@ -388,6 +401,7 @@ class Tree:
         known = self._inodes.find_ref(st)
         if known is not None:
             return self._entry(known, st)
+        self._inodes.check_room()
         fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
         if fd < 0:
             raise _err(-fd)
@@ -429,6 +443,7 @@ class Tree:
             st = os.stat(root.fd)
             self._inodes.ref(root)
             return self._entry(root, st)
+        self._inodes.check_room()
         fd = os.open(b"..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=p.fd)
         try:
             st = os.stat(fd)
@@ -728,6 +743,7 @@ class Tree:
             raise _err(errno.ELOOP)
         if kind == stat.S_IFDIR and flags & os.O_ACCMODE != os.O_RDONLY:
             raise _err(errno.EISDIR)
+        self._handles.check_room()
         oflags = self._reopen_flags(flags)
         if kind not in (stat.S_IFREG, stat.S_IFDIR):
             # A hostile client must not park the daemon on a FIFO or a device's open.
@@ -772,6 +788,8 @@ class Tree:
         want, masked = self._creation_mode(p, mode, umask, 0o7777)
         oflags = (self._reopen_flags(flags) | os.O_CREAT | os.O_NOFOLLOW
                   | (flags & os.O_EXCL))
+        self._handles.check_room()
+        self._inodes.check_room()
         pst = self._dir_before(p)
         with self._creds(ctx):
             fd, oflags, before, pfd = self._create_open(p, name, oflags, want, flags)
@@ -869,6 +887,7 @@ class Tree:
         if oflags & os.O_ACCMODE == os.O_RDONLY:
             oflags |= os.O_RDWR  # O_TMPFILE needs write access; the kernel asks for it
         self._reserve_inode()
+        self._handles.check_room()
         with self._creds(ctx):
             fd = os.open(b".", oflags | os.O_TMPFILE | (flags & os.O_EXCL), want,
                          dir_fd=p.fd)
@@ -1012,6 +1031,7 @@ class Tree:
         inode = self._inodes.get(nodeid)
         if inode.kind != stat.S_IFDIR:
             raise _err(errno.ENOTDIR)
+        self._handles.check_room()
         with self._creds(ctx):
             fd = os.open(_proc(inode.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return Opened(self._handles.add(DirHandle(fd, inode)), self._dir_open_flags)
