@@ -148,9 +148,10 @@ def test_nosuid_never_stores_or_shows_file_capabilities(make_tree: MakeTree) -> 
 
 
 def test_quota_charges_xattr_blocks(tmp_path: Path) -> None:
-    """Files given a large xattr each (a block of its own on ext4), every other one
-    unlinked: the quota's count stays the fresh walk's, and the real allocation never
-    passes the quota (before, unlink refunded blocks setxattr never charged)."""
+    """New files given a large xattr each (a block of its own on ext4), every other one
+    unlinked, until the quota refuses: the quota's count stays the fresh walk's and the
+    real allocation never passes the quota. Before, unlink refunded blocks setxattr never
+    charged, and the same loop ended at 1.57 MiB allocated under 1 MiB."""
     root = tmp_path / "q"
     root.mkdir()
     limit = 1 << 20
@@ -159,30 +160,28 @@ def test_quota_charges_xattr_blocks(tmp_path: Path) -> None:
         q = tree.quota
         assert q is not None
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        refused = 0
+        kept: list[int] = []
         try:
             for i in range(2 * limit // 4096):
                 name = b"f%d" % i
-                try:
-                    e = tree.mknod(ROOT_ID, name, stat.S_IFREG | 0o644, 0, 0, ROOT)
-                except OSError as x:
-                    assert x.errno == errno.ENOSPC
-                    refused += 1
-                    continue
-                try:
-                    tree.setxattr(e.nodeid, b"user.big", value, 0, ROOT)
-                except OSError as x:
-                    assert x.errno == errno.ENOSPC
-                    refused += 1
+                e = tree.mknod(ROOT_ID, name, stat.S_IFREG | 0o644, 0, 0, ROOT)
+                if set_err(tree, e.nodeid, b"user.big", value) == errno.ENOSPC:
+                    break
                 assert q.used == walk_usage(fd) <= limit, i
                 if i % 2:
                     tree.unlink(ROOT_ID, name, ROOT)
                     tree.forget(e.nodeid, 1)
                     assert q.used == walk_usage(fd) <= limit, i
-            assert refused, "the loop never reached the quota"
-            # Removing an xattr gives its block back.
-            e = tree.lookup(ROOT_ID, b"f0", ROOT)
-            tree.removexattr(e.nodeid, b"user.big", ROOT)
-            assert q.used == walk_usage(fd)
+                else:
+                    kept.append(e.nodeid)
+            else:
+                raise AssertionError("the loop never reached the quota")
+            # Full: more xattrs on the files already there are refused too.
+            for node in kept:
+                assert set_err(tree, node, b"user.more", value) == errno.ENOSPC
+            assert q.used == walk_usage(fd) <= limit
+            # Removing an xattr gives its block back, and the count follows.
+            tree.removexattr(kept[0], b"user.big", ROOT)
+            assert q.used == walk_usage(fd) <= limit - 4096
         finally:
             os.close(fd)
