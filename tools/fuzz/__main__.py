@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--count", type=int, default=100_000)
     n.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the campaign stops its daemon and removes its tree.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     if a.cmd == "native":
         res = native.run(a.count, a.seed)

@@ -55,8 +55,20 @@ class Campaign:
         self.log = log
 
     def __enter__(self) -> Campaign:
-        self.daemon.start()
+        self.start_daemon()
         return self
+
+    def start_daemon(self, restart: bool = False) -> None:
+        """(Re)start the daemon and serve one probe: the socket exists as soon as the
+        supervisor listens, before the serving child has set up its event loop (epoll,
+        wakeup sockets), so only after a first session is its fd count a baseline."""
+        if restart:
+            self.daemon.restart()
+        else:
+            self.daemon.start()
+        err = trio.run(probe, self.daemon.sock)
+        if err is not None:
+            raise RuntimeError(f"a fresh daemon does not serve: {err}: {self.daemon.log_tail()}")
 
     def __exit__(self, *exc: object) -> None:
         self.daemon.stop()
@@ -120,18 +132,18 @@ class Campaign:
         status = d.exited()
         if status is not None:
             find("crash", f"daemon exited with {status}: {d.log_tail()}")
-            d.start()
+            self.start_daemon()
             return
         hang = res.hang or err
         if hang is not None:
             find("hang", hang)
-            d.restart()
+            self.start_daemon(restart=True)
             return
         fds = d.wait_fds_at_most(len(idle_fds))
         if len(fds) > len(idle_fds):
             extra = {k: v for k, v in fds.items() if idle_fds.get(k) != v}
             find("leak", f"{len(idle_fds)} fds before, {len(fds)} after: {extra}")
-            d.restart()  # start the next session from a clean count
+            self.start_daemon(restart=True)  # the next session starts from a clean count
         diff = self.outside.diff(before, self.outside.snapshot())
         if diff:
             find("escape", "; ".join(diff[:20]))
