@@ -25,6 +25,8 @@ from msbfs.fuse.kernel import (
 )
 from msbfs.fuse.server import BASE_FLAGS, Deferred, FuseSession
 from msbfs.tree import FATTR_ATIME, FATTR_MTIME, Policy, Tree
+from tests.plugins.hostmount import wait_for
+from tests.plugins.threads import waits_on_lock
 
 ROOT = 1
 
@@ -341,8 +343,9 @@ def test_locks_posix_flock_and_blocking_setlkw(fs) -> None:
     result: list[bytes] = []
     t = threading.Thread(target=lambda: result.append(d.run()))
     t.start()
-    t.join(0.2)
-    assert t.is_alive() and not result  # blocked behind owner 1
+    # Blocked behind owner 1: the thread sleeps in the kernel's lock wait (polled).
+    assert wait_for(lambda: waits_on_lock(t.native_id))
+    assert not result
     ok(s, r.lk(Opcode.SETLK, e.nodeid, fh, 1, 0, 99, fcntl.F_UNLCK))
     t.join(30)
     assert parse_reply(result[0]).error == 0 and parse_reply(result[0]).unique == d.unique

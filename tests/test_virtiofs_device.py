@@ -22,6 +22,7 @@ from msbfs.fuse.kernel import (
     u32,
 )
 from msbfs.tree import Policy
+from tests.plugins.threads import lock_waiters, until_async
 from vhost.frontend import F_NEXT, F_WRITE, Pending
 
 ROOT = 1
@@ -66,7 +67,9 @@ async def test_every_opcode_through_the_rings(fs_client, tmp_path: Path) -> None
                 res.append(await c.call(r.lk(Opcode.SETLKW, f.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK)))
 
             n.start_soon(wait_lock)
-            await trio.testing.wait_all_tasks_blocked()
+            # The SETLKW runs in a worker thread, which trio's scheduler cannot see: wait
+            # until that thread sleeps in the kernel's lock wait.
+            assert await until_async(lambda: bool(lock_waiters()))
             assert not res
             await c.ok(r.getattr(ROOT))  # other requests are answered while it waits
             await c.ok(r.lk(Opcode.SETLK, f.nodeid, fh, 1, 0, 10, fcntl.F_UNLCK))
@@ -276,22 +279,19 @@ async def test_a_setlkw_reply_is_dropped_when_its_ring_stopped_meanwhile(fs_clie
         q = c.fe.queues[1]
         q.post([r.lk(Opcode.SETLKW, e.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK)], [64])
         q.kick()
-        with trio.fail_after(30):
-            while c.device.deferred_running == 0:
-                await trio.sleep(0)  # yield until the device parked it in a thread
+        # The device parked it in a thread, and that thread waits for the lock.
+        assert await until_async(lambda: c.device.deferred_running == 1 and bool(lock_waiters()))
         await c.fe.stop_queue(1)
         q.reset_rings()
         await c.fe.start_queue(1)  # a new ring where the old chain means nothing
         # owner 1 unlocks: the parked waiter gets the lock now, and its reply must not
         # land in the new ring (the frontend would see an unknown head)
         await c.ok(r.lk(Opcode.SETLK, e.nodeid, fh, 1, 0, 10, fcntl.F_UNLCK))
-        with trio.fail_after(30):
-            while c.device.deferred_running:
-                await trio.sleep(0)
-        for _ in range(10):
-            await trio.sleep(0)
-        assert q.used_idx() == 1  # only the unlock's reply
+        assert await until_async(lambda: c.device.deferred_running == 0)
+        # Replies on one ring are used in order: once a later request's reply is back,
+        # a stale SETLKW reply pushed meanwhile would be in the ring before it.
         assert (await c.call(r.getattr(ROOT))).error == 0
+        assert q.used_idx() == 2  # the unlock's and the getattr's replies only
 
 
 async def test_o_direct_opens_still_serve_unaligned_io(fs_client, tmp_path: Path) -> None:
