@@ -196,3 +196,28 @@ async def test_malformed_messages(attack: list[tuple[bytes, int]]) -> None:
             await fe.restart_queue(0)
             await good_request(fe)
     assert len(os.listdir("/proc/self/fd")) == before  # every received fd closed
+
+
+async def test_frontend_gone_before_a_failure_is_acked() -> None:
+    """Found by the fuzz campaign (tools/fuzz, vhost class): a frontend that sends an
+    invalid message asking for an ack and hangs up at once. The ack's send fails with
+    EPIPE inside the backend's error handler; that must end the connection like any
+    other hang-up, not escape and take the daemon (and its --keep-serving) down."""
+    import socket
+
+    from vhost.backend import Backend
+    from vhost.connection import Connection
+    from vhost.messages import ProtocolFeature
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.setblocking(False)
+    backend = Backend(EchoDevice(), Connection(trio.socket.from_stdlib_socket(a)))
+    ack = U64Payload(int(ProtocolFeature.REPLY_ACK))
+    from vhost.messages import build, encode
+    b.sendall(build(Request.SET_PROTOCOL_FEATURES, encode(ack))      # acks on, no reply asked
+              + struct.pack("<III", Request.SET_PROTOCOL_FEATURES, VERSION | FLAG_NEED_REPLY, 9)
+              + bytes(9))                                          # 9-byte payload: invalid
+    b.close()  # gone before the backend reads a byte
+    with trio.fail_after(30):
+        await backend.run()  # returns: the connection is over, nothing raised
+    assert backend.errors == 1

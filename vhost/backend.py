@@ -157,7 +157,14 @@ class Backend:
             except (MessageError, GuestMemoryError) as e:
                 self.errors += 1
                 log.warning("vhost-user %s: %s", _name(request), e)
-                if not await self._report_failure(request, flags):
+                try:
+                    reported = await self._report_failure(request, flags)
+                except OSError as send_error:
+                    # The frontend hung up before hearing of its error: a disconnect
+                    # like any other, not an escape from the loop (it ended the daemon).
+                    log.info("connection error: %s", send_error)
+                    return
+                if not reported:
                     log.warning("closing connection: the error cannot be reported")
                     return
             except Disconnect as e:
