@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from msbfs.launcher.daemon import ServedTree
+from tests.plugins.guest import KERNEL_POLICY_FLAGS, REMOUNT_ALL, mount_flags
 
 pytestmark = pytest.mark.guest
 
@@ -43,8 +44,13 @@ def policy_guest(boot_guest, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ]
     with boot_guest(trees) as g:
         for t in trees:
-            # The guest's root lifts every flag it can; the server must not care.
-            g.run(f"mount -o remount,rw,exec,suid,dev {t.guest_path}")
+            # The guest's root lifts every flag it can; the server must not care. The
+            # remount must really have lifted them (the guest mounted with them set), or
+            # the guest kernel, not the server, would be what refuses below.
+            assert KERNEL_POLICY_FLAGS & mount_flags(g.check("cat /proc/mounts"), t.guest_path)
+            g.check(f"{REMOUNT_ALL} {t.guest_path}")
+            flags = mount_flags(g.check("cat /proc/mounts"), t.guest_path)
+            assert not flags & KERNEL_POLICY_FLAGS, (t.guest_path, flags)
         yield g, dirs
 
 

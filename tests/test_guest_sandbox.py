@@ -18,7 +18,7 @@ from msbfs.cli import main as msbfs_main
 from msbfs.errors import LaunchError
 from msbfs.launcher.sandbox import Sandbox
 from msbfs.mounts import Mount, MountOptions
-from tests.plugins.guest import owned_processes
+from tests.plugins.guest import KERNEL_POLICY_FLAGS, REMOUNT_ALL, mount_flags, owned_processes
 
 pytestmark = [pytest.mark.guest, pytest.mark.usefixtures("no_leftovers")]
 
@@ -147,7 +147,14 @@ def test_policy_holds_after_remount(sandbox, tmp_path: Path) -> None:
               "/ro": Mount.bind(bind, MountOptions(readonly=True)),
               "/small": Mount.named("small")}
     with sandbox(mounts) as sb:
-        sb.run("mount -o remount,exec /x; mount -o remount,rw /ro")
+        before = sb.run("cat /proc/mounts").stdout.decode()
+        assert "noexec" in mount_flags(before, "/x") and "ro" in mount_flags(before, "/ro")
+        r = sb.run(f"{REMOUNT_ALL} /x && {REMOUNT_ALL} /ro")
+        assert r.exit_code == 0, r
+        # The guest kernel no longer refuses anything itself: what follows is the server.
+        after = sb.run("cat /proc/mounts").stdout.decode()
+        for path in ("/x", "/ro"):
+            assert not mount_flags(after, path) & KERNEL_POLICY_FLAGS, (path, after)
         r = sb.run("/x/tool.sh")
         assert r.exit_code == 126, r
         r = sb.run("touch /ro/new")
@@ -257,5 +264,7 @@ def test_accel_auto_says_which(sandbox, capfd) -> None:
     with sandbox({}, accel="auto") as sb:
         assert sb.run("true").exit_code == 0
         used = sb.accel_used
-    assert used in ("kvm", "tcg")
+    # DESIGN.md, machine facts: a KVM guest hangs at kernel entry on these machines, so
+    # the only right answer here is TCG (accepting either would pass a probe that lies).
+    assert used == "tcg"
     assert f"msbfs: accel {used}" in capfd.readouterr().err

@@ -103,6 +103,21 @@ def mount_script(trees: list[daemons.ServedTree]) -> str:
     return " && ".join(lines) or "true"
 
 
+# The flags a guest root lifts before a "the server enforces it" test: while any is
+# still set, the guest kernel would refuse on its own and the test would prove nothing.
+KERNEL_POLICY_FLAGS = frozenset({"ro", "noexec", "nosuid", "nodev"})
+REMOUNT_ALL = "mount -o remount,rw,exec,suid,dev"
+
+
+def mount_flags(proc_mounts: str, path: str) -> set[str]:
+    """The options of the last mount at ``path`` in a /proc/mounts text (the one that
+    covers it); an absent mount fails."""
+    found = [line.split()[3] for line in proc_mounts.splitlines()
+             if len(line.split()) >= 4 and line.split()[1] == path]
+    assert found, f"{path} is not mounted:\n{proc_mounts}"
+    return set(found[-1].split(","))
+
+
 BootGuest = Callable[..., contextlib.AbstractContextManager[Guest]]
 
 
