@@ -31,7 +31,7 @@ from vhost.frontend import Frontend
 
 SEED = 7
 #: Every implemented opcode must succeed at least this often when well-formed...
-OPCODE_FLOOR = 0.10
+OPCODE_FLOOR = 0.08
 #: ...and well-formed requests as a whole more often than not.
 OVERALL_FLOOR = 0.55
 
@@ -71,9 +71,9 @@ def test_descriptor_chains(campaign: Campaign) -> None:
 
 
 def test_fuse_requests_reach_deep(campaign: Campaign) -> None:
-    st = campaign.run("fuse", 6000, SEED)
+    st = campaign.run("fuse", 10_000, SEED)
     assert_clean(st)
-    assert st.inputs >= 6000
+    assert st.inputs >= 10_000
     rates = st.success_by_opcode()
     low = {}
     for op in Opcode:

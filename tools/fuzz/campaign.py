@@ -130,6 +130,10 @@ class Campaign:
             self.log(f"FINDING {kind} ({cls} session {n}): {detail[:300]} -> {path}")
 
         status = d.exited()
+        if status is None and (res.hang or err):
+            # A daemon that is dying resets the probe before its supervisor has exited:
+            # give it a moment to say which of crash or hang this is.
+            status = d.wait_exit(5.0)
         if status is not None:
             find("crash", f"daemon exited with {status}: {d.log_tail()}")
             self.start_daemon()

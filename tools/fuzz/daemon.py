@@ -79,6 +79,14 @@ class Daemon:
                 return pid
             pid = int(kids[0])
 
+    def wait_exit(self, deadline: float) -> int | None:
+        """The exit status if the daemon exits within ``deadline`` seconds, else None."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(deadline)
+        except subprocess.TimeoutExpired:
+            return None
+
     def fds(self) -> dict[int, str]:
         pid = self.serving_pid()
         out = {}

@@ -55,7 +55,8 @@ class Model:
     fhs: dict[int, tuple[int, int]] = field(default_factory=dict)   # fh -> (nodeid, flags)
     dhs: dict[int, int] = field(default_factory=dict)               # dir fh -> nodeid
     locks: set[tuple[int, int]] = field(default_factory=set)        # (fh, owner) holding one
-    made: dict[tuple[int, bytes], str] = field(default_factory=dict)  # (parent, name) -> kind
+    # (parent, name) -> (kind, node id) of what this session made
+    made: dict[tuple[int, bytes], tuple[str, int]] = field(default_factory=dict)
     xattrs: set[tuple[int, bytes]] = field(default_factory=set)     # (node, name) set by us
 
     def reset(self) -> None:
@@ -69,8 +70,11 @@ class Model:
         self.xattrs.clear()
 
     def made_of(self, rng: random.Random, *kinds: str) -> tuple[int, bytes] | None:
-        """(parent, name) of an entry this session made, of one of ``kinds``."""
-        keys = [k for k, v in self.made.items() if v in kinds and k[0] in self.nodes]
+        """(parent, name) of an entry this session made, of one of ``kinds``; for
+        directories, one nothing has been made in since (so RMDIR can succeed)."""
+        busy = {parent for parent, _ in self.made}
+        keys = [k for k, (kind, nid) in self.made.items()
+                if kind in kinds and k[0] in self.nodes and nid not in busy]
         return rng.choice(keys) if keys else None
 
     def of_kind(self, rng: random.Random, *kinds: str) -> int:
@@ -110,7 +114,7 @@ class Model:
                     and name not in self.children[parent]:
                 self.children[parent].append(name)
             if isinstance(name, bytes) and op != Opcode.LOOKUP:
-                self.made[(parent, name)] = node.kind
+                self.made[(parent, name)] = (node.kind, e.nodeid)
             if op in (Opcode.CREATE, Opcode.TMPFILE):
                 fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
                 self.fhs[fh] = (e.nodeid, int(req["flags"]))
@@ -367,7 +371,7 @@ class Generator:
             newname = self._new_name() if rng.random() < 0.6 else self._name(newparent)
             rflags = 0
             if op == Opcode.RENAME2:
-                rflags = rng.choice((0, 1, 2, 4, 7))  # NOREPLACE EXCHANGE WHITEOUT
+                rflags = rng.choice((0, 0, 1, 1, 2, 4, 7))  # NOREPLACE EXCHANGE WHITEOUT
                 data = r.rename2(parent, name, newparent, newname, rflags)
             else:
                 data = r.rename(parent, name, newparent, newname)
@@ -488,8 +492,8 @@ class Generator:
             fh, node, _ = self._fh()
             data = r.lseek(node, fh, self._offset(), rng.choice((0, 1, 2, 3, 4, 5)))
         elif op == Opcode.COPY_FILE_RANGE:
-            fh, node, _ = self._fh()
-            fh2, node2, _ = self._fh()
+            fh, node, _ = self._fh(access=os.O_RDONLY)
+            fh2, node2, _ = self._fh(access=os.O_WRONLY)
             data = r.copy_file_range(node, fh, rng.randrange(0, 5000), node2, fh2,
                                      rng.randrange(0, 5000), rng.choice((0, 1, 100, 8192)))
         elif op == Opcode.SYNCFS:

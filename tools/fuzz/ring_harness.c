@@ -43,7 +43,7 @@ static struct msb_fs_table *table;
 static struct msb_chain slow[8];
 static struct msb_fs_stats st;
 static int data_fd;
-static uint64_t served, broken, inputs;
+static uint64_t served, broken, inputs, damaged[12];
 
 struct cursor { const uint8_t *p; size_t n, i; };
 
@@ -145,7 +145,9 @@ void fuzz_one(const uint8_t *data, size_t size)
             addr[nb] = out_gpa + (p ? 16 : 0); len[nb] = l; fl[nb++] = VRING_DESC_F_WRITE;
         }
         int b = (int)(take(&c, 1) % nb);
-        int kind = take(&c, 1) < 150 ? -1 : kind;  /* -1: this chain is not damaged */
+        int kind = take(&c, 1) < 150 ? -1 : (int)(take(&c, 1) % 12);  /* -1: undamaged */
+        if (kind >= 0)
+            damaged[kind]++;
         switch (kind) {
         case 0: addr[b] = bad_addrs[take(&c, 1) % 9]; break;
         case 1: len[b] = 0; break;
@@ -234,6 +236,8 @@ int main(int argc, char **argv)
     }
     msb_fs_table_free(table);
     close(data_fd);
+    for (int k = 0; k < 12; k++)
+        printf("damage%d=%llu ", k, (unsigned long long)damaged[k]);
     printf("inputs=%llu served=%llu broken=%llu fast_reads=%llu fast_writes=%llu slow=%llu "
            "done=1\n", (unsigned long long)inputs, (unsigned long long)served,
            (unsigned long long)broken, (unsigned long long)st.reads,
