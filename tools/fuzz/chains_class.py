@@ -181,6 +181,9 @@ class Attack:
     def build(self) -> dict[str, Any]:
         rng = self.rng
         heads = [self.chain() for _ in range(rng.choice((1, 1, 2, 3, 4)))]
+        if sum(1 for table, *_ in self.descs if table is None) > QSIZE:
+            # More descriptors than the ring has: later chains overwrote earlier ones.
+            self.damage.append("descriptor table overcommitted")
         if rng.random() < 0.03:
             heads.append(heads[0])
             self.damage.append("head posted twice")
