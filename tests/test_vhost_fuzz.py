@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.plugins.vhost import start_vhost_pair
+from tools.fuzz.chains_class import used_or_broken
 from vhost.echo import EchoDevice
-from vhost.frontend import Frontend, FrontendQueue, GuestRam
+from vhost.frontend import Frontend, GuestRam
 from vhost.messages import FLAG_NEED_REPLY, VERSION, Request, U64Payload
 
 QSIZE = 16
@@ -58,26 +59,6 @@ attacks = st.builds(
 )
 
 
-async def wait_used_or_broken(q: FrontendQueue) -> bool:
-    """Until every published chain is used (False) or the error eventfd fires (True)."""
-    while True:
-        if q.error_signalled():
-            return True
-        if q.used_idx() == q.avail_idx:
-            return False
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as n:
-                async def wake(fd: int) -> None:
-                    await trio.lowlevel.wait_readable(fd)
-                    scope.cancel()
-                n.start_soon(wake, q.call_fd)
-                n.start_soon(wake, q.err_fd)
-        try:
-            os.eventfd_read(q.call_fd)
-        except BlockingIOError:
-            pass
-
-
 async def good_request(fe: Frontend) -> None:
     data = os.urandom(100)
     c = await fe.submit(0, [data], [128])
@@ -103,7 +84,7 @@ async def test_malformed_descriptors(attack: Attack, event_idx: bool) -> None:
         if attack.avail_jump:
             q.set_avail_idx(q.avail_idx + attack.avail_jump)
         q.kick(force=True)
-        broken = await wait_used_or_broken(q)
+        broken = await used_or_broken(q)
         event("ring broken" if broken else "chains served")
         assert broken == be.queues[0].broken
         if broken:

@@ -54,7 +54,6 @@ class Model:
     children: dict[int, list[bytes]] = field(default_factory=dict)
     fhs: dict[int, tuple[int, int]] = field(default_factory=dict)   # fh -> (nodeid, flags)
     dhs: dict[int, int] = field(default_factory=dict)               # dir fh -> nodeid
-    locks: set[tuple[int, int]] = field(default_factory=set)        # (fh, owner) holding one
     # (parent, name) -> (kind, node id) of what this session made
     made: dict[tuple[int, bytes], tuple[str, int]] = field(default_factory=dict)
     xattrs: set[tuple[int, bytes]] = field(default_factory=set)     # (node, name) set by us
@@ -65,7 +64,6 @@ class Model:
         self.children = {ROOT: list(n.encode() for n in ENTRIES)}
         self.fhs.clear()
         self.dhs.clear()
-        self.locks.clear()
         self.made.clear()
         self.xattrs.clear()
 
@@ -95,7 +93,6 @@ class Model:
             fh = int(req["fh"])  # released whatever the answer: the kernel forgets it too
             self.fhs.pop(fh, None)
             self.dhs.pop(fh, None)
-            self.locks = {lk for lk in self.locks if lk[0] != fh}
             return
         if reply is None or reply.error:
             return
@@ -152,8 +149,6 @@ class Model:
             self.xattrs.add((int(req["node"]), req["xname"]))  # type: ignore[arg-type]
         elif op == Opcode.REMOVEXATTR:
             self.xattrs.discard((int(req["node"]), req["xname"]))  # type: ignore[arg-type]
-        elif op == Opcode.SETLK and int(req.get("typ", 2)) != 2:
-            self.locks.add((int(req["fh"]), int(req["owner"])))
 
 
 def _kind(mode: int) -> str:
