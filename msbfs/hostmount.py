@@ -12,12 +12,13 @@ This module owns three things:
   reported through a pipe, stale mounts (ENOTCONN after a killed daemon) cleared, and
   ``unmount`` that waits for the daemon to let go.
 
-Why no ``default_permissions``: the tree already runs every operation with the caller's
-fsuid/fsgid/groups, so the host kernel checks permissions against the real on-disk
-owners. With ``default_permissions`` the FUSE kernel would check a second time, against
-the attributes we *report* — which differ from the real ones under an owner squash
-(``uid=``/``gid=``), where the whole point is that files appear as the user's. One
-authority (the tree) keeps the host mount, VolumeFs and guests in agreement.
+Why ``default_permissions`` (and ACLs): the host kernel knows the calling user's full
+credentials, so it is the one to check every path component, open, chmod, chown, sticky
+directory and ACL against the attributes we report, exactly as for a native directory
+(without it, it skips the search checks of cached components). The tree acts as the
+daemon and only gives new files their caller as owner (msbfs/tree/tree.py, "Permissions").
+Under an owner squash (``uid=``/``gid=``) the kernel checks against the squashed owner,
+which is what the squash promises: the mapped user has an owner's access.
 """
 
 from __future__ import annotations
@@ -148,9 +149,14 @@ def _file_info(opened: Opened) -> pyfuse3.FileInfo:
 
 
 def request_ctx(ctx: pyfuse3.RequestContext) -> Ctx:
-    """The caller as the tree wants it. FUSE does not send supplementary groups; for
-    non-root callers we read them from /proc (root has its capabilities anyway), so a
-    user reaches files through a group they are only a supplementary member of."""
+    """The caller as the tree wants it: whose new files are whose (the kernel checked
+    its permissions already, ``default_permissions``)."""
+    return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
+
+
+def caller_with_groups(ctx: pyfuse3.RequestContext) -> Ctx:
+    """For ``access``, the one call the tree makes as its caller: FUSE does not send
+    supplementary groups, so for non-root callers they are read from /proc."""
     groups: tuple[int, ...] | None = None
     if ctx.uid != 0 and ctx.pid > 0:
         try:
@@ -166,7 +172,9 @@ class HostOps(pyfuse3.Operations):
     long go to a worker thread."""
 
     supports_dot_lookup = True
-    enable_acl = False
+    # The kernel checks POSIX ACLs itself (it reads system.posix_acl_access through us)
+    # along with every path component: the permission model of msbfs/tree/tree.py.
+    enable_acl = True
 
     def __init__(self, tree: TreeOps, *, writeback: bool = False) -> None:
         super().__init__()
@@ -381,7 +389,7 @@ class HostOps(pyfuse3.Operations):
 
     @_op
     def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        self.tree.access(inode, mode, request_ctx(ctx))
+        self.tree.access(inode, mode, caller_with_groups(ctx))
         return True
 
     # ---- xattrs -----------------------------------------------------------------------
@@ -484,7 +492,12 @@ class MountOptions:
         """libfuse mount options. ``mirror_policy=False`` leaves the policy to the server
         alone (what the policy tests need to show it enforces it on its own)."""
         # fsname shows in /proc/mounts; commas would split it into options.
-        opts = {f"fsname=msbfs:{fsname.replace(',', '_')}", "subtype=msbfs"}
+        # default_permissions: the host kernel checks every access of every path
+        # component against what we report (and ACLs: enable_acl), for the calling host
+        # user, as on a native directory; the tree does not check again (its permission
+        # model). Without it the kernel skips search checks on cached components.
+        opts = {f"fsname=msbfs:{fsname.replace(',', '_')}", "subtype=msbfs",
+                "default_permissions"}
         if self.allow_other:
             opts.add("allow_other")
         if mirror_policy:

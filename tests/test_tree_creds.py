@@ -1,6 +1,8 @@
-"""The caller's identity: what a non-root caller creates is theirs, what they may not do
-fails as the kernel says, set-id bits are cleared by the kernel's rules, and the
-daemon's own identity is back after every call."""
+"""The caller's identity under the tree's permission model (msbfs/tree/tree.py): the
+client kernel checks its users' permissions, the tree acts as the daemon; what a caller
+creates is theirs (its uid, its gid or the setgid parent's, the mode it asked for), set-id
+bits are cleared when the client asks, and the daemon's own identity never changes
+(``access``, the one call made as the caller, switches back)."""
 
 from __future__ import annotations
 
@@ -66,46 +68,76 @@ def test_caller_umask_and_mode_are_exact(make_tree: MakeTree) -> None:
     assert os.stat(root / "strict").st_mode & 0o777 == 0o700
 
 
-def test_permission_denied_as_non_root(make_tree: MakeTree) -> None:
+def test_the_tree_leaves_permission_checks_to_the_client_kernel(make_tree: MakeTree) -> None:
+    """No second check with the half credentials FUSE sends (no supplementary groups):
+    the client kernel (default_permissions) has decided before the request came."""
     tree = make_tree()
+    root: Path = tree.path  # type: ignore[attr-defined]
     daemon_ids = thread_fs_ids()
-    assert daemon_ids[:2] == (0, 0)
     private = walk(tree, "private")  # 0700 root
-    assert err(lambda: tree.lookup(private, b"secret", USER)) == errno.EACCES
-    assert err(lambda: tree.create(private, b"x", 0o644, os.O_WRONLY, 0, USER)) == errno.EACCES
-    assert err(lambda: tree.opendir(private, 0, USER)) == errno.EACCES
+    assert tree.lookup(private, b"secret", USER).attr.uid == 0
+    fh = tree.open(walk(tree, "ro0600"), os.O_RDONLY, USER).fh
+    tree.release(fh)
+    _e, o = tree.create(private, b"x", 0o640, os.O_WRONLY, 0, USER)
+    tree.release(o.fh)
+    assert (os.stat(root / "private" / "x").st_uid, os.stat(root / "private" / "x").st_gid) \
+        == (1000, 1000)
+    # chown of one's own file to a supplementary group: the guest kernel allowed it with
+    # the caller's full group list; a re-check without groups said EPERM (issue 10, 5).
+    tree.setattr(walk(tree, "userfile"), SetAttr(valid=FATTR_GID, gid=2000),
+                 Ctx(1000, 1000, groups=None))
+    assert os.stat(root / "userfile").st_gid == 2000
+    # access(2) is a question asked as the caller, with what FUSE knows of it
     assert err(lambda: tree.access(private, os.R_OK, USER)) == errno.EACCES
-    assert err(lambda: tree.open(walk(tree, "ro0600"), os.O_RDONLY, USER)) == errno.EACCES
-    assert err(lambda: tree.mknod(walk(tree, "shared"), b"c", stat.S_IFCHR | 0o600,
-                                  os.makedev(1, 3), 0, USER)) == errno.EPERM
-    # Root gets through all of these.
-    tree.lookup(private, b"secret", ROOT)
     tree.access(private, os.R_OK | os.W_OK | os.X_OK, ROOT)
-    # USER carries no groups of its own: the daemon's group list must come back as it was.
     assert thread_fs_ids() == daemon_ids
 
 
-def test_supplementary_groups(make_tree: MakeTree) -> None:
+def test_setgid_directories(make_tree: MakeTree) -> None:
+    """In a setgid directory a new node takes the directory's group, a new directory its
+    S_ISGID too, whoever the caller is (member or not: the client kernel stripped what
+    a non-member may not keep before it asked)."""
     tree = make_tree()
-    own_groups = thread_fs_ids()[2]
     root: Path = tree.path  # type: ignore[attr-defined]
     (root / "team").mkdir()
     os.chown(root / "team", 0, 2000)
-    os.chmod(root / "team", 0o770)
-    (root / "wheel").mkdir()
-    os.chmod(root / "wheel", 0o770)  # root:root
-    team, wheel = walk(tree, "team"), walk(tree, "wheel")
+    os.chmod(root / "team", 0o2775)
+    team = walk(tree, "team")
     member = Ctx(1000, 1000, groups=(2000,))
-    _e, o = tree.create(team, b"ok", 0o640, os.O_WRONLY, 0, member)
+    _e, o = tree.create(team, b"f", 0o2750, os.O_WRONLY, 0, member)
     tree.release(o.fh)
-    assert os.stat(root / "team" / "ok").st_uid == 1000
-    assert err(lambda: tree.create(team, b"no", 0o640, os.O_WRONLY, 0, USER)) == errno.EACCES
-    # Unknown groups (FUSE does not send them) never borrow the daemon's own groups:
-    # root's group 0 must not open root:root 0770 to uid 1000.
-    unknown = Ctx(1000, 1000, groups=None)
-    assert err(lambda: tree.lookup(wheel, b"x", unknown)) == errno.EACCES
-    assert err(lambda: tree.mkdir(wheel, b"x", 0o755, 0, unknown)) == errno.EACCES
-    assert thread_fs_ids()[2] == own_groups
+    d = tree.mkdir(team, b"d", 0o755, 0, USER)
+    for name in ("f", "d"):
+        st = os.stat(root / "team" / name)
+        assert (st.st_uid, st.st_gid) == (1000, 2000), name
+    assert os.stat(root / "team" / "f").st_mode & 0o7777 == 0o2750
+    assert os.stat(root / "team" / "d").st_mode & 0o7777 == 0o2755
+    assert d.attr.mode & 0o7777 == 0o2755 and d.attr.gid == 2000
+
+
+def test_set_id_bits_asked_for_are_kept(make_tree: MakeTree) -> None:
+    """The chown that hands a new file to its caller clears set-id bits; the tree puts
+    back what the caller asked for (natively a user may create a 04755 file)."""
+    tree = make_tree()
+    root: Path = tree.path  # type: ignore[attr-defined]
+    shared = walk(tree, "shared")
+    _e, o = tree.create(shared, b"suid", 0o4755, os.O_WRONLY, 0, USER)
+    tree.release(o.fh)
+    n = tree.mknod(shared, b"sgid", stat.S_IFREG | 0o2775, 0, 0, USER)
+    assert os.stat(root / "shared" / "suid").st_mode & 0o7777 == 0o4755
+    assert os.stat(root / "shared" / "sgid").st_mode & 0o7777 == 0o2775
+    assert n.attr.mode & 0o7777 == 0o2775 and n.attr.uid == 1000
+
+
+def test_caller_ids_must_be_ids(make_tree: MakeTree) -> None:
+    """(uid_t)-1 means "leave as is" to chown: a header carrying it would leave a new
+    file the daemon's. Refused before anything is made."""
+    tree = make_tree()
+    bad = Ctx(0xFFFFFFFF, 1000)
+    assert err(lambda: tree.mkdir(ROOT_ID, b"x", 0o755, 0, bad)) == errno.EINVAL
+    assert err(lambda: tree.create(ROOT_ID, b"y", 0o644, os.O_WRONLY, 0,
+                                   Ctx(1000, 0xFFFFFFFF))) == errno.EINVAL
+    assert not (tree.path / "x").exists() and not (tree.path / "y").exists()  # type: ignore[attr-defined]
 
 
 def test_chown_by_owner_clears_setid(make_tree: MakeTree) -> None:
@@ -141,7 +173,7 @@ def test_identity_restored_after_failures(make_tree: MakeTree) -> None:
     tree = make_tree()
     groups = thread_fs_ids()[2]
     for _ in range(3):
-        assert err(lambda: tree.create(walk(tree, "private"), b"x", 0o644, os.O_WRONLY, 0,
+        assert err(lambda: tree.access(walk(tree, "private"), os.R_OK,
                                        Ctx(1000, 1000, groups=(5, 6)))) == errno.EACCES
         assert thread_fs_ids() == (0, 0, groups)
 
@@ -173,31 +205,6 @@ def test_default_acl_overrides_umask_with_posix_acl(make_tree: MakeTree) -> None
                                       ROOT)) == errno.EOPNOTSUPP  # ACLs off: not offered
 
 
-@pytest.mark.parametrize("mode", [0o700, 0o701, 0o710, 0o070, 0o007, 0o750, 0o705, 0o000])
-@pytest.mark.parametrize("owner", [(0, 0), (1000, 0), (0, 1000), (1000, 2000)])
-def test_lookup_search_permission_matches_kernel(make_tree: MakeTree, mode: int,
-                                                 owner: tuple[int, int]) -> None:
-    """The lookup's own search check (mode bits, as generic_permission) against the host
-    kernel's answer for the same caller."""
-    from msbfs import syscalls
-    tree = make_tree()
-    root: Path = tree.path  # type: ignore[attr-defined]
-    (root / "d").mkdir()
-    (root / "d" / "x").write_bytes(b"")
-    os.chown(root / "d", *owner)
-    os.chmod(root / "d", mode)
-    node = walk(tree, "d")
-    rfd = os.open(root, os.O_PATH)
-    try:
-        for ctx in (USER, Ctx(1000, 1000, groups=(2000,)), Ctx(1001, 0), Ctx(1001, 1001)):
-            with syscalls.credentials(ctx.uid, ctx.gid, ctx.groups or ()):
-                want = err(lambda: os.stat("d/x", dir_fd=rfd, follow_symlinks=False))
-            got = err(lambda c=ctx: tree.lookup(node, b"x", c))
-            assert got == want, (oct(mode), owner, ctx)
-    finally:
-        os.close(rfd)
-
-
 def test_unprivileged_daemon_serves_its_own_user(tmp_path: Path) -> None:
     """A daemon that is not root cannot switch identities: it serves with its own, and
     a caller's ops (uid != 0) still work instead of failing on setgroups' EPERM."""
@@ -225,23 +232,42 @@ def test_unprivileged_daemon_serves_its_own_user(tmp_path: Path) -> None:
     assert os.stat(src / "f").st_uid == 1000 and (src / "d").is_dir()
 
 
-def test_lookup_honours_acls_with_posix_acl(make_tree: MakeTree) -> None:
-    """A directory closed by its mode bits but opened to uid 1000 by an ACL entry: with
-    posix_acl the lookup asks the host kernel, which honours the ACL."""
+def test_posix_acl_trees_show_acls_to_the_client_kernel(make_tree: MakeTree) -> None:
+    """With posix_acl the client kernel checks ACLs itself: the tree hands it the ACL
+    (system.posix_acl_access), and keeps it from clients otherwise."""
     import struct
     tree = make_tree(posix_acl=True)
     root: Path = tree.path  # type: ignore[attr-defined]
     (root / "acl").mkdir()
-    (root / "acl" / "x").write_bytes(b"")
     os.chmod(root / "acl", 0o700)
     # system.posix_acl_access: USER_OBJ rwx, USER 1000 --x, GROUP_OBJ ---, MASK --x, OTHER ---
     entries = [(0x01, 7, 0xFFFFFFFF), (0x02, 1, 1000), (0x04, 0, 0xFFFFFFFF),
                (0x10, 1, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]
     acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
-    try:
-        os.setxattr(root / "acl", "system.posix_acl_access", acl)
-    except OSError as e:
-        pytest.skip(f"no POSIX ACLs here: {e}")
-    node = walk(tree, "acl")
-    assert tree.lookup(node, b"x", USER).attr.size == 0
-    assert err(lambda: tree.lookup(node, b"x", Ctx(1001, 1001))) == errno.EACCES
+    os.setxattr(root / "acl", "system.posix_acl_access", acl)
+    assert tree.getxattr(walk(tree, "acl"), b"system.posix_acl_access", 0, USER) == acl
+    plain = make_tree()
+    os.setxattr(plain.path / "sub", "system.posix_acl_access", acl)  # type: ignore[attr-defined]
+    assert err(lambda: plain.getxattr(walk(plain, "sub"), b"system.posix_acl_access", 0,
+                                      USER)) == errno.EOPNOTSUPP
+
+
+def test_evicted_inodes_reopen_whoever_asks(make_tree: MakeTree) -> None:
+    """An inode whose fd the cache closed is re-opened with the daemon's credentials
+    (open_by_handle_at needs CAP_DAC_READ_SEARCH), then the operation runs: a walk
+    larger than the cache works for an unprivileged caller (issue 10, point 4)."""
+    tree = make_tree(max_inode_fds=16)
+    root: Path = tree.path  # type: ignore[attr-defined]
+    (root / "many").mkdir()
+    for i in range(80):
+        (root / "many" / f"f{i}").write_bytes(b"%d" % i)
+    many = walk(tree, "many")
+    nodes = [tree.lookup(many, b"f%d" % i, USER).nodeid for i in range(80)]
+    assert tree.statistics().extra["inode_fd_evictions"] > 0
+    for i, node in enumerate(nodes):
+        fh = tree.open(node, os.O_RDONLY, USER).fh
+        assert tree.read(fh, 0, 8) == b"%d" % i
+        tree.release(fh)
+        tree.setxattr(node, b"user.seen", b"1", 0, USER)
+    assert tree.statistics().extra["inode_fd_reopens"] > 0
+    assert thread_fs_ids()[:2] == (0, 0)

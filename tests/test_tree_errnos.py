@@ -1,8 +1,10 @@
 """Every tree operation against a native directory: same outcome, same errno.
 
 Each case runs one operation twice on identical worlds (``tests/plugins/tree.py``):
-natively with ``*at`` syscalls under the caller's credentials, and through the Tree as
-that caller. The tree must give exactly what Linux gives — success or the same errno.
+natively with ``*at`` syscalls, and through the Tree. The tree must give exactly what
+Linux gives — success or the same errno. Callers here are root: a non-root caller's
+permissions are its client kernel's to check (the tree's permission model), so those
+cases go through a real kernel (the host mount) in tests/test_hostmount_errno.py.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ CASES: dict[str, tuple[Ctx, Case]] = {}
 def case(name: str, ctx: Ctx = ROOT) -> Callable[[Case], Case]:
     def deco(fn: Case) -> Case:
         assert name not in CASES, f"two cases named {name!r}: one would never run"
-        CASES[name] = (ctx, fn)
+        # The permission model (msbfs/tree/tree.py): a non-root caller's permissions
+        # are checked by its client kernel (default_permissions), not by the tree, so
+        # a tree call alone is not what Linux does for that caller: such cases run
+        # through a real kernel instead (tests/test_hostmount_errno.py).
+        if ctx == ROOT:
+            CASES[name] = (ctx, fn)
         return fn
     return deco
 
@@ -234,7 +241,7 @@ def _ts(valid: int, bit: int, now_bit: int, ns: int) -> tuple[int, int]:
     return 0, (1 << 30) - 2
 
 
-for _path, _mask, _who in [("file", os.R_OK, USER), ("file", os.W_OK, USER),
+for _path, _mask, _who in [("file", os.R_OK, ROOT), ("file", os.R_OK, USER), ("file", os.W_OK, USER),
                            ("file", os.X_OK, ROOT), ("sub", os.X_OK, USER),
                            ("private", os.R_OK, USER), ("userfile", os.W_OK, USER)]:
     def _access(t: Twin, c: Ctx, path: str = _path, mask: int = _mask) -> tuple[Op, Op]:
@@ -403,7 +410,7 @@ def test_cases_cover_both_outcomes(tmp_path: Path) -> None:
             outcomes[name] = run_case(t, name)
     ok = [n for n, o in outcomes.items() if o == "ok"]
     failed = [n for n, o in outcomes.items() if o != "ok"]
-    assert len(ok) >= 40 and len(failed) >= 40, (len(ok), len(failed))
+    assert len(ok) >= 25 and len(failed) >= 35, (len(ok), len(failed))
     # Each kind of operation is seen both succeeding and failing (the kind is the
     # case name's first word: lookup, mkdir, rename, setxattr, ...).
     kinds = {n.split()[0].split("#")[0] for n in CASES}
@@ -562,7 +569,6 @@ def test_readdir_cookies_resume_and_rewind(twin: Twin) -> None:
     t.releasedir(fh)
     assert err(lambda: t.readdir(fh, 0)) == errno.EBADF
     assert err(lambda: t.opendir(twin.node("file"), 0, ROOT)) == errno.ENOTDIR
-    assert err(lambda: t.opendir(twin.node("private"), 0, USER)) == errno.EACCES
 
 
 def test_root_dotdot_in_readdir_is_the_root(twin: Twin) -> None:
@@ -730,10 +736,11 @@ def test_writeback_handles_of_write_only_opens_are_readable(tmp_path: Path) -> N
         t.write(o.fh, 0, b"tmp", ROOT)
         assert t.read(o.fh, 0, 3) == b"tmp"
         t.release(o.fh)
-        # write-only to its owner: the open must not fail for want of read permission
+        # write-only to its owner: the daemon opens it (the client kernel checked the
+        # caller's write permission), readable for the kernel's page fills
         node = t.lookup(1, b"wo", USER).nodeid
         fh = t.open(node, os.O_WRONLY, USER).fh
-        assert err(lambda: t.read(fh, 0, 1)) == errno.EBADF
+        assert t.read(fh, 0, 1) == b"s"
         t.write(fh, 0, b"S", USER)
         t.release(fh)
         _e, o = t.create(1, b"wo", 0o200, os.O_WRONLY | os.O_CREAT, 0, USER)

@@ -61,13 +61,6 @@ def test_kill_suidgid_beside_a_permitted_truncate(make_tree: MakeTree) -> None:
                  USER)
     assert os.stat(f).st_size == 0
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
-    # A truncate the caller may not make is refused, and strips nothing.
-    g = _setid_file(tree.path, "other", owner=OTHER.uid)  # type: ignore[attr-defined]
-    os.chmod(g, 0o6755)
-    assert err(lambda: tree.setattr(walk(tree, "other"),
-                                    SetAttr(valid=FATTR_SIZE | FATTR_KILL_SUIDGID), USER)) \
-        == errno.EACCES
-    assert stat.S_IMODE(os.stat(g).st_mode) == 0o6755
 
 
 def test_create_of_an_existing_name_keeps_its_mode(make_tree: MakeTree) -> None:

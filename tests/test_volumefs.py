@@ -169,7 +169,8 @@ def test_remove_all_never_follows_links(volume, fs, outside):
 def _swapper(root: Path, target: Path, stop: threading.Event,
              errors: list[BaseException]) -> None:
     """Flip ``root/sub`` between a real directory and a symlink to ``target``, each
-    step one atomic rename, as fast as it can."""
+    step one atomic rename, as fast as it can. ``sub`` and the parked symlink exist
+    before the thread starts (an op that makes parents could make ``sub`` first)."""
     sub, parked_dir, parked_link = root / "sub", root / "sub.dir", root / "sub.link"
 
     def put(src: Path) -> None:
@@ -183,8 +184,6 @@ def _swapper(root: Path, target: Path, stop: threading.Event,
                     shutil.rmtree(sub, ignore_errors=True)
 
     try:
-        sub.mkdir()
-        os.symlink(target, parked_link)
         while not stop.is_set():
             os.rename(sub, parked_dir)
             put(parked_link)   # now a symlink leading out
@@ -202,10 +201,16 @@ def test_racing_symlink_swap_never_escapes(volume, outside, op):
     t = threading.Thread(target=_swapper, args=(root, outside, stop, swap_errors), daemon=True)
     fs = volume.fs()
     outcomes: dict[str, int] = {}
+    (root / "sub").mkdir()
+    os.symlink(outside, root / "sub.link")
     with fs:
         t.start()
         try:
-            for _ in range(1500):
+            # Until the race has gone both ways (some ops met the symlink, some the
+            # directory) and a few hundred ops ran; the bound only ends a failing run.
+            for i in range(200_000):
+                if i >= 300 and outcomes.get("escape") and len(outcomes) > 1:
+                    break
                 try:
                     if op == "write":
                         fs.write("sub/f", b"x")

@@ -99,7 +99,9 @@ def build_tree(src: Source, options: MountOptions) -> Tree:
                     nodev=options.nodev, quota_bytes=src.quota_bytes,
                     quota_inodes=src.quota_inodes,
                     squash_uid=options.uid, squash_gid=options.gid)
-    return Tree(src.path, policy, writeback=options.writeback, xattrmap=options.xattrmap)
+    # posix_acl: the kernel (enable_acl) checks ACLs through system.posix_acl_* xattrs.
+    return Tree(src.path, policy, writeback=options.writeback, xattrmap=options.xattrmap,
+                posix_acl=True)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:

@@ -11,11 +11,21 @@ How the rules of DESIGN.md's security model are kept here:
 * Acting on an inode goes through its fd: ``*at(fd, "", AT_EMPTY_PATH)`` calls, or the
   ``/proc/self/fd/N`` re-open (virtiofsd's trick) built from OUR fd number, never from
   a client string.
-* Identity: ops that create, change ownership or need a permission check run under the
-  caller's fsuid/fsgid/groups (raw per-thread syscalls), so the host kernel applies its
-  own rules: owners, EACCES/EPERM, set-id clearing, sticky directories. A root caller
-  (the common sandbox case) skips the switch; lookups check search permission from
-  the parent's mode bits instead (``Tree._check_search`` says why).
+* Permissions (one model for every front, issue 10): the CLIENT KERNEL is the authority
+  for its users' permissions. A virtio-fs guest kernel always mounts with
+  ``default_permissions``, and ``msbfs mount`` mounts with it (and POSIX ACLs), so the
+  kernel that knows the caller's full credentials (supplementary groups, capabilities,
+  ACLs) checks every path component, open, chmod, chown, sticky directory and xattr
+  namespace against the attributes we report. The tree does not check a second time
+  with the incomplete credentials a FUSE request carries (no supplementary groups):
+  it acts with the daemon's own identity, inside the share and under the policy
+  (containment, readonly, noexec, nosuid, nodev, quota, owner squash, no devices, the
+  xattr map), which is the server's boundary. What the caller's identity still
+  decides: the owner of what it creates (``_finish_new``: its uid, its gid or the
+  setgid parent's), and set-id clearing, which the client kernel asks for
+  (HANDLE_KILLPRIV_V2 flags, or a SETATTR of the mode) when its caller lacks
+  CAP_FSETID. ``access`` alone runs as the caller (it asks a question, it acts on
+  nothing).
 * Inodes (``msbfs.tree.inodes``) may have their fd closed and re-opened from a file
   handle, so fds are bounded by the fd cache, not by the client's lookups.
 * Policy lives in ``msbfs.tree.policy``; this module only calls it.
@@ -270,13 +280,13 @@ class Tree:
         inode = self._add(fd, st, parent)
         return self._entry(inode, st), inode, st
 
-    def _fix_new_mode(self, entry: Entry, inode: Inode, st: os.stat_result, want: int,
-                      masked: bool) -> os.stat_result:
-        """``_fix_mode`` for a node mknod/mkdir just made, its Entry updated to match."""
-        fixed = self._fix_mode(_proc(inode.fd), want, st, masked)
-        if fixed is not st:
-            entry.attr = self._attr(fixed, inode.submount)
-        return fixed
+    def _finish_new_entry(self, entry: Entry, inode: Inode, st: os.stat_result, want: int,
+                          masked: bool, ctx: Ctx, p_setgid: bool) -> os.stat_result:
+        """``_finish_new`` for a node mknod/mkdir/symlink just made, its Entry updated."""
+        done = self._finish_new(inode.fd, True, st, want, masked, ctx, p_setgid)
+        if done is not st:
+            entry.attr = self._attr(done, inode.submount)
+        return done
 
     def _creation_mode(self, p: Inode, mode: Any, umask: Any, bits: int) -> tuple[int, bool]:
         """The mode a creating op asks the host for, and whether the caller's umask was
@@ -297,18 +307,42 @@ class Tree:
             return False
         return True
 
-    def _fix_mode(self, path: bytes | int, want: int, st: os.stat_result,
-                  masked: bool = True) -> os.stat_result:
-        """Creating ops run under this process's umask on top of the caller's; add back
-        permission bits only the process umask took, and drop set-id bits nosuid forbids
-        (a directory inherits S_ISGID from its parent regardless of the mode asked)."""
+    def _finish_new(self, fd: int, opath: bool, st: os.stat_result, want: int,
+                    masked: bool, ctx: Ctx, p_setgid: bool) -> os.stat_result:
+        """A node a creating op just made as the daemon gets what the caller would have
+        got natively (the permission model in the module doc): the caller as its
+        owner; the caller's group, or the parent's under a setgid parent (which the
+        host already gave it, with S_ISGID for a directory); and the mode asked for.
+        The daemon's own umask may have taken bits the caller's did not (added back),
+        the chown clears set-id bits (restored), nosuid's rule applies. ``fd`` is the
+        node's O_PATH fd (``opath``) or an open fd of it."""
         mode = st.st_mode & 0o7777
-        fixed = mode | (want & 0o777 & self._umask) if masked else mode
-        fixed = self.policy.stored_mode(fixed)
-        if fixed == mode:
-            return st
-        os.chmod(path, fixed)  # an fd (int) is fchmod'ed
-        return os.stat(path)
+        target = self.policy.stored_mode(mode | (want & 0o777 & self._umask) if masked
+                                         else mode)
+        changed = False
+        if self._ids.enabled:
+            uid = -1 if ctx.uid == st.st_uid else ctx.uid
+            gid = -1 if p_setgid or ctx.gid == st.st_gid else ctx.gid
+            if uid != -1 or gid != -1:
+                _check(lib.msb_fchownat(fd, b"", uid, gid, AT_EMPTY_PATH))
+                changed = True
+        if changed:
+            st = os.stat(fd)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o7777 != target:
+            os.chmod(_proc(fd) if opath else fd, target)
+            st = os.stat(fd)
+        return st
+
+    def _before_new(self, p: Inode, ctx: Ctx, reserve: bool = True) -> bool:
+        """Before a creating op: the caller's ids must be ids (a FUSE header may say
+        0xFFFFFFFF, which chown reads as "unchanged"), the inode quota and budget must
+        have room (``reserve``; CREATE decides that itself, the name may exist).
+        Returns whether the parent is setgid."""
+        _int(ctx.uid, 0, 0xFFFFFFFE)
+        _int(ctx.gid, 0, 0xFFFFFFFE)
+        if reserve:
+            self._reserve_inode()
+        return bool(os.stat(p.fd).st_mode & stat.S_ISGID)
 
     def _charge_stat(self, before: os.stat_result | None, after: os.stat_result | None) -> None:
         """Book what a call did: ``before`` None is an inode it made, ``after`` None one
@@ -364,34 +398,7 @@ class Tree:
             return self._entry(p, st)
         if name == b"..":
             return self._lookup_dotdot(p)
-        if ctx.uid != 0 and self._ids.enabled:
-            if self.posix_acl:
-                # ACLs may grant or deny search beyond the mode bits: ask the host
-                # kernel as the caller (the client checks ACLs too when they are on).
-                with self._creds(ctx):
-                    return self._lookup_component(p, name)
-            self._check_search(p, ctx)
         return self._lookup_component(p, name)
-
-    @staticmethod
-    def _check_search(p: Inode, ctx: Ctx) -> None:
-        """Search permission on the parent by its mode bits, as generic_permission (and
-        so FUSE's default_permissions) decides it: cheaper than switching credentials
-        (two kernel cred commits) on the hottest path. Lookups only reveal names and
-        attributes; every op that touches data or changes anything runs as the caller
-        and gets the host kernel's full check, ACLs included."""
-        st = os.stat(p.fd)
-        mode = st.st_mode
-        if not stat.S_ISDIR(mode):
-            raise _err(errno.ENOTDIR)
-        if ctx.uid == st.st_uid:
-            ok = mode & stat.S_IXUSR
-        elif ctx.gid == st.st_gid or (ctx.groups and st.st_gid in ctx.groups):
-            ok = mode & stat.S_IXGRP
-        else:
-            ok = mode & stat.S_IXOTH
-        if not ok:
-            raise _err(errno.EACCES)
 
     def _lookup_component(self, p: Inode, name: bytes) -> Entry:
         # Warm path: a stat of the single component (never following it: no "/" and
@@ -509,19 +516,18 @@ class Tree:
             handle = self._handles.file(attr.fh)
             if handle.inode is not inode:
                 handle = None  # a handle of another file says nothing about this one
-        with self._creds(ctx):
-            if valid & FATTR_MODE:
-                self._chmod(inode, handle, _int(attr.mode, 0, 0o7777 | 0o170000) & 0o7777)
-            if valid & (FATTR_UID | FATTR_GID):
-                uid = _int(attr.uid, 0, 0xFFFFFFFE) if valid & FATTR_UID else -1
-                gid = _int(attr.gid, 0, 0xFFFFFFFE) if valid & FATTR_GID else -1
-                _check(lib.msb_fchownat(inode.fd, b"", uid, gid, AT_EMPTY_PATH))
-            if valid & FATTR_SIZE:
-                self._truncate(inode, handle, _int(attr.size))
-            if valid & (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW):
-                a = self._timespec(valid, FATTR_ATIME, FATTR_ATIME_NOW, attr.atime_ns)
-                m = self._timespec(valid, FATTR_MTIME, FATTR_MTIME_NOW, attr.mtime_ns)
-                _check(lib.msb_utimensat(inode.fd, b"", a[0], a[1], m[0], m[1], AT_EMPTY_PATH))
+        if valid & FATTR_MODE:
+            self._chmod(inode, handle, _int(attr.mode, 0, 0o7777 | 0o170000) & 0o7777)
+        if valid & (FATTR_UID | FATTR_GID):
+            uid = _int(attr.uid, 0, 0xFFFFFFFE) if valid & FATTR_UID else -1
+            gid = _int(attr.gid, 0, 0xFFFFFFFE) if valid & FATTR_GID else -1
+            _check(lib.msb_fchownat(inode.fd, b"", uid, gid, AT_EMPTY_PATH))
+        if valid & FATTR_SIZE:
+            self._truncate(inode, handle, _int(attr.size))
+        if valid & (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW):
+            a = self._timespec(valid, FATTR_ATIME, FATTR_ATIME_NOW, attr.atime_ns)
+            m = self._timespec(valid, FATTR_MTIME, FATTR_MTIME_NOW, attr.mtime_ns)
+            _check(lib.msb_utimensat(inode.fd, b"", a[0], a[1], m[0], m[1], AT_EMPTY_PATH))
         if (valid & FATTR_KILL_SUIDGID and valid & (FATTR_SIZE | FATTR_UID | FATTR_GID)
                 and not valid & FATTR_MODE):
             # Only beside a change the caller was just allowed to make (the kernel sends
@@ -558,8 +564,7 @@ class Tree:
         if handle is not None and handle.writable:
             fd, own = handle.fd, False
         else:
-            # No writable handle: open one as the caller, so the kernel checks write
-            # permission exactly as truncate(2) would.
+            # No writable handle: open one (the client kernel checked write permission).
             fd, own = os.open(_proc(inode.fd), os.O_WRONLY | os.O_CLOEXEC), True
         try:
             before = os.stat(fd) if self.quota is not None else None
@@ -607,12 +612,10 @@ class Tree:
         rdev = _int(rdev, 0, 0xFFFFFFFF)
         want, masked = self._creation_mode(p, mode, umask, 0o7777)
         pst = self._dir_before(p)
-        self._reserve_inode()
-        with self._creds(ctx):
-            os.mknod(name, kind | want, rdev, dir_fd=p.fd)
-            entry, inode, st = self._lookup_new(p, name)
-            if inode.kind != stat.S_IFLNK:
-                st = self._fix_new_mode(entry, inode, st, want, masked)
+        p_setgid = self._before_new(p, ctx)
+        os.mknod(name, kind | want, rdev, dir_fd=p.fd)
+        entry, inode, st = self._lookup_new(p, name)
+        st = self._finish_new_entry(entry, inode, st, want, masked, ctx, p_setgid)
         self._charge_stat(None, st)
         self._dir_after(p, pst)
         return entry
@@ -623,12 +626,10 @@ class Tree:
         self.policy.check_mutation()
         want, masked = self._creation_mode(p, mode, umask, 0o1777)
         pst = self._dir_before(p)
-        self._reserve_inode()
-        with self._creds(ctx):
-            os.mkdir(name, want, dir_fd=p.fd)
-            entry, inode, st = self._lookup_new(p, name)
-            if inode.kind == stat.S_IFDIR:
-                st = self._fix_new_mode(entry, inode, st, want, masked)
+        p_setgid = self._before_new(p, ctx)
+        os.mkdir(name, want, dir_fd=p.fd)
+        entry, inode, st = self._lookup_new(p, name)
+        st = self._finish_new_entry(entry, inode, st, want, masked, ctx, p_setgid)
         self._charge_stat(None, st)
         self._dir_after(p, pst)
         return entry
@@ -647,10 +648,10 @@ class Tree:
         if len(target) >= PATH_MAX:
             raise _err(errno.ENAMETOOLONG)
         pst = self._dir_before(p)
-        self._reserve_inode()
-        with self._creds(ctx):
-            os.symlink(target, name, dir_fd=p.fd)
-            entry, _, st = self._lookup_new(p, name)
+        p_setgid = self._before_new(p, ctx)
+        os.symlink(target, name, dir_fd=p.fd)
+        entry, inode, st = self._lookup_new(p, name)
+        st = self._finish_new_entry(entry, inode, st, 0o777, False, ctx, p_setgid)
         if pst is not None:
             self._charge_stat(None, st)
             self._dir_after(p, pst)
@@ -664,10 +665,9 @@ class Tree:
         if inode.kind == stat.S_IFDIR:
             raise _err(errno.EPERM)
         pst = self._dir_before(np)
-        with self._creds(ctx):
-            # linkat(AT_SYMLINK_FOLLOW) of the magic link links the inode our fd holds
-            # (also a symlink itself, or an O_TMPFILE file), not anything by name.
-            os.link(_proc(inode.fd), newname, dst_dir_fd=np.fd, follow_symlinks=True)
+        # linkat(AT_SYMLINK_FOLLOW) of the magic link links the inode our fd holds
+        # (also a symlink itself, or an O_TMPFILE file), not anything by name.
+        os.link(_proc(inode.fd), newname, dst_dir_fd=np.fd, follow_symlinks=True)
         self._dir_after(np, pst)
         st = os.stat(inode.fd)
         self._inodes.ref(inode)
@@ -680,8 +680,7 @@ class Tree:
         if name in (b".", b".."):
             raise _err(errno.EISDIR)
         before = self._lstat_at(p, name) if self.quota is not None else None
-        with self._creds(ctx):
-            os.unlink(name, dir_fd=p.fd)
+        os.unlink(name, dir_fd=p.fd)
         if before is not None and before.st_nlink <= 1:
             self._discharge_removed(before)
 
@@ -694,8 +693,7 @@ class Tree:
         if name == b"..":
             raise _err(errno.ENOTEMPTY)
         before = self._lstat_at(p, name) if self.quota is not None else None
-        with self._creds(ctx):
-            os.rmdir(name, dir_fd=p.fd)
+        os.rmdir(name, dir_fd=p.fd)
         if before is not None:
             self._charge_stat(before, None)
 
@@ -717,8 +715,7 @@ class Tree:
         if self.quota is not None and not flags & RENAME_EXCHANGE:
             replaced = self._lstat_at(np, newname)
         pst = self._dir_before(np)
-        with self._creds(ctx):
-            _check(lib.msb_renameat2(p.fd, name, np.fd, newname, flags))
+        _check(lib.msb_renameat2(p.fd, name, np.fd, newname, flags))
         self._dir_after(np, pst)
         if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
             src = self._lstat_at(np, newname)
@@ -751,10 +748,9 @@ class Tree:
         before = None
         if self.quota is not None and flags & os.O_TRUNC:
             before = os.stat(inode.fd)
-        with self._creds(ctx):
-            # Only a regular file has pages to fill; a FIFO keeps its access mode (ENXIO).
-            wanted = self._writeback_flags(oflags) if kind == stat.S_IFREG else oflags
-            fd, oflags = self._open_either(_proc(inode.fd), wanted, oflags)
+        # Only a regular file has pages to fill; a FIFO keeps its access mode (ENXIO).
+        wanted = self._writeback_flags(oflags) if kind == stat.S_IFREG else oflags
+        fd, oflags = self._open_either(_proc(inode.fd), wanted, oflags)
         if before is not None:
             self._charge_stat(before, os.stat(fd))
         return Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
@@ -791,19 +787,19 @@ class Tree:
         self._handles.check_room()
         self._inodes.check_room()
         pst = self._dir_before(p)
-        with self._creds(ctx):
-            fd, oflags, before, pfd = self._create_open(p, name, oflags, want, flags)
-            try:
-                st = os.stat(fd)
-                if before is None:
-                    # Only a file we just made gets its mode fixed: an existing one
-                    # keeps its mode, as open(O_CREAT) leaves it.
-                    st = self._fix_mode(fd, want, st, masked)
-            except BaseException:
-                os.close(fd)
-                if pfd >= 0:
-                    os.close(pfd)
-                raise
+        p_setgid = self._before_new(p, ctx, reserve=False)
+        fd, oflags, before, pfd = self._create_open(p, name, oflags, want, flags)
+        try:
+            st = os.stat(fd)
+            if before is None:
+                # Only a file we just made gets owner and mode: an existing one keeps
+                # both, as open(O_CREAT) leaves them.
+                st = self._finish_new(fd, False, st, want, masked, ctx, p_setgid)
+        except BaseException:
+            os.close(fd)
+            if pfd >= 0:
+                os.close(pfd)
+            raise
         if pfd < 0:
             try:
                 pfd = self._path_fd_of(p, name, fd, st)
@@ -886,17 +882,16 @@ class Tree:
         oflags = self._writeback_flags(self._reopen_flags(flags) & ~os.O_TRUNC)
         if oflags & os.O_ACCMODE == os.O_RDONLY:
             oflags |= os.O_RDWR  # O_TMPFILE needs write access; the kernel asks for it
-        self._reserve_inode()
         self._handles.check_room()
-        with self._creds(ctx):
-            fd = os.open(b".", oflags | os.O_TMPFILE | (flags & os.O_EXCL), want,
-                         dir_fd=p.fd)
-            try:
-                st = self._fix_mode(fd, want, os.stat(fd), masked)
-                pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
-            except BaseException:
-                os.close(fd)
-                raise
+        p_setgid = self._before_new(p, ctx)
+        fd = os.open(b".", oflags | os.O_TMPFILE | (flags & os.O_EXCL), want,
+                     dir_fd=p.fd)
+        try:
+            st = self._finish_new(fd, False, os.stat(fd), want, masked, ctx, p_setgid)
+            pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
+        except BaseException:
+            os.close(fd)
+            raise
         self._charge_stat(None, st)  # an inode until its release (or linkat)
         inode = self._add(pfd, st, p)
         opened = Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
@@ -1032,8 +1027,7 @@ class Tree:
         if inode.kind != stat.S_IFDIR:
             raise _err(errno.ENOTDIR)
         self._handles.check_room()
-        with self._creds(ctx):
-            fd = os.open(_proc(inode.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(_proc(inode.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return Opened(self._handles.add(DirHandle(fd, inode)), self._dir_open_flags)
 
     def readdir(self, fh: int, offset: int) -> Iterator[DirEntry]:
@@ -1170,15 +1164,14 @@ class Tree:
             raise _err(errno.E2BIG)
         # An upper bound of the allocation: a started block per 4 KiB of entry.
         growth = -(-(len(name) + len(value) + _XATTR_ENTRY) // _XATTR_BLOCK) * _XATTR_BLOCK
-        with self._xattr_charged(inode, growth), self._creds(ctx):
+        with self._xattr_charged(inode, growth):
             os.setxattr(_proc(inode.fd), name, value, flags)
 
     def getxattr(self, nodeid: int, name: bytes, size: int, ctx: Ctx) -> bytes:
         inode = self._inodes.get(nodeid)
         name = self._xattr_name(name, ctx, False)
         size = _int(size, 0, 1 << 32)
-        with self._creds(ctx):
-            value = os.getxattr(_proc(inode.fd), name)
+        value = os.getxattr(_proc(inode.fd), name)
         if size and len(value) > size:
             raise _err(errno.ERANGE)
         return value
@@ -1187,15 +1180,14 @@ class Tree:
         inode = self._inodes.get(nodeid)
         if not self.xattr:
             raise _err(errno.EOPNOTSUPP)
-        with self._creds(ctx):
-            names = [os.fsencode(n) for n in os.listxattr(_proc(inode.fd))]
+        names = [os.fsencode(n) for n in os.listxattr(_proc(inode.fd))]
         return [n for n in (self._listed_name(h, ctx) for h in names) if n is not None]
 
     def removexattr(self, nodeid: int, name: bytes, ctx: Ctx) -> None:
         inode = self._inodes.get(nodeid)
         name = self._xattr_name(name, ctx, True)
         self.policy.check_mutation()
-        with self._xattr_charged(inode, 0), self._creds(ctx):
+        with self._xattr_charged(inode, 0):
             os.removexattr(_proc(inode.fd), name)
 
     # ---- life cycle ------------------------------------------------------------------
