@@ -1,0 +1,534 @@
+"""The mutants: each one drops exactly ONE rule the server promises (DESIGN.md,
+"Security model" and "Trust and permissions"), as a precise source edit.
+
+An ``Edit`` names a file, the exact text it replaces and the replacement. The text must
+occur exactly once in the file of the revision under test (``apply`` fails otherwise), so
+when the code moves the catalogue fails loudly instead of testing nothing.
+
+A mutant lists, per front that claims its rule, the pytest selection that must go red
+(node ids or ``-k`` expressions, as pytest arguments), and, per front that cannot observe
+the rule, why (``unobservable``). Fronts:
+
+- ``tree``: ``msbfs.tree.Tree`` called directly (tests/test_tree_*);
+- ``virtiofs``: FUSE requests through the codec or the in-tree vhost-user frontend into
+  an in-process device or a real ``msbfs serve`` (tests/test_virtiofs_*,
+  tests/test_serve_*, tests/test_fuse_server.py, tests/test_confinement.py);
+- ``guest``: a real Linux guest under TCG (tests/test_guest_*);
+- ``hostmount``: ``msbfs mount`` on a real FUSE mount (tests/test_policy_mount.py,
+  tests/test_hostmount*).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+FRONTS = ("tree", "virtiofs", "guest", "hostmount")
+
+Selection = tuple[str, ...]
+
+
+class CatalogueError(Exception):
+    """A mutant's edit does not match the source exactly once: the catalogue has rotted."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # relative to the repository root
+    old: str
+    new: str
+
+    def apply(self, text: str) -> str:
+        n = text.count(self.old)
+        if n != 1:
+            raise CatalogueError(
+                f"{self.path}: expected the text exactly once, found it {n} times:\n"
+                f"{self.old}")
+        return text.replace(self.old, self.new)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    rule: str  # what the server promises, which this mutant drops
+    edits: tuple[Edit, ...]
+    fronts: dict[str, Selection]  # front -> pytest arguments that must fail
+    unobservable: dict[str, str] = field(default_factory=dict)  # front -> why not claimed
+    policy_flag: bool = False  # one of the policy flags CI runs (tests/test_mutants.py)
+
+    def __post_init__(self) -> None:
+        bad = (set(self.fronts) | set(self.unobservable)) - set(FRONTS)
+        if bad:
+            raise CatalogueError(f"{self.name}: unknown fronts {sorted(bad)}")
+        both = set(self.fronts) & set(self.unobservable)
+        if both:
+            raise CatalogueError(f"{self.name}: fronts both claimed and unobservable {both}")
+
+    @property
+    def native(self) -> bool:
+        """Whether the extension must be rebuilt (an edit in csrc/)."""
+        return any(e.path.startswith("csrc/") for e in self.edits)
+
+
+TREE = "msbfs/tree/tree.py"
+POLICY = "msbfs/tree/policy.py"
+CONFINE = "msbfs/confine.py"
+
+# Reasons shared by several mutants.
+KERNEL_OPENS_DEVICES = ("the client kernel opens device nodes itself (its own driver for "
+                        "the reported major:minor); it never sends OPEN or CREATE for one")
+KERNEL_RESOLVES_NAMES = ("the client kernel sends single, valid components and resolves "
+                         "'..' in its own dcache: no such request can be made from it")
+NO_XATTR_TOOLS = ("the guest image's busybox has no getfattr/setfattr: no guest program "
+                  "can make xattr calls")
+MASKED_BY_CAPS = ("masked by confinement: the daemon has no CAP_SYS_ADMIN, so the host "
+                  "kernel itself refuses trusted.* (a second, independent layer)")
+KERNEL_ONLY_SENDS_BESIDE = ("the client kernel sends KILL_SUIDGID only beside a truncate or "
+                            "chown (HANDLE_KILLPRIV_V2), never alone")
+NOT_THIS_TRANSPORT = "a rule of the vhost-user transport; the host mount is pyfuse3's"
+NO_DAEMON = "confinement is msbfs serve's; this front runs no serve daemon"
+BUDGET_SIZE = ("the budget is a fraction of the daemon's fd limit (thousands): a kernel "
+               "client would have to hold thousands of files open")
+
+# Fronts shared by the mutants of one rule.
+READONLY: dict[str, Selection] = {
+    "tree": ("tests/test_tree_policy.py::test_readonly_refuses_every_mutation",),
+    "virtiofs": ("tests/test_fuse_server.py::test_policy_through_the_codec",
+                 "tests/test_virtiofs_serve.py::test_old_dash_o_form_and_policy"),
+    "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
+    "hostmount": ("tests/test_policy_mount.py::test_readonly_nothing_writes",),
+}
+NOSUID_MODE: dict[str, Selection] = {
+    "tree": ("tests/test_tree_policy.py::test_nosuid_never_stores_or_reports_setid",),
+    "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
+    "guest": ("tests/test_guest_policy.py::test_nosuid_after_remount",),
+    "hostmount": ("tests/test_policy_mount.py::test_nosuid_bits_do_not_stick",),
+}
+NOSUID_CAP: dict[str, Selection] = {
+    "tree": ("tests/test_tree_xattr_policy.py"
+             "::test_nosuid_never_stores_or_shows_file_capabilities",),
+    "virtiofs": ("tests/test_virtiofs_xattr.py"
+                 "::test_xattrmap_option_remaps_and_nosuid_hides_capabilities",),
+    "hostmount": ("tests/test_hostmount_xattr.py",),
+}
+QUOTA_INODES: dict[str, Selection] = {
+    "tree": ("tests/test_tree_hardening.py::test_inode_quota",),
+    "virtiofs": ("tests/test_serve_limits.py::test_quota_inodes_option_on_a_directory",
+                 "tests/test_serve_limits.py::test_inode_quota_from_the_volume_record"),
+    "guest": ("tests/test_guest_policy_mutants.py",),
+    "hostmount": ("tests/test_hostmount_policy_mutants.py",),
+}
+CONTAINMENT_UNOBSERVABLE = {"guest": KERNEL_RESOLVES_NAMES, "hostmount": KERNEL_RESOLVES_NAMES}
+NO_ACCESS_OP = {
+    "guest": "a guest mounts with default_permissions: its kernel never sends ACCESS",
+    "hostmount": "msbfs mount uses default_permissions: the kernel never sends ACCESS",
+}
+CONFINE_FRONTS: dict[str, Selection] = {
+    "virtiofs": ("tests/test_confinement.py", "tests/test_virtiofs_serve.py::test_sandboxes"),
+    "guest": ("tests/test_guest_confinement.py",),
+}
+
+MUTANTS: tuple[Mutant, ...] = (
+    # ---- readonly ---------------------------------------------------------------------
+    Mutant(
+        "readonly-mutation", "readonly: every mutating op is EROFS",
+        (Edit(POLICY, "        if self.readonly:\n            raise _err(errno.EROFS)\n",
+              "        pass\n"),),
+        READONLY,
+        policy_flag=True),
+    Mutant(
+        "readonly-open", "readonly: no writable open succeeds",
+        (Edit(POLICY, "        if self.readonly and (flags & os.O_ACCMODE != os.O_RDONLY",
+              "        if False and (flags & os.O_ACCMODE != os.O_RDONLY"),),
+        READONLY,
+        policy_flag=True),
+    Mutant(
+        "readonly-access", "readonly: access(W_OK) answers EROFS",
+        (Edit(POLICY, "        if self.readonly and mask & os.W_OK",
+              "        if False and mask & os.W_OK"),),
+        {"tree": ("tests/test_tree_policy.py::test_readonly_refuses_every_mutation",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        NO_ACCESS_OP,
+        policy_flag=True),
+    Mutant(
+        "readonly-datapath", "readonly: the C data path never writes (data_fd refuses)",
+        (Edit(TREE, "            if (self.quota is not None and self.quota.limit is not None)"
+                    " or self.policy.readonly:",
+              "            if (self.quota is not None and self.quota.limit is not None):"),),
+        {},
+        {front: "equivalent mutant: no writable handle can exist in a readonly tree "
+                "(open, create and tmpfile refuse first), so data_fd is never asked for one"
+         for front in FRONTS}),
+    # ---- noexec -----------------------------------------------------------------------
+    Mutant(
+        "noexec-open", "noexec: an open carrying FMODE_EXEC is EACCES",
+        (Edit(POLICY, "        if self.noexec and flags & FMODE_EXEC:",
+              "        if False and flags & FMODE_EXEC:"),),
+        {"tree": ("tests/test_tree_policy.py::test_noexec_refuses_exec_opens_only",),
+         "virtiofs": ("tests/test_fuse_server.py::test_policy_through_the_codec",
+                      "tests/test_virtiofs_serve.py::test_old_dash_o_form_and_policy"),
+         "guest": ("tests/test_guest_policy.py::test_noexec_after_remount",),
+         "hostmount": ("tests/test_policy_mount.py::test_noexec_script_cannot_be_executed",)},
+        policy_flag=True),
+    Mutant(
+        "noexec-access", "noexec: access(X_OK) of a file is EACCES",
+        (Edit(POLICY, "        if self.noexec and mask & os.X_OK",
+              "        if False and mask & os.X_OK"),),
+        {"tree": ("tests/test_tree_policy.py::test_noexec_refuses_exec_opens_only",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        NO_ACCESS_OP,
+        policy_flag=True),
+    # ---- nosuid -----------------------------------------------------------------------
+    Mutant(
+        "nosuid-stored", "nosuid: set-id bits are never stored",
+        (Edit(POLICY, "        return mode & ~SETID_BITS if self.nosuid else mode",
+              "        return mode"),),
+        NOSUID_MODE,
+        policy_flag=True),
+    Mutant(
+        "nosuid-reported", "nosuid: set-id bits are never reported",
+        (Edit(POLICY, "        return ~SETID_BITS if self.nosuid else ~0",
+              "        return ~0"),),
+        NOSUID_MODE,
+        policy_flag=True),
+    Mutant(
+        "nosuid-setcap", "nosuid: security.capability is never stored",
+        (Edit(POLICY, "        if self.nosuid:\n            raise _err(errno.EPERM)",
+              "        pass"),),
+        {"tree": ("tests/test_tree_policy.py::test_nosuid_refuses_file_capabilities",
+                  "tests/test_tree_xattr_policy.py"
+                  "::test_nosuid_never_stores_or_shows_file_capabilities"),
+         "virtiofs": ("tests/test_virtiofs_xattr.py"
+                      "::test_xattrmap_option_remaps_and_nosuid_hides_capabilities",),
+         "hostmount": ("tests/test_hostmount_xattr.py",)},
+        {"guest": NO_XATTR_TOOLS},
+        policy_flag=True),
+    Mutant(
+        "nosuid-getcap", "nosuid: security.capability is never shown (getxattr)",
+        (Edit(TREE, "            elif self.policy.nosuid:\n                raise _err(errno.ENODATA)",
+              "            elif False:\n                raise _err(errno.ENODATA)"),),
+        NOSUID_CAP,
+        {"guest": NO_XATTR_TOOLS},
+        policy_flag=True),
+    Mutant(
+        "nosuid-listcap", "nosuid: security.capability is never listed",
+        (Edit(TREE, "        if self.policy.nosuid and _CAPABILITY in (name, host):\n"
+                    "            return None",
+              "        if False:\n            return None"),),
+        NOSUID_CAP,
+        {"guest": NO_XATTR_TOOLS},
+        policy_flag=True),
+    # ---- nodev ------------------------------------------------------------------------
+    Mutant(
+        "nodev-mknod", "nodev: device nodes are never created",
+        (Edit(POLICY, "        if self.nodev and stat.S_IFMT(mode) in _DEVICE_TYPES:",
+              "        if False and stat.S_IFMT(mode) in _DEVICE_TYPES:"),),
+        {"tree": ("tests/test_tree_policy.py::test_nodev",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
+         "guest": ("tests/test_guest_policy.py::test_nodev_after_remount",),
+         "hostmount": ("tests/test_policy_mount.py::test_nodev_no_device_created_or_opened",)},
+        policy_flag=True),
+    Mutant(
+        "nodev-rdev", "nodev: a device node is reported as 0:0 (names no device)",
+        (Edit(TREE, "        self._hide_rdev = policy.nodev",
+              "        self._hide_rdev = False"),),
+        {"tree": ("tests/test_tree_policy.py::test_nodev",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
+         "guest": ("tests/test_guest_policy_mutants.py",),
+         "hostmount": ("tests/test_policy_mount.py::test_nodev_existing_device_is_not_opened",)},
+        policy_flag=True),
+    # ---- special files ----------------------------------------------------------------
+    Mutant(
+        "device-open", "no device is ever opened for a client (EBADF; EACCES under nodev)",
+        (Edit(POLICY, "        if kind in _DEVICE_TYPES:\n",
+              "        if False:\n"),),
+        {"tree": ("tests/test_tree_policy.py::test_no_device_is_ever_opened",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        {"guest": KERNEL_OPENS_DEVICES, "hostmount": KERNEL_OPENS_DEVICES},
+        policy_flag=True),
+    Mutant(
+        "device-create", "CREATE of an existing device name never opens the device",
+        (Edit(TREE, "            self.policy.check_open(flags, kind)\n", ""),),
+        {"tree": ("tests/test_tree_policy.py::test_no_device_is_ever_opened",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        {"guest": KERNEL_OPENS_DEVICES + " (a positive lookup comes first)",
+         "hostmount": KERNEL_OPENS_DEVICES + " (a positive lookup comes first)"},
+        policy_flag=True),
+    # ---- quota ------------------------------------------------------------------------
+    Mutant(
+        "quota-reserve", "quota: growth past the byte limit is refused before the syscall",
+        (Edit(POLICY, "        if growth > 0 and growth > self.available:",
+              "        if False:"),),
+        {"tree": ("tests/test_tree_policy.py::test_quota_enospc_statfs_and_accounting",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
+         "guest": ("tests/test_guest_policy_mutants.py",),
+         "hostmount": ("tests/test_hostmount_policy_mutants.py",)},
+        policy_flag=True),
+    Mutant(
+        "quota-write", "quota: a write is cut to what fits, ENOSPC when nothing does",
+        (Edit(POLICY, "        if est <= self.available:\n            return length",
+              "        if True:\n            return length"),),
+        {"tree": ("tests/test_tree_policy.py::test_quota_enospc_statfs_and_accounting",),
+         "virtiofs": ("tests/test_virtiofs_serve.py::test_named_volume_holds_its_lock_and_quota",),
+         "guest": ("tests/test_guest_policy_mutants.py",),
+         "hostmount": ("tests/test_hostmount_policy_mutants.py",)},
+        policy_flag=True),
+    Mutant(
+        "quota-datapath", "quota: writes under a byte quota never take the C data path",
+        (Edit(TREE, "            if (self.quota is not None and self.quota.limit is not None)"
+                    " or self.policy.readonly:",
+              "            if self.policy.readonly:"),),
+        {"virtiofs": ("tests/test_virtiofs_serve.py::test_named_volume_holds_its_lock_and_quota",),
+         "guest": ("tests/test_guest_policy_mutants.py",)},
+        {"tree": "data_fd only hands fds to the vhost transport's C data path",
+         "hostmount": "the host mount has no C data path: every write goes through the tree"},
+        policy_flag=True),
+    Mutant(
+        "quota-inodes", "quota: no inode past the inode limit (mknod, mkdir, symlink, tmpfile)",
+        (Edit(POLICY, "        if self.inodes_available < 1:",
+              "        if False:"),),
+        QUOTA_INODES,
+        policy_flag=True),
+    Mutant(
+        "quota-inodes-create", "quota: CREATE makes no inode past the inode limit",
+        (Edit(TREE, "        room = self.quota is None or self.quota.inodes_available > 0",
+              "        room = True"),),
+        QUOTA_INODES,
+        policy_flag=True),
+    Mutant(
+        "quota-xattr", "quota: xattr blocks are charged and refused past the limit",
+        (Edit(TREE, "        self.quota.reserve(growth)\n", ""),),
+        {"tree": ("tests/test_tree_xattr_policy.py::test_quota_charges_xattr_blocks",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
+         "hostmount": ("tests/test_hostmount_policy_mutants.py",)},
+        {"guest": NO_XATTR_TOOLS},
+        policy_flag=True),
+    # ---- name containment -------------------------------------------------------------
+    Mutant(
+        "name-slash", "a name is one component: '/' in a name is EINVAL",
+        (Edit(TREE, '    if b"/" in name or b"\\0" in name:',
+              '    if b"\\0" in name:'),),
+        {"tree": ("tests/test_tree_errnos.py", "-k", "lookup or hostile or name"),
+         "virtiofs": ("tests/test_fuse_server.py::test_namespace_ops",
+                      "tests/test_virtiofs_policy_mutants.py")},
+        CONTAINMENT_UNOBSERVABLE),
+    Mutant(
+        "resolve-beneath", "lookups open with RESOLVE_BENEATH (never leave the parent)",
+        (Edit("msbfs/syscalls.py",
+              "RESOLVE_CONTAINED = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS",
+              "RESOLVE_CONTAINED = RESOLVE_NO_MAGICLINKS"),),
+        {},
+        {front: "equivalent behind _name alone: every name reaching openat2 is one "
+                "component other than '..' opened O_NOFOLLOW, which cannot leave the "
+                "parent; name-slash+resolve-beneath drops both layers"
+         for front in FRONTS}),
+    Mutant(
+        "name-slash+resolve-beneath", "containment: a name with '/' or '..' never leaves the root",
+        (Edit(TREE, '    if b"/" in name or b"\\0" in name:',
+              '    if b"\\0" in name:'),
+         Edit("msbfs/syscalls.py",
+              "RESOLVE_CONTAINED = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS",
+              "RESOLVE_CONTAINED = RESOLVE_NO_MAGICLINKS")),
+        {"tree": ("tests/test_tree_policy_mutants.py",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        CONTAINMENT_UNOBSERVABLE),
+    Mutant(
+        "dotdot-root", "the root's '..' is the root",
+        (Edit(TREE, "        if p is root:\n            st = os.stat(root.fd)",
+              "        if False:\n            st = os.stat(root.fd)"),),
+        {"tree": ("tests/test_tree_inodes.py::test_dotdot_never_leaves_the_root",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        CONTAINMENT_UNOBSERVABLE),
+    Mutant(
+        "dotdot-beneath", "'..' of a directory moved out of the root is ENOENT",
+        (Edit(TREE, "            self._check_beneath_root(fd, st)\n", ""),),
+        {"tree": ("tests/test_tree_inodes.py::test_directory_moved_out_of_the_root_has_no_parent",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        CONTAINMENT_UNOBSERVABLE),
+    # ---- xattr policy -----------------------------------------------------------------
+    Mutant(
+        "xattr-trusted", "default xattr map: trusted.* is refused",
+        (Edit("msbfs/tree/xattrmap.py",
+              'DEFAULT_XATTRMAP = ":bad:all:trusted.:trusted.: :bad:all:security.',
+              'DEFAULT_XATTRMAP = ":bad:all:security.'),),
+        {"tree": ("tests/test_tree_xattr_policy.py"
+                  "::test_default_refuses_trusted_and_security_even_for_root",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
+         "hostmount": ("tests/test_hostmount_xattr.py",)},
+        {"guest": NO_XATTR_TOOLS + "; and " + MASKED_BY_CAPS}),
+    Mutant(
+        "xattr-security", "default xattr map: security.* is refused",
+        (Edit("msbfs/tree/xattrmap.py",
+              ' :bad:all:security.:security.: :ok:all:::"',
+              ' :ok:all:::"'),),
+        {"tree": ("tests/test_tree_xattr_policy.py"
+                  "::test_default_refuses_trusted_and_security_even_for_root",),
+         "virtiofs": ("tests/test_virtiofs_xattr.py::test_default_map_refuses_privileged_namespaces",),
+         "hostmount": ("tests/test_hostmount_xattr.py",)},
+        {"guest": NO_XATTR_TOOLS}),
+    # ---- KILL_SUIDGID -----------------------------------------------------------------
+    Mutant(
+        "kill-suidgid-alone", "SETATTR's KILL_SUIDGID only beside a permitted change",
+        (Edit(TREE, "        if (valid & FATTR_KILL_SUIDGID and valid & (FATTR_SIZE | FATTR_UID"
+                    " | FATTR_GID)\n                and not valid & FATTR_MODE):",
+              "        if valid & FATTR_KILL_SUIDGID and not valid & FATTR_MODE:"),),
+        {"tree": ("tests/test_tree_hardening.py::test_kill_suidgid_alone_changes_nothing",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        {"guest": KERNEL_ONLY_SENDS_BESIDE, "hostmount": KERNEL_ONLY_SENDS_BESIDE}),
+    Mutant(
+        "kill-suidgid-write", "a WRITE with KILL_SUIDGID clears the set-id bits (tree)",
+        (Edit(TREE, "        if kill_suidgid:\n            self._kill_suidgid(h.fd)\n", ""),),
+        {"tree": ("tests/test_tree_creds.py::test_write_and_truncate_kill_suidgid",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
+         "guest": ("tests/test_guest_policy_mutants.py",)},
+        {"hostmount": "msbfs mount does not negotiate HANDLE_KILLPRIV_V2: the host kernel "
+                      "clears set-id bits itself with a SETATTR of the mode"}),
+    Mutant(
+        "kill-suidgid-datapath", "the C data path leaves a KILL_SUIDGID write on a set-id "
+        "file to the tree",
+        (Edit("csrc/fuse_datapath.c",
+              "        if (wi.write_flags & FUSE_WRITE_KILL_SUIDGID) {",
+              "        if (0) {"),),
+        {"virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
+         "guest": ("tests/test_guest_policy_mutants.py",)},
+        {"tree": "the C data path is the vhost transport's",
+         "hostmount": "the host mount has no C data path"}),
+    # ---- locks ------------------------------------------------------------------------
+    Mutant(
+        "lock-reopen-mode", "a lock never re-opens a file with more access than its handle",
+        (Edit("msbfs/tree/locks.py", "            flags = acc | os.O_CLOEXEC | os.O_NOCTTY",
+              "            flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY"),),
+        {"tree": ("tests/test_tree_hardening.py::test_read_lock_never_reopens_for_writing",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        {"guest": "the guest image has no program taking POSIX record locks (busybox has no "
+                  "flock/fcntl-lock applet)",
+         "hostmount": "msbfs mount does not serve POSIX locks (the host kernel keeps them)"}),
+    Mutant(
+        "lock-write-on-readonly-handle", "a write lock through a read-only handle is EBADF",
+        (Edit("msbfs/tree/locks.py",
+              "        if lock.type == fcntl.F_WRLCK and not h.writable:\n"
+              "            raise _err(errno.EBADF)\n", ""),),
+        {"tree": ("tests/test_tree_hardening.py::test_read_lock_never_reopens_for_writing",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        {"guest": "the guest kernel refuses F_WRLCK on a read-only fd itself (EBADF) before "
+                  "any request; and busybox has no lock applet",
+         "hostmount": "msbfs mount does not serve POSIX locks (the host kernel keeps them)"}),
+    # ---- per-client budgets -----------------------------------------------------------
+    Mutant(
+        "budget-handles", "a client's open handles are bounded (EMFILE past the budget)",
+        (Edit("msbfs/tree/handles.py",
+              "        if self.max_handles is not None and len(self._handles) >= self.max_handles:",
+              "        if False:"),),
+        {"tree": ("tests/test_tree_hardening.py::test_handle_budget",),
+         "virtiofs": ("tests/test_serve_limits.py"
+                      "::test_a_client_that_never_lets_go_cannot_starve_the_daemon",)},
+        {"guest": BUDGET_SIZE, "hostmount": BUDGET_SIZE}),
+    Mutant(
+        "budget-inodes", "a client's inodes are bounded (ENFILE past the budget)",
+        (Edit("msbfs/tree/inodes.py",
+              "        if self.max_inodes is not None and len(self._by_id) >= self.max_inodes:",
+              "        if False:"),),
+        {"tree": ("tests/test_tree_hardening.py::test_inode_budget",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
+        {"guest": BUDGET_SIZE, "hostmount": BUDGET_SIZE}),
+    # ---- the transport ----------------------------------------------------------------
+    Mutant(
+        "forget-reply-room", "FORGET/BATCH_FORGET are served without room for a reply",
+        (Edit("msbfs/fuse/server.py",
+              "    Opcode.FORGET: 0, Opcode.BATCH_FORGET: 0, Opcode.INTERRUPT: 0,",
+              "    Opcode.INTERRUPT: 0,"),),
+        {"virtiofs": ("tests/test_virtiofs_forget.py",),
+         "guest": ("tests/test_guest_forget.py",)},
+        {"tree": "a rule of the FUSE codec, below the tree", "hostmount": NOT_THIS_TRANSPORT}),
+    # ---- confinement ------------------------------------------------------------------
+    Mutant(
+        "confine-seccomp", "the seccomp allowlist is loaded",
+        (Edit(CONFINE, "    set_no_new_privs()\n    install_seccomp(c.seccomp)\n",
+              "    set_no_new_privs()\n"),),
+        CONFINE_FRONTS, {"tree": NO_DAEMON, "hostmount": NO_DAEMON}),
+    Mutant(
+        "confine-caps", "capabilities beyond serving's are dropped (CAP_SYS_ADMIN kept here)",
+        (Edit(CONFINE, '    "mknod", "setfcap"))', '    "mknod", "setfcap", "sys_admin"))'),),
+        CONFINE_FRONTS, {"tree": NO_DAEMON, "hostmount": NO_DAEMON}),
+    Mutant(
+        "confine-pidns", "the serving process is in a pid namespace of its own",
+        (Edit(CONFINE, '        _check(lib.msb_unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")\n',
+              ""),),
+        CONFINE_FRONTS, {"tree": NO_DAEMON, "hostmount": NO_DAEMON}),
+    Mutant(
+        "confine-nnp", "no_new_privs is set",
+        (Edit(CONFINE, "    drop_capabilities(c.caps)\n    set_no_new_privs()\n",
+              "    drop_capabilities(c.caps)\n"),),
+        CONFINE_FRONTS, {"tree": NO_DAEMON, "hostmount": NO_DAEMON}),
+)
+
+_SANITY_FRONTS: dict[str, Selection] = {
+    "tree": ("tests/test_tree_policy.py::test_nodev",),
+    "virtiofs": ("tests/test_virtiofs_serve.py::test_old_dash_o_form_and_policy",),
+    "guest": ("tests/test_guest_policy.py::test_nodev_after_remount",),
+    "hostmount": ("tests/test_policy_mount.py::test_nodev_no_device_created_or_opened",),
+}
+
+#: Not rules: they prove the runner tests the scratch copy. The first breaks an import
+#: of the test process itself; the second breaks only building a tree, which for the
+#: host mount, the guest and ``msbfs serve`` happens in a daemon the test starts (so
+#: the daemons, too, run the scratch copy). Every front must go red on both.
+SANITY = (
+    Mutant("sanity-import", "the scratch copy is what the test process imports",
+           (Edit(POLICY, "\nfrom __future__ import annotations\n",
+                 "\nfrom __future__ import annotations\n\n"
+                 "raise ImportError('msbfs mutant sanity check')\n"),),
+           _SANITY_FRONTS),
+    Mutant("sanity-daemon", "the scratch copy is what the daemons run",
+           (Edit(TREE, "        if cache not in _TIMEOUTS:\n",
+                 "        raise RuntimeError('msbfs mutant sanity check')\n"
+                 "        if cache not in _TIMEOUTS:\n"),),
+           _SANITY_FRONTS),
+)
+
+
+def front_of(test_file: str) -> str | None:
+    """The front a test file belongs to (None: a unit test of no front)."""
+    name = os.path.basename(test_file)
+    if name.startswith("test_tree_"):
+        return "tree"
+    if (name.startswith(("test_virtiofs_", "test_serve_"))
+            or name in ("test_fuse_server.py", "test_confinement.py")):
+        return "virtiofs"
+    if name.startswith("test_guest_"):
+        return "guest"
+    if name == "test_policy_mount.py" or name.startswith("test_hostmount"):
+        return "hostmount"
+    return None
+
+
+def selection_files(sel: Selection) -> list[str]:
+    """The test files a selection names (its non-option arguments, node ids cut)."""
+    files, skip = [], False
+    for arg in sel:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in ("-k", "-m")
+        else:
+            files.append(arg.split("::", 1)[0])
+    return files
+
+
+def lint(mutants: tuple[Mutant, ...] | None = None) -> list[str]:
+    """What is wrong with the catalogue itself: a selection naming another front's tests,
+    a front neither claimed nor explained."""
+    problems = []
+    for m in mutants or (*MUTANTS, *SANITY):
+        for front, sel in m.fronts.items():
+            for f in selection_files(sel):
+                if front_of(f) != front:
+                    problems.append(f"{m.name}: {f} is not a {front} test")
+        missing = set(FRONTS) - set(m.fronts) - set(m.unobservable)
+        if missing:
+            problems.append(f"{m.name}: fronts neither claimed nor explained: {sorted(missing)}")
+    return problems
+
+
+def by_name() -> dict[str, Mutant]:
+    return {m.name: m for m in (*MUTANTS, *SANITY)}
