@@ -5,11 +5,13 @@ whichever layer (the tree's one-component names, openat2's RESOLVE_BENEATH) stop
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 from pathlib import Path
 
-from msbfs.tree import ROOT_ID, Tree
-from tests.plugins.tree import ROOT, err
+from msbfs.tree import ROOT_ID, Lock, Tree
+from tests.plugins.tree import ROOT, err, walk
 
 
 def _snapshot(d: Path) -> dict[str, tuple[int, bytes]]:
@@ -39,3 +41,18 @@ def test_names_with_slash_or_dotdot_never_leave_the_root(tmp_path: Path) -> None
                                                                   ROOT)) is not None, name
                 assert err(lambda p=parent, n=name: tree.unlink(p, n, ROOT)) is not None, name
     assert _snapshot(tmp_path) == before  # nothing beside (or in) the root changed
+
+
+def test_write_lock_on_a_read_only_handle_takes_nothing(tmp_path: Path) -> None:
+    """EBADF as POSIX says, before any lock description is opened for the owner (the
+    host kernel refuses F_WRLCK on the read-only description too, but a refusal that
+    comes only after the daemon opened one leaves the owner a description it never
+    locked with)."""
+    (tmp_path / "f").write_bytes(b"data")
+    with Tree(tmp_path) as tree:
+        fh = tree.open(walk(tree, "f"), os.O_RDONLY, ROOT).fh
+        for owner in (1, 2, 3):
+            assert err(lambda o=owner: tree.setlk(fh, o, Lock(0, 9, fcntl.F_WRLCK))) \
+                == errno.EBADF
+        assert tree.statistics().extra["lock_fds"] == 0
+        tree.release(fh)

@@ -170,6 +170,12 @@ async def test_locks_keep_the_handles_access_mode(fs_client, tmp_path: Path) -> 
         assert _write_fds_on(exe) == []  # no re-open with more access than the handle
         reply = await c.call(c.r.lk(abi.Opcode.SETLK, e.nodeid, fh, 7, 0, 10, fcntl.F_WRLCK))
         assert reply.error == errno.EBADF
+        # refused before anything is taken: no lock description for an owner that
+        # holds no lock (the host kernel would say EBADF too, but only after the
+        # daemon had opened one for it)
+        reply = await c.call(c.r.lk(abi.Opcode.SETLK, e.nodeid, fh, 8, 0, 10, fcntl.F_WRLCK))
+        assert reply.error == errno.EBADF
+        assert c.device.tree.statistics().extra["lock_fds"] == 1
         await c.ok(c.r.flush(e.nodeid, fh, 7))
         await c.ok(c.r.release(e.nodeid, fh))
 

@@ -124,7 +124,9 @@ NO_ACCESS_OP = {
     "hostmount": "msbfs mount uses default_permissions: the kernel never sends ACCESS",
 }
 CONFINE_FRONTS: dict[str, Selection] = {
-    "virtiofs": ("tests/test_confinement.py", "tests/test_virtiofs_serve.py::test_sandboxes"),
+    "virtiofs": ("tests/test_confinement.py::test_defaults_confine_the_serving_process",
+                 "tests/test_confinement.py::test_the_sandbox_shows_nothing_of_the_host",
+                 "tests/test_confinement.py::test_other_sandboxes_keep_the_other_layers"),
     "guest": ("tests/test_guest_confinement.py",),
 }
 
@@ -308,7 +310,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "name-slash", "a name is one component: '/' in a name is EINVAL",
         (Edit(TREE, '    if b"/" in name or b"\\0" in name:',
               '    if b"\\0" in name:'),),
-        {"tree": ("tests/test_tree_errnos.py", "-k", "lookup or hostile or name"),
+        {"tree": ("tests/test_tree_policy_mutants.py",),
          "virtiofs": ("tests/test_fuse_server.py::test_namespace_ops",
                       "tests/test_virtiofs_policy_mutants.py")},
         CONTAINMENT_UNOBSERVABLE),
@@ -408,7 +410,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (Edit("msbfs/tree/locks.py",
               "        if lock.type == fcntl.F_WRLCK and not h.writable:\n"
               "            raise _err(errno.EBADF)\n", ""),),
-        {"tree": ("tests/test_tree_hardening.py::test_read_lock_never_reopens_for_writing",),
+        {"tree": ("tests/test_tree_hardening.py::test_read_lock_never_reopens_for_writing",
+                  "tests/test_tree_policy_mutants.py"),
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
         {"guest": "the guest kernel refuses F_WRLCK on a read-only fd itself (EBADF) before "
                   "any request; and busybox has no lock applet",
