@@ -15,6 +15,7 @@ from pathlib import Path
 from msbfs.fuse import abi
 from msbfs.fuse.kernel import parse_attr_out, parse_entry, parse_open
 from msbfs.tree import Policy
+from msbfs.tree.policy import walk_counts
 from msbfs.tree.types import FATTR_KILL_SUIDGID, FATTR_MODE, OFFSET_MAX
 from tests.test_tree_hardening import _write_fds_on
 
@@ -82,23 +83,46 @@ async def test_no_device_is_opened_by_open_or_create(fs_client, tmp_path: Path) 
 
 
 async def test_quota_refuses_fallocate_and_xattrs_past_it(fs_client, tmp_path: Path) -> None:
-    async with fs_client(tmp_path, Policy(quota_bytes=256 << 10)) as c:
+    for i in range(4):
+        (tmp_path / f"f{i}").write_bytes(b"")
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        used, _ = walk_counts(fd)
+    finally:
+        os.close(fd)
+    # room for two 4 KiB blocks: the host filesystem itself would take an xattr block
+    # per file, so only the quota can be what refuses the third file's
+    async with fs_client(tmp_path, Policy(quota_bytes=used + (8 << 10))) as c:
         tree = c.device.tree
-        p = await c.ok(c.r.create(ROOT, b"f"))
-        e = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
-        fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
-        reply = await c.call(c.r.fallocate(e.nodeid, fh, 0, 1 << 20))
+        nodes = [parse_entry(await c.ok(c.r.lookup(ROOT, f"f{i}".encode()))).nodeid
+                 for i in range(4)]
+        fh, _ = parse_open(await c.ok(c.r.open(nodes[0], os.O_RDWR)))
+        reply = await c.call(c.r.fallocate(nodes[0], fh, 0, 1 << 20))
         assert reply.error == errno.ENOSPC
-        assert os.stat(tmp_path / "f").st_blocks == 0
-        errors = []
-        for i in range(80):  # 4 KiB-block values: 320 KiB asked for, 256 KiB allowed
-            name = f"user.v{i}".encode()
-            errors.append((await c.call(c.r.setxattr(e.nodeid, name, b"x" * 4000))).error)
-            if errors[-1]:
-                break
+        assert os.stat(tmp_path / "f0").st_blocks == 0
+        await c.ok(c.r.release(nodes[0], fh))
+        errors = [(await c.call(c.r.setxattr(n, b"user.big", b"x" * 3000))).error
+                  for n in nodes]
         assert errors[0] == 0 and errors[-1] == errno.ENOSPC, errors
-        assert tree.quota is not None and tree.quota.used <= 256 << 10
-        await c.ok(c.r.release(e.nodeid, fh))
+        assert tree.quota is not None and tree.quota.used <= used + (8 << 10)
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert walk_counts(fd)[0] <= used + (8 << 10)
+    finally:
+        os.close(fd)
+
+
+async def test_inode_quota_stops_create(fs_client, tmp_path: Path) -> None:
+    async with fs_client(tmp_path, Policy(quota_inodes=3)) as c:  # the root and 2 more
+        errors = []
+        for i in range(5):
+            reply = await c.call(c.r.create(ROOT, f"f{i}".encode()))
+            errors.append(reply.error)
+            if not reply.error:
+                fh, _ = parse_open(reply.payload[abi.FUSE_ENTRY_OUT_SIZE:])
+                await c.ok(c.r.release(parse_entry(reply.payload).nodeid, fh))
+        assert errors == [0, 0, errno.ENOSPC, errno.ENOSPC, errno.ENOSPC], errors
+    assert sorted(os.listdir(tmp_path)) == ["f0", "f1"]
 
 
 async def test_names_are_single_components_that_stay_inside(fs_client, tmp_path: Path) -> None:

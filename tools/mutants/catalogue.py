@@ -114,7 +114,8 @@ NOSUID_CAP: dict[str, Selection] = {
 QUOTA_INODES: dict[str, Selection] = {
     "tree": ("tests/test_tree_hardening.py::test_inode_quota",),
     "virtiofs": ("tests/test_serve_limits.py::test_quota_inodes_option_on_a_directory",
-                 "tests/test_serve_limits.py::test_inode_quota_from_the_volume_record"),
+                 "tests/test_serve_limits.py::test_inode_quota_from_the_volume_record",
+                 "tests/test_virtiofs_policy_mutants.py::test_inode_quota_stops_create"),
     "guest": ("tests/test_guest_policy_mutants.py",),
     "hostmount": ("tests/test_hostmount_policy_mutants.py",),
 }

@@ -98,7 +98,9 @@ class Runner:
         junit = str(self.scratch.root / f"junit-{self._n}.xml")
         cmd = ["nice", "-n", str(self.nice), self.scratch.python, "-m", "pytest", "-q",
                "-p", "no:cacheprovider", f"--basetemp={self.scratch.root / 't'}",
-               f"--junitxml={junit}", "-o", "junit_family=xunit1", *args]
+               f"--junitxml={junit}", "-o", "junit_family=xunit1",
+               # a test module a mutant breaks must not stop another front's tests
+               "--continue-on-collection-errors", *args]
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=self.scratch.src, env=self.scratch.env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -197,12 +199,13 @@ class Runner:
     def _verdict(front: str, run: PytestRun) -> FrontResult:
         if run.failed:
             return FrontResult(front, CAUGHT, sorted(run.failed))
+        if run.ran and run.returncode in (0, 1):
+            # (1: a merged run in which another front's tests failed)
+            return FrontResult(front, SURVIVED, detail=f"{len(run.ran)} tests passed")
         if run.returncode in (1, 2, 3, 4) and not run.ran and "not found:" not in run.output:
             # Nothing ran because importing the tests failed (pytest's collection or
             # conftest errors): the mutant broke the tests before any could run. (A
             # selection naming no test is "not found": the catalogue's error.)
             return FrontResult(front, CAUGHT, ["<collection error>"],
                                detail=run.output[-800:])
-        if run.returncode == 0 and run.ran:
-            return FrontResult(front, SURVIVED, detail=f"{len(run.ran)} tests passed")
         return FrontResult(front, ERROR, detail=f"rc {run.returncode}\n{run.output[-1500:]}")
