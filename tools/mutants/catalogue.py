@@ -102,14 +102,18 @@ NOSUID_MODE: dict[str, Selection] = {
     "tree": ("tests/test_tree_policy.py::test_nosuid_never_stores_or_reports_setid",),
     "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
     "guest": ("tests/test_guest_policy.py::test_nosuid_after_remount",),
-    "hostmount": ("tests/test_policy_mount.py::test_nosuid_bits_do_not_stick",),
+    "hostmount": ("tests/test_policy_mount.py::test_nosuid_bits_do_not_stick",
+                  "tests/test_hostmount_policy_mutants.py"
+                  "::test_nosuid_hides_setid_bits_the_host_already_had"),
 }
 NOSUID_CAP: dict[str, Selection] = {
     "tree": ("tests/test_tree_xattr_policy.py"
              "::test_nosuid_never_stores_or_shows_file_capabilities",),
     "virtiofs": ("tests/test_virtiofs_xattr.py"
                  "::test_xattrmap_option_remaps_and_nosuid_hides_capabilities",),
-    "hostmount": ("tests/test_hostmount_xattr.py",),
+    "hostmount": ("tests/test_hostmount_xattr.py",
+                  "tests/test_hostmount_policy_mutants.py"
+                  "::test_nosuid_file_capabilities_under_a_map_that_passes_them"),
 }
 QUOTA_INODES: dict[str, Selection] = {
     "tree": ("tests/test_tree_hardening.py::test_inode_quota",),
@@ -203,7 +207,7 @@ MUTANTS: tuple[Mutant, ...] = (
                   "::test_nosuid_never_stores_or_shows_file_capabilities"),
          "virtiofs": ("tests/test_virtiofs_xattr.py"
                       "::test_xattrmap_option_remaps_and_nosuid_hides_capabilities",),
-         "hostmount": ("tests/test_hostmount_xattr.py",)},
+         "hostmount": NOSUID_CAP["hostmount"]},
         {"guest": NO_XATTR_TOOLS},
         policy_flag=True),
     Mutant(
@@ -367,7 +371,9 @@ MUTANTS: tuple[Mutant, ...] = (
         {"tree": ("tests/test_tree_xattr_policy.py"
                   "::test_default_refuses_trusted_and_security_even_for_root",),
          "virtiofs": ("tests/test_virtiofs_xattr.py::test_default_map_refuses_privileged_namespaces",),
-         "hostmount": ("tests/test_hostmount_xattr.py",)},
+         "hostmount": ("tests/test_hostmount_xattr.py",
+                       "tests/test_hostmount_policy_mutants.py"
+                       "::test_default_map_keeps_host_security_xattrs_away")},
         {"guest": NO_XATTR_TOOLS}),
     # ---- KILL_SUIDGID -----------------------------------------------------------------
     Mutant(
