@@ -46,6 +46,7 @@ import pyfuse3
 import trio
 
 from msbfs.errors import InvalidMountSpec, MountError
+from msbfs.tree import idmap
 from msbfs.tree.api import TreeOps
 from msbfs.tree.types import (
     FATTR_ATIME,
@@ -166,6 +167,10 @@ def caller_with_groups(ctx: pyfuse3.RequestContext) -> Ctx:
     return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask, groups=groups)
 
 
+def _same(ctx: Ctx) -> Ctx:
+    return ctx
+
+
 class HostOps(pyfuse3.Operations):
     """pyfuse3 operations over one tree. Synchronous tree calls run inline on the trio
     loop (local syscalls take microseconds); only fsync-like calls that may block for
@@ -184,12 +189,18 @@ class HostOps(pyfuse3.Operations):
         self._dirs: dict[int, tuple[int, Ctx]] = {}
         #: file handle -> opener: pyfuse3's write() carries no request context.
         self._files: dict[int, Ctx] = {}
+        # The caller's ids in host ids (Tree.map_ctx, msbfs.tree.idmap); None: identity.
+        map_ctx = getattr(tree, "map_ctx", None)
+        self._map: Callable[[Ctx], Ctx] = map_ctx if map_ctx is not None else _same
+
+    def _ctx(self, ctx: pyfuse3.RequestContext) -> Ctx:
+        return self._map(request_ctx(ctx))
 
     # ---- inodes -----------------------------------------------------------------------
     @_op
     def lookup(self, parent_inode: int, name: bytes,
                ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return _entry(self.tree.lookup(parent_inode, name, request_ctx(ctx)))
+        return _entry(self.tree.lookup(parent_inode, name, self._ctx(ctx)))
 
     @_op
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -197,7 +208,7 @@ class HostOps(pyfuse3.Operations):
 
     @_op
     def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        attr, timeout = self.tree.getattr(inode, None, request_ctx(ctx))
+        attr, timeout = self.tree.getattr(inode, None, self._ctx(ctx))
         return entry_attributes(inode, attr, attr_timeout=timeout)
 
     @_op
@@ -229,54 +240,54 @@ class HostOps(pyfuse3.Operations):
             valid |= FATTR_CTIME
             sa.ctime_ns = attr.st_ctime_ns
         sa.valid = valid
-        new, timeout = self.tree.setattr(inode, sa, request_ctx(ctx))
+        new, timeout = self.tree.setattr(inode, sa, self._ctx(ctx))
         return entry_attributes(inode, new, attr_timeout=timeout)
 
     @_op
     def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.tree.readlink(inode, request_ctx(ctx))
+        return self.tree.readlink(inode, self._ctx(ctx))
 
     # ---- namespace --------------------------------------------------------------------
     @_op
     def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
               ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        c = request_ctx(ctx)
+        c = self._ctx(ctx)
         return _entry(self.tree.mknod(parent_inode, name, mode, rdev, c.umask, c))
 
     @_op
     def mkdir(self, parent_inode: int, name: bytes, mode: int,
               ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        c = request_ctx(ctx)
+        c = self._ctx(ctx)
         return _entry(self.tree.mkdir(parent_inode, name, mode, c.umask, c))
 
     @_op
     def symlink(self, parent_inode: int, name: bytes, target: bytes,
                 ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return _entry(self.tree.symlink(parent_inode, name, target, request_ctx(ctx)))
+        return _entry(self.tree.symlink(parent_inode, name, target, self._ctx(ctx)))
 
     @_op
     def link(self, inode: int, new_parent_inode: int, new_name: bytes,
              ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return _entry(self.tree.link(inode, new_parent_inode, new_name, request_ctx(ctx)))
+        return _entry(self.tree.link(inode, new_parent_inode, new_name, self._ctx(ctx)))
 
     @_op
     def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.tree.unlink(parent_inode, name, request_ctx(ctx))
+        self.tree.unlink(parent_inode, name, self._ctx(ctx))
 
     @_op
     def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.tree.rmdir(parent_inode, name, request_ctx(ctx))
+        self.tree.rmdir(parent_inode, name, self._ctx(ctx))
 
     @_op
     def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         self.tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags,
-                         request_ctx(ctx))
+                         self._ctx(ctx))
 
     # ---- files ------------------------------------------------------------------------
     @_op
     def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        c = request_ctx(ctx)
+        c = self._ctx(ctx)
         opened = self.tree.open(inode, flags, c)
         self._files[opened.fh] = c
         return _file_info(opened)
@@ -284,7 +295,7 @@ class HostOps(pyfuse3.Operations):
     @_op
     def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        c = request_ctx(ctx)
+        c = self._ctx(ctx)
         entry, opened = self.tree.create(parent_inode, name, mode, flags, c.umask, c)
         self._files[opened.fh] = c
         return _file_info(opened), _entry(entry)
@@ -322,7 +333,7 @@ class HostOps(pyfuse3.Operations):
     # ---- directories ------------------------------------------------------------------
     @_op
     def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        c = request_ctx(ctx)
+        c = self._ctx(ctx)
         opened = self.tree.opendir(inode, os.O_RDONLY | os.O_DIRECTORY, c)
         self._dirs[opened.fh] = (inode, c)
         return opened.fh
@@ -389,7 +400,7 @@ class HostOps(pyfuse3.Operations):
 
     @_op
     def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        self.tree.access(inode, mode, caller_with_groups(ctx))
+        self.tree.access(inode, mode, self._map(caller_with_groups(ctx)))
         return True
 
     # ---- xattrs -----------------------------------------------------------------------
@@ -398,19 +409,19 @@ class HostOps(pyfuse3.Operations):
                  ctx: pyfuse3.RequestContext) -> None:
         # pyfuse3 implements XATTR_CREATE/XATTR_REPLACE itself (through getxattr) and
         # hands us only the plain set.
-        self.tree.setxattr(inode, name, value, 0, request_ctx(ctx))
+        self.tree.setxattr(inode, name, value, 0, self._ctx(ctx))
 
     @_op
     def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.tree.getxattr(inode, name, XATTR_SIZE_MAX, request_ctx(ctx))
+        return self.tree.getxattr(inode, name, XATTR_SIZE_MAX, self._ctx(ctx))
 
     @_op
     def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return self.tree.listxattr(inode, request_ctx(ctx))
+        return self.tree.listxattr(inode, self._ctx(ctx))
 
     @_op
     def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.tree.removexattr(inode, name, request_ctx(ctx))
+        self.tree.removexattr(inode, name, self._ctx(ctx))
 
     def stacktrace(self) -> None:
         """pyfuse3 calls this for a setxattr of ``fuse_stacktrace`` on the root — a
@@ -442,6 +453,12 @@ class MountOptions:
     quota_inodes: int | None = None
     #: virtiofsd's --xattrmap rules (msbfs.tree.xattrmap); None: the tree's default map.
     xattrmap: str | None = None
+    #: virtiofsd's id maps (msbfs.tree.idmap), repeatable: ``uid_map=:NS:HOST:COUNT:``
+    #: and ``translate_uid=TYPE:A:B:COUNT``, the same for gids. The caller is the "guest".
+    uid_map: tuple[str, ...] = ()
+    gid_map: tuple[str, ...] = ()
+    translate_uid: tuple[str, ...] = ()
+    translate_gid: tuple[str, ...] = ()
     #: The kernel's writeback cache: small writes are gathered in the page cache and
     #: sent as large WRITEs. Errors (ENOSPC) then surface at fsync/close, not write().
     writeback: bool = False
@@ -481,12 +498,27 @@ class MountOptions:
                 except XattrMapError as e:
                     raise InvalidMountSpec(f"mount option xattrmap: {e}") from None
                 flags["xattrmap"] = value
+            elif key in ("uid_map", "gid_map", "translate_uid", "translate_gid") and eq:
+                flags[key] = (*flags.get(key, ()), value)
             else:
                 raise InvalidMountSpec(
                     f"unknown mount option {item!r} (known: ro, noexec, nosuid, nodev, "
                     "allow_other, uid=N, gid=N, quota=MIB, quota_inodes=N, writeback, "
-                    "xattrmap=RULES)")
-        return cls(**flags)
+                    "xattrmap=RULES, uid_map=:NS:HOST:COUNT:, gid_map=..., "
+                    "translate_uid=TYPE:A:B:COUNT, translate_gid=...)")
+        opts = cls(**flags)
+        opts.id_maps()  # a bad map is refused here, with virtiofsd's reason
+        return opts
+
+    def id_maps(self) -> tuple[idmap.IdMap, idmap.IdMap]:
+        """The (uid, gid) maps these options ask for (identity when none)."""
+        from msbfs.tree.idmap import IdMapError, from_options
+
+        try:
+            return (from_options(self.translate_uid, self.uid_map, what="UID"),
+                    from_options(self.translate_gid, self.gid_map, what="GID"))
+        except IdMapError as e:
+            raise InvalidMountSpec(f"mount option: {e}") from None
 
     def kernel_options(self, fsname: str, *, mirror_policy: bool = True) -> set[str]:
         """libfuse mount options. ``mirror_policy=False`` leaves the policy to the server

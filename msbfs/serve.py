@@ -24,11 +24,14 @@ import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msbfs import confine
 from msbfs.confine import SANDBOXES, SECCOMP_ACTIONS
 from msbfs.errors import MsbfsError, ServeError
+
+if TYPE_CHECKING:  # the tree is imported only when serving (fast --help)
+    from msbfs.tree.idmap import IdMap
 
 log = logging.getLogger("msbfs.serve")
 
@@ -58,6 +61,12 @@ class ServeOptions:
     posix_acl: bool = False
     #: virtiofsd's --xattrmap rules; None: the tree's default map (msbfs.tree.xattrmap)
     xattrmap: str | None = None
+    #: virtiofsd's id maps, in order (msbfs.tree.idmap): --uid-map/--gid-map entries and
+    #: --translate-uid/--translate-gid rules; none: every id is itself.
+    uid_map: list[str] = field(default_factory=list)
+    gid_map: list[str] = field(default_factory=list)
+    translate_uid: list[str] = field(default_factory=list)
+    translate_gid: list[str] = field(default_factory=list)
     posix_lock: bool = True
     flock: bool = True
     writeback: bool = False
@@ -77,6 +86,17 @@ class ServeOptions:
     log_level: str = "info"
     syslog: bool = False
     ignored: list[str] = field(default_factory=list)
+
+
+def id_maps(o: ServeOptions) -> tuple[IdMap, IdMap]:
+    """The tree's (uid, gid) maps from the options; ServeError names a bad one."""
+    from msbfs.tree.idmap import IdMapError, from_options
+
+    try:
+        return (from_options(o.translate_uid, o.uid_map, what="UID"),
+                from_options(o.translate_gid, o.gid_map, what="GID"))
+    except IdMapError as e:
+        raise ServeError(str(e)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -139,6 +159,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--xattrmap", default=None, metavar="RULES",
                    help="virtiofsd's xattr name mapping, replacing the default (which "
                         "refuses trusted.* and security.*); e.g. ':map::user.virtiofs.:'")
+    # The Rust virtiofsd's id mapping (libvirt passes --uid-map/--gid-map for unprivileged
+    # sessions); applied in software by the tree, in both directions.
+    p.add_argument("--uid-map", action="append", default=[], metavar=":NS_UID:HOST_UID:COUNT:",
+                   help="guest (namespace) uids NS_UID.. are host uids HOST_UID..; others are "
+                        "refused (EPERM) and host uids outside show as 65534 (repeatable)")
+    p.add_argument("--gid-map", action="append", default=[], metavar=":NS_GID:HOST_GID:COUNT:",
+                   help="the same for gids")
+    p.add_argument("--translate-uid", action="append", default=[],
+                   metavar="TYPE:A:B:COUNT",
+                   help="guest:FROM:TO:N, host:FROM:TO:N, squash-guest:FROM:TO:N, "
+                        "squash-host:FROM:TO:N, forbid-guest:FROM:N or map:GUEST:HOST:N "
+                        "(repeatable; unmapped ids pass through)")
+    p.add_argument("--translate-gid", action="append", default=[], metavar="TYPE:A:B:COUNT",
+                   help="the same for gids")
     p.add_argument("--keep-serving", action="store_true",
                    help="accept a new frontend after one disconnects (needs a listening socket)")
 
@@ -213,6 +247,9 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
             XattrMap.parse(o.xattrmap)  # refused at start-up, as virtiofsd does
         except XattrMapError as e:
             raise ServeError(f"--xattrmap: {e}") from None
+    for name in ("uid_map", "gid_map", "translate_uid", "translate_gid"):
+        setattr(o, name, list(getattr(a, name, None) or ()))
+    id_maps(o)  # a bad map stops the daemon at start, with virtiofsd's reason
     for k, v in vars(a).items():
         if k.startswith("ignored_") and v:
             o.ignored.append(k[len("ignored_"):].replace("_", "-"))
@@ -388,9 +425,10 @@ def run(o: ServeOptions) -> int:
     # One answer for the tree and the session: a tree that drops O_APPEND for a kernel
     # that does not append itself (cache=never) would write appends at stale offsets.
     writeback = o.writeback and o.cache != "never"
+    uid_map, gid_map = id_maps(o)
     tree = Tree(shared_dir, policy, cache=o.cache, xattr=o.xattr, posix_acl=o.posix_acl,
                 announce_submounts=o.announce_submounts, writeback=writeback,
-                xattrmap=o.xattrmap)
+                xattrmap=o.xattrmap, uid_map=uid_map, gid_map=gid_map)
     # With the namespace sandbox only a forked child returns (pid 1 of its namespace);
     # the process outside supervises it and removes the socket file it can no longer see.
     confine.confine(jail, shared_dir, on_exit=lambda: _remove_socket(o))

@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "gid=N (show every file as owned by N), quota=MIB, writeback "
                         "(experimental: the kernel's writeback cache; faster small writes, "
                         "errors such as ENOSPC show at fsync/close), xattrmap=RULES "
-                        "(virtiofsd's xattr name mapping, without ',')")
+                        "(virtiofsd's xattr name mapping, without ','), uid_map=:NS:HOST:N:, "
+                        "gid_map=..., translate_uid=TYPE:A:B:N, translate_gid=... (virtiofsd's "
+                        "id maps, repeatable; the calling user is the 'guest' side)")
     p.add_argument("--foreground", action="store_true",
                    help="serve in this process until unmounted or SIGINT/SIGTERM")
     p.add_argument("--no-kernel-flags", action="store_true",
@@ -100,8 +102,9 @@ def build_tree(src: Source, options: MountOptions) -> Tree:
                     quota_inodes=src.quota_inodes,
                     squash_uid=options.uid, squash_gid=options.gid)
     # posix_acl: the kernel (enable_acl) checks ACLs through system.posix_acl_* xattrs.
+    uid_map, gid_map = options.id_maps()
     return Tree(src.path, policy, writeback=options.writeback, xattrmap=options.xattrmap,
-                posix_acl=True)
+                posix_acl=True, uid_map=uid_map, gid_map=gid_map)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:

@@ -313,6 +313,8 @@ class FuseSession:
         self.flags = 0  # negotiated (both words)
         self.max_write = MAX_WRITE
         self._ctxs: dict[tuple[int, int, int], Ctx] = {}  # Ctx is immutable: share them
+        # The caller's ids in host ids (Tree.map_ctx, msbfs.tree.idmap), once per cached Ctx.
+        self._map_ctx: Callable[[Ctx], Ctx] | None = getattr(tree, "map_ctx", None)
         handlers: dict[int, Handler] = {
             Opcode.LOOKUP: self._lookup, Opcode.FORGET: self._forget,
             Opcode.GETATTR: self._getattr, Opcode.SETATTR: self._setattr,
@@ -381,7 +383,10 @@ class FuseSession:
         if ctx is None:
             if len(self._ctxs) > 4096:
                 self._ctxs.clear()
-            ctx = self._ctxs[key] = Ctx(uid, gid, pid)
+            ctx = Ctx(uid, gid, pid)
+            if self._map_ctx is not None:
+                ctx = self._map_ctx(ctx)
+            self._ctxs[key] = ctx
         try:
             return handler(unique, nodeid, ctx, body, room)
         except BadRequest as e:

@@ -29,6 +29,10 @@ How the rules of DESIGN.md's security model are kept here:
 * Inodes (``msbfs.tree.inodes``) may have their fd closed and re-opened from a file
   handle, so fds are bounded by the fd cache, not by the client's lookups.
 * Policy lives in ``msbfs.tree.policy``; this module only calls it.
+* Ids (``msbfs.tree.idmap``, virtiofsd's --uid-map/--translate-uid): client -> host once
+  per request where a front builds its Ctx (``map_ctx``) and in SETATTR's chown;
+  host -> client in every attribute reported (``_mapped_attr``). The identity map
+  installs neither.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from msbfs import syscalls
 from msbfs._native import lib
 from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
+from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
 from msbfs.tree.inodes import AT_EMPTY_PATH, Inode, InodeTable
 from msbfs.tree.locks import RecordLocks
 from msbfs.tree.policy import Policy, QuotaAccount, allocated, walk_counts
@@ -175,7 +180,8 @@ class Tree:
                  announce_submounts: bool = False, writeback: bool = False,
                  max_inode_fds: int | None = None,
                  xattrmap: XattrMap | str | None = None,
-                 max_handles: int | None = None, max_inodes: int | None = None) -> None:
+                 max_handles: int | None = None, max_inodes: int | None = None,
+                 uid_map: IdMap | None = None, gid_map: IdMap | None = None) -> None:
         if cache not in _TIMEOUTS:
             raise ValueError(f"cache must be one of {', '.join(_TIMEOUTS)}, not {cache!r}")
         if isinstance(root, int):
@@ -219,6 +225,13 @@ class Tree:
         self._hide_rdev = policy.nodev
         self._squash_uid = policy.squash_uid
         self._squash_gid = policy.squash_gid
+        # Client <-> host ids (msbfs.tree.idmap says where each direction is applied).
+        # The identity map leaves _attr and map_ctx as they are: nothing on the hot path.
+        self.uid_map = uid_map or IDENTITY_UIDS
+        self.gid_map = gid_map or IDENTITY_GIDS
+        self._id_mapped = not (self.uid_map.identity and self.gid_map.identity)
+        if self._id_mapped:
+            self._attr = self._mapped_attr  # type: ignore[method-assign]
         self._umask = _process_umask()
         self._ids = Identities()
         self._locks = RecordLocks(max(_MIN_INODE_FDS, soft // 16))
@@ -229,7 +242,26 @@ class Tree:
 
     # ---- helpers ---------------------------------------------------------------------
     def _creds(self, ctx: Ctx) -> contextlib.AbstractContextManager[None]:
+        if ctx.uid == REFUSED or ctx.gid == REFUSED:
+            raise _err(errno.EPERM)  # an id the id map refuses (map_ctx)
         return self._ids.of(ctx)
+
+    def map_ctx(self, ctx: Ctx) -> Ctx:
+        """The caller in host ids. Each front calls this once where it builds a request's
+        Ctx (msbfs/fuse/server.py ``dispatch``, msbfs/hostmount.py), so all later uses
+        of it (new files' owner, ``access``) see host ids. An id the map refuses becomes
+        ``REFUSED``: a request that would act with it gets EPERM (``_before_new``,
+        ``_creds``); one that does not (a lookup, a read, FORGET) goes on. A refused
+        supplementary group is dropped (less access, never more)."""
+        if not self._id_mapped:
+            return ctx
+        um, gm = self.uid_map, self.gid_map
+        uid = um.to_host(ctx.uid) if um.allows(ctx.uid) else REFUSED
+        gid = gm.to_host(ctx.gid) if gm.allows(ctx.gid) else REFUSED
+        groups = ctx.groups
+        if groups is not None:
+            groups = tuple(gm.to_host(g) for g in groups if gm.allows(g))
+        return Ctx(uid, gid, ctx.pid, ctx.umask, groups)
 
     def _ino(self, dev: int, ino: int) -> int:
         """The st_ino a client sees: the host's on the root's filesystem; on any other
@@ -252,6 +284,16 @@ class Tree:
             # nodev: a device node stays visible but names no device (0:0), so a
             # client kernel that opens special files itself cannot reach a host device.
             0 if self._hide_rdev and st.st_rdev else st.st_rdev, st.st_blksize, submount)
+
+    def _mapped_attr(self, st: os.stat_result, submount: bool = False) -> Attr:
+        """``_attr`` under an id map (installed as ``_attr`` by ``__init__``): host ids
+        as the client knows them; an owner squash still wins."""
+        attr = Tree._attr(self, st, submount)
+        if self._squash_uid is None:
+            attr.uid = self.uid_map.to_guest(st.st_uid)
+        if self._squash_gid is None:
+            attr.gid = self.gid_map.to_guest(st.st_gid)
+        return attr
 
     def _entry(self, inode: Inode, st: os.stat_result) -> Entry:
         t = self._timeout
@@ -338,6 +380,8 @@ class Tree:
         0xFFFFFFFF, which chown reads as "unchanged"), the inode quota and budget must
         have room (``reserve``; CREATE decides that itself, the name may exist).
         Returns whether the parent is setgid."""
+        if ctx.uid == REFUSED or ctx.gid == REFUSED:
+            raise _err(errno.EPERM)  # an id the id map refuses (map_ctx)
         _int(ctx.uid, 0, 0xFFFFFFFE)
         _int(ctx.gid, 0, 0xFFFFFFFE)
         if reserve:
@@ -519,8 +563,11 @@ class Tree:
         if valid & FATTR_MODE:
             self._chmod(inode, handle, _int(attr.mode, 0, 0o7777 | 0o170000) & 0o7777)
         if valid & (FATTR_UID | FATTR_GID):
-            uid = _int(attr.uid, 0, 0xFFFFFFFE) if valid & FATTR_UID else -1
-            gid = _int(attr.gid, 0, 0xFFFFFFFE) if valid & FATTR_GID else -1
+            # The client's ids, in host ids (a refused one is EPERM).
+            uid = (self.uid_map.to_host(_int(attr.uid, 0, 0xFFFFFFFE)) if valid & FATTR_UID
+                   else -1)
+            gid = (self.gid_map.to_host(_int(attr.gid, 0, 0xFFFFFFFE)) if valid & FATTR_GID
+                   else -1)
             _check(lib.msb_fchownat(inode.fd, b"", uid, gid, AT_EMPTY_PATH))
         if valid & FATTR_SIZE:
             self._truncate(inode, handle, _int(attr.size))
