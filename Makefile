@@ -33,8 +33,10 @@ $(VENV)/.installed: pyproject.toml setup.py csrc/*.c csrc/*.h csrc/*.cdef csrc/b
 
 venv: deps $(VENV)/.installed
 
+# The guest image goes to the per-user cache (`msbfs guest path`), the one place that
+# `msbfs run`, the tests, the demo and CI all look: built once, rebuilt when an input changes.
 guest: venv
-	@$(PY) -m tools.guest build --quiet
+	@$(PY) -m msbfs guest build --quiet
 
 demo: venv guest
 	@$(PY) -m tools.demo

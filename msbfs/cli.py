@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from msbfs.errors import MsbfsError
 
 #: Sub-command modules under msbfs.commands, in the order ``--help`` lists them.
-COMMAND_MODULES = ("volume", "mount", "serve", "run")
+COMMAND_MODULES = ("volume", "mount", "serve", "run", "guest")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tools.guest.build import _depends, _read_stamp, inputs_hash
+from msbfs.guest.build import _depends, _read_stamp, inputs_hash
 
 
 def test_initramfs_contents(guest_image) -> None:

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from msbfs.errors import InvalidMountSpec, LaunchError
+from msbfs.guest import ensure_image
 from msbfs.launcher import daemon as daemons
 from msbfs.mounts import Mount
 
@@ -79,9 +80,11 @@ def handle(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise LaunchError("no command given (msbfs run [OPTIONS] -- CMD [ARG]...)")
-    sandbox = Sandbox(parse_mounts(args), cpus=args.cpus, memory_mib=args.memory,
-                      accel=args.accel, daemon=DAEMONS[args.daemon])
-    env = _env(args.env)
+    mounts, env = parse_mounts(args), _env(args.env)
+    # The first run builds the guest image (progress on stderr); a dry run only prints.
+    image = None if args.dry_run else ensure_image()
+    sandbox = Sandbox(mounts, cpus=args.cpus, memory_mib=args.memory,
+                      accel=args.accel, daemon=DAEMONS[args.daemon], image=image)
     if args.dry_run:
         for argv in sandbox.dry_run():
             if argv[0] == "guest:":

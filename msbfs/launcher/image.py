@@ -1,6 +1,7 @@
-"""Where the guest kernel and initramfs live. ``tools/guest`` builds them into
-``build/guest`` of the source tree; ``MSBFS_GUEST_DIR`` points elsewhere (an installed
-msbfs has no source tree)."""
+"""Where the guest kernel and initramfs live: a per-user cache,
+``$XDG_CACHE_HOME/msbfs/guest`` (``~/.cache/msbfs/guest`` by default), so an installed
+msbfs, a source checkout, its tests and CI all find the one image ``msbfs guest build``
+(``msbfs/guest``) made. ``MSBFS_GUEST_DIR`` points elsewhere."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from pathlib import Path
 from msbfs.errors import LaunchError
 
 
+def cache_dir() -> Path:
+    """msbfs's per-user cache directory. A relative ``XDG_CACHE_HOME`` is ignored, as the
+    XDG base directory specification asks."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "msbfs"
+
+
 def default_image_dir() -> Path:
     env = os.environ.get("MSBFS_GUEST_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "build" / "guest"
+    return cache_dir() / "guest"
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,11 @@ class GuestImage:
     def initrd(self) -> Path:
         return self.directory / "initramfs.cpio"
 
+    @property
+    def stamp(self) -> Path:
+        """What the builder made the image from; a hand-made image has none."""
+        return self.directory / "stamp"
+
     def exists(self) -> bool:
         return self.kernel.is_file() and self.initrd.is_file()
 
@@ -38,6 +52,6 @@ def find_image() -> GuestImage:
     image = GuestImage(default_image_dir())
     if not image.exists():
         raise LaunchError(
-            f"no guest image in {image.directory}: run `make guest` "
-            "(or `python -m tools.guest build`), or set MSBFS_GUEST_DIR")
+            f"no guest image in {image.directory}: run `msbfs guest build`, "
+            "or set MSBFS_GUEST_DIR")
     return image

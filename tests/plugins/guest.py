@@ -1,6 +1,7 @@
 """Fixtures for real QEMU guests (TCG).
 
-- ``guest_image``: the kernel + initramfs, built by ``tools.guest`` (cached, so quick).
+- ``guest_image``: the kernel + initramfs, built by ``msbfs.guest`` into its per-user
+  cache (or ``MSBFS_GUEST_DIR``) unless up to date, so quick.
 - ``guest_daemon``: which virtio-fs daemon serves guests. ``msbfs serve`` unless
   ``MSBFS_GUEST_DAEMON=virtiofsd`` picks Debian's C virtiofsd (to check the fixture and
   the tests themselves against the reference).
@@ -75,9 +76,9 @@ def _serve_available() -> bool:
 
 @pytest.fixture(scope="session")
 def guest_image() -> GuestImage:
-    from tools.guest.build import build
+    from msbfs.guest.build import build
 
-    return build(quiet=True)
+    return build()
 
 
 @pytest.fixture(scope="session")

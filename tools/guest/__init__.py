@@ -1,2 +1,2 @@
-"""The guest image (kernel + initramfs with the msb-agent) for tests, benchmarks and
-``msbfs run``: ``python -m tools.guest build [--quiet]``."""
+"""Kept so ``python -m tools.guest build`` still works from a checkout: the builder is
+``msbfs/guest`` (``msbfs guest build``), part of the installed package."""

@@ -1,22 +1,36 @@
 """Builds the guest image (kernel + initramfs) from Debian packages, without installing
-them on the host: ``apt-get download`` into ``build/guest/debs``, ``dpkg-deb -x`` into
-``build/guest/pkgs``, then an initramfs of busybox-static, our static ``msb-agent``, the
+them on the host: ``apt-get download`` into ``<image dir>/debs``, ``dpkg-deb -x`` into
+``<image dir>/pkgs``, then an initramfs of busybox-static, our static ``msb-agent``, the
 ``/init`` script and the kernel modules the kernel lacks (decompressed, dependencies
 first). Rebuilt only when an input changes: the package versions, ``init.sh``,
-``agent.c`` and this file are hashed into ``build/guest/stamp``.
+``agent.c`` and this file (the builder's version) are hashed into ``<image dir>/stamp``.
+Two processes building the same directory take turns on ``<image dir>/.lock``; the
+second finds the first one's image and builds nothing.
+
+The image directory is ``msbfs.launcher.image.default_image_dir()`` (a per-user cache)
+unless a caller names another. ``init.sh`` and ``agent.c`` are package data: an
+installed msbfs builds the same image as a source checkout.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import lzma
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from msbfs.errors import LaunchError
 from msbfs.launcher.image import GuestImage, default_image_dir
+
+#: Receives one line per build step (without a trailing newline).
+Progress = Callable[[str], None]
 
 HERE = Path(__file__).resolve().parent
 KERNEL_META = "linux-image-6.12-amd64"
@@ -27,8 +41,8 @@ BUSYBOX = "busybox-static"
 MODULES = ("virtio_blk", "crc32c_generic", "ext4")
 
 
-class BuildError(Exception):
-    pass
+class BuildError(LaunchError):
+    """The image could not be built (a missing tool, apt, gcc); one line for the CLI."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,11 @@ class Package:
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise BuildError(f"{cmd[0]} is not installed (building the guest image needs "
+                         "apt-get, dpkg-deb, gcc with a static libc and cpio)") from None
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -87,7 +105,7 @@ def inputs_hash(packages: list[Package]) -> str:
     return h.hexdigest()
 
 
-def _download(packages: list[Package], debs: Path) -> dict[str, Path]:
+def _download(packages: list[Package], debs: Path, say: Progress) -> dict[str, Path]:
     debs.mkdir(parents=True, exist_ok=True)
     found: dict[str, Path] = {}
     for p in packages:
@@ -95,6 +113,7 @@ def _download(packages: list[Package], debs: Path) -> dict[str, Path]:
         pattern = f"{p.name}_{p.version.replace(':', '%3a')}_*.deb"
         hits = sorted(debs.glob(pattern))
         if not hits:
+            say(f"downloading {p.spec}")
             _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", p.spec],
                  cwd=debs)
             hits = sorted(debs.glob(pattern))
@@ -183,27 +202,105 @@ def _apt_lists_newer_than(stamp: Path) -> bool:
     return newest > stamp.stat().st_mtime
 
 
-def build(out_dir: Path | None = None, quiet: bool = False) -> GuestImage:
-    out = out_dir or default_image_dir()
-    image = GuestImage(out)
-    stamp = out / "stamp"
-    recorded = _read_stamp(stamp)
-    if image.exists() and recorded and not _apt_lists_newer_than(stamp):
+@dataclass(frozen=True)
+class Plan:
+    """What an image directory should hold and, if it does not, why."""
+
+    packages: list[Package]
+    digest: str
+    reason: str | None  # None: the image is up to date
+
+
+def plan(image: GuestImage) -> Plan:
+    recorded = _read_stamp(image.stamp)
+    if image.exists() and recorded and not _apt_lists_newer_than(image.stamp):
         # apt's lists have not changed since the last build, so neither have the
         # versions it would pick: skip asking apt (the slow part of a no-op check).
         packages = recorded[1]
     else:
         packages = resolve_packages()
     digest = inputs_hash(packages)
-    if image.exists() and recorded and recorded[0] == digest:
+    return Plan(packages, digest, _stale(image, digest))
+
+
+def _stale(image: GuestImage, digest: str) -> str | None:
+    if not image.exists():
+        return "no image yet"
+    recorded = _read_stamp(image.stamp)
+    if recorded is None:
+        return "no finished build's stamp"
+    if recorded[0] != digest:
+        return "its inputs changed"
+    return None
+
+
+@contextmanager
+def _lock(directory: Path, say: Progress) -> Iterator[None]:
+    """Exclusive right to build into ``directory``, waited for (and said so) when another
+    process holds it. flock: the kernel drops it if the holder dies mid-build."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another build of {directory}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def stderr_progress(msg: str) -> None:
+    print(f"guest: {msg}", file=sys.stderr, flush=True)
+
+
+def _silent(msg: str) -> None:
+    pass
+
+
+def build(out_dir: Path | None = None, *, progress: Progress | None = None,
+          force: bool = False) -> GuestImage:
+    """Build the image into ``out_dir`` (default: the per-user cache) unless it is up to
+    date (``force``: build anyway). ``progress`` gets one line per step."""
+    say = progress or _silent
+    image = GuestImage(out_dir or default_image_dir())
+    wanted = plan(image)
+    if wanted.reason is None and not force:
+        return image
+    with _lock(image.directory, say):
+        # Another process may have built it while we waited for the lock.
+        reason = _stale(image, wanted.digest)
+        if reason is None and not force:
+            return image
+        say(f"building the guest image in {image.directory} ({reason or 'forced'})")
+        _build(image, wanted, say)
+    return image
+
+
+def ensure_image(progress: Progress | None = stderr_progress) -> GuestImage:
+    """The image ``msbfs run`` boots, built on first use and rebuilt when its inputs
+    changed. An image without a stamp was made by hand (``MSBFS_GUEST_DIR``): used as
+    it is. A stale image that cannot be rebuilt (no network for apt) still boots."""
+    image = GuestImage(default_image_dir())
+    if image.exists() and not image.stamp.exists():
+        return image
+    try:
+        return build(image.directory, progress=progress)
+    except BuildError as e:
+        if not image.exists():
+            raise
+        (progress or _silent)(f"cannot rebuild ({e}); using the existing image")
         return image
 
-    def say(msg: str) -> None:
-        if not quiet:
-            print(f"guest: {msg}", flush=True)
 
-    say("downloading " + ", ".join(p.spec for p in packages))
-    debs = _download(packages, out / "debs")
+def _build(image: GuestImage, wanted: Plan, say: Progress) -> None:
+    out, packages = image.directory, wanted.packages
+    # From here until the new stamp, the directory holds no finished image: a stamp that
+    # names no inputs says so (an interrupted build is then rebuilt, never taken for a
+    # hand-made image, which has no stamp at all).
+    image.stamp.write_text("unfinished\n")
+    debs = _download(packages, out / "debs", say)
     pkgs = out / "pkgs"
     if pkgs.exists():
         shutil.rmtree(pkgs)
@@ -240,7 +337,10 @@ def build(out_dir: Path | None = None, quiet: bool = False) -> GuestImage:
     # Replace, never overwrite in place: a guest may be booting from the old files.
     shutil.copy2(vmlinuz, image.kernel.with_suffix(".tmp"))
     image.kernel.with_suffix(".tmp").replace(image.kernel)
-    stamp.write_text(digest + "\n" + "".join(p.spec + "\n" for p in packages))
+    # The stamp goes last: an interrupted build leaves an image that is stale, not one
+    # that claims inputs it was not made from.
+    stamp_tmp = image.stamp.with_suffix(".tmp")
+    stamp_tmp.write_text(wanted.digest + "\n" + "".join(p.spec + "\n" for p in packages))
+    stamp_tmp.replace(image.stamp)
     shutil.rmtree(pkgs)  # the debs stay as the download cache
     say(f"built {image.kernel} and {image.initrd}")
-    return image
