@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from msbfs.errors import InvalidMountSpec, LaunchError
-from msbfs.guest import ensure_image
+from msbfs.guest.build import ensure_image
 from msbfs.launcher import daemon as daemons
 from msbfs.mounts import Mount
 
