@@ -1,4 +1,4 @@
-"""The host side of the guest command channel (the guest side is ``tools/guest/agent.c``).
+"""The host side of the guest command channel (the guest side is ``msbfs/guest/agent.c``).
 
 Frames, both directions: one type byte, a little-endian u32 payload length, the payload.
 Host to guest: ``R`` run (NUL-terminated uid, gid, cwd, env count, env entries, argv) and

@@ -4,7 +4,7 @@ Choices (measured under TCG on the project's machines): ``-M pc`` with qboot as 
 and ``-nodefaults`` boots fastest while keeping PCI, which ``vhost-user-fs-pci`` needs;
 guest RAM is a shared memfd so vhost-user daemons can map it. The virtio-serial device
 comes first on the PCI bus so the agent's port is always ``/dev/vport0p1`` in the guest
-(``tools/guest/init.sh``). Disks carry a serial (``msbdN``) so the guest finds each
+(``msbfs/guest/init.sh``). Disks carry a serial (``msbdN``) so the guest finds each
 one by serial, not by probe order.
 """
 
