@@ -6,6 +6,7 @@ Examples::
     python -m tools.conformance --pytest path/to/tests -o nosuid
     python -m tools.conformance --shell 'fsx -N 1000 testfile' --source myvolume
     python -m tools.conformance --target native --tap tools/conformance/suites/posix
+    python -m tools.conformance perms --targets native,mount,guest-msbfs   # see perms/
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from tools.conformance.targets import HostMountTarget, NativeTarget, Target
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["perms"]:
+        # the permission/ownership suite compares targets; its own command line
+        from tools.conformance.perms.__main__ import main as perms_main
+
+        return perms_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m tools.conformance", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group()
