@@ -128,3 +128,20 @@ def test_host_mount_with_a_map(host_mount: MountFactory) -> None:
     r = py_as(1001, 1001, "open('other', 'w')", cwd=str(m.mnt))
     assert r.returncode != 0 and "PermissionError" in r.stderr, r.stderr
     assert not (m.source / "other").exists()
+
+
+def test_launcher_passes_a_served_trees_maps_to_its_daemon(tmp_path: Path) -> None:
+    import argparse
+
+    from msbfs import serve
+    from msbfs.launcher.daemon import ServedTree, msbfs_serve
+
+    tree = ServedTree("t", "/data", shared_dir=tmp_path, uid_map=(":0:1000:1:",),
+                      gid_map=(":0:1000:1:",), translate_uid=("forbid-guest:5:1",))
+    argv = msbfs_serve(tree, 3)
+    assert argv[1:4] == ["-m", "msbfs", "serve"]
+    p = argparse.ArgumentParser()
+    serve.add_arguments(p)
+    uids, gids = serve.id_maps(serve.options_from_args(p.parse_args(argv[4:])))
+    assert (uids.to_host(0), gids.to_host(0), uids.to_guest(1000)) == (1000, 1000, 0)
+    assert not uids.allows(5)

@@ -41,6 +41,12 @@ class ServedTree:
     request_queues: int = 1
     #: virtiofsd's --xattrmap rules; None: the daemon's default (no trusted.*/security.*).
     xattrmap: str | None = None
+    #: virtiofsd's id maps (msbfs.tree.idmap), passed as repeated --uid-map/--gid-map
+    #: (``:NS:HOST:COUNT:``) and --translate-uid/--translate-gid (``TYPE:A:B:COUNT``).
+    uid_map: tuple[str, ...] = ()
+    gid_map: tuple[str, ...] = ()
+    translate_uid: tuple[str, ...] = ()
+    translate_gid: tuple[str, ...] = ()
 
     def describe(self) -> str:
         src = f"volume {self.volume}" if self.volume else str(self.shared_dir)
@@ -65,6 +71,8 @@ def msbfs_serve(tree: ServedTree, fd: int) -> list[str]:
         argv.append(f"--num-request-queues={tree.request_queues}")
     if tree.xattrmap is not None:
         argv.append(f"--xattrmap={tree.xattrmap}")
+    for flag in ("uid_map", "gid_map", "translate_uid", "translate_gid"):
+        argv += [f"--{flag.replace('_', '-')}={item}" for item in getattr(tree, flag)]
     return argv
 
 
