@@ -1,7 +1,7 @@
 /* permsuite: POSIX permission and ownership semantics, as one canonical line per
  * assertion, so that a native directory and a msbfs front can be compared line by line.
  *
- *   permsuite DIR [--squash UID:GID] [--only PREFIX]
+ *   permsuite DIR [--squash UID:GID] [--only PREFIX] [--sample N]
  *
  * Runs as root. Creates DIR/permsuite (0755) and, for every case, a fresh fixture inside
  * it (as root), then forks a child that takes one identity (setgroups, setgid, setuid,
@@ -451,9 +451,18 @@ static const char *case_dir(void)
     return d;
 }
 
+static unsigned sample = 1;
+
+/* --only PREFIX and --sample N (keep one case in N, chosen by a hash of its name so that
+ * every target picks the same ones, with all identities of a kept case). */
 static int wanted(const char *caseid)
 {
-    return !only || strncmp(caseid, only, strlen(only)) == 0;
+    if (only && strncmp(caseid, only, strlen(only)) != 0)
+        return 0;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *c = caseid; *c; c++)
+        h = (h ^ (uint8_t)*c) * 16777619u;
+    return h % sample == 0;
 }
 
 #define P(buf, ...) snprintf(buf, sizeof buf, __VA_ARGS__)
@@ -878,7 +887,7 @@ static int sysctl(const char *name)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: permsuite DIR [--squash UID:GID] [--only PREFIX]\n");
+        fprintf(stderr, "usage: permsuite DIR [--squash UID:GID] [--only PREFIX] [--sample N]\n");
         return 2;
     }
     for (int i = 2; i < argc; i++) {
@@ -892,6 +901,10 @@ int main(int argc, char **argv)
             squash_owner[0] = (struct owner){"sq", u, g};
             owners = squash_owner;
             nowners = nowners4 = 1;
+        } else if (!strcmp(argv[i], "--sample") && i + 1 < argc) {
+            sample = (unsigned)strtoul(argv[++i], NULL, 10);
+            if (sample == 0)
+                sample = 1;
         } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
             only = argv[++i];
         } else {

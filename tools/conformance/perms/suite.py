@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
+import os
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,14 +23,11 @@ def build(build_dir: Path = DEFAULT_BUILD) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
     subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(tmp), str(SOURCE)],
                    check=True, capture_output=True, text=True)
+    # Older builds are kept: a run started before the source changed may still use one.
     tmp.rename(out)
-    # Older builds are of no use to anyone.
-    for old in build_dir.iterdir():
-        if old.is_dir() and old.name != digest:
-            shutil.rmtree(old, ignore_errors=True)
     return out
 
 
