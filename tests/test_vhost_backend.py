@@ -364,6 +364,36 @@ async def test_new_kick_fd_while_running_keeps_position(vhost_pair: VhostPair) -
         assert be.queues[0].statistics()["popped"] == 14
 
 
+@pytest.mark.parametrize("kind", ["file", "pipe", "memfd"])
+@pytest.mark.parametrize("which", [Request.SET_VRING_KICK, Request.SET_VRING_CALL,
+                                   Request.SET_VRING_ERR])
+async def test_vring_fds_must_be_eventfds(vhost_pair: VhostPair, tmp_path: Path, kind: str,
+                                          which: Request) -> None:
+    """A kick fd is waited on with epoll and call/err fds are written to: anything but
+    an eventfd is refused (a regular file would stop the queue with EPERM, or take
+    8-byte writes), the fd is closed and the ring goes on as before."""
+    async with vhost_pair(EchoDevice(), [16]) as (fe, be):
+        await echo_check(fe, 0)
+        before = open_fds()
+        if kind == "file":
+            fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+        elif kind == "pipe":
+            r, fd = os.pipe()
+            os.close(r)
+        else:
+            fd = os.memfd_create("x")
+        try:
+            with pytest.raises(MessageError, match="failed"):
+                await fe.request(which, VringFile(0, True), fds=[fd])
+        finally:
+            os.close(fd)
+        assert be.errors == 1
+        assert open_fds() == before
+        await echo_check(fe, 0)  # the old fds still work
+    if kind == "file":
+        assert (tmp_path / "f").read_bytes() == b""
+
+
 async def test_fds_all_closed_after_disconnect(vhost_pair: VhostPair) -> None:
     before = open_fds()
     async with vhost_pair(EchoDevice(num_queues=3), [16, 16, 16], mem_slots=True) as (fe, _):

@@ -423,8 +423,7 @@ class Backend:
     def _forget_queue(self, vq: Virtqueue, keep_config: bool = False) -> None:
         """Drop a stopped queue's fds and rings (GET_VRING_BASE, reset)."""
         for fd in (vq.kick_fd, vq.c.call_fd, vq.c.err_fd):
-            if fd >= 0:
-                os.close(fd)
+            _close_watched(fd)
         vq.kick_fd = -1
         vq.c.call_fd = -1
         vq.c.err_fd = -1
@@ -505,12 +504,33 @@ class Backend:
 
 
 def _replace_fd(old: int, msg: Message) -> int:
-    """The eventfd a SET_VRING_KICK/CALL/ERR brings (-1 for none); ``old`` is closed."""
+    """The eventfd a SET_VRING_KICK/CALL/ERR brings (-1 for none); ``old`` is closed.
+
+    Only an eventfd is taken: the kick fd is waited on with epoll (a regular file or a
+    memfd there fails the queue's task with EPERM) and the call/err fds are written
+    8 bytes at a time (to a file that would be data)."""
     assert isinstance(msg.body, VringFile)
     new = msg.take_fd(0) if msg.body.has_fd else -1
-    if old >= 0:
-        os.close(old)
+    if new >= 0 and not _is_eventfd(new):
+        os.close(new)
+        raise MessageError("a vring kick/call/err fd must be an eventfd")
+    _close_watched(old)
     return new
+
+
+def _is_eventfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+def _close_watched(fd: int) -> None:
+    """Close an fd a queue task may have waited on: trio is told first, or its epoll
+    registration outlives the fd and a later fd with the same number fails (EBADF)."""
+    if fd >= 0:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
 
 
 def _name(request: int) -> str:
