@@ -95,13 +95,18 @@ def test_current_image_is_not_rebuilt(guest_image: GuestImage, tmp_path: Path) -
 
 
 def test_stale_images_say_why(guest_image: GuestImage, tmp_path: Path) -> None:
+    # Against today's inputs (the fixture's digest), so apt need not be asked each time.
     image = _copy_image(guest_image, tmp_path / "img")
+    recorded = _read_stamp(image.stamp)
+    assert recorded is not None
+    today = recorded[0]
+    assert build_module._stale(image, today) is None
     _restamp(image, "0" * 64)
-    assert plan(image).reason == "its inputs changed"
+    assert build_module._stale(image, today) == "its inputs changed"
     image.stamp.write_text("unfinished\n")  # what a build leaves until it is done
-    assert plan(image).reason == "no finished build's stamp"
+    assert build_module._stale(image, today) == "no finished build's stamp"
     image.kernel.unlink()
-    assert plan(image).reason == "no image yet"
+    assert build_module._stale(image, today) == "no image yet"
 
 
 def test_every_input_changes_the_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +198,14 @@ def test_first_run_builds_with_progress(guest_image: GuestImage, tmp_path: Path,
     second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0 and second.stdout == "hi\n"
     assert "guest: " not in second.stderr  # up to date: nothing built, nothing said
+
+
+def test_apt_is_asked_once_after_its_lists_change(guest_image: GuestImage,
+                                                  tmp_path: Path) -> None:
+    image = _copy_image(guest_image, tmp_path / "img")
+    os.utime(image.stamp, (0, 0))  # older than apt's lists: apt must be asked
+    assert build_module._apt_lists_newer_than(image.stamp)
+    lines: list[str] = []
+    assert build(image.directory, progress=lines.append) == image
+    assert lines == []  # apt agreed with the stamp: nothing built...
+    assert not build_module._apt_lists_newer_than(image.stamp)  # ...and not asked again

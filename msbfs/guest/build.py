@@ -234,6 +234,17 @@ def _stale(image: GuestImage, digest: str) -> str | None:
     return None
 
 
+def _confirm(image: GuestImage) -> None:
+    """apt was asked (its lists changed) and picks the versions the image holds: bring the
+    stamp's mtime past the lists, so the next check skips apt again (seconds per
+    ``msbfs run`` otherwise). A stamp we may not touch only costs that time."""
+    try:
+        if _apt_lists_newer_than(image.stamp):
+            os.utime(image.stamp)
+    except OSError:
+        pass
+
+
 @contextmanager
 def _lock(directory: Path, say: Progress) -> Iterator[None]:
     """Exclusive right to build into ``directory``, waited for (and said so) when another
@@ -267,6 +278,7 @@ def build(out_dir: Path | None = None, *, progress: Progress | None = None,
     image = GuestImage(out_dir or default_image_dir())
     wanted = plan(image)
     if wanted.reason is None and not force:
+        _confirm(image)
         return image
     with _lock(image.directory, say):
         # Another process may have built it while we waited for the lock.
