@@ -182,6 +182,7 @@ def test_concurrent_builder_waits_then_finds_the_image(guest_image: GuestImage,
     assert lines == [f"waiting for another build of {image.directory}"]  # built nothing
 
 
+@pytest.mark.guest
 def test_first_run_builds_with_progress(guest_image: GuestImage, tmp_path: Path,
                                         msb_home: Path) -> None:
     image = _copy_image(guest_image, tmp_path / "img", files=())
