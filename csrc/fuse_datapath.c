@@ -30,6 +30,7 @@ struct msb_fs_table *msb_fs_table_new(void)
     if (!t)
         return NULL;
     t->cap = 64;
+    t->slow_write_mode_bits = 0xFFFFFFFFu; /* until Python sets the policy's mask: all slow */
     t->slots = calloc(t->cap, sizeof(*t->slots));
     if (!t->slots) {
         free(t);
@@ -225,9 +226,10 @@ static int classify(struct msb_fs_table *t, struct msb_chain *c, struct fast_io 
         if (fd < 0)
             return 0;
         if (wi.write_flags & FUSE_WRITE_KILL_SUIDGID) {
-            /* Clearing set-id bits is the tree's rule: only files without them stay here. */
+            /* Clearing set-id bits is the policy's rule, applied by the tree: a file
+             * with any of the policy's bits goes there (t->slow_write_mode_bits). */
             struct stat sb;
-            if (fstat(fd, &sb) < 0 || (sb.st_mode & (S_ISUID | S_ISGID)))
+            if (fstat(fd, &sb) < 0 || (sb.st_mode & t->slow_write_mode_bits))
                 return 0;
         }
         if (iov_slice(c->iov, c->nout, pre, wi.size, scratch) < 0)

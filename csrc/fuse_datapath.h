@@ -31,6 +31,9 @@ struct msb_fs_table {
     uint32_t count;            /* live entries */
     uint32_t tombs;            /* deleted slots still in probe chains */
     struct msb_fs_slot *slots; /* open addressing, linear probing */
+    /* A WRITE asking to clear set-id bits goes to Python when the file has any of these
+     * mode bits: the set-id rule is the policy's (msbfs/tree/policy.py sets it). */
+    uint32_t slow_write_mode_bits;
 };
 
 struct msb_fs_stats {

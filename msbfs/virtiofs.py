@@ -34,6 +34,7 @@ from msbfs._native import ffi, lib
 from msbfs.fuse import abi
 from msbfs.fuse.server import Deferred, FuseSession, error_reply
 from msbfs.tree.api import TreeOps
+from msbfs.tree.policy import FAST_WRITE_FORBIDDEN_BITS
 from vhost.device import VhostUserDevice
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class VirtioFsDevice(VhostUserDevice):
         self.table = ffi.gc(lib.msb_fs_table_new(), lib.msb_fs_table_free)
         if self.table == ffi.NULL:
             raise MemoryError("handle table")
+        # The C data path knows no set-id rule: a write that must clear set-id bits on a
+        # file that has any goes to the tree (msbfs/tree/policy.py defines which).
+        self.table.slow_write_mode_bits = FAST_WRITE_FORBIDDEN_BITS
         self.stats = ffi.new("struct msb_fs_stats *")
         self._drained = ffi.new("int *")
         self.session = FuseSession(tree, writeback=writeback, posix_acl=posix_acl,

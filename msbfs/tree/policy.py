@@ -1,9 +1,37 @@
 """Every policy rule of a served tree, in one place: readonly, noexec, nosuid, nodev,
-owner squash and the directory-volume quota.
+owner squash, the xattr rule, set-id clearing, no devices, and the quota.
 
-The tree calls these checks for every client (virtio-fs guest, host mount, VolumeFs);
-no transport re-implements a rule, and none trusts the client's own mount flags (a
-guest root can remount).
+The tree (msbfs/tree/tree.py) calls these for every client; no transport re-implements a
+rule, and none trusts the client's own mount flags (a guest root can remount). Where
+each rule is applied, per front (T: the tree, for every front; C: the virtio-fs C data
+path, csrc/fuse_datapath.c; K: also mirrored as a host-mount kernel flag, for speed
+only, never instead of T):
+
+==============================  ================================  =====================
+rule                            here                              applied by
+==============================  ================================  =====================
+readonly                        check_mutation, check_open,       T; C never gets a
+                                check_access, writes_need_tree    write fd (T); K (ro)
+noexec                          check_open, check_access          T; K (noexec)
+nosuid                          stored_mode, AttrShape.mode_mask,  T
+                                XattrRule (security.capability)
+nodev                           check_mknod, check_open,          T
+                                AttrShape.hide_rdev
+no host device opened           check_open                        T
+owner squash                    AttrShape.uid/gid                 T
+set-id clearing (KILLPRIV_V2)   killed_setid_bits, SETID_BITS     T; C hands a write on
+                                                                  a set-id file to T
+xattr names (map, ACLs,         XattrRule                         T
+  trusted./security., caps)
+quota (bytes, inodes)           QuotaAccount, writes_need_tree    T; C never gets a
+                                                                  write fd under a
+                                                                  byte quota (T)
+==============================  ================================  =====================
+
+Permissions of the client's own users are its kernel's (default_permissions on every
+front; see "Permissions" in msbfs/tree/tree.py): nothing here checks a uid, except
+that a non-root caller never reaches the daemon's own privileges through a map
+(XattrRule: trusted.*, writing security.*).
 
 Quota accounting unit: **allocated bytes** (``st_blocks * 512``) of every inode on the
 root's filesystem, each inode counted once (hard links), directories and symlinks
@@ -34,6 +62,9 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from msbfs.tree.xattrmap import XattrMap
 
 #: The kernel's ``__FMODE_EXEC``: execve's open of the binary; FUSE passes it on in
 #: ``fuse_open_in.flags`` so the server can refuse it on a noexec tree.
@@ -119,11 +150,105 @@ class Policy:
         """The permission bits a create/mkdir/mknod/chmod may store."""
         return mode & ~SETID_BITS if self.nosuid else mode
 
+    def writes_need_tree(self) -> bool:
+        """Whether every WRITE must go through the tree (no direct fd for a fast path):
+        a byte quota charges each write; readonly refuses them (no writable handle
+        exists then anyway: this says so once more, where the rule lives)."""
+        return self.readonly or self.quota_bytes is not None
+
     # ---- what clients see -----------------------------------------------------------
     @property
     def reported_mode_mask(self) -> int:
         """AND-ed into every reported ``st_mode`` (nosuid hides set-id bits)."""
         return ~SETID_BITS if self.nosuid else ~0
+
+    def attr_shape(self) -> AttrShape:
+        """How every attribute reply is shaped (the tree applies it mechanically)."""
+        return AttrShape(self.reported_mode_mask, self.squash_uid, self.squash_gid,
+                         self.nodev)
+
+    def kernel_flags(self) -> tuple[str, ...]:
+        """The host-mount kernel flags that mirror this policy (the tree enforces it
+        regardless; the flags only spare the round trip)."""
+        return tuple(name for name, on in (("ro", self.readonly), ("noexec", self.noexec))
+                     if on)
+
+
+class AttrShape(NamedTuple):
+    """What the policy changes in every reported attribute."""
+
+    #: AND-ed into st_mode: nosuid hides set-id bits.
+    mode_mask: int
+    #: owner squash (host mounts, ``uid=``/``gid=``): every file appears as these.
+    uid: int | None
+    gid: int | None
+    #: nodev: a device node stays visible but names no device (rdev 0:0), so a client
+    #: kernel that opens special files itself cannot reach a host device.
+    hide_rdev: bool
+
+
+def killed_setid_bits(mode: int) -> int:
+    """The set-id bits the kernel drops when an unprivileged caller writes, truncates or
+    chowns a regular file (what FUSE's KILL_SUIDGID flags ask for): S_ISUID, and S_ISGID
+    when it means "set-gid" (group-exec set; without it, it is a locking mark)."""
+    if not stat.S_ISREG(mode):
+        return 0
+    kill = stat.S_ISUID if mode & stat.S_ISUID else 0
+    if mode & stat.S_ISGID and mode & stat.S_IXGRP:
+        kill |= stat.S_ISGID
+    return kill
+
+
+#: A file with any of these bits is written by the tree, not the C fast path (which
+#: knows no set-id rule: csrc/fuse_datapath.c takes this mask from the table).
+FAST_WRITE_FORBIDDEN_BITS = SETID_BITS
+
+_CAPABILITY = b"security.capability"
+_ACL_PREFIX = b"system.posix_acl_"
+
+
+class XattrRule:
+    """Which xattr a client reaches, under which host name: the xattr map
+    (msbfs/tree/xattrmap.py, virtiofsd's --xattrmap; the default map refuses
+    trusted.* and security.*), and what no map may change, checked on both names of a
+    pair: POSIX ACLs only when ``posix_acl`` is on; nosuid neither stores nor shows
+    security.capability (a set-uid bit by another name); a non-root caller never reaches
+    trusted.* or writes security.* (the daemon holds CAP_SYS_ADMIN/CAP_SETFCAP; the
+    caller does not). Names arrive here already checked as names (length, NUL)."""
+
+    def __init__(self, policy: Policy, xattrmap: XattrMap, posix_acl: bool) -> None:
+        self.policy = policy
+        self.map = xattrmap
+        self.posix_acl = posix_acl
+
+    def host_name(self, name: bytes, uid: int, write: bool) -> bytes:
+        """The host's name for the client's ``name``, or the errno refusing it."""
+        if not self.posix_acl and name.startswith(_ACL_PREFIX):
+            raise _err(errno.EOPNOTSUPP)
+        host = self.map.to_server(name, get=not write)
+        if _CAPABILITY in (name, host):
+            if write:
+                self.policy.check_setcap()
+            elif self.policy.nosuid:
+                raise _err(errno.ENODATA)
+        if uid != 0:
+            if host.startswith(b"trusted."):
+                raise _err(errno.EPERM if write else errno.ENODATA)
+            if write and host.startswith(b"security."):
+                raise _err(errno.EPERM)
+        return host
+
+    def client_name(self, host: bytes, uid: int) -> bytes | None:
+        """What listxattr shows of the host's ``host``: the same rules from the other
+        side; None hides it."""
+        if uid != 0 and host.startswith(b"trusted."):
+            return None
+        name = self.map.to_client(host)
+        if name is None or (not self.posix_acl and name.startswith(_ACL_PREFIX)):
+            return None
+        if self.policy.nosuid and _CAPABILITY in (name, host):
+            return None
+        return name
 
 
 _UNLIMITED = 1 << 62

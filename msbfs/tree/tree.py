@@ -53,7 +53,14 @@ from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
 from msbfs.tree.inodes import AT_EMPTY_PATH, Inode, InodeTable
 from msbfs.tree.locks import RecordLocks
-from msbfs.tree.policy import Policy, QuotaAccount, allocated, walk_counts
+from msbfs.tree.policy import (
+    Policy,
+    QuotaAccount,
+    XattrRule,
+    allocated,
+    killed_setid_bits,
+    walk_counts,
+)
 from msbfs.tree.types import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -101,7 +108,6 @@ NAME_MAX = 255
 PATH_MAX = 4096
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
-_CAPABILITY = b"security.capability"
 _XATTR_BLOCK = 4096  # what one xattr may allocate per started block of name and value
 _XATTR_ENTRY = 64  # with its entry header and an ext4 xattr block's own header
 _MIN_INODE_FDS = 16  # an op touches at most a few inodes: never evict one mid-call
@@ -198,6 +204,7 @@ class Tree:
         # given map replaces it, as virtiofsd's --xattrmap does.
         self.xattrmap = (XattrMap.parse(xattrmap) if isinstance(xattrmap, str)
                          else xattrmap or DEFAULT_MAP)
+        self._xattrs = XattrRule(policy, self.xattrmap, posix_acl)
         self.announce_submounts = announce_submounts
         self.writeback = writeback
         self._timeout = _TIMEOUTS[cache]
@@ -221,10 +228,9 @@ class Tree:
                                     else max_handles)
         self._root_dev = st.st_dev
         self._foreign_devs: dict[int, int] = {}
-        self._mode_mask = policy.reported_mode_mask
-        self._hide_rdev = policy.nodev
-        self._squash_uid = policy.squash_uid
-        self._squash_gid = policy.squash_gid
+        # The policy's shaping of every attribute reply, unpacked for the hot path.
+        shape = policy.attr_shape()
+        self._mode_mask, self._squash_uid, self._squash_gid, self._hide_rdev = shape
         # Client <-> host ids (msbfs.tree.idmap says where each direction is applied).
         # The identity map leaves _attr and map_ctx as they are: nothing on the hot path.
         self.uid_map = uid_map or IDENTITY_UIDS
@@ -284,6 +290,7 @@ class Tree:
             # nodev: a device node stays visible but names no device (0:0), so a
             # client kernel that opens special files itself cannot reach a host device.
             0 if self._hide_rdev and st.st_rdev else st.st_rdev, st.st_blksize, submount)
+    # (policy.AttrShape says what each of these rules is for.)
 
     def _mapped_attr(self, st: os.stat_result, submount: bool = False) -> Attr:
         """``_attr`` under an id map (installed as ``_attr`` by ``__init__``): host ids
@@ -623,15 +630,10 @@ class Tree:
                 os.close(fd)
 
     def _kill_suidgid(self, fd: int) -> None:
-        """The kernel's rule for a write/truncate by an unprivileged caller: drop
-        S_ISUID, and S_ISGID when it means "setgid" (group-exec set)."""
-        st = os.stat(fd)
-        mode = st.st_mode
-        if not stat.S_ISREG(mode):
-            return
-        kill = stat.S_ISUID if mode & stat.S_ISUID else 0
-        if mode & stat.S_ISGID and mode & stat.S_IXGRP:
-            kill |= stat.S_ISGID
+        """Clear what the client asked to be cleared (KILL_SUIDGID: its caller lacks
+        CAP_FSETID), by the kernel's rule (policy.killed_setid_bits)."""
+        mode = os.stat(fd).st_mode
+        kill = killed_setid_bits(mode)
         if kill:
             # With the daemon's own identity: the kernel drops these bits on its own
             # authority, whoever the writer is (callers never wrap this in _creds).
@@ -977,7 +979,7 @@ class Tree:
         if write:
             if not h.writable:
                 raise _err(errno.EBADF)
-            if (self.quota is not None and self.quota.limit is not None) or self.policy.readonly:
+            if self.policy.writes_need_tree():
                 raise _err(errno.EAGAIN)
         elif not h.readable:
             raise _err(errno.EBADF)
@@ -1135,9 +1137,8 @@ class Tree:
             os.close(fd)
 
     # ---- xattrs ----------------------------------------------------------------------
-    # Names go through the xattr map (msbfs.tree.xattrmap: the client's name -> the host's
-    # for get/set/remove, the host's -> the listed one); what no map may change is
-    # checked here, on both names of the pair.
+    # Which names a client reaches, and as what on the host, is the policy's XattrRule
+    # (the xattr map plus what no map may change); here only names as names.
     def _xattr_name(self, name: Any, ctx: Ctx, write: bool) -> bytes:
         """The host's name for the client's xattr ``name``, or the errno refusing it."""
         if not self.xattr:
@@ -1151,38 +1152,10 @@ class Tree:
             raise _err(errno.ERANGE)
         if b"\0" in name:
             raise _err(errno.EINVAL)
-        if not self.posix_acl and name.startswith(b"system.posix_acl_"):
-            raise _err(errno.EOPNOTSUPP)
-        host = self.xattrmap.to_server(name, get=not write)
+        host = self._xattrs.host_name(name, ctx.uid, write)
         if len(host) > XATTR_NAME_MAX:
             raise _err(errno.ERANGE)
-        if _CAPABILITY in (name, host):
-            # A file capability is a set-uid bit by another name: under nosuid it is
-            # neither stored nor shown, whatever the map passes or renames.
-            if write:
-                self.policy.check_setcap()
-            elif self.policy.nosuid:
-                raise _err(errno.ENODATA)
-        if ctx.uid != 0:
-            # The daemon holds CAP_SYS_ADMIN and CAP_SETFCAP, which a credential switch
-            # does not drop; the caller has neither, so refuse as its kernel would.
-            if host.startswith(b"trusted."):
-                raise _err(errno.EPERM if write else errno.ENODATA)
-            if write and host.startswith(b"security."):
-                raise _err(errno.EPERM)
         return host
-
-    def _listed_name(self, host: bytes, ctx: Ctx) -> bytes | None:
-        """What listxattr shows of the host's xattr ``host``: the same rules as
-        ``_xattr_name``, from the other side; None hides it."""
-        if ctx.uid != 0 and host.startswith(b"trusted."):
-            return None
-        name = self.xattrmap.to_client(host)
-        if name is None or (not self.posix_acl and name.startswith(b"system.posix_acl_")):
-            return None
-        if self.policy.nosuid and _CAPABILITY in (name, host):
-            return None
-        return name
 
     @contextlib.contextmanager
     def _xattr_charged(self, inode: Inode, growth: int) -> Iterator[None]:
@@ -1228,7 +1201,8 @@ class Tree:
         if not self.xattr:
             raise _err(errno.EOPNOTSUPP)
         names = [os.fsencode(n) for n in os.listxattr(_proc(inode.fd))]
-        return [n for n in (self._listed_name(h, ctx) for h in names) if n is not None]
+        rule = self._xattrs
+        return [n for n in (rule.client_name(h, ctx.uid) for h in names) if n is not None]
 
     def removexattr(self, nodeid: int, name: bytes, ctx: Ctx) -> None:
         inode = self._inodes.get(nodeid)
