@@ -159,9 +159,8 @@ MUTANTS: tuple[Mutant, ...] = (
         policy_flag=True),
     Mutant(
         "readonly-datapath", "readonly: the C data path never writes (data_fd refuses)",
-        (Edit(TREE, "            if (self.quota is not None and self.quota.limit is not None)"
-                    " or self.policy.readonly:",
-              "            if (self.quota is not None and self.quota.limit is not None):"),),
+        (Edit(POLICY, "        return self.readonly or self.quota_bytes is not None",
+              "        return self.quota_bytes is not None"),),
         {},
         {front: "equivalent mutant: no writable handle can exist in a readonly tree "
                 "(open, create and tmpfile refuse first), so data_fd is never asked for one"
@@ -212,14 +211,14 @@ MUTANTS: tuple[Mutant, ...] = (
         policy_flag=True),
     Mutant(
         "nosuid-getcap", "nosuid: security.capability is never shown (getxattr)",
-        (Edit(TREE, "            elif self.policy.nosuid:\n                raise _err(errno.ENODATA)",
+        (Edit(POLICY, "            elif self.policy.nosuid:\n                raise _err(errno.ENODATA)",
               "            elif False:\n                raise _err(errno.ENODATA)"),),
         NOSUID_CAP,
         {"guest": NO_XATTR_TOOLS},
         policy_flag=True),
     Mutant(
         "nosuid-listcap", "nosuid: security.capability is never listed",
-        (Edit(TREE, "        if self.policy.nosuid and _CAPABILITY in (name, host):\n"
+        (Edit(POLICY, "        if self.policy.nosuid and _CAPABILITY in (name, host):\n"
                     "            return None",
               "        if False:\n            return None"),),
         NOSUID_CAP,
@@ -237,8 +236,10 @@ MUTANTS: tuple[Mutant, ...] = (
         policy_flag=True),
     Mutant(
         "nodev-rdev", "nodev: a device node is reported as 0:0 (names no device)",
-        (Edit(TREE, "        self._hide_rdev = policy.nodev",
-              "        self._hide_rdev = False"),),
+        (Edit(POLICY, "        return AttrShape(self.reported_mode_mask, self.squash_uid, self.squash_gid,\n"
+                      "                         self.nodev)",
+              "        return AttrShape(self.reported_mode_mask, self.squash_uid, self.squash_gid,\n"
+                      "                         False)"),),
         {"tree": ("tests/test_tree_policy.py::test_nodev",),
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
          "guest": ("tests/test_guest_policy_mutants.py",),
@@ -282,9 +283,8 @@ MUTANTS: tuple[Mutant, ...] = (
         policy_flag=True),
     Mutant(
         "quota-datapath", "quota: writes under a byte quota never take the C data path",
-        (Edit(TREE, "            if (self.quota is not None and self.quota.limit is not None)"
-                    " or self.policy.readonly:",
-              "            if self.policy.readonly:"),),
+        (Edit(POLICY, "        return self.readonly or self.quota_bytes is not None",
+              "        return self.readonly"),),
         {"virtiofs": ("tests/test_virtiofs_serve.py::test_named_volume_holds_its_lock_and_quota",),
          "guest": ("tests/test_guest_policy_mutants.py",)},
         {"tree": "data_fd only hands fds to the vhost transport's C data path",
