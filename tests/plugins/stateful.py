@@ -313,18 +313,18 @@ class StatefulFs(RuleBasedStateMachine):
         the inode it must be: same inode as the id had before, no other id for it, and
         the attributes the front reports are the twin's."""
         s = os.fstat(nfd)
-        self.check_attrs(attrs, s)
         ref = self.nodes.get(nodeid)
         if ref is not None:
             os.close(nfd)
             assert ref.key == _key(s), f"node {nodeid} now names another inode"
             ref.count += 1
-            return
-        others = [n for n, r in self.nodes.items() if r.key == _key(s)]
-        if others:
-            os.close(nfd)
-            raise AssertionError(f"node {nodeid} and {others} name one inode")
-        self.nodes[nodeid] = NodeRef(nfd, _key(s))
+        else:
+            others = [n for n, r in self.nodes.items() if r.key == _key(s)]
+            if others:
+                os.close(nfd)
+                raise AssertionError(f"node {nodeid} and {others} name one inode")
+            self.nodes[nodeid] = NodeRef(nfd, _key(s))
+        self.check_attrs(attrs, s)
 
     @staticmethod
     def check_attrs(a: Attrs, s: os.stat_result) -> None:
@@ -621,8 +621,8 @@ class StatefulFs(RuleBasedStateMachine):
                       native)
         if r:
             (nodeid, attrs, fh), (fd, nfd) = r
-            self.adopt(nodeid, nfd, attrs)
             self._adopt_handle(fh, nodeid, fd, flags, False)
+            self.adopt(nodeid, nfd, attrs)
 
     @rule(p=st.integers(0, 1 << 16), c=st.sampled_from(CALLERS), mode=st.sampled_from(MODES))
     def tmpfile(self, p: int, c: Ctx, mode: int) -> None:
@@ -642,8 +642,8 @@ class StatefulFs(RuleBasedStateMachine):
                       native)
         if r:
             (nodeid, attrs, fh), (fd, nfd) = r
-            self.adopt(nodeid, nfd, attrs)
             self._adopt_handle(fh, nodeid, fd, os.O_RDWR, False)
+            self.adopt(nodeid, nfd, attrs)
 
     @rule(i=st.integers(0, 1 << 16), c=st.sampled_from(CALLERS), flags=st.sampled_from(OPEN_FLAGS))
     def open(self, i: int, c: Ctx, flags: int) -> None:
