@@ -58,6 +58,18 @@ RANDOM_COUNTS: dict[str, int] = {}
 RANDOM_CALLS: dict[str, int] = {}
 
 
+def world(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh populated root beside a sentinel directory ``outside`` (with a file)."""
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    os.chmod(base, 0o755)
+    (base / "outside").mkdir()
+    (base / "outside" / "keep").write_bytes(b"keep")
+    root = base / "root"
+    root.mkdir()
+    populate(root)
+    return base, root
+
+
 def snapshot(path: Path) -> list[tuple[str, int, int]]:
     return sorted((str(p), p.lstat().st_mode, p.lstat().st_size) for p in path.rglob("*"))
 
@@ -67,13 +79,7 @@ def snapshot(path: Path) -> list[tuple[str, int, int]]:
 @given(seq=calls, quota=st.sampled_from([None, 1 << 16]), cache=st.sampled_from([0, 16]))
 def test_random_calls_only_raise_oserror(tmp_path: Path, seq: list[tuple[str, tuple[Any, ...]]],
                                          quota: int | None, cache: int) -> None:
-    base = Path(tempfile.mkdtemp(dir=tmp_path))
-    os.chmod(base, 0o755)
-    (base / "outside").mkdir()
-    (base / "outside" / "keep").write_bytes(b"keep")
-    root = base / "root"
-    root.mkdir()
-    populate(root)
+    base, root = world(tmp_path)
     outside_before = snapshot(base / "outside")
     before_fds = fd_count()
     tree = Tree(root, Policy(quota_bytes=quota), max_inode_fds=cache)
@@ -226,13 +232,7 @@ class Mixed:
                                                                   HealthCheck.function_scoped_fixture])
 @given(seq=steps)
 def test_hostile_inputs_in_valid_sequences(tmp_path: Path, seq: list[tuple[str, int, str]]) -> None:
-    base = Path(tempfile.mkdtemp(dir=tmp_path))
-    os.chmod(base, 0o755)
-    (base / "outside").mkdir()
-    (base / "outside" / "keep").write_bytes(b"keep")
-    root = base / "root"
-    root.mkdir()
-    populate(root)
+    base, root = world(tmp_path)
     outside_before = snapshot(base / "outside"), sorted(os.listdir(base))
     before_fds = fd_count()
     tree = Tree(root)
