@@ -841,8 +841,14 @@ class StatefulFs(RuleBasedStateMachine):
         if fh is None:
             return
         h = self.handles[fh]
-        r = self.both("readdir", lambda: self.w.front.readdir(h.node, fh),
-                      lambda: [b".", b"..", *(os.fsencode(n) for n in os.listdir(h.fd))])
+        def native() -> list[bytes]:
+            if os.fstat(h.fd).st_nlink == 0:
+                # getdents64 of a removed directory is ENOENT (what READDIR carries);
+                # glibc's readdir, which os.listdir uses, hides it as the end.
+                raise OSError(errno.ENOENT, "directory removed")
+            return [b".", b"..", *(os.fsencode(n) for n in os.listdir(h.fd))]
+
+        r = self.both("readdir", lambda: self.w.front.readdir(h.node, fh), native)
         if r:
             assert sorted(r[0]) == sorted(r[1]), "readdir differs from the twin's listing"
 
