@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from msbfs import confine
 from msbfs.confine import SANDBOXES, SECCOMP_ACTIONS
 from msbfs.errors import MsbfsError, ServeError
+from msbfs.sources import Source, open_source
 
 if TYPE_CHECKING:  # the tree is imported only when serving (fast --help)
     from msbfs.tree.idmap import IdMap
@@ -381,6 +382,19 @@ def print_capabilities() -> int:
 
 def run(o: ServeOptions) -> int:
     """Serve until the frontend leaves (or SIGTERM). Returns the exit status."""
+    setup_logging(o)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a
+    # daemon that stopped answering is stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    src = open_source(volume=o.volume, path=o.shared_dir, quota_mib=o.quota_mib,
+                      quota_inodes=o.quota_inodes)
+    try:
+        return _run(o, src)
+    finally:
+        src.close()
+
+
+def _run(o: ServeOptions, src: Source) -> int:
     # Everything the daemon will ever import is imported now: after the sandbox the
     # Python installation is out of reach.
     import trio
@@ -391,44 +405,19 @@ def run(o: ServeOptions) -> int:
     from msbfs.virtiofs import VirtioFsDevice
     from vhost import backend  # noqa: F401
 
-    setup_logging(o)
-    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a
-    # daemon that stopped answering is stuck.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    lock: Any = None
-    shared_dir = o.shared_dir
-    quota_mib = o.quota_mib
-    quota_inodes = o.quota_inodes
-    if o.volume is not None:
-        from msbfs import volumes
-
-        lock = volumes.hold_volume(o.volume)
-        vol = volumes.get_volume(o.volume)
-        if vol.kind != "dir":
-            lock.close()
-            raise ServeError(f"volume {o.volume} is a {vol.kind} volume: it is attached as a "
-                             f"block device, not served over virtio-fs")
-        shared_dir = vol.path
-        if quota_mib is None:
-            quota_mib = vol.quota_mib
-        if quota_inodes is None:
-            quota_inodes = vol.quota_inodes
-    assert shared_dir is not None
-    if not os.path.isdir(shared_dir):
-        raise ServeError(f"shared directory {shared_dir} does not exist or is not a directory")
+    shared_dir = src.path
     sock = open_socket(o)
     jail = confinement(o)
     confine.set_fd_limit(jail.rlimit_nofile)  # before the tree sizes its fd cache on it
     policy = Policy(readonly=o.readonly, noexec=o.noexec, nosuid=o.nosuid, nodev=o.nodev,
-                    quota_bytes=quota_mib * MIB if quota_mib is not None else None,
-                    quota_inodes=quota_inodes)
+                    quota_bytes=src.quota_bytes, quota_inodes=src.quota_inodes)
     # One answer for the tree and the session: a tree that drops O_APPEND for a kernel
     # that does not append itself (cache=never) would write appends at stale offsets.
     writeback = o.writeback and o.cache != "never"
     uid_map, gid_map = id_maps(o)
     tree = Tree(shared_dir, policy, cache=o.cache, xattr=o.xattr, posix_acl=o.posix_acl,
                 announce_submounts=o.announce_submounts, writeback=writeback,
-                xattrmap=o.xattrmap, uid_map=uid_map, gid_map=gid_map)
+                xattrmap=o.xattrmap, uid_map=uid_map, gid_map=gid_map, usage=src.usage)
     # With the namespace sandbox only a forked child returns (pid 1 of its namespace);
     # the process outside supervises it and removes the socket file it can no longer see.
     confine.confine(jail, shared_dir, on_exit=lambda: _remove_socket(o))
@@ -449,8 +438,6 @@ def run(o: ServeOptions) -> int:
             # Sandboxed, the path is out of reach (or, relative, would name a file in the
             # share): the namespace sandbox's supervisor removes it.
             _remove_socket(o)
-        if lock is not None:
-            lock.close()
     return 0
 
 

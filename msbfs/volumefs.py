@@ -9,8 +9,9 @@ the last component with the ``*at`` call, which never follows a symlink there.
 
 ``ContainedRoot`` holds all of that; ``VolumeFs`` is the public face over it. It shares
 with the tree (``msbfs/tree``) the kernel's containment (the same openat2 resolve flags)
-and the quota's definition of usage (``msbfs.tree.policy.walk_usage``), but not the
-tree's component-by-component lookup: VolumeFs follows symlinks that stay inside and
+and the quota, through the volume's shared usage counter (``msbfs.usage``): what
+VolumeFs writes, a serving guest or host mount sees charged, and the other way round,
+with no walk per write. It does not share the tree's component-by-component lookup: VolumeFs follows symlinks that stay inside and
 calls ``..`` above the root an escape, where a client's lookup of ``..`` at the root
 is the root.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat as stat_mod
 import weakref
@@ -37,6 +39,8 @@ from msbfs.errors import InvalidArgument, PathEscape
 from msbfs.syscalls import RESOLVE_CONTAINED, openat2
 
 if TYPE_CHECKING:
+    from msbfs.tree.policy import QuotaAccount
+    from msbfs.usage import VolumeUsage
     from msbfs.volumes import VolumeHandle
 
 StrPath = str | os.PathLike[str]
@@ -130,11 +134,23 @@ class VolumeFs:
     root fd (and, for disk volumes, the fuse2fs mount) across calls; outside ``with``
     every call sets up what it needs itself."""
 
-    def __init__(self, root: str | Path, *, quota_bytes: int | None = None) -> None:
+    def __init__(self, root: str | Path, *, quota_bytes: int | None = None,
+                 quota_inodes: int | None = None, usage: VolumeUsage | None = None) -> None:
+        """``usage``: the volume's shared counter (``msbfs.usage``), charged by every
+        change; without one, a quota is checked against a counter of this VolumeFs's
+        own, counted once when it is first needed."""
+        from msbfs.tree.policy import Policy, QuotaAccount
+
         self._root_path = str(root)
         self._quota_bytes = quota_bytes
         self._held: ContainedRoot | None = None
         self._depth = 0
+        self._usage = usage
+        limits = Policy(quota_bytes=quota_bytes, quota_inodes=quota_inodes)
+        self._account: QuotaAccount | None = None
+        if usage is not None or limits.inode_limit is not None:
+            self._account = QuotaAccount(quota_bytes, 0, limits.inode_limit, 0, store=usage)
+            self._counted = usage is not None
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -222,9 +238,12 @@ class VolumeFs:
         """Create or truncate the file and write ``data`` (new files get mode 0o644)."""
         p = _rel(path)
         view = memoryview(data).cast("B")
-        with self._tree() as t:
-            if self._quota_bytes is not None:
-                self._check_quota(t, p, len(view))
+        with self._tree() as t, self._charged(t, p) as old:
+            if self._account is not None:
+                growth = -(-len(view) // _BLOCK) * _BLOCK - _allocated(old)
+                self._account.reserve(growth + (_BLOCK if old is None else 0))
+                if old is None:
+                    self._account.reserve_inode()
             # One openat2 for the whole path: the kernel resolves and creates atomically
             # beneath the root, so no swapped-in symlink can redirect the create.
             fd = t.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -238,19 +257,60 @@ class VolumeFs:
     def write_text(self, path: StrPath, text: str, encoding: str = "utf-8") -> None:
         self.write(path, text.encode(encoding))
 
-    def _check_quota(self, t: ContainedRoot, p: str, size: int) -> None:
-        assert self._quota_bytes is not None
+    # ---- the quota: what each change allocated, charged to the volume's one count ----
+    def _account_for(self, t: ContainedRoot) -> QuotaAccount | None:
+        """The account, counted from the volume itself the first time a VolumeFs with no
+        shared counter needs one (a bare directory with a quota)."""
+        acc = self._account
+        if acc is not None and not self._counted:
+            from msbfs.tree.policy import walk_counts
+
+            acc._used, acc._inodes = walk_counts(t.fd)
+            self._counted = True
+        return acc
+
+    @contextlib.contextmanager
+    def _charged(self, t: ContainedRoot, p: str) -> Iterator[os.stat_result | None]:
+        """Around a change of ``p``: yields its lstat before (None: absent); afterwards
+        charges what the change did to it and to its directory."""
+        acc = self._account_for(t)
+        if acc is None:
+            yield None
+            return
+        before, dir_before = self._lstats(t, p)
         try:
-            fd = t.open(p, os.O_PATH)
-            try:
-                old = os.fstat(fd).st_blocks * 512
-            finally:
-                os.close(fd)
+            yield before
+        finally:
+            after, dir_after = self._lstats(t, p)
+            self._charge(acc, before, after)
+            self._charge(acc, dir_before, dir_after)
+
+    @staticmethod
+    def _lstats(t: ContainedRoot, p: str) -> tuple[os.stat_result | None,
+                                                    os.stat_result | None]:
+        try:
+            with t.parent(p) as (dirfd, name):
+                d = os.fstat(dirfd)
+                try:
+                    return os.lstat(name, dir_fd=dirfd), d
+                except FileNotFoundError:
+                    return None, d
         except (FileNotFoundError, NotADirectoryError):
-            old = 0
-        new = -(-size // _BLOCK) * _BLOCK
-        if usage_bytes(t.path) - old + new > self._quota_bytes:
-            raise OSError(errno.ENOSPC, "volume quota exceeded", p)
+            return None, None
+
+    @staticmethod
+    def _charge(acc: QuotaAccount, before: os.stat_result | None,
+                after: os.stat_result | None) -> None:
+        if before is not None and after is not None and (
+                (before.st_dev, before.st_ino) != (after.st_dev, after.st_ino)):
+            # replaced by another inode: one gone, one made
+            VolumeFs._charge(acc, before, None)
+            before = None
+        if (after is None and before is not None and before.st_nlink > 1
+                and not stat_mod.S_ISDIR(before.st_mode)):
+            return  # another name keeps the inode and its blocks
+        inodes = (before is None) - (after is None)
+        acc.charge(_allocated(after) - _allocated(before), inodes)
 
     def mkdir(self, path: StrPath) -> None:
         """Create a directory and any missing parents (mode 0o755); fine if it exists."""
@@ -260,7 +320,10 @@ class VolumeFs:
             for i, name in enumerate(parts):
                 prefix = "/".join(parts[:i + 1])
                 if name not in (".", ".."):
-                    with t.parent(prefix) as (dirfd, _):
+                    with self._charged(t, prefix) as old, t.parent(prefix) as (dirfd, _):
+                        if old is None and self._account is not None:
+                            self._account.reserve_inode()
+                            self._account.reserve(_BLOCK)
                         with contextlib.suppress(FileExistsError):
                             os.mkdir(name, 0o755, dir_fd=dirfd)
                 # What is there now must be a directory inside the root (it may be a
@@ -279,7 +342,7 @@ class VolumeFs:
                 os.close(t.open(p, os.O_PATH))  # escapes still say so
                 raise OSError(errno.EBUSY if p.strip("/.") == "" else errno.EINVAL,
                               "cannot remove '.' or '..'", p)
-            with t.parent(p) as (dirfd, name):
+            with self._charged(t, p), t.parent(p) as (dirfd, name):
                 st = os.lstat(name, dir_fd=dirfd)
                 if stat_mod.S_ISDIR(st.st_mode):
                     os.rmdir(name, dir_fd=dirfd)
@@ -301,16 +364,28 @@ class VolumeFs:
             except (FileNotFoundError, NotADirectoryError):
                 return
             with parent:
-                _remove_tree_at(dirfd, name)
+                acc = self._account_for(t)
+                charge = None if acc is None else functools.partial(VolumeFs._charge, acc)
+                _remove_tree_at(dirfd, name, charge)
 
 
-def _remove_tree_at(dirfd: int, name: str) -> None:
+def _allocated(st: os.stat_result | None) -> int:
+    return 0 if st is None else st.st_blocks * 512
+
+
+Charge = Callable[[os.stat_result | None, os.stat_result | None], None]
+
+
+def _remove_tree_at(dirfd: int, name: str, charge: Charge | None = None) -> None:
+    """Remove ``name`` below ``dirfd`` and everything in it, each removal charged."""
     try:
         st = os.lstat(name, dir_fd=dirfd)
     except FileNotFoundError:
         return
     if not stat_mod.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dirfd)
+        if charge is not None:
+            charge(st, None)
         return
     # O_NOFOLLOW: if a symlink was swapped in since the lstat, this fails (ELOOP or
     # ENOTDIR) instead of descending into wherever it points.
@@ -318,10 +393,13 @@ def _remove_tree_at(dirfd: int, name: str) -> None:
                  dir_fd=dirfd)
     try:
         for child in os.listdir(fd):
-            _remove_tree_at(fd, child)
+            _remove_tree_at(fd, child, charge)
+        st = os.fstat(fd)  # its blocks now, as it goes
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dirfd)
+    if charge is not None:
+        charge(st, None)
 
 
 class DiskVolumeFs(VolumeFs):

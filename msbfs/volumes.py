@@ -35,6 +35,7 @@ from msbfs.errors import (
 )
 from msbfs.locks import VolumeLock
 from msbfs.store import msb_home
+from msbfs.usage import usage_path
 from msbfs.volumefs import DiskVolumeFs, VolumeFs, usage_bytes
 
 __all__ = [
@@ -136,8 +137,12 @@ class VolumeHandle:
     def fs(self) -> VolumeFs:
         if self.kind == "disk":
             return DiskVolumeFs(self)
+        from msbfs.usage import VolumeUsage
+
         quota = self.quota_mib * MIB if self.quota_mib is not None else None
-        return VolumeFs(self.path, quota_bytes=quota)
+        # The volume's one usage count, shared with whoever serves it (msbfs.usage).
+        return VolumeFs(self.path, quota_bytes=quota, quota_inodes=self.quota_inodes,
+                        usage=VolumeUsage.open(self.name, root=self.path))
 
     def remove(self) -> None:
         remove_volume(self.name)
@@ -254,6 +259,7 @@ def create_volume(name: str, *, kind: VolumeKind = "dir", size_mib: int | None =
             # Our row is in (uncommitted) and we hold the write lock: nobody else can
             # be creating this name now.
             data.parent.mkdir(parents=True, exist_ok=True)
+            usage_path(name).unlink(missing_ok=True)  # a crash's leftover: counted anew
             try:
                 data.mkdir(mode=0o755)
             except FileExistsError:
@@ -314,6 +320,7 @@ def remove_volume(name: str) -> None:
                 if data.exists():
                     trash.parent.mkdir(parents=True, exist_ok=True)
                     data.rename(trash)
+                usage_path(name).unlink(missing_ok=True)  # its count went with it
         shutil.rmtree(trash, ignore_errors=True)
     _sweep_trash()
 

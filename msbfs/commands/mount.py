@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from msbfs.errors import MountError, MsbfsError
+from msbfs import sources
+from msbfs.errors import MsbfsError
+from msbfs.sources import Source, is_path_source
 
 if TYPE_CHECKING:  # pyfuse3, trio and the tree load only when mounting
     from msbfs.hostmount import MountOptions
-    from msbfs.locks import VolumeLock
     from msbfs.tree import Tree
 
-MIB = 1024 * 1024
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,49 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.set_defaults(func=cmd_umount)
 
 
-@dataclass
-class Source:
-    """What is being mounted: a directory, and the volume lock held while it is."""
-
-    path: str
-    label: str
-    quota_bytes: int | None
-    lock: VolumeLock | None = None
-    quota_inodes: int | None = None
-
-    def close(self) -> None:
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
-
-
-def is_path_source(source: str) -> bool:
-    """A host directory rather than a volume name (volume names never hold a '/')."""
-    return "/" in source or source.startswith(".")
-
-
 def open_source(source: str, options: MountOptions) -> Source:
-    quota = options.quota_mib * MIB if options.quota_mib is not None else None
-    if is_path_source(source):
-        path = os.path.abspath(source)
-        if not os.path.isdir(path):
-            raise MountError(f"source {source} is not a directory")
-        return Source(path, path, quota, quota_inodes=options.quota_inodes)
-    from msbfs.volumes import get_volume, hold_volume
-
-    lock = hold_volume(source)  # VolumeNotFound / VolumeInUse say why on their own
-    try:
-        vol = get_volume(source)
-        if vol.kind != "dir":
-            raise MountError(f"volume {source} is a {vol.kind} volume; msbfs mount serves "
-                             "directory volumes")
-        if quota is None and vol.quota_mib is not None:
-            quota = vol.quota_mib * MIB
-        inodes = options.quota_inodes if options.quota_inodes is not None else vol.quota_inodes
-        return Source(vol.path, source, quota, lock, inodes)
-    except BaseException:
-        lock.close()
-        raise
+    """``msbfs mount SOURCE``: a volume name, or a directory (it holds a '/')."""
+    kind = "path" if is_path_source(source) else "volume"
+    return sources.open_source(**{kind: source}, quota_mib=options.quota_mib,
+                               quota_inodes=options.quota_inodes)
 
 
 def build_tree(src: Source, options: MountOptions) -> Tree:
@@ -104,6 +65,7 @@ def build_tree(src: Source, options: MountOptions) -> Tree:
     # posix_acl: the kernel (enable_acl) checks ACLs through system.posix_acl_* xattrs.
     uid_map, gid_map = options.id_maps()
     return Tree(src.path, policy, writeback=options.writeback, xattrmap=options.xattrmap,
+                usage=src.usage,
                 posix_acl=True, uid_map=uid_map, gid_map=gid_map)
 
 

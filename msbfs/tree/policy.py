@@ -62,9 +62,12 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from msbfs.tree.xattrmap import XattrMap
+
+if TYPE_CHECKING:
+    from msbfs.usage import VolumeUsage
 
 #: The kernel's ``__FMODE_EXEC``: execve's open of the binary; FUSE passes it on in
 #: ``fuse_open_in.flags`` so the server can refuse it on a noexec tree.
@@ -261,15 +264,29 @@ class QuotaAccount:
     (ENOSPC if not), ``reserve_inode`` the same for one new inode; ``charge`` books the
     growth (or shrinkage) the call really caused. ``limit`` None: inodes only. A lock
     makes the pair safe when a transport runs tree calls on several threads.
+
+    With a ``store`` (a named volume's ``msbfs.usage.VolumeUsage``) the numbers live
+    there, shared with every other writer of the volume (other servers, VolumeFs):
+    ``used``/``inodes`` read it (the ``used``/``inodes`` arguments are then unused),
+    ``charge`` adds to it under its file lock.
     """
 
     def __init__(self, limit: int | None, used: int, inode_limit: int | None = None,
-                 inodes: int = 0) -> None:
+                 inodes: int = 0, store: VolumeUsage | None = None) -> None:
         self.limit = limit
-        self.used = used
         self.inode_limit = inode_limit
-        self.inodes = inodes
+        self.store = store
+        self._used = used
+        self._inodes = inodes
         self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        return self._used if self.store is None else self.store.read()[0]
+
+    @property
+    def inodes(self) -> int:
+        return self._inodes if self.store is None else self.store.read()[1]
 
     @property
     def available(self) -> int:
@@ -289,9 +306,14 @@ class QuotaAccount:
             raise _err(errno.ENOSPC)
 
     def charge(self, delta: int, inodes: int = 0) -> None:
+        if not delta and not inodes:
+            return
+        if self.store is not None:
+            self.store.add(delta, inodes)
+            return
         with self._lock:
-            self.used = max(0, self.used + delta)
-            self.inodes = max(0, self.inodes + inodes)
+            self._used = max(0, self._used + delta)
+            self._inodes = max(0, self._inodes + inodes)
 
     def write_allowance(self, st: os.stat_result, offset: int, length: int) -> int:
         """How many of ``length`` bytes at ``offset`` may be written to the file whose

@@ -44,7 +44,7 @@ import os
 import resource
 import stat
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msbfs import syscalls
 from msbfs._native import lib
@@ -89,6 +89,9 @@ from msbfs.tree.types import (
     Statistics,
 )
 from msbfs.tree.xattrmap import DEFAULT_MAP, XattrMap
+
+if TYPE_CHECKING:
+    from msbfs.usage import VolumeUsage
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -187,6 +190,7 @@ class Tree:
                  max_inode_fds: int | None = None,
                  xattrmap: XattrMap | str | None = None,
                  max_handles: int | None = None, max_inodes: int | None = None,
+                 usage: VolumeUsage | None = None,
                  uid_map: IdMap | None = None, gid_map: IdMap | None = None) -> None:
         if cache not in _TIMEOUTS:
             raise ValueError(f"cache must be one of {', '.join(_TIMEOUTS)}, not {cache!r}")
@@ -243,8 +247,11 @@ class Tree:
         self._locks = RecordLocks(max(_MIN_INODE_FDS, soft // 16))
         self.quota: QuotaAccount | None = None
         if policy.quota_bytes is not None or policy.inode_limit is not None:
-            used, inodes = walk_counts(fd)
-            self.quota = QuotaAccount(policy.quota_bytes, used, policy.inode_limit, inodes)
+            # A named volume's usage is shared with its other writers (msbfs.usage):
+            # the walk at start makes it true, under its lock.
+            used, inodes = usage.recount(fd) if usage is not None else walk_counts(fd)
+            self.quota = QuotaAccount(policy.quota_bytes, used, policy.inode_limit, inodes,
+                                      store=usage)
 
     # ---- helpers ---------------------------------------------------------------------
     def _creds(self, ctx: Ctx) -> contextlib.AbstractContextManager[None]:

@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from msbfs.commands.mount import is_path_source
 from msbfs.launcher import daemon as daemons
 from msbfs.launcher.sandbox import Sandbox
 from msbfs.mounts import Mount, MountOptions
+from msbfs.sources import is_path_source
 from tools.conformance.runner import run_suite
 from tools.conformance.suites import POSIX_SUITE, ShellSuite, Suite, TapSuite
 from tools.conformance.targets import Completed
