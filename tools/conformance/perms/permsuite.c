@@ -526,7 +526,7 @@ static void files_basic(void)
                     file_case(id, &IDS[i], FILE_MODES[m], &owners[o], NULL, op);
                 }
                 /* access() changes nothing: one fixture for every mode bit asked. */
-                P(id, "access %s", fix);
+                P(id, "access:%s", fix); /* the group's name: --only access: keeps it */
                 if (!wanted(id))
                     continue;
                 const char *d = case_dir();
@@ -600,7 +600,7 @@ static void fifos(void)
     char id[160];
     for (size_t m = 0; m < N(MODES); m++)
         for (size_t o = 0; o < nowners4; o++) {
-            P(id, "fifo p%04o/%s", MODES[m], owners[o].name);
+            P(id, "fifo:p%04o/%s", MODES[m], owners[o].name);
             if (!wanted(id))
                 continue;
             const char *d = case_dir();
