@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ import pyfuse3
 import trio
 
 from msbfs.errors import InvalidMountSpec, MountError
+from msbfs.mounts import MountOptions
 from msbfs.tree import idmap
 from msbfs.tree.api import TreeOps
 from msbfs.tree.types import (
@@ -438,14 +439,12 @@ async def _blocking(fn: Callable[..., None], *args: Any) -> None:
 # ---- options ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class MountOptions:
-    """What ``-o`` says. Policy flags go to the tree (enforced there for every client)
-    and, mirrored, to the kernel mount."""
+class HostMountOptions:
+    """What ``msbfs mount -o`` says: the policy flags (``msbfs.MountOptions``, the one
+    model every server reads) and what only a host mount has. The flags go to the tree
+    (enforced there for every client) and, mirrored, to the kernel mount."""
 
-    readonly: bool = False
-    noexec: bool = False
-    nosuid: bool = False
-    nodev: bool = False
+    flags: MountOptions = field(default_factory=MountOptions)
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
@@ -464,23 +463,18 @@ class MountOptions:
     writeback: bool = False
 
     @classmethod
-    def parse(cls, text: str | None) -> MountOptions:
+    def parse(cls, text: str | None) -> HostMountOptions:
         flags: dict[str, Any] = {}
+        policy = MountOptions()
         for raw in (text or "").split(","):
             item = raw.strip()
             if not item:
                 continue
             key, eq, value = item.partition("=")
-            if key in ("ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev",
-                       "allow_other", "writeback") and not eq:
-                if key in ("ro", "rw"):
-                    flags["readonly"] = key == "ro"
-                elif key.startswith("no"):
-                    flags[key] = True
-                elif key in ("allow_other", "writeback"):
-                    flags[key] = True
-                else:
-                    flags["no" + key] = False
+            if not eq and (nxt := policy.with_flag(key)) is not None:
+                policy = nxt
+            elif key in ("allow_other", "writeback") and not eq:
+                flags[key] = True
             elif key in ("uid", "gid", "quota", "quota_inodes") and eq:
                 try:
                     n = int(value, 10)
@@ -506,7 +500,7 @@ class MountOptions:
                     "allow_other, uid=N, gid=N, quota=MIB, quota_inodes=N, writeback, "
                     "xattrmap=RULES, uid_map=:NS:HOST:COUNT:, gid_map=..., "
                     "translate_uid=TYPE:A:B:COUNT, translate_gid=...)")
-        opts = cls(**flags)
+        opts = cls(policy, **flags)
         opts.id_maps()  # a bad map is refused here, with virtiofsd's reason
         return opts
 
@@ -536,8 +530,7 @@ class MountOptions:
             # libfuse mounts nosuid,nodev unless told otherwise, and we keep that even when
             # the policy allows set-id files and devices: a guest's root can plant a
             # set-uid binary in a volume, which must not become a way up on the host.
-            opts.update(name for name, on in (("ro", self.readonly), ("noexec", self.noexec))
-                        if on)
+            opts.update(self.flags.policy().kernel_flags())
         else:
             # Nothing from the kernel at all, not even libfuse's defaults.
             opts.update(("suid", "dev"))
@@ -774,7 +767,7 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def serve(tree: TreeOps, mountpoint: str, options: MountOptions, *, fsname: str,
+def serve(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsname: str,
           mirror_policy: bool = True, on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve it in this process until it is unmounted
     or SIGINT/SIGTERM/SIGHUP arrives; then unmount and release every inode and handle."""

@@ -22,13 +22,14 @@ named volume when its mode says so) and returns what a launcher needs to attach 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msbfs import volumes
 from msbfs.errors import (
@@ -39,6 +40,9 @@ from msbfs.errors import (
     VolumeExists,
     VolumeNotFound,
 )
+
+if TYPE_CHECKING:
+    from msbfs.tree.policy import Policy
 
 
 class MountKind(enum.Enum):
@@ -53,10 +57,24 @@ VOLUME_KINDS = ("dir", "disk")
 DISK_FORMATS = ("raw", "qcow2", "vmdk")
 _FSTYPE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _FLAG_NAMES = ("ro", "noexec", "nosuid", "nodev")
+#: Every spelling of a policy flag and the field it sets: the one reader of
+#: ``ro,noexec,nosuid,nodev`` for mount specs, ``msbfs mount -o``, ``msbfs serve -o``
+#: and the launcher (``MountOptions.with_flag``).
+FLAG_WORDS: dict[str, tuple[str, bool]] = {
+    "ro": ("readonly", True), "readonly": ("readonly", True), "rw": ("readonly", False),
+    "noexec": ("noexec", True), "exec": ("noexec", False),
+    "nosuid": ("nosuid", True), "suid": ("nosuid", False),
+    "nodev": ("nodev", True), "dev": ("nodev", False),
+}
 
 
 @dataclass(frozen=True)
 class MountOptions:
+    """The policy flags of a mount, whoever serves it (the server enforces them: a guest
+    or host kernel's own mount flags are never trusted). One model for the Python API,
+    mount specs, ``msbfs mount -o`` and ``msbfs serve``; ``policy()`` is the tree's
+    ``Policy`` of them."""
+
     readonly: bool = False
     noexec: bool = False
     nosuid: bool = False
@@ -66,6 +84,33 @@ class MountOptions:
         """The set flags by their spec names, in canonical order."""
         on = (self.readonly, self.noexec, self.nosuid, self.nodev)
         return [n for n, v in zip(_FLAG_NAMES, on, strict=True) if v]
+
+    def with_flag(self, word: str) -> MountOptions | None:
+        """These options with one flag word applied (``ro``, ``exec``, ...), or None
+        when ``word`` is not a policy flag."""
+        hit = FLAG_WORDS.get(word)
+        if hit is None:
+            return None
+        return dataclasses.replace(self, **{hit[0]: hit[1]})
+
+    @classmethod
+    def parse(cls, text: str) -> MountOptions:
+        """A comma list of flag words only."""
+        opts = cls()
+        for word in filter(None, (w.strip() for w in text.split(","))):
+            nxt = opts.with_flag(word)
+            if nxt is None:
+                raise InvalidMountSpec(f"unknown flag {word!r} (use {', '.join(_FLAG_NAMES)})")
+            opts = nxt
+        return opts
+
+    def policy(self, **limits: Any) -> Policy:
+        """The tree's Policy of these flags, with ``limits`` (quota_bytes,
+        quota_inodes, squash_uid, squash_gid) as given."""
+        from msbfs.tree.policy import Policy
+
+        return Policy(readonly=self.readonly, noexec=self.noexec, nosuid=self.nosuid,
+                      nodev=self.nodev, **limits)
 
 
 def default_disk_format(path: str) -> str:
@@ -222,7 +267,7 @@ class Mount:
             "disk": ("format", "fstype"),
         }[kind]
         for key, value in opts.items():
-            if key in _FLAG_NAMES:
+            if key in _FLAG_NAMES:  # specs name set flags only (no ro/rw pairs)
                 if value is not None:
                     raise InvalidMountSpec(f"option {key} takes no value")
             elif key not in allowed:
@@ -233,7 +278,9 @@ class Mount:
                                        f"{valid}{hint}")
             elif value is None or value == "":
                 raise InvalidMountSpec(f"option {key} needs a value: {key}=...")
-        flags = MountOptions(*(key in opts for key in _FLAG_NAMES))
+        flags = MountOptions()
+        for key in opts:
+            flags = flags.with_flag(key) or flags
 
         def number(key: str) -> int | None:
             v = opts.get(key)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from msbfs import confine
 from msbfs.confine import SANDBOXES, SECCOMP_ACTIONS
 from msbfs.errors import MsbfsError, ServeError
+from msbfs.mounts import MountOptions
 from msbfs.sources import Source, open_source
 
 if TYPE_CHECKING:  # the tree is imported only when serving (fast --help)
@@ -57,7 +58,9 @@ class ServeOptions:
     socket_group: str | None = None
     tag: str = "msbfs"
     cache: str = "auto"
-    readonly: bool = False
+    #: the policy flags (--readonly, --noexec, --nosuid, --nodev; -o ro): the one
+    #: model every server reads (msbfs.mounts.MountOptions)
+    flags: MountOptions = field(default_factory=MountOptions)
     xattr: bool = True
     posix_acl: bool = False
     #: virtiofsd's --xattrmap rules; None: the tree's default map (msbfs.tree.xattrmap)
@@ -78,9 +81,6 @@ class ServeOptions:
     rlimit_nofile: int | None = None
     thread_pool_size: int = 0
     num_request_queues: int = 1
-    noexec: bool = False
-    nosuid: bool = False
-    nodev: bool = False
     quota_mib: int | None = None
     quota_inodes: int | None = None
     keep_serving: bool = False
@@ -222,8 +222,8 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
                 o.log_level = value
             elif key == "debug":
                 o.log_level = "debug"
-            elif key == "readonly" or key == "ro":
-                o.readonly = True
+            elif (flagged := o.flags.with_flag(key)) is not None and not value:
+                o.flags = flagged
             elif key == "xattrmap":
                 o.xattrmap = value  # a map with a ',' in it needs --xattrmap
             elif key in _IGNORED_O:
@@ -231,12 +231,15 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
             else:
                 raise ServeError(f"unknown option -o {item}")
     for name in ("shared_dir", "volume", "socket_path", "fd", "socket_group", "tag", "cache",
-                 "readonly", "xattr", "posix_acl", "writeback", "announce_submounts",
-                 "sandbox", "thread_pool_size", "num_request_queues", "noexec", "nosuid",
-                 "nodev", "log_level", "syslog", "seccomp", "modcaps"):
+                 "xattr", "posix_acl", "writeback", "announce_submounts",
+                 "sandbox", "thread_pool_size", "num_request_queues", "log_level", "syslog",
+                 "seccomp", "modcaps"):
         v = getattr(a, name, None)
         if v is not None:
             setattr(o, name, v)
+    for word in ("readonly", "noexec", "nosuid", "nodev"):
+        if getattr(a, word, None):
+            o.flags = o.flags.with_flag(word) or o.flags
     if getattr(a, "rlimit_nofile", None) is not None:
         o.rlimit_nofile = _fd_limit(a.rlimit_nofile)
     if getattr(a, "xattrmap", None) is not None:
@@ -401,7 +404,7 @@ def _run(o: ServeOptions, src: Source) -> int:
     import trio.lowlevel
     import trio.to_thread
 
-    from msbfs.tree import Policy, Tree
+    from msbfs.tree import Tree
     from msbfs.virtiofs import VirtioFsDevice
     from vhost import backend  # noqa: F401
 
@@ -409,8 +412,7 @@ def _run(o: ServeOptions, src: Source) -> int:
     sock = open_socket(o)
     jail = confinement(o)
     confine.set_fd_limit(jail.rlimit_nofile)  # before the tree sizes its fd cache on it
-    policy = Policy(readonly=o.readonly, noexec=o.noexec, nosuid=o.nosuid, nodev=o.nodev,
-                    quota_bytes=src.quota_bytes, quota_inodes=src.quota_inodes)
+    policy = o.flags.policy(quota_bytes=src.quota_bytes, quota_inodes=src.quota_inodes)
     # One answer for the tree and the session: a tree that drops O_APPEND for a kernel
     # that does not append itself (cache=never) would write appends at stale offsets.
     writeback = o.writeback and o.cache != "never"

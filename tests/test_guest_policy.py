@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from msbfs.launcher.daemon import ServedTree
+from msbfs.mounts import MountOptions
 from tests.plugins.guest import KERNEL_POLICY_FLAGS, REMOUNT_ALL, mount_flags
 
 pytestmark = pytest.mark.guest
@@ -34,13 +35,14 @@ def policy_guest(boot_guest, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (dirs["nosuid"] / "setuid.sh").chmod(0o4755)
     os.mknod(dirs["nodev"] / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     trees = [
-        ServedTree(tag="ro", guest_path="/mnt/ro", shared_dir=dirs["ro"], readonly=True),
+        ServedTree(tag="ro", guest_path="/mnt/ro", shared_dir=dirs["ro"],
+                   options=MountOptions(readonly=True)),
         ServedTree(tag="noexec", guest_path="/mnt/noexec", shared_dir=dirs["noexec"],
-                   noexec=True),
+                   options=MountOptions(noexec=True)),
         ServedTree(tag="nosuid", guest_path="/mnt/nosuid", shared_dir=dirs["nosuid"],
-                   nosuid=True),
+                   options=MountOptions(nosuid=True)),
         ServedTree(tag="nodev", guest_path="/mnt/nodev", shared_dir=dirs["nodev"],
-                   nodev=True),
+                   options=MountOptions(nodev=True)),
     ]
     with boot_guest(trees) as g:
         for t in trees:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from msbfs.launcher.daemon import ServedTree
+from msbfs.mounts import MountOptions
 from msbfs.tree.policy import MIN_DEFAULT_INODES, walk_counts
 
 pytestmark = pytest.mark.guest
@@ -44,7 +45,8 @@ def mutant_guest(boot_guest, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     os.chown(w, 1000, 1000)
     os.chmod(w, 0o6775)
     trees = [
-        ServedTree(tag="nodev", guest_path="/mnt/nodev", shared_dir=dirs["nodev"], nodev=True),
+        ServedTree(tag="nodev", guest_path="/mnt/nodev", shared_dir=dirs["nodev"],
+                   options=MountOptions(nodev=True)),
         ServedTree(tag="qbytes", guest_path="/mnt/qb", shared_dir=dirs["qbytes"], quota_mib=1),
         ServedTree(tag="qinodes", guest_path="/mnt/qi", shared_dir=dirs["qinodes"],
                    quota_mib=1),

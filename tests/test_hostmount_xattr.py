@@ -30,8 +30,9 @@ def test_default_and_remapping_host_mounts(host_mount: MountFactory) -> None:
 
 def test_a_bad_map_is_refused_when_the_options_are_read() -> None:
     from msbfs.errors import InvalidMountSpec
-    from msbfs.hostmount import MountOptions
+    from msbfs.hostmount import HostMountOptions
 
-    assert MountOptions.parse("ro,xattrmap=/ok/all///").xattrmap == "/ok/all///"
+    opts = HostMountOptions.parse("ro,xattrmap=/ok/all///")
+    assert opts.xattrmap == "/ok/all///" and opts.flags.readonly
     with pytest.raises(InvalidMountSpec, match="xattrmap: unexpected type 'nope'"):
-        MountOptions.parse("xattrmap=:nope:all:::")
+        HostMountOptions.parse("xattrmap=:nope:all:::")

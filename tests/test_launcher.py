@@ -67,8 +67,9 @@ def test_mount_script_orders_parents_first_and_passes_flags(tmp_path: Path) -> N
 
 
 def test_command_lines(tmp_path: Path) -> None:
-    tree = ServedTree(tag="t", guest_path="/g", volume="v", readonly=True, nodev=True,
-                      quota_mib=7, request_queues=2)
+    tree = ServedTree(tag="t", guest_path="/g", volume="v",
+                      options=MountOptions(readonly=True, nodev=True), quota_mib=7,
+                      request_queues=2)
     argv = msbfs_serve(tree, 9)
     assert argv[1:] == ["-m", "msbfs", "serve", "--fd=9", "--tag=t", "--volume=v",
                         "--readonly", "--nodev", "--quota=7", "--num-request-queues=2"]

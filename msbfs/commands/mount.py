@@ -12,7 +12,7 @@ from msbfs.errors import MsbfsError
 from msbfs.sources import Source, is_path_source
 
 if TYPE_CHECKING:  # pyfuse3, trio and the tree load only when mounting
-    from msbfs.hostmount import MountOptions
+    from msbfs.hostmount import HostMountOptions
     from msbfs.tree import Tree
 
 
@@ -48,20 +48,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.set_defaults(func=cmd_umount)
 
 
-def open_source(source: str, options: MountOptions) -> Source:
+def open_source(source: str, options: HostMountOptions) -> Source:
     """``msbfs mount SOURCE``: a volume name, or a directory (it holds a '/')."""
     kind = "path" if is_path_source(source) else "volume"
     return sources.open_source(**{kind: source}, quota_mib=options.quota_mib,
                                quota_inodes=options.quota_inodes)
 
 
-def build_tree(src: Source, options: MountOptions) -> Tree:
-    from msbfs.tree import Policy, Tree
+def build_tree(src: Source, options: HostMountOptions) -> Tree:
+    from msbfs.tree import Tree
 
-    policy = Policy(readonly=options.readonly, noexec=options.noexec, nosuid=options.nosuid,
-                    nodev=options.nodev, quota_bytes=src.quota_bytes,
-                    quota_inodes=src.quota_inodes,
-                    squash_uid=options.uid, squash_gid=options.gid)
+    policy = options.flags.policy(quota_bytes=src.quota_bytes, quota_inodes=src.quota_inodes,
+                                  squash_uid=options.uid, squash_gid=options.gid)
     # posix_acl: the kernel (enable_acl) checks ACLs through system.posix_acl_* xattrs.
     uid_map, gid_map = options.id_maps()
     return Tree(src.path, policy, writeback=options.writeback, xattrmap=options.xattrmap,
@@ -71,14 +69,14 @@ def build_tree(src: Source, options: MountOptions) -> Tree:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from msbfs.hostmount import (
-        MountOptions,
+        HostMountOptions,
         Readiness,
         check_mountpoint,
         serve,
         start_background,
     )
 
-    options = MountOptions.parse(args.options)
+    options = HostMountOptions.parse(args.options)
     if not args.foreground:
         # Check what we cheaply can here, so plain mistakes are reported without a daemon.
         check_mountpoint(args.mountpoint)

@@ -15,8 +15,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from msbfs.mounts import MountOptions
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 #: Every helper process carries this mark (our pid) in its environment, so a leak check
@@ -32,10 +34,8 @@ class ServedTree:
     guest_path: str
     shared_dir: Path | None = None
     volume: str | None = None
-    readonly: bool = False
-    noexec: bool = False
-    nosuid: bool = False
-    nodev: bool = False
+    #: the policy flags its daemon enforces (the guest's mount carries them too)
+    options: MountOptions = field(default_factory=MountOptions)
     quota_mib: int | None = None
     #: virtio-fs request queues (Linux >= 6.11 spreads requests over them per CPU).
     request_queues: int = 1
@@ -54,6 +54,8 @@ class ServedTree:
 
 
 DaemonCommand = Callable[[ServedTree, int], list[str]]
+#: msbfs serve's option for a flag whose spec name differs (virtiofsd's --readonly)
+_SERVE_FLAG = {"ro": "readonly"}
 
 
 def msbfs_serve(tree: ServedTree, fd: int) -> list[str]:
@@ -62,9 +64,7 @@ def msbfs_serve(tree: ServedTree, fd: int) -> list[str]:
         argv.append(f"--volume={tree.volume}")
     else:
         argv.append(f"--shared-dir={tree.shared_dir}")
-    for flag in ("readonly", "noexec", "nosuid", "nodev"):
-        if getattr(tree, flag):
-            argv.append(f"--{flag}")
+    argv += [f"--{_SERVE_FLAG.get(flag, flag)}" for flag in tree.options.flags()]
     if tree.quota_mib is not None:
         argv.append(f"--quota={tree.quota_mib}")
     if tree.request_queues != 1:

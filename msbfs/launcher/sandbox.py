@@ -122,8 +122,7 @@ class Sandbox:
                 spec.trees.append(daemons.ServedTree(
                     tag=tag, guest_path=guest_path,
                     shared_dir=None if r.host_path is None else Path(r.host_path),
-                    volume=r.volume, readonly=o.readonly, noexec=o.noexec, nosuid=o.nosuid,
-                    nodev=o.nodev, quota_mib=r.quota_mib,
+                    volume=r.volume, options=o, quota_mib=r.quota_mib,
                     request_queues=daemons.request_queues(self.daemon, self.cpus)))
                 attached.append(_Attached(guest_path, r, tag=tag))
             elif r.transport == "block":

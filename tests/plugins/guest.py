@@ -95,9 +95,7 @@ def guest_daemon() -> daemons.DaemonCommand:
 def mount_script(trees: list[daemons.ServedTree]) -> str:
     lines = []
     for t in trees:
-        flags = [f for f in ("noexec", "nosuid", "nodev") if getattr(t, f)]
-        if t.readonly:
-            flags.append("ro")
+        flags = t.options.flags()
         opt = f" -o {','.join(flags)}" if flags else ""
         path = shlex.quote(t.guest_path)
         lines.append(f"mkdir -p {path} && mount -t virtiofs {t.tag} {path}{opt}")

@@ -33,15 +33,6 @@ WORKDIR = "/conformance"
 STAGED = "/staged"
 
 
-def _options(text: str) -> MountOptions:
-    flags = {f for f in text.split(",") if f}
-    known = {"ro": "readonly", "noexec": "noexec", "nosuid": "nosuid", "nodev": "nodev"}
-    unknown = flags - set(known)
-    if unknown:
-        raise ValueError(f"guest target options are {', '.join(known)}; not {unknown}")
-    return MountOptions(**{known[f]: True for f in flags})
-
-
 class GuestTarget:
     name = "guest"
 
@@ -49,7 +40,7 @@ class GuestTarget:
                  daemon: daemons.DaemonCommand = daemons.msbfs_serve,
                  accel: str = "auto") -> None:
         self.source = source
-        self.options = _options(options)
+        self.options = MountOptions.parse(options)
         self.daemon = daemon
         self.accel = accel
         self.sandbox: Sandbox | None = None
