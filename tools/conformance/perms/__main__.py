@@ -76,20 +76,25 @@ def run_targets(targets: list[str], only: str | None = None, sample: int = 1,
             ref = reference("native")
             results.append(Result("native", "native", ref, [], list(ref.problems)))
             continue
-        log(f"running {t}")
-        if t == "mount":
-            add(t, "native", run_mount(binary, "allow_other", extra))
-        elif t == "mount-squash":
-            add(t, "native-squash", run_mount(binary, "allow_other,uid=1000,gid=1000",
-                                               extra + squash_args()))
-        elif t in ("guest-msbfs", "guest-virtiofsd"):
-            g = run_guest(binary, msbfs_serve_acl if t == "guest-msbfs" else virtiofsd_acl,
-                          extra, accel, guest_baseline and "guest-tmpfs" not in runs)
-            add(t, "native", g.share)
-            if g.tmpfs is not None:
-                add("guest-tmpfs", "native", g.tmpfs)
-        else:
+        if t not in TARGETS:
             raise ValueError(f"unknown target {t!r}; known: {', '.join(TARGETS)}")
+        log(f"running {t}")
+        ref_name = "native-squash" if t == "mount-squash" else "native"
+        try:
+            if t == "mount":
+                add(t, ref_name, run_mount(binary, "allow_other", extra))
+            elif t == "mount-squash":
+                add(t, ref_name, run_mount(binary, "allow_other,uid=1000,gid=1000",
+                                           extra + squash_args()))
+            else:
+                g = run_guest(binary, msbfs_serve_acl if t == "guest-msbfs" else virtiofsd_acl,
+                              extra, accel, guest_baseline and "guest-tmpfs" not in runs)
+                add(t, ref_name, g.share)
+                if g.tmpfs is not None:
+                    add("guest-tmpfs", ref_name, g.tmpfs)
+        except Exception as e:  # a target that cannot start is reported, the rest still run
+            last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            results.append(Result(t, ref_name, Run(), [], [f"did not run: {last}"]))
     if save:
         save.mkdir(parents=True, exist_ok=True)
         for name, run in runs.items():
