@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from msbfs.errors import DiskError
-
-MIB = 1024 * 1024
+from msbfs.store import MIB
 
 #: How long fuse2fs may take to show up as a mount (it checks the whole fs first).
 MOUNT_DEADLINE_S = 30.0

@@ -3,6 +3,14 @@
 
 from __future__ import annotations
 
+import os
+
+
+def os_error(code: int) -> OSError:
+    """The ``OSError`` a filesystem operation fails with, errno and message as the kernel's
+    (one helper for the tree's modules, which answer the guest in errnos)."""
+    return OSError(code, os.strerror(code))
+
 
 class MsbfsError(Exception):
     """Base of every msbfs error."""

@@ -41,7 +41,6 @@ CACHE_MODES = ("auto", "always", "metadata", "never")
 LOG_LEVELS = {"error": logging.ERROR, "err": logging.ERROR, "warn": logging.WARNING,
               "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG,
               "trace": logging.DEBUG, "off": logging.CRITICAL + 10}
-MIB = 1024 * 1024
 
 #: What we print for --print-capabilities: libvirt's vhost-user.json for an fs backend.
 #: "separate-options" tells libvirt we take --shared-dir/--cache/... as options of their

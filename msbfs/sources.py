@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from msbfs.errors import InvalidArgument
+from msbfs.store import MIB
 
 if TYPE_CHECKING:
     from msbfs.locks import VolumeLock
     from msbfs.usage import VolumeUsage
-
-MIB = 1024 * 1024
 
 
 @dataclass

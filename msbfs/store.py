@@ -16,6 +16,9 @@ from pathlib import Path
 
 from msbfs.errors import MsbfsError
 
+#: Volume quotas and disk sizes are recorded in mebibytes (``quota_mib``, ``size_mib``).
+MIB = 1024 * 1024
+
 #: How long a writer waits for another process's write transaction (milliseconds).
 BUSY_TIMEOUT_MS = 30_000
 

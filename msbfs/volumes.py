@@ -34,7 +34,7 @@ from msbfs.errors import (
     VolumeNotFound,
 )
 from msbfs.locks import VolumeLock
-from msbfs.store import msb_home
+from msbfs.store import MIB, msb_home
 from msbfs.usage import usage_path
 from msbfs.volumefs import DiskVolumeFs, VolumeFs, usage_bytes
 
@@ -58,7 +58,6 @@ __all__ = [
 
 VolumeKind = Literal["dir", "disk"]
 DISK_IMAGE_NAME = "disk.img"
-MIB = 1024 * 1024
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 

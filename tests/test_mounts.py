@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 import msbfs
 from msbfs.errors import IncompatibleVolume, InvalidMountSpec, VolumeExists, VolumeNotFound
 from msbfs.mounts import Mount, MountKind, MountOptions, resolve
-
-MIB = 1024 * 1024
+from msbfs.store import MIB
 
 
 @pytest.mark.parametrize("spec, mount", [

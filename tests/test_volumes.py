@@ -22,8 +22,7 @@ from msbfs.errors import (
     VolumeInUse,
     VolumeNotFound,
 )
-
-MIB = 1024 * 1024
+from msbfs.store import MIB
 
 
 def test_round_trip(msb_home):

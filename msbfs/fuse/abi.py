@@ -10,12 +10,20 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
+# Re-exported (``X as X``): the wire constants the tree already defines, kept once.
+from msbfs.tree.policy import FMODE_EXEC as FMODE_EXEC
+from msbfs.tree.types import FOPEN_CACHE_DIR as FOPEN_CACHE_DIR
+from msbfs.tree.types import FOPEN_DIRECT_IO as FOPEN_DIRECT_IO
+from msbfs.tree.types import FOPEN_KEEP_CACHE as FOPEN_KEEP_CACHE
+from msbfs.tree.types import FOPEN_NONSEEKABLE as FOPEN_NONSEEKABLE
+from msbfs.tree.types import ROOT_ID
+
 FUSE_KERNEL_VERSION = 7
 FUSE_KERNEL_MINOR_VERSION = 38
 #: Oldest kernel protocol minor we serve (Linux 5.4 and later speak >= 7.31; 7.27 is the
 #: first with everything virtio-fs relies on and all of today's struct sizes).
 FUSE_MIN_KERNEL_MINOR = 27
-FUSE_ROOT_ID = 1
+FUSE_ROOT_ID = ROOT_ID  # defined once, in the tree's vocabulary (msbfs/tree/types.py)
 
 
 class Opcode(IntEnum):
@@ -106,11 +114,8 @@ FUSE_INIT_RESERVED = 1 << 31
 FUSE_SECURITY_CTX = 1 << 32
 FUSE_HAS_INODE_DAX = 1 << 33
 
-# fuse_open_out.open_flags
-FOPEN_DIRECT_IO = 1 << 0
-FOPEN_KEEP_CACHE = 1 << 1
-FOPEN_NONSEEKABLE = 1 << 2
-FOPEN_CACHE_DIR = 1 << 3
+# fuse_open_out.open_flags (FOPEN_*) and FMODE_EXEC: imported above from the tree, which
+# defines them once (the tree speaks FUSE terms)
 
 FUSE_RELEASE_FLUSH = 1 << 0
 FUSE_RELEASE_FLOCK_UNLOCK = 1 << 1
@@ -124,9 +129,6 @@ FUSE_FSYNC_FDATASYNC = 1 << 0
 FUSE_ATTR_SUBMOUNT = 1 << 0
 FUSE_OPEN_KILL_SUIDGID = 1 << 0
 FUSE_SETXATTR_ACL_KILL_SGID = 1 << 0
-
-#: execve's opens carry FMODE_EXEC in fuse_open_in.flags.
-FMODE_EXEC = 0x20
 
 
 def _s(fmt: str, size: int) -> struct.Struct:

@@ -26,6 +26,7 @@ import stat
 import struct
 import threading
 
+from msbfs.errors import os_error
 from msbfs.tree.handles import FileHandle
 from msbfs.tree.inodes import Inode
 from msbfs.tree.types import OFFSET_MAX, Lock
@@ -36,17 +37,13 @@ _FLOCK_OPS = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
               fcntl.F_UNLCK: fcntl.LOCK_UN}
 
 
-def _err(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
-
-
 def _flock_struct(lock: Lock) -> bytes:
     """FUSE's inclusive [start, end] (end OFFSET_MAX: to EOF) as a struct flock."""
     start, end = lock.start, lock.end
     if type(start) is not int or type(end) is not int or not 0 <= start <= end <= OFFSET_MAX:
-        raise _err(errno.EINVAL)
+        raise os_error(errno.EINVAL)
     if lock.type not in _FLOCK_OPS:
-        raise _err(errno.EINVAL)
+        raise os_error(errno.EINVAL)
     length = 0 if end == OFFSET_MAX else end - start + 1
     return _FLOCK.pack(lock.type, os.SEEK_SET, start, length, 0)
 
@@ -73,7 +70,7 @@ class RecordLocks:
             if fd is not None or not create:
                 return fd
             if self.max_fds is not None and len(self._fds) >= self.max_fds:
-                raise _err(errno.ENOLCK)
+                raise os_error(errno.ENOLCK)
             flags = acc | os.O_CLOEXEC | os.O_NOCTTY
             if h.inode.kind != stat.S_IFREG:
                 flags |= os.O_NONBLOCK
@@ -119,14 +116,14 @@ class RecordLocks:
         if is_flock:
             op = _FLOCK_OPS.get(lock.type)
             if op is None:
-                raise _err(errno.EINVAL)
+                raise os_error(errno.EINVAL)
             fcntl.flock(h.fd, op if wait or op == fcntl.LOCK_UN else op | fcntl.LOCK_NB)
             return
         arg = _flock_struct(lock)
         if lock.type == fcntl.F_RDLCK and not h.readable:
-            raise _err(errno.EBADF)
+            raise os_error(errno.EBADF)
         if lock.type == fcntl.F_WRLCK and not h.writable:
-            raise _err(errno.EBADF)
+            raise os_error(errno.EBADF)
         fd = self._owner_fd(h, owner, create=lock.type != fcntl.F_UNLCK)
         if fd is None:
             return  # unlocking what this owner never locked

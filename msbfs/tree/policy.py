@@ -64,6 +64,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from msbfs.errors import os_error
 from msbfs.tree.xattrmap import XattrMap
 
 if TYPE_CHECKING:
@@ -79,10 +80,6 @@ _DEVICE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
 _BLOCK = 4096
 #: The smallest default inode limit of a quota (see the module doc).
 MIN_DEFAULT_INODES = 1024
-
-
-def _err(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
 
 
 @dataclass(frozen=True)
@@ -117,37 +114,37 @@ class Policy:
     def check_mutation(self) -> None:
         """Every namespace, data, attribute or xattr change on a readonly tree: EROFS."""
         if self.readonly:
-            raise _err(errno.EROFS)
+            raise os_error(errno.EROFS)
 
     def check_open(self, flags: int, kind: int) -> None:
         """An open of an existing inode of file type ``kind`` (``S_IFMT`` bits)."""
         if self.readonly and (flags & os.O_ACCMODE != os.O_RDONLY or flags & _WRITE_OPEN):
-            raise _err(errno.EROFS)
+            raise os_error(errno.EROFS)
         if self.noexec and flags & FMODE_EXEC:
-            raise _err(errno.EACCES)
+            raise os_error(errno.EACCES)
         if kind in _DEVICE_TYPES:
             # nodev answers as a nodev mount does; without it, still no host device
             # (see the module doc).
-            raise _err(errno.EACCES if self.nodev else errno.EBADF)
+            raise os_error(errno.EACCES if self.nodev else errno.EBADF)
 
     def check_mknod(self, mode: int) -> None:
         self.check_mutation()
         if self.nodev and stat.S_IFMT(mode) in _DEVICE_TYPES:
-            raise _err(errno.EPERM)
+            raise os_error(errno.EPERM)
 
     def check_access(self, mask: int, kind: int) -> None:
         """access(2) answers as on a ro/noexec mount, before asking the host."""
         if self.readonly and mask & os.W_OK and kind in (stat.S_IFREG, stat.S_IFDIR,
                                                         stat.S_IFLNK):
-            raise _err(errno.EROFS)
+            raise os_error(errno.EROFS)
         if self.noexec and mask & os.X_OK and kind == stat.S_IFREG:
-            raise _err(errno.EACCES)
+            raise os_error(errno.EACCES)
 
     def check_setcap(self) -> None:
         """security.capability grants privileges on exec like a set-uid bit: nosuid never
         stores it."""
         if self.nosuid:
-            raise _err(errno.EPERM)
+            raise os_error(errno.EPERM)
 
     def stored_mode(self, mode: int) -> int:
         """The permission bits a create/mkdir/mknod/chmod may store."""
@@ -227,18 +224,18 @@ class XattrRule:
     def host_name(self, name: bytes, uid: int, write: bool) -> bytes:
         """The host's name for the client's ``name``, or the errno refusing it."""
         if not self.posix_acl and name.startswith(_ACL_PREFIX):
-            raise _err(errno.EOPNOTSUPP)
+            raise os_error(errno.EOPNOTSUPP)
         host = self.map.to_server(name, get=not write)
         if _CAPABILITY in (name, host):
             if write:
                 self.policy.check_setcap()
             elif self.policy.nosuid:
-                raise _err(errno.ENODATA)
+                raise os_error(errno.ENODATA)
         if uid != 0:
             if host.startswith(b"trusted."):
-                raise _err(errno.EPERM if write else errno.ENODATA)
+                raise os_error(errno.EPERM if write else errno.ENODATA)
             if write and host.startswith(b"security."):
-                raise _err(errno.EPERM)
+                raise os_error(errno.EPERM)
         return host
 
     def client_name(self, host: bytes, uid: int) -> bytes | None:
@@ -299,11 +296,11 @@ class QuotaAccount:
 
     def reserve(self, growth: int) -> None:
         if growth > 0 and growth > self.available:
-            raise _err(errno.ENOSPC)
+            raise os_error(errno.ENOSPC)
 
     def reserve_inode(self) -> None:
         if self.inodes_available < 1:
-            raise _err(errno.ENOSPC)
+            raise os_error(errno.ENOSPC)
 
     def charge(self, delta: int, inodes: int = 0) -> None:
         if not delta and not inodes:
@@ -326,7 +323,7 @@ class QuotaAccount:
         # that fits in whole blocks.
         room = (st.st_blocks * 512 + self.available) // _BLOCK * _BLOCK - offset
         if room <= 0 or estimate_growth(st, offset, room) > self.available:
-            raise _err(errno.ENOSPC)
+            raise os_error(errno.ENOSPC)
         return min(room, length)
 
 

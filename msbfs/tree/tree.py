@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from msbfs import syscalls
 from msbfs._native import lib
+from msbfs.errors import os_error
 from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
@@ -131,10 +132,6 @@ _RESOLVE = syscalls.RESOLVE_CONTAINED
 _DEFAULT_POLICY = Policy()
 
 
-def _err(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
-
-
 def _proc(fd: int) -> bytes:
     return b"/proc/self/fd/%d" % fd
 
@@ -145,13 +142,13 @@ def _name(name: Any) -> bytes:
         try:
             name = bytes(name)
         except TypeError:
-            raise _err(errno.EINVAL) from None
+            raise os_error(errno.EINVAL) from None
     if not name:
-        raise _err(errno.ENOENT)
+        raise os_error(errno.ENOENT)
     if len(name) > NAME_MAX:
-        raise _err(errno.ENAMETOOLONG)
+        raise os_error(errno.ENAMETOOLONG)
     if b"/" in name or b"\0" in name:
-        raise _err(errno.EINVAL)
+        raise os_error(errno.EINVAL)
     return name
 
 
@@ -159,7 +156,7 @@ def _new_name(name: Any) -> bytes:
     """A name a creating op will make: ``.``/``..`` already exist (EEXIST, as Linux)."""
     name = _name(name)
     if name in (b".", b".."):
-        raise _err(errno.EEXIST)
+        raise os_error(errno.EEXIST)
     return name
 
 
@@ -169,15 +166,15 @@ def _int(value: Any, lo: int = 0, hi: int = OFFSET_MAX) -> int:
         try:
             value = int(value)
         except (TypeError, ValueError):
-            raise _err(errno.EINVAL) from None
+            raise os_error(errno.EINVAL) from None
     if value < lo or value > hi:
-        raise _err(errno.EINVAL)
+        raise os_error(errno.EINVAL)
     return value
 
 
 def _check(r: int) -> int:
     if r < 0:
-        raise _err(-r)
+        raise os_error(-r)
     return r
 
 
@@ -256,7 +253,7 @@ class Tree:
     # ---- helpers ---------------------------------------------------------------------
     def _creds(self, ctx: Ctx) -> contextlib.AbstractContextManager[None]:
         if ctx.uid == REFUSED or ctx.gid == REFUSED:
-            raise _err(errno.EPERM)  # an id the id map refuses (map_ctx)
+            raise os_error(errno.EPERM)  # an id the id map refuses (map_ctx)
         return self._ids.of(ctx)
 
     def map_ctx(self, ctx: Ctx) -> Ctx:
@@ -321,7 +318,7 @@ class Tree:
     def _open_beneath(self, parent: Inode, name: bytes) -> int:
         fd = lib.msb_openat2(parent.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
         if fd < 0:
-            raise _err(-fd)
+            raise os_error(-fd)
         return fd
 
     def _lookup_new(self, parent: Inode, name: bytes) -> tuple[Entry, Inode, os.stat_result]:
@@ -395,7 +392,7 @@ class Tree:
         have room (``reserve``; CREATE decides that itself, the name may exist).
         Returns whether the parent is setgid."""
         if ctx.uid == REFUSED or ctx.gid == REFUSED:
-            raise _err(errno.EPERM)  # an id the id map refuses (map_ctx)
+            raise os_error(errno.EPERM)  # an id the id map refuses (map_ctx)
         _int(ctx.uid, 0, 0xFFFFFFFE)
         _int(ctx.gid, 0, 0xFFFFFFFE)
         if reserve:
@@ -469,7 +466,7 @@ class Tree:
         self._inodes.check_room()
         fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
         if fd < 0:
-            raise _err(-fd)
+            raise os_error(-fd)
         try:
             st = os.stat(fd)  # the object we hold is the truth, whatever raced
         except BaseException:
@@ -485,7 +482,7 @@ class Tree:
         if isinstance(path, str):
             path = os.fsencode(path)
         if path.startswith(b"/"):
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         inode = self._inodes.root
         entry: Entry | None = None
         for part in path.split(b"/"):
@@ -534,7 +531,7 @@ class Tree:
                 os.close(cur)
                 cur = up
                 if (ust.st_dev, ust.st_ino) == (st.st_dev, st.st_ino):
-                    raise _err(errno.ENOENT)  # reached the host's / : not beneath us
+                    raise os_error(errno.ENOENT)  # reached the host's / : not beneath us
                 st = ust
         finally:
             os.close(cur)
@@ -611,7 +608,7 @@ class Tree:
     def _chmod(self, inode: Inode, handle: FileHandle | None, mode: int) -> None:
         mode = self.policy.stored_mode(mode)
         if inode.kind == stat.S_IFLNK:
-            raise _err(errno.EOPNOTSUPP)  # as fchmodat(AT_SYMLINK_NOFOLLOW)
+            raise os_error(errno.EOPNOTSUPP)  # as fchmodat(AT_SYMLINK_NOFOLLOW)
         if handle is not None:
             os.fchmod(handle.fd, mode)
         else:
@@ -619,9 +616,9 @@ class Tree:
 
     def _truncate(self, inode: Inode, handle: FileHandle | None, size: int) -> None:
         if inode.kind == stat.S_IFDIR:
-            raise _err(errno.EISDIR)
+            raise os_error(errno.EISDIR)
         if inode.kind != stat.S_IFREG:
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         if handle is not None and handle.writable:
             fd, own = handle.fd, False
         else:
@@ -649,7 +646,7 @@ class Tree:
     def readlink(self, nodeid: int, ctx: Ctx) -> bytes:
         inode = self._inodes.get(nodeid)
         if inode.kind != stat.S_IFLNK:
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         return os.readlink(b"", dir_fd=inode.fd)
 
     # ---- namespace -------------------------------------------------------------------
@@ -660,10 +657,10 @@ class Tree:
         mode = _int(mode, 0, 0xFFFFFFFF)
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind == stat.S_IFDIR:
-            raise _err(errno.EPERM)
+            raise os_error(errno.EPERM)
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR,
                         stat.S_IFBLK):
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         self.policy.check_mknod(kind)
         rdev = _int(rdev, 0, 0xFFFFFFFF)
         want, masked = self._creation_mode(p, mode, umask, 0o7777)
@@ -698,11 +695,11 @@ class Tree:
             try:
                 target = bytes(target)
             except TypeError:
-                raise _err(errno.EINVAL) from None
+                raise os_error(errno.EINVAL) from None
         if b"\0" in target:
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         if len(target) >= PATH_MAX:
-            raise _err(errno.ENAMETOOLONG)
+            raise os_error(errno.ENAMETOOLONG)
         pst = self._dir_before(p)
         p_setgid = self._before_new(p, ctx)
         os.symlink(target, name, dir_fd=p.fd)
@@ -719,7 +716,7 @@ class Tree:
         newname = _new_name(newname)
         self.policy.check_mutation()
         if inode.kind == stat.S_IFDIR:
-            raise _err(errno.EPERM)
+            raise os_error(errno.EPERM)
         pst = self._dir_before(np)
         # linkat(AT_SYMLINK_FOLLOW) of the magic link links the inode our fd holds
         # (also a symlink itself, or an O_TMPFILE file), not anything by name.
@@ -734,7 +731,7 @@ class Tree:
         name = _name(name)
         self.policy.check_mutation()
         if name in (b".", b".."):
-            raise _err(errno.EISDIR)
+            raise os_error(errno.EISDIR)
         before = self._lstat_at(p, name) if self.quota is not None else None
         os.unlink(name, dir_fd=p.fd)
         if before is not None and before.st_nlink <= 1:
@@ -745,9 +742,9 @@ class Tree:
         name = _name(name)
         self.policy.check_mutation()
         if name == b".":
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         if name == b"..":
-            raise _err(errno.ENOTEMPTY)
+            raise os_error(errno.ENOTEMPTY)
         before = self._lstat_at(p, name) if self.quota is not None else None
         os.rmdir(name, dir_fd=p.fd)
         if before is not None:
@@ -761,12 +758,12 @@ class Tree:
         newname = _name(newname)
         flags = _int(flags, 0, 0xFFFFFFFF)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         self.policy.check_mutation()
         if name in (b".", b".."):
-            raise _err(errno.EBUSY)
+            raise os_error(errno.EBUSY)
         if newname in (b".", b".."):
-            raise _err(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY)
+            raise os_error(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY)
         replaced = None
         if self.quota is not None and not flags & RENAME_EXCHANGE:
             replaced = self._lstat_at(np, newname)
@@ -793,9 +790,9 @@ class Tree:
         self.policy.check_open(flags, inode.kind)
         kind = inode.kind
         if kind == stat.S_IFLNK:
-            raise _err(errno.ELOOP)
+            raise os_error(errno.ELOOP)
         if kind == stat.S_IFDIR and flags & os.O_ACCMODE != os.O_RDONLY:
-            raise _err(errno.EISDIR)
+            raise os_error(errno.EISDIR)
         self._handles.check_room()
         oflags = self._reopen_flags(flags)
         if kind not in (stat.S_IFREG, stat.S_IFDIR):
@@ -887,16 +884,16 @@ class Tree:
                     raise
         pfd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
         if pfd < 0:
-            raise _err(errno.ENOSPC if pfd == -errno.ENOENT and not room else -pfd)
+            raise os_error(errno.ENOSPC if pfd == -errno.ENOENT and not room else -pfd)
         try:
             before = os.stat(pfd)
             kind = stat.S_IFMT(before.st_mode)
             if oflags & os.O_EXCL:
-                raise _err(errno.EEXIST)
+                raise os_error(errno.EEXIST)
             if kind == stat.S_IFLNK:
-                raise _err(errno.ELOOP)  # open(O_CREAT | O_NOFOLLOW) of a symlink
+                raise os_error(errno.ELOOP)  # open(O_CREAT | O_NOFOLLOW) of a symlink
             if kind == stat.S_IFDIR:
-                raise _err(errno.EISDIR)
+                raise os_error(errno.EISDIR)
             self.policy.check_open(flags, kind)
             path = _proc(pfd)
             reopen = ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
@@ -956,7 +953,7 @@ class Tree:
     def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self._handles.file(fh)
         if not h.readable:
-            raise _err(errno.EBADF)
+            raise os_error(errno.EBADF)
         offset = _int(offset)
         size = min(_int(size, 0, 1 << 62), MAX_IO)
         return os.pread(h.fd, size, offset)
@@ -966,7 +963,7 @@ class Tree:
         h = self._handles.file(fh)
         self.policy.check_mutation()
         if not h.writable:
-            raise _err(errno.EBADF)
+            raise os_error(errno.EBADF)
         offset = _int(offset)
         if kill_suidgid:
             self._kill_suidgid(h.fd)
@@ -985,11 +982,11 @@ class Tree:
         h = self._handles.file(fh)
         if write:
             if not h.writable:
-                raise _err(errno.EBADF)
+                raise os_error(errno.EBADF)
             if self.policy.writes_need_tree():
-                raise _err(errno.EAGAIN)
+                raise os_error(errno.EAGAIN)
         elif not h.readable:
-            raise _err(errno.EBADF)
+            raise os_error(errno.EBADF)
         return h.fd
 
     def flush(self, fh: int, lock_owner: int) -> None:
@@ -1025,9 +1022,9 @@ class Tree:
         offset = _int(offset)
         length = _int(length, 1)
         if offset + length > OFFSET_MAX:
-            raise _err(errno.EFBIG)
+            raise os_error(errno.EFBIG)
         if not h.writable:
-            raise _err(errno.EBADF)
+            raise os_error(errno.EBADF)
         before = None
         if self.quota is not None:
             before = os.stat(h.fd)
@@ -1051,9 +1048,9 @@ class Tree:
         dst = self._handles.file(fh_out)
         self.policy.check_mutation()
         if _int(flags, 0, 0xFFFFFFFF):
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         if not src.readable or not dst.writable or dst.flags & os.O_APPEND:
-            raise _err(errno.EBADF)
+            raise os_error(errno.EBADF)
         off_in = _int(off_in)
         off_out = _int(off_out)
         length = min(_int(length, 0, 1 << 62), 1 << 30)
@@ -1081,7 +1078,7 @@ class Tree:
     def opendir(self, nodeid: int, flags: int, ctx: Ctx) -> Opened:
         inode = self._inodes.get(nodeid)
         if inode.kind != stat.S_IFDIR:
-            raise _err(errno.ENOTDIR)
+            raise os_error(errno.ENOTDIR)
         self._handles.check_room()
         fd = os.open(_proc(inode.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return Opened(self._handles.add(DirHandle(fd, inode)), self._dir_open_flags)
@@ -1149,19 +1146,19 @@ class Tree:
     def _xattr_name(self, name: Any, ctx: Ctx, write: bool) -> bytes:
         """The host's name for the client's xattr ``name``, or the errno refusing it."""
         if not self.xattr:
-            raise _err(errno.EOPNOTSUPP)
+            raise os_error(errno.EOPNOTSUPP)
         if type(name) is not bytes:
             try:
                 name = bytes(name)
             except TypeError:
-                raise _err(errno.EINVAL) from None
+                raise os_error(errno.EINVAL) from None
         if not name or len(name) > XATTR_NAME_MAX:
-            raise _err(errno.ERANGE)
+            raise os_error(errno.ERANGE)
         if b"\0" in name:
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         host = self._xattrs.host_name(name, ctx.uid, write)
         if len(host) > XATTR_NAME_MAX:
-            raise _err(errno.ERANGE)
+            raise os_error(errno.ERANGE)
         return host
 
     @contextlib.contextmanager
@@ -1186,9 +1183,9 @@ class Tree:
         self.policy.check_mutation()
         flags = _int(flags, 0, 0xFFFFFFFF)
         if flags & ~(os.XATTR_CREATE | os.XATTR_REPLACE):
-            raise _err(errno.EINVAL)
+            raise os_error(errno.EINVAL)
         if len(value) > XATTR_SIZE_MAX:
-            raise _err(errno.E2BIG)
+            raise os_error(errno.E2BIG)
         # An upper bound of the allocation: a started block per 4 KiB of entry.
         growth = -(-(len(name) + len(value) + _XATTR_ENTRY) // _XATTR_BLOCK) * _XATTR_BLOCK
         with self._xattr_charged(inode, growth):
@@ -1200,13 +1197,13 @@ class Tree:
         size = _int(size, 0, 1 << 32)
         value = os.getxattr(_proc(inode.fd), name)
         if size and len(value) > size:
-            raise _err(errno.ERANGE)
+            raise os_error(errno.ERANGE)
         return value
 
     def listxattr(self, nodeid: int, ctx: Ctx) -> list[bytes]:
         inode = self._inodes.get(nodeid)
         if not self.xattr:
-            raise _err(errno.EOPNOTSUPP)
+            raise os_error(errno.EOPNOTSUPP)
         names = [os.fsencode(n) for n in os.listxattr(_proc(inode.fd))]
         rule = self._xattrs
         return [n for n in (rule.client_name(h, ctx.uid) for h in names) if n is not None]

@@ -38,6 +38,8 @@ import errno
 import os
 from dataclasses import dataclass
 
+from msbfs.errors import os_error
+
 __all__ = ["DEFAULT_MAP", "DEFAULT_XATTRMAP", "Rule", "XattrMap", "XattrMapError"]
 
 #: The policy when the operator gives no map (see the module docstring for why).
@@ -62,10 +64,6 @@ class Rule:
 
 #: Where no rule matched: refused, like the C virtiofsd (fail closed).
 IMPLICIT_FINAL = Rule("bad", True, True, b"", b"")
-
-
-def _err(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
 
 
 def _expand_map(key: bytes, prepend: bytes) -> list[Rule]:
@@ -149,9 +147,9 @@ class XattrMap:
         there), ``unsupported`` is EOPNOTSUPP."""
         rule = self.client_rule(name)
         if rule.type == "bad":
-            raise _err(errno.ENODATA if get else errno.EPERM)
+            raise os_error(errno.ENODATA if get else errno.EPERM)
         if rule.type == "unsupported":
-            raise _err(errno.EOPNOTSUPP)
+            raise os_error(errno.EOPNOTSUPP)
         return rule.prepend + name if rule.type == "prefix" else name
 
     def to_client(self, name: bytes) -> bytes | None:
