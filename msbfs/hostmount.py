@@ -24,7 +24,6 @@ which is what the squash promises: the mapped user has an owner's access.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import hashlib
@@ -45,10 +44,13 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from msbfs._native import lib
+from msbfs.confine import MNT_DETACH
 from msbfs.errors import InvalidMountSpec, MountError
 from msbfs.mounts import MountOptions
 from msbfs.tree import idmap
 from msbfs.tree.api import TreeOps
+from msbfs.tree.tree import XATTR_SIZE_MAX
 from msbfs.tree.types import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -73,9 +75,6 @@ from msbfs.tree.types import (
 
 log = logging.getLogger(__name__)
 
-#: linux/limits.h: the largest xattr value; pyfuse3 asks for a value without a size and
-#: applies the caller's size itself.
-XATTR_SIZE_MAX = 65536
 
 #: pyfuse3 turns FATTR_*_NOW into "the current time" (clock_gettime just before calling
 #: us), which loses the distinction the permission rules need (a writer who is not the
@@ -414,6 +413,7 @@ class HostOps(pyfuse3.Operations):
 
     @_op
     def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # pyfuse3 asks for a value without a size and applies the caller's size itself
         return self.tree.getxattr(inode, name, XATTR_SIZE_MAX, self._ctx(ctx))
 
     @_op
@@ -581,16 +581,11 @@ def mount_state(mountpoint: str) -> str:
     return "mounted" if os.path.ismount(mountpoint) else "none"
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-MNT_DETACH = 2
-
-
 def _umount(mountpoint: str, *, lazy: bool) -> None:
     if os.geteuid() == 0:
-        if _libc.umount2(os.fsencode(mountpoint), MNT_DETACH if lazy else 0) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e), mountpoint)
+        r = lib.msb_umount2(os.fsencode(mountpoint), MNT_DETACH if lazy else 0)
+        if r < 0:  # the raw syscall's -errno
+            raise OSError(-r, os.strerror(-r), mountpoint)
         return
     cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), mountpoint]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -9,7 +9,6 @@ number of steps per seed.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import random
@@ -19,22 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msbfs._native import lib
 
+from msbfs.tree import RENAME_EXCHANGE, RENAME_NOREPLACE
 from tests.plugins.hostmount import HostMount, MountFactory, needs_root
 
 pytestmark = [pytest.mark.fuse, needs_root]
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                            ctypes.c_uint)
 AT_FDCWD = -100
-RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 
 
 def renameat2(old: str, new: str, flags: int) -> None:
-    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+    # the tree's own cffi wrapper (csrc/tree.c): the raw syscall, -errno on failure
+    r = lib.msb_renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags)
+    if r < 0:
+        raise OSError(-r, os.strerror(-r))
 
 
 NAMES = ["a", "b", "c", "x", "y"]

@@ -8,7 +8,6 @@ Which daemon runs is a ``DaemonCommand``: ``msbfs_serve`` (ours, policy server-s
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from msbfs._native import lib
+from msbfs.confine import PR_SET_PDEATHSIG
 from msbfs.mounts import MountOptions
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -99,7 +100,7 @@ def request_queues(daemon: DaemonCommand, cpus: int) -> int:
 
 def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: if the launcher is killed outright, its children follow it.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    lib.msb_prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def spawn(argv: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
