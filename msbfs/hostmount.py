@@ -29,7 +29,6 @@ import functools
 import hashlib
 import logging
 import os
-import resource
 import select
 import signal
 import stat
@@ -47,6 +46,7 @@ import trio
 from msbfs._native import lib
 from msbfs.confine import MNT_DETACH
 from msbfs.errors import InvalidMountSpec, MountError
+from msbfs.fdlimit import WANTED_NOFILE, raise_fd_limit
 from msbfs.mounts import MountOptions
 from msbfs.tree import idmap
 from msbfs.tree.api import TreeOps
@@ -737,36 +737,11 @@ async def _serve(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) ->
         on_ready()
 
 
-#: How many descriptors the daemon asks for (virtiofsd's default is the same million).
-WANTED_NOFILE = 1_000_000
-
-
-def raise_fd_limit() -> int:
-    """Every inode the kernel holds a lookup on is an O_PATH fd in the tree, and the
-    kernel keeps lookups for everything in its inode cache: a walk of 100,000 files needs
-    100,000 fds. Raise the soft limit to the hard one, and (as root) the hard one up to
-    ``WANTED_NOFILE`` within fs.nr_open. Returns the resulting soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard
-    if os.geteuid() == 0:
-        try:
-            nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            nr_open = hard
-        want = max(hard, min(WANTED_NOFILE, nr_open))
-    if want > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
-        except (OSError, ValueError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def serve(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsname: str,
           mirror_policy: bool = True, on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve it in this process until it is unmounted
     or SIGINT/SIGTERM/SIGHUP arrives; then unmount and release every inode and handle."""
-    raise_fd_limit()
+    raise_fd_limit(WANTED_NOFILE)  # the kernel's inode cache holds a lookup (an fd) per inode
     ops = HostOps(tree, writeback=options.writeback)
     try:
         pyfuse3.init(ops, mountpoint, options.kernel_options(fsname, mirror_policy=mirror_policy))

@@ -41,7 +41,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import resource
 import stat
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from msbfs import syscalls
 from msbfs._native import lib
 from msbfs.errors import os_error
+from msbfs.fdlimit import raise_fd_limit
 from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
@@ -196,7 +196,7 @@ class Tree:
         else:
             fd = os.open(os.fspath(root), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.stat(fd)
-        soft = _raise_fd_limit()
+        soft = raise_fd_limit()  # to the hard limit, as virtiofsd does
         self.policy = policy
         self.cache = cache
         self.xattr = xattr
@@ -1239,20 +1239,6 @@ class Tree:
             extra={"lock_fds": len(self._locks), "foreign_devices": len(self._foreign_devs),
                    "inode_fds": self._inodes.open_fds, "inode_fd_evictions": self._inodes.evictions,
                    "inode_fd_reopens": self._inodes.reopens})
-
-
-def _raise_fd_limit() -> int:
-    """The tree holds an fd per inode the client has looked up (up to its fd cache); a
-    1024 soft limit would make that cache small. Raise it to the hard limit, as virtiofsd
-    does (best effort: a process-wide setting, only ever raised). Returns the soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    except (OSError, ValueError):
-        pass
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 def _process_umask() -> int:
