@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
@@ -158,10 +157,9 @@ def test_stateful_tree() -> None:
     assert_deep("tree")
 
 
-@pytest.mark.xfail(strict=True, reason="found by the stateful machine: Tree.link checks the "
-                   "source's kind (EPERM) before the name (msbfs/tree/tree.py link); "
-                   "Linux's linkat gives EEXIST first. The tree owner's to fix.")
 def test_link_of_a_directory_onto_a_taken_name_is_eexist(twin: Twin) -> None:
+    """Found by the stateful machine: linkat checks the new name (EEXIST) before the
+    source's kind (EPERM for a directory)."""
     native = err(lambda: os.link(twin.native / "sub", "file", dst_dir_fd=twin.native_fd,
                                  follow_symlinks=False))
     served = err(lambda: twin.tree.link(twin.node("sub"), ROOT_ID, b"file", ROOT))

@@ -53,7 +53,6 @@ from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
 from msbfs.tree.inodes import AT_EMPTY_PATH, Inode, InodeTable
-from msbfs.tree.locks import RecordLocks
 from msbfs.tree.policy import (
     Policy,
     QuotaAccount,
@@ -716,7 +715,8 @@ class Tree:
         newname = _new_name(newname)
         self.policy.check_mutation()
         if inode.kind == stat.S_IFDIR:
-            raise os_error(errno.EPERM)
+            # linkat's order: a taken name is EEXIST before a directory is EPERM
+            raise os_error(errno.EEXIST if self._lstat_at(np, newname) else errno.EPERM)
         pst = self._dir_before(np)
         # linkat(AT_SYMLINK_FOLLOW) of the magic link links the inode our fd holds
         # (also a symlink itself, or an O_TMPFILE file), not anything by name.

@@ -527,10 +527,6 @@ class StatefulFs(RuleBasedStateMachine):
             return
         fd, pfd = self.nodes[n].fd, self.nodes[parent].fd
         name = self.free_name(parent, j)
-        if _kind(fd) == stat.S_IFDIR and name in self.names_in(parent):
-            # A directory onto a taken name: Linux says EEXIST, the tree EPERM (its kind
-            # check comes first; tests/test_stateful_tree.py keeps that as an xfail).
-            name = b"x" + name
 
         def native() -> int:
             os.link(_proc(fd), name, dst_dir_fd=pfd, follow_symlinks=True)
