@@ -57,6 +57,7 @@ from msbfs.tree.types import (
     FATTR_CTIME,
     FATTR_FH,
     FATTR_GID,
+    FATTR_KILL_SUIDGID,
     FATTR_MODE,
     FATTR_MTIME,
     FATTR_MTIME_NOW,
@@ -188,13 +189,23 @@ class HostOps(pyfuse3.Operations):
         #: dir handle -> (node id, opener): readdirplus looks each entry up beneath it.
         self._dirs: dict[int, tuple[int, Ctx]] = {}
         #: file handle -> opener: pyfuse3's write() carries no request context.
-        self._files: dict[int, Ctx] = {}
+        # fh -> (the opener, whether its writes clear set-id bits)
+        self._files: dict[int, tuple[Ctx, bool]] = {}
         # The caller's ids in host ids (Tree.map_ctx, msbfs.tree.idmap); None: identity.
         map_ctx = getattr(tree, "map_ctx", None)
         self._map: Callable[[Ctx], Ctx] = map_ctx if map_ctx is not None else _same
 
     def _ctx(self, ctx: pyfuse3.RequestContext) -> Ctx:
         return self._map(request_ctx(ctx))
+
+    def _killing_ctx(self, ctx: pyfuse3.RequestContext) -> tuple[Ctx, bool]:
+        """The caller with its supplementary groups, and whether its writes, truncates
+        and chowns clear set-id bits: libfuse's HANDLE_KILLPRIV leaves that to us, and
+        the kernel's rule needs the caller's CAP_FSETID (root is taken to hold it) and
+        group membership (read from /proc for non-root callers)."""
+        if ctx.uid == 0:
+            return self._ctx(ctx), False
+        return self._map(caller_with_groups(ctx)), True
 
     # ---- inodes -----------------------------------------------------------------------
     @_op
@@ -239,8 +250,13 @@ class HostOps(pyfuse3.Operations):
         if fields.update_ctime:
             valid |= FATTR_CTIME
             sa.ctime_ns = attr.st_ctime_ns
+        c = self._ctx(ctx)
+        if valid & (FATTR_SIZE | FATTR_UID | FATTR_GID) and not valid & FATTR_MODE:
+            c, kill = self._killing_ctx(ctx)
+            if kill:
+                valid |= FATTR_KILL_SUIDGID
         sa.valid = valid
-        new, timeout = self.tree.setattr(inode, sa, self._ctx(ctx))
+        new, timeout = self.tree.setattr(inode, sa, c)
         return entry_attributes(inode, new, attr_timeout=timeout)
 
     @_op
@@ -287,17 +303,18 @@ class HostOps(pyfuse3.Operations):
     # ---- files ------------------------------------------------------------------------
     @_op
     def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        c = self._ctx(ctx)
-        opened = self.tree.open(inode, flags, c)
-        self._files[opened.fh] = c
+        c, kill = self._killing_ctx(ctx)
+        opened = self.tree.open(inode, flags, c, kill_suidgid=kill)
+        self._files[opened.fh] = (c, kill)
         return _file_info(opened)
 
     @_op
     def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        c = self._ctx(ctx)
-        entry, opened = self.tree.create(parent_inode, name, mode, flags, c.umask, c)
-        self._files[opened.fh] = c
+        c, kill = self._killing_ctx(ctx)
+        entry, opened = self.tree.create(parent_inode, name, mode, flags, c.umask, c,
+                                         kill_suidgid=kill)
+        self._files[opened.fh] = (c, kill)
         return _file_info(opened), _entry(entry)
 
     @_op
@@ -308,12 +325,11 @@ class HostOps(pyfuse3.Operations):
 
     @_op
     def write(self, fh: int, off: int, buf: bytes) -> int:
-        c = self._files.get(fh)
-        if c is None:
+        opener = self._files.get(fh)
+        if opener is None:
             raise OSError(errno.EBADF, "unknown handle")
-        # libfuse enables FUSE_CAP_HANDLE_KILLPRIV: the kernel leaves clearing set-id bits
-        # on write to us. Without CAP_FSETID (we only know root has it) they go.
-        return self.tree.write(fh, off, buf, c, kill_suidgid=c.uid != 0)
+        c, kill = opener
+        return self.tree.write(fh, off, buf, c, kill_suidgid=kill)
 
     @_op
     def flush(self, fh: int) -> None:

@@ -18,7 +18,7 @@ from msbfs.errors import InvalidArgument
 from msbfs.store import MIB
 
 if TYPE_CHECKING:
-    from msbfs.locks import VolumeLock
+    from msbfs.serving_lock import VolumeLock
     from msbfs.usage import VolumeUsage
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from msbfs import diskimage, locks
+from msbfs import diskimage, serving_lock
 from msbfs.errors import InvalidArgument, PathEscape
 from msbfs.syscalls import RESOLVE_CONTAINED, openat2
 
@@ -406,10 +406,10 @@ class DiskVolumeFs(VolumeFs):
     """``VolumeFs`` over the ext4 inside a disk volume's image, through fuse2fs."""
 
     def __init__(self, volume: VolumeHandle,
-                 lock: Callable[[], locks.VolumeLock] | None = None) -> None:
+                 lock: Callable[[], serving_lock.VolumeLock] | None = None) -> None:
         super().__init__(volume.path)
         self._volume = volume
-        self._lock = lock or (lambda: locks.acquire(volume.name, exclusive=True))
+        self._lock = lock or (lambda: serving_lock.acquire(volume.name, exclusive=True))
         self._stack: contextlib.ExitStack | None = None
 
     def _open_root(self) -> ContainedRoot:

@@ -26,14 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from msbfs import diskimage, locks, store
+from msbfs import diskimage, serving_lock, store
 from msbfs.errors import (
     InvalidArgument,
     InvalidName,
     VolumeExists,
     VolumeNotFound,
 )
-from msbfs.locks import VolumeLock
+from msbfs.serving_lock import VolumeLock
 from msbfs.store import MIB, msb_home
 from msbfs.usage import usage_path
 from msbfs.volumefs import DiskVolumeFs, VolumeFs, usage_bytes
@@ -131,7 +131,7 @@ class VolumeHandle:
 
     @property
     def in_use(self) -> bool:
-        return locks.in_use(self.name)
+        return serving_lock.in_use(self.name)
 
     def fs(self) -> VolumeFs:
         if self.kind == "disk":
@@ -306,7 +306,7 @@ def remove_volume(name: str) -> None:
     """Delete the volume's record and data. ``VolumeInUse`` while anything serves or
     mounts it (anyone holding its serving lock)."""
     validate_name(name)
-    with locks.acquire(name, exclusive=True):
+    with serving_lock.acquire(name, exclusive=True):
         with store.opened() as conn:
             with store.transaction(conn):
                 gone = conn.execute("DELETE FROM volumes WHERE name = ?", (name,)).rowcount
@@ -337,7 +337,7 @@ def hold_volume(name: str) -> VolumeLock:
     daemon's lifetime and ``close()`` it at the end. ``VolumeNotFound`` if there is no
     such volume; ``VolumeInUse`` if it is being removed or edited exclusively."""
     validate_name(name)
-    lock = locks.acquire(name, exclusive=False)
+    lock = serving_lock.acquire(name, exclusive=False)
     try:
         get_volume(name)  # checked under the lock: it cannot be removed from now on
     except BaseException:
@@ -348,5 +348,5 @@ def hold_volume(name: str) -> VolumeLock:
 
 def volume_in_use(name: str) -> bool:
     """Whether some process holds the volume's serving lock right now."""
-    return locks.in_use(validate_name(name))
+    return serving_lock.in_use(validate_name(name))
 

@@ -20,6 +20,7 @@ from msbfs.tree import (
     FATTR_KILL_SUIDGID,
     FATTR_SIZE,
     ROOT_ID,
+    Ctx,
     Lock,
     Policy,
     SetAttr,
@@ -220,3 +221,28 @@ def test_inode_budget(make_tree: MakeTree) -> None:
     assert tree.lookup(ROOT_ID, b"n0", ROOT).nodeid == got[0]
     tree.forget(got[0], 2)
     tree.lookup(ROOT_ID, b"n9", ROOT)
+
+
+def test_kill_suidgid_on_o_trunc_opens_and_by_group_membership(make_tree: MakeTree) -> None:
+    """An O_TRUNC open by a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID) clears
+    set-id bits as a truncate does; S_ISGID without group-exec goes only for a caller
+    outside the file's group (setattr_should_drop_sgid)."""
+    tree = make_tree()
+    root: Path = tree.path  # type: ignore[attr-defined]
+    f = _setid_file(root, "suid", owner=USER.uid)
+    fh = tree.open(walk(tree, "suid"), os.O_WRONLY | os.O_TRUNC, USER).fh
+    tree.release(fh)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o6755  # no flag: the caller may keep them
+    fh = tree.open(walk(tree, "suid"), os.O_WRONLY | os.O_TRUNC, USER, kill_suidgid=True).fh
+    tree.release(fh)
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o755
+    g = root / "lockmark"
+    g.write_bytes(b"x")
+    os.chown(g, 0, 2000)
+    os.chmod(g, 0o2666)  # S_ISGID without group-exec
+    node = walk(tree, "lockmark")
+    member = Ctx(1000, 1000, groups=(2000,))
+    tree.setattr(node, SetAttr(valid=FATTR_SIZE | FATTR_KILL_SUIDGID, size=0), member)
+    assert stat.S_IMODE(os.stat(g).st_mode) == 0o2666
+    tree.setattr(node, SetAttr(valid=FATTR_SIZE | FATTR_KILL_SUIDGID, size=0), USER)
+    assert stat.S_IMODE(os.stat(g).st_mode) == 0o666

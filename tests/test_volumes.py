@@ -252,8 +252,8 @@ def test_hold_volume_object(volume):
 
 
 def test_hold_refused_while_being_removed(volume):
-    from msbfs import locks
-    with locks.acquire("vol", exclusive=True):
+    from msbfs import serving_lock
+    with serving_lock.acquire("vol", exclusive=True):
         with pytest.raises(VolumeInUse):
             msbfs.hold_volume("vol")
 

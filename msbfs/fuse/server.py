@@ -557,17 +557,19 @@ class FuseSession:
             self.on_open(o.fh, flags)
 
     def _open(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
-        flags, _open_flags = body.struct(abi.fuse_open_in)
+        flags, open_flags = body.struct(abi.fuse_open_in)
         flags = self._open_flags(flags)
-        o = self.tree.open(nodeid, flags, ctx)
+        o = self.tree.open(nodeid, flags, ctx,
+                           kill_suidgid=bool(open_flags & abi.FUSE_OPEN_KILL_SUIDGID))
         self._opened(o, flags)
         return _reply(unique, encode_open(o))
 
     def _create(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
-        flags, mode, umask, _open_flags = body.struct(abi.fuse_create_in)
+        flags, mode, umask, open_flags = body.struct(abi.fuse_create_in)
         name = body.name()
         flags = self._open_flags(flags)
-        entry, o = self.tree.create(nodeid, name, mode, flags, umask, ctx)
+        entry, o = self.tree.create(nodeid, name, mode, flags, umask, ctx,
+                                    kill_suidgid=bool(open_flags & abi.FUSE_OPEN_KILL_SUIDGID))
         self._opened(o, flags)
         return entry_reply(unique, entry, o)
 

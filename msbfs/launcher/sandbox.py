@@ -24,8 +24,8 @@ from msbfs.launcher import daemon as daemons
 from msbfs.launcher.agent import DEFAULT_ENV, RunResult, Sink
 from msbfs.launcher.image import GuestImage
 from msbfs.launcher.vm import DiskSpec, Vm, VmSpec
-from msbfs.locks import VolumeLock
 from msbfs.mounts import Mount, MountKind, MountOptions, ResolvedMount, resolve
+from msbfs.serving_lock import VolumeLock
 
 __all__ = ["RunResult", "Sandbox"]
 

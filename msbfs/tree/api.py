@@ -61,13 +61,14 @@ class TreeOps(Protocol):
         ...
 
     # ---- files --------------------------------------------------------------------
-    def open(self, nodeid: int, flags: int, ctx: Ctx) -> Opened:
+    def open(self, nodeid: int, flags: int, ctx: Ctx, kill_suidgid: bool = False) -> Opened:
         """``flags`` are the open flags the kernel sends (may carry FMODE_EXEC 0x20 from
-        execve: noexec policy refuses those with EACCES)."""
+        execve: noexec policy refuses those with EACCES). ``kill_suidgid``: the caller
+        lacks CAP_FSETID, so an O_TRUNC open clears set-id bits as a truncate does."""
         ...
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, umask: int,
-               ctx: Ctx) -> tuple[Entry, Opened]: ...
+               ctx: Ctx, kill_suidgid: bool = False) -> tuple[Entry, Opened]: ...
 
     def tmpfile(self, parent: int, mode: int, flags: int, umask: int,
                 ctx: Ctx) -> tuple[Entry, Opened]: ...

@@ -187,14 +187,15 @@ class AttrShape(NamedTuple):
     hide_rdev: bool
 
 
-def killed_setid_bits(mode: int) -> int:
-    """The set-id bits the kernel drops when an unprivileged caller writes, truncates or
-    chowns a regular file (what FUSE's KILL_SUIDGID flags ask for): S_ISUID, and S_ISGID
-    when it means "set-gid" (group-exec set; without it, it is a locking mark)."""
+def killed_setid_bits(mode: int, in_group: bool = True) -> int:
+    """The set-id bits the kernel drops when a caller without CAP_FSETID writes,
+    truncates or chowns a regular file (setattr_should_drop_suidgid; what FUSE's
+    KILL_SUIDGID flags ask for): S_ISUID, and S_ISGID when it means "set-gid" (group-exec
+    set) or when the caller is not in the file's group (``in_group``)."""
     if not stat.S_ISREG(mode):
         return 0
     kill = stat.S_ISUID if mode & stat.S_ISUID else 0
-    if mode & stat.S_ISGID and mode & stat.S_IXGRP:
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not in_group):
         kill |= stat.S_ISGID
     return kill
 

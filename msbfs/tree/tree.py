@@ -61,6 +61,7 @@ from msbfs.tree.policy import (
     killed_setid_bits,
     walk_counts,
 )
+from msbfs.tree.record_locks import RecordLocks
 from msbfs.tree.types import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -590,7 +591,7 @@ class Tree:
             # Only beside a change the caller was just allowed to make (the kernel sends
             # it with truncate and chown): alone it would let anyone strip set-id bits,
             # even in a readonly tree (issue 9, point 4).
-            self._kill_suidgid(inode.fd)
+            self._kill_suidgid(inode.fd, ctx)
         return self._attr(os.stat(inode.fd), inode.submount), self._timeout
 
     @staticmethod
@@ -632,11 +633,14 @@ class Tree:
             if own:
                 os.close(fd)
 
-    def _kill_suidgid(self, fd: int) -> None:
+    def _kill_suidgid(self, fd: int, ctx: Ctx) -> None:
         """Clear what the client asked to be cleared (KILL_SUIDGID: its caller lacks
-        CAP_FSETID), by the kernel's rule (policy.killed_setid_bits)."""
-        mode = os.stat(fd).st_mode
-        kill = killed_setid_bits(mode)
+        CAP_FSETID), by the kernel's rule (policy.killed_setid_bits). Group membership
+        is what the request says of the caller (FUSE sends only its gid)."""
+        st = os.stat(fd)
+        mode = st.st_mode
+        in_group = ctx.gid == st.st_gid or bool(ctx.groups and st.st_gid in ctx.groups)
+        kill = killed_setid_bits(mode, in_group)
         if kill:
             # With the daemon's own identity: the kernel drops these bits on its own
             # authority, whoever the writer is (callers never wrap this in _creds).
@@ -784,7 +788,7 @@ class Tree:
             oflags &= ~os.O_APPEND
         return oflags | os.O_CLOEXEC
 
-    def open(self, nodeid: int, flags: int, ctx: Ctx) -> Opened:
+    def open(self, nodeid: int, flags: int, ctx: Ctx, kill_suidgid: bool = False) -> Opened:
         inode = self._inodes.get(nodeid)
         flags = _int(flags, 0, 0xFFFFFFFF)
         self.policy.check_open(flags, inode.kind)
@@ -804,6 +808,8 @@ class Tree:
         # Only a regular file has pages to fill; a FIFO keeps its access mode (ENXIO).
         wanted = self._writeback_flags(oflags) if kind == stat.S_IFREG else oflags
         fd, oflags = self._open_either(_proc(inode.fd), wanted, oflags)
+        if kill_suidgid and flags & os.O_TRUNC and kind == stat.S_IFREG:
+            self._kill_suidgid(fd, ctx)  # an O_TRUNC open truncates: the same rule
         if before is not None:
             self._charge_stat(before, os.stat(fd))
         return Opened(self._add_handle(fd, inode, oflags), self._file_open_flags)
@@ -829,7 +835,7 @@ class Tree:
         return os.open(path, oflags, mode, dir_fd=dir_fd), oflags
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, umask: int,
-               ctx: Ctx) -> tuple[Entry, Opened]:
+               ctx: Ctx, kill_suidgid: bool = False) -> tuple[Entry, Opened]:
         p = self._inodes.get(parent)
         name = _new_name(name)
         self.policy.check_mutation()
@@ -848,6 +854,9 @@ class Tree:
                 # Only a file we just made gets owner and mode: an existing one keeps
                 # both, as open(O_CREAT) leaves them.
                 st = self._finish_new(fd, False, st, want, masked, ctx, p_setgid)
+            elif kill_suidgid and flags & os.O_TRUNC and stat.S_ISREG(st.st_mode):
+                self._kill_suidgid(fd, ctx)
+                st = os.stat(fd)
         except BaseException:
             os.close(fd)
             if pfd >= 0:
@@ -966,7 +975,7 @@ class Tree:
             raise os_error(errno.EBADF)
         offset = _int(offset)
         if kill_suidgid:
-            self._kill_suidgid(h.fd)
+            self._kill_suidgid(h.fd, ctx)
         quota = self.quota
         if quota is None:
             return os.pwrite(h.fd, data, offset)
@@ -1064,7 +1073,7 @@ class Tree:
         finally:
             self._charge_stat(before, os.stat(dst.fd))
 
-    # ---- locks (msbfs.tree.locks) ----------------------------------------------------
+    # ---- locks (msbfs.tree.record_locks) ----------------------------------------------------
     def getlk(self, fh: int, owner: int, lock: Lock) -> Lock:
         return self._locks.getlk(self._handles.file(fh), owner, lock)
 

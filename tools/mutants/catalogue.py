@@ -139,7 +139,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- readonly ---------------------------------------------------------------------
     Mutant(
         "readonly-mutation", "readonly: every mutating op is EROFS",
-        (Edit(POLICY, "        if self.readonly:\n            raise _err(errno.EROFS)\n",
+        (Edit(POLICY, "        if self.readonly:\n            raise os_error(errno.EROFS)\n",
               "        pass\n"),),
         READONLY,
         policy_flag=True),
@@ -199,7 +199,7 @@ MUTANTS: tuple[Mutant, ...] = (
         policy_flag=True),
     Mutant(
         "nosuid-setcap", "nosuid: security.capability is never stored",
-        (Edit(POLICY, "        if self.nosuid:\n            raise _err(errno.EPERM)",
+        (Edit(POLICY, "        if self.nosuid:\n            raise os_error(errno.EPERM)",
               "        pass"),),
         {"tree": ("tests/test_tree_policy.py::test_nosuid_refuses_file_capabilities",
                   "tests/test_tree_xattr_policy.py"
@@ -211,8 +211,8 @@ MUTANTS: tuple[Mutant, ...] = (
         policy_flag=True),
     Mutant(
         "nosuid-getcap", "nosuid: security.capability is never shown (getxattr)",
-        (Edit(POLICY, "            elif self.policy.nosuid:\n                raise _err(errno.ENODATA)",
-              "            elif False:\n                raise _err(errno.ENODATA)"),),
+        (Edit(POLICY, "            elif self.policy.nosuid:\n                raise os_error(errno.ENODATA)",
+              "            elif False:\n                raise os_error(errno.ENODATA)"),),
         NOSUID_CAP,
         {"guest": NO_XATTR_TOOLS},
         policy_flag=True),
@@ -386,7 +386,7 @@ MUTANTS: tuple[Mutant, ...] = (
         {"guest": KERNEL_ONLY_SENDS_BESIDE, "hostmount": KERNEL_ONLY_SENDS_BESIDE}),
     Mutant(
         "kill-suidgid-write", "a WRITE with KILL_SUIDGID clears the set-id bits (tree)",
-        (Edit(TREE, "        if kill_suidgid:\n            self._kill_suidgid(h.fd)\n", ""),),
+        (Edit(TREE, "        if kill_suidgid:\n            self._kill_suidgid(h.fd, ctx)\n", ""),),
         {"tree": ("tests/test_tree_creds.py::test_write_and_truncate_kill_suidgid",),
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
          "guest": ("tests/test_guest_policy_mutants.py",)},
@@ -405,7 +405,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- locks ------------------------------------------------------------------------
     Mutant(
         "lock-reopen-mode", "a lock never re-opens a file with more access than its handle",
-        (Edit("msbfs/tree/locks.py", "            flags = acc | os.O_CLOEXEC | os.O_NOCTTY",
+        (Edit("msbfs/tree/record_locks.py", "            flags = acc | os.O_CLOEXEC | os.O_NOCTTY",
               "            flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY"),),
         {"tree": ("tests/test_tree_hardening.py::test_read_lock_never_reopens_for_writing",),
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
@@ -414,9 +414,9 @@ MUTANTS: tuple[Mutant, ...] = (
          "hostmount": "msbfs mount does not serve POSIX locks (the host kernel keeps them)"}),
     Mutant(
         "lock-write-on-readonly-handle", "a write lock through a read-only handle is EBADF",
-        (Edit("msbfs/tree/locks.py",
+        (Edit("msbfs/tree/record_locks.py",
               "        if lock.type == fcntl.F_WRLCK and not h.writable:\n"
-              "            raise _err(errno.EBADF)\n", ""),),
+              "            raise os_error(errno.EBADF)\n", ""),),
         {"tree": ("tests/test_tree_hardening.py::test_read_lock_never_reopens_for_writing",
                   "tests/test_tree_policy_mutants.py"),
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
