@@ -25,7 +25,7 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py csrc/*.c csrc/*.h csrc/*.cdef csrc/build_native.py | deps
+$(VENV)/.installed: pyproject.toml setup.py csrc/*.c csrc/*.h csrc/*.cdef csrc/build_native.py csrc/build_vhost.py | deps
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip >/dev/null
 	@$(PY) -m pip install -q -e '.[test]'
@@ -51,4 +51,4 @@ bench: venv
 	@$(PY) -m tools.bench
 
 clean:
-	rm -rf $(BUILD) $(VENV) *.egg-info msbfs/_native*.so
+	rm -rf $(BUILD) $(VENV) *.egg-info msbfs/_native*.so vhost/_native*.so

@@ -4,6 +4,10 @@ Each C unit in csrc/ comes as a pair: ``<unit>.c`` (the code) and ``<unit>.cdef`
 (the declarations Python may call, in cffi's cdef dialect). Adding a unit needs no
 change here, so the owners of the virtqueue, the data path and the credential
 syscalls never edit a shared file.
+
+virtq.c is compiled here too (the data path calls into it without crossing Python),
+and again, alone, into vhost._native by csrc/build_vhost.py: the vhost package owns its
+C and imports nothing from msbfs. Hidden visibility keeps each copy bound to itself.
 """
 
 import os
@@ -31,7 +35,7 @@ ffibuilder.set_source(
     # seccomp.c builds the daemon's syscall allowlist with libseccomp (libseccomp-dev).
     libraries=["seccomp"],
     extra_compile_args=["-iquote", str(HERE), "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                        "-fno-strict-aliasing"],
+                        "-fno-strict-aliasing", "-fvisibility=hidden"],
 )
 
 if __name__ == "__main__":

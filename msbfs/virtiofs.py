@@ -19,6 +19,10 @@ raises EAGAIN) is only registered for reading; its writes take the slow path.
 SETLKW may block: it runs in a worker thread and its reply is pushed when it returns,
 unless its ring was stopped or its guest memory remapped meanwhile (then it is dropped).
 The queue goes on serving other requests while it waits.
+
+The device uses the Virtqueue API (``push``, ``notify``, ``generation``); only the two
+C entry points that walk the ring themselves (``msb_fs_serve``, ``msb_fs_answer``) get
+the raw ring, through ``msbfs.vring.c_ring``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from msbfs.fuse import abi
 from msbfs.fuse.server import Deferred, FuseSession, error_reply
 from msbfs.tree.api import TreeOps
 from msbfs.tree.policy import FAST_WRITE_FORBIDDEN_BITS
+from msbfs.vring import c_ring
 from vhost.device import VhostUserDevice
+from vhost.virtqueue import QueueBroken, Virtqueue
 
 log = logging.getLogger(__name__)
 
@@ -117,23 +123,23 @@ class VirtioFsDevice(VhostUserDevice):
     def end_session(self) -> None:
         self.session.end()  # clears the C handle table first (on_destroy)
 
-    def queue_stopped(self, index: int, vq: Any) -> None:
+    def queue_stopped(self, index: int, vq: Virtqueue) -> None:
         self._epoch[index] = self._epoch.get(index, 0) + 1
 
-    async def handle_kick(self, index: int, vq: Any) -> None:
+    async def handle_kick(self, index: int, vq: Virtqueue) -> None:
         chains = self._chains.get(index)
         if chains is None:
             chains = self._chains[index] = ffi.new("struct msb_chain[]", SLOW_BATCH)
-        cvq = vq.c
+        cvq = c_ring(vq)
         drained = self._drained
         while True:
             n = lib.msb_fs_serve(cvq, self.table, chains, SLOW_BATCH, BUDGET, self.stats, drained)
             if n < 0:
-                c = cvq
+                st = vq.statistics()
                 log.warning("queue %d broken by the driver (%s): avail idx %s, last avail %d, "
                             "used %d", index, errno.errorcode.get(-n, n),
-                            c.avail.idx if c.avail != ffi.NULL else "-", c.last_avail_idx,
-                            c.used_idx)
+                            cvq.avail.idx if cvq.avail != ffi.NULL else "-",
+                            st["last_avail_idx"], st["used_idx"])
                 return
             for i in range(n):
                 c = chains + i
@@ -145,8 +151,8 @@ class VirtioFsDevice(VhostUserDevice):
                     # Slow requests take ~10 us each: let a waiting driver start on the
                     # first replies while we serve the rest (fast ones are signalled once
                     # per round: there a signal per reply costs more than it overlaps).
-                    lib.msb_vq_notify(cvq)
-            lib.msb_vq_notify(cvq)
+                    vq.notify()
+            vq.notify()
             if drained[0]:
                 # Popped until empty: that is what re-arms the driver's kick. Returning
                 # on "nothing pending" instead loses kicks under EVENT_IDX.
@@ -154,7 +160,7 @@ class VirtioFsDevice(VhostUserDevice):
             await trio.lowlevel.checkpoint()
 
     # ---- the slow path -------------------------------------------------------------------------
-    def _serve_slow(self, cvq: Any, vq: Any, c: Any) -> int:
+    def _serve_slow(self, cvq: Any, vq: Virtqueue, c: Any) -> int:
         """Answer one chain through the codec and push it: the used length, 0 when
         deferred (pushed when it completes), < 0 when the ring broke."""
         n = lib.msb_fs_gather(c, self._req_ptr, MAX_REQUEST)
@@ -165,15 +171,15 @@ class VirtioFsDevice(VhostUserDevice):
         else:
             reply = self.session.dispatch(self._req_view[:n], c.in_len)
         if type(reply) is bytes:
-            return self._answer(cvq, c, reply)
+            return self._answer(cvq, vq, c, reply)
         if reply is None:
-            return lib.msb_vq_push(cvq, c.head, 0)
+            return _push_empty(vq, c.head)
         assert isinstance(reply, Deferred)
         self._defer(vq, c, reply)
         return 0
 
     @staticmethod
-    def _answer(cvq: Any, c: Any, reply: bytes) -> int:
+    def _answer(cvq: Any, vq: Virtqueue, c: Any, reply: bytes) -> int:
         r = lib.msb_fs_answer(cvq, c, reply, len(reply))
         if r == -errno.EMSGSIZE:
             # The driver gave too little room (the codec already clamps sizes): say so
@@ -182,20 +188,22 @@ class VirtioFsDevice(VhostUserDevice):
             r = lib.msb_fs_answer(cvq, c, error_reply(unique, errno.EINVAL),
                                      abi.fuse_out_header.size)
             if r == -errno.EMSGSIZE:
-                r = lib.msb_vq_push(cvq, c.head, 0)
+                r = _push_empty(vq, c.head)
         return r
 
-    def _defer(self, vq: Any, chain: Any, d: Deferred) -> None:
+    def _defer(self, vq: Virtqueue, chain: Any, d: Deferred) -> None:
         # The chain buffer is reused by the next kick: keep a private copy of it.
         saved = ffi.new("struct msb_chain *")
         ffi.memmove(saved, chain, ffi.sizeof("struct msb_chain"))
-        epoch = (self._epoch.get(vq.index, 0), vq.c.mem)
+        # generation moves on a stop and on a memory table change (vhost/virtqueue.py).
+        epoch = (self._epoch.get(vq.index, 0), vq.generation)
         # A system task: it outlives this kick's handler, and is cancelled (its thread
         # abandoned) when the daemon's trio run ends.
         trio.lowlevel.spawn_system_task(self._run_deferred, vq, saved, d, epoch,
                                         name="msbfs-setlkw")
 
-    async def _run_deferred(self, vq: Any, saved: Any, d: Deferred, epoch: Any) -> None:
+    async def _run_deferred(self, vq: Virtqueue, saved: Any, d: Deferred,
+                            epoch: tuple[int, int]) -> None:
         self.deferred_running += 1
         try:
             reply = await trio.to_thread.run_sync(d.run, abandon_on_cancel=True)
@@ -203,16 +211,16 @@ class VirtioFsDevice(VhostUserDevice):
             return
         finally:
             self.deferred_running -= 1
-        if (self._epoch.get(vq.index, 0), vq.c.mem) != epoch:
+        if (self._epoch.get(vq.index, 0), vq.generation) != epoch:
             # The ring stopped or guest memory was remapped meanwhile: the saved iovecs
             # may point at nothing now. Drop the reply rather than touch them.
             log.info("dropping a SETLKW reply: queue %d changed while it waited", vq.index)
             return
         self._push_now(vq, saved, reply)
 
-    def _push_now(self, vq: Any, chain: Any, reply: bytes) -> None:
-        if self._answer(vq.c, chain, reply) >= 0:
-            lib.msb_vq_notify(vq.c)
+    def _push_now(self, vq: Virtqueue, chain: Any, reply: bytes) -> None:
+        if self._answer(c_ring(vq), vq, chain, reply) >= 0:
+            vq.notify()
 
     # ---- the C handle table ----------------------------------------------------------------------
     def _opened(self, fh: int, flags: int) -> None:
@@ -235,3 +243,14 @@ class VirtioFsDevice(VhostUserDevice):
         return {"fast_reads": s.reads, "fast_writes": s.writes, "read_bytes": s.read_bytes,
                 "write_bytes": s.write_bytes, "slow": s.slow, "fast_errors": s.errors,
                 "handles": self.table.count, "deferred_running": self.deferred_running}
+
+
+def _push_empty(vq: Virtqueue, head: int) -> int:
+    """Give a chain back with nothing written: 0, or -errno as the C pushes report it."""
+    try:
+        vq.push(head, 0)
+    except QueueBroken as e:
+        return -e.errno
+    except OSError as e:
+        return -(e.errno or errno.EIO)
+    return 0

@@ -29,8 +29,8 @@ import socket
 from dataclasses import dataclass, field
 
 import trio
-from msbfs._native import ffi, lib
 
+from vhost._native import ffi, lib
 from vhost.connection import Connection, close_fds
 from vhost.device import ConfigError, VhostUserDevice
 from vhost.memory import GuestMemory, GuestMemoryError

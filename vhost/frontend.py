@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from msbfs._native import ffi, lib
 
+from vhost._native import ffi, lib
 from vhost.connection import Connection, close_fds
 from vhost.messages import (
     HAS_REPLY,

@@ -21,8 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from msbfs._native import ffi, lib
-
+from vhost._native import ffi, lib
 from vhost.messages import MemRegion
 
 MAX_REGIONS: int = lib.MSB_MAX_MEMREGS

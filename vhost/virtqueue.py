@@ -1,9 +1,13 @@
 """One split virtqueue as a device sees it: a thin Python face over ``struct msb_vq``.
 
 The walking, bounds checks and used-ring updates are C (csrc/virtq.c). Python crosses
-into C once per ``pop``/``push_many``/``notify``, not once per descriptor. ``Virtqueue.c``
-is the raw ``struct msb_vq *`` for C consumers (e.g. the virtio-fs data path calls
-``msb_vq_pop``/``msb_vq_push`` on it directly).
+into C once per ``pop``/``push_many``/``notify``, not once per descriptor.
+
+C consumers: a device whose own C walks the ring (the virtio-fs data path calls
+``msb_vq_pop``/``msb_vq_push`` itself) takes ``Virtqueue.ring_address``, the address of
+this queue's ``struct msb_vq`` (layout: csrc/virtq.h), and casts it in its own FFI. It
+must compile the same csrc/virtq.h and check the layout agrees (msbfs/vring.py does).
+``Virtqueue.c`` is this package's own cdata handle (the backend configures it).
 
 A popped ``Chain`` owns a copy of its iovec list, so it stays valid after later pops;
 the guest memory it points at stays mapped while the backend has memory pinned (during
@@ -17,7 +21,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from msbfs._native import ffi, lib
+from vhost._native import ffi, lib
 
 MAX_QUEUE_SIZE: int = lib.MSB_MAX_QUEUE
 MAX_CHAIN: int = lib.MSB_MAX_CHAIN
@@ -112,6 +116,15 @@ class Virtqueue:
     @property
     def call_fd(self) -> int:
         return int(self.c.call_fd)
+
+    @property
+    def ring_address(self) -> int:
+        """Address of this queue's ``struct msb_vq`` (csrc/virtq.h), for a device's own C.
+
+        Valid while this Virtqueue lives; the ring it describes may be stopped or
+        remapped between handler calls (compare ``generation``). Use it only from the
+        thread serving the queue, as the Python methods are."""
+        return int(ffi.cast("uintptr_t", self.c))
 
     def pop(self, max_chains: int | None = None) -> list[Chain]:
         """Pop up to ``max_chains`` available chains (default: the batch size).

@@ -2,8 +2,9 @@
 people work.
 
 The copy is ``git archive`` of one revision (so uncommitted work in the checkout never
-leaks into a verdict), plus what the revision does not track: the built extension
-(``msbfs/_native*.so``, rebuilt from the copy's csrc/ when a mutant edits C) and the
+leaks into a verdict), plus what the revision does not track: the built extensions
+(``msbfs/_native*.so`` and ``vhost/_native*.so``, rebuilt from the copy's csrc/ when a
+mutant edits C: both compile csrc/virtq.c) and the
 guest image (kernel, initramfs and its stamp, so the guest fixture finds it current and
 never rebuilds into the checkout's ``build/``).
 
@@ -27,6 +28,8 @@ from pathlib import Path
 from tools.mutants.catalogue import Mutant
 
 GUEST_FILES = ("vmlinuz", "initramfs.cpio", "stamp")
+#: The cffi extensions: (package, builder script under csrc/).
+EXTENSIONS = (("msbfs", "build_native.py"), ("vhost", "build_vhost.py"))
 
 
 class ScratchError(Exception):
@@ -55,25 +58,34 @@ class Scratch:
 
     # ---- set-up --------------------------------------------------------------------------
     def _copy_native(self) -> None:
-        built = glob.glob(str(self.repo / "msbfs" / "_native*.so"))
-        if not built:
+        built = {pkg: glob.glob(str(self.repo / pkg / "_native*.so")) for pkg, _ in EXTENSIONS}
+        if not all(built.values()):
             self.build_native()
             return
-        for so in built:
-            shutil.copy2(so, self.src / "msbfs")
+        for pkg, sos in built.items():
+            for so in sos:
+                shutil.copy2(so, self.src / pkg)
 
     def build_native(self) -> None:
-        """Rebuild the extension from the copy's csrc/ (about two seconds)."""
-        for old in glob.glob(str(self.src / "msbfs" / "_native*")):
-            os.unlink(old)
-        r = subprocess.run([self.python, "csrc/build_native.py"], cwd=self.src,
-                           capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            raise ScratchError(f"building the extension failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
-        for junk in ("_native.c", "_native.o"):
-            with_path = self.src / "msbfs" / junk
-            if with_path.exists():
-                with_path.unlink()
+        """Rebuild both extensions from the copy's csrc/ (a few seconds).
+
+        Each builder runs in an empty directory: cffi compiles through setuptools, which
+        reads a pyproject.toml in its working directory, and the copy's may need a newer
+        setuptools than the venv has. The builders name their sources relative to it."""
+        out = self.root / "build-ext"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        for pkg, builder in EXTENSIONS:
+            for old in glob.glob(str(self.src / pkg / "_native*")):
+                os.unlink(old)
+            r = subprocess.run([self.python, str(self.src / "csrc" / builder)], cwd=out,
+                               capture_output=True, text=True, check=False)
+            sos = glob.glob(str(out / pkg / "_native*.so"))
+            if r.returncode != 0 or not sos:
+                raise ScratchError(f"building {pkg}._native failed:\n"
+                                   f"{r.stdout[-3000:]}{r.stderr[-3000:]}")
+            for so in sos:
+                shutil.copy2(so, self.src / pkg)
 
     def _copy_guest_image(self) -> None:
         image = self.repo / "build" / "guest"
@@ -94,11 +106,12 @@ class Scratch:
 
     def check_imports(self) -> None:
         """The packages a test and a daemon import are the copy's."""
-        code = "import msbfs, vhost, msbfs._native as n; print(msbfs.__file__, vhost.__file__, n.__file__)"
+        code = ("import msbfs, vhost, msbfs._native as n, vhost._native as v; "
+                "print(msbfs.__file__, vhost.__file__, n.__file__, v.__file__)")
         r = subprocess.run([self.python, "-c", code], cwd=self.src, env=self.env,
                            capture_output=True, text=True, check=False)
         paths = r.stdout.split()
-        if r.returncode != 0 or len(paths) != 3 or not all(
+        if r.returncode != 0 or len(paths) != 4 or not all(
                 p.startswith(str(self.src) + "/") for p in paths):
             raise ScratchError(f"the copy is not what Python imports: {r.stdout}{r.stderr}")
 
