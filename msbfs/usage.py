@@ -5,7 +5,7 @@ Every writer of a named directory volume (a ``msbfs serve`` daemon, a host mount
 definition (``msbfs.tree.policy``), 16 bytes (two little-endian int64) in a small file
 outside the volume, so no guest ever sees it. A read-modify-write holds an OFD write
 lock on the file: processes and threads serialise there, for microseconds, and no
-writer ever walks the volume to learn its usage (DESIGN.md, "One truth per volume").
+writer ever walks the volume to learn its usage (ARCHITECTURE.md, "One truth per volume").
 
 The count is made true by a walk (``recount``) when a server starts (it walks anyway,
 so its view and the file agree) and when the file does not exist yet; changes made

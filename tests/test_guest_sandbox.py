@@ -264,7 +264,7 @@ def test_accel_auto_says_which(sandbox, capfd) -> None:
     with sandbox({}, accel="auto") as sb:
         assert sb.run("true").exit_code == 0
         used = sb.accel_used
-    # DESIGN.md, machine facts: a KVM guest hangs at kernel entry on these machines, so
+    # ARCHITECTURE.md, machine facts: a KVM guest hangs at kernel entry on these machines, so
     # the only right answer here is TCG (accepting either would pass a probe that lies).
     assert used == "tcg"
     assert f"msbfs: accel {used}" in capfd.readouterr().err

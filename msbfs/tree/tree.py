@@ -1,6 +1,6 @@
 """``Tree``: every FUSE operation over one host directory, sandboxed.
 
-How the rules of DESIGN.md's security model are kept here:
+How the rules of the security model (ARCHITECTURE.md) are kept here:
 
 * Resolution: one component at a time, from the parent's ``O_PATH`` fd: a
   ``fstatat(AT_SYMLINK_NOFOLLOW)`` of the single name finds inodes already held (the

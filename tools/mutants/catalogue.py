@@ -1,5 +1,5 @@
-"""The mutants: each one drops exactly ONE rule the server promises (DESIGN.md,
-"Security model" and "Trust and permissions"), as a precise source edit.
+"""The mutants: each one drops exactly ONE rule the server promises (ARCHITECTURE.md,
+"Security model and where each rule lives"; the rules' table is msbfs/tree/policy.py's), as a precise source edit.
 
 An ``Edit`` names a file, the exact text it replaces and the replacement. The text must
 occur exactly once in the file of the revision under test (``apply`` fails otherwise), so
