@@ -1,4 +1,4 @@
-"""The FUSE kernel ABI (``abi``) and a sans-I/O protocol server over a tree (``server``)."""
+"""The FUSE kernel ABI (``abi``) and a transport-free protocol server over a tree (``server``)."""
 
 from msbfs.fuse.server import Deferred, FuseSession, error_reply
 

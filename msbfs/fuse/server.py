@@ -1,4 +1,6 @@
-"""The FUSE protocol server: one request's bytes in, one reply's bytes out (sans-I/O).
+"""The FUSE protocol server: one request's bytes in, one reply's bytes out. It owns no
+transport (no socket, queue or event loop: the caller brings the bytes and carries the
+reply), but it is not sans-I/O: it calls the tree, which makes the filesystem's syscalls.
 
 Rules of this module:
 
