@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from msbfs import syscalls
+from tests.plugins.credentials import credentials, getgroups
 
 
 def test_openat2_stays_beneath(tmp_path):
@@ -46,7 +47,7 @@ def test_credentials_are_per_thread(tmp_path):
     # Started before the switch: a new thread would inherit the creator's credentials.
     t = threading.Thread(target=other_thread)
     t.start()
-    with syscalls.credentials(1234, 4321, [4321]):
+    with credentials(1234, 4321, [4321]):
         fd = os.open("mine", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=dfd)
         st = os.fstat(fd)
         os.close(fd)
@@ -55,4 +56,4 @@ def test_credentials_are_per_thread(tmp_path):
     os.close(dfd)
     assert (st.st_uid, st.st_gid) == (1234, 4321)
     assert seen["other"] == 0
-    assert syscalls.getgroups() == os.getgroups()
+    assert getgroups() == os.getgroups()

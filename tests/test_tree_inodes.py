@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from msbfs.tree import ROOT_ID, Policy, Tree
-from tests.plugins.tree import ROOT, as_unprivileged_daemon, err, fd_count, walk
+from tests.plugins.tree import ROOT, as_unprivileged_daemon, err, fd_count, lookup_path, walk
 
 
 def test_forget_releases_fds(tmp_path: Path) -> None:
@@ -430,19 +430,19 @@ def test_open_files_keep_their_inode_fd(tmp_path: Path) -> None:
             tree.release(h)
 
 
-def test_lookup_path_for_host_side_callers(tmp_path: Path) -> None:
+def test_lookup_path_walks_with_client_lookups(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "f").write_bytes(b"12")
     (tmp_path / "a" / "ln").symlink_to("b")
     with Tree(tmp_path) as tree:
-        e = tree.lookup_path("a/b/f")
+        e = lookup_path(tree, "a/b/f")
         assert e.attr.size == 2 and e.attr.ino == os.stat(tmp_path / "a/b/f").st_ino
         assert tree.statistics().inodes == 2  # only the result keeps a lookup
-        assert tree.lookup_path("a/./b/../b/f").nodeid == e.nodeid
-        assert tree.lookup_path("../../a/b/f").nodeid == e.nodeid  # .. stops at the root
-        assert tree.lookup_path("").nodeid == ROOT_ID
-        assert err(lambda: tree.lookup_path("a/ln/f")) == errno.ENOTDIR  # never followed
-        assert err(lambda: tree.lookup_path("/etc/passwd")) == errno.EINVAL
-        assert err(lambda: tree.lookup_path("a/missing")) == errno.ENOENT
+        assert lookup_path(tree, "a/./b/../b/f").nodeid == e.nodeid
+        assert lookup_path(tree, "../../a/b/f").nodeid == e.nodeid  # .. stops at the root
+        assert lookup_path(tree, "").nodeid == ROOT_ID
+        assert err(lambda: lookup_path(tree, "a/ln/f")) == errno.ENOTDIR  # never followed
+        assert err(lambda: lookup_path(tree, "/etc/passwd")) == errno.EINVAL
+        assert err(lambda: lookup_path(tree, "a/missing")) == errno.ENOENT
         tree.forget(e.nodeid, 3)
         assert tree.statistics().inodes == 1

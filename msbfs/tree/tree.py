@@ -77,8 +77,6 @@ from msbfs.tree.types import (
     FOPEN_DIRECT_IO,
     FOPEN_KEEP_CACHE,
     OFFSET_MAX,
-    ROOT_CTX,
-    ROOT_ID,
     Attr,
     Ctx,
     DirEntry,
@@ -473,31 +471,6 @@ class Tree:
             os.close(fd)
             raise
         return self._entry(self._add(fd, st, p), st)
-
-    def lookup_path(self, path: str | bytes, ctx: Ctx = ROOT_CTX) -> Entry:
-        """Resolve a relative path from the root, one component at a time, exactly as a
-        client's lookups would (never following a symlink, ``..`` never above the root);
-        for host-side callers such as VolumeFs. Counts one lookup on the result only:
-        forget it once. An absolute path is EINVAL."""
-        if isinstance(path, str):
-            path = os.fsencode(path)
-        if path.startswith(b"/"):
-            raise os_error(errno.EINVAL)
-        inode = self._inodes.root
-        entry: Entry | None = None
-        for part in path.split(b"/"):
-            if not part or part == b".":
-                continue
-            try:
-                nxt = self.lookup(inode.nodeid, part, ctx)
-            finally:
-                if entry is not None:
-                    self.forget(entry.nodeid, 1)
-            entry = nxt
-            inode = self._inodes.get(nxt.nodeid)
-        if entry is None:
-            return self.lookup(ROOT_ID, b".", ctx)
-        return entry
 
     def _lookup_dotdot(self, p: Inode) -> Entry:
         root = self._inodes.root

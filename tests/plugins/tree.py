@@ -5,7 +5,8 @@
 - ``make_tree(policy=..., **kw)``: a Tree over a fresh populated directory (closed at
   teardown).
 - ``USER``/``OTHER``: non-root callers (uid/gid 1000 and 1001).
-- helpers: ``err(fn)`` → errno or None; ``walk(tree, "a/b")`` → node id; ``fd_count()``;
+- helpers: ``err(fn)`` → errno or None; ``walk(tree, "a/b")`` → node id;
+  ``lookup_path(tree, "a/../b")`` → Entry; ``fd_count()``;
   ``as_unprivileged_daemon(body)`` runs ``body`` in a child that dropped root for uid 1000.
 """
 
@@ -21,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from msbfs import syscalls
-from msbfs.tree import ROOT_ID, Ctx, Policy, Tree
+from msbfs.tree import ROOT_ID, Ctx, Entry, Policy, Tree
+from tests.plugins.credentials import credentials
 
 ROOT = Ctx(0, 0)
 USER = Ctx(1000, 1000, groups=())
@@ -76,6 +77,25 @@ def walk(tree: Tree, path: str, ctx: Ctx = ROOT) -> int:
     return node
 
 
+def lookup_path(tree: Tree, path: str, ctx: Ctx = ROOT) -> Entry:
+    """Resolve a relative path from the root with the tree's own lookups, one component
+    at a time (never following a symlink, ``..`` never above the root). Keeps one lookup
+    on the result only: forget it once. An absolute path is EINVAL."""
+    if path.startswith("/"):
+        raise OSError(errno_mod.EINVAL, os.strerror(errno_mod.EINVAL))
+    node, entry = ROOT_ID, None
+    for part in path.split("/"):
+        if not part or part == ".":
+            continue
+        try:
+            nxt = tree.lookup(node, part.encode(), ctx)
+        finally:
+            if entry is not None:
+                tree.forget(entry.nodeid, 1)
+        entry, node = nxt, nxt.nodeid
+    return entry if entry is not None else tree.lookup(ROOT_ID, b".", ctx)
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -113,7 +133,7 @@ class Twin:
 
     def as_caller(self, ctx: Ctx) -> Any:
         """Credentials for the native side, exactly as the tree switches them."""
-        return syscalls.credentials(ctx.uid, ctx.gid, ctx.groups or ())
+        return credentials(ctx.uid, ctx.gid, ctx.groups or ())
 
     def node(self, path: str, ctx: Ctx = ROOT) -> int:
         return walk(self.tree, path, ctx)
