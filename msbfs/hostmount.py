@@ -730,7 +730,7 @@ def widen_readahead(st_dev: int) -> None:
             f.write(f"{READAHEAD_KIB}\n")
 
 
-async def _serve(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) -> None:
+async def _fuse_session(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         async def loop() -> None:
             await pyfuse3.main(min_tasks=2, max_tasks=32)
@@ -753,8 +753,8 @@ async def _serve(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) ->
         on_ready()
 
 
-def serve(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsname: str,
-          mirror_policy: bool = True, on_ready: Callable[[], None] = lambda: None) -> None:
+def run_mount(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsname: str,
+              mirror_policy: bool = True, on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve it in this process until it is unmounted
     or SIGINT/SIGTERM/SIGHUP arrives; then unmount and release every inode and handle."""
     raise_fd_limit(WANTED_NOFILE)  # the kernel's inode cache holds a lookup (an fd) per inode
@@ -766,7 +766,7 @@ def serve(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsname: 
     record = _record_path(mountpoint, "pid")
     record.write_text(f"{os.getpid()}\n")
     try:
-        trio.run(_serve, ops, mountpoint, on_ready)
+        trio.run(_fuse_session, ops, mountpoint, on_ready)
     finally:
         try:
             pyfuse3.close(unmount=True)

@@ -430,7 +430,7 @@ def _run(o: ServeOptions, src: Source) -> int:
     log.info("serving %s (tag %s) on %s", o.volume or shared_dir, o.tag,
              o.socket_path or f"fd {o.fd}")
     try:
-        trio.run(_serve, device, sock, o.keep_serving)
+        trio.run(_frontend_sessions, device, sock, o.keep_serving)
     finally:
         log.info("statistics: %s", " ".join(f"{k}={v}" for k, v in device.statistics().items()))
         tree.close()
@@ -450,7 +450,8 @@ def _remove_socket(o: ServeOptions) -> None:
             pass
 
 
-async def _serve(device: Any, sock: socket.socket, keep_serving: bool) -> None:
+async def _frontend_sessions(device: Any, sock: socket.socket, keep_serving: bool) -> None:
+    # One vhost-user session per frontend connection (the accept loop), until a signal.
     import trio
 
     from vhost import backend

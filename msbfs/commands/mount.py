@@ -72,7 +72,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         HostMountOptions,
         Readiness,
         check_mountpoint,
-        serve,
+        run_mount,
         start_background,
     )
 
@@ -94,8 +94,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         try:
             tree = build_tree(src, options)
             try:
-                serve(tree, mountpoint, options, fsname=src.label,
-                      mirror_policy=not args.no_kernel_flags, on_ready=ready.ready)
+                run_mount(tree, mountpoint, options, fsname=src.label,
+                          mirror_policy=not args.no_kernel_flags, on_ready=ready.ready)
             finally:
                 tree.close()
         finally:
