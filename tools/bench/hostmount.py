@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from msbfs import hostmount
+from msbfs.store import MIB
 
-MIB = 1 << 20
 TARGETS = ("native", "bindfs", "msbfs", "msbfs-wb")
 
 

@@ -29,13 +29,13 @@ import trio
 
 from msbfs.fuse import abi
 from msbfs.fuse.kernel import Requests, parse_entry, parse_open, parse_reply
+from msbfs.launcher.daemon import VIRTIOFSD
+from msbfs.store import MIB
 from tools.bench.proc import process_tree, status_kib
 from vhost.frontend import Frontend, GuestRam
 
-VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
-ROOT = 1
+ROOT = abi.FUSE_ROOT_ID
 HDR = 16
-MIB = 1 << 20
 KINDS = ("virtiofsd", "msbfs")
 
 
