@@ -1,6 +1,7 @@
 """The sandboxed tree: the one place that decides what any client sees of a served
-directory. Transports (virtio-fs, host mount, VolumeFs) are thin adapters over ``Tree``;
-the contract is ``msbfs.tree.api.TreeOps``."""
+directory. Transports (virtio-fs, host mount) are thin adapters over ``Tree``; the
+contract is ``msbfs.tree.api.TreeOps``. ``VolumeFs`` is not one: it shares the tree's
+containment flags and the quota (policy.py, msbfs.usage), not the tree."""
 
 from msbfs.tree.api import TreeOps
 from msbfs.tree.policy import FMODE_EXEC, Policy

@@ -1,4 +1,4 @@
-"""The contract between the tree and its transports (virtio-fs codec, host mount, VolumeFs).
+"""The contract between the tree and its transports (the virtio-fs codec, the host mount).
 
 ``msbfs.tree.Tree`` implements this protocol. Every method is synchronous and runs the
 syscalls inline (local syscalls take microseconds; a thread hop costs more than it

@@ -38,7 +38,7 @@ class Ctx:
     groups: tuple[int, ...] | None = None
 
 
-#: The daemon's own identity, for internal calls (VolumeFs, tests, walkers).
+#: The daemon's own identity, for internal calls (tests, walkers).
 ROOT_CTX = Ctx(0, 0, 0)
 
 
