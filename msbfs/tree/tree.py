@@ -612,7 +612,10 @@ class Tree:
         is what the request says of the caller (FUSE sends only its gid)."""
         st = os.stat(fd)
         mode = st.st_mode
-        in_group = ctx.gid == st.st_gid or bool(ctx.groups and st.st_gid in ctx.groups)
+        # root is taken to hold CAP_FSETID: the client asks for chowns unconditionally
+        # (FUSE's HANDLE_KILLPRIV_V2), and a capable caller keeps a lone S_ISGID
+        in_group = (ctx.uid == 0 or ctx.gid == st.st_gid
+                    or bool(ctx.groups and st.st_gid in ctx.groups))
         kill = killed_setid_bits(mode, in_group)
         if kill:
             # With the daemon's own identity: the kernel drops these bits on its own
