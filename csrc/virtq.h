@@ -3,7 +3,8 @@
  *
  * Who uses this: vhost/virtqueue.py wraps it for Python devices; other C units
  * (csrc/fuse_datapath.c) include this header and call msb_vq_pop / msb_vq_push on
- * the same `struct msb_vq *` (Python exposes it as `Virtqueue.c`).
+ * the same `struct msb_vq *` (Python hands it over as `Virtqueue.ring_address`; each
+ * extension compiles its own copy of virtq.c: see csrc/build_vhost.py).
  *
  * Contract (the guest is hostile):
  *  - every descriptor address/length is translated through the memtable; a buffer

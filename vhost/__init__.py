@@ -11,8 +11,10 @@ Layers, each usable alone:
 - ``vhost.frontend``   the role QEMU plays, for tests and benchmarks without a VM.
 - ``vhost.echo``       a test device (readable bytes echoed into the writable part).
 
-The C side (csrc/virtq.h) is usable from other C units: ``Virtqueue.c`` is the
-``struct msb_vq *`` of a queue.
+The C lives in vhost's own extension, ``vhost._native`` (csrc/virtq.c, built by
+csrc/build_vhost.py); the package imports nothing from msbfs. Other C units that
+compile csrc/virtq.h can work on a queue's ring: ``Virtqueue.ring_address`` is the
+address of its ``struct msb_vq`` (see vhost/virtqueue.py for the rules).
 """
 
 from vhost.device import VhostUserDevice
