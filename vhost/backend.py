@@ -317,12 +317,14 @@ class Backend:
         vq = self._vq(msg.body.index)
         if not msg.body.has_fd:
             raise MessageError("polling rings (no kick fd) are not supported")
+        new = _take_eventfd(msg)  # refused before the running ring is touched
         if vq.started:
             # a new kick fd for a running ring: carry on from where it is, not from
             # the SET_VRING_BASE it started with
             await self._stop_queue(vq)
             vq.base = int(vq.c.last_avail_idx)
-        vq.kick_fd = _replace_fd(vq.kick_fd, msg)
+        _close_watched(vq.kick_fd)
+        vq.kick_fd = new
         await self._start_queue(vq)
 
     async def _on_set_vring_call(self, msg: Message) -> None:
@@ -504,17 +506,22 @@ class Backend:
 
 
 def _replace_fd(old: int, msg: Message) -> int:
-    """The eventfd a SET_VRING_KICK/CALL/ERR brings (-1 for none); ``old`` is closed.
+    """The eventfd a SET_VRING_CALL/ERR brings (-1 for none); ``old`` is closed."""
+    new = _take_eventfd(msg)
+    _close_watched(old)
+    return new
 
-    Only an eventfd is taken: the kick fd is waited on with epoll (a regular file or a
-    memfd there fails the queue's task with EPERM) and the call/err fds are written
-    8 bytes at a time (to a file that would be data)."""
+
+def _take_eventfd(msg: Message) -> int:
+    """The eventfd a SET_VRING_KICK/CALL/ERR brings, or -1 for none. Only an eventfd is
+    taken: the kick fd is waited on with epoll (a regular file or a memfd there fails
+    the queue's task with EPERM) and the call/err fds are written 8 bytes at a time (to
+    a file that would be data)."""
     assert isinstance(msg.body, VringFile)
     new = msg.take_fd(0) if msg.body.has_fd else -1
     if new >= 0 and not _is_eventfd(new):
         os.close(new)
         raise MessageError("a vring kick/call/err fd must be an eventfd")
-    _close_watched(old)
     return new
 
 
