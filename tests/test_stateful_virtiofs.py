@@ -21,7 +21,7 @@ from msbfs.fuse import abi
 from msbfs.fuse.abi import Opcode
 from msbfs.fuse.kernel import Reply, parse_attr_out, parse_dirents, parse_entry, parse_open
 from msbfs.tree import FATTR_ATIME, FATTR_MTIME, Ctx, Lock, SetAttr
-from tests.plugins.stateful import Attrs, StatefulFs, assert_deep, examples
+from tests.plugins.stateful import Attrs, StatefulFs, assert_deep, derandomized, examples
 from tests.plugins.virtiofs import HIPRIO, FuseClient
 
 BIG = 16384  # reply room for reads (the machine reads at most 9,000 bytes) and listings
@@ -225,6 +225,7 @@ async def test_stateful_virtiofs(fs_client: Callable[..., Any]) -> None:
     def run() -> None:
         run_state_machine_as_test(VirtioFsMachine, settings=settings(
             max_examples=examples(60), stateful_step_count=60, deadline=None,
+            derandomize=derandomized(),
             suppress_health_check=list(HealthCheck)))
 
     async with trio.open_nursery() as nursery:
