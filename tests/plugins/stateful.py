@@ -976,11 +976,13 @@ OPS = ("lookup", "forget", "batch_forget", "getattr", "setattr", "readlink", "mk
        "removexattr")
 
 
-def assert_deep(front: str) -> str:
-    """Every operation reached success and more than half of all calls succeeded."""
+def assert_deep(front: str, known_gaps: frozenset[str] = frozenset()) -> str:
+    """Every operation reached success and more than half of all calls succeeded.
+    ``known_gaps``: operations a short run is known not to reach (each one a recorded,
+    open finding, not an exemption from the long campaign)."""
     table, calls, oks = success_table(front)
     print(f"\nstateful {front}:\n{table}")
-    never = [op for op in OPS if COUNTS[front][op][1] == 0]
+    never = [op for op in OPS if COUNTS[front][op][1] == 0 and op not in known_gaps]
     assert not never, f"never succeeded: {never}\n{table}"
     assert oks * 2 > calls, f"only {oks} of {calls} calls succeeded\n{table}"
     return table
