@@ -798,17 +798,17 @@ class Tree:
         return oflags
 
     @staticmethod
-    def _open_either(path: bytes, wanted: int, oflags: int, mode: int = 0o777,
-                     dir_fd: int | None = None) -> tuple[int, int]:
-        """Open ``path`` with ``wanted`` flags, or with the caller's ``oflags`` when the
-        caller may not read the file (write-only to them: the open must still work, as
-        natively). Returns the fd and the flags it really has, which the handle records."""
+    def _open_either(path: bytes, wanted: int, oflags: int) -> tuple[int, int]:
+        """Re-open ``path`` (an inode's /proc/self/fd link) with ``wanted`` flags, or
+        with the caller's ``oflags`` when that is refused (a daemon without
+        CAP_DAC_OVERRIDE on a write-only file). Returns the fd and the flags it really
+        has, which the handle records."""
         if wanted != oflags:
             try:
-                return os.open(path, wanted, mode, dir_fd=dir_fd), wanted
+                return os.open(path, wanted), wanted
             except PermissionError:
                 pass
-        return os.open(path, oflags, mode, dir_fd=dir_fd), oflags
+        return os.open(path, oflags), oflags
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, umask: int,
                ctx: Ctx, kill_suidgid: bool = False) -> tuple[Entry, Opened]:
