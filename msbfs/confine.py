@@ -66,6 +66,10 @@ DEFAULT_CAPS = frozenset(CAP_NAMES.index(n) for n in (
     "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "setgid", "setuid",
     "mknod", "setfcap"))
 
+#: The namespace sandbox's supervisor (outside it, see ``_supervise``): removing the
+#: socket path it made, in a directory it may not own.
+SUPERVISOR_CAPS = frozenset({CAP_NAMES.index("dac_override")})
+
 #: Every syscall the serving process makes once the filter is on, by name so the list
 #: holds on every architecture (names an architecture lacks, like ``open`` on aarch64,
 #: are skipped). Where it came from: ``strace -f`` of real daemons (the syscalls each
@@ -270,6 +274,12 @@ def _supervise(child: int, on_exit: Callable[[], None]) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    # It reads no guest input, but it is a root process outside every namespace for the
+    # daemon's whole life: it keeps only what its one remaining duty needs (unlinking the
+    # socket wherever it was made: CAP_DAC_OVERRIDE; signalling its child needs none,
+    # they share a uid) and can never gain more.
+    drop_capabilities(SUPERVISOR_CAPS)
+    set_no_new_privs()
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:

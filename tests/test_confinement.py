@@ -107,8 +107,12 @@ async def test_defaults_confine_the_serving_process(tmp_path: Path) -> None:
         for kind in ("pid", "net", "mnt"):
             assert ns(pid, kind) != ns("self", kind), kind
         assert st["NSpid"].split()[-1] == "1"  # pid 1 of its own namespace
-        # the supervisor stays in the host's mount and network namespaces
+        # the supervisor stays in the host's mount and network namespaces, with no
+        # capability but the one its socket cleanup needs, and no way to regain any
         assert ns(proc.pid, "mnt") == ns("self", "mnt")
+        sup = status(proc.pid)
+        assert sup["NoNewPrivs"] == "1"
+        assert caps(proc.pid, "CapEff") == caps(proc.pid, "CapBnd") == {"dac_override"}
         await exercise(sock, src)
         assert await wait_exit(proc) == 0
     assert not os.path.exists(sock)  # removed by the supervisor, which can still see it
