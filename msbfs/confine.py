@@ -28,11 +28,14 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
 
 from msbfs._native import ffi, lib
 from msbfs.errors import ServeError
+from msbfs.supervisor import STOP_SIGNALS
 
 log = logging.getLogger("msbfs.confine")
 
@@ -213,7 +216,8 @@ def _new_root(shared_dir: str, new_root: str) -> None:
     _mount("proc", os.path.join(new_root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def enter_sandbox(mode: str, shared_dir: str, on_exit: Callable[[], None] = lambda: None) -> None:
+def enter_sandbox(mode: str, shared_dir: str, remove_on_exit: str | None = None,
+                  use_syslog: bool = False) -> None:
     """Leave the host behind. Everything the daemon serves is already an fd (the tree's
     root, the socket); only ``/proc/self/fd`` is still needed by path.
 
@@ -235,7 +239,7 @@ def enter_sandbox(mode: str, shared_dir: str, on_exit: Callable[[], None] = lamb
         sys.stderr.flush()
         child = os.fork()
         if child:
-            _supervise(child, on_exit)
+            _supervise(child, remove_on_exit, use_syslog)
         # pid 1 of its namespace now. If the supervisor is killed outright, follow it.
         _check(lib.msb_prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
         # pid 1 ignores signals it has no handler for: exit on SIGTERM/SIGHUP as an
@@ -262,39 +266,34 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
-def _supervise(child: int, on_exit: Callable[[], None]) -> None:
-    """The process outside the pid namespace: forward the stop signals to the serving
-    child, wait for it, clean up what only the host's view can reach (``on_exit``: the
-    socket path) and exit with the child's status (128+N if signal N killed it)."""
-    def forward(signum: int, frame: object) -> None:
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+def _supervise(child: int, remove_on_exit: str | None, use_syslog: bool) -> NoReturn:
+    """Become the supervisor outside the pid namespace (``msbfs/supervisor.py``: forward
+    the stop signals to the serving child, wait for it, remove ``remove_on_exit``, exit
+    with the child's status). It is exec'd as a bare interpreter so it does not keep a
+    copy of the daemon's memory, and every fd but stdio closes (O_CLOEXEC): the listening
+    socket, the tree and the serving lock belong to the child alone."""
     # It reads no guest input, but it is a root process outside every namespace for the
     # daemon's whole life: it keeps only what its one remaining duty needs (unlinking the
     # socket wherever it was made: CAP_DAC_OVERRIDE; signalling its child needs none,
     # they share a uid) and can never gain more.
     drop_capabilities(SUPERVISOR_CAPS)
     set_no_new_privs()
-    _, status = os.waitpid(child, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        name = signal.Signals(-code).name
-        why = " (a system call outside the seccomp allowlist: see the kernel log)" \
-            if -code == signal.SIGSYS else ""
-        log.error("serving process killed by %s%s", name, why)
-        code = 128 - code
+    # Blocked across exec, unblocked by the supervisor once it forwards them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    argv = [sys.executable, "-S", "-I", str(Path(__file__).with_name("supervisor.py")),
+            str(child)]
+    if remove_on_exit:
+        argv += ["--remove", remove_on_exit]
+    if use_syslog:
+        argv.append("--syslog")
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        on_exit()
-    finally:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        os.execv(sys.executable, argv)
+    except OSError as e:
+        log.error("cannot exec the supervisor (%s): killing the serving process", e)
+        os.kill(child, signal.SIGKILL)
+        os._exit(1)
 
 
 def drop_capabilities(keep: frozenset[int]) -> None:
@@ -344,10 +343,11 @@ def install_seccomp(action: str, syscalls: Iterable[str] = SYSCALLS) -> None:
         log.debug("seccomp: %d syscall names do not exist on this architecture", r)
 
 
-def confine(c: Confinement, shared_dir: str, on_exit: Callable[[], None] = lambda: None) -> None:
+def confine(c: Confinement, shared_dir: str, remove_on_exit: str | None = None,
+            use_syslog: bool = False) -> None:
     """Every layer, in the order each needs (see the module docstring). With
     ``namespace`` only the forked serving child returns from here."""
-    enter_sandbox(c.sandbox, shared_dir, on_exit)
+    enter_sandbox(c.sandbox, shared_dir, remove_on_exit, use_syslog)
     drop_capabilities(c.caps)
     set_no_new_privs()
     install_seccomp(c.seccomp)

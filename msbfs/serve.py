@@ -421,7 +421,8 @@ def _run(o: ServeOptions, src: Source) -> int:
                 xattrmap=o.xattrmap, uid_map=uid_map, gid_map=gid_map, usage=src.usage)
     # With the namespace sandbox only a forked child returns (pid 1 of its namespace);
     # the process outside supervises it and removes the socket file it can no longer see.
-    confine.confine(jail, shared_dir, on_exit=lambda: _remove_socket(o))
+    confine.confine(jail, shared_dir, remove_on_exit=o.socket_path or None,
+                    use_syslog=o.syslog)
     for item in o.ignored:
         log.debug("ignoring -o %s", item)
     device = VirtioFsDevice(tree, tag=o.tag, num_request_queues=o.num_request_queues,

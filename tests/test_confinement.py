@@ -113,6 +113,12 @@ async def test_defaults_confine_the_serving_process(tmp_path: Path) -> None:
         sup = status(proc.pid)
         assert sup["NoNewPrivs"] == "1"
         assert caps(proc.pid, "CapEff") == caps(proc.pid, "CapBnd") == {"dac_override"}
+        # ... exec'd as its own small program (msbfs/supervisor.py), holding none of the
+        # daemon's descriptors: the listening socket, the tree, the serving lock
+        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[3].endswith(
+            b"msbfs/supervisor.py")
+        held = {os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")}
+        assert not any(h.startswith("socket:") or h.startswith(str(src)) for h in held), held
         await exercise(sock, src)
         assert await wait_exit(proc) == 0
     assert not os.path.exists(sock)  # removed by the supervisor, which can still see it
