@@ -166,3 +166,21 @@ def test_link_of_a_directory_onto_a_taken_name_is_eexist(twin: Twin) -> None:
     served = err(lambda: twin.tree.link(twin.node("sub"), ROOT_ID, b"file", ROOT))
     assert native == errno.EEXIST
     assert served == native
+
+
+def test_link_of_a_directory_into_a_removed_directory_is_enoent(twin: Twin) -> None:
+    """Found by the stateful machine once its draws no longer depended on the process:
+    linkat refuses a new name in a removed directory (ENOENT) before it looks at the
+    source's kind (EPERM for a directory)."""
+    gone = os.open(twin.native / "empty", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(twin.native / "empty")
+        native = err(lambda: os.link(twin.native / "sub", "x", dst_dir_fd=gone,
+                                     follow_symlinks=False))
+    finally:
+        os.close(gone)
+    empty = twin.node("empty")  # the client still holds the node id of the removed one
+    twin.tree.rmdir(ROOT_ID, b"empty", ROOT)
+    served = err(lambda: twin.tree.link(twin.node("sub"), empty, b"x", ROOT))
+    assert native == errno.ENOENT
+    assert served == native

@@ -694,12 +694,12 @@ class Tree:
         np = self._inodes.get(newparent)
         newname = _new_name(newname)
         self.policy.check_mutation()
-        if inode.kind == stat.S_IFDIR:
-            # linkat's order: a taken name is EEXIST before a directory is EPERM
-            raise os_error(errno.EEXIST if self._lstat_at(np, newname) else errno.EPERM)
         pst = self._dir_before(np)
         # linkat(AT_SYMLINK_FOLLOW) of the magic link links the inode our fd holds
-        # (also a symlink itself, or an O_TMPFILE file), not anything by name.
+        # (also a symlink itself, or an O_TMPFILE file), not anything by name. A
+        # directory is refused by the VFS itself (EPERM, on every filesystem), after the
+        # new name's own errors (EEXIST, ENOENT in a removed directory): an order a check
+        # of our own in front of it got wrong twice.
         os.link(_proc(inode.fd), newname, dst_dir_fd=np.fd, follow_symlinks=True)
         self._dir_after(np, pst)
         st = os.stat(inode.fd)
