@@ -13,11 +13,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import run_state_machine_as_test
-
 from msbfs.tree import ROOT_ID, Attr, Ctx, Entry, Lock, SetAttr, Tree
-from tests.plugins.stateful import Attrs, StatefulFs, assert_deep, derandomized, examples
+from tests.plugins.stateful import Attrs, StatefulFs, assert_deep, run_machine
 from tests.plugins.tree import ROOT, Twin, err
 
 
@@ -151,10 +148,7 @@ class TreeMachine(StatefulFs):
 
 
 def test_stateful_tree() -> None:
-    run_state_machine_as_test(TreeMachine, settings=settings(
-        max_examples=examples(60), stateful_step_count=60, deadline=None,
-            derandomize=derandomized(),
-        suppress_health_check=list(HealthCheck)))
+    run_machine(TreeMachine)
     assert_deep("tree")
 
 

@@ -33,13 +33,22 @@ import shutil
 import stat
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.internal.conjecture import providers
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from msbfs._native import lib
 
 from msbfs.tree import (
@@ -260,6 +269,11 @@ class StatefulFs(RuleBasedStateMachine):
         for d in (native, served):
             d.mkdir()
             populate(d)
+            # Every example starts with xattrs to get and remove, the root's from the
+            # first step: whether those calls succeed in a short run must not hang on
+            # the draw having set one first (one draw never removed any: 0 of 114).
+            for p in (d, d / "file", d / "sub"):
+                os.setxattr(p, XATTRS[0], b"seed")
         self.sentinel = sentinel_state(base)
         self.base_fds = fd_count()
         front, close = self.open_front(served)
@@ -976,13 +990,11 @@ OPS = ("lookup", "forget", "batch_forget", "getattr", "setattr", "readlink", "mk
        "removexattr")
 
 
-def assert_deep(front: str, known_gaps: frozenset[str] = frozenset()) -> str:
-    """Every operation reached success and more than half of all calls succeeded.
-    ``known_gaps``: operations a short run is known not to reach (each one a recorded,
-    open finding, not an exemption from the long campaign)."""
+def assert_deep(front: str) -> str:
+    """Every operation reached success and more than half of all calls succeeded."""
     table, calls, oks = success_table(front)
     print(f"\nstateful {front}:\n{table}")
-    never = [op for op in OPS if COUNTS[front][op][1] == 0 and op not in known_gaps]
+    never = [op for op in OPS if COUNTS[front][op][1] == 0]
     assert not never, f"never succeeded: {never}\n{table}"
     assert oks * 2 > calls, f"only {oks} of {calls} calls succeeded\n{table}"
     return table
@@ -998,3 +1010,36 @@ def derandomized() -> bool:
     succeeded at least once" check must not depend on the draw. A long run
     (``MSBFS_STATEFUL_EXAMPLES``) explores freshly each time."""
     return "MSBFS_STATEFUL_EXAMPLES" not in os.environ
+
+
+@contextmanager
+def process_independent_draws() -> Iterator[None]:
+    """Hypothesis draws the same values whatever else the process has imported.
+
+    Besides its seeded random, hypothesis now and then (5% of draws) picks a constant
+    it mined from every local module in ``sys.modules`` (``_get_local_constants``; not
+    the tests' own files). Derandomizing fixes the seed, not that pool: in a pytest
+    process that had also collected tests/test_fuzz_campaign.py (tools.fuzz.*,
+    vhost.frontend) the same "derandomized" run drew other sequences; its getxattr
+    calls all missed (0 of 68), or it met a link case the usual draw never reaches.
+    Inside this block the pool is empty. The cache of pool-derived choices is cleared on
+    the way in and out, so neither side sees the other's entries."""
+    real = providers._get_local_constants
+    empty = providers.Constants()
+    providers.CONSTANTS_CACHE.cache.clear()
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = real
+        providers.CONSTANTS_CACHE.cache.clear()
+
+
+def run_machine(machine: type[StatefulFs]) -> None:
+    """``machine`` for 60 examples of 60 steps (``examples`` for a long run); the
+    default run is derandomized and independent of the process it runs in."""
+    fixed = derandomized()
+    with process_independent_draws() if fixed else nullcontext():
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=examples(60), stateful_step_count=60, deadline=None,
+            derandomize=fixed, suppress_health_check=list(HealthCheck)))
