@@ -113,6 +113,12 @@ class HandleTable:
     def get(self, fh: int) -> FileHandle | DirHandle | None:
         return self._handles.get(fh)
 
+    def files_on(self, nodeid: int) -> int:
+        """Open file handles on node id ``nodeid`` (a scan: only for an inode the client
+        forgot while files were open, when the inode table no longer counts them)."""
+        return sum(1 for h in self._handles.values()
+                   if type(h) is FileHandle and h.inode.nodeid == nodeid)
+
     def file(self, fh: int) -> FileHandle:
         h = self._handles.get(fh)
         if type(h) is not FileHandle:

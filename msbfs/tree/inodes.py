@@ -1,5 +1,10 @@
 """The inode table: one host inode per node id, reached through an ``O_PATH`` fd.
 
+The table itself is C (csrc/inodes.c, issue 11): the C metadata fast path of the
+virtio-fs device answers LOOKUP/GETATTR/FORGET from it and the Python tree calls it
+through this thin wrapper. No second copy lives here: an ``Inode`` is a short-lived
+view carrying the node id and the fields that never change.
+
 Inodes are keyed by the host's ``(st_dev, st_ino)`` so two names of one file (hard
 links, ``.``/``..``) share a node id, and counted: every Entry the tree hands out adds
 one lookup, FORGET takes them away, and at zero the inode is dropped. Node ids are the
@@ -20,294 +25,212 @@ included). ``check_room`` is asked before an operation that may add an inode; pa
 bound (after trying to evict one fd) the client's request fails with ENFILE, and the
 daemon keeps the fds its own bookkeeping needs.
 """
-
 from __future__ import annotations
 
 import errno
 import os
-import stat
-import threading
-from collections import OrderedDict
+from typing import Any
 
 from msbfs._native import ffi, lib
 from msbfs.tree.types import ROOT_ID
 
 AT_EMPTY_PATH = 0x1000
-_HANDLE_BUF = 8 + 128  # struct file_handle + MAX_HANDLE_SZ
-_REOPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_NONE = lib.MSB_INODES_NONE  # no bound
+SUBMOUNT = lib.MSB_INODE_SUBMOUNT  # in the kind bits of fd_traits
+_U64 = (1 << 64) - 1
+# Bound once: these run several times per request.
+_fd_of = lib.msb_inodes_fd
+_traits = lib.msb_inodes_traits
+_find_id = lib.msb_inodes_find_id
+_add_id = lib.msb_inodes_add_id
+_fd_traits = lib.msb_inodes_fd_traits
+
+
+def _raise(r: int) -> None:
+    raise OSError(-r, os.strerror(-r))
 
 
 class Inode:
-    __slots__ = ("_fd", "dev", "handle", "ino", "kind", "mount_id", "nlookup", "nodeid",
-                 "nopen", "submount", "table", "used")
+    """A view of one inode: its node id and what never changes (kind, submount; the
+    host key on demand). Counts and the fd are read from the C table each time."""
 
-    def __init__(self, table: InodeTable, nodeid: int, fd: int, st: os.stat_result,
-                 submount: bool) -> None:
+    __slots__ = ("_c", "_key", "kind", "nodeid", "submount", "table")
+
+    def __init__(self, table: InodeTable, nodeid: int, traits: int,
+                 key: tuple[int, int] | None = None) -> None:
         self.table = table
+        self._c = table.c
         self.nodeid = nodeid
-        self._fd = fd  # O_PATH, O_NOFOLLOW: the inode itself, even for a symlink; -1: closed
-        self.dev = st.st_dev
-        self.ino = st.st_ino
-        self.kind = stat.S_IFMT(st.st_mode)  # a file's type never changes
-        self.nlookup = 0
-        self.nopen = 0  # file handles of ours on it (the quota frees blocks at the last)
-        self.submount = submount
-        self.handle: bytes | None = None  # file handle, once the fd had to be closed
-        self.mount_id = -1
-        self.used = False  # the fd cache's reference bit (CLOCK: a second chance)
+        self.kind = traits & 0o170000  # a file's type never changes
+        self.submount = bool(traits & SUBMOUNT)
+        self._key = key
 
     @property
     def fd(self) -> int:
         """The inode's O_PATH fd, re-opened from its handle if it was closed."""
-        fd = self._fd
+        fd: int = _fd_of(self._c, self.nodeid)
         if fd < 0:
-            return self.table.reopen(self)
-        self.used = True
+            _raise(-errno.ESTALE if fd == -errno.EBADF else fd)  # forgotten since
         return fd
+
+    def _info(self) -> Any:
+        info = ffi.new("struct msb_inode_info *")
+        r = lib.msb_inodes_get(self._c, self.nodeid, info)
+        if r < 0:
+            _raise(-errno.ESTALE)  # forgotten since this view was made
+        return info
+
+    def _host_key(self) -> tuple[int, int]:
+        key = self._key
+        if key is None:
+            info = self._info()
+            key = self._key = (int(info.dev), int(info.ino))
+        return key
+
+    @property
+    def dev(self) -> int:
+        return self._host_key()[0]
+
+    @property
+    def ino(self) -> int:
+        return self._host_key()[1]
+
+    @property
+    def nlookup(self) -> int:
+        return int(self._info().nlookup)
+
+    @property
+    def nopen(self) -> int:
+        """File handles of ours on it (the quota frees blocks at the last)."""
+        return int(self._info().nopen)
+
+    def __repr__(self) -> str:
+        return f"Inode({self.nodeid}, kind={self.kind:o})"
 
 
 class InodeTable:
+    """Thin wrapper over ``struct msb_inodes`` (csrc/inodes.h): same semantics and
+    errnos as the Python table it replaced."""
+
     def __init__(self, root_fd: int, root_st: os.stat_result,
                  max_fds: int | None = None, *, fd_cap: int | None = None,
                  max_inodes: int | None = None) -> None:
-        self.root = Inode(self, ROOT_ID, root_fd, root_st, False)
-        self.root.nlookup = 1  # the root is never forgotten
-        self._by_id: dict[int, Inode] = {ROOT_ID: self.root}
-        self._by_key: dict[tuple[int, int], Inode] = {(root_st.st_dev, root_st.st_ino): self.root}
-        self._next_id = ROOT_ID + 1
-        self.nfds = 1  # open inode fds, the root's included
+        c = lib.msb_inodes_new(root_fd, root_st.st_dev, root_st.st_ino, root_st.st_mode,
+                               max_fds or 0, _NONE if fd_cap is None else fd_cap,
+                               _NONE if max_inodes is None else max_inodes)
+        if c == ffi.NULL:
+            raise MemoryError("inode table")
+        #: the C table; the fast path of the virtio-fs device takes this pointer too.
+        self.c = ffi.gc(c, lib.msb_inodes_free)
         self.fd_cap = fd_cap
         self.max_inodes = max_inodes
-        # Lookups and forgets may come from different threads (a transport may serve
-        # several queues); the count update and the close must not interleave.
-        self._lock = threading.RLock()
-        #: None: every inode keeps its fd. Else: open inode fds, least recently used first.
-        self.max_fds = max_fds
-        self.lru: OrderedDict[int, Inode] | None = OrderedDict() if max_fds else None
-        # mount id -> a (non-O_PATH: the kernel insists) fd on that mount, for
-        # open_by_handle_at; seeded with the root's mount, where most inodes live.
-        self._mount_fds: dict[int, int] = {}
-        self.evictions = 0
-        self.reopens = 0
-        if self.lru is not None and not self._probe_handles(root_fd):
-            # No way back from a closed fd here (no CAP_DAC_READ_SEARCH, or no handles on
-            # this filesystem): every inode keeps its fd, as without a cache.
-            self.max_fds, self.lru = None, None
+        self.root = Inode(self, ROOT_ID, root_st.st_mode, (root_st.st_dev, root_st.st_ino))
 
-    def _probe_handles(self, root_fd: int) -> bool:
-        """Can this process re-open the root from its handle? Seeds the root's mount fd."""
-        try:
-            handle, mount_id = self._handle_of(root_fd)
-            mount_fd = os.open(b"/proc/self/fd/%d" % root_fd,
-                               os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        fd = lib.msb_open_by_handle_at(mount_fd, ffi.from_buffer(handle), _REOPEN_FLAGS)
-        if fd < 0:
-            os.close(mount_fd)
-            return False
-        os.close(fd)
-        self._mount_fds[mount_id] = mount_fd
-        return True
+    def _stats(self) -> Any:
+        out = ffi.new("struct msb_inodes_stats *")
+        lib.msb_inodes_stats(self.c, out)
+        return out
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        return int(self._stats().inodes)
 
     @property
     def open_fds(self) -> int:
-        return self.nfds
+        return int(self._stats().nfds)
+
+    @property
+    def nfds(self) -> int:
+        return self.open_fds
+
+    @property
+    def evictions(self) -> int:
+        return int(self._stats().evictions)
+
+    @property
+    def reopens(self) -> int:
+        return int(self._stats().reopens)
+
+    @property
+    def max_fds(self) -> int | None:
+        """None: every inode keeps its fd (no cache, or no handles to come back by)."""
+        return int(self._stats().max_fds) or None
 
     def check_room(self) -> None:
         """ENFILE if one more inode would pass a bound (see the module doc)."""
-        if self.max_inodes is not None and len(self._by_id) >= self.max_inodes:
-            raise OSError(errno.ENFILE, "the client holds too many inodes")
-        cap = self.fd_cap
-        if cap is not None and self.nfds >= cap:
-            with self._lock:
-                if self.lru is not None:
-                    self._evict_one(self.lru, self.root)
-                if self.nfds >= cap:
-                    raise OSError(errno.ENFILE, "the client holds too many inode fds")
+        r = lib.msb_inodes_check_room(self.c)
+        if r < 0:
+            raise OSError(-r, "the client holds too many inodes or inode fds")
 
     def get(self, nodeid: int) -> Inode:
-        inode = self._by_id.get(nodeid)
-        if inode is None:
+        traits = _traits(self.c, nodeid) if 0 <= nodeid <= _U64 else -1
+        if traits < 0:
             raise OSError(errno.EBADF, "unknown node id")
-        return inode
+        return Inode(self, nodeid, traits)
+
+    def fd_traits(self, nodeid: int) -> tuple[int, int]:
+        """The hot paths' ``get(nodeid).fd`` in one call, with no view: the fd and the
+        kind bits (| MSB_INODE_SUBMOUNT). EBADF for a node id not in the table."""
+        r = _fd_traits(self.c, nodeid) if 0 <= nodeid <= _U64 else -errno.EBADF
+        if r < 0:
+            if r == -errno.EBADF:
+                raise OSError(errno.EBADF, "unknown node id")
+            _raise(r)
+        return r >> 17, r & 0x1ffff
+
+    def find_ref_id(self, st: os.stat_result) -> int:
+        """``find_ref`` without a view: node id << 1 | submount, or -1 (not held)."""
+        r: int = _find_id(self.c, st.st_dev, st.st_ino, 1)
+        return r if r >= 0 else -1
 
     def find(self, st: os.stat_result) -> Inode | None:
-        return self._by_key.get((st.st_dev, st.st_ino))
+        return self._found(_find_id(self.c, st.st_dev, st.st_ino, 0), st)
 
     def add(self, fd: int, st: os.stat_result, submount: bool = False) -> Inode:
         """Count one lookup of the inode ``fd`` (O_PATH) names. Takes ownership of
         ``fd``: it is kept for a new inode (or one whose fd was closed) and closed when
         the inode already has one."""
-        key = (st.st_dev, st.st_ino)
-        with self._lock:
-            inode = self._by_key.get(key)
-            if inode is None:
-                inode = Inode(self, self._next_id, fd, st, submount)
-                self._next_id += 1
-                self._by_id[inode.nodeid] = inode
-                self._by_key[key] = inode
-                self.nfds += 1
-                self._opened(inode)
-                fd = -1
-            elif inode._fd < 0:
-                inode._fd = fd
-                self.nfds += 1
-                self._opened(inode)
-                fd = -1
-            inode.nlookup += 1
-        if fd >= 0:
-            os.close(fd)
-        return inode
+        r = _add_id(self.c, fd, st.st_dev, st.st_ino, st.st_mode, submount)
+        if r < 0:
+            _raise(r)
+        return Inode(self, r >> 1, st.st_mode | (SUBMOUNT if r & 1 else 0),
+                     (st.st_dev, st.st_ino))
 
     def find_ref(self, st: os.stat_result) -> Inode | None:
         """The inode ``st`` names, with one more lookup counted, if it is in the table
         (found and counted under one lock: a forget in between cannot drop it)."""
-        key = (st.st_dev, st.st_ino)
-        with self._lock:
-            inode = self._by_key.get(key)
-            if inode is not None:
-                inode.nlookup += 1
-        return inode
+        return self._found(_find_id(self.c, st.st_dev, st.st_ino, 1), st)
+
+    def _found(self, r: int, st: os.stat_result) -> Inode | None:
+        if r < 0:
+            return None
+        return Inode(self, r >> 1, st.st_mode | (SUBMOUNT if r & 1 else 0),
+                     (st.st_dev, st.st_ino))
 
     def ref(self, inode: Inode) -> None:
         """One more lookup of an inode already in the table (link, ``.``)."""
-        with self._lock:
-            inode.nlookup += 1
+        lib.msb_inodes_ref(self.c, inode.nodeid)
 
     def forget(self, nodeid: int, nlookup: int) -> None:
-        if nodeid == ROOT_ID:
-            return
-        with self._lock:
-            inode = self._by_id.get(nodeid)
-            if inode is None:
-                return
-            inode.nlookup -= max(0, nlookup)
-            if inode.nlookup > 0:
-                return
-            del self._by_id[nodeid]
-            del self._by_key[(inode.dev, inode.ino)]
-            if self.lru is not None:
-                self.lru.pop(nodeid, None)
-            fd, inode._fd = inode._fd, -1
-            if fd >= 0:
-                self.nfds -= 1
-        if fd >= 0:
-            os.close(fd)
+        if 0 <= nodeid <= _U64:
+            lib.msb_inodes_forget(self.c, nodeid, min(max(0, nlookup), _U64))
+
+    def opened(self, inode: Inode, delta: int) -> int | None:
+        """``delta`` more (or fewer) file handles of ours on ``inode``: an inode with
+        open files is never evicted (it must outlive an unlink on the host). The new
+        count; None once the inode was forgotten (a client may FORGET an open file)."""
+        r = lib.msb_inodes_nopen_add(self.c, inode.nodeid, delta)
+        return None if r < 0 else int(r)
+
+    def nopen(self, inode: Inode) -> int:
+        """Open file handles on ``inode``; 0 once it was forgotten."""
+        r = lib.msb_inodes_nopen_add(self.c, inode.nodeid, 0)
+        return max(0, int(r))
 
     def clear(self) -> None:
         """Close every inode but the root (FUSE_DESTROY: the client forgot them all)."""
-        with self._lock:
-            dead = [i for i in self._by_id.values() if i.nodeid != ROOT_ID]
-            self._by_id = {ROOT_ID: self.root}
-            self._by_key = {(self.root.dev, self.root.ino): self.root}
-            self.root.nlookup = 1
-            self.nfds = 1 if self.root._fd >= 0 else 0
-            if self.lru is not None:
-                self.lru.clear()
-        for inode in dead:
-            if inode._fd >= 0:
-                os.close(inode._fd)
-                inode._fd = -1
+        lib.msb_inodes_clear(self.c)
 
     def close(self) -> None:
         """Everything, the root and the per-mount fds included (the tree is done)."""
-        self.clear()
-        with self._lock:
-            mount_fds, self._mount_fds = self._mount_fds, {}
-            root_fd, self.root._fd = self.root._fd, -1
-            self.nfds = 0
-        for fd in [*mount_fds.values(), root_fd]:
-            if fd >= 0:
-                os.close(fd)
+        lib.msb_inodes_close(self.c)
 
-    # ---- the fd cache -----------------------------------------------------------------
-    def _opened(self, inode: Inode) -> None:
-        lru = self.lru
-        if lru is None or inode.nodeid == ROOT_ID or inode.handle == b"":
-            return
-        lru[inode.nodeid] = inode
-        inode.used = True
-        while len(lru) > self.max_fds:  # type: ignore[operator]
-            if not self._evict_one(lru, inode):
-                break
-
-    def _evict_one(self, lru: OrderedDict[int, Inode], keep: Inode) -> bool:
-        """Close one inode fd (or pin one that cannot be closed); False: none can go."""
-        # CLOCK: an inode used since the hand last passed gets a second chance, so the
-        # hot path only sets a flag instead of reordering a list on every access. One
-        # pass at most: an inode whose fd an operation fetched (flag set) survives the
-        # eviction that a later step of the same operation may cause, so an fd number
-        # in hand is never closed under it. Open files are passed over: their inode
-        # must outlive an unlink on the host.
-        for _ in range(len(lru)):
-            nodeid, victim = lru.popitem(last=False)
-            if not victim.used and not victim.nopen and victim is not keep:
-                break
-            victim.used = False
-            lru[nodeid] = victim
-        else:
-            return False  # everything is in use: go over the limit rather than strand one
-        fd = victim._fd
-        if victim.handle is None:
-            try:
-                if os.stat(fd).st_nlink == 0:
-                    raise OSError(errno.ESTALE, "no name left: only the fd keeps it")
-                victim.handle, victim.mount_id = self._handle_of(fd)
-            except OSError:
-                victim.handle = b""  # pinned: keeps its fd, out of the cache
-                return True
-        if victim.mount_id not in self._mount_fds and not self._add_mount_fd(victim):
-            victim.handle = b""  # no way back to that mount yet: keep the fd
-            return True
-        victim._fd = -1
-        self.nfds -= 1
-        os.close(fd)
-        self.evictions += 1
-        return True
-
-    def _add_mount_fd(self, inode: Inode) -> bool:
-        """A readable fd on the inode's mount, made from the inode itself when it is a
-        directory or regular file (opening anything else could block or touch a device)."""
-        if inode.kind == stat.S_IFDIR:
-            flags = os.O_RDONLY | os.O_DIRECTORY
-        elif inode.kind == stat.S_IFREG:
-            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
-        else:
-            return False
-        try:
-            fd = os.open(b"/proc/self/fd/%d" % inode._fd, flags | os.O_CLOEXEC)
-        except OSError:
-            return False
-        self._mount_fds[inode.mount_id] = fd
-        return True
-
-    @staticmethod
-    def _handle_of(fd: int) -> tuple[bytes, int]:
-        buf = ffi.new("char[]", _HANDLE_BUF)
-        mount_id = ffi.new("int *")
-        r = lib.msb_name_to_handle_at(fd, b"", buf, _HANDLE_BUF, mount_id, AT_EMPTY_PATH)
-        if r < 0:
-            raise OSError(-r, os.strerror(-r))
-        size = 8 + ffi.cast("uint32_t *", buf)[0]
-        return bytes(ffi.buffer(buf, size)), mount_id[0]
-
-    def reopen(self, inode: Inode) -> int:
-        with self._lock:
-            if inode._fd >= 0:
-                return inode._fd
-            if inode.handle is None or inode.nodeid not in self._by_id:
-                raise OSError(errno.ESTALE, "inode was forgotten")
-            mount_fd = self._mount_fds[inode.mount_id]
-            fd = lib.msb_open_by_handle_at(mount_fd, ffi.from_buffer(inode.handle),
-                                           _REOPEN_FLAGS)
-            if fd < 0:
-                raise OSError(-fd, os.strerror(-fd))
-            inode._fd = fd
-            self.nfds += 1
-            self.reopens += 1
-            self._opened(inode)
-            return fd

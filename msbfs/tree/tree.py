@@ -52,7 +52,7 @@ from msbfs.fdlimit import raise_fd_limit
 from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
-from msbfs.tree.inodes import AT_EMPTY_PATH, Inode, InodeTable
+from msbfs.tree.inodes import AT_EMPTY_PATH, SUBMOUNT, Inode, InodeTable
 from msbfs.tree.policy import (
     Policy,
     QuotaAccount,
@@ -77,6 +77,7 @@ from msbfs.tree.types import (
     FOPEN_DIRECT_IO,
     FOPEN_KEEP_CACHE,
     OFFSET_MAX,
+    ROOT_ID,
     Attr,
     Ctx,
     DirEntry,
@@ -425,14 +426,14 @@ class Tree:
             self._charge_stat(before, os.stat(p.fd))
 
     def _add_handle(self, fd: int, inode: Inode, oflags: int) -> int:
-        inode.nopen += 1
+        self._inodes.opened(inode, 1)
         return self._handles.add(FileHandle(fd, inode, oflags))
 
     def _discharge_removed(self, st: os.stat_result) -> None:
         """The last name of ``st`` is gone: its blocks are free now, unless a handle of
         ours still holds it open (then they are freed, and discharged, at its release)."""
         inode = self._inodes.find(st)
-        if inode is None or inode.nopen == 0:
+        if inode is None or self._inodes.nopen(inode) == 0:
             self._charge_stat(st, None)
 
     def _lstat_at(self, parent: Inode, name: bytes) -> os.stat_result | None:
@@ -443,24 +444,28 @@ class Tree:
 
     # ---- inodes ----------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Entry:
-        p = self._inodes.get(parent)
+        inodes = self._inodes
+        pfd = inodes.fd_traits(parent)[0]
         name = _name(name)
+        if name != b"." and name != b"..":
+            # Warm path, no inode views: a stat of the single component (never following
+            # it: no "/" and no ".." in name, AT_SYMLINK_NOFOLLOW) finds an inode we
+            # already hold, and no fd is opened at all.
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            hit = inodes.find_ref_id(st)
+            if hit >= 0:
+                t = self._timeout
+                return Entry(hit >> 1, 0, self._attr(st, bool(hit & 1)), t, t)
+            return self._lookup_cold(inodes.get(parent), name)
+        p = inodes.get(parent)
         if name == b".":
             st = os.stat(p.fd)
             self._inodes.ref(p)
             return self._entry(p, st)
-        if name == b"..":
-            return self._lookup_dotdot(p)
-        return self._lookup_component(p, name)
+        return self._lookup_dotdot(p)
 
-    def _lookup_component(self, p: Inode, name: bytes) -> Entry:
-        # Warm path: a stat of the single component (never following it: no "/" and
-        # no ".." in name, AT_SYMLINK_NOFOLLOW) finds an inode we already hold, and no
-        # fd is opened at all.
-        st = os.stat(name, dir_fd=p.fd, follow_symlinks=False)
-        known = self._inodes.find_ref(st)
-        if known is not None:
-            return self._entry(known, st)
+    def _lookup_cold(self, p: Inode, name: bytes) -> Entry:
+        """A name whose inode the table does not hold (the warm path is ``lookup``)."""
         self._inodes.check_room()
         fd = lib.msb_openat2(p.fd, name, _LOOKUP_FLAGS, 0, _RESOLVE)
         if fd < 0:
@@ -474,7 +479,7 @@ class Tree:
 
     def _lookup_dotdot(self, p: Inode) -> Entry:
         root = self._inodes.root
-        if p is root:
+        if p.nodeid == ROOT_ID:
             st = os.stat(root.fd)
             self._inodes.ref(root)
             return self._entry(root, st)
@@ -524,13 +529,12 @@ class Tree:
             self.forget(nodeid, nlookup)
 
     def getattr(self, nodeid: int, fh: int | None, ctx: Ctx) -> tuple[Attr, float]:
-        inode = self._inodes.get(nodeid)
-        fd = inode.fd
+        fd, traits = self._inodes.fd_traits(nodeid)
         if fh is not None:
             h = self._handles.get(fh)
-            if h is not None and h.inode is inode:
+            if h is not None and h.inode.nodeid == nodeid:
                 fd = h.fd
-        return self._attr(os.stat(fd), inode.submount), self._timeout
+        return self._attr(os.stat(fd), traits & SUBMOUNT != 0), self._timeout
 
     def setattr(self, nodeid: int, attr: SetAttr, ctx: Ctx) -> tuple[Attr, float]:
         inode = self._inodes.get(nodeid)
@@ -542,7 +546,7 @@ class Tree:
         handle: FileHandle | None = None
         if valid & FATTR_FH and attr.fh is not None:
             handle = self._handles.file(attr.fh)
-            if handle.inode is not inode:
+            if handle.inode.nodeid != inode.nodeid:
                 handle = None  # a handle of another file says nothing about this one
         if valid & FATTR_MODE:
             self._chmod(inode, handle, _int(attr.mode, 0, 0o7777 | 0o170000) & 0o7777)
@@ -984,13 +988,15 @@ class Tree:
                 flock_release: bool = False) -> None:
         h = self._handles.pop(fh, FileHandle)
         inode = h.inode
-        inode.nopen -= 1
+        left = self._inodes.opened(inode, -1)
+        if left is None:  # the client forgot the inode while the file was open
+            left = self._handles.files_on(inode.nodeid)
         try:
             if flock_release:
                 fcntl.flock(h.fd, fcntl.LOCK_UN)
             if lock_owner:
                 self._locks.drop_owner(inode, lock_owner)
-            if self.quota is not None and inode.nopen == 0:
+            if self.quota is not None and left == 0:
                 st = os.stat(h.fd)
                 if st.st_nlink == 0:  # unlinked while open, or a never-linked tmpfile
                     self._charge_stat(st, None)
@@ -1075,7 +1081,7 @@ class Tree:
         root = self._inodes.root
         dev = h.inode.dev
         foreign = dev != self._root_dev
-        fix_dotdot = h.inode is root
+        fix_dotdot = h.inode.nodeid == ROOT_ID
 
         def convert(d_ino: int, d_off: int, d_type: int, name: bytes) -> DirEntry:
             if fix_dotdot and name == b"..":

@@ -435,9 +435,9 @@ MUTANTS: tuple[Mutant, ...] = (
         {"guest": BUDGET_SIZE, "hostmount": BUDGET_SIZE}),
     Mutant(
         "budget-inodes", "a client's inodes are bounded (ENFILE past the budget)",
-        (Edit("msbfs/tree/inodes.py",
-              "        if self.max_inodes is not None and len(self._by_id) >= self.max_inodes:",
-              "        if False:"),),
+        (Edit("csrc/inodes.c",
+              "    if (t->max_inodes != MSB_INODES_NONE && t->count >= t->max_inodes) {",
+              "    if (0) {"),),
         {"tree": ("tests/test_tree_hardening.py::test_inode_budget",),
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
         {"guest": BUDGET_SIZE, "hostmount": BUDGET_SIZE}),

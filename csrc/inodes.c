@@ -1,0 +1,651 @@
+/* The inode table (csrc/inodes.h says what it holds and why).
+ *
+ * ONE place closes inode fds: inode_fd_retire(). Forget to zero, eviction, clear and
+ * close all go through it, because another thread may still be using an fd it got
+ * from msb_inodes_fd (the request queues run concurrently); a deferred close after a
+ * grace period belongs there and nowhere else. (A fresh fd msb_inodes_add does not
+ * keep was never in the table, so no other thread can hold it: closed directly.)
+ *
+ * Layout: each inode is one malloc'd node on two chained hash indexes (node id; dev+ino)
+ * and, while it has an fd the cache may close, on the CLOCK ring (a circular list whose
+ * head is where the hand points: popitem(last=False) of the Python OrderedDict).
+ */
+#define _GNU_SOURCE
+#include "inodes.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ROOT_ID 1
+#define HANDLE_MAX 128                       /* MAX_HANDLE_SZ */
+#define REOPEN_FLAGS (O_PATH | O_NOFOLLOW | O_CLOEXEC)
+
+struct inode_handle {                        /* struct file_handle, sized to its bytes */
+    uint32_t handle_bytes;
+    int32_t handle_type;
+    unsigned char f_handle[];
+};
+
+struct inode {
+    uint64_t nodeid, dev, ino, nlookup, nopen;
+    int fd;                                  /* O_PATH|O_NOFOLLOW, or -1: evicted */
+    int mount_id;
+    uint32_t kind;
+    uint8_t submount, pinned, used, in_ring;
+    struct inode_handle *handle;             /* once the fd had to be closed */
+    struct inode *id_next, *key_next;        /* hash chains */
+    struct inode *prev, *next;               /* CLOCK ring */
+};
+
+struct mount_fd {
+    int mount_id, fd;
+};
+
+struct msb_inodes {
+    pthread_mutex_t lock;
+    struct inode **by_id, **by_key;
+    size_t nbuckets;                         /* power of two, both indexes */
+    uint64_t count, next_id, nfds, evictions, reopens;
+    uint64_t max_fds, fd_cap, max_inodes;    /* max_fds 0: no cache */
+    struct inode *root;
+    struct inode ring;                       /* sentinel of the CLOCK ring */
+    uint64_t ring_len;
+    struct mount_fd *mounts;                 /* mount id -> readable fd on that mount */
+    size_t nmounts;
+};
+
+/* The one place an inode fd is closed (see the top of this file). */
+static void inode_fd_retire(struct msb_inodes *t, int fd)
+{
+    (void)t;
+    close(fd);
+}
+
+/* ---- hash indexes ----------------------------------------------------------------- */
+static size_t hash64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return (size_t)x;
+}
+
+static size_t id_slot(const struct msb_inodes *t, uint64_t nodeid)
+{
+    return hash64(nodeid) & (t->nbuckets - 1);
+}
+
+static size_t key_slot(const struct msb_inodes *t, uint64_t dev, uint64_t ino)
+{
+    return hash64(ino ^ hash64(dev)) & (t->nbuckets - 1);
+}
+
+static struct inode *by_id(const struct msb_inodes *t, uint64_t nodeid)
+{
+    struct inode *n = t->by_id[id_slot(t, nodeid)];
+    while (n && n->nodeid != nodeid)
+        n = n->id_next;
+    return n;
+}
+
+static struct inode *by_key(const struct msb_inodes *t, uint64_t dev, uint64_t ino)
+{
+    struct inode *n = t->by_key[key_slot(t, dev, ino)];
+    while (n && (n->ino != ino || n->dev != dev))
+        n = n->key_next;
+    return n;
+}
+
+static void link_node(struct msb_inodes *t, struct inode *n)
+{
+    size_t i = id_slot(t, n->nodeid), k = key_slot(t, n->dev, n->ino);
+    n->id_next = t->by_id[i];
+    t->by_id[i] = n;
+    n->key_next = t->by_key[k];
+    t->by_key[k] = n;
+}
+
+static void unlink_node(struct msb_inodes *t, struct inode *n)
+{
+    struct inode **p = &t->by_id[id_slot(t, n->nodeid)];
+    while (*p != n)
+        p = &(*p)->id_next;
+    *p = n->id_next;
+    p = &t->by_key[key_slot(t, n->dev, n->ino)];
+    while (*p != n)
+        p = &(*p)->key_next;
+    *p = n->key_next;
+}
+
+/* Double both indexes when the load passes 1; on ENOMEM keep the old ones (longer
+ * chains, still correct). */
+static void maybe_grow(struct msb_inodes *t)
+{
+    if (t->count < t->nbuckets)
+        return;
+    size_t old = t->nbuckets, nb = old * 2;
+    struct inode **ids = calloc(nb, sizeof *ids), **keys = calloc(nb, sizeof *keys);
+    if (!ids || !keys) {
+        free(ids);
+        free(keys);
+        return;
+    }
+    struct inode **old_ids = t->by_id;
+    free(t->by_key);
+    t->by_id = ids;
+    t->by_key = keys;
+    t->nbuckets = nb;
+    for (size_t i = 0; i < old; i++) {
+        struct inode *n = old_ids[i];
+        while (n) {
+            struct inode *next = n->id_next;
+            link_node(t, n);
+            n = next;
+        }
+    }
+    free(old_ids);
+}
+
+/* ---- the CLOCK ring --------------------------------------------------------------- */
+static void ring_push(struct msb_inodes *t, struct inode *n)   /* at the tail */
+{
+    n->prev = t->ring.prev;
+    n->next = &t->ring;
+    t->ring.prev->next = n;
+    t->ring.prev = n;
+    n->in_ring = 1;
+    t->ring_len++;
+}
+
+static void ring_remove(struct msb_inodes *t, struct inode *n)
+{
+    if (!n->in_ring)
+        return;
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = NULL;
+    n->in_ring = 0;
+    t->ring_len--;
+}
+
+static int handle_of(int fd, struct inode_handle **out, int *mount_id)
+{
+    union {
+        struct inode_handle h;
+        unsigned char buf[sizeof(struct inode_handle) + HANDLE_MAX];
+    } u;
+    u.h.handle_bytes = HANDLE_MAX;
+    if (syscall(SYS_name_to_handle_at, fd, "", &u.h, mount_id, AT_EMPTY_PATH) < 0)
+        return -errno;
+    if (u.h.handle_bytes > HANDLE_MAX)
+        return -EOVERFLOW;
+    size_t size = sizeof u.h + u.h.handle_bytes;
+    struct inode_handle *h = malloc(size);
+    if (!h)
+        return -ENOMEM;
+    memcpy(h, &u, size);
+    *out = h;
+    return 0;
+}
+
+static int mount_fd_of(const struct msb_inodes *t, int mount_id)
+{
+    for (size_t i = 0; i < t->nmounts; i++)
+        if (t->mounts[i].mount_id == mount_id)
+            return t->mounts[i].fd;
+    return -1;
+}
+
+static int add_mount(struct msb_inodes *t, int mount_id, int fd)
+{
+    struct mount_fd *m = realloc(t->mounts, (t->nmounts + 1) * sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    t->mounts = m;
+    m[t->nmounts++] = (struct mount_fd){mount_id, fd};
+    return 0;
+}
+
+static int reopen_proc(int fd, int flags)
+{
+    char path[32];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int r = open(path, flags | O_CLOEXEC);
+    return r < 0 ? -errno : r;
+}
+
+/* A readable fd on the inode's mount, made from the inode itself when it is a
+ * directory or regular file (opening anything else could block or touch a device). */
+static int add_mount_fd(struct msb_inodes *t, struct inode *n)
+{
+    int flags;
+    if (n->kind == S_IFDIR)
+        flags = O_RDONLY | O_DIRECTORY;
+    else if (n->kind == S_IFREG)
+        flags = O_RDONLY | O_NONBLOCK | O_NOCTTY;
+    else
+        return -EINVAL;
+    int fd = reopen_proc(n->fd, flags);
+    if (fd < 0)
+        return fd;
+    if (add_mount(t, n->mount_id, fd) < 0) {
+        close(fd);   /* a mount fd, never an inode fd */
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Close one inode fd (or pin one that cannot be closed); 0: none can go. */
+static int evict_one(struct msb_inodes *t, const struct inode *keep)
+{
+    /* CLOCK: an inode used since the hand last passed gets a second chance, so the hot
+     * path only sets a flag instead of reordering a list on every access. One pass at
+     * most: an inode whose fd an operation fetched (flag set) survives the eviction a
+     * later step of the same operation may cause, so an fd number in hand is never
+     * closed under it. Open files are passed over: their inode must outlive an unlink
+     * on the host. */
+    struct inode *victim = NULL;
+    for (uint64_t i = 0, len = t->ring_len; i < len; i++) {
+        struct inode *n = t->ring.next;
+        ring_remove(t, n);
+        if (!n->used && !n->nopen && n != keep) {
+            victim = n;
+            break;
+        }
+        n->used = 0;
+        ring_push(t, n);
+    }
+    if (!victim)
+        return 0;   /* everything is in use: go over the limit rather than strand one */
+    if (!victim->handle) {
+        struct stat st;
+        if (fstat(victim->fd, &st) < 0 || st.st_nlink == 0
+                || handle_of(victim->fd, &victim->handle, &victim->mount_id) < 0) {
+            victim->pinned = 1;   /* keeps its fd, out of the cache */
+            return 1;
+        }
+    }
+    if (mount_fd_of(t, victim->mount_id) < 0 && add_mount_fd(t, victim) < 0) {
+        victim->pinned = 1;       /* no way back to that mount yet: keep the fd */
+        return 1;
+    }
+    int fd = victim->fd;
+    victim->fd = -1;
+    t->nfds--;
+    t->evictions++;
+    inode_fd_retire(t, fd);
+    return 1;
+}
+
+/* n just got an fd: into the cache, evicting others past max_fds. */
+static void opened(struct msb_inodes *t, struct inode *n)
+{
+    if (!t->max_fds || n->nodeid == ROOT_ID || n->pinned)
+        return;
+    ring_push(t, n);
+    n->used = 1;
+    while (t->ring_len > t->max_fds)
+        if (!evict_one(t, n))
+            break;
+}
+
+static int reopen(struct msb_inodes *t, struct inode *n)
+{
+    if (!n->handle)
+        return -ESTALE;
+    int mount_fd = mount_fd_of(t, n->mount_id);
+    if (mount_fd < 0)
+        return -ESTALE;
+    long fd = syscall(SYS_open_by_handle_at, mount_fd, n->handle, REOPEN_FLAGS);
+    if (fd < 0)
+        return -errno;
+    n->fd = (int)fd;
+    t->nfds++;
+    t->reopens++;
+    opened(t, n);
+    return n->fd;
+}
+
+/* Can this process re-open the root from its handle? Seeds the root's mount fd. */
+static int probe_handles(struct msb_inodes *t, int root_fd)
+{
+    struct inode_handle *h = NULL;
+    int mount_id;
+    if (handle_of(root_fd, &h, &mount_id) < 0)
+        return 0;
+    int mount_fd = reopen_proc(root_fd, O_RDONLY | O_DIRECTORY);
+    int ok = 0;
+    if (mount_fd >= 0) {
+        long fd = syscall(SYS_open_by_handle_at, mount_fd, h, REOPEN_FLAGS);
+        if (fd >= 0) {
+            close((int)fd);
+            ok = add_mount(t, mount_id, mount_fd) == 0;
+        }
+        if (!ok)
+            close(mount_fd);
+    }
+    free(h);
+    return ok;
+}
+
+static void fill(const struct inode *n, struct msb_inode_info *out)
+{
+    if (!out)
+        return;
+    *out = (struct msb_inode_info){
+        .nodeid = n->nodeid, .dev = n->dev, .ino = n->ino, .nlookup = n->nlookup,
+        .nopen = n->nopen, .kind = n->kind, .fd = n->fd, .submount = n->submount,
+        .pinned = n->pinned,
+    };
+}
+
+static struct inode *new_node(uint64_t nodeid, int fd, uint64_t dev, uint64_t ino,
+                              uint32_t mode, int submount)
+{
+    struct inode *n = calloc(1, sizeof *n);
+    if (!n)
+        return NULL;
+    n->nodeid = nodeid;
+    n->fd = fd;
+    n->dev = dev;
+    n->ino = ino;
+    n->kind = mode & S_IFMT;
+    n->submount = submount != 0;
+    n->mount_id = -1;
+    return n;
+}
+
+static void free_node(struct inode *n)
+{
+    free(n->handle);
+    free(n);
+}
+
+/* ---- the API ---------------------------------------------------------------------- */
+struct msb_inodes *msb_inodes_new(int root_fd, uint64_t dev, uint64_t ino, uint32_t mode,
+                                  uint64_t max_fds, uint64_t fd_cap, uint64_t max_inodes)
+{
+    struct msb_inodes *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->nbuckets = 1024;
+    t->by_id = calloc(t->nbuckets, sizeof *t->by_id);
+    t->by_key = calloc(t->nbuckets, sizeof *t->by_key);
+    t->root = new_node(ROOT_ID, root_fd, dev, ino, mode, 0);
+    if (!t->by_id || !t->by_key || !t->root) {
+        free(t->by_id);
+        free(t->by_key);
+        free(t->root);
+        free(t);
+        return NULL;
+    }
+    pthread_mutex_init(&t->lock, NULL);
+    t->root->nlookup = 1;   /* the root is never forgotten */
+    link_node(t, t->root);
+    t->count = 1;
+    t->next_id = ROOT_ID + 1;
+    t->nfds = 1;
+    t->fd_cap = fd_cap;
+    t->max_inodes = max_inodes;
+    t->ring.prev = t->ring.next = &t->ring;
+    /* No way back from a closed fd without handles (no CAP_DAC_READ_SEARCH, or none on
+     * this filesystem): every inode keeps its fd, as without a cache. */
+    t->max_fds = max_fds && probe_handles(t, root_fd) ? max_fds : 0;
+    return t;
+}
+
+static void clear_locked(struct msb_inodes *t)
+{
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        struct inode *n = t->by_id[i];
+        while (n) {
+            struct inode *next = n->id_next;
+            if (n != t->root) {
+                if (n->fd >= 0)
+                    inode_fd_retire(t, n->fd);
+                free_node(n);
+            }
+            n = next;
+        }
+        t->by_id[i] = t->by_key[i] = NULL;
+    }
+    t->ring.prev = t->ring.next = &t->ring;
+    t->ring_len = 0;
+    link_node(t, t->root);
+    t->root->nlookup = 1;
+    t->count = 1;
+    t->nfds = t->root->fd >= 0 ? 1 : 0;
+}
+
+void msb_inodes_clear(struct msb_inodes *t)
+{
+    pthread_mutex_lock(&t->lock);
+    clear_locked(t);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void msb_inodes_close(struct msb_inodes *t)
+{
+    pthread_mutex_lock(&t->lock);
+    clear_locked(t);
+    for (size_t i = 0; i < t->nmounts; i++)
+        close(t->mounts[i].fd);   /* mount fds are the table's own, never handed out */
+    t->nmounts = 0;
+    if (t->root->fd >= 0)
+        inode_fd_retire(t, t->root->fd);
+    t->root->fd = -1;
+    t->nfds = 0;
+    pthread_mutex_unlock(&t->lock);
+}
+
+void msb_inodes_free(struct msb_inodes *t)
+{
+    if (!t)
+        return;
+    msb_inodes_close(t);
+    pthread_mutex_destroy(&t->lock);
+    free_node(t->root);
+    free(t->by_id);
+    free(t->by_key);
+    free(t->mounts);
+    free(t);
+}
+
+void msb_inodes_stats(struct msb_inodes *t, struct msb_inodes_stats *out)
+{
+    pthread_mutex_lock(&t->lock);
+    *out = (struct msb_inodes_stats){t->count, t->nfds, t->evictions, t->reopens,
+                                     t->max_fds};
+    pthread_mutex_unlock(&t->lock);
+}
+
+int msb_inodes_check_room(struct msb_inodes *t)
+{
+    int r = 0;
+    pthread_mutex_lock(&t->lock);
+    if (t->max_inodes != MSB_INODES_NONE && t->count >= t->max_inodes) {
+        r = -ENFILE;   /* the client holds too many inodes */
+    } else if (t->fd_cap != MSB_INODES_NONE && t->nfds >= t->fd_cap) {
+        if (t->max_fds)
+            evict_one(t, t->root);
+        if (t->nfds >= t->fd_cap)
+            r = -ENFILE;   /* the client holds too many inode fds */
+    }
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+int msb_inodes_get(struct msb_inodes *t, uint64_t nodeid, struct msb_inode_info *out)
+{
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_id(t, nodeid);
+    if (n)
+        fill(n, out);
+    pthread_mutex_unlock(&t->lock);
+    return n ? 0 : -EBADF;
+}
+
+int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
+                    struct msb_inode_info *out)
+{
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_key(t, dev, ino);
+    if (n) {
+        if (ref)
+            n->nlookup++;
+        fill(n, out);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return n ? 0 : -ENOENT;
+}
+
+int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
+                   uint32_t mode, int submount, struct msb_inode_info *out)
+{
+    int r = 0;
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_key(t, dev, ino);
+    if (!n) {
+        n = new_node(t->next_id, fd, dev, ino, mode, submount);
+        if (!n) {
+            r = -ENOMEM;
+            goto out;
+        }
+        t->next_id++;
+        maybe_grow(t);
+        link_node(t, n);
+        t->count++;
+        t->nfds++;
+        fd = -1;
+        opened(t, n);
+    } else if (n->fd < 0) {
+        n->fd = fd;
+        t->nfds++;
+        fd = -1;
+        opened(t, n);
+    }
+    n->nlookup++;
+    fill(n, out);
+out:
+    pthread_mutex_unlock(&t->lock);
+    if (fd >= 0)
+        close(fd);   /* never in the table: no other thread can hold it */
+    return r;
+}
+
+int msb_inodes_ref(struct msb_inodes *t, uint64_t nodeid)
+{
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_id(t, nodeid);
+    if (n)
+        n->nlookup++;
+    pthread_mutex_unlock(&t->lock);
+    return n ? 0 : -EBADF;
+}
+
+void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup)
+{
+    if (nodeid == ROOT_ID)
+        return;
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_id(t, nodeid);
+    if (n) {
+        /* The client decides nlookup: more than it holds takes them all. */
+        n->nlookup = nlookup >= n->nlookup ? 0 : n->nlookup - nlookup;
+        if (n->nlookup == 0) {
+            unlink_node(t, n);
+            ring_remove(t, n);
+            t->count--;
+            if (n->fd >= 0) {
+                t->nfds--;
+                inode_fd_retire(t, n->fd);
+            }
+            free_node(n);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* The fd of n (re-opened if evicted), marked used; -errno. Lock held. */
+static int fd_locked(struct msb_inodes *t, struct inode *n)
+{
+    if (n->fd < 0)
+        return reopen(t, n);
+    n->used = 1;
+    return n->fd;
+}
+
+int msb_inodes_fd(struct msb_inodes *t, uint64_t nodeid)
+{
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_id(t, nodeid);
+    int fd = n ? fd_locked(t, n) : -EBADF;   /* unknown, or forgotten */
+    pthread_mutex_unlock(&t->lock);
+    return fd;
+}
+
+int64_t msb_inodes_nopen_add(struct msb_inodes *t, uint64_t nodeid, int delta)
+{
+    int64_t r;
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_id(t, nodeid);
+    if (!n) {
+        r = -EBADF;
+    } else {
+        if (delta < 0 && n->nopen < (uint64_t)-(int64_t)delta)
+            n->nopen = 0;
+        else
+            n->nopen += (uint64_t)(int64_t)delta;
+        r = (int64_t)n->nopen;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+int64_t msb_inodes_traits(struct msb_inodes *t, uint64_t nodeid)
+{
+    int64_t r = -EBADF;
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_id(t, nodeid);
+    if (n)
+        r = n->kind | (n->submount ? MSB_INODE_SUBMOUNT : 0);
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+int64_t msb_inodes_find_id(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref)
+{
+    struct msb_inode_info info;
+    int r = msb_inodes_find(t, dev, ino, ref, &info);
+    return r < 0 ? r : (int64_t)(info.nodeid << 1 | info.submount);
+}
+
+int64_t msb_inodes_add_id(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
+                          uint32_t mode, int submount)
+{
+    struct msb_inode_info info;
+    int r = msb_inodes_add(t, fd, dev, ino, mode, submount, &info);
+    return r < 0 ? r : (int64_t)(info.nodeid << 1 | info.submount);
+}
+
+int64_t msb_inodes_fd_traits(struct msb_inodes *t, uint64_t nodeid)
+{
+    int64_t r = -EBADF;
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_id(t, nodeid);
+    if (n) {
+        int fd = fd_locked(t, n);
+        r = fd < 0 ? fd : (int64_t)fd << 17 | n->kind | (n->submount ? MSB_INODE_SUBMOUNT : 0);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}

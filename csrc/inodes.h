@@ -1,0 +1,103 @@
+/* The inode table: the one table of node ids the daemon hands out (issue 11). The
+ * Python tree (msbfs/tree/inodes.py is a thin wrapper) and the C metadata fast path
+ * (csrc/fuse_meta.c) both use it; nothing keeps a second copy.
+ *
+ * One host inode per node id, reached through an O_PATH fd, keyed by (st_dev, st_ino)
+ * so two names of one file share a node id, counted (nlookup: every entry handed out
+ * adds one, FORGET takes them away, at zero the inode is dropped). Node ids are the
+ * table's own counter, never reused (generation stays 0).
+ *
+ * fd cache: past max_fds open inode fds a least recently used one (CLOCK order) is
+ * closed and only its file handle (name_to_handle_at) kept; touching the inode again
+ * re-opens it with open_by_handle_at (root only). Handles come only from our own fds,
+ * never from a client. Inodes that cannot come back that way are pinned: filesystems
+ * without handles, files with no name left, kinds whose mount we cannot open.
+ *
+ * Bounds the client cannot pass (issue 9, point 7): max_inodes entries and fd_cap
+ * open inode fds; msb_inodes_check_room says -ENFILE past either.
+ *
+ * Threads: one mutex guards the whole table, held briefly (a hash probe, a count).
+ * An fd handed out by msb_inodes_fd stays usable after the lock is dropped because
+ * inode fds are closed in ONE place, inode_fd_retire() in inodes.c (forget to zero,
+ * eviction, clear, close); that is where a deferred close after a grace period goes.
+ * Every function returns 0 / a value, or -errno; none touches errno for the caller.
+ */
+#ifndef MSBFS_INODES_H
+#define MSBFS_INODES_H
+
+#include <stdint.h>
+
+#define MSB_INODES_NONE UINT64_MAX   /* "no bound" for max_inodes / fd_cap */
+
+struct msb_inodes;
+
+/* What one inode is, copied out under the lock (a view: fields may change after). */
+struct msb_inode_info {
+    uint64_t nodeid;
+    uint64_t dev;
+    uint64_t ino;
+    uint64_t nlookup;
+    uint64_t nopen;
+    uint32_t kind;      /* S_IFMT bits: a file's type never changes */
+    int32_t fd;         /* -1: evicted (only its handle kept) */
+    uint8_t submount;
+    uint8_t pinned;
+};
+
+struct msb_inodes_stats {
+    uint64_t inodes;
+    uint64_t nfds;
+    uint64_t evictions;
+    uint64_t reopens;
+    uint64_t max_fds;   /* 0: no fd cache (every inode keeps its fd) */
+};
+
+/* A table whose root (node id 1) is root_fd (O_PATH; the table owns it from now on).
+ * max_fds 0: no fd cache; else it is kept only if handles can re-open the root (probe).
+ * NULL: out of memory (root_fd is then still the caller's). */
+struct msb_inodes *msb_inodes_new(int root_fd, uint64_t dev, uint64_t ino, uint32_t mode,
+                                  uint64_t max_fds, uint64_t fd_cap, uint64_t max_inodes);
+/* Close everything (root and mount fds too) and free the table. */
+void msb_inodes_free(struct msb_inodes *t);
+/* FUSE_DESTROY: forget every inode but the root (its nlookup back to 1). */
+void msb_inodes_clear(struct msb_inodes *t);
+/* The tree is done: clear, then close the root's and the per-mount fds. */
+void msb_inodes_close(struct msb_inodes *t);
+
+void msb_inodes_stats(struct msb_inodes *t, struct msb_inodes_stats *out);
+/* -ENFILE if one more inode would pass a bound (after trying to evict one fd). */
+int msb_inodes_check_room(struct msb_inodes *t);
+/* 0 and *out, or -EBADF for a node id not in the table. */
+int msb_inodes_get(struct msb_inodes *t, uint64_t nodeid, struct msb_inode_info *out);
+/* The inode (dev, ino) names: 0 and *out (with one more lookup counted if ref, under
+ * the same lock: a forget in between cannot drop it), or -ENOENT. */
+int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
+                    struct msb_inode_info *out);
+/* Count one lookup of the inode fd (O_PATH) names. Takes fd in every case: kept for a
+ * new inode (or one whose fd was evicted), closed when the inode has one. -ENOMEM. */
+int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
+                   uint32_t mode, int submount, struct msb_inode_info *out);
+/* One more lookup of an inode in the table (link, "."); -EBADF if it is not. */
+int msb_inodes_ref(struct msb_inodes *t, uint64_t nodeid);
+/* Take nlookup lookups away (more than held: all of them); at zero the inode goes.
+ * Unknown ids and the root are ignored (FORGET has no reply). */
+void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup);
+/* The inode's O_PATH fd, re-opened from its handle if evicted; marks it used (CLOCK).
+ * -EBADF: not in the table (unknown, or forgotten); other -errno: open_by_handle_at's. */
+int msb_inodes_fd(struct msb_inodes *t, uint64_t nodeid);
+/* The same answers packed in one integer, for the Python wrapper's hot path (no
+ * struct to allocate per call). Node ids stay below 2^62: the counter moves by one. */
+#define MSB_INODE_SUBMOUNT 0x10000   /* with the S_IFMT bits of the kind */
+/* kind | MSB_INODE_SUBMOUNT, or -EBADF. */
+int64_t msb_inodes_traits(struct msb_inodes *t, uint64_t nodeid);
+/* msb_inodes_fd's fd << 17 | msb_inodes_traits's bits, or its -errno. */
+int64_t msb_inodes_fd_traits(struct msb_inodes *t, uint64_t nodeid);
+/* nodeid << 1 | submount, or msb_inodes_find's / msb_inodes_add's -errno. */
+int64_t msb_inodes_find_id(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref);
+int64_t msb_inodes_add_id(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
+                          uint32_t mode, int submount);
+/* Open file handles of ours on the inode += delta; the new count, or -EBADF. Inodes
+ * with open files are never evicted (they must outlive an unlink on the host). */
+int64_t msb_inodes_nopen_add(struct msb_inodes *t, uint64_t nodeid, int delta);
+
+#endif

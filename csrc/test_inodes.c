@@ -1,0 +1,263 @@
+/* Standalone test of csrc/inodes.c, built by tests/test_inodes_c.py with
+ * -fsanitize=address,undefined and run against a real directory (argv[1], empty).
+ * Eviction needs open_by_handle_at (CAP_DAC_READ_SEARCH): without it those checks are
+ * skipped and say so.
+ */
+#define _GNU_SOURCE
+#include "inodes.c"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static int failures;
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);  \
+            failures++;                                                               \
+        }                                                                             \
+    } while (0)
+
+static const char *dir;
+static int dir_fd;
+
+static int fd_is_open(int fd)
+{
+    return fcntl(fd, F_GETFD) >= 0;
+}
+
+static void make_file(const char *name)
+{
+    int fd = openat(dir_fd, name, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    CHECK(fd >= 0);
+    close(fd);
+}
+
+/* What the tree does for a lookup of a new name: an O_PATH fd, its fstat, add. */
+static int add_name(struct msb_inodes *t, const char *name, struct msb_inode_info *out)
+{
+    int fd = openat(dir_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    CHECK(fd >= 0);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0);
+    return msb_inodes_add(t, fd, st.st_dev, st.st_ino, st.st_mode, 0, out);
+}
+
+static struct msb_inodes *new_table(uint64_t max_fds, uint64_t fd_cap, uint64_t max_inodes)
+{
+    int root = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    CHECK(root >= 0);
+    struct stat st;
+    CHECK(fstat(root, &st) == 0);
+    struct msb_inodes *t = msb_inodes_new(root, st.st_dev, st.st_ino, st.st_mode,
+                                          max_fds, fd_cap, max_inodes);
+    CHECK(t != NULL);
+    return t;
+}
+
+static void test_add_find_forget(void)
+{
+    struct msb_inodes *t = new_table(0, MSB_INODES_NONE, MSB_INODES_NONE);
+    struct msb_inode_info a, b, r;
+    make_file("a");
+    CHECK(linkat(dir_fd, "a", dir_fd, "b", 0) == 0);
+    CHECK(msb_inodes_get(t, 1, &r) == 0 && r.nlookup == 1 && r.kind == S_IFDIR);
+    CHECK(add_name(t, "a", &a) == 0);
+    CHECK(a.nodeid == 2 && a.nlookup == 1 && a.kind == S_IFREG && a.fd >= 0);
+    /* Two names of one file: one node id, the second fd closed at once. */
+    CHECK(add_name(t, "b", &b) == 0);
+    CHECK(b.nodeid == a.nodeid && b.nlookup == 2 && b.fd == a.fd);
+    CHECK(msb_inodes_find(t, a.dev, a.ino, 1, &r) == 0 && r.nlookup == 3);
+    CHECK(msb_inodes_find(t, a.dev, a.ino + 12345, 1, &r) == -ENOENT);
+    CHECK(msb_inodes_ref(t, a.nodeid) == 0);
+    struct msb_inodes_stats s;
+    msb_inodes_stats(t, &s);
+    CHECK(s.inodes == 2 && s.nfds == 2);
+    /* Forget down to zero closes the fd and the id is gone for good. */
+    msb_inodes_forget(t, a.nodeid, 3);
+    CHECK(fd_is_open(a.fd));
+    msb_inodes_forget(t, a.nodeid, 1);
+    CHECK(!fd_is_open(a.fd));
+    CHECK(msb_inodes_get(t, a.nodeid, &r) == -EBADF);
+    CHECK(msb_inodes_fd(t, a.nodeid) == -EBADF);
+    CHECK(add_name(t, "a", &r) == 0 && r.nodeid == 3);   /* never reused */
+    msb_inodes_stats(t, &s);
+    CHECK(s.inodes == 2 && s.nfds == 2);
+    /* Growing past the first index size keeps every inode findable. */
+    char name[32];
+    for (int i = 0; i < 3000; i++) {
+        snprintf(name, sizeof name, "g%d", i);
+        make_file(name);
+        CHECK(add_name(t, name, &r) == 0 && r.nodeid == (uint64_t)4 + i);
+    }
+    for (uint64_t id = 4; id < 3004; id++)
+        CHECK(msb_inodes_get(t, id, &r) == 0 && r.nodeid == id && r.fd >= 0);
+    /* DESTROY: all but the root go, their fds closed, the root's count back to 1. */
+    msb_inodes_ref(t, 1);
+    int some_fd = r.fd;
+    msb_inodes_clear(t);
+    CHECK(!fd_is_open(some_fd));
+    msb_inodes_stats(t, &s);
+    CHECK(s.inodes == 1 && s.nfds == 1);
+    CHECK(msb_inodes_get(t, 1, &r) == 0 && r.nlookup == 1 && fd_is_open(r.fd));
+    for (int i = 0; i < 3000; i++) {
+        snprintf(name, sizeof name, "g%d", i);
+        unlinkat(dir_fd, name, 0);
+    }
+    unlinkat(dir_fd, "a", 0);
+    unlinkat(dir_fd, "b", 0);
+    msb_inodes_free(t);
+}
+
+static void test_hostile_counts(void)
+{
+    struct msb_inodes *t = new_table(0, MSB_INODES_NONE, MSB_INODES_NONE);
+    struct msb_inode_info a, r;
+    make_file("h");
+    CHECK(add_name(t, "h", &a) == 0);
+    /* Unknown ids, zero, the root and 2^64-1: ignored, nothing else moves. */
+    msb_inodes_forget(t, 0, 1);
+    msb_inodes_forget(t, UINT64_MAX, UINT64_MAX);
+    msb_inodes_forget(t, 999, 5);
+    msb_inodes_forget(t, 1, UINT64_MAX);
+    CHECK(msb_inodes_get(t, 1, &r) == 0 && r.nlookup == 1);
+    CHECK(msb_inodes_get(t, a.nodeid, &r) == 0 && r.nlookup == 1);
+    CHECK(msb_inodes_ref(t, 0) == -EBADF && msb_inodes_ref(t, UINT64_MAX) == -EBADF);
+    CHECK(msb_inodes_get(t, 0, &r) == -EBADF && msb_inodes_get(t, UINT64_MAX, &r) == -EBADF);
+    CHECK(msb_inodes_fd(t, UINT64_MAX) == -EBADF);
+    CHECK(msb_inodes_fd_traits(t, UINT64_MAX) == -EBADF);
+    CHECK(msb_inodes_fd_traits(t, a.nodeid) == ((int64_t)a.fd << 17 | S_IFREG));
+    CHECK(msb_inodes_nopen_add(t, UINT64_MAX, 1) == -EBADF);
+    /* nopen never goes below zero whatever the caller does. */
+    CHECK(msb_inodes_nopen_add(t, a.nodeid, -1) == 0);
+    CHECK(msb_inodes_nopen_add(t, a.nodeid, 1) == 1);
+    /* More than held (and 2^64-1) takes them all, no wrap-around. */
+    msb_inodes_ref(t, a.nodeid);
+    msb_inodes_forget(t, a.nodeid, UINT64_MAX);
+    CHECK(msb_inodes_get(t, a.nodeid, &r) == -EBADF);
+    CHECK(!fd_is_open(a.fd));
+    unlinkat(dir_fd, "h", 0);
+    msb_inodes_free(t);
+}
+
+static void test_bounds(void)
+{
+    struct msb_inodes *t = new_table(0, MSB_INODES_NONE, 3);
+    struct msb_inode_info r;
+    make_file("b0");
+    make_file("b1");
+    make_file("b2");
+    CHECK(msb_inodes_check_room(t) == 0);
+    CHECK(add_name(t, "b0", &r) == 0);
+    CHECK(msb_inodes_check_room(t) == 0);
+    CHECK(add_name(t, "b1", &r) == 0);
+    CHECK(msb_inodes_check_room(t) == -ENFILE);   /* 3 held, the root included */
+    msb_inodes_forget(t, r.nodeid, 1);
+    CHECK(msb_inodes_check_room(t) == 0);
+    msb_inodes_free(t);
+    /* fd_cap without a cache: nothing can be evicted, so the bound holds. */
+    t = new_table(0, 2, MSB_INODES_NONE);
+    CHECK(msb_inodes_check_room(t) == 0);
+    CHECK(add_name(t, "b2", &r) == 0);
+    CHECK(msb_inodes_check_room(t) == -ENFILE);
+    msb_inodes_free(t);
+    unlinkat(dir_fd, "b0", 0);
+    unlinkat(dir_fd, "b1", 0);
+    unlinkat(dir_fd, "b2", 0);
+}
+
+static void test_eviction(void)
+{
+    struct msb_inodes *t = new_table(4, MSB_INODES_NONE, MSB_INODES_NONE);
+    struct msb_inodes_stats s;
+    msb_inodes_stats(t, &s);
+    if (!s.max_fds) {
+        printf("eviction: skipped (no open_by_handle_at here)\n");
+        msb_inodes_free(t);
+        return;
+    }
+    struct msb_inode_info info[12], r;
+    char name[16];
+    for (int i = 0; i < 12; i++) {
+        snprintf(name, sizeof name, "e%d", i);
+        make_file(name);
+        CHECK(add_name(t, name, &info[i]) == 0);
+    }
+    msb_inodes_stats(t, &s);
+    CHECK(s.inodes == 13 && s.nfds == 4 + 1 && s.evictions == 8);
+    CHECK(msb_inodes_get(t, info[0].nodeid, &r) == 0 && r.fd == -1);
+    /* Touching an evicted inode re-opens the same file from its handle. */
+    int fd = msb_inodes_fd(t, info[0].nodeid);
+    CHECK(fd >= 0);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && st.st_ino == info[0].ino);
+    msb_inodes_stats(t, &s);
+    CHECK(s.reopens == 1 && s.nfds == 5);
+    /* The inode just touched survives the eviction its own reopen caused. */
+    CHECK(msb_inodes_get(t, info[0].nodeid, &r) == 0 && r.fd == fd);
+    /* An open file is never evicted; an unlinked one is pinned, never evicted. */
+    CHECK(msb_inodes_nopen_add(t, info[1].nodeid, 1) == 1);
+    int fd1 = msb_inodes_fd(t, info[1].nodeid);
+    CHECK(fd1 >= 0);
+    CHECK(unlinkat(dir_fd, "e11", 0) == 0);
+    for (int round = 0; round < 3; round++)
+        for (int i = 2; i < 11; i++)
+            CHECK(msb_inodes_fd(t, info[i].nodeid) >= 0);
+    CHECK(msb_inodes_get(t, info[1].nodeid, &r) == 0 && r.fd == fd1);
+    CHECK(msb_inodes_get(t, info[11].nodeid, &r) == 0);
+    CHECK(r.fd == -1 || r.pinned);   /* evicted before the unlink, or pinned after */
+    /* Adding a name of an evicted inode hands it the fresh fd instead of re-opening. */
+    CHECK(msb_inodes_get(t, info[3].nodeid, &r) == 0);
+    if (r.fd == -1) {
+        CHECK(add_name(t, "e3", &r) == 0 && r.fd >= 0 && r.nodeid == info[3].nodeid);
+        CHECK(r.nlookup == 2);
+    }
+    /* fd_cap with a cache: check_room evicts one instead of failing. */
+    msb_inodes_free(t);
+    t = new_table(2, 3, MSB_INODES_NONE);
+    CHECK(add_name(t, "e0", &r) == 0 && add_name(t, "e1", &r) == 0);
+    msb_inodes_stats(t, &s);
+    CHECK(s.nfds == 3);
+    /* Both were just used: the hand's pass gives each its second chance and fails... */
+    CHECK(msb_inodes_check_room(t) == -ENFILE);
+    /* ...and the next one evicts instead of failing. */
+    CHECK(msb_inodes_check_room(t) == 0);
+    msb_inodes_stats(t, &s);
+    CHECK(s.nfds == 2 && s.evictions == 1);
+    msb_inodes_free(t);
+    for (int i = 0; i < 11; i++) {
+        snprintf(name, sizeof name, "e%d", i);
+        unlinkat(dir_fd, name, 0);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s EMPTY_DIR\n", argv[0]);
+        return 2;
+    }
+    dir = argv[1];
+    dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0) {
+        perror(dir);
+        return 2;
+    }
+    int fds_before = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        fds_before += fd_is_open(fd);
+    test_add_find_forget();
+    test_hostile_counts();
+    test_bounds();
+    test_eviction();
+    int fds_after = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        fds_after += fd_is_open(fd);
+    CHECK(fds_after == fds_before);   /* every table closed all it held */
+    if (failures) {
+        fprintf(stderr, "%d failure(s)\n", failures);
+        return 1;
+    }
+    printf("all passed\n");
+    return 0;
+}
