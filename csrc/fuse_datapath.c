@@ -1,8 +1,10 @@
 /* See fuse_datapath.h. The rule here: serve only what is unambiguous, hand back the rest. */
 #define _GNU_SOURCE
 #include "fuse_datapath.h"
+#include "grace.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <linux/fuse.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,7 +34,8 @@ struct msb_fs_table *msb_fs_table_new(void)
     t->cap = 64;
     t->slow_write_mode_bits = 0xFFFFFFFFu; /* until Python sets the policy's mask: all slow */
     t->slots = calloc(t->cap, sizeof(*t->slots));
-    if (!t->slots) {
+    if (!t->slots || pthread_rwlock_init(&t->lock, NULL) != 0) {
+        free(t->slots);
         free(t);
         return NULL;
     }
@@ -42,6 +45,7 @@ struct msb_fs_table *msb_fs_table_new(void)
 void msb_fs_table_free(struct msb_fs_table *t)
 {
     if (t) {
+        pthread_rwlock_destroy(&t->lock);
         free(t->slots);
         free(t);
     }
@@ -49,8 +53,10 @@ void msb_fs_table_free(struct msb_fs_table *t)
 
 void msb_fs_table_clear(struct msb_fs_table *t)
 {
+    pthread_rwlock_wrlock(&t->lock);
     memset(t->slots, 0, t->cap * sizeof(*t->slots));
     t->count = t->tombs = 0;
+    pthread_rwlock_unlock(&t->lock);
 }
 
 /* used: 0 empty, 1 live, 2 deleted (tombstone) */
@@ -89,7 +95,7 @@ static int grow(struct msb_fs_table *t)
     return 0;
 }
 
-int msb_fs_table_set(struct msb_fs_table *t, uint64_t fh, int fd, int dirs)
+static int table_set(struct msb_fs_table *t, uint64_t fh, int fd, int dirs)
 {
     struct msb_fs_slot *s = find(t, fh);
     if (!s) {
@@ -116,24 +122,38 @@ int msb_fs_table_set(struct msb_fs_table *t, uint64_t fh, int fd, int dirs)
     return 0;
 }
 
+int msb_fs_table_set(struct msb_fs_table *t, uint64_t fh, int fd, int dirs)
+{
+    pthread_rwlock_wrlock(&t->lock);
+    int r = table_set(t, fh, fd, dirs);
+    pthread_rwlock_unlock(&t->lock);
+    return r;
+}
+
+/* The caller closes the fd only after msb_grace_synchronize() (fuse_datapath.h). */
 int msb_fs_table_del(struct msb_fs_table *t, uint64_t fh)
 {
+    pthread_rwlock_wrlock(&t->lock);
     struct msb_fs_slot *s = find(t, fh);
-    if (!s)
-        return 0;
-    s->used = 2;
-    s->rfd = s->wfd = -1;
-    t->count--;
-    t->tombs++;
-    return 1;
+    if (s) {
+        s->used = 2;
+        s->rfd = s->wfd = -1;
+        t->count--;
+        t->tombs++;
+    }
+    pthread_rwlock_unlock(&t->lock);
+    return s != NULL;
 }
 
 int msb_fs_table_get(const struct msb_fs_table *t, uint64_t fh, int dir)
 {
+    /* the lock is not part of the table's value: a const lookup may still take it */
+    pthread_rwlock_t *lock = (pthread_rwlock_t *)&t->lock;
+    pthread_rwlock_rdlock(lock);
     const struct msb_fs_slot *s = find(t, fh);
-    if (!s)
-        return -1;
-    return dir == MSB_FS_WRITE ? s->wfd : s->rfd;
+    int fd = !s ? -1 : dir == MSB_FS_WRITE ? s->wfd : s->rfd;
+    pthread_rwlock_unlock(lock);
+    return fd;
 }
 
 /* ---- serving ------------------------------------------------------------------------- */
@@ -293,13 +313,15 @@ static void count_io(const struct fast_io *io, struct msb_fs_stats *st)
  * on its thread pool. So big reads are collected (up to PAR_MAX), then run
  * by this thread and PAR_WORKERS helpers at once, and pushed here, in order, once all
  * are done: the ring itself is only ever touched by the caller's thread. Helpers only
- * do preadv into chains already checked, on fds the table held at collection (Python
- * changes the table only between calls). Not writes: writes to one file take its inode
+ * do preadv into chains already checked, on fds the table held at collection (the
+ * caller's grace section, open until the flush, keeps a deleted entry's fd from being
+ * closed meanwhile). Not writes: writes to one file take its inode
  * lock in the kernel, so a second writer only spins (measured: 1 MiB WRITE daemon CPU
  * 160 -> 370 us/op, no faster). */
 #define PAR_MIN (64u << 10)
 #define PAR_MAX 32
-#define PAR_WORKERS 1
+
+static int par_want = 1;  /* helpers to start (msb_fs_set_helpers: --thread-pool-size) */
 
 static pthread_mutex_t par_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t par_go = PTHREAD_COND_INITIALIZER, par_done = PTHREAD_COND_INITIALIZER;
@@ -352,7 +374,7 @@ static void par_start_workers(void)
         return;
     par_tried = 1;
     pthread_atfork(NULL, NULL, par_after_fork_child);
-    for (int i = 0; i < PAR_WORKERS; i++) {
+    for (int i = 0; i < par_want; i++) {
         pthread_t th;
         pthread_attr_t at;
         pthread_attr_init(&at);
@@ -466,18 +488,80 @@ static int serve_round(struct msb_vq *vq, struct msb_fs_table *t, struct msb_cha
     return r < 0 ? r : nslow;
 }
 
-/* The collection arrays are the process's: a second thread serving another queue at
- * the same moment serves its big requests inline instead of waiting. */
+int msb_fs_set_helpers(int n)
+{
+    if (n < 0 || n > 64)
+        return -EINVAL;
+    if (__atomic_load_n(&par_tried, __ATOMIC_ACQUIRE))
+        return -EBUSY;
+    par_want = n;
+    return 0;
+}
+
+/* The collection arrays and helpers are the process's (kept so, not per thread: the
+ * helpers exist for the host's idle CPUs, and with several queues busy there are
+ * none): a second thread serving another queue at the same moment serves its big
+ * requests inline instead of waiting. */
 static pthread_mutex_t serve_mu = PTHREAD_MUTEX_INITIALIZER;
+static int serving_now, serving_peak;
 
 int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
                  int max_slow, int budget, struct msb_fs_stats *st, int *drained)
 {
+    int now = __atomic_add_fetch(&serving_now, 1, __ATOMIC_RELAXED);
+    int peak = __atomic_load_n(&serving_peak, __ATOMIC_RELAXED);
+    while (now > peak && !__atomic_compare_exchange_n(&serving_peak, &peak, now, 0,
+                                                      __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+    /* One section for the round: the fds classify() looks up are used until the
+     * round's big reads are flushed (grace.h; the table's deleters synchronize). */
+    msb_grace_enter();
     int par_ok = pthread_mutex_trylock(&serve_mu) == 0;
     int r = serve_round(vq, t, slow, max_slow, budget, st, drained, par_ok);
     if (par_ok)
         pthread_mutex_unlock(&serve_mu);
+    msb_grace_exit();
+    __atomic_sub_fetch(&serving_now, 1, __ATOMIC_RELAXED);
     return r;
+}
+
+void msb_fs_concurrency(int *now, int *peak)
+{
+    *now = __atomic_load_n(&serving_now, __ATOMIC_RELAXED);
+    *peak = __atomic_load_n(&serving_peak, __ATOMIC_RELAXED);
+}
+
+void msb_fs_concurrency_reset(void)
+{
+    __atomic_store_n(&serving_peak, 0, __ATOMIC_RELAXED);
+}
+
+int msb_fs_wait_kick(int kick_fd, int wake_fd)
+{
+    struct pollfd p[2] = { { .fd = kick_fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
+    for (;;) {
+        int n = poll(p, 2, -1);  /* negative fds are ignored by poll */
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        int got = 0;
+        uint64_t v;
+        if (p[0].revents) {
+            ssize_t k = read(kick_fd, &v, sizeof(v));
+            if (k == 0)
+                return -EPIPE;
+            if (k > 0)
+                got |= 1;
+            else if (errno != EAGAIN && errno != EINTR)
+                return -errno;
+        }
+        if (p[1].revents && read(wake_fd, &v, sizeof(v)) > 0)
+            got |= 2;
+        if (got)
+            return got;
+    }
 }
 
 /* ---- the slow path's transport -------------------------------------------------------- */

@@ -11,13 +11,22 @@
  * So C never has to know an error rule: anything unusual takes the slow path, which
  * checks everything and answers with the right errno.
  *
- * The table does not own the fds (the tree does). Single-threaded: a table and a queue
- * are used by one thread at a time. Big READs (>= 64 KiB) of one call are run on this
- * thread and a helper thread ("msbfs-io", started at the first) at once, then pushed by
- * the caller; only the caller's thread ever touches the ring. */
+ * Threads: each queue is served by its own thread (msbfs/virtiofs.py), so several
+ * msb_fs_serve calls run at once on one table. A queue (its ring, its chain buffer, its
+ * stats) is used by one thread at a time. The table has a reader-writer lock: lookups
+ * read-lock it, Python's set/del/clear write-lock it. The table does not own the fds
+ * (the tree does): msb_fs_serve holds a grace section (csrc/grace.h) for each round, so
+ * whoever deletes an entry calls msb_grace_synchronize() before the fd is closed, and no
+ * round still uses the number when a new open reuses it.
+ * Big READs (>= 64 KiB) of one round are run on the calling thread and the helper
+ * threads ("msbfs-io", msb_fs_set_helpers; one by default) at once, then pushed by the
+ * caller; only the caller's thread ever touches the ring. The helpers and their batch
+ * arrays are the process's: the thread that finds them free (trylock) uses them, a
+ * thread serving another queue at that moment runs its big reads inline. */
 #ifndef MSBFS_FUSE_DATAPATH_H
 #define MSBFS_FUSE_DATAPATH_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include "virtq.h"
 
@@ -34,6 +43,8 @@ struct msb_fs_table {
     /* A WRITE asking to clear set-id bits goes to Python when the file has any of these
      * mode bits: the set-id rule is the policy's (msbfs/tree/policy.py sets it). */
     uint32_t slow_write_mode_bits;
+    /* lookups read-lock, changes write-lock (not in the cdef: Python calls the functions) */
+    pthread_rwlock_t lock;
 };
 
 struct msb_fs_stats {
@@ -61,6 +72,18 @@ int msb_fs_table_get(const struct msb_fs_table *t, uint64_t fh, int dir);
  * or the next kick may never come. */
 int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
                  int max_slow, int budget, struct msb_fs_stats *st, int *drained);
+
+/* Wait for the ring's kick eventfd or the serving thread's wake eventfd (either -1 to
+ * leave it out), without the GIL. Consumes what it reports: 1 kick, 2 wake, 3 both,
+ * or -errno (poll failed, or a kick fd at end of file: -EPIPE). */
+int msb_fs_wait_kick(int kick_fd, int wake_fd);
+/* How many msb_fs_serve rounds run right now, and the most ever at once since the last
+ * reset (tests prove queues overlap by state, not by timing). */
+void msb_fs_concurrency(int *now, int *peak);
+void msb_fs_concurrency_reset(void);
+/* How many big-read helper threads to start (0: every read inline on the serving
+ * thread). Only before the first big read: -EBUSY after (they are started then). */
+int msb_fs_set_helpers(int n);
 
 /* Python's slow path, one crossing each way per request. msb_fs_gather copies the
  * chain's readable part into buf (at most cap bytes) and returns its full length

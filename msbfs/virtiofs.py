@@ -1,35 +1,66 @@
 """The vhost-user-fs device: a hiprio queue plus N request queues carrying FUSE requests
-to one tree.
+to one tree, each queue served by its own thread.
 
-Per kick, the C data path (``csrc/fuse_datapath.c``) pops the available chains and answers
-well-formed READ/WRITE requests on open handles itself, straight between the host fd and
-guest memory (big reads of a round on two threads at once, as virtiofsd's pool would);
-it hands every other chain back here, where the request bytes go through
-the FUSE codec (``msbfs.fuse``) into the tree, inline on the trio loop, and the reply is
-scattered into the chain's writable part. Each used element is pushed as soon as it is
-answered; the driver is signalled once per round of pops, and every few slow replies
-within one (EVENT_IDX-aware, in C). Measured through the frontend, a signal per fast
-reply halves 4 KiB throughput; a signal per round of ~10 us slow replies wastes overlap.
+Per round, the C data path (``csrc/fuse_datapath.c``, without the GIL) pops the
+available chains and answers well-formed READ/WRITE requests on open handles itself,
+straight between the host fd and guest memory (big reads of a round on helper threads
+at once, as virtiofsd's pool would); it hands every other chain back to the queue's
+thread, where the request bytes go through the FUSE codec (``msbfs.fuse``) into the
+tree and the reply is scattered into the chain's writable part. Each used element is
+pushed as soon as it is answered; the driver is signalled once per round of pops, and
+every few slow replies within one (EVENT_IDX-aware, in C). Measured through the
+frontend, a signal per fast reply halves 4 KiB throughput; a signal per round of ~10 us
+slow replies wastes overlap.
+
+Threads. ``handle_kick`` hands the queue to a long-lived thread (``trio.to_thread`` with
+a limiter of one per queue) that serves, then waits for the next kick itself in C
+(``msb_fs_wait_kick``, GIL released), and returns only when the backend interrupts it
+(``interrupt``: the ring stops, or guest memory, ring addresses or the call/err fds are
+about to change; the backend waits for the return, so its guarantees hold: nothing
+popped is abandoned, memory is not unmapped under a thread). Why not one hand-off per
+kick: measured on this 2-CPU host, ``trio.to_thread.run_sync`` costs ~89 us a round
+trip, an eventfd ping-pong with a waiting thread ~19 us; a kick of 32 4 KiB READs is
+served in ~100 us, so a per-kick hand-off would nearly halve small-request throughput.
+
+What serializes:
+- a queue's ring, its chain buffer and its stats are used by its one serving thread; a
+  deferred reply is pushed by that thread too (see SETLKW below), never by another;
+- the slow path (FUSE codec, session, tree: not written for concurrency) runs one
+  request at a time under ``self.lock``, whichever queue it came from; C fast paths of
+  different queues run in parallel, and in parallel with the slow path;
+- the C handle table has its own reader-writer lock (C lookups read, Python writes).
+
+fd lifetimes. Each C round and each slow request runs inside a grace section
+(``csrc/grace.h``); the slow path takes ``self.lock`` before entering its section, so
+no section ever waits for that lock. When RELEASE/DESTROY removes handles from the C
+table, ``msb_grace_synchronize()`` waits for every other thread's section open at that
+moment before the tree closes the fds: a round that looked an fd up never reads through
+a number a new open has reused (that would return another file's data).
 
 The C handle table mirrors the session's open files: filled from ``tree.data_fd`` when
-OPEN/CREATE/TMPFILE succeed, emptied before RELEASE and DESTROY, so C never touches an
-fd the tree has closed. A handle whose writes the tree must see (quota: ``data_fd``
-raises EAGAIN) is only registered for reading; its writes take the slow path.
+OPEN/CREATE/TMPFILE succeed, emptied (and a grace period waited) before RELEASE and
+DESTROY close them. A handle whose writes the tree must see (quota: ``data_fd`` raises
+EAGAIN) is only registered for reading; its writes take the slow path.
 
-SETLKW may block: it runs in a worker thread and its reply is pushed when it returns,
-unless its ring was stopped or its guest memory remapped meanwhile (then it is dropped).
-The queue goes on serving other requests while it waits.
+SETLKW may block: it runs on a thread of its own, outside the lock and outside any
+section (it may wait for a RELEASE, which waits for sections). Its reply is queued on
+its ring and the ring's thread is woken to push it, unless the ring was stopped or its
+guest memory remapped meanwhile (then it is dropped). The queue goes on serving other
+requests while it waits.
 
-The device uses the Virtqueue API (``push``, ``notify``, ``generation``); only the two
-C entry points that walk the ring themselves (``msb_fs_serve``, ``msb_fs_answer``) get
-the raw ring, through ``msbfs.vring.c_ring``.
+The device uses the Virtqueue API (``push``, ``notify``, ``generation``); only the C entry
+points that walk the ring themselves (``msb_fs_serve``, ``msb_fs_answer``) get the raw
+ring, through ``msbfs.vring.c_ring``.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import struct
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -60,6 +91,25 @@ VIRTIO_FS_TAG_LEN = 36
 virtio_fs_config = struct.Struct("<36sI")
 
 
+@dataclass
+class _Ring:
+    """One queue's serving state (its thread's, but for the fields marked otherwise)."""
+
+    index: int
+    chains: Any                      # struct msb_chain[SLOW_BATCH], reused every round
+    stats: Any                       # struct msb_fs_stats, written by this ring's thread only
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    #: set by the backend's thread (``interrupt``): return after the current round
+    stop: bool = False
+    #: wakes the serving thread's kick wait (interrupt, a deferred reply); -1 when closed
+    wake_fd: int = -1
+    #: (epoch, saved chain, reply) of finished SETLKWs, pushed by the serving thread
+    deferred: list[tuple[tuple[int, int], Any, bytes]] = field(default_factory=list)
+    deferred_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: times the thread returned with chains still available (interrupted mid-work)
+    yields: int = 0
+
+
 class VirtioFsDevice(VhostUserDevice):
     """vhost-user-fs over ``tree``. ``num_request_queues`` is what we offer; the guest
     kernel uses as many as the frontend sets up."""
@@ -81,22 +131,23 @@ class VirtioFsDevice(VhostUserDevice):
         # The C data path knows no set-id rule: a write that must clear set-id bits on a
         # file that has any goes to the tree (msbfs/tree/policy.py defines which).
         self.table.slow_write_mode_bits = FAST_WRITE_FORBIDDEN_BITS
-        self.stats = ffi.new("struct msb_fs_stats *")
-        self._drained = ffi.new("int *")
         self.session = FuseSession(tree, writeback=writeback, posix_acl=posix_acl,
                                    posix_lock=posix_lock, flock=flock,
                                    on_open=self._opened, on_release=self._released,
                                    on_destroy=self._destroyed)
-        # One chain buffer per queue, made at its first kick: queues are served by
-        # separate tasks that may interleave at checkpoints.
-        self._chains: dict[int, Any] = {}
+        #: The slow path's lock: one request at a time through codec, session and tree.
+        self.lock = threading.Lock()
+        # Serving state per queue, made at its first start and kept (stats accumulate).
+        self._rings: dict[int, _Ring] = {}
         # Bumped when a queue stops: a deferred reply for an older epoch is dropped (its
         # ring and maybe its guest memory are gone).
         self._epoch: dict[int, int] = {}
+        self._deferred_count = threading.Lock()
         self.deferred_running = 0
-        # One request buffer for the device: a request is parsed and answered before the
-        # next is gathered (no checkpoint in between), and the codec keeps no view of it
-        # (names and values are copied out; a deferred SETLKW holds parsed numbers only).
+        # One request buffer for the device, used under self.lock only: a request is
+        # gathered, parsed and answered before the lock is let go, and the codec keeps
+        # no view of it (names and values are copied out; a deferred SETLKW holds parsed
+        # numbers only).
         self._req = bytearray(MAX_REQUEST)
         self._req_view = memoryview(self._req)
         self._req_ptr = ffi.from_buffer(self._req)
@@ -121,61 +172,124 @@ class VirtioFsDevice(VhostUserDevice):
         self.end_session()
 
     def end_session(self) -> None:
-        self.session.end()  # clears the C handle table first (on_destroy)
+        with self.lock:
+            self.session.end()  # clears the C handle table first (on_destroy)
+
+    def _ring(self, index: int) -> _Ring:
+        ring = self._rings.get(index)
+        if ring is None:
+            ring = self._rings[index] = _Ring(index, ffi.new("struct msb_chain[]", SLOW_BATCH),
+                                              ffi.new("struct msb_fs_stats *"))
+        return ring
+
+    def queue_started(self, index: int, vq: Virtqueue) -> None:
+        ring = self._ring(index)
+        ring.stop = False
+        with ring.deferred_lock:
+            if ring.wake_fd < 0:
+                ring.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     def queue_stopped(self, index: int, vq: Virtqueue) -> None:
         self._epoch[index] = self._epoch.get(index, 0) + 1
+        ring = self._rings.get(index)
+        if ring is not None:
+            # The thread has returned (the backend waited for handle_kick). A SETLKW
+            # finishing later must not write a closed (maybe reused) fd number.
+            with ring.deferred_lock:
+                if ring.wake_fd >= 0:
+                    os.close(ring.wake_fd)
+                    ring.wake_fd = -1
+
+    def interrupt(self, index: int, vq: Virtqueue) -> None:
+        """The backend's thread: make the serving thread return after its round."""
+        ring = self._rings.get(index)
+        if ring is not None:
+            ring.stop = True
+            with ring.deferred_lock:
+                if ring.wake_fd >= 0:
+                    os.eventfd_write(ring.wake_fd, 1)
 
     async def handle_kick(self, index: int, vq: Virtqueue) -> None:
-        chains = self._chains.get(index)
-        if chains is None:
-            chains = self._chains[index] = ffi.new("struct msb_chain[]", SLOW_BATCH)
+        ring = self._ring(index)
+        try:
+            await trio.to_thread.run_sync(self._serve_ring, ring, vq, limiter=ring.limiter)
+        finally:
+            ring.stop = False
+
+    # ---- the serving thread ------------------------------------------------------------------
+    def _serve_ring(self, ring: _Ring, vq: Virtqueue) -> None:
+        """Serve until interrupted: rounds until the ring is drained, then wait for a
+        kick (or a wake-up) without the GIL."""
         cvq = c_ring(vq)
-        drained = self._drained
-        while True:
-            n = lib.msb_fs_serve(cvq, self.table, chains, SLOW_BATCH, BUDGET, self.stats, drained)
-            if n < 0:
-                st = vq.statistics()
-                log.warning("queue %d broken by the driver (%s): avail idx %s, last avail %d, "
-                            "used %d", index, errno.errorcode.get(-n, n),
-                            cvq.avail.idx if cvq.avail != ffi.NULL else "-",
-                            st["last_avail_idx"], st["used_idx"])
-                return
-            for i in range(n):
-                c = chains + i
-                used = self._serve_slow(cvq, vq, c)
-                if used < 0:
-                    log.warning("push on queue %d failed: the ring is broken", index)
+        drained = ffi.new("int *")
+        while not ring.stop:
+            self._push_deferred(ring, vq, cvq)
+            while True:
+                if not self._round(ring, vq, cvq, drained):
+                    return  # the ring broke: the backend waits for the next kick
+                if drained[0]:
+                    # Popped until empty: that is what re-arms the driver's kick. Waiting
+                    # on "nothing pending" instead loses kicks under EVENT_IDX.
+                    break
+                if ring.stop:
+                    ring.yields += 1
                     return
-                if i % SLOW_NOTIFY_EVERY == SLOW_NOTIFY_EVERY - 1:
-                    # Slow requests take ~10 us each: let a waiting driver start on the
-                    # first replies while we serve the rest (fast ones are signalled once
-                    # per round: there a signal per reply costs more than it overlaps).
-                    vq.notify()
-            vq.notify()
-            if drained[0]:
-                # Popped until empty: that is what re-arms the driver's kick. Returning
-                # on "nothing pending" instead loses kicks under EVENT_IDX.
+            if ring.stop:
                 return
-            await trio.lowlevel.checkpoint()
+            got = lib.msb_fs_wait_kick(vq.kick_fd, ring.wake_fd)
+            if got < 0:
+                log.warning("queue %d: waiting for kicks failed (%s); no longer served",
+                            ring.index, errno.errorcode.get(-got, got))
+                return
+
+    def _round(self, ring: _Ring, vq: Virtqueue, cvq: Any, drained: Any) -> bool:
+        """One C round and its slow chains; False when the ring broke."""
+        chains = ring.chains
+        n = lib.msb_fs_serve(cvq, self.table, chains, SLOW_BATCH, BUDGET, ring.stats, drained)
+        if n < 0:
+            st = vq.statistics()
+            log.warning("queue %d broken by the driver (%s): avail idx %s, last avail %d, "
+                        "used %d", ring.index, errno.errorcode.get(-n, n),
+                        cvq.avail.idx if cvq.avail != ffi.NULL else "-",
+                        st["last_avail_idx"], st["used_idx"])
+            return False
+        for i in range(n):
+            used = self._serve_slow(ring, cvq, vq, chains + i)
+            if used < 0:
+                log.warning("push on queue %d failed: the ring is broken", ring.index)
+                return False
+            if i % SLOW_NOTIFY_EVERY == SLOW_NOTIFY_EVERY - 1:
+                # Slow requests take ~10 us each: let a waiting driver start on the
+                # first replies while we serve the rest (fast ones are signalled once
+                # per round: there a signal per reply costs more than it overlaps).
+                vq.notify()
+        vq.notify()
+        return True
 
     # ---- the slow path -------------------------------------------------------------------------
-    def _serve_slow(self, cvq: Any, vq: Virtqueue, c: Any) -> int:
+    def _serve_slow(self, ring: _Ring, cvq: Any, vq: Virtqueue, c: Any) -> int:
         """Answer one chain through the codec and push it: the used length, 0 when
         deferred (pushed when it completes), < 0 when the ring broke."""
-        n = lib.msb_fs_gather(c, self._req_ptr, MAX_REQUEST)
-        if n > MAX_REQUEST:
-            # Too long to be a request of ours: answer from the header alone.
-            unique = int.from_bytes(self._req[8:16], "little")
-            reply: bytes | Deferred | None = error_reply(unique, errno.EINVAL)
-        else:
-            reply = self.session.dispatch(self._req_view[:n], c.in_len)
+        with self.lock:
+            # Lock first, section second: a section never waits for the lock (a
+            # RELEASE holding it waits for sections).
+            lib.msb_grace_enter()
+            try:
+                n = lib.msb_fs_gather(c, self._req_ptr, MAX_REQUEST)
+                if n > MAX_REQUEST:
+                    # Too long to be a request of ours: answer from the header alone.
+                    unique = int.from_bytes(self._req[8:16], "little")
+                    reply: bytes | Deferred | None = error_reply(unique, errno.EINVAL)
+                else:
+                    reply = self.session.dispatch(self._req_view[:n], c.in_len)
+            finally:
+                lib.msb_grace_exit()
         if type(reply) is bytes:
             return self._answer(cvq, vq, c, reply)
         if reply is None:
             return _push_empty(vq, c.head)
         assert isinstance(reply, Deferred)
-        self._defer(vq, c, reply)
+        self._defer(ring, vq, c, reply)
         return 0
 
     @staticmethod
@@ -191,35 +305,45 @@ class VirtioFsDevice(VhostUserDevice):
                 r = _push_empty(vq, c.head)
         return r
 
-    def _defer(self, vq: Virtqueue, chain: Any, d: Deferred) -> None:
-        # The chain buffer is reused by the next kick: keep a private copy of it.
+    def _defer(self, ring: _Ring, vq: Virtqueue, chain: Any, d: Deferred) -> None:
+        # The chain buffer is reused by the next round: keep a private copy of it.
         saved = ffi.new("struct msb_chain *")
         ffi.memmove(saved, chain, ffi.sizeof("struct msb_chain"))
         # generation moves on a stop and on a memory table change (vhost/virtqueue.py).
         epoch = (self._epoch.get(vq.index, 0), vq.generation)
-        # A system task: it outlives this kick's handler, and is cancelled (its thread
-        # abandoned) when the daemon's trio run ends.
-        trio.lowlevel.spawn_system_task(self._run_deferred, vq, saved, d, epoch,
-                                        name="msbfs-setlkw")
+        with self._deferred_count:
+            self.deferred_running += 1
+        # A daemon thread: it may block for as long as the lock holder keeps the lock
+        # (process exit abandons it, as virtiofsd's would be).
+        threading.Thread(target=self._run_deferred, args=(ring, saved, d, epoch),
+                         name="msbfs-setlkw", daemon=True).start()
 
-    async def _run_deferred(self, vq: Virtqueue, saved: Any, d: Deferred,
-                            epoch: tuple[int, int]) -> None:
-        self.deferred_running += 1
+    def _run_deferred(self, ring: _Ring, saved: Any, d: Deferred,
+                      epoch: tuple[int, int]) -> None:
         try:
-            reply = await trio.to_thread.run_sync(d.run, abandon_on_cancel=True)
-        except trio.Cancelled:
-            return
+            reply = d.run()
         finally:
-            self.deferred_running -= 1
-        if (self._epoch.get(vq.index, 0), vq.generation) != epoch:
-            # The ring stopped or guest memory was remapped meanwhile: the saved iovecs
-            # may point at nothing now. Drop the reply rather than touch them.
-            log.info("dropping a SETLKW reply: queue %d changed while it waited", vq.index)
-            return
-        self._push_now(vq, saved, reply)
+            with self._deferred_count:
+                self.deferred_running -= 1
+        with ring.deferred_lock:
+            ring.deferred.append((epoch, saved, reply))
+            if ring.wake_fd >= 0:
+                os.eventfd_write(ring.wake_fd, 1)  # the ring's thread pushes it
 
-    def _push_now(self, vq: Virtqueue, chain: Any, reply: bytes) -> None:
-        if self._answer(c_ring(vq), vq, chain, reply) >= 0:
+    def _push_deferred(self, ring: _Ring, vq: Virtqueue, cvq: Any) -> None:
+        """The serving thread: push the SETLKW replies that finished meanwhile."""
+        with ring.deferred_lock:
+            done, ring.deferred = ring.deferred, []
+        pushed = False
+        for epoch, saved, reply in done:
+            if (self._epoch.get(vq.index, 0), vq.generation) != epoch:
+                # The ring stopped or guest memory was remapped meanwhile: the saved
+                # iovecs may point at nothing now. Drop the reply rather than touch them.
+                log.info("dropping a SETLKW reply: queue %d changed while it waited",
+                         vq.index)
+                continue
+            pushed |= self._answer(cvq, vq, saved, reply) >= 0
+        if pushed:
             vq.notify()
 
     # ---- the C handle table ----------------------------------------------------------------------
@@ -233,16 +357,26 @@ class VirtioFsDevice(VhostUserDevice):
                 raise MemoryError("handle table")
 
     def _released(self, fh: int) -> None:
-        lib.msb_fs_table_del(self.table, fh)
+        # Removed, then a grace period, then (on return) the tree closes the fd: no C
+        # round of another queue still reads through that number (csrc/grace.h).
+        if lib.msb_fs_table_del(self.table, fh):
+            lib.msb_grace_synchronize()
 
     def _destroyed(self) -> None:
         lib.msb_fs_table_clear(self.table)
+        lib.msb_grace_synchronize()
 
     def statistics(self) -> dict[str, int]:
-        s = self.stats
-        return {"fast_reads": s.reads, "fast_writes": s.writes, "read_bytes": s.read_bytes,
-                "write_bytes": s.write_bytes, "slow": s.slow, "fast_errors": s.errors,
-                "handles": self.table.count, "deferred_running": self.deferred_running}
+        totals = dict.fromkeys(("reads", "writes", "read_bytes", "write_bytes", "slow",
+                                "errors"), 0)
+        for ring in list(self._rings.values()):
+            for k in totals:
+                totals[k] += getattr(ring.stats, k)
+        return {"fast_reads": totals["reads"], "fast_writes": totals["writes"],
+                "read_bytes": totals["read_bytes"], "write_bytes": totals["write_bytes"],
+                "slow": totals["slow"], "fast_errors": totals["errors"],
+                "handles": self.table.count, "deferred_running": self.deferred_running,
+                "yields": sum(r.yields for r in list(self._rings.values()))}
 
 
 def _push_empty(vq: Virtqueue, head: int) -> int:

@@ -9,7 +9,14 @@ State rules (vhost-user.rst "Ring states"):
 - a ring is served (one task: wait the kick eventfd, call ``device.handle_kick``) only
   while started AND enabled; ``device.queue_started/queue_stopped`` bracket that;
 - stopping lets a running ``handle_kick`` finish (no popped chain is abandoned), then
-  no more pops or pushes happen on that ring.
+  no more pops or pushes happen on that ring. A device whose handler keeps serving
+  (a thread that waits for kicks itself) is asked to return with ``device.interrupt``;
+- nothing a running handler uses changes under it: a memory table change
+  (SET_MEM_TABLE, ADD/REM_MEM_REG), new ring addresses, call or error fds and features
+  first quiesce the rings (``_quiesced``: interrupt every running handler, wait until
+  each has returned, apply the change, then call each again at once, as it may have
+  returned before draining its ring). So a handler running on another thread never
+  reads an unmapped region or signals a closed fd.
 
 Errors: a well-framed but invalid message is answered with a failed REPLY_ACK when the
 frontend asked for one (or an empty GET_CONFIG reply); if the frontend expects no reply
@@ -26,6 +33,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import trio
@@ -78,6 +86,12 @@ class _Runner:
     stopping: bool = False
     wait_scope: trio.CancelScope | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    #: inside device.handle_kick right now
+    active: bool = False
+    #: set when the running handle_kick returns
+    idle: trio.Event = field(default_factory=trio.Event)
+    #: call handle_kick again without waiting for a kick (it was interrupted)
+    again: bool = False
 
 
 class Backend:
@@ -96,6 +110,10 @@ class Backend:
         self.messages = 0
         self._runners: dict[int, _Runner] = {}
         self._nursery: trio.Nursery | None = None
+        self._paused = 0                  # quiesce depth: no handler starts while > 0
+        self._resume = trio.Event()
+        #: quiesces that had to interrupt a running handler (tests prove overlap by it)
+        self.quiesce_waits = 0
 
     # ---- features --------------------------------------------------------------------
 
@@ -118,6 +136,11 @@ class Backend:
                 try:
                     await self._message_loop()
                 finally:
+                    # A handler on a thread cannot be cancelled: ask it to return.
+                    for index, r in self._runners.items():
+                        r.stopping = True
+                        if r.active:
+                            self.device.interrupt(index, self.queues[index])
                     nursery.cancel_scope.cancel()
         finally:
             self._teardown()
@@ -213,9 +236,11 @@ class Backend:
         if extra:
             raise MessageError(f"features {extra:#x} were not offered")
         self.features = f
+        async with self._quiesced():
+            for vq in self.queues:
+                vq.c.event_idx = bool(f & Feature.RING_EVENT_IDX)
+                vq.c.indirect = bool(f & Feature.RING_INDIRECT_DESC)
         for vq in self.queues:
-            vq.c.event_idx = bool(f & Feature.RING_EVENT_IDX)
-            vq.c.indirect = bool(f & Feature.RING_INDIRECT_DESC)
             if not f & Feature.PROTOCOL_FEATURES and vq.started and not vq.enabled:
                 vq.enabled = True
                 await self._sync_queue(vq)
@@ -253,18 +278,21 @@ class Backend:
 
     async def _on_set_mem_table(self, msg: Message) -> None:
         assert isinstance(msg.body, MemTable)
-        self.memory.set_table(msg.body.regions, msg.fds)
-        self._memory_changed()
+        async with self._quiesced():
+            self.memory.set_table(msg.body.regions, msg.fds)
+            self._memory_changed()
 
     async def _on_add_mem_reg(self, msg: Message) -> None:
         assert isinstance(msg.body, MemRegion)
-        self.memory.add(msg.body, msg.fds[0])
-        self._memory_changed()
+        async with self._quiesced():
+            self.memory.add(msg.body, msg.fds[0])
+            self._memory_changed()
 
     async def _on_rem_mem_reg(self, msg: Message) -> None:
         assert isinstance(msg.body, MemRegion)
-        self.memory.remove(msg.body)
-        self._memory_changed()
+        async with self._quiesced():
+            self.memory.remove(msg.body)
+            self._memory_changed()
 
     async def _on_set_vring_num(self, msg: Message) -> None:
         assert isinstance(msg.body, VringState)
@@ -290,7 +318,11 @@ class Backend:
                 raise MessageError(f"queue {vq.index}: rings are not inside guest memory "
                                    "or misaligned")
         vq.addrs = addrs
-        if vq.started and lib.msb_vq_remap(vq.c, self.memory.table, *addrs) < 0:
+        if not vq.started:
+            return
+        async with self._quiesced():
+            moved = lib.msb_vq_remap(vq.c, self.memory.table, *addrs) >= 0
+        if not moved:
             await self._stop_queue(vq)
             raise MessageError(f"queue {vq.index}: cannot move rings")
 
@@ -330,12 +362,18 @@ class Backend:
     async def _on_set_vring_call(self, msg: Message) -> None:
         assert isinstance(msg.body, VringFile)
         vq = self._vq(msg.body.index)
-        vq.c.call_fd = _replace_fd(vq.c.call_fd, msg)
+        new = _take_eventfd(msg)
+        async with self._quiesced():  # no handler signals the old fd as it closes
+            _close_watched(vq.c.call_fd)
+            vq.c.call_fd = new
 
     async def _on_set_vring_err(self, msg: Message) -> None:
         assert isinstance(msg.body, VringFile)
         vq = self._vq(msg.body.index)
-        vq.c.err_fd = _replace_fd(vq.c.err_fd, msg)
+        new = _take_eventfd(msg)
+        async with self._quiesced():
+            _close_watched(vq.c.err_fd)
+            vq.c.err_fd = new
 
     async def _on_set_vring_enable(self, msg: Message) -> None:
         assert isinstance(msg.body, VringState)
@@ -414,6 +452,8 @@ class Backend:
         r.stopping = True
         if r.wait_scope is not None:
             r.wait_scope.cancel()
+        if r.active:
+            self.device.interrupt(vq.index, vq)
         await r.done.wait()
         vq.generation += 1
         self.device.queue_stopped(vq.index, vq)
@@ -443,7 +483,7 @@ class Backend:
         try:
             first = True
             while not r.stopping:
-                if not first:
+                if not first and not r.again:
                     with trio.CancelScope() as scope:
                         r.wait_scope = scope
                         await trio.lowlevel.wait_readable(kick_fd)
@@ -457,8 +497,23 @@ class Backend:
                     except BlockingIOError:
                         continue
                 first = False
-                with self.memory.pinned():
-                    await self.device.handle_kick(vq.index, vq)
+                if self._paused:
+                    with trio.CancelScope() as scope:
+                        r.wait_scope = scope
+                        while self._paused:
+                            await self._resume.wait()
+                    r.wait_scope = None
+                    if r.stopping:
+                        break
+                r.again = False
+                r.active = True
+                r.idle = trio.Event()
+                try:
+                    with self.memory.pinned():
+                        await self.device.handle_kick(vq.index, vq)
+                finally:
+                    r.active = False
+                    r.idle.set()
         except QueueBroken as e:
             log.warning("%s; it is no longer served", e)
         except Exception:
@@ -473,6 +528,27 @@ class Backend:
                         os.eventfd_write(vq.c.err_fd, 1)
         finally:
             r.done.set()
+
+    @contextlib.asynccontextmanager
+    async def _quiesced(self) -> AsyncIterator[None]:
+        """No ring's handler runs inside: running ones are interrupted and waited for,
+        and each is called again (without waiting for a kick) once this ends."""
+        self._paused += 1
+        try:
+            for index, r in list(self._runners.items()):
+                r.again = True
+                if r.active:
+                    self.quiesce_waits += 1
+                    self.device.interrupt(index, self.queues[index])
+            for r in list(self._runners.values()):
+                while r.active:
+                    await r.idle.wait()
+            yield
+        finally:
+            self._paused -= 1
+            if not self._paused:
+                self._resume.set()
+                self._resume = trio.Event()
 
     def _memory_changed(self) -> None:
         """Re-point running rings at the new memory table, then free the old one."""
@@ -503,13 +579,6 @@ class Backend:
         return {"messages": self.messages, "errors": self.errors,
                 "memory": self.memory.statistics(),
                 "queues": [vq.statistics() for vq in self.queues]}
-
-
-def _replace_fd(old: int, msg: Message) -> int:
-    """The eventfd a SET_VRING_CALL/ERR brings (-1 for none); ``old`` is closed."""
-    new = _take_eventfd(msg)
-    _close_watched(old)
-    return new
 
 
 def _take_eventfd(msg: Message) -> int:

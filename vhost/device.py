@@ -19,6 +19,13 @@ after pushing. Chains stay valid while the handler runs (guest memory is pinned)
 device that keeps chains beyond its handler must hold ``backend.memory.pinned()``.
 ``vq.pop`` raises ``QueueBroken`` when the guest broke the ring: let it propagate
 (the backend stops serving that queue) or catch it and return.
+
+A handler may also keep serving past one kick, on a thread of its own that waits for
+kicks itself (msbfs's virtio-fs device does). It must then return soon after
+``interrupt`` (from the backend's thread, having pushed every chain it popped): the
+backend calls it before stopping the ring and before changing anything a handler uses
+(guest memory, ring addresses, call/err fds), waits for the return, and calls
+``handle_kick`` again afterwards if the ring still runs.
 """
 
 from __future__ import annotations
@@ -68,6 +75,11 @@ class VhostUserDevice:
 
     def reset(self) -> None:
         """RESET_DEVICE / RESET_OWNER: forget per-session state."""
+
+    def interrupt(self, index: int, vq: Virtqueue) -> None:
+        """Ask queue ``index``'s running ``handle_kick`` to return soon (called on the
+        backend's thread while it runs). Handlers that return once drained need
+        nothing here."""
 
     async def handle_kick(self, index: int, vq: Virtqueue) -> None:
         """The driver made buffers available on queue ``index``: pop, serve, push,

@@ -9,7 +9,8 @@ Replacing or removing regions never unmaps memory a queue may still be using:
 - every change builds a NEW memtable; queues are re-pointed at it by the backend
   (``Backend._memory_changed``) before the old one is retired;
 - retired tables and mappings are released only when no one holds ``pinned()``
-  (the backend pins around every ``handle_kick``; C threads serving a queue pin too).
+  (the backend pins around every ``handle_kick``, and before a change it waits until
+  no handler runs, threaded ones included: ``Backend._quiesced``).
 """
 
 from __future__ import annotations
