@@ -1,6 +1,7 @@
 /* See fuse_datapath.h. The rule here: serve only what is unambiguous, hand back the rest. */
 #define _GNU_SOURCE
 #include "fuse_datapath.h"
+#include "fuse_meta.h"
 #include "grace.h"
 
 #include <errno.h>
@@ -458,6 +459,13 @@ static int serve_round(struct msb_vq *vq, struct msb_fs_table *t, struct msb_cha
         }
         struct fast_io io;
         if (!classify(t, c, &io)) {
+            /* LOOKUP/GETATTR/FORGET: csrc/fuse_meta.c answers what it can. */
+            struct msb_meta *meta = __atomic_load_n(&t->meta, __ATOMIC_ACQUIRE);
+            if (meta && (r = msb_meta_serve(meta, vq, c)) != 0) {
+                if (r < 0)
+                    return r;
+                continue;
+            }
             st->slow++;
             nslow++;
             continue;

@@ -45,6 +45,8 @@ struct msb_fs_table {
     uint32_t slow_write_mode_bits;
     /* lookups read-lock, changes write-lock (not in the cdef: Python calls the functions) */
     pthread_rwlock_t lock;
+    /* Metadata answered in C (csrc/fuse_meta.h), or NULL: set by msb_meta_attach. */
+    struct msb_meta *meta;
 };
 
 struct msb_fs_stats {

@@ -66,6 +66,7 @@ from typing import Any
 import trio
 
 from msbfs._native import ffi, lib
+from msbfs.fastmeta import CMetadata
 from msbfs.fuse import abi
 from msbfs.fuse.server import Deferred, FuseSession, error_reply
 from msbfs.tree.api import TreeOps
@@ -135,6 +136,8 @@ class VirtioFsDevice(VhostUserDevice):
                                    posix_lock=posix_lock, flock=flock,
                                    on_open=self._opened, on_release=self._released,
                                    on_destroy=self._destroyed)
+        # LOOKUP/GETATTR/FORGET answered in C from the tree's inode table (fastmeta.py).
+        self.meta = CMetadata(self.table, tree, self.session)
         #: The slow path's lock: one request at a time through codec, session and tree.
         self.lock = threading.Lock()
         # Serving state per queue, made at its first start and kept (stats accumulate).
@@ -363,6 +366,7 @@ class VirtioFsDevice(VhostUserDevice):
             lib.msb_grace_synchronize()
 
     def _destroyed(self) -> None:
+        self.meta.session_ends()
         lib.msb_fs_table_clear(self.table)
         lib.msb_grace_synchronize()
 

@@ -310,6 +310,8 @@ class FuseSession:
         self.on_open = on_open
         self.on_release = on_release
         self.on_destroy = on_destroy
+        #: called when INIT has begun a session (a transport's C paths may serve now)
+        self.on_init: Callable[[], None] | None = None
         self.initialized = False
         self.minor = 0
         self.flags = 0  # negotiated (both words)
@@ -439,6 +441,8 @@ class FuseSession:
         self.flags = neg
         self.max_write = MAX_WRITE
         self.initialized = True
+        if self.on_init is not None:
+            self.on_init()
         out = abi.fuse_init_out.pack(
             abi.FUSE_KERNEL_VERSION, self.minor, min(max_readahead, MAX_READAHEAD),
             neg & 0xFFFFFFFF, 64, 48, self.max_write, 1, MAX_PAGES, 0,

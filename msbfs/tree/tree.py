@@ -43,7 +43,7 @@ import fcntl
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from msbfs import syscalls
 from msbfs._native import lib
@@ -54,6 +54,7 @@ from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
 from msbfs.tree.inodes import AT_EMPTY_PATH, SUBMOUNT, Inode, InodeTable
 from msbfs.tree.policy import (
+    AttrShape,
     Policy,
     QuotaAccount,
     XattrRule,
@@ -229,7 +230,7 @@ class Tree:
         self._root_dev = st.st_dev
         self._foreign_devs: dict[int, int] = {}
         # The policy's shaping of every attribute reply, unpacked for the hot path.
-        shape = policy.attr_shape()
+        shape = self.attr_shape = policy.attr_shape()  # also the C metadata path's
         self._mode_mask, self._squash_uid, self._squash_gid, self._hide_rdev = shape
         # Client <-> host ids (msbfs.tree.idmap says where each direction is applied).
         # The identity map leaves _attr and map_ctx as they are: nothing on the hot path.
@@ -1206,6 +1207,17 @@ class Tree:
         with self._xattr_charged(inode, 0):
             os.removexattr(_proc(inode.fd), name)
 
+    # ---- the C metadata path ----------------------------------------------------------
+    def c_metadata(self) -> CMetaConfig | None:
+        """What csrc/fuse_meta.c needs to answer LOOKUP/GETATTR/FORGET as this tree does
+        (msbfs/fastmeta.py writes it there), or None when this tree applies a rule C does
+        not implement: an id map (``_mapped_attr``). C hands inodes on other devices
+        (``_ino``'s tags, submounts) back, so those need no rule there."""
+        if self._id_mapped:
+            return None
+        return CMetaConfig(self._inodes, self._root_dev, self.attr_shape, self._timeout,
+                           _LOOKUP_FLAGS, _RESOLVE)
+
     # ---- life cycle ------------------------------------------------------------------
     def destroy(self) -> None:
         self._handles.close_all()
@@ -1230,6 +1242,17 @@ class Tree:
             extra={"lock_fds": len(self._locks), "foreign_devices": len(self._foreign_devs),
                    "inode_fds": self._inodes.open_fds, "inode_fd_evictions": self._inodes.evictions,
                    "inode_fd_reopens": self._inodes.reopens})
+
+
+class CMetaConfig(NamedTuple):
+    """The tree's rules for the C metadata path: one definition, two consumers."""
+
+    inodes: InodeTable
+    root_dev: int
+    shape: AttrShape
+    timeout: float
+    lookup_flags: int
+    resolve: int
 
 
 def _process_umask() -> int:

@@ -1,0 +1,285 @@
+/* See fuse_meta.h. Each request is copied out of guest memory once (a hostile driver
+ * may rewrite its buffers while we parse: what we check is what we use). */
+#define _GNU_SOURCE
+#include "fuse_meta.h"
+#include "fuse_datapath.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NAME_MAX_ 255
+/* A LOOKUP body we parse: the name, its NUL, and whatever trails it (ignored, as the
+ * Python codec ignores it). Longer bodies go to Python. */
+#define LOOKUP_BODY_MAX 512
+
+struct msb_meta *msb_meta_new(struct msb_inodes *inodes)
+{
+    struct msb_meta *m = calloc(1, sizeof *m);
+    if (m) {
+        m->inodes = inodes;
+        m->squash_uid = m->squash_gid = -1;
+        m->mode_mask = 0xffffffffu;
+    }
+    return m;
+}
+
+void msb_meta_free(struct msb_meta *m)
+{
+    free(m);
+}
+
+void msb_meta_set_ready(struct msb_meta *m, int ready)
+{
+    __atomic_store_n(&m->ready, ready, __ATOMIC_RELEASE);
+}
+
+void msb_meta_attach(struct msb_fs_table *t, struct msb_meta *m)
+{
+    __atomic_store_n(&t->meta, m, __ATOMIC_RELEASE);
+}
+
+void msb_meta_stats(struct msb_meta *m, struct msb_meta_stats *out)
+{
+    struct msb_meta_stats *s = &m->stats;
+    *out = (struct msb_meta_stats){
+        __atomic_load_n(&s->lookups, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->lookup_ns, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->lookups_new, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->getattrs, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->getattr_ns, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->forgets, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->handed, __ATOMIC_RELAXED),
+    };
+}
+
+static void count(uint64_t *c, uint64_t n)
+{
+    __atomic_add_fetch(c, n, __ATOMIC_RELAXED);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Tree._attr: the policy's shape applied to a host stat (the root's device only). */
+static void shape_attr(const struct msb_meta *m, const struct stat *st, int submount,
+                       struct fuse_attr *a)
+{
+    *a = (struct fuse_attr){
+        .ino = st->st_ino,
+        .size = (uint64_t)st->st_size,
+        .blocks = (uint64_t)st->st_blocks,
+        .atime = (uint64_t)st->st_atim.tv_sec,
+        .mtime = (uint64_t)st->st_mtim.tv_sec,
+        .ctime = (uint64_t)st->st_ctim.tv_sec,
+        .atimensec = (uint32_t)st->st_atim.tv_nsec,
+        .mtimensec = (uint32_t)st->st_mtim.tv_nsec,
+        .ctimensec = (uint32_t)st->st_ctim.tv_nsec,
+        .mode = st->st_mode & m->mode_mask,
+        .nlink = (uint32_t)st->st_nlink,
+        .uid = m->squash_uid < 0 ? st->st_uid : (uint32_t)m->squash_uid,
+        .gid = m->squash_gid < 0 ? st->st_gid : (uint32_t)m->squash_gid,
+        /* nodev: a device node stays visible but names no device */
+        .rdev = m->hide_rdev && st->st_rdev ? 0 : (uint32_t)st->st_rdev,
+        .blksize = (uint32_t)st->st_blksize,
+        .flags = submount ? FUSE_ATTR_SUBMOUNT : 0,
+    };
+}
+
+static int push_reply(struct msb_vq *vq, struct msb_chain *c, const void *reply, uint32_t len)
+{
+    msb_iov_copy_to(c->iov + c->nout, c->nin, 0, reply, len);
+    int r = msb_vq_push(vq, c->head, len);
+    return r < 0 ? r : 1;
+}
+
+static int reply_error(struct msb_vq *vq, struct msb_chain *c, uint64_t unique, int err)
+{
+    struct fuse_out_header oh = { .len = sizeof oh, .error = -err, .unique = unique };
+    return push_reply(vq, c, &oh, sizeof oh);
+}
+
+static int reply_entry(const struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                       uint64_t unique, uint64_t nodeid, int submount, const struct stat *st)
+{
+    struct {
+        struct fuse_out_header oh;
+        struct fuse_entry_out e;
+    } r;
+    _Static_assert(sizeof r == 16 + 128, "fuse_out_header + fuse_entry_out");
+    memset(&r, 0, sizeof r);
+    r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = unique };
+    r.e.nodeid = nodeid;
+    r.e.generation = 0;
+    r.e.entry_valid = r.e.attr_valid = m->timeout_sec;
+    r.e.entry_valid_nsec = r.e.attr_valid_nsec = m->timeout_nsec;
+    shape_attr(m, st, submount, &r.e.attr);
+    return push_reply(vq, c, &r, sizeof r);
+}
+
+/* ---- the opcodes ------------------------------------------------------------------- */
+static int serve_getattr(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                         const struct fuse_in_header *ih)
+{
+    struct fuse_getattr_in gi;
+    struct {
+        struct fuse_out_header oh;
+        struct fuse_attr_out a;
+    } r;
+    _Static_assert(sizeof r == 16 + 104, "fuse_out_header + fuse_attr_out");
+    /* The codec reads 16 bytes and ignores any more; the reply must fit. */
+    if (c->out_len < sizeof *ih + sizeof gi || c->in_len < sizeof r)
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &gi, sizeof gi);
+    if (gi.getattr_flags & FUSE_GETATTR_FH)
+        return 0;   /* the handle's fd, not the inode's: the tree knows handles */
+    uint64_t t0 = now_ns();
+    int64_t ft = msb_inodes_fd_traits(m->inodes, ih->nodeid);
+    if (ft < 0)
+        return 0;
+    struct stat st;
+    if (fstat((int)(ft >> 17), &st) < 0 || st.st_dev != m->root_dev)
+        return 0;
+    memset(&r, 0, sizeof r);
+    r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = ih->unique };
+    r.a.attr_valid = m->timeout_sec;
+    r.a.attr_valid_nsec = m->timeout_nsec;
+    shape_attr(m, &st, (ft & MSB_INODE_SUBMOUNT) != 0, &r.a.attr);
+    int ret = push_reply(vq, c, &r, sizeof r);
+    count(&m->stats.getattrs, 1);
+    count(&m->stats.getattr_ns, now_ns() - t0);
+    return ret;
+}
+
+static int plain_name(const char *name, size_t len)
+{
+    if (len == 0 || len > NAME_MAX_ || memchr(name, '/', len))
+        return 0;
+    return !(name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')));
+}
+
+static int serve_lookup(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                        const struct fuse_in_header *ih)
+{
+    char body[LOOKUP_BODY_MAX + 1];
+    size_t blen = c->out_len - sizeof *ih;
+    if (blen == 0 || blen > LOOKUP_BODY_MAX || c->in_len < 16 + sizeof(struct fuse_entry_out))
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
+    const char *nul = memchr(body, '\0', blen);
+    if (!nul || !plain_name(body, (size_t)(nul - body)))
+        return 0;
+    uint64_t t0 = now_ns();
+    struct msb_inode_info parent;
+    if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
+        return 0;
+    int pfd = msb_inodes_fd(m->inodes, ih->nodeid);
+    if (pfd < 0)
+        return 0;
+    struct stat st;
+    if (fstatat(pfd, body, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno != ENOENT)
+            return 0;
+        count(&m->stats.lookups, 1);
+        return reply_error(vq, c, ih->unique, ENOENT);
+    }
+    if (st.st_dev != m->root_dev)
+        return 0;   /* another filesystem: the tree tags its st_ino, submount rules */
+    struct msb_inode_info info;
+    if (msb_inodes_find(m->inodes, st.st_dev, st.st_ino, 1, &info) < 0) {
+        /* New to the table: opened exactly as the tree opens it, the object held is
+         * the truth whatever raced. */
+        if (msb_inodes_check_room(m->inodes) < 0)
+            return 0;
+        int fd = msb_openat2(pfd, body, m->lookup_flags, 0, m->resolve);
+        if (fd < 0)
+            return 0;
+        if (fstat(fd, &st) < 0 || st.st_dev != m->root_dev) {
+            close(fd);   /* ours alone, never in the table */
+            return 0;
+        }
+        if (msb_inodes_add(m->inodes, fd, st.st_dev, st.st_ino, st.st_mode, 0, &info) < 0)
+            return 0;
+        count(&m->stats.lookups_new, 1);
+    }
+    int ret = reply_entry(m, vq, c, ih->unique, info.nodeid, info.submount, &st);
+    count(&m->stats.lookups, 1);
+    count(&m->stats.lookup_ns, now_ns() - t0);
+    return ret;
+}
+
+static int serve_forget(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                        const struct fuse_in_header *ih)
+{
+    struct fuse_forget_in fi;
+    if (c->out_len < sizeof *ih + sizeof fi)
+        return 0;   /* the codec answers a short one */
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &fi, sizeof fi);
+    msb_inodes_forget(m->inodes, ih->nodeid, fi.nlookup);
+    count(&m->stats.forgets, 1);
+    int r = msb_vq_push(vq, c->head, 0);   /* no reply: the buffer back, empty */
+    return r < 0 ? r : 1;
+}
+
+static int serve_batch_forget(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                              const struct fuse_in_header *ih)
+{
+    struct fuse_batch_forget_in bi;
+    size_t pre = sizeof *ih + sizeof bi;
+    if (c->out_len < pre)
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &bi, sizeof bi);
+    if ((uint64_t)bi.count * sizeof(struct fuse_forget_one) > c->out_len - pre)
+        return 0;   /* count exceeds the message: the codec answers it */
+    for (uint32_t i = 0; i < bi.count; i++) {
+        struct fuse_forget_one one;
+        msb_iov_copy_from(c->iov, c->nout, pre + (size_t)i * sizeof one, &one, sizeof one);
+        msb_inodes_forget(m->inodes, one.nodeid, one.nlookup);
+    }
+    count(&m->stats.forgets, bi.count);
+    int r = msb_vq_push(vq, c->head, 0);
+    return r < 0 ? r : 1;
+}
+
+int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c)
+{
+    if (!__atomic_load_n(&m->ready, __ATOMIC_ACQUIRE) || !__atomic_load_n(&m->enabled, __ATOMIC_RELAXED))
+        return 0;
+    struct fuse_in_header ih;
+    if (c->out_len < sizeof ih)
+        return 0;
+    if (msb_iov_copy_from(c->iov, c->nout, 0, &ih, sizeof ih) != sizeof ih)
+        return 0;
+    if (ih.len != c->out_len || ih.total_extlen != 0)
+        return 0;
+    int r = 0;
+    switch (ih.opcode) {
+    case FUSE_GETATTR:
+        r = serve_getattr(m, vq, c, &ih);
+        break;
+    case FUSE_LOOKUP:
+        r = serve_lookup(m, vq, c, &ih);
+        break;
+    case FUSE_FORGET:
+        r = serve_forget(m, vq, c, &ih);
+        break;
+    case FUSE_BATCH_FORGET:
+        r = serve_batch_forget(m, vq, c, &ih);
+        break;
+    default:
+        return 0;
+    }
+    if (r == 0)
+        count(&m->stats.handed, 1);
+    return r;
+}

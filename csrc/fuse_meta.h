@@ -1,0 +1,57 @@
+/* C answers for the hot metadata opcodes on the virtio-fs path (issue 11): GETATTR
+ * (without FUSE_GETATTR_FH), LOOKUP of a plain name, FORGET and BATCH_FORGET, from the
+ * one inode table (csrc/inodes.h) the Python tree uses too.
+ *
+ * The rule is fuse_datapath.c's: answer only what is unambiguous, hand everything
+ * else back to Python untouched (it checks everything and replies the right errno).
+ * Handed back: a session not initialised, node ids not in the table, names that are
+ * not plain (no NUL, '/', ".", "..", 0 or > 255 bytes), request or reply room of any
+ * unusual size, extensions, any errno but a LOOKUP's ENOENT, an inode on another
+ * device than the root's (the tree tags those st_ino), a bound reached, a
+ * malformed FORGET/BATCH_FORGET. Nothing is counted or added before the decision to
+ * answer, so Python redoing a request from scratch sees the state it would have seen.
+ *
+ * Attribute shaping is the policy's one definition (msbfs/tree/policy.py AttrShape):
+ * Python writes the tree's shape, timeout and open flags here (msbfs/fastmeta.py),
+ * and leaves the path off (enabled 0) when the tree applies a rule C does not know
+ * (an id map). Replies are encoded as msbfs/fuse/server.py encodes them, byte for byte.
+ *
+ * Threads: any number of serving threads at once; the configuration is written
+ * before `enabled`/`ready` are set, the flags are read atomically. */
+#ifndef MSBFS_FUSE_META_H
+#define MSBFS_FUSE_META_H
+
+#include <stdint.h>
+#include "inodes.h"
+#include "virtq.h"
+
+struct msb_fs_table;
+
+struct msb_meta_stats {
+    uint64_t lookups, lookup_ns, lookups_new, getattrs, getattr_ns, forgets, handed;
+};
+
+struct msb_meta {
+    struct msb_inodes *inodes;
+    int ready;                 /* the FUSE session is initialised (INIT .. DESTROY) */
+    int enabled;               /* the tree's shape is one C applies */
+    uint64_t root_dev;
+    uint32_t mode_mask;
+    int64_t squash_uid, squash_gid;   /* -1: no squash */
+    int hide_rdev;
+    uint64_t timeout_sec;
+    uint32_t timeout_nsec;
+    uint64_t lookup_flags, resolve;   /* the tree's openat2 of a new name */
+    struct msb_meta_stats stats;
+};
+
+struct msb_meta *msb_meta_new(struct msb_inodes *inodes);
+void msb_meta_free(struct msb_meta *m);
+void msb_meta_set_ready(struct msb_meta *m, int ready);
+/* Serve metadata of table t's queues with m (NULL: none). */
+void msb_meta_attach(struct msb_fs_table *t, struct msb_meta *m);
+/* 1: answered and pushed; 0: Python's; < 0: the push's -errno (the queue broke). */
+int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c);
+void msb_meta_stats(struct msb_meta *m, struct msb_meta_stats *out);
+
+#endif

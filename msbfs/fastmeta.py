@@ -1,0 +1,89 @@
+"""Glue of the C metadata path (csrc/fuse_meta.h) to a virtio-fs device: LOOKUP,
+GETATTR (without a handle), FORGET and BATCH_FORGET answered in C from the tree's own
+inode table, with the tree's attribute shape.
+
+One definition, two consumers: the shape written here is the tree's ``attr_shape`` (the
+policy's ``AttrShape``), the timeout the tree's, split by the codec's own
+``_split_timeout``, the open flags of a new name the tree's. A tree that applies a rule
+C does not implement (``Tree.c_metadata`` returns None: an id map) or is not a
+``Tree`` at all (a wrapper: its methods are the truth) gets no C path: every request
+goes to Python as before.
+
+``MSBFS_C_METADATA=0`` turns the path off (benchmarks, differential tests); ``enabled``
+does it for one device.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from msbfs._native import ffi, lib
+from msbfs.fuse.server import FuseSession, _split_timeout
+from msbfs.tree.api import TreeOps
+from msbfs.tree.tree import Tree
+
+
+def _u32(v: int) -> int:
+    return v & 0xFFFFFFFF
+
+
+class CMetadata:
+    """The C path of one device. Ready only between INIT and the session's end."""
+
+    def __init__(self, table: Any, tree: TreeOps, session: FuseSession) -> None:
+        config = tree.c_metadata() if type(tree) is Tree else None
+        self._config = config  # keeps the inode table alive as long as the C path
+        self._m = ffi.NULL
+        if config is None:
+            return
+        m = ffi.gc(lib.msb_meta_new(config.inodes.c), lib.msb_meta_free)
+        if m == ffi.NULL:
+            raise MemoryError("metadata path")
+        shape = config.shape
+        m.root_dev = config.root_dev
+        m.mode_mask = _u32(shape.mode_mask)
+        m.squash_uid = -1 if shape.uid is None else _u32(shape.uid)
+        m.squash_gid = -1 if shape.gid is None else _u32(shape.gid)
+        m.hide_rdev = 1 if shape.hide_rdev else 0
+        m.timeout_sec, m.timeout_nsec = _split_timeout(config.timeout)
+        m.lookup_flags = config.lookup_flags
+        m.resolve = config.resolve
+        m.enabled = 1 if os.environ.get("MSBFS_C_METADATA", "1") != "0" else 0
+        self._m = m
+        self._table = table
+        lib.msb_meta_attach(table, m)
+        session.on_init = self.session_began
+
+    @property
+    def available(self) -> bool:
+        """Whether this tree's requests can be answered in C at all."""
+        return self._m != ffi.NULL
+
+    @property
+    def enabled(self) -> bool:
+        return self.available and bool(self._m.enabled)
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        if self.available:
+            self._m.enabled = 1 if on else 0
+
+    def session_began(self) -> None:
+        if self.available:
+            lib.msb_meta_set_ready(self._m, 1)
+
+    def session_ends(self) -> None:
+        """Before the tree forgets its inodes (DESTROY, reset, INIT again): C answers
+        nothing more; the caller's grace period then waits for rounds in flight."""
+        if self.available:
+            lib.msb_meta_set_ready(self._m, 0)
+
+    def statistics(self) -> dict[str, int]:
+        if not self.available:
+            return {}
+        s = ffi.new("struct msb_meta_stats *")
+        lib.msb_meta_stats(self._m, s)
+        return {k: int(getattr(s, k)) for k in ("lookups", "lookup_ns", "lookups_new",
+                                                 "getattrs", "getattr_ns", "forgets",
+                                                 "handed")}

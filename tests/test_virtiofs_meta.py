@@ -1,0 +1,190 @@
+"""The C metadata path (csrc/fuse_meta.c) answers LOOKUP, GETATTR, FORGET and
+BATCH_FORGET exactly as the Python codec and tree do: the same ordinary and hostile
+request sequences go through a device with the C path on and one with it off, over the
+same directory, through the in-tree vhost-user frontend, and every reply must be the
+same bytes (and every table the same size). Also: the C path really answered (its
+counters), and the policy's attribute shape reaches it (one definition)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msbfs.fuse import abi
+from msbfs.fuse.kernel import Opcode, Requests, parse_attr_out, parse_entry
+from msbfs.tree import Policy
+
+ROOT = 1
+HIPRIO, REQ = 0, 1
+U64 = (1 << 64) - 1
+ENTRY_ROOM = abi.fuse_out_header.size + abi.FUSE_ENTRY_OUT_SIZE
+
+
+def _populate(root: Path) -> None:
+    (root / "a").write_bytes(b"hello")
+    os.link(root / "a", root / "b")
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"")
+    (root / "s").symlink_to("../../etc")
+    (root / "setid").write_bytes(b"")
+    os.chmod(root / "setid", 0o6755)
+    os.mkfifo(root / "fifo")
+    if os.geteuid() == 0:
+        os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (root / ("n" * 255)).write_bytes(b"")
+    (root / "m" / "k").mkdir(parents=True)
+
+
+Step = tuple[bytes, list[int], int]  # request, reply buffer sizes, queue
+#: A host-side change at that point of the sequence (run for each device in turn).
+HostStep = Callable[[], None]
+
+
+def _script(r: Requests, ids: dict[str, int], root: Path) -> list[Step | HostStep]:
+    """One sequence; node ids looked up earlier come from ``ids`` (both devices count
+    the same, or the replies already differed)."""
+    def look(parent: int, name: bytes, room: int = 4096) -> Step:
+        return (r.lookup(parent, name), [room], REQ)
+
+    body = abi.fuse_getattr_in.pack
+    steps: list[Step | HostStep] = []
+    for name in (b"a", b"b", b"d", b"s", b"setid", b"fifo", b"null", b"n" * 255, b"a"):
+        steps.append(look(ROOT, name))
+    steps += [
+        # names C must hand back, or answer as Python does
+        look(ROOT, b"missing"), look(ROOT, b""), look(ROOT, b"."), look(ROOT, b".."),
+        look(ROOT, b"x/y"), look(ROOT, b"n" * 256), look(ROOT, b"m" * 255),
+        (r.raw(Opcode.LOOKUP, ROOT, b"a"), [4096], REQ),            # no NUL
+        (r.raw(Opcode.LOOKUP, ROOT, b"a\0trailing"), [4096], REQ),  # bytes after it
+        (r.raw(Opcode.LOOKUP, ROOT, b""), [4096], REQ),             # no name at all
+        (r.raw(Opcode.LOOKUP, ROOT, b"a\0", length=30), [4096], REQ),  # lying length
+        (r.raw(Opcode.LOOKUP, ROOT, b"a\0", extlen=1), [4096], REQ),
+        look(ROOT, b"a", room=ENTRY_ROOM - 1), look(ROOT, b"a", room=16),
+        look(0, b"a"), look(U64, b"a"), look(999, b"a"), look(ids.get("a", 2), b"x"),
+        look(ids.get("d", 3), b"f"), look(ids.get("s", 4), b"x"),
+        # "..": the tree's (the root's is the root; moved out of the root: ENOENT)
+        look(ids.get("k", 5), b".."), look(ids.get("m", 5), b".."), look(ids.get("k", 5), b"."),
+        lambda: os.rename(root / "m", root.parent / "moved"),
+        look(ids.get("k", 5), b".."), look(ids.get("m", 5), b".."),
+        lambda: os.rename(root.parent / "moved", root / "m"),
+        # GETATTR: ordinary, unknown ids, truncated and long bodies, with a handle
+        (r.getattr(ROOT), [4096], REQ), (r.getattr(0), [4096], REQ),
+        (r.getattr(U64), [4096], REQ), (r.getattr(999), [4096], REQ),
+        (r.raw(Opcode.GETATTR, ROOT, b""), [4096], REQ),
+        (r.raw(Opcode.GETATTR, ROOT, body(0, 0)[:8]), [4096], REQ),
+        (r.raw(Opcode.GETATTR, ROOT, body(0, 0) + b"extra..."), [4096], REQ),
+        (r.raw(Opcode.GETATTR, ROOT, body(abi.FUSE_GETATTR_FH, 12345)), [4096], REQ),
+        (r.getattr(ROOT), [16], REQ), (r.getattr(ROOT), [100], REQ),
+    ]
+    for name in ("a", "d", "s", "setid", "fifo", "null", "long"):
+        if name in ids:
+            steps.append((r.getattr(ids[name]), [4096], REQ))
+    a = ids.get("a", 2)
+    steps += [
+        # FORGET on hiprio (no reply room, as a Linux guest sends it): hostile counts
+        (r.forget(999, 1), [], HIPRIO), (r.forget(0, 1), [], HIPRIO),
+        (r.forget(U64, U64), [], HIPRIO), (r.forget(ROOT, U64), [], HIPRIO),
+        (r.raw(Opcode.FORGET, a, b"\1\0\0\0"), [], HIPRIO),  # short body
+        (r.raw(Opcode.FORGET, a, b"\1\0\0\0"), [64], HIPRIO),
+        (r.forget(a, 1), [64], REQ),
+        (r.batch_forget([(999, 1), (0, 5), (U64, U64)]), [], HIPRIO),
+        (r.raw(Opcode.BATCH_FORGET, 0, abi.fuse_batch_forget_in.pack(5)
+               + abi.fuse_forget_one.pack(a, 1)), [], HIPRIO),    # count > body
+        (r.raw(Opcode.BATCH_FORGET, 0, b"\1\0"), [], HIPRIO),        # short
+        (r.batch_forget([]), [], HIPRIO),
+        (r.getattr(a), [4096], REQ), look(ROOT, b"a"),
+        # more than held: the inode goes, a new lookup gets a new id
+        (r.forget(a, U64), [], HIPRIO), (r.getattr(a), [4096], REQ), look(ROOT, b"b"),
+        (r.batch_forget([(ids.get("d", 3), 1), (ids.get("s", 4), 2)]), [], HIPRIO),
+        look(ROOT, b"d"), look(ROOT, b"s"), (r.getattr(ids.get("d", 3)), [4096], REQ),
+    ]
+    return steps
+
+
+async def _both(on: Any, off: Any, steps: list[Step | HostStep]) -> int:
+    """Each request to both devices in turn, each host change once (between requests,
+    so both see the same host); the replies compared as they come. Returns the steps."""
+    for i, step in enumerate(steps):
+        if callable(step):
+            step()
+            continue
+        request, sizes, queue = step
+        got = []
+        for c in (on, off):
+            done = await c.raw([request], sizes, queue=queue)
+            got.append((done.used_len, bytes(done.data[:done.used_len])))
+        assert got[0] == got[1], f"step {i}: C {got[0]!r} != Python {got[1]!r}"
+    return len(steps)
+
+
+async def _ids(c: Any) -> dict[str, int]:
+    ids = {}
+    for key, name in (("a", b"a"), ("d", b"d"), ("s", b"s"), ("setid", b"setid"),
+                      ("fifo", b"fifo"), ("null", b"null"), ("long", b"n" * 255),
+                      ("m", b"m")):
+        reply = await c.call(c.r.lookup(ROOT, name))
+        if reply.error == 0:
+            ids[key] = parse_entry(reply.payload).nodeid
+    ids["k"] = parse_entry(await c.ok(c.r.lookup(ids["m"], b"k"))).nodeid
+    return ids
+
+
+POLICIES = {
+    "default": Policy(),
+    "nosuid-nodev": Policy(nosuid=True, nodev=True),
+    "squash": Policy(squash_uid=4242, squash_gid=4343),
+}
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+async def test_c_and_python_reply_the_same_bytes(fs_client: Callable[..., Any],
+                                                  tmp_path: Path, policy: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    _populate(root)
+    async with fs_client(root, POLICIES[policy]) as on, fs_client(root, POLICIES[policy]) as off:
+        off.device.meta.enabled = False
+        assert on.device.meta.enabled
+        ids_on, ids_off = await _ids(on), await _ids(off)
+        assert ids_on == ids_off
+        assert await _both(on, off, _script(Requests(), ids_on, root)) > 50
+        assert on.device.tree.statistics().inodes == off.device.tree.statistics().inodes
+        served = on.device.meta.statistics()
+        assert served["lookups"] > 5 and served["lookups_new"] > 0
+        assert served["getattrs"] > 5 and served["forgets"] > 5 and served["handed"] > 5
+        assert off.device.meta.statistics()["lookups"] == 0
+
+
+async def test_policy_shape_reaches_the_c_path(fs_client: Callable[..., Any],
+                                              tmp_path: Path) -> None:
+    """What the differential test cannot see if both sides drop a rule together: the
+    replies C gives really are shaped (nosuid mask, nodev rdev, squash)."""
+    _populate(tmp_path)
+    policy = Policy(nosuid=True, nodev=True, squash_uid=4242, squash_gid=4343)
+    async with fs_client(tmp_path, policy) as c:
+        before = c.device.meta.statistics()
+        setid = parse_entry(await c.ok(c.r.lookup(ROOT, b"setid")))
+        attr = parse_attr_out(await c.ok(c.r.getattr(setid.nodeid)))[1]
+        assert setid.mode & 0o7777 == attr[9] & 0o7777 == 0o755
+        assert (attr[11], attr[12]) == (4242, 4343) == setid.attr[11:13]
+        if os.geteuid() == 0:
+            null = parse_entry(await c.ok(c.r.lookup(ROOT, b"null")))
+            assert null.attr[13] == 0 and stat.S_ISCHR(null.mode)
+        after = c.device.meta.statistics()
+        assert after["lookups"] > before["lookups"] and after["getattrs"] > before["getattrs"]
+
+
+async def test_id_mapped_trees_stay_in_python(fs_client: Callable[..., Any],
+                                             tmp_path: Path) -> None:
+    """A rule C does not implement (an id map) keeps every request in Python."""
+    from msbfs.tree.idmap import IdMap
+    _populate(tmp_path)
+    async with fs_client(tmp_path, uid_map=IdMap(["map:0:1000:1"])) as c:
+        assert not c.device.meta.available
+        await c.ok(c.r.lookup(ROOT, b"a"))
+        assert c.device.meta.statistics() == {}
