@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,6 +57,7 @@ void msb_meta_stats(struct msb_meta *m, struct msb_meta_stats *out)
         __atomic_load_n(&s->getattr_ns, __ATOMIC_RELAXED),
         __atomic_load_n(&s->forgets, __ATOMIC_RELAXED),
         __atomic_load_n(&s->handed, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->statfs, __ATOMIC_RELAXED),
     };
 }
 
@@ -159,6 +161,34 @@ static int serve_getattr(struct msb_meta *m, struct msb_vq *vq, struct msb_chain
     count(&m->stats.getattrs, 1);
     count(&m->stats.getattr_ns, now_ns() - t0);
     return ret;
+}
+
+static int serve_statfs(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                        const struct fuse_in_header *ih)
+{
+    struct {
+        struct fuse_out_header oh;
+        struct fuse_statfs_out s;
+    } r;
+    _Static_assert(sizeof r == 16 + 80, "fuse_out_header + fuse_statfs_out");
+    /* A quota changes the figures (Tree.statfs): that tree keeps STATFS. */
+    if (!m->statfs || c->in_len < sizeof r)
+        return 0;
+    int fd = msb_inodes_fd(m->inodes, ih->nodeid);
+    struct statvfs v;
+    if (fd < 0 || fstatvfs(fd, &v) < 0)
+        return 0;
+    if (v.f_bsize > UINT32_MAX || v.f_namemax > UINT32_MAX || v.f_frsize > UINT32_MAX)
+        return 0;   /* the codec's struct would not take them */
+    memset(&r, 0, sizeof r);
+    r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = ih->unique };
+    r.s.st = (struct fuse_kstatfs){
+        .blocks = v.f_blocks, .bfree = v.f_bfree, .bavail = v.f_bavail, .files = v.f_files,
+        .ffree = v.f_ffree, .bsize = (uint32_t)v.f_bsize, .namelen = (uint32_t)v.f_namemax,
+        .frsize = (uint32_t)v.f_frsize,
+    };
+    count(&m->stats.statfs, 1);
+    return push_reply(vq, c, &r, sizeof r);
 }
 
 static int plain_name(const char *name, size_t len)
@@ -269,6 +299,9 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c)
         break;
     case FUSE_LOOKUP:
         r = serve_lookup(m, vq, c, &ih);
+        break;
+    case FUSE_STATFS:
+        r = serve_statfs(m, vq, c, &ih);
         break;
     case FUSE_FORGET:
         r = serve_forget(m, vq, c, &ih);

@@ -1,6 +1,7 @@
 /* C answers for the hot metadata opcodes on the virtio-fs path (issue 11): GETATTR
- * (without FUSE_GETATTR_FH), LOOKUP of a plain name, FORGET and BATCH_FORGET, from the
- * one inode table (csrc/inodes.h) the Python tree uses too.
+ * (without FUSE_GETATTR_FH), LOOKUP of a plain name, FORGET, BATCH_FORGET and STATFS
+ * (trees without a quota), from the one inode table (csrc/inodes.h) the Python tree
+ * uses too.
  *
  * The rule is fuse_datapath.c's: answer only what is unambiguous, hand everything
  * else back to Python untouched (it checks everything and replies the right errno).
@@ -28,7 +29,7 @@
 struct msb_fs_table;
 
 struct msb_meta_stats {
-    uint64_t lookups, lookup_ns, lookups_new, getattrs, getattr_ns, forgets, handed;
+    uint64_t lookups, lookup_ns, lookups_new, getattrs, getattr_ns, forgets, handed, statfs;
 };
 
 struct msb_meta {
@@ -42,6 +43,7 @@ struct msb_meta {
     uint64_t timeout_sec;
     uint32_t timeout_nsec;
     uint64_t lookup_flags, resolve;   /* the tree's openat2 of a new name */
+    int statfs;                       /* the tree has no quota: STATFS is the host's */
     struct msb_meta_stats stats;
 };
 

@@ -1,6 +1,6 @@
 """Glue of the C metadata path (csrc/fuse_meta.h) to a virtio-fs device: LOOKUP,
-GETATTR (without a handle), FORGET and BATCH_FORGET answered in C from the tree's own
-inode table, with the tree's attribute shape.
+GETATTR (without a handle), FORGET, BATCH_FORGET and STATFS (no quota) answered in C
+from the tree's own inode table, with the tree's attribute shape.
 
 One definition, two consumers: the shape written here is the tree's ``attr_shape`` (the
 policy's ``AttrShape``), the timeout the tree's, split by the codec's own
@@ -49,6 +49,7 @@ class CMetadata:
         m.timeout_sec, m.timeout_nsec = _split_timeout(config.timeout)
         m.lookup_flags = config.lookup_flags
         m.resolve = config.resolve
+        m.statfs = 1 if config.host_statfs else 0
         m.enabled = 1 if os.environ.get("MSBFS_C_METADATA", "1") != "0" else 0
         self._m = m
         self._table = table
@@ -86,4 +87,4 @@ class CMetadata:
         lib.msb_meta_stats(self._m, s)
         return {k: int(getattr(s, k)) for k in ("lookups", "lookup_ns", "lookups_new",
                                                  "getattrs", "getattr_ns", "forgets",
-                                                 "handed")}
+                                                 "handed", "statfs")}

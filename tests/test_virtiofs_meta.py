@@ -80,6 +80,10 @@ def _script(r: Requests, ids: dict[str, int], root: Path) -> list[Step | HostSte
         (r.raw(Opcode.GETATTR, ROOT, body(0, 0) + b"extra..."), [4096], REQ),
         (r.raw(Opcode.GETATTR, ROOT, body(abi.FUSE_GETATTR_FH, 12345)), [4096], REQ),
         (r.getattr(ROOT), [16], REQ), (r.getattr(ROOT), [100], REQ),
+        # STATFS: the host's figures (no quota here), any node, room checked
+        (r.raw(Opcode.STATFS, ROOT), [4096], REQ), (r.raw(Opcode.STATFS, ids.get("d", 3)), [4096], REQ),
+        (r.raw(Opcode.STATFS, 999), [4096], REQ), (r.raw(Opcode.STATFS, ROOT), [95], REQ),
+        (r.raw(Opcode.STATFS, ROOT, b"junk"), [4096], REQ),
     ]
     for name in ("a", "d", "s", "setid", "fifo", "null", "long"):
         if name in ids:
@@ -138,6 +142,7 @@ POLICIES = {
     "default": Policy(),
     "nosuid-nodev": Policy(nosuid=True, nodev=True),
     "squash": Policy(squash_uid=4242, squash_gid=4343),
+    "quota": Policy(quota_bytes=64 << 20, quota_inodes=500),  # STATFS stays Python's
 }
 
 
@@ -157,6 +162,7 @@ async def test_c_and_python_reply_the_same_bytes(fs_client: Callable[..., Any],
         served = on.device.meta.statistics()
         assert served["lookups"] > 5 and served["lookups_new"] > 0
         assert served["getattrs"] > 5 and served["forgets"] > 5 and served["handed"] > 5
+        assert served["statfs"] >= (0 if policy == "quota" else 2)
         assert off.device.meta.statistics()["lookups"] == 0
 
 

@@ -1212,11 +1212,12 @@ class Tree:
         """What csrc/fuse_meta.c needs to answer LOOKUP/GETATTR/FORGET as this tree does
         (msbfs/fastmeta.py writes it there), or None when this tree applies a rule C does
         not implement: an id map (``_mapped_attr``). C hands inodes on other devices
-        (``_ino``'s tags, submounts) back, so those need no rule there."""
+        (``_ino``'s tags, submounts) back, so those need no rule there; STATFS only
+        without a quota (``statfs`` reports the quota's figures)."""
         if self._id_mapped:
             return None
         return CMetaConfig(self._inodes, self._root_dev, self.attr_shape, self._timeout,
-                           _LOOKUP_FLAGS, _RESOLVE)
+                           _LOOKUP_FLAGS, _RESOLVE, self.quota is None)
 
     # ---- life cycle ------------------------------------------------------------------
     def destroy(self) -> None:
@@ -1253,6 +1254,7 @@ class CMetaConfig(NamedTuple):
     timeout: float
     lookup_flags: int
     resolve: int
+    host_statfs: bool
 
 
 def _process_umask() -> int:
