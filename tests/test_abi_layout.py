@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from msbfs.fuse import abi
-from vhost import frontend, messages
+from vhost import driver, messages
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 HEADERS = ("linux/fuse.h", "linux/virtio_ring.h", "linux/vhost_types.h")
@@ -126,8 +126,8 @@ FUSE: dict[str, Layout] = dict((
 
 # The split ring as the frontend (the driver's role) packs it (linux/virtio_ring.h).
 RING: dict[str, Layout] = {
-    "frontend.DESC": Layout(frontend.DESC, "vring_desc", _f("addr len flags next")),
-    "frontend.USED_ELEM": Layout(frontend.USED_ELEM, "vring_used_elem", _f("id len")),
+    "driver.DESC": Layout(driver.DESC, "vring_desc", _f("addr len flags next")),
+    "driver.USED_ELEM": Layout(driver.USED_ELEM, "vring_used_elem", _f("id len")),
 }
 
 # vhost-user payloads that are the kernel vhost ioctls' structs (linux/vhost_types.h).
@@ -325,7 +325,7 @@ def test_every_abi_struct_has_a_layout_to_check() -> None:
     assert fuse_structs == set(FUSE)
     vhost_structs = {n for n, v in vars(messages).items() if isinstance(v, struct.Struct)}
     assert vhost_structs == {n.split(".", 1)[1] for n in VHOST} | VHOST_USER_ONLY
-    ring_structs = {f"frontend.{n}" for n, v in vars(frontend).items()
+    ring_structs = {f"driver.{n}" for n, v in vars(driver).items()
                     if isinstance(v, struct.Struct)}
     assert ring_structs == set(RING)
 

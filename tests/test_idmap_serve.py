@@ -21,7 +21,8 @@ from msbfs.tree import FATTR_UID
 from tests.plugins.hostmount import MountFactory, needs_root, py_as
 from tests.plugins.virtiofs import FuseClient
 from vhost.connection import Connection
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 ROOT = 1
 UID, GID = 11, 12  # fuse_attr fields

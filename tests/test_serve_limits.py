@@ -17,7 +17,8 @@ from msbfs.fuse import abi
 from msbfs.fuse.abi import Opcode
 from msbfs.fuse.kernel import parse_entry, parse_open
 from tests.plugins.virtiofs import FuseClient, run_serve
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 ROOT = 1
 

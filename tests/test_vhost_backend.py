@@ -17,7 +17,8 @@ from tests.plugins.vhost import VhostPair
 from vhost.backend import BASE_PROTOCOL_FEATURES, serve_fd, serve_path
 from vhost.connection import Connection
 from vhost.echo import EchoDevice
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 from vhost.messages import (
     Config,
     Feature,

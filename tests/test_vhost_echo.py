@@ -9,7 +9,8 @@ import trio
 
 from tests.plugins.vhost import VhostPair
 from vhost.echo import EchoDevice
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 
 async def run_echo(fe: Frontend, queue: int, total: int, seed: int) -> None:

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from tests.plugins.vhost import start_vhost_pair
 from tools.fuzz.chains_class import used_or_broken
 from vhost.echo import EchoDevice
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 from vhost.messages import FLAG_NEED_REPLY, VERSION, Request, U64Payload
 
 QSIZE = 16

@@ -23,7 +23,7 @@ from msbfs.fuse.kernel import (
 )
 from msbfs.tree import Policy
 from tests.plugins.threads import lock_waiters, until_async
-from vhost.frontend import F_NEXT, F_WRITE, Pending
+from vhost.driver import F_NEXT, F_WRITE, Pending
 
 ROOT = 1
 HDR = 16

@@ -19,7 +19,8 @@ import trio
 from msbfs.fuse import abi
 from msbfs.fuse.kernel import parse_entry, parse_open, u32
 from tests.plugins.virtiofs import FuseClient, run_serve
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 ROOT = 1
 

@@ -8,7 +8,10 @@ Layers, each usable alone:
 - ``vhost.virtqueue``  one split virtqueue (C in csrc/virtq.c) with Python helpers.
 - ``vhost.device``     what a device implements (``VhostUserDevice``).
 - ``vhost.backend``    the protocol state machine: ``serve(device, sock)``.
-- ``vhost.frontend``   the role QEMU plays, for tests and benchmarks without a VM.
+- ``vhost.frontend``   the role QEMU plays (the vhost-user frontend protocol), for tests
+                       and benchmarks without a VM; it drives:
+- ``vhost.driver``     the virtio driver's side of split rings (a guest kernel's role).
+- ``vhost.guest_ram``  memfd-backed guest memory with guard pages, for the two above.
 - ``vhost.echo``       a test device (readable bytes echoed into the writable part).
 
 The C lives in vhost's own extension, ``vhost._native`` (csrc/virtq.c, built by

@@ -25,7 +25,8 @@ import trio
 from vhost.backend import Backend
 from vhost.connection import Connection
 from vhost.device import VhostUserDevice
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 VhostPair = Callable[..., AbstractAsyncContextManager[tuple[Frontend, Backend]]]
 

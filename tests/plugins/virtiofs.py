@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from msbfs.fuse.kernel import Reply, Requests, parse_reply
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 HIPRIO, REQUEST_QUEUE = 0, 1
 DEFAULT_REPLY = 8192

@@ -26,8 +26,10 @@ from pathlib import Path
 import trio
 
 from tests.plugins.vhost import start_vhost_pair
+from vhost.driver import FrontendQueue
 from vhost.echo import EchoDevice
-from vhost.frontend import Frontend, FrontendQueue, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = 256

@@ -32,7 +32,8 @@ from msbfs.fuse.kernel import Requests, parse_entry, parse_open, parse_reply
 from msbfs.launcher.daemon import VIRTIOFSD
 from msbfs.store import MIB
 from tools.bench.proc import process_tree, status_kib
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 ROOT = abi.FUSE_ROOT_ID
 HDR = 16

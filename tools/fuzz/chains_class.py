@@ -30,7 +30,8 @@ from msbfs.fuse import abi
 from msbfs.fuse.kernel import Requests, parse_entry, parse_open, parse_reply
 from tools.fuzz.findings import Stats
 from tools.fuzz.session import DEADLINE, REQUESTS, Hang, Result, connected, fuse_start
-from vhost.frontend import F_INDIRECT, F_NEXT, F_WRITE, FrontendQueue, GuestRam
+from vhost.driver import F_INDIRECT, F_NEXT, F_WRITE, FrontendQueue
+from vhost.guest_ram import GuestRam
 
 QSIZE = 16
 LAYOUT = ((0, 2 << 20), (4 << 20, 1 << 20))

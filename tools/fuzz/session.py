@@ -17,7 +17,8 @@ from typing import Any
 import trio
 
 from msbfs.fuse.kernel import Requests, parse_reply
-from vhost.frontend import Frontend, GuestRam
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
 
 #: How long any one answer may take before it is a hang. A failure bound, generous for
 #: a niced daemon on a shared 2-core machine, never a wait.

@@ -31,7 +31,7 @@ import trio
 
 from tools.fuzz.findings import Stats
 from tools.fuzz.session import DEADLINE, Hang, Result, connected
-from vhost.frontend import GuestRam
+from vhost.guest_ram import GuestRam
 from vhost.messages import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,
