@@ -134,7 +134,7 @@ def test_host_mount_with_a_map(host_mount: MountFactory) -> None:
 def test_launcher_passes_a_served_trees_maps_to_its_daemon(tmp_path: Path) -> None:
     import argparse
 
-    from msbfs import serve
+    from msbfs import serve_options
     from msbfs.launcher.daemon import ServedTree, msbfs_serve
 
     tree = ServedTree("t", "/data", shared_dir=tmp_path, uid_map=(":0:1000:1:",),
@@ -142,7 +142,7 @@ def test_launcher_passes_a_served_trees_maps_to_its_daemon(tmp_path: Path) -> No
     argv = msbfs_serve(tree, 3)
     assert argv[1:4] == ["-m", "msbfs", "serve"]
     p = argparse.ArgumentParser()
-    serve.add_arguments(p)
-    uids, gids = serve.id_maps(serve.options_from_args(p.parse_args(argv[4:])))
+    serve_options.add_arguments(p)
+    uids, gids = serve_options.id_maps(serve_options.options_from_args(p.parse_args(argv[4:])))
     assert (uids.to_host(0), gids.to_host(0), uids.to_guest(1000)) == (1000, 1000, 0)
     assert not uids.allows(5)

@@ -86,7 +86,7 @@ def test_bad_maps_stop_the_daemon_at_start(tmp_path: Path) -> None:
 
 def test_the_launcher_passes_a_trees_map_to_its_daemon(tmp_path: Path) -> None:
     from msbfs.launcher.daemon import ServedTree, msbfs_serve
-    from msbfs.serve import add_arguments, options_from_args
+    from msbfs.serve_options import add_arguments, options_from_args
 
     tree = ServedTree(tag="t", guest_path="/g", shared_dir=tmp_path, xattrmap="/map/trusted./u./")
     argv = msbfs_serve(tree, 9)

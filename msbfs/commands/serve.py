@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from msbfs import serve
+from msbfs import serve, serve_options
 
 
 def register(subparsers: Any) -> None:
@@ -13,7 +13,7 @@ def register(subparsers: Any) -> None:
         "serve", help="serve a directory or named volume to a QEMU guest over vhost-user-fs",
         description="A drop-in for virtiofsd: takes its options (also the -o form) plus "
                     "msbfs policy (--volume, --noexec, --nosuid, --nodev, --quota).")
-    serve.add_arguments(p)
+    serve_options.add_arguments(p)
     p.set_defaults(func=handler)
 
 
