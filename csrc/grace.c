@@ -31,6 +31,8 @@ static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 static __thread struct grace_rec *my_rec;
 static __thread unsigned my_depth;
 
+int msb_grace_reclaim(void);
+
 static void rec_release(void *p)
 {
     /* thread exit: its section (if any) is over and the record is free for reuse */
@@ -95,11 +97,83 @@ void msb_grace_enter(void)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
+/* ---- deferred closes ------------------------------------------------------------------ */
+struct deferred_fd { int fd; uint64_t after; };
+static pthread_mutex_t defer_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct deferred_fd *deferred;
+static size_t ndeferred, cap_deferred;
+static int pending_count;  /* ndeferred, readable without the mutex */
+
+/* The oldest period any thread's open section began in (UINT64_MAX: none). Lock-free:
+ * records are only ever prepended and never freed. */
+static uint64_t oldest_section(void)
+{
+    uint64_t oldest = UINT64_MAX;
+    for (struct grace_rec *r = __atomic_load_n(&reg_head, __ATOMIC_ACQUIRE); r; r = r->next) {
+        uint64_t w = __atomic_load_n(&r->word, __ATOMIC_ACQUIRE);
+        if (w && w < oldest)
+            oldest = w;
+    }
+    return oldest;
+}
+
+int msb_grace_reclaim(void)
+{
+    if (!__atomic_load_n(&pending_count, __ATOMIC_ACQUIRE))
+        return 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint64_t oldest = oldest_section();
+    pthread_mutex_lock(&defer_mu);
+    size_t keep = 0;
+    for (size_t i = 0; i < ndeferred; i++) {
+        /* A section that began at or after `after` started after the removal: it can
+         * not have looked the fd up. */
+        if (deferred[i].after <= oldest)
+            close(deferred[i].fd);
+        else
+            deferred[keep++] = deferred[i];
+    }
+    ndeferred = keep;
+    __atomic_store_n(&pending_count, (int)keep, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&defer_mu);
+    return (int)keep;
+}
+
+void msb_grace_defer_close(int fd)
+{
+    if (fd < 0)
+        return;
+    /* A new period: sections entered from now on began after the removal. */
+    uint64_t after = __atomic_add_fetch(&gp, 2, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&defer_mu);
+    if (ndeferred == cap_deferred) {
+        size_t ncap = cap_deferred ? cap_deferred * 2 : 64;
+        struct deferred_fd *n = realloc(deferred, ncap * sizeof(*n));
+        if (!n) {
+            /* No memory to remember it: the one safe thing left is to wait. */
+            pthread_mutex_unlock(&defer_mu);
+            if (!my_depth) {
+                msb_grace_close(fd);
+                return;
+            }
+            abort();
+        }
+        deferred = n;
+        cap_deferred = ncap;
+    }
+    deferred[ndeferred++] = (struct deferred_fd){ fd, after };
+    __atomic_store_n(&pending_count, (int)ndeferred, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&defer_mu);
+    msb_grace_reclaim();  /* at once when no older section is open (the usual case) */
+}
+
 void msb_grace_exit(void)
 {
     if (my_depth == 0 || --my_depth)
         return;
     __atomic_store_n(&my_rec->word, 0, __ATOMIC_RELEASE);
+    if (__atomic_load_n(&pending_count, __ATOMIC_RELAXED))
+        msb_grace_reclaim();
 }
 
 int msb_grace_inside(void)
@@ -134,6 +208,7 @@ int msb_grace_synchronize(void)
         }
     }
     pthread_mutex_unlock(&reg_mu);
+    msb_grace_reclaim();
     return waited;
 }
 

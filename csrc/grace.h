@@ -39,5 +39,14 @@ int msb_grace_inside(void);
 /* Remove-then-close in one call: waits a grace period, then closes `fd` (-errno of
  * close, or 0). For callers that have already removed `fd` from every table. */
 int msb_grace_close(int fd);
+/* Close `fd` once every section that may hold it has ended, without waiting: safe to
+ * call under any lock and inside a section (the C inode table's one closer,
+ * inode_fd_retire, calls it under its lock). The fd is closed at once when no other
+ * thread is in a section older than the call, else by a later section exit,
+ * synchronize or reclaim. The caller has removed it from every table already. */
+void msb_grace_defer_close(int fd);
+/* Close every deferred fd whose grace period has passed (non-blocking); returns how
+ * many are still waiting. */
+int msb_grace_reclaim(void);
 
 #endif

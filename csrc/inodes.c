@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include "inodes.h"
+#include "grace.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -61,11 +62,15 @@ struct msb_inodes {
     size_t nmounts;
 };
 
-/* The one place an inode fd is closed (see the top of this file). */
+/* The one place an inode fd is closed (see the top of this file). Request queues run
+ * on their own threads, each request inside a grace section (csrc/grace.h): the close
+ * waits (without blocking here: this runs under the table's lock) until every section
+ * that may have looked the fd up has ended, so no thread's openat/fstat through it
+ * lands on a file a new open reused the number for. */
 static void inode_fd_retire(struct msb_inodes *t, int fd)
 {
     (void)t;
-    close(fd);
+    msb_grace_defer_close(fd);
 }
 
 /* ---- hash indexes ----------------------------------------------------------------- */
