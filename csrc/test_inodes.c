@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "inodes.c"
+#include "grace.c"   /* inode_fd_retire's deferred close: at once here (no sections) */
 
 #include <stdio.h>
 #include <stdlib.h>
