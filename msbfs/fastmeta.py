@@ -19,7 +19,8 @@ import os
 from typing import Any
 
 from msbfs._native import ffi, lib
-from msbfs.fuse.server import FuseSession, _split_timeout
+from msbfs.fuse.replies import _split_timeout
+from msbfs.fuse.server import FuseSession
 from msbfs.tree.api import TreeOps
 from msbfs.tree.tree import Tree
 

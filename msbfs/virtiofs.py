@@ -68,7 +68,8 @@ import trio
 from msbfs._native import ffi, lib
 from msbfs.fastmeta import CMetadata
 from msbfs.fuse import abi
-from msbfs.fuse.server import Deferred, FuseSession, error_reply
+from msbfs.fuse.replies import error_reply
+from msbfs.fuse.server import Deferred, FuseSession
 from msbfs.tree.api import TreeOps
 from msbfs.tree.policy import FAST_WRITE_FORBIDDEN_BITS
 from msbfs.vring import c_ring

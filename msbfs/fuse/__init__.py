@@ -1,5 +1,11 @@
-"""The FUSE kernel ABI (``abi``) and a transport-free protocol server over a tree (``server``)."""
+"""FUSE, transport-free, in layers (after h11's readers / writers / connection):
 
-from msbfs.fuse.server import Deferred, FuseSession, error_reply
+- ``abi``      the kernel ABI (7.38): opcodes, flags, structs.
+- ``requests`` decoding a request's bytes (sans-I/O, tree-free).
+- ``replies``  encoding replies to bytes (sans-I/O, tree-free).
+- ``server``   the session over a tree (``FuseSession``: INIT, state, dispatch to the
+  opcode handlers, which call the tree).
+- ``kernel``   the kernel's side (build requests, decode replies), for tests and tools.
 
-__all__ = ["Deferred", "FuseSession", "error_reply"]
+Nothing is imported here, so that importing ``requests`` or ``replies`` loads no tree.
+"""

@@ -1,6 +1,9 @@
 """The FUSE protocol server: one request's bytes in, one reply's bytes out. It owns no
 transport (no socket, queue or event loop: the caller brings the bytes and carries the
 reply), but it is not sans-I/O: it calls the tree, which makes the filesystem's syscalls.
+This module is the session (INIT negotiation, its state, dispatch) and the opcode
+handlers; the sans-I/O halves it calls are ``msbfs.fuse.requests`` (decoding) and
+``msbfs.fuse.replies`` (encoding).
 
 Rules of this module:
 
@@ -27,15 +30,23 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from msbfs.fuse import abi
 from msbfs.fuse.abi import Opcode
+from msbfs.fuse.replies import (
+    HEADER,
+    _reply,
+    attr_reply,
+    encode_entry,
+    encode_open,
+    entry_reply,
+    error_reply,
+)
+from msbfs.fuse.requests import IN_HEADER, BadRequest, _Body, _ns, _unpack_in
 from msbfs.tree.api import TreeOps
-from msbfs.tree.types import FATTR_FH, Attr, Ctx, DirEntry, Entry, Lock, Opened, SetAttr
+from msbfs.tree.types import FATTR_FH, Ctx, DirEntry, Lock, Opened, SetAttr
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +55,6 @@ MAX_PAGES = 256
 PAGE_SIZE = 4096
 MAX_WRITE = MAX_PAGES * PAGE_SIZE
 MAX_READAHEAD = MAX_WRITE
-HEADER = abi.fuse_out_header.size
-IN_HEADER = abi.fuse_in_header.size
 
 #: What we offer at INIT (intersected with what the kernel offers).
 BASE_FLAGS = (
@@ -76,10 +85,6 @@ _MIN_REPLY: dict[int, int] = {
 }
 
 
-class BadRequest(Exception):
-    """A request that does not parse: answered with EINVAL."""
-
-
 @dataclass
 class Deferred:
     """A request that may block (SETLKW): run ``run()`` off the event loop, send its result."""
@@ -89,192 +94,9 @@ class Deferred:
     run: Callable[[], bytes]
 
 
-def _ns(sec: int, nsec: int) -> int:
-    """Nanoseconds of a fuse_setattr_in time: the kernel's signed time64_t tv_sec in a
-    u64 field (a time before 1970 has the top bit set)."""
-    if sec >= 1 << 63:
-        sec -= 1 << 64
-    return sec * 1_000_000_000 + nsec
-
-
-_timeouts: dict[float, tuple[int, int]] = {}
-
-
-def _split_timeout(t: float) -> tuple[int, int]:
-    """(seconds, nanoseconds) of a timeout; a tree uses a handful of values, so cached."""
-    r = _timeouts.get(t)
-    if r is None:
-        if t <= 0:
-            r = (0, 0)
-        else:
-            sec = int(t)
-            r = (sec, min(int((t - sec) * 1e9), 999_999_999))
-        if len(_timeouts) < 64:
-            _timeouts[t] = r
-    return r
-
-
-_U64 = 0xFFFFFFFFFFFFFFFF
-_U32 = 0xFFFFFFFF
-_pack_attr = abi.fuse_attr.pack
-
-
-def encode_attr(a: Attr) -> bytes:
-    at, mt, ct = divmod(a.atime_ns, 1_000_000_000), divmod(a.mtime_ns, 1_000_000_000), \
-        divmod(a.ctime_ns, 1_000_000_000)
-    flags = abi.FUSE_ATTR_SUBMOUNT if a.submount else 0
-    try:
-        return _pack_attr(a.ino, a.size, a.blocks, at[0], mt[0], ct[0], at[1], mt[1], ct[1],
-                          a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, flags)
-    except struct.error:
-        # Out-of-range values (times before 1970, huge ids): wrap as the kernel's
-        # unsigned fields would hold them.
-        return _pack_attr(a.ino & _U64, max(a.size, 0), max(a.blocks, 0), at[0] & _U64,
-                          mt[0] & _U64, ct[0] & _U64, at[1], mt[1], ct[1], a.mode & _U32,
-                          a.nlink & _U32, a.uid & _U32, a.gid & _U32, a.rdev & _U32,
-                          a.blksize & _U32, flags)
-
-
-_pack_entry_head = abi.fuse_entry_out_head.pack
-
-
-def encode_entry(e: Entry) -> bytes:
-    es, ens = _split_timeout(e.entry_timeout)
-    as_, ans = _split_timeout(e.attr_timeout)
-    return _pack_entry_head(e.nodeid, e.generation, es, as_, ens, ans) + encode_attr(e.attr)
-
-
-def encode_attr_out(attr: Attr, timeout: float) -> bytes:
-    s, ns = _split_timeout(timeout)
-    return abi.fuse_attr_out_head.pack(s, ns) + encode_attr(attr)
-
-
-# Whole replies in one pack: fuse_out_header + fuse_entry_out (or fuse_attr_out) +
-# fuse_attr. Lookup and getattr are most of a guest's requests; building the reply
-# from parts cost three packs and two concatenations each.
-def _joined(*parts: struct.Struct) -> struct.Struct:
-    """The kernel's structs back to back (all little-endian, unpadded)."""
-    return struct.Struct("<" + "".join(p.format.lstrip("<=") for p in parts))
-
-
-_entry_reply = _joined(abi.fuse_out_header, abi.fuse_entry_out_head, abi.fuse_attr)
-_create_reply = _joined(abi.fuse_out_header, abi.fuse_entry_out_head, abi.fuse_attr,
-                        abi.fuse_open_out)
-_attr_reply = _joined(abi.fuse_out_header, abi.fuse_attr_out_head, abi.fuse_attr)
-_ENTRY_REPLY_LEN = _entry_reply.size
-_ATTR_REPLY_LEN = _attr_reply.size
-_CREATE_REPLY_LEN = _create_reply.size
-assert _ENTRY_REPLY_LEN == HEADER + abi.FUSE_ENTRY_OUT_SIZE
-assert _ATTR_REPLY_LEN == HEADER + abi.FUSE_ATTR_OUT_SIZE
-_NS = 1_000_000_000
-
-
-def entry_reply(unique: int, e: Entry, o: Opened | None = None) -> bytes:
-    """The whole reply to LOOKUP/MKNOD/MKDIR/SYMLINK/LINK, or with ``o`` CREATE/TMPFILE."""
-    a = e.attr
-    es, ens = _split_timeout(e.entry_timeout)
-    as_, ans = (es, ens) if e.attr_timeout == e.entry_timeout else _split_timeout(e.attr_timeout)
-    at, mt, ct = a.atime_ns, a.mtime_ns, a.ctime_ns
-    try:
-        if o is None:
-            return _entry_reply.pack(
-                _ENTRY_REPLY_LEN, 0, unique, e.nodeid, e.generation, es, as_, ens, ans,
-                a.ino, a.size, a.blocks, at // _NS, mt // _NS, ct // _NS, at % _NS,
-                mt % _NS, ct % _NS, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize,
-                abi.FUSE_ATTR_SUBMOUNT if a.submount else 0)
-        return _create_reply.pack(
-            _CREATE_REPLY_LEN, 0, unique, e.nodeid, e.generation, es, as_, ens, ans,
-            a.ino, a.size, a.blocks, at // _NS, mt // _NS, ct // _NS, at % _NS,
-            mt % _NS, ct % _NS, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize,
-            abi.FUSE_ATTR_SUBMOUNT if a.submount else 0, o.fh, o.open_flags)
-    except struct.error:
-        # Out-of-range values (times before 1970, huge ids): wrapped there.
-        if o is None:
-            return _reply(unique, encode_entry(e))
-        return _reply(unique, encode_entry(e), encode_open(o))
-
-
-def attr_reply(unique: int, a: Attr, timeout: float) -> bytes:
-    """The whole reply to GETATTR/SETATTR."""
-    s, ns = _split_timeout(timeout)
-    at, mt, ct = a.atime_ns, a.mtime_ns, a.ctime_ns
-    try:
-        return _attr_reply.pack(
-            _ATTR_REPLY_LEN, 0, unique, s, ns,
-            a.ino, a.size, a.blocks, at // _NS, mt // _NS, ct // _NS, at % _NS, mt % _NS,
-            ct % _NS, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize,
-            abi.FUSE_ATTR_SUBMOUNT if a.submount else 0)
-    except struct.error:
-        return _reply(unique, encode_attr_out(a, timeout))
-
-
-def encode_open(o: Opened) -> bytes:
-    return abi.fuse_open_out.pack(o.fh, o.open_flags)
-
-
-def error_reply(unique: int, err: int) -> bytes:
-    return abi.fuse_out_header.pack(HEADER, -err, unique)
-
-
-_pack_out = abi.fuse_out_header.pack
-_unpack_in = abi.fuse_in_header.unpack_from
 _INIT = int(Opcode.INIT)
 #: Requests the kernel expects no answer to, even when serving them fails.
 _NO_REPLY = (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT)
-
-
-def _reply(unique: int, *parts: bytes) -> bytes:
-    if len(parts) == 1:
-        p = parts[0]
-        return _pack_out(HEADER + len(p), 0, unique) + p
-    body = b"".join(parts)
-    return _pack_out(HEADER + len(body), 0, unique) + body
-
-
-class _Body:
-    """A cursor over a request's argument bytes ``buf[pos:end]``; every take is
-    bounds-checked. Names are found in one private copy of the arguments, made at the
-    first name (a hostile driver may rewrite its buffer while we parse: what we check
-    is what we use)."""
-
-    __slots__ = ("_base", "_raw", "buf", "end", "pos")
-
-    def __init__(self, buf: memoryview, pos: int = 0, end: int | None = None) -> None:
-        self.buf = buf
-        self.pos = pos
-        self.end = len(buf) if end is None else end
-        self._raw: bytes | None = None
-        self._base = pos
-
-    def struct(self, s: Any) -> tuple[Any, ...]:
-        end = self.pos + s.size
-        if end > self.end:
-            raise BadRequest(f"short {s.size}-byte argument")
-        v = s.unpack_from(self.buf, self.pos)
-        self.pos = end
-        return v
-
-    def name(self) -> bytes:
-        """A NUL-terminated string."""
-        raw = self._raw
-        if raw is None:
-            raw = self._raw = bytes(self.buf[self._base:self.end])
-        start = self.pos - self._base
-        i = raw.find(b"\0", start)
-        if i < 0:
-            raise BadRequest("unterminated name")
-        self.pos = self._base + i + 1
-        return raw[start:i]
-
-    def take(self, n: int) -> memoryview:
-        if n < 0 or self.pos + n > self.end:
-            raise BadRequest("short payload")
-        v = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return v
-
-    def remaining(self) -> int:
-        return self.end - self.pos
 
 
 HandleHook = Callable[[int, int], None]
