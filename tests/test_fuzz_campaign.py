@@ -101,6 +101,9 @@ def test_native_ring_and_datapath_under_sanitizers() -> None:
     # The damage mix reaches both outcomes and the C fast path itself.
     assert int(s["served"]) > 10_000 and int(s["broken"]) > 1000
     assert int(s["fast_reads"]) > 0 and int(s["fast_writes"]) > 0
+    # ...and the C metadata path (csrc/fuse_meta.c) with its inode table.
+    assert min(int(s[k]) for k in ("meta_lookups", "meta_getattrs", "meta_forgets",
+                                   "meta_statfs")) > 0
 
 
 # ---- the oracles ----------------------------------------------------------------------

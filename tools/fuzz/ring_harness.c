@@ -12,16 +12,23 @@
  * set up again. Nothing here checks results: the sanitizers and the guard pages are the
  * oracle (an access outside the regions, UB, a leak).
  *
- * Linked with virtq.c and fuse_datapath.c as their own units (they share static names).
+ * Linked with virtq.c and fuse_datapath.c as their own units (they share static names),
+ * and the metadata path (fuse_meta.c, inodes.c) attached over a small real directory, so
+ * LOOKUP/GETATTR/FORGET/BATCH_FORGET/STATFS chains with hostile names, counts and node
+ * ids reach it too.
  *
  *   ring_harness SEED COUNT     seeded inputs (xorshift), prints counts, done=1 at the end
  *   (clang -fsanitize=fuzzer: LLVMFuzzerTestOneInput is the libFuzzer entry point)
  */
 #define _GNU_SOURCE
 #include "fuse_datapath.h"
+#include "fuse_meta.h"
+#include "inodes.h"
 #include "virtq.h"
 
+#include <fcntl.h>
 #include <linux/fuse.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +50,9 @@ static struct msb_fs_table *table;
 static struct msb_chain slow[8];
 static struct msb_fs_stats st;
 static int data_fd;
+static struct msb_inodes *inodes;
+static struct msb_meta *meta;
+static char meta_dir[] = "/tmp/msbfs-ring-harness-XXXXXX";
 static uint64_t served, broken, inputs, damaged[12];
 
 struct cursor { const uint8_t *p; size_t n, i; };
@@ -71,6 +81,64 @@ static void setup(void)
     table = msb_fs_table_new();
     msb_fs_table_set(table, 7, data_fd, MSB_FS_READ | MSB_FS_WRITE);
     msb_fs_table_set(table, 8, data_fd, MSB_FS_READ);
+    /* The metadata path over a small real directory: LOOKUP/GETATTR/FORGET/STATFS
+     * chains reach csrc/fuse_meta.c and the inode table (fd cache of 2: evictions). */
+    if (!mkdtemp(meta_dir)) { perror("mkdtemp"); exit(2); }
+    int dir = open(meta_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    struct stat sb;
+    if (dir < 0 || fstat(dir, &sb) < 0) { perror(meta_dir); exit(2); }
+    for (int i = 0; i < 4; i++) {
+        char name[2] = { (char)('a' + i), 0 };
+        int f = openat(dir, name, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+        if (f >= 0)
+            close(f);
+    }
+    inodes = msb_inodes_new(dir, sb.st_dev, sb.st_ino, sb.st_mode, 2, 64, 16);
+    meta = msb_meta_new(inodes);
+    if (!inodes || !meta) abort();
+    meta->root_dev = sb.st_dev;
+    meta->mode_mask = ~06000u;
+    meta->hide_rdev = 1;
+    meta->timeout_sec = 1;
+    meta->lookup_flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    meta->resolve = 0x08 | 0x02;   /* RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS */
+    meta->statfs = 1;
+    meta->enabled = 1;
+    msb_meta_set_ready(meta, 1);
+    msb_meta_attach(table, meta);
+}
+
+/* A metadata request's body: a name (sometimes damaged) or forget counts. */
+static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
+{
+    if (opcode == FUSE_LOOKUP) {
+        static const char *names[] = { "a", "b", "c", "d", "missing", ".", "..", "a/b" };
+        const char *n = names[take(c, 1) % 8];
+        uint32_t len = (uint32_t)strlen(n);
+        memcpy(p, n, len + 1);
+        if (take(c, 1) < 32)
+            return len;                          /* no NUL */
+        if (take(c, 1) < 16) {
+            uint32_t big = 250 + (uint32_t)take(c, 1) % 12;   /* around NAME_MAX */
+            memset(p, 'x', big);
+            p[big] = 0;
+            return big + 1;
+        }
+        return len + 1;
+    }
+    if (opcode == FUSE_BATCH_FORGET) {
+        uint32_t count = (uint32_t)take(c, 1) % 6, have = (uint32_t)take(c, 1) % 6;
+        memcpy(p, &count, 4);
+        memset(p + 4, 0, 4);
+        for (uint32_t i = 0; i < have; i++) {
+            struct fuse_forget_one one = { take(c, 1) % 12, take(c, 1) < 16 ? UINT64_MAX : take(c, 1) % 3 };
+            memcpy(p + 8 + i * sizeof one, &one, sizeof one);
+        }
+        return 8 + have * (uint32_t)sizeof(struct fuse_forget_one);
+    }
+    uint64_t n = take(c, 1) < 16 ? UINT64_MAX : take(c, 1) % 3;   /* FORGET, STATFS: junk */
+    memcpy(p, &n, 8);
+    return (uint32_t)take(c, 1) % 9;
 }
 
 static void reset_ring(uint8_t flags)
@@ -89,7 +157,22 @@ static const uint64_t bad_addrs[] = { REG - 8, REG, 2 * REG - 8, 3 * REG, 3 * RE
 /* A FUSE request at scratch offset `off` of region 0; returns its length. */
 static uint32_t put_request(struct cursor *c, uint32_t off)
 {
-    uint8_t kind = (uint8_t)take(c, 1) % 4;
+    uint8_t kind = (uint8_t)take(c, 1) % 6;
+    if (kind >= 4) {
+        static const uint32_t ops[] = { FUSE_LOOKUP, FUSE_LOOKUP, FUSE_FORGET,
+                                        FUSE_BATCH_FORGET, FUSE_STATFS, FUSE_GETATTR };
+        uint32_t opcode = ops[take(c, 1) % 6];
+        uint32_t body = opcode == FUSE_GETATTR ? (uint32_t)take(c, 1) % 24
+                        : put_meta_body(c, opcode, ram0 + off + sizeof(struct fuse_in_header));
+        if (opcode == FUSE_GETATTR)
+            memset(ram0 + off + sizeof(struct fuse_in_header), (int)take(c, 1) & 1, body);
+        struct fuse_in_header h = { .len = (uint32_t)(sizeof h + body), .opcode = opcode,
+                                    .unique = take(c, 1), .nodeid = take(c, 1) % 12 };
+        if (take(c, 1) < 8)
+            h.nodeid = UINT64_MAX;
+        memcpy(ram0 + off, &h, sizeof h);
+        return (uint32_t)sizeof h + body;
+    }
     uint32_t opcode = kind == 0 ? FUSE_READ : kind == 1 ? FUSE_WRITE : kind == 2 ? FUSE_GETATTR
                       : (uint32_t)take(c, 1);
     uint32_t body = opcode == FUSE_READ || opcode == FUSE_WRITE ? sizeof(struct fuse_read_in) : 16;
@@ -234,14 +317,28 @@ int main(int argc, char **argv)
         }
         fuzz_one(input, sizeof input);
     }
+    struct msb_meta_stats ms;
+    msb_meta_stats(meta, &ms);
+    msb_meta_attach(table, NULL);
     msb_fs_table_free(table);
+    msb_meta_free(meta);
+    msb_inodes_free(inodes);
+    for (int i = 0; i < 4; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "%s/%c", meta_dir, 'a' + i);
+        unlink(path);
+    }
+    rmdir(meta_dir);
     close(data_fd);
     for (int k = 0; k < 12; k++)
         printf("damage%d=%llu ", k, (unsigned long long)damaged[k]);
     printf("inputs=%llu served=%llu broken=%llu fast_reads=%llu fast_writes=%llu slow=%llu "
-           "done=1\n", (unsigned long long)inputs, (unsigned long long)served,
+           "meta_lookups=%llu meta_getattrs=%llu meta_forgets=%llu meta_statfs=%llu done=1\n",
+           (unsigned long long)inputs, (unsigned long long)served,
            (unsigned long long)broken, (unsigned long long)st.reads,
-           (unsigned long long)st.writes, (unsigned long long)st.slow);
+           (unsigned long long)st.writes, (unsigned long long)st.slow,
+           (unsigned long long)ms.lookups, (unsigned long long)ms.getattrs,
+           (unsigned long long)ms.forgets, (unsigned long long)ms.statfs);
     return 0;
 }
 #endif
