@@ -194,3 +194,43 @@ async def test_id_mapped_trees_stay_in_python(fs_client: Callable[..., Any],
         assert not c.device.meta.available
         await c.ok(c.r.lookup(ROOT, b"a"))
         assert c.device.meta.statistics() == {}
+
+
+async def test_lookups_and_forgets_on_four_queues_balance(fs_client: Callable[..., Any],
+                                                         tmp_path: Path) -> None:
+    """Four request queues, each on its own serving thread, look up the same names and
+    forget them again at once: the C table's counts stay exact under concurrency (every
+    inode goes at the end, its fd closed), and the C path answered all of them."""
+    import trio
+    names = [b"f%d" % i for i in range(48)]
+    for n in names:
+        (tmp_path / n.decode()).write_bytes(b"")
+    rounds = 6
+    async with fs_client(tmp_path, request_queues=4) as c:
+        tree = c.device.tree
+        base_inodes, base_fds = tree.statistics().inodes, _fds()
+        before = c.device.meta.statistics()
+        r = c.r
+
+        async def one_queue(q: int) -> None:
+            for _ in range(rounds):
+                done = []
+                for k in range(0, len(names), 16):  # two descriptors each: a 64-entry ring
+                    done += await c.fe.submit_many(
+                        q, [([r.lookup(ROOT, n)], [4096]) for n in names[k:k + 16]])
+                ids = [parse_entry(bytes(d.data[16:d.used_len])).nodeid for d in done]
+                await c.fe.submit_many(q, [([r.batch_forget([(i, 1) for i in ids])], [])])
+
+        async with trio.open_nursery() as nursery:
+            for q in range(1, 5):
+                nursery.start_soon(one_queue, q)
+        after = c.device.meta.statistics()
+        assert after["lookups"] - before["lookups"] == 4 * rounds * len(names)
+        assert after["forgets"] - before["forgets"] == 4 * rounds * len(names)
+        assert tree.statistics().inodes == base_inodes
+        assert tree.statistics().extra["inode_fds"] == base_inodes  # one fd each, no more
+        assert _fds() == base_fds
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
