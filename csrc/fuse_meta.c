@@ -150,7 +150,7 @@ static int serve_getattr(struct msb_meta *m, struct msb_vq *vq, struct msb_chain
     if (ft < 0)
         return 0;
     struct stat st;
-    if (fstat((int)(ft >> 17), &st) < 0 || st.st_dev != m->root_dev)
+    if (fstat((int)(ft >> MSB_INODE_FD_SHIFT), &st) < 0 || st.st_dev != m->root_dev)
         return 0;
     memset(&r, 0, sizeof r);
     r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = ih->unique };

@@ -649,7 +649,7 @@ int64_t msb_inodes_fd_traits(struct msb_inodes *t, uint64_t nodeid)
     struct inode *n = by_id(t, nodeid);
     if (n) {
         int fd = fd_locked(t, n);
-        r = fd < 0 ? fd : (int64_t)fd << 17 | n->kind | (n->submount ? MSB_INODE_SUBMOUNT : 0);
+        r = fd < 0 ? fd : (int64_t)fd << MSB_INODE_FD_SHIFT | n->kind | (n->submount ? MSB_INODE_SUBMOUNT : 0);
     }
     pthread_mutex_unlock(&t->lock);
     return r;

@@ -88,6 +88,7 @@ int msb_inodes_fd(struct msb_inodes *t, uint64_t nodeid);
 /* The same answers packed in one integer, for the Python wrapper's hot path (no
  * struct to allocate per call). Node ids stay below 2^62: the counter moves by one. */
 #define MSB_INODE_SUBMOUNT 0x10000   /* with the S_IFMT bits of the kind */
+#define MSB_INODE_FD_SHIFT 17        /* msb_inodes_fd_traits: the fd above those bits */
 /* kind | MSB_INODE_SUBMOUNT, or -EBADF. */
 int64_t msb_inodes_traits(struct msb_inodes *t, uint64_t nodeid);
 /* msb_inodes_fd's fd << 17 | msb_inodes_traits's bits, or its -errno. */

@@ -127,7 +127,7 @@ static void test_hostile_counts(void)
     CHECK(msb_inodes_get(t, 0, &r) == -EBADF && msb_inodes_get(t, UINT64_MAX, &r) == -EBADF);
     CHECK(msb_inodes_fd(t, UINT64_MAX) == -EBADF);
     CHECK(msb_inodes_fd_traits(t, UINT64_MAX) == -EBADF);
-    CHECK(msb_inodes_fd_traits(t, a.nodeid) == ((int64_t)a.fd << 17 | S_IFREG));
+    CHECK(msb_inodes_fd_traits(t, a.nodeid) == ((int64_t)a.fd << MSB_INODE_FD_SHIFT | S_IFREG));
     CHECK(msb_inodes_nopen_add(t, UINT64_MAX, 1) == -EBADF);
     /* nopen never goes below zero whatever the caller does. */
     CHECK(msb_inodes_nopen_add(t, a.nodeid, -1) == 0);

@@ -37,6 +37,7 @@ from msbfs.tree.types import ROOT_ID
 AT_EMPTY_PATH = 0x1000
 _NONE = lib.MSB_INODES_NONE  # no bound
 SUBMOUNT = lib.MSB_INODE_SUBMOUNT  # in the kind bits of fd_traits
+FD_SHIFT = lib.MSB_INODE_FD_SHIFT  # fd_traits: the fd above the kind bits
 _U64 = (1 << 64) - 1
 # Bound once: these run several times per request.
 _fd_of = lib.msb_inodes_fd
@@ -167,15 +168,19 @@ class InodeTable:
             raise OSError(errno.EBADF, "unknown node id")
         return Inode(self, nodeid, traits)
 
-    def fd_traits(self, nodeid: int) -> tuple[int, int]:
-        """The hot paths' ``get(nodeid).fd`` in one call, with no view: the fd and the
-        kind bits (| MSB_INODE_SUBMOUNT). EBADF for a node id not in the table."""
-        r = _fd_traits(self.c, nodeid) if 0 <= nodeid <= _U64 else -errno.EBADF
+    def fd_traits(self, nodeid: int) -> int:
+        """The hot paths' ``get(nodeid).fd`` in one call, with no view, packed as C
+        packs it: the fd is ``r >> FD_SHIFT``, ``r & SUBMOUNT`` the submount flag (and
+        the S_IFMT bits the kind). EBADF for a node id not in the table."""
+        try:
+            r: int = _fd_traits(self.c, nodeid)
+        except (OverflowError, TypeError):  # not a u64: no such node id
+            r = -errno.EBADF
         if r < 0:
             if r == -errno.EBADF:
                 raise OSError(errno.EBADF, "unknown node id")
             _raise(r)
-        return r >> 17, r & 0x1ffff
+        return r
 
     def find_ref_id(self, st: os.stat_result) -> int:
         """``find_ref`` without a view: node id << 1 | submount, or -1 (not held)."""

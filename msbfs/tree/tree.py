@@ -52,7 +52,7 @@ from msbfs.fdlimit import raise_fd_limit
 from msbfs.tree.creds import Identities
 from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
 from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
-from msbfs.tree.inodes import AT_EMPTY_PATH, SUBMOUNT, Inode, InodeTable
+from msbfs.tree.inodes import AT_EMPTY_PATH, FD_SHIFT, SUBMOUNT, Inode, InodeTable
 from msbfs.tree.policy import (
     AttrShape,
     Policy,
@@ -446,7 +446,7 @@ class Tree:
     # ---- inodes ----------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Entry:
         inodes = self._inodes
-        pfd = inodes.fd_traits(parent)[0]
+        pfd = inodes.fd_traits(parent) >> FD_SHIFT
         name = _name(name)
         if name != b"." and name != b"..":
             # Warm path, no inode views: a stat of the single component (never following
@@ -530,7 +530,8 @@ class Tree:
             self.forget(nodeid, nlookup)
 
     def getattr(self, nodeid: int, fh: int | None, ctx: Ctx) -> tuple[Attr, float]:
-        fd, traits = self._inodes.fd_traits(nodeid)
+        traits = self._inodes.fd_traits(nodeid)
+        fd = traits >> FD_SHIFT
         if fh is not None:
             h = self._handles.get(fh)
             if h is not None and h.inode.nodeid == nodeid:
