@@ -40,6 +40,7 @@ struct inode {
     int mount_id;
     uint32_t kind;
     uint8_t submount, pinned, used, in_ring;
+    uint8_t keyed;                           /* on the (dev, ino) index (see stale()) */
     struct inode_handle *handle;             /* once the fd had to be closed */
     struct inode *id_next, *key_next;        /* hash chains */
     struct inode *prev, *next;               /* CLOCK ring */
@@ -117,6 +118,18 @@ static void link_node(struct msb_inodes *t, struct inode *n)
     t->by_id[i] = n;
     n->key_next = t->by_key[k];
     t->by_key[k] = n;
+    n->keyed = 1;
+}
+
+static void unlink_key(struct msb_inodes *t, struct inode *n)
+{
+    if (!n->keyed)
+        return;
+    struct inode **p = &t->by_key[key_slot(t, n->dev, n->ino)];
+    while (*p != n)
+        p = &(*p)->key_next;
+    *p = n->key_next;
+    n->keyed = 0;
 }
 
 static void unlink_node(struct msb_inodes *t, struct inode *n)
@@ -125,10 +138,7 @@ static void unlink_node(struct msb_inodes *t, struct inode *n)
     while (*p != n)
         p = &(*p)->id_next;
     *p = n->id_next;
-    p = &t->by_key[key_slot(t, n->dev, n->ino)];
-    while (*p != n)
-        p = &(*p)->key_next;
-    *p = n->key_next;
+    unlink_key(t, n);
 }
 
 /* Double both indexes when the load passes 1; on ENOMEM keep the old ones (longer
@@ -153,7 +163,10 @@ static void maybe_grow(struct msb_inodes *t)
         struct inode *n = old_ids[i];
         while (n) {
             struct inode *next = n->id_next;
+            int keyed = n->keyed;
             link_node(t, n);
+            if (!keyed)
+                unlink_key(t, n);   /* a dead one stays off the (dev, ino) index */
             n = next;
         }
     }
@@ -318,6 +331,20 @@ static int reopen(struct msb_inodes *t, struct inode *n)
     t->reopens++;
     opened(t, n);
     return n->fd;
+}
+
+/* An evicted inode's (dev, ino) may name another object by now: the file was deleted on
+ * the host after its fd was closed, and the filesystem handed its number to a new file
+ * (ext4 does at once). Its handle then says ESTALE. Such a node leaves the (dev, ino)
+ * index, so the new object gets a node of its own: found there, the new name would get
+ * the dead node's id, whose every use is ESTALE, for as long as the client holds it.
+ * The id stays the client's until forgotten. 1: stale. Lock held. */
+static int stale(struct msb_inodes *t, struct inode *n)
+{
+    if (n->fd >= 0 || reopen(t, n) != -ESTALE)
+        return 0;
+    unlink_key(t, n);
+    return 1;
 }
 
 /* Can this process re-open the root from its handle? Seeds the root's mount fd. */
@@ -504,6 +531,8 @@ int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
 {
     pthread_mutex_lock(&t->lock);
     struct inode *n = by_key(t, dev, ino);
+    if (n && stale(t, n))
+        n = NULL;
     if (n) {
         if (ref)
             n->nlookup++;
@@ -519,6 +548,8 @@ int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
     int r = 0;
     pthread_mutex_lock(&t->lock);
     struct inode *n = by_key(t, dev, ino);
+    if (n && stale(t, n))
+        n = NULL;
     if (!n) {
         n = new_node(t->next_id, fd, dev, ino, mode, submount);
         if (!n) {

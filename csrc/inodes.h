@@ -70,7 +70,10 @@ int msb_inodes_check_room(struct msb_inodes *t);
 /* 0 and *out, or -EBADF for a node id not in the table. */
 int msb_inodes_get(struct msb_inodes *t, uint64_t nodeid, struct msb_inode_info *out);
 /* The inode (dev, ino) names: 0 and *out (with one more lookup counted if ref, under
- * the same lock: a forget in between cannot drop it), or -ENOENT. */
+ * the same lock: a forget in between cannot drop it), or -ENOENT. An evicted inode
+ * whose handle says ESTALE (deleted on the host, its number maybe reused) is no longer
+ * found by (dev, ino), nor joined by msb_inodes_add: its id answers ESTALE until
+ * forgotten. */
 int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
                     struct msb_inode_info *out);
 /* Count one lookup of the inode fd (O_PATH) names. Takes fd in every case: kept for a

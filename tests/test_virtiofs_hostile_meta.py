@@ -1,0 +1,134 @@
+"""A hostile guest (and a busy host) against the C inode table and the C metadata path,
+through the in-tree vhost-user frontend and real devices: what the differential test
+(test_virtiofs_meta.py) cannot see because C and Python share the table.
+
+- An inode whose fd the cache closed (only its file handle kept) is deleted on the host
+  and its inode number reused by a new file (ext4 does so at once): the new file must
+  get an inode of its own, not the dead one's node id, whose handle can only say ESTALE
+  (the new name was unusable for as long as the guest held the old id).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msbfs.fuse.kernel import parse_attr_out, parse_entry
+
+ROOT = 1
+CACHE = 16  # the smallest fd cache the tree takes: eviction on every few lookups
+
+
+def _reuse_ino(root: Path, ino: int) -> str | None:
+    """Create files until the host hands out ``ino`` again; the name, or None."""
+    for k in range(256):
+        p = root / f"new{k}"
+        p.write_bytes(b"new file %d" % k)
+        if p.stat().st_ino == ino:
+            return p.name
+    return None
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[Path]:
+    """A small ext4 of our own, mounted from a loop image: ext4 hands a freed inode
+    number to the next file at once, and no other process allocates there (the host's
+    /tmp is shared with everything else running)."""
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        pytest.skip("needs root and mkfs.ext4")
+    img, mnt = tmp_path / "ext4.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    if subprocess.run(["mount", "-o", "loop", str(img), str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a loop device here")
+    try:
+        root = mnt / "root"
+        root.mkdir()
+        yield root
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+async def _evict(c: Any, names: list[bytes]) -> None:
+    for n in names:
+        await c.ok(c.r.lookup(ROOT, n))
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+async def test_reused_inode_number_gets_a_fresh_inode(fs_client: Callable[..., Any],
+                                                      ext4: Path, path: str) -> None:
+    root = ext4
+    others = [b"o%d" % i for i in range(3 * CACHE)]
+    for n in others:
+        (root / n.decode()).write_bytes(b"")
+    (root / "old").write_bytes(b"old file")
+    async with fs_client(root, max_inode_fds=CACHE) as c:
+        c.device.meta.enabled = path == "c"
+        old = parse_entry(await c.ok(c.r.lookup(ROOT, b"old")))
+        await _evict(c, others)
+        stats = c.device.tree.statistics().extra
+        assert stats["inode_fd_evictions"] > 0 and stats["inode_fds"] <= CACHE + 1
+        ino = (root / "old").stat().st_ino
+        (root / "old").unlink()  # on the host, behind the guest's back
+        name = _reuse_ino(root, ino)
+        if name is None:
+            pytest.fail("ext4 did not reuse the inode number")
+        before = c.device.meta.statistics()["lookups"]
+        new = parse_entry(await c.ok(c.r.lookup(ROOT, name.encode())))
+        assert (c.device.meta.statistics()["lookups"] > before) == (path == "c")
+        # The reply's attributes are the new file's either way; the node id must be one
+        # that reaches it (the old one's handle names the deleted file: ESTALE).
+        assert new.attr[0] == ino
+        reply = await c.call(c.r.getattr(new.nodeid))
+        assert reply.error == 0, f"GETATTR of the new file's node id: errno {reply.error}"
+        assert parse_attr_out(reply.payload)[1][0] == ino
+        assert new.nodeid != old.nodeid
+        # The dead inode stays the guest's until it forgets it: ESTALE, never the new
+        # file; then it goes.
+        assert (await c.call(c.r.getattr(old.nodeid))).error != 0
+        inodes = c.device.tree.statistics().inodes
+        await c.fe.submit_many(0, [([c.r.forget(old.nodeid, 1)], [])])
+        assert c.device.tree.statistics().inodes == inodes - 1
+
+
+async def test_guest_unlink_then_create_reusing_the_number(fs_client: Callable[..., Any],
+                                                           ext4: Path) -> None:
+    """The guest itself: it holds an evicted file's id, unlinks the name, creates a new
+    file that gets the same inode number. CREATE must not graft the new file's fd onto
+    the dead node (whose old handle then comes back at the next eviction: ESTALE for
+    the file just created)."""
+    root = ext4
+    others = [b"o%d" % i for i in range(3 * CACHE)]
+    more = [b"p%d" % i for i in range(3 * CACHE)]
+    for n in others + more:
+        (root / n.decode()).write_bytes(b"")
+    (root / "old").write_bytes(b"old file")
+    async with fs_client(root, max_inode_fds=CACHE) as c:
+        old = parse_entry(await c.ok(c.r.lookup(ROOT, b"old")))
+        await _evict(c, others)
+        ino = old.attr[0]
+        await c.ok(c.r.unlink(ROOT, b"old"))
+        for k in range(64):
+            payload = await c.ok(c.r.create(ROOT, b"new%d" % k, 0o644, os.O_RDWR))
+            new = parse_entry(payload)
+            fh = int.from_bytes(payload[-16:-8], "little")
+            await c.call(c.r.release(new.nodeid, fh))
+            if new.attr[0] == ino:
+                break
+        else:
+            pytest.fail("ext4 did not reuse the inode number")
+        evictions = c.device.tree.statistics().extra["inode_fd_evictions"]
+        await _evict(c, more)  # the new file's fd goes too: its handle must be its own
+        assert c.device.tree.statistics().extra["inode_fd_evictions"] >= evictions + 2 * CACHE
+        reply = await c.call(c.r.getattr(new.nodeid))
+        assert reply.error == 0, f"GETATTR of the file just created: errno {reply.error}"
+        assert parse_attr_out(reply.payload)[1][0] == ino
