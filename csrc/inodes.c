@@ -41,6 +41,8 @@ struct inode {
     uint32_t kind;
     uint8_t submount, pinned, used, in_ring;
     uint8_t keyed;                           /* on the (dev, ino) index (see stale()) */
+    uint8_t doomed;                          /* on t->doomed: at 0 during a hold */
+    struct inode *doomed_next;
     struct inode_handle *handle;             /* once the fd had to be closed */
     struct inode *id_next, *key_next;        /* hash chains */
     struct inode *prev, *next;               /* CLOCK ring */
@@ -61,6 +63,8 @@ struct msb_inodes {
     uint64_t ring_len;
     struct mount_fd *mounts;                 /* mount id -> readable fd on that mount */
     size_t nmounts;
+    uint64_t holds;                          /* msb_inodes_hold: drops wait for 0 */
+    struct inode *doomed;                    /* forgotten to 0 while held */
 };
 
 /* The one place an inode fd is closed (see the top of this file). Request queues run
@@ -452,6 +456,7 @@ static void clear_locked(struct msb_inodes *t)
     }
     t->ring.prev = t->ring.next = &t->ring;
     t->ring_len = 0;
+    t->doomed = NULL;   /* every node on it was just freed */
     link_node(t, t->root);
     t->root->nlookup = 1;
     t->count = 1;
@@ -588,24 +593,60 @@ int msb_inodes_ref(struct msb_inodes *t, uint64_t nodeid)
     return n ? 0 : -EBADF;
 }
 
+static void drop_locked(struct msb_inodes *t, struct inode *n)
+{
+    unlink_node(t, n);
+    ring_remove(t, n);
+    t->count--;
+    if (n->fd >= 0) {
+        t->nfds--;
+        inode_fd_retire(t, n->fd);
+    }
+    free_node(n);
+}
+
 void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup)
 {
     if (nodeid == ROOT_ID)
         return;
     pthread_mutex_lock(&t->lock);
     struct inode *n = by_id(t, nodeid);
-    if (n) {
+    if (n && n->nlookup) {
         /* The client decides nlookup: more than it holds takes them all. */
         n->nlookup = nlookup >= n->nlookup ? 0 : n->nlookup - nlookup;
         if (n->nlookup == 0) {
-            unlink_node(t, n);
-            ring_remove(t, n);
-            t->count--;
-            if (n->fd >= 0) {
-                t->nfds--;
-                inode_fd_retire(t, n->fd);
+            if (!t->holds) {
+                drop_locked(t, n);
+            } else if (!n->doomed) {
+                n->doomed = 1;   /* msb_inodes_unhold drops it, unless looked up again */
+                n->doomed_next = t->doomed;
+                t->doomed = n;
             }
-            free_node(n);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+void msb_inodes_hold(struct msb_inodes *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->holds++;
+    pthread_mutex_unlock(&t->lock);
+}
+
+void msb_inodes_unhold(struct msb_inodes *t)
+{
+    pthread_mutex_lock(&t->lock);
+    if (t->holds && --t->holds == 0) {
+        struct inode *n = t->doomed;
+        t->doomed = NULL;
+        while (n) {
+            struct inode *next = n->doomed_next;
+            n->doomed = 0;
+            n->doomed_next = NULL;
+            if (n->nlookup == 0)
+                drop_locked(t, n);
+            n = next;
         }
     }
     pthread_mutex_unlock(&t->lock);

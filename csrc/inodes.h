@@ -82,9 +82,17 @@ int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
                    uint32_t mode, int submount, struct msb_inode_info *out);
 /* One more lookup of an inode in the table (link, "."); -EBADF if it is not. */
 int msb_inodes_ref(struct msb_inodes *t, uint64_t nodeid);
-/* Take nlookup lookups away (more than held: all of them); at zero the inode goes.
- * Unknown ids and the root are ignored (FORGET has no reply). */
+/* Take nlookup lookups away (more than held: all of them); at zero the inode goes (at
+ * the last msb_inodes_unhold if held). Unknown ids and the root are ignored (FORGET has
+ * no reply). */
 void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup);
+/* A request of the Python tree is running: the tree was written for requests that
+ * see no FORGET half-way, but the C path forgets on other queue threads meanwhile. An
+ * inode whose count falls to zero while held stays in the table (fd open, id valid,
+ * still found by (dev, ino)) until the last unhold, which drops it unless it was
+ * looked up again meanwhile. Counted: holds nest. */
+void msb_inodes_hold(struct msb_inodes *t);
+void msb_inodes_unhold(struct msb_inodes *t);
 /* The inode's O_PATH fd, re-opened from its handle if evicted; marks it used (CLOCK).
  * -EBADF: not in the table (unknown, or forgotten); other -errno: open_by_handle_at's. */
 int msb_inodes_fd(struct msb_inodes *t, uint64_t nodeid);

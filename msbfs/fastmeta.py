@@ -36,8 +36,10 @@ class CMetadata:
         config = tree.c_metadata() if type(tree) is Tree else None
         self._config = config  # keeps the inode table alive as long as the C path
         self._m = ffi.NULL
+        self._inodes = ffi.NULL
         if config is None:
             return
+        self._inodes = config.inodes.c
         m = ffi.gc(lib.msb_meta_new(config.inodes.c), lib.msb_meta_free)
         if m == ffi.NULL:
             raise MemoryError("metadata path")
@@ -80,6 +82,18 @@ class CMetadata:
         nothing more; the caller's grace period then waits for rounds in flight."""
         if self.available:
             lib.msb_meta_set_ready(self._m, 0)
+
+    def hold(self) -> None:
+        """A slow request begins: inodes C forgets to zero on other queue threads stay
+        in the table until ``unhold`` (csrc/inodes.h, msb_inodes_hold): the tree was
+        written for requests no FORGET cuts in half (a parent gone between two steps
+        of a CREATE left its fds open)."""
+        if self._inodes != ffi.NULL:
+            lib.msb_inodes_hold(self._inodes)
+
+    def unhold(self) -> None:
+        if self._inodes != ffi.NULL:
+            lib.msb_inodes_unhold(self._inodes)
 
     def statistics(self) -> dict[str, int]:
         if not self.available:

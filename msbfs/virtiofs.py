@@ -276,7 +276,9 @@ class VirtioFsDevice(VhostUserDevice):
         deferred (pushed when it completes), < 0 when the ring broke."""
         with self.lock:
             # Lock first, section second: a section never waits for the lock (a
-            # RELEASE holding it waits for sections).
+            # RELEASE holding it waits for sections). The inode table held: no FORGET
+            # of another queue's C path drops an inode half-way through the request.
+            self.meta.hold()
             lib.msb_grace_enter()
             try:
                 n = lib.msb_fs_gather(c, self._req_ptr, MAX_REQUEST)
@@ -288,6 +290,7 @@ class VirtioFsDevice(VhostUserDevice):
                     reply = self.session.dispatch(self._req_view[:n], c.in_len)
             finally:
                 lib.msb_grace_exit()
+                self.meta.unhold()
         if type(reply) is bytes:
             return self._answer(cvq, vq, c, reply)
         if reply is None:

@@ -5,11 +5,16 @@ through the in-tree vhost-user frontend and real devices: what the differential 
 - An inode whose fd the cache closed (only its file handle kept) is deleted on the host
   and its inode number reused by a new file (ext4 does so at once): the new file must
   get an inode of its own, not the dead one's node id, whose handle can only say ESTALE
-  (the new name was unusable for as long as the guest held the old id).
+  (the new name was unusable for as long as the guest held the old id);
+- FORGET of a directory on one queue (answered in C, on that queue's thread) while
+  another queue's slow path (Python) creates files in it: the tree was written for
+  requests no FORGET cuts in half; a parent dropped between two steps of a CREATE made
+  it fail ESTALE after the file and its fds were made, and left the fds open.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -18,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from msbfs.fuse.kernel import parse_attr_out, parse_entry
+from msbfs.fuse.kernel import parse_attr_out, parse_entry, parse_reply
+from msbfs.tree import Policy
 
 ROOT = 1
 CACHE = 16  # the smallest fd cache the tree takes: eviction on every few lookups
+U64 = (1 << 64) - 1
 
 
 def _reuse_ino(root: Path, ino: int) -> str | None:
@@ -132,3 +140,63 @@ async def test_guest_unlink_then_create_reusing_the_number(fs_client: Callable[.
         reply = await c.call(c.r.getattr(new.nodeid))
         assert reply.error == 0, f"GETATTR of the file just created: errno {reply.error}"
         assert parse_attr_out(reply.payload)[1][0] == ino
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_forget_of_the_parent_on_another_queue_mid_create(
+        fs_client: Callable[..., Any], tmp_path: Path) -> None:
+    """Queue 1 creates files in ``d`` (a quota keeps CREATE's every step in the tree);
+    queue 2 keeps forgetting ``d`` for good. Every CREATE either fails at once (EBADF:
+    the id was gone before it began) or succeeds; none fails half-way (ESTALE), and
+    once every handle is released and every inode forgotten the daemon holds exactly
+    the fds it held before. Before the fix: ESTALE replies and leaked fds."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "d").mkdir()
+    policy = Policy(quota_bytes=256 << 20, quota_inodes=100_000)
+    async with fs_client(root, policy, request_queues=2) as c:
+        r = c.r
+        base_fds, base_inodes = _fds(), c.device.tree.statistics().inodes
+        current = [0]
+        errors: dict[int, int] = {}
+        finished = trio.Event()
+
+        async def creator() -> None:
+            n = 0
+            for _ in range(300):
+                d = parse_entry(await c.ok(r.lookup(ROOT, b"d"))).nodeid
+                current[0] = d
+                creates = []
+                for _ in range(12):
+                    n += 1
+                    creates.append(([r.create(d, b"f%d" % n, 0o644, os.O_RDWR)], [4096]))
+                undo = []
+                for done in await c.fe.submit_many(1, creates):
+                    reply = parse_reply(bytes(done.data[:done.used_len]))
+                    errors[reply.error] = errors.get(reply.error, 0) + 1
+                    if reply.error == 0:
+                        e = parse_entry(reply.payload)
+                        fh = int.from_bytes(reply.payload[-16:-8], "little")
+                        undo += [([r.release(e.nodeid, fh)], [4096]),
+                                 ([r.forget(e.nodeid, 1)], [])]
+                for k in range(0, len(undo), 32):
+                    await c.fe.submit_many(1, undo[k:k + 32])
+            finished.set()
+
+        async def forgetter() -> None:
+            while not finished.is_set():
+                if current[0]:
+                    await c.fe.submit_many(2, [([r.forget(current[0], U64)], [])])
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(creator)
+            nursery.start_soon(forgetter)
+        assert c.device.meta.statistics()["forgets"] > 0
+        assert errors.get(0, 0) > 0
+        assert set(errors) <= {0, errno.EBADF}, errors
+        assert c.device.tree.statistics().inodes == base_inodes
+        assert _fds() == base_fds
