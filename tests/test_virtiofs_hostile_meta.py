@@ -9,7 +9,10 @@ through the in-tree vhost-user frontend and real devices: what the differential 
 - FORGET of a directory on one queue (answered in C, on that queue's thread) while
   another queue's slow path (Python) creates files in it: the tree was written for
   requests no FORGET cuts in half; a parent dropped between two steps of a CREATE made
-  it fail ESTALE after the file and its fds were made, and left the fds open.
+  it fail ESTALE after the file and its fds were made, and left the fds open;
+- INIT and DESTROY on one queue while three others look names up in C, with a small fd
+  cache evicting all along: after the last DESTROY nothing is answered (C included),
+  and the daemon holds no inode and no fd more than before.
 """
 
 from __future__ import annotations
@@ -199,4 +202,48 @@ async def test_forget_of_the_parent_on_another_queue_mid_create(
         assert errors.get(0, 0) > 0
         assert set(errors) <= {0, errno.EBADF}, errors
         assert c.device.tree.statistics().inodes == base_inodes
+        assert _fds() == base_fds
+
+
+async def test_init_and_destroy_while_other_queues_look_up(fs_client: Callable[..., Any],
+                                                           tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    names = [b"f%d" % i for i in range(200)]
+    for n in names:
+        (root / n.decode()).write_bytes(b"")
+    async with fs_client(root, max_inode_fds=CACHE, request_queues=4) as c:
+        r = c.r
+        base_fds = _fds()
+        answered: dict[int, int] = {}
+
+        async def looker(q: int) -> None:
+            for k in range(80):
+                batch = [names[(q * 31 + k * 16 + i) % len(names)] for i in range(16)]
+                for done in await c.fe.submit_many(q, [([r.lookup(ROOT, n)], [4096])
+                                                       for n in batch]):
+                    e = parse_reply(bytes(done.data[:done.used_len])).error
+                    answered[e] = answered.get(e, 0) + 1
+
+        async def restarter() -> None:
+            for _ in range(40):
+                for req in (r.init(), r.destroy(), r.init()):
+                    await c.fe.submit_many(1, [([req], [4096])])
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as nursery:
+            for q in (2, 3, 4):
+                nursery.start_soon(looker, q)
+            nursery.start_soon(restarter)
+        assert answered.get(0, 0) > 0  # some lookups landed inside sessions
+        await c.fe.submit_many(1, [([r.destroy()], [4096])])
+        before = c.device.meta.statistics()["lookups"]
+        for q in (1, 2, 3, 4):
+            reply = await c.call(r.lookup(ROOT, names[q]))  # FuseClient: queue 1
+            assert reply.error == errno.EIO
+            done = await c.fe.submit_many(q, [([r.lookup(ROOT, names[q])], [4096])])
+            assert parse_reply(bytes(done[0].data[:done[0].used_len])).error == errno.EIO
+        assert c.device.meta.statistics()["lookups"] == before  # C answered none of them
+        stats = c.device.tree.statistics()
+        assert stats.inodes == 1 and stats.extra["inode_fds"] == 1
         assert _fds() == base_fds
