@@ -12,13 +12,18 @@ through the in-tree vhost-user frontend and real devices: what the differential 
   it fail ESTALE after the file and its fds were made, and left the fds open;
 - INIT and DESTROY on one queue while three others look names up in C, with a small fd
   cache evicting all along: after the last DESTROY nothing is answered (C included),
-  and the daemon holds no inode and no fd more than before.
+  and the daemon holds no inode and no fd more than before;
+- seeded random mixes of hostile requests on four request queues and hiprio at once
+  (any node id, forgets of any count, creates and removals in directories forgotten
+  meanwhile, handles released under readers): after DESTROY no inode, handle or fd is
+  left.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import random
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -28,7 +33,7 @@ from typing import Any
 import pytest
 import trio
 
-from msbfs.fuse.kernel import parse_attr_out, parse_entry, parse_reply
+from msbfs.fuse.kernel import Opcode, parse_attr_out, parse_entry, parse_open, parse_reply
 from msbfs.tree import Policy
 
 ROOT = 1
@@ -246,4 +251,99 @@ async def test_init_and_destroy_while_other_queues_look_up(fs_client: Callable[.
         assert c.device.meta.statistics()["lookups"] == before  # C answered none of them
         stats = c.device.tree.statistics()
         assert stats.inodes == 1 and stats.extra["inode_fds"] == 1
+        assert _fds() == base_fds
+
+
+def _hostile_batch(r: Any, rng: random.Random, ids: list[int],
+                   handles: list[tuple[int, int, bool]]) -> list[bytes]:
+    names = [b"n%d" % i for i in range(12)]
+    batch = []
+    for _ in range(rng.randrange(1, 12)):
+        nid = rng.choice(ids) if rng.random() < 0.9 else rng.choice([0, U64, 999_999])
+        name = rng.choice(names)
+        k = rng.randrange(16)
+        if k < 4:
+            batch.append(r.lookup(nid, name))
+        elif k == 4:
+            batch.append(r.getattr(nid))
+        elif k == 5:
+            batch.append(r.create(nid, name, 0o644, os.O_RDWR))
+        elif k == 6:
+            batch.append(r.mkdir(nid, name))
+        elif k == 7:
+            batch.append(r.unlink(nid, name))
+        elif k == 8:
+            batch.append(r.rmdir(nid, name))
+        elif k == 9:
+            batch.append(r.opendir(nid))
+        elif k == 10 and handles:
+            n, fh, d = rng.choice(handles)
+            batch.append(r.readdir(n, fh, 0, 4096, plus=True) if d else r.read(n, fh, 0, 4096))
+        elif k == 11 and handles:
+            n, fh, d = handles.pop(rng.randrange(len(handles)))
+            batch.append(r.releasedir(n, fh) if d else r.release(n, fh))
+        elif k == 12:
+            batch.append(r.statfs(nid))
+        elif k == 13:
+            batch.append(r.lookup(nid, b".."))
+        elif k == 14:
+            batch.append(r.open(nid, os.O_RDONLY))
+        else:
+            batch.append(r.rename(nid, name, rng.choice(ids), rng.choice(names)))
+    return batch
+
+
+def _learn(request: bytes, reply_bytes: bytes, ids: list[int],
+           handles: list[tuple[int, int, bool]]) -> int:
+    """Node ids and handles a reply hands out, for later requests to use; its errno."""
+    reply = parse_reply(reply_bytes)
+    op = int.from_bytes(request[4:8], "little")
+    nodeid = int.from_bytes(request[16:24], "little")
+    if reply.error == 0 and op in (Opcode.LOOKUP, Opcode.CREATE, Opcode.MKDIR):
+        e = parse_entry(reply.payload[:128])
+        if e.nodeid not in ids:
+            ids.append(e.nodeid)
+        if op == Opcode.CREATE:
+            handles.append((e.nodeid, int.from_bytes(reply.payload[128:136], "little"), False))
+    elif reply.error == 0 and op in (Opcode.OPEN, Opcode.OPENDIR):
+        handles.append((nodeid, parse_open(reply.payload)[0], op == Opcode.OPENDIR))
+    return reply.error
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_hostile_mixes_on_four_queues_leave_nothing(fs_client: Callable[..., Any],
+                                                         tmp_path: Path, seed: int) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    # Odd seeds with a quota: every step of a creating op stays in the tree.
+    policy = Policy(quota_bytes=64 << 20, quota_inodes=10_000) if seed % 2 else Policy()
+    async with fs_client(root, policy, max_inode_fds=CACHE, request_queues=4) as c:
+        r = c.r
+        base_fds = _fds()
+        ids: list[int] = [ROOT]
+        handles: list[tuple[int, int, bool]] = []
+        ok = [0]
+
+        async def queue(q: int) -> None:
+            rng = random.Random(seed * 100 + q)
+            for _ in range(60):
+                batch = _hostile_batch(r, rng, ids, handles)
+                replies = await c.fe.submit_many(q, [([b], [8192]) for b in batch])
+                for req, done in zip(batch, replies, strict=True):
+                    ok[0] += _learn(req, bytes(done.data[:done.used_len]), ids, handles) == 0
+                forgets = [r.forget(rng.choice(ids), rng.choice([1, 2, U64]))
+                           for _ in range(rng.randrange(0, 4))]
+                if rng.random() < 0.3:
+                    forgets.append(r.batch_forget([(rng.choice(ids), rng.choice([1, U64]))
+                                                   for _ in range(rng.randrange(1, 6))]))
+                if forgets:
+                    await c.fe.submit_many(0, [([f], []) for f in forgets])
+
+        async with trio.open_nursery() as nursery:
+            for q in (1, 2, 3, 4):
+                nursery.start_soon(queue, q)
+        assert ok[0] > 50 and c.device.meta.statistics()["forgets"] > 0
+        await c.fe.submit_many(1, [([r.destroy()], [4096])])
+        stats = c.device.tree.statistics()
+        assert (stats.inodes, stats.handles, stats.extra["inode_fds"]) == (1, 0, 1)
         assert _fds() == base_fds
