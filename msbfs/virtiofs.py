@@ -116,6 +116,8 @@ class VirtioFsDevice(VhostUserDevice):
     """vhost-user-fs over ``tree``. ``num_request_queues`` is what we offer; the guest
     kernel uses as many as the frontend sets up."""
 
+    serves_on_threads = True  # each request queue's C loop runs on a thread of its own
+
     def __init__(self, tree: TreeOps, *, tag: str = "msbfs", num_request_queues: int = 1,
                  writeback: bool = False, posix_acl: bool = False, posix_lock: bool = True,
                  flock: bool = True) -> None:

@@ -532,7 +532,12 @@ class Backend:
     @contextlib.asynccontextmanager
     async def _quiesced(self) -> AsyncIterator[None]:
         """No ring's handler runs inside: running ones are interrupted and waited for,
-        and each is called again (without waiting for a kick) once this ends."""
+        and each is called again (without waiting for a kick) once this ends. Only for a
+        device that serves on threads (``serves_on_threads``); any other handler is on
+        this thread and keeps the memory its chains point into until it returns."""
+        if not self.device.serves_on_threads:
+            yield
+            return
         self._paused += 1
         try:
             for index, r in list(self._runners.items()):

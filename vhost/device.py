@@ -47,6 +47,11 @@ class VhostUserDevice:
     num_queues: int = 1
     #: how many chains Virtqueue.pop() may return at once (its reusable C buffer)
     pop_batch: int = 64
+    #: whether ``handle_kick`` runs ring work on other threads (see ``interrupt``): the
+    #: backend then quiesces the rings before changing what they use. A handler on the
+    #: trio thread runs between checkpoints only, and the chains it holds keep their
+    #: (retired) memory until it returns, so it is never waited for.
+    serves_on_threads: bool = False
 
     def device_features(self) -> int:
         """Device-specific virtio feature bits (VERSION_1, INDIRECT_DESC, EVENT_IDX
