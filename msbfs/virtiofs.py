@@ -89,6 +89,10 @@ BUDGET = 256
 MAX_REQUEST = (1 << 20) + 4096 + (64 << 10)
 HIPRIO = 0
 VIRTIO_FS_TAG_LEN = 36
+#: SETLKWs parked at once (a thread each, ~30 KiB). A parked request's chain leaves the
+#: ring when the ring stops, so without a bound a frontend that stops and restarts rings
+#: (GET_VRING_BASE, SET_VRING_KICK) parks threads without end; past it, ENOLCK.
+MAX_DEFERRED = 256
 #: struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
 virtio_fs_config = struct.Struct("<36sI")
 
@@ -298,7 +302,8 @@ class VirtioFsDevice(VhostUserDevice):
         if reply is None:
             return _push_empty(vq, c.head)
         assert isinstance(reply, Deferred)
-        self._defer(ring, vq, c, reply)
+        if not self._defer(ring, vq, c, reply):
+            return self._answer(cvq, vq, c, error_reply(reply.unique, errno.ENOLCK))
         return 0
 
     @staticmethod
@@ -314,18 +319,27 @@ class VirtioFsDevice(VhostUserDevice):
                 r = _push_empty(vq, c.head)
         return r
 
-    def _defer(self, ring: _Ring, vq: Virtqueue, chain: Any, d: Deferred) -> None:
+    def _defer(self, ring: _Ring, vq: Virtqueue, chain: Any, d: Deferred) -> bool:
+        """Park ``d`` on a thread of its own; False past MAX_DEFERRED parked."""
+        with self._deferred_count:
+            if self.deferred_running >= MAX_DEFERRED:
+                return False
+            self.deferred_running += 1
         # The chain buffer is reused by the next round: keep a private copy of it.
         saved = ffi.new("struct msb_chain *")
         ffi.memmove(saved, chain, ffi.sizeof("struct msb_chain"))
         # generation moves on a stop and on a memory table change (vhost/virtqueue.py).
         epoch = (self._epoch.get(vq.index, 0), vq.generation)
-        with self._deferred_count:
-            self.deferred_running += 1
         # A daemon thread: it may block for as long as the lock holder keeps the lock
         # (process exit abandons it, as virtiofsd's would be).
-        threading.Thread(target=self._run_deferred, args=(ring, saved, d, epoch),
-                         name="msbfs-setlkw", daemon=True).start()
+        try:
+            threading.Thread(target=self._run_deferred, args=(ring, saved, d, epoch),
+                             name="msbfs-setlkw", daemon=True).start()
+        except RuntimeError:  # no thread to be had (process limits): refused, as past the bound
+            with self._deferred_count:
+                self.deferred_running -= 1
+            return False
+        return True
 
     def _run_deferred(self, ring: _Ring, saved: Any, d: Deferred,
                       epoch: tuple[int, int]) -> None:

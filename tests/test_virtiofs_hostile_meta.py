@@ -16,12 +16,16 @@ through the in-tree vhost-user frontend and real devices: what the differential 
 - seeded random mixes of hostile requests on four request queues and hiprio at once
   (any node id, forgets of any count, creates and removals in directories forgotten
   meanwhile, handles released under readers): after DESTROY no inode, handle or fd is
-  left.
+  left;
+- SETLKW requests that block, posted again after every stop and restart of the ring (a
+  frontend's GET_VRING_BASE / SET_VRING_KICK; the parked requests' chains no longer
+  count against the ring): each parked one was a thread of its own, without bound.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import random
 import shutil
@@ -33,6 +37,7 @@ from typing import Any
 import pytest
 import trio
 
+from msbfs.fuse import abi
 from msbfs.fuse.kernel import Opcode, parse_attr_out, parse_entry, parse_open, parse_reply
 from msbfs.tree import Policy
 
@@ -347,3 +352,46 @@ async def test_hostile_mixes_on_four_queues_leave_nothing(fs_client: Callable[..
         stats = c.device.tree.statistics()
         assert (stats.inodes, stats.handles, stats.extra["inode_fds"]) == (1, 0, 1)
         assert _fds() == base_fds
+
+
+def _threads() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+async def test_parked_setlkw_requests_are_bounded(fs_client: Callable[..., Any],
+                                                  tmp_path: Path) -> None:
+    """Four rings' worth of SETLKWs that must wait: at most MAX_DEFERRED park (a thread
+    each), the rest are answered ENOLCK at once; the threads stay bounded."""
+    from msbfs import virtiofs
+    cap = virtiofs.MAX_DEFERRED
+    per_ring = 300
+    async with fs_client(tmp_path, queue_size=1024, slot_size=16384) as c:
+        r = c.r
+        p = await c.ok(r.create(ROOT, b"f"))
+        e = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+        fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+        await c.ok(r.lk(Opcode.SETLK, e.nodeid, fh, 1, 0, 10, fcntl.F_WRLCK))
+        threads = _threads()
+        q = c.fe.queues[1]
+        for _ in range(4):
+            parked = c.device.deferred_running
+            for _ in range(per_ring):  # owner 2 waits for owner 1's lock
+                q.post([r.lk(Opcode.SETLKW, e.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK)], [64])
+            q.kick()
+            with trio.fail_after(60):  # a failure bound only
+                while q.used_idx() + c.device.deferred_running - parked < per_ring:
+                    await trio.sleep(0.01)
+            assert c.device.deferred_running <= cap
+            await c.fe.stop_queue(1)  # the parked chains leave the ring, still waiting
+            q.reset_rings()
+            await c.fe.start_queue(1)
+        assert c.device.deferred_running == cap
+        assert _threads() <= threads + cap + 8
+        # The refused ones said so; once owner 1 lets go, the parked ones finish.
+        reply = await c.call(r.lk(Opcode.SETLKW, e.nodeid, fh, 2, 0, 10, fcntl.F_WRLCK))
+        assert reply.error == errno.ENOLCK
+        await c.ok(r.lk(Opcode.SETLK, e.nodeid, fh, 1, 0, 10, fcntl.F_UNLCK))
+        with trio.fail_after(60):
+            while c.device.deferred_running:
+                await trio.sleep(0.01)
