@@ -334,9 +334,9 @@ class Tree:
         return self._entry(inode, st), inode, st
 
     def _finish_new_entry(self, entry: Entry, inode: Inode, st: os.stat_result, want: int,
-                          masked: bool, ctx: Ctx, p_setgid: bool) -> os.stat_result:
+                          masked: bool, ctx: Ctx, p: Inode) -> os.stat_result:
         """``_finish_new`` for a node mknod/mkdir/symlink just made, its Entry updated."""
-        done = self._finish_new(inode.fd, True, st, want, masked, ctx, p_setgid)
+        done = self._finish_new(inode.fd, True, st, want, masked, ctx, p)
         if done is not st:
             entry.attr = self._attr(done, inode.submount)
         return done
@@ -361,21 +361,24 @@ class Tree:
         return True
 
     def _finish_new(self, fd: int, opath: bool, st: os.stat_result, want: int,
-                    masked: bool, ctx: Ctx, p_setgid: bool) -> os.stat_result:
+                    masked: bool, ctx: Ctx, p: Inode) -> os.stat_result:
         """A node a creating op just made as the daemon gets what the caller would have
         got natively (the permission model in the module doc): the caller as its
         owner; the caller's group, or the parent's under a setgid parent (which the
         host already gave it, with S_ISGID for a directory); and the mode asked for.
         The daemon's own umask may have taken bits the caller's did not (added back),
         the chown clears set-id bits (restored), nosuid's rule applies. ``fd`` is the
-        node's O_PATH fd (``opath``) or an open fd of it."""
+        node's O_PATH fd (``opath``) or an open fd of it. ``p`` is the parent: its
+        set-gid bit is read only when the new node's group is not the caller's already
+        (most creates need no chown at all, so they pay no stat of the parent)."""
         mode = st.st_mode & 0o7777
         target = self.policy.stored_mode(mode | (want & 0o777 & self._umask) if masked
                                          else mode)
         changed = False
         if self._ids.enabled:
             uid = -1 if ctx.uid == st.st_uid else ctx.uid
-            gid = -1 if p_setgid or ctx.gid == st.st_gid else ctx.gid
+            gid = (-1 if ctx.gid == st.st_gid or os.stat(p.fd).st_mode & stat.S_ISGID
+                   else ctx.gid)
             if uid != -1 or gid != -1:
                 _check(lib.msb_fchownat(fd, b"", uid, gid, AT_EMPTY_PATH))
                 changed = True
@@ -386,18 +389,16 @@ class Tree:
             st = os.stat(fd)
         return st
 
-    def _before_new(self, p: Inode, ctx: Ctx, reserve: bool = True) -> bool:
+    def _before_new(self, p: Inode, ctx: Ctx, reserve: bool = True) -> None:
         """Before a creating op: the caller's ids must be ids (a FUSE header may say
         0xFFFFFFFF, which chown reads as "unchanged"), the inode quota and budget must
-        have room (``reserve``; CREATE decides that itself, the name may exist).
-        Returns whether the parent is setgid."""
+        have room (``reserve``; CREATE decides that itself, the name may exist)."""
         if ctx.uid == REFUSED or ctx.gid == REFUSED:
             raise os_error(errno.EPERM)  # an id the id map refuses (map_ctx)
         _int(ctx.uid, 0, 0xFFFFFFFE)
         _int(ctx.gid, 0, 0xFFFFFFFE)
         if reserve:
             self._reserve_inode()
-        return bool(os.stat(p.fd).st_mode & stat.S_ISGID)
 
     def _charge_stat(self, before: os.stat_result | None, after: os.stat_result | None) -> None:
         """Book what a call did: ``before`` None is an inode it made, ``after`` None one
@@ -650,10 +651,10 @@ class Tree:
         rdev = _int(rdev, 0, 0xFFFFFFFF)
         want, masked = self._creation_mode(p, mode, umask, 0o7777)
         pst = self._dir_before(p)
-        p_setgid = self._before_new(p, ctx)
+        self._before_new(p, ctx)
         os.mknod(name, kind | want, rdev, dir_fd=p.fd)
         entry, inode, st = self._lookup_new(p, name)
-        st = self._finish_new_entry(entry, inode, st, want, masked, ctx, p_setgid)
+        st = self._finish_new_entry(entry, inode, st, want, masked, ctx, p)
         self._charge_stat(None, st)
         self._dir_after(p, pst)
         return entry
@@ -664,10 +665,10 @@ class Tree:
         self.policy.check_mutation()
         want, masked = self._creation_mode(p, mode, umask, 0o1777)
         pst = self._dir_before(p)
-        p_setgid = self._before_new(p, ctx)
+        self._before_new(p, ctx)
         os.mkdir(name, want, dir_fd=p.fd)
         entry, inode, st = self._lookup_new(p, name)
-        st = self._finish_new_entry(entry, inode, st, want, masked, ctx, p_setgid)
+        st = self._finish_new_entry(entry, inode, st, want, masked, ctx, p)
         self._charge_stat(None, st)
         self._dir_after(p, pst)
         return entry
@@ -686,10 +687,10 @@ class Tree:
         if len(target) >= PATH_MAX:
             raise os_error(errno.ENAMETOOLONG)
         pst = self._dir_before(p)
-        p_setgid = self._before_new(p, ctx)
+        self._before_new(p, ctx)
         os.symlink(target, name, dir_fd=p.fd)
         entry, inode, st = self._lookup_new(p, name)
-        st = self._finish_new_entry(entry, inode, st, 0o777, False, ctx, p_setgid)
+        st = self._finish_new_entry(entry, inode, st, 0o777, False, ctx, p)
         if pst is not None:
             self._charge_stat(None, st)
             self._dir_after(p, pst)
@@ -828,14 +829,14 @@ class Tree:
         self._handles.check_room()
         self._inodes.check_room()
         pst = self._dir_before(p)
-        p_setgid = self._before_new(p, ctx, reserve=False)
+        self._before_new(p, ctx, reserve=False)
         fd, oflags, before, pfd = self._create_open(p, name, oflags, want, flags)
         try:
             st = os.stat(fd)
             if before is None:
                 # Only a file we just made gets owner and mode: an existing one keeps
                 # both, as open(O_CREAT) leaves them.
-                st = self._finish_new(fd, False, st, want, masked, ctx, p_setgid)
+                st = self._finish_new(fd, False, st, want, masked, ctx, p)
             elif kill_suidgid and flags & os.O_TRUNC and stat.S_ISREG(st.st_mode):
                 self._kill_suidgid(fd, ctx)
                 st = os.stat(fd)
@@ -927,11 +928,11 @@ class Tree:
         if oflags & os.O_ACCMODE == os.O_RDONLY:
             oflags |= os.O_RDWR  # O_TMPFILE needs write access; the kernel asks for it
         self._handles.check_room()
-        p_setgid = self._before_new(p, ctx)
+        self._before_new(p, ctx)
         fd = os.open(b".", oflags | os.O_TMPFILE | (flags & os.O_EXCL), want,
                      dir_fd=p.fd)
         try:
-            st = self._finish_new(fd, False, os.stat(fd), want, masked, ctx, p_setgid)
+            st = self._finish_new(fd, False, os.stat(fd), want, masked, ctx, p)
             pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
         except BaseException:
             os.close(fd)
