@@ -27,7 +27,9 @@ What serializes:
   deferred reply is pushed by that thread too (see SETLKW below), never by another;
 - the slow path (FUSE codec, session, tree: not written for concurrency) runs one
   request at a time under ``self.lock``, whichever queue it came from; C fast paths of
-  different queues run in parallel, and in parallel with the slow path;
+  different queues run in parallel, and in parallel with the slow path; a FORGET the C
+  path answers meanwhile drops no inode before the slow request ends (it holds the
+  inode table: ``msb_inodes_hold``);
 - the C handle table has its own reader-writer lock (C lookups read, Python writes).
 
 fd lifetimes. Each C round and each slow request runs inside a grace section
@@ -42,8 +44,9 @@ OPEN/CREATE/TMPFILE succeed, emptied (and a grace period waited) before RELEASE 
 DESTROY close them. A handle whose writes the tree must see (quota: ``data_fd`` raises
 EAGAIN) is only registered for reading; its writes take the slow path.
 
-SETLKW may block: it runs on a thread of its own, outside the lock and outside any
-section (it may wait for a RELEASE, which waits for sections). Its reply is queued on
+SETLKW may block: it runs on a thread of its own (at most ``MAX_DEFERRED`` at once,
+ENOLCK past them), outside the lock and outside any section (it may wait for a RELEASE,
+which waits for sections). Its reply is queued on
 its ring and the ring's thread is woken to push it, unless the ring was stopped or its
 guest memory remapped meanwhile (then it is dropped). The queue goes on serving other
 requests while it waits.
