@@ -43,6 +43,8 @@ void msb_meta_set_ready(struct msb_meta *m, int ready)
 
 void msb_meta_attach(struct msb_fs_table *t, struct msb_meta *m)
 {
+    if (m)
+        m->table = t;
     __atomic_store_n(&t->meta, m, __ATOMIC_RELEASE);
 }
 
@@ -58,6 +60,7 @@ void msb_meta_stats(struct msb_meta *m, struct msb_meta_stats *out)
         __atomic_load_n(&s->forgets, __ATOMIC_RELAXED),
         __atomic_load_n(&s->handed, __ATOMIC_RELAXED),
         __atomic_load_n(&s->statfs, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->flushes, __ATOMIC_RELAXED),
     };
 }
 
@@ -281,6 +284,34 @@ static int serve_batch_forget(struct msb_meta *m, struct msb_vq *vq, struct msb_
     return r < 0 ? r : 1;
 }
 
+/* Tree.flush: the owner's record locks dropped (none exist: lock_descs 0), then
+ * close(dup(fd)) gives the host filesystem its flush. The fd is the handle's own, read
+ * from the C handle table inside the caller's grace section (a RELEASE on another queue
+ * closes it only after a grace period). A handle not in the table (not a file handle,
+ * or a write-only one the tree must see: quota) and a failed dup go to Python, which
+ * answers them as before; close's own error is the reply, as os.close raises it. */
+static int serve_flush(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                       const struct fuse_in_header *ih)
+{
+    struct fuse_flush_in fi;
+    if (c->out_len < sizeof *ih + sizeof fi || c->in_len < sizeof(struct fuse_out_header))
+        return 0;
+    if (__atomic_load_n(&m->lock_descs, __ATOMIC_ACQUIRE) != 0 || !m->table)
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &fi, sizeof fi);
+    int fd = msb_fs_table_get(m->table, fi.fh, MSB_FS_READ);
+    if (fd < 0)
+        fd = msb_fs_table_get(m->table, fi.fh, MSB_FS_WRITE);
+    if (fd < 0)
+        return 0;
+    int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup_fd < 0)
+        return 0;
+    int err = close(dup_fd) < 0 ? errno : 0;
+    count(&m->stats.flushes, 1);
+    return reply_error(vq, c, ih->unique, err);
+}
+
 int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c)
 {
     if (!__atomic_load_n(&m->ready, __ATOMIC_ACQUIRE) || !__atomic_load_n(&m->enabled, __ATOMIC_RELAXED))
@@ -308,6 +339,9 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c)
         break;
     case FUSE_BATCH_FORGET:
         r = serve_batch_forget(m, vq, c, &ih);
+        break;
+    case FUSE_FLUSH:
+        r = serve_flush(m, vq, c, &ih);
         break;
     default:
         return 0;

@@ -1,6 +1,7 @@
 /* C answers for the hot metadata opcodes on the virtio-fs path (issue 11): GETATTR
- * (without FUSE_GETATTR_FH), LOOKUP of a plain name, FORGET, BATCH_FORGET and STATFS
- * (trees without a quota), from the one inode table (csrc/inodes.h) the Python tree
+ * (without FUSE_GETATTR_FH), LOOKUP of a plain name, FORGET, BATCH_FORGET, STATFS
+ * (trees without a quota) and FLUSH (a handle in the C handle table while the tree holds
+ * no record-lock description at all), from the one inode table (csrc/inodes.h) the Python tree
  * uses too.
  *
  * The rule is fuse_datapath.c's: answer only what is unambiguous, hand everything
@@ -30,6 +31,7 @@ struct msb_fs_table;
 
 struct msb_meta_stats {
     uint64_t lookups, lookup_ns, lookups_new, getattrs, getattr_ns, forgets, handed, statfs;
+    uint64_t flushes;
 };
 
 struct msb_meta {
@@ -44,6 +46,11 @@ struct msb_meta {
     uint32_t timeout_nsec;
     uint64_t lookup_flags, resolve;   /* the tree's openat2 of a new name */
     int statfs;                       /* the tree has no quota: STATFS is the host's */
+    /* The tree's record-lock descriptions (msbfs/tree/record_locks.py), written by
+     * Python under its lock: 0 means a FLUSH has no owner's locks to drop, so C may
+     * answer it (close(dup(fd)), as Tree.flush); any other value hands FLUSH back. */
+    int lock_descs;
+    struct msb_fs_table *table;       /* the handles FLUSH finds its fd in (attach) */
     struct msb_meta_stats stats;
 };
 

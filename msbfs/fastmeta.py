@@ -1,5 +1,6 @@
 """Glue of the C metadata path (csrc/fuse_meta.h) to a virtio-fs device: LOOKUP,
-GETATTR (without a handle), FORGET, BATCH_FORGET and STATFS (no quota) answered in C
+GETATTR (without a handle), FORGET, BATCH_FORGET, STATFS (no quota) and FLUSH (no
+record-lock description held) answered in C
 from the tree's own inode table, with the tree's attribute shape.
 
 One definition, two consumers: the shape written here is the tree's ``attr_shape`` (the
@@ -53,11 +54,19 @@ class CMetadata:
         m.lookup_flags = config.lookup_flags
         m.resolve = config.resolve
         m.statfs = 1 if config.host_statfs else 0
+        # FLUSH in C only while the tree holds no owner's lock description (the one
+        # thing Tree.flush does besides close(dup(fd))); the count is kept current by
+        # the tree's lock table itself, under its lock.
+        m.lock_descs = len(config.locks)
+        config.locks.on_count = self._lock_descs
         m.enabled = 1 if os.environ.get("MSBFS_C_METADATA", "1") != "0" else 0
         self._m = m
         self._table = table
         lib.msb_meta_attach(table, m)
         session.on_init = self.session_began
+
+    def _lock_descs(self, n: int) -> None:
+        self._m.lock_descs = n
 
     @property
     def available(self) -> bool:
@@ -102,4 +111,4 @@ class CMetadata:
         lib.msb_meta_stats(self._m, s)
         return {k: int(getattr(s, k)) for k in ("lookups", "lookup_ns", "lookups_new",
                                                  "getattrs", "getattr_ns", "forgets",
-                                                 "handed", "statfs")}
+                                                 "handed", "statfs", "flushes")}

@@ -1,5 +1,5 @@
-"""The C metadata path (csrc/fuse_meta.c) answers LOOKUP, GETATTR, FORGET and
-BATCH_FORGET exactly as the Python codec and tree do: the same ordinary and hostile
+"""The C metadata path (csrc/fuse_meta.c) answers LOOKUP, GETATTR, FORGET,
+BATCH_FORGET, STATFS and FLUSH exactly as the Python codec and tree do: the same ordinary and hostile
 request sequences go through a device with the C path on and one with it off, over the
 same directory, through the in-tree vhost-user frontend, and every reply must be the
 same bytes (and every table the same size). Also: the C path really answered (its
@@ -7,8 +7,10 @@ counters), and the policy's attribute shape reaches it (one definition)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from msbfs.fuse import abi
-from msbfs.fuse.kernel import Opcode, Requests, parse_attr_out, parse_entry
+from msbfs.fuse.kernel import Opcode, Requests, parse_attr_out, parse_entry, parse_open
 from msbfs.tree import Policy
 
 ROOT = 1
@@ -234,3 +236,84 @@ async def test_lookups_and_forgets_on_four_queues_balance(fs_client: Callable[..
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+_FLOCK = struct.Struct("@hhqqi4x")  # struct flock
+
+
+def _host_can_lock(path: Path) -> bool:
+    """Whether a host process could write-lock bytes 0..99 of ``path`` now (an OFD lock
+    of a description of its own: it conflicts with every lock the daemon holds)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 100, 0))
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # its own locks go with the description
+    return True
+
+
+async def test_flush_in_c_replies_as_python(fs_client: Callable[..., Any],
+                                           tmp_path: Path) -> None:
+    """FLUSH of handles in the C handle table is answered in C (no record lock held)
+    with Python's bytes; everything else (directory handles, unknown or released
+    handles, odd sizes, extensions) is handed back and answered as before."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _populate(root)
+    async with fs_client(root) as on, fs_client(root) as off:
+        off.device.meta.enabled = False
+        r = Requests()
+        ids = await _ids(on)
+        assert ids == await _ids(off)
+        a = ids["a"]
+        fhs = []
+        for q in (r.open(a, os.O_RDWR), r.open(a, os.O_RDONLY), r.open(a, os.O_WRONLY),
+                  r.opendir(ROOT)):
+            got = [await c.ok(q) for c in (on, off)]
+            assert got[0] == got[1]
+            fhs.append(parse_open(got[0])[0])
+        rw, ro, wo, d = fhs
+        fl = abi.fuse_flush_in.pack
+        steps: list[Step | HostStep] = [
+            (r.flush(a, rw), [4096], REQ), (r.flush(a, ro, 7), [4096], REQ),
+            (r.flush(a, wo, U64), [4096], REQ), (r.flush(999, rw), [4096], REQ),
+            (r.flush(a, d), [4096], REQ), (r.flush(a, 999), [4096], REQ),
+            (r.flush(a, U64), [4096], REQ), (r.flush(a, 0), [4096], REQ),
+            (r.raw(Opcode.FLUSH, a, fl(rw, 0)[:8]), [4096], REQ),      # short body
+            (r.raw(Opcode.FLUSH, a, b""), [4096], REQ),
+            (r.raw(Opcode.FLUSH, a, fl(rw, 0) + b"trailing"), [4096], REQ),
+            (r.raw(Opcode.FLUSH, a, fl(rw, 0), extlen=1), [4096], REQ),
+            (r.raw(Opcode.FLUSH, a, fl(rw, 0), length=30), [4096], REQ),  # lying length
+            (r.flush(a, rw), [15], REQ), (r.flush(a, rw), [16], REQ), (r.flush(a, rw), [8], REQ),
+            (r.release(a, ro), [4096], REQ), (r.flush(a, ro), [4096], REQ),  # released
+            (r.releasedir(ROOT, d), [4096], REQ), (r.flush(a, d), [4096], REQ),
+        ]
+        assert await _both(on, off, steps) == len(steps)
+        served = on.device.meta.statistics()
+        assert served["flushes"] >= 6 and served["handed"] >= 8
+        assert off.device.meta.statistics()["flushes"] == 0
+
+
+async def test_flush_with_record_locks_is_python_s(fs_client: Callable[..., Any],
+                                                  tmp_path: Path) -> None:
+    """While the tree holds any owner's lock description, FLUSH goes to Python, which
+    drops the flushing owner's locks (a host process can take the range again); once
+    none is held, C answers FLUSH again."""
+    _populate(tmp_path)
+    async with fs_client(tmp_path) as c:
+        a = parse_entry(await c.ok(c.r.lookup(ROOT, b"a"))).nodeid
+        fh = parse_open(await c.ok(c.r.open(a, os.O_RDWR)))[0]
+        await c.ok(c.r.flush(a, fh, 7))
+        n = c.device.meta.statistics()["flushes"]
+        assert n == 1
+        await c.ok(c.r.lk(Opcode.SETLK, a, fh, 7, 0, 99, fcntl.F_WRLCK))
+        assert not _host_can_lock(tmp_path / "a")
+        await c.ok(c.r.flush(a, fh, 8))  # another owner's flush: 7 keeps its lock
+        assert not _host_can_lock(tmp_path / "a")
+        await c.ok(c.r.flush(a, fh, 7))
+        assert _host_can_lock(tmp_path / "a")
+        assert c.device.meta.statistics()["flushes"] == n  # both went to Python
+        await c.ok(c.r.flush(a, fh, 7))
+        assert c.device.meta.statistics()["flushes"] == n + 1

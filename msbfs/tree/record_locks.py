@@ -25,6 +25,7 @@ import os
 import stat
 import struct
 import threading
+from collections.abc import Callable
 
 from msbfs.errors import os_error
 from msbfs.tree.handles import FileHandle
@@ -57,6 +58,13 @@ class RecordLocks:
         self._fds: dict[tuple[int, int, int], int] = {}
         # SETLKW runs on a worker thread while the loop thread opens and drops owners.
         self._lock = threading.Lock()
+        #: told the number of descriptions whenever it changes, under ``_lock`` (the C
+        #: metadata path answers FLUSH only while there are none: msbfs/fastmeta.py)
+        self.on_count: Callable[[int], None] | None = None
+
+    def _counted(self) -> None:
+        if self.on_count is not None:
+            self.on_count(len(self._fds))
 
     def __len__(self) -> int:
         return len(self._fds)
@@ -76,6 +84,9 @@ class RecordLocks:
                 flags |= os.O_NONBLOCK
             fd = os.open(b"/proc/self/fd/%d" % h.fd, flags)
             self._fds[key] = fd
+            # Published before the lock is taken through it (the caller's fcntl): a
+            # FLUSH C answers meanwhile had nothing to drop yet.
+            self._counted()
             return fd
 
     def _any_owner_fd(self, h: FileHandle, owner: int) -> int | None:
@@ -95,6 +106,7 @@ class RecordLocks:
         """The owner closed the file (FLUSH): its POSIX locks on it are gone."""
         with self._lock:
             fds = [self._fds.pop((inode.nodeid, owner, acc), -1) for acc in _ACCMODES]
+            self._counted()
         for fd in fds:
             if fd >= 0:
                 os.close(fd)  # closing the description releases its OFD locks
@@ -132,5 +144,6 @@ class RecordLocks:
     def close_all(self) -> None:
         with self._lock:
             fds, self._fds = self._fds, {}
+            self._counted()
         for fd in fds.values():
             os.close(fd)

@@ -1219,7 +1219,7 @@ class Tree:
         if self._id_mapped:
             return None
         return CMetaConfig(self._inodes, self._root_dev, self.attr_shape, self._timeout,
-                           _LOOKUP_FLAGS, _RESOLVE, self.quota is None)
+                           _LOOKUP_FLAGS, _RESOLVE, self.quota is None, self._locks)
 
     # ---- life cycle ------------------------------------------------------------------
     def destroy(self) -> None:
@@ -1257,6 +1257,8 @@ class CMetaConfig(NamedTuple):
     lookup_flags: int
     resolve: int
     host_statfs: bool
+    #: the owners' lock descriptions: C answers FLUSH only while there are none
+    locks: RecordLocks
 
 
 def _process_umask() -> int:
