@@ -8,9 +8,11 @@ This module owns three things:
   so the kernel handles locks locally and answers the rest with EOPNOTSUPP for us.
 * the mount options (``-o ro,noexec,...``) and how they become a ``Policy`` for the tree
   and, mirrored, kernel mount flags;
-* the mount life cycle: serve in the foreground until unmounted or signalled, readiness
-  reported through a pipe, stale mounts (ENOTCONN after a killed daemon) cleared, and
-  ``unmount`` that waits for the daemon to let go.
+* serving the mount: in the foreground until unmounted or signalled (``run_mount``).
+
+Around it, ``msbfs.mountinfo`` says what is mounted where (stale mounts, ENOTCONN after a
+killed daemon, cleared) and ``msbfs.mount_daemon`` keeps the daemon's pid records, its
+readiness pipe, backgrounding and ``unmount``, which waits for the daemon to let go.
 
 Why ``default_permissions`` (and ACLs): the host kernel knows the calling user's full
 credentials, so it is the one to check every path component, open, chmod, chown, sticky
@@ -26,27 +28,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import logging
 import os
-import select
 import signal
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
-from msbfs._native import lib
-from msbfs.confine import MNT_DETACH
 from msbfs.errors import InvalidMountSpec, MountError
 from msbfs.fdlimit import WANTED_NOFILE, raise_fd_limit
+from msbfs.mount_daemon import _record_path
 from msbfs.mounts import MountOptions
 from msbfs.tree import idmap
 from msbfs.tree.api import TreeOps
@@ -553,168 +549,7 @@ class HostMountOptions:
         return opts
 
 
-# ---- mountpoint state -------------------------------------------------------------------
-
-def _unescape_mountinfo(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_fstype(mountpoint: str) -> str | None:
-    """The filesystem type mounted exactly at ``mountpoint`` (the top one), or None."""
-    target = os.path.abspath(mountpoint)
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            parts = left.split()
-            if len(parts) >= 5 and _unescape_mountinfo(parts[4]) == target:
-                found = right.split()[0] if right else "?"
-    return found
-
-
-def mount_state(mountpoint: str) -> str:
-    """"mounted" (an answering mount), "stale" (its daemon is gone: ENOTCONN), or "none".
-
-    statfs, not stat: the kernel answers stat from cached attributes even after the
-    daemon died, while every STATFS goes to the (gone) daemon."""
-    try:
-        os.statvfs(mountpoint)
-    except OSError as e:
-        if e.errno == errno.ENOTCONN:
-            return "stale"
-        if e.errno == errno.ENOENT:
-            return "none"
-        raise
-    return "mounted" if os.path.ismount(mountpoint) else "none"
-
-
-def _umount(mountpoint: str, *, lazy: bool) -> None:
-    if os.geteuid() == 0:
-        r = lib.msb_umount2(os.fsencode(mountpoint), MNT_DETACH if lazy else 0)
-        if r < 0:  # the raw syscall's -errno
-            raise OSError(-r, os.strerror(-r), mountpoint)
-        return
-    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), mountpoint]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise MountError(f"{mountpoint}: {r.stderr.strip() or 'fusermount3 failed'}")
-
-
-def clear_stale(mountpoint: str) -> bool:
-    """Lazily unmount a mount whose daemon died (stat gives ENOTCONN). True if one was."""
-    if mount_state(mountpoint) != "stale":
-        return False
-    log.info("clearing stale mount at %s", mountpoint)
-    _umount(mountpoint, lazy=True)
-    return True
-
-
-def check_mountpoint(mountpoint: str) -> str:
-    """The absolute mountpoint, ready to mount on (stale mount cleared), or MountError."""
-    path = os.path.abspath(mountpoint)
-    clear_stale(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise MountError(f"mountpoint {path} does not exist") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise MountError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
-        raise MountError(f"mountpoint {path} is busy: something is already mounted there")
-    return path
-
-
-# ---- daemon records: which process serves which mountpoint --------------------------------
-
-def runtime_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else "/tmp")
-    d = Path(base) / f"msbfs-hostmount-{os.geteuid()}"
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return d
-
-
-def _record_path(mountpoint: str, suffix: str) -> Path:
-    key = hashlib.sha256(os.fsencode(os.path.abspath(mountpoint))).hexdigest()[:24]
-    return runtime_dir() / f"{key}.{suffix}"
-
-
-def daemon_pid(mountpoint: str) -> int | None:
-    try:
-        return int(_record_path(mountpoint, "pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def log_path(mountpoint: str) -> Path:
-    """Where a background daemon's stderr goes (its stdout/stderr must not hold the
-    caller's pipes open)."""
-    return _record_path(mountpoint, "log")
-
-
-def wait_pid_exit(pid: int, timeout: float) -> bool:
-    """Wait for ``pid`` to exit (pidfd: no polling loop). True if it has."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-
-def unmount(mountpoint: str, *, timeout: float = 30.0) -> None:
-    """``msbfs umount``: unmount an msbfs host mount (or clear a stale one) and wait for
-    its daemon to exit, so the volume's serving lock is free when this returns."""
-    path = os.path.abspath(mountpoint)
-    state = mount_state(path)
-    if state == "none":
-        raise MountError(f"{path} is not mounted")
-    fstype = mount_fstype(path)
-    if fstype is not None and not fstype.startswith("fuse"):
-        raise MountError(f"{path} is a {fstype} mount, not an msbfs one")
-    pid = daemon_pid(path)
-    try:
-        _umount(path, lazy=state == "stale")
-    except OSError as e:
-        if e.errno == errno.EBUSY:
-            raise MountError(f"{path} is busy (files open or a process inside)") from None
-        raise
-    if pid is not None and not wait_pid_exit(pid, timeout):
-        raise MountError(f"{path} unmounted, but its daemon (pid {pid}) has not exited")
-
-
 # ---- serving --------------------------------------------------------------------------------
-
-class Readiness:
-    """The child's side of the readiness pipe: one line, ``ready`` or ``error: why``."""
-
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
-
-    def _send(self, line: str) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.write(self.fd, line.encode() + b"\n")
-            os.close(self.fd)
-        self.fd = None
-
-    def ready(self) -> None:
-        self._send("ready")
-
-    def failed(self, why: str) -> None:
-        self._send("error: " + " ".join(why.split()))
-
 
 #: Readahead for the mount's backing device, in KiB. The kernel starts FUSE mounts at
 #: 128 KiB; every READ is a round trip through Python, so fewer, larger ones (libfuse
@@ -774,51 +609,3 @@ def run_mount(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsna
             with contextlib.suppress(OSError):
                 record.unlink()
             tree.destroy()
-
-
-def start_background(argv: list[str], mountpoint: str, *, timeout: float = 60.0) -> None:
-    """Run ``msbfs mount ... --foreground`` as a detached daemon and return once it
-    reports the mount answering; MountError with its reason otherwise."""
-    r, w = os.pipe()
-    logf = open(log_path(mountpoint), "ab")
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "msbfs", *argv, "--foreground", "--ready-fd", str(w)],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,),
-            start_new_session=True)
-    finally:
-        os.close(w)
-        logf.close()
-    try:
-        line = _read_line(r, timeout)
-    finally:
-        os.close(r)
-    if line == "ready":
-        return
-    if line.startswith("error: "):
-        proc.wait()
-        raise MountError(line[len("error: "):])
-    # No answer: the child died before it could say why, or hangs.
-    try:
-        code = proc.wait(timeout=1)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise MountError(f"mount daemon did not report ready within {timeout:.0f}s "
-                         f"(log: {log_path(mountpoint)})") from None
-    raise MountError(f"mount daemon exited with status {code} before the mount answered "
-                     f"(log: {log_path(mountpoint)})")
-
-
-def _read_line(fd: int, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    return buf.split(b"\n", 1)[0].decode(errors="replace").strip()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from msbfs import hostmount
+from msbfs import hostmount, mount_daemon, mountinfo
 from tests.plugins.hostmount import MountFactory, msbfs, needs_root, run_as, wait_for
 
 pytestmark = [pytest.mark.fuse, needs_root]
@@ -34,7 +34,7 @@ def test_bind_mount_shows_the_source_both_ways(host_mount: MountFactory) -> None
     (m.mnt / "sub").mkdir()
     (m.mnt / "sub" / "from-mount").write_bytes(b"x" * 100_000)
     assert (m.source / "sub" / "from-mount").read_bytes() == b"x" * 100_000
-    assert hostmount.mount_fstype(str(m.mnt)) == "fuse.msbfs"
+    assert mountinfo.mount_fstype(str(m.mnt)) == "fuse.msbfs"
     dev = os.stat(m.mnt).st_dev
     bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
     assert int(bdi.read_text()) == hostmount.READAHEAD_KIB  # widened by the daemon
@@ -121,9 +121,9 @@ def test_sigterm_unmounts_cleanly(host_mount: MountFactory) -> None:
     pid = m.pid
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
-    assert hostmount.wait_pid_exit(pid, 30)
+    assert mount_daemon.wait_pid_exit(pid, 30)
     assert not os.path.ismount(m.mnt)
-    assert hostmount.daemon_pid(str(m.mnt)) is None
+    assert mount_daemon.daemon_pid(str(m.mnt)) is None
 
 
 def test_killed_daemon_is_cleared_by_the_next_mount(host_mount: MountFactory) -> None:
@@ -132,7 +132,7 @@ def test_killed_daemon_is_cleared_by_the_next_mount(host_mount: MountFactory) ->
     pid = m.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    assert hostmount.wait_pid_exit(pid, 30)
+    assert mount_daemon.wait_pid_exit(pid, 30)
     with pytest.raises(OSError) as e:
         os.listdir(m.mnt)
     assert e.value.errno == errno.ENOTCONN
@@ -145,11 +145,11 @@ def test_umount_clears_a_stale_mount(host_mount: MountFactory) -> None:
     pid = m.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    assert hostmount.wait_pid_exit(pid, 30)
-    assert hostmount.mount_state(str(m.mnt)) == "stale"
+    assert mount_daemon.wait_pid_exit(pid, 30)
+    assert mountinfo.mount_state(str(m.mnt)) == "stale"
     r = msbfs("umount", str(m.mnt))
     assert r.returncode == 0, r.stderr
-    assert hostmount.mount_state(str(m.mnt)) == "none"
+    assert mountinfo.mount_state(str(m.mnt)) == "none"
 
 
 def test_foreground_serves_until_sigint(tmp_path: Path) -> None:
@@ -171,8 +171,8 @@ def test_foreground_serves_until_sigint(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if hostmount.mount_state(str(mnt)) != "none":
-            hostmount.unmount(str(mnt))
+        if mountinfo.mount_state(str(mnt)) != "none":
+            mount_daemon.unmount(str(mnt))
 
 
 def test_files_are_owned_by_the_caller(host_mount: MountFactory) -> None:
@@ -225,7 +225,7 @@ def test_listing_never_drops_names_when_out_of_descriptors(tmp_path: Path) -> No
         else:
             assert len(names) == 600
     finally:
-        hostmount.unmount(str(mnt))
+        mount_daemon.unmount(str(mnt))
     assert not os.path.ismount(mnt)
 
 
@@ -242,4 +242,4 @@ def test_walk_beyond_the_descriptor_limit(tmp_path: Path) -> None:
             assert (seen.st_mode, seen.st_size, seen.st_mtime_ns) == (
                 host.st_mode, host.st_size, host.st_mtime_ns), name
     finally:
-        hostmount.unmount(str(mnt))
+        mount_daemon.unmount(str(mnt))

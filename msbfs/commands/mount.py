@@ -68,13 +68,9 @@ def build_tree(src: Source, options: HostMountOptions) -> Tree:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from msbfs.hostmount import (
-        HostMountOptions,
-        Readiness,
-        check_mountpoint,
-        run_mount,
-        start_background,
-    )
+    from msbfs.hostmount import HostMountOptions, run_mount
+    from msbfs.mount_daemon import Readiness, start_background
+    from msbfs.mountinfo import check_mountpoint
 
     options = HostMountOptions.parse(args.options)
     if not args.foreground:
@@ -108,7 +104,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from msbfs.hostmount import unmount
+    from msbfs.mount_daemon import unmount
 
     unmount(args.mountpoint)
     return 0

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from msbfs import hostmount
+from msbfs import mount_daemon, mountinfo
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root and /dev/fuse")
 
@@ -72,7 +72,7 @@ class HostMount:
 
     @property
     def pid(self) -> int | None:
-        return hostmount.daemon_pid(str(self.mnt))
+        return mount_daemon.daemon_pid(str(self.mnt))
 
     def kernel_options(self) -> set[str]:
         """The per-mount flags the kernel applies (mountinfo field 6)."""
@@ -85,7 +85,7 @@ class HostMount:
 
 
 def _unmount_checked(mnt: Path) -> None:
-    if hostmount.mount_state(str(mnt)) == "none":
+    if mountinfo.mount_state(str(mnt)) == "none":
         return
     r = msbfs("umount", str(mnt))
     assert r.returncode == 0, f"msbfs umount {mnt}: {r.stderr}"

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msbfs import hostmount
+from msbfs import mount_daemon
 from msbfs.store import MIB
 
 TARGETS = ("native", "bindfs", "msbfs", "msbfs-wb")
@@ -101,8 +101,8 @@ def setup_targets(base: Path) -> dict[str, Target]:
                            capture_output=True, text=True, check=False)
         if r.returncode != 0:
             raise SystemExit(f"msbfs mount failed: {r.stderr.strip()}")
-        targets[name] = Target(name, mnt, pid=hostmount.daemon_pid(str(mnt)),
-                               teardown=[lambda m=mnt: hostmount.unmount(str(m))])
+        targets[name] = Target(name, mnt, pid=mount_daemon.daemon_pid(str(mnt)),
+                               teardown=[lambda m=mnt: mount_daemon.unmount(str(m))])
     return targets
 
 
