@@ -423,6 +423,17 @@ MUTANTS: tuple[Mutant, ...] = (
         {"guest": "the guest kernel refuses F_WRLCK on a read-only fd itself (EBADF) before "
                   "any request; and busybox has no lock applet",
          "hostmount": "msbfs mount does not serve POSIX locks (the host kernel keeps them)"}),
+    Mutant(
+        "flush-c-ignores-locks", "a FLUSH answered in C while an owner holds record locks "
+        "would leave them held: C hands FLUSH to the tree whenever a lock description exists",
+        (Edit("csrc/fuse_meta.c",
+              "    if (__atomic_load_n(&m->lock_descs, __ATOMIC_ACQUIRE) != 0 || !m->table)",
+              "    if (!m->table)"),),
+        {"virtiofs": ("tests/test_virtiofs_meta.py::test_flush_with_record_locks_is_python_s",)},
+        {"tree": "FLUSH in C is the vhost transport's",
+         "guest": "the guest image has no program taking POSIX record locks (busybox has no "
+                  "flock/fcntl-lock applet)",
+         "hostmount": "the host mount has no C metadata path"}),
     # ---- per-client budgets -----------------------------------------------------------
     Mutant(
         "budget-handles", "a client's open handles are bounded (EMFILE past the budget)",
