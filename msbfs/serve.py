@@ -104,7 +104,8 @@ def _run(o: ServeOptions, src: Source) -> int:
         log.debug("ignoring -o %s", item)
     device = VirtioFsDevice(tree, tag=o.tag, num_request_queues=o.num_request_queues,
                             writeback=writeback, posix_acl=o.posix_acl,
-                            posix_lock=o.posix_lock, flock=o.flock)
+                            posix_lock=o.posix_lock, flock=o.flock,
+                            read_helpers=o.thread_pool_size)
     log.info("serving %s (tag %s) on %s", o.volume or shared_dir, o.tag,
              o.socket_path or f"fd {o.fd}")
     try:

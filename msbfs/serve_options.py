@@ -62,7 +62,8 @@ class ServeOptions:
     seccomp: str = "kill"
     modcaps: str | None = None
     rlimit_nofile: int | None = None
-    thread_pool_size: int = 0
+    #: big-read helper threads shared by all queues (virtiofs.py); 0: reads inline
+    thread_pool_size: int = 1
     num_request_queues: int = 1
     quota_mib: int | None = None
     quota_inodes: int | None = None
@@ -111,7 +112,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rlimit-nofile", default=None, metavar="N",
                    help="fd limit, soft and hard (default: soft raised to hard; 0: unchanged)")
     p.add_argument("--thread-pool-size", type=int, default=None, metavar="N",
-                   help="accepted for compatibility: requests are served inline")
+                   help="helper threads for big READs (>= 64 KiB), shared by the request "
+                        "queues, each of which has its own serving thread; 0: every read "
+                        "on its queue's thread (default 1)")
     p.add_argument("--num-request-queues", type=int, default=None, metavar="N",
                    help="request queues offered (default 1)")
     p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default=None)
@@ -268,6 +271,8 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
         raise ServeError("--quota must be a positive number of MiB")
     if not 1 <= o.num_request_queues <= 64:
         raise ServeError("--num-request-queues must be 1..64")
+    if not 0 <= o.thread_pool_size <= 64:
+        raise ServeError("--thread-pool-size must be 0..64")
     if not o.tag or len(o.tag.encode()) > 36:
         raise ServeError("--tag must be 1..36 bytes")
     return o

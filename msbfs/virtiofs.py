@@ -127,7 +127,7 @@ class VirtioFsDevice(VhostUserDevice):
 
     def __init__(self, tree: TreeOps, *, tag: str = "msbfs", num_request_queues: int = 1,
                  writeback: bool = False, posix_acl: bool = False, posix_lock: bool = True,
-                 flock: bool = True) -> None:
+                 flock: bool = True, read_helpers: int | None = None) -> None:
         tb = tag.encode()
         if not tb or len(tb) > VIRTIO_FS_TAG_LEN:
             raise ValueError(f"tag must be 1..{VIRTIO_FS_TAG_LEN} bytes")
@@ -136,6 +136,11 @@ class VirtioFsDevice(VhostUserDevice):
         self.tag = tb
         self.num_request_queues = num_request_queues
         self.num_queues = 1 + num_request_queues
+        if read_helpers is not None:
+            # --thread-pool-size: the process's big-read helpers (csrc/fuse_datapath.h),
+            # settable until the first big read starts them.
+            if lib.msb_fs_set_helpers(read_helpers) == -errno.EINVAL:
+                raise ValueError(f"read_helpers {read_helpers}: 0..64")
         self.table = ffi.gc(lib.msb_fs_table_new(), lib.msb_fs_table_free)
         if self.table == ffi.NULL:
             raise MemoryError("handle table")
