@@ -5,7 +5,9 @@ the daemons' own ceiling, side by side in one run, same shared directory, same f
 
 Workloads (each daemon gets its own file names inside the one shared directory):
 4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, and
-CREATE+RELEASE+UNLINK cycles. Requests are posted ``--depth`` at a time with one kick
+CREATE+RELEASE+UNLINK cycles, and GETATTR and LOOKUP spread over ``--queues`` request
+queues at once (msbfs serves each request queue on its own thread; Debian's virtiofsd
+takes one request queue, so it gets the same requests on that one). Requests are posted ``--depth`` at a time with one kick
 (indirect descriptors, as the guest driver uses), the way a busy guest keeps the queue
 full. Both daemons run at once; every workload runs ``--rounds`` times alternating
 between them and the best round of each counts (the machine is shared: the best round
@@ -40,10 +42,11 @@ HDR = 16
 KINDS = ("virtiofsd", "msbfs")
 
 
-def start_daemon(kind: str, shared: Path, sock: Path) -> subprocess.Popen:
+def start_daemon(kind: str, shared: Path, sock: Path, queues: int = 1) -> subprocess.Popen:
     if kind == "msbfs":
         argv = [sys.executable, "-m", "msbfs", "serve", f"--socket-path={sock}",
-                f"--shared-dir={shared}", "--cache=auto", "--log-level=error"]
+                f"--shared-dir={shared}", "--cache=auto", "--log-level=error",
+                f"--num-request-queues={queues}"]
     else:
         argv = [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={shared}",
                 "-o", "cache=auto", "-o", "log_level=err"]
@@ -82,13 +85,29 @@ class Client:
         done = await self.fe.submit(1, [req], [reply], indirect=True)
         return parse_reply(done.data).ok()
 
-    async def batch(self, reqs: Batch, keep: int | None = None) -> list[tuple[int, bytes]]:
+    async def batch(self, reqs: Batch, keep: int | None = None, queue: int = 1) -> list[tuple[int, bytes]]:
         """(used length, reply bytes: at most ``keep`` of them) of each request."""
         out = []
         for i in range(0, len(reqs), self.depth):
-            for c in await self.fe.submit_many(1, reqs[i:i + self.depth], indirect=True, keep=keep):
+            for c in await self.fe.submit_many(queue, reqs[i:i + self.depth], indirect=True, keep=keep):
                 out.append((c.used_len, c.data))
         return out
+
+    async def spread(self, reqs: Batch, reply_len: int) -> None:
+        """``reqs`` dealt round-robin over every request queue, all queues at once; each
+        reply must be a success of ``reply_len`` payload bytes."""
+        queues = range(1, len(self.fe.queues))
+        parts = {q: reqs[i::len(queues)] for i, q in enumerate(queues)}
+
+        async def one_queue(q: int) -> None:
+            for used, d in await self.batch(parts[q], keep=HDR, queue=q):
+                length, error, _unique = _out_header(d)
+                if error or length != used or used - HDR != reply_len:
+                    raise RuntimeError(f"{self.kind}: queue {q}: error {-error}, {used - HDR} bytes")
+
+        async with trio.open_nursery() as nursery:
+            for q in queues:
+                nursery.start_soon(one_queue, q)
 
     async def checked(self, reqs: Batch, payload_len: int) -> None:
         # Only the header is copied out: a guest kernel leaves READ data in the pages
@@ -115,6 +134,8 @@ class Client:
         for nm in self.names:
             (d / nm.decode()).write_bytes(b"")
         self.dir = parse_entry(await self.one(r.lookup(ROOT, d.name.encode()))).nodeid
+        # one lookup each, kept for the GETATTR workload (forgotten with the session)
+        self.ids = [parse_entry(await self.one(r.lookup(self.dir, nm))).nodeid for nm in self.names]
         self.cycle = 0
 
     # ---- workloads: each returns the count of operations it did ----------------------------
@@ -147,6 +168,21 @@ class Client:
         await self.fe.submit(0, [r.batch_forget(list(counts.items()))], [HDR])
         return 2 * n
 
+    async def getattr_spread(self, n: int) -> int:
+        r = self.r
+        await self.spread([([r.getattr(self.ids[i % len(self.ids)])], [HDR + abi.FUSE_ATTR_OUT_SIZE])
+                           for i in range(n)], abi.FUSE_ATTR_OUT_SIZE)
+        return n
+
+    async def lookup_spread(self, n: int) -> int:
+        """LOOKUPs of names already looked up (each adds a lookup count the session's
+        end forgets), as a guest whose dentries expire looks names up again."""
+        r = self.r
+        await self.spread([([r.lookup(self.dir, self.names[i % len(self.names)])],
+                            [HDR + abi.FUSE_ENTRY_OUT_SIZE]) for i in range(n)],
+                          abi.FUSE_ENTRY_OUT_SIZE)
+        return n
+
     async def create_cycles(self, n: int) -> int:
         r = self.r
         base = self.cycle
@@ -168,11 +204,15 @@ class Client:
         return n
 
 
-async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int) -> Client:
-    proc = start_daemon(kind, shared, sock)
-    ram = GuestRam(((0, ((2 * depth * (MIB + 8192)) >> 20) + 64 << 20),))
+async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int,
+                  queues: int = 1) -> Client:
+    """A client of ``kind``; msbfs gets ``queues`` request queues, virtiofsd its one
+    (Debian's panics on a second: msbfs.launcher.daemon)."""
+    queues = queues if kind == "msbfs" else 1
+    proc = start_daemon(kind, shared, sock, queues)
+    ram = GuestRam(((0, (((1 + queues) * depth * (MIB + 8192)) >> 20) + 64 << 20),))
     fe = await Frontend.connect(str(sock), ram)
-    await fe.handshake([depth, depth], slot_size=MIB + 8192)
+    await fe.handshake([depth] * (1 + queues), slot_size=MIB + 8192)
     c = Client(kind, shared, fe, depth, proc)
     await c.setup(file_mib)
     return c
@@ -223,7 +263,8 @@ async def main_async(args: argparse.Namespace) -> None:
     clients: dict[str, Client] = {}
     try:
         for kind in KINDS:
-            clients[kind] = await connect(kind, shared, base / f"{kind}.sock", args.depth, args.file_mib)
+            clients[kind] = await connect(kind, shared, base / f"{kind}.sock", args.depth,
+                                          args.file_mib, args.queues)
         for c in clients.values():  # warm page cache and code paths
             await c.read(64, 4096)
         n4, n1, nm = args.n_small, args.n_big, args.n_meta
@@ -234,7 +275,11 @@ async def main_async(args: argparse.Namespace) -> None:
             ("1 MiB WRITE", "MiB/s", 1.0, lambda c: c.write(n1, MIB)),
             ("LOOKUP+GETATTR", "ops/s", 1.0, lambda c: c.lookup_getattr(nm)),
             ("CREATE+RELEASE+UNLINK", "cycles/s", 1.0, lambda c: c.create_cycles(nm // 4)),
+            (f"GETATTR on {args.queues} queues", "ops/s", 1.0, lambda c: c.getattr_spread(nm)),
+            (f"LOOKUP on {args.queues} queues", "ops/s", 1.0, lambda c: c.lookup_spread(nm)),
         ]
+        if args.only:
+            workloads = [w for w in workloads if any(o.lower() in w[0].lower() for o in args.only)]
         print(f"{'workload':22} {'virtiofsd':>17} {'msbfs':>17} {'ratio':>6}   "
               f"daemon CPU us/op: virtiofsd msbfs")
         for label, unit, scale, work in workloads:
@@ -266,6 +311,10 @@ def main() -> None:
     p.add_argument("--n-small", type=int, default=10000)
     p.add_argument("--n-big", type=int, default=256)
     p.add_argument("--n-meta", type=int, default=4000)
+    p.add_argument("--queues", type=int, default=4,
+                   help="msbfs request queues for the 'on N queues' workloads (virtiofsd: 1)")
+    p.add_argument("--only", action="append", metavar="TEXT",
+                   help="run only the workloads whose label contains TEXT (repeatable)")
     p.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     args = p.parse_args()
     if args.quick:
