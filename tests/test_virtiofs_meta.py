@@ -7,6 +7,7 @@ counters), and the policy's attribute shape reaches it (one definition)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -317,3 +318,44 @@ async def test_flush_with_record_locks_is_python_s(fs_client: Callable[..., Any]
         assert c.device.meta.statistics()["flushes"] == n  # both went to Python
         await c.ok(c.r.flush(a, fh, 7))
         assert c.device.meta.statistics()["flushes"] == n + 1
+
+
+async def test_flushes_in_c_race_releases_on_other_queues(fs_client: Callable[..., Any],
+                                                          tmp_path: Path) -> None:
+    """Three queues flush handles in C while a fourth releases them in Python: every
+    FLUSH is answered 0 (C or Python: the handle was still open) or EBADF (released
+    first), never anything else, and afterwards no fd is left (C's dup is closed, the
+    released handles' fds too): the grace section keeps a RELEASE from closing an fd C
+    is duplicating."""
+    import trio
+    (tmp_path / "a").write_bytes(b"x")
+    n = 48
+    async with fs_client(tmp_path, request_queues=4) as c:
+        r = c.r
+        a = parse_entry(await c.ok(r.lookup(ROOT, b"a"))).nodeid
+        base_fds = _fds()
+        before = c.device.meta.statistics()["flushes"]
+        for _ in range(4):
+            fhs = [parse_open(await c.ok(r.open(a, os.O_RDWR)))[0] for _ in range(n)]
+            errors: list[int] = []
+
+            async def flusher(q: int, fhs: list[int] = fhs, errors: list[int] = errors) -> None:
+                for k in range(0, n, 16):
+                    done = await c.fe.submit_many(
+                        q, [([r.flush(a, fh, q)], [64]) for fh in fhs[k:k + 16]])
+                    errors += [abi.fuse_out_header.unpack_from(bytes(d.data[:16]))[1]
+                               for d in done]
+
+            async def releaser(fhs: list[int] = fhs) -> None:
+                for k in range(0, n, 16):
+                    await c.fe.submit_many(4, [([r.release(a, fh)], [64]) for fh in fhs[k:k + 16]])
+
+            async with trio.open_nursery() as nursery:
+                for q in (1, 2, 3):
+                    nursery.start_soon(flusher, q)
+                nursery.start_soon(releaser)
+            assert len(errors) == 3 * n
+            assert set(errors) <= {0, -errno.EBADF}
+        assert c.device.meta.statistics()["flushes"] > before
+        assert c.device.tree.statistics().handles == 0
+        assert _fds() == base_fds
