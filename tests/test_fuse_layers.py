@@ -51,3 +51,15 @@ def test_the_session_reads_and_writes_through_them() -> None:
         assert getattr(server, name) is getattr(requests, name)
     for name in ("_reply", "entry_reply", "attr_reply", "error_reply", "encode_open"):
         assert getattr(server, name) is getattr(replies, name)
+
+
+def test_loading_the_codec_does_not_load_the_tree() -> None:
+    """Nor through the ABI: it names a few of the tree's constants, and the tree package
+    loads ``Tree`` (and its C bindings) only when asked for it."""
+    import subprocess
+
+    code = ("import sys, msbfs.fuse.requests, msbfs.fuse.replies; "
+            "print(sorted(m for m in sys.modules if m.startswith('msbfs.tree.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "msbfs.tree.tree" not in out and "msbfs.tree.inodes" not in out, out

@@ -3,14 +3,10 @@ directory. Transports (virtio-fs, host mount) are thin adapters over ``Tree``; t
 contract is ``msbfs.tree.api.TreeOps``. ``VolumeFs`` is not one: it shares the tree's
 containment flags and the quota (policy.py, msbfs.usage), not the tree."""
 
+from typing import TYPE_CHECKING, Any
+
 from msbfs.tree.api import TreeOps
 from msbfs.tree.policy import FMODE_EXEC, Policy
-from msbfs.tree.tree import (
-    RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
-    RENAME_WHITEOUT,
-    Tree,
-)
 from msbfs.tree.types import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -48,3 +44,18 @@ __all__ = [
     "ROOT_ID", "Attr", "Ctx", "DirEntry", "Entry", "Lock", "Opened", "Policy", "SetAttr",
     "StatFs", "Statistics", "Tree", "TreeOps",
 ]
+
+if TYPE_CHECKING:
+    from msbfs.tree.tree import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, Tree
+
+#: Loaded on first use, so the value types and the policy (what the FUSE codec, the ABI
+#: and VolumeFs need) come without the tree itself and its C bindings.
+_LAZY = frozenset({"RENAME_EXCHANGE", "RENAME_NOREPLACE", "RENAME_WHITEOUT", "Tree"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from msbfs.tree import tree
+
+        return getattr(tree, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
