@@ -46,7 +46,9 @@ EAGAIN) is only registered for reading; its writes take the slow path.
 
 SETLKW may block: it runs on a thread of its own (at most ``MAX_DEFERRED`` at once,
 ENOLCK past them), outside the lock and outside any section (it may wait for a RELEASE,
-which waits for sections). Its reply is queued on
+which waits for sections). What it needs from the handle is resolved while parking it,
+under the lock (``begin_setlkw``): the thread never uses a handle's fd, whose number a
+RELEASE meanwhile may close and an OPEN reuse (msbfs/tree/record_locks.py). Its reply is queued on
 its ring and the ring's thread is woken to push it, unless the ring was stopped or its
 guest memory remapped meanwhile (then it is dropped). The queue goes on serving other
 requests while it waits.
@@ -311,6 +313,7 @@ class VirtioFsDevice(VhostUserDevice):
             return _push_empty(vq, c.head)
         assert isinstance(reply, Deferred)
         if not self._defer(ring, vq, c, reply):
+            reply.cancel()  # it pinned a lock description for the wait that will not run
             return self._answer(cvq, vq, c, error_reply(reply.unique, errno.ENOLCK))
         return 0
 

@@ -92,6 +92,9 @@ class Deferred:
     unique: int
     opcode: int
     run: Callable[[], bytes]
+    #: called instead of ``run`` when the request is refused rather than parked (it
+    #: may hold resources ``run`` would have released)
+    cancel: Callable[[], None] = lambda: None
 
 
 _INIT = int(Opcode.INIT)
@@ -489,11 +492,14 @@ class FuseSession:
 
     def _setlkw(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> Deferred:
         fh, owner, lock, is_flock = self._lk(body)
-        tree = self.tree
+        # Resolved here, under the caller's serialization, not in ``run``: by the time
+        # the worker runs, a RELEASE may have closed the handle's fd and an OPEN reused
+        # its number (red-team finding 4; msbfs/tree/record_locks.py, the pin rule).
+        waiter = self.tree.begin_setlkw(fh, owner, lock, is_flock=is_flock)
 
         def run() -> bytes:
             try:
-                tree.setlkw(fh, owner, lock, is_flock=is_flock)
+                waiter.wait()
             except OSError as e:
                 return error_reply(unique, e.errno or errno.EIO)
             except Exception:
@@ -501,7 +507,7 @@ class FuseSession:
                 return error_reply(unique, errno.EIO)
             return _reply(unique)
 
-        return Deferred(unique, Opcode.SETLKW, run)
+        return Deferred(unique, Opcode.SETLKW, run, waiter.cancel)
 
     # ---- directories --------------------------------------------------------------------------
     def _opendir(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:

@@ -14,9 +14,12 @@ creating ops: EINVAL/ENOENT as Linux gives). Node ids are FUSE node ids; the roo
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from msbfs.tree.types import Attr, Ctx, DirEntry, Entry, Lock, Opened, SetAttr, StatFs, Statistics
+
+if TYPE_CHECKING:
+    from msbfs.tree.record_locks import LockWait
 
 
 class TreeOps(Protocol):
@@ -101,6 +104,12 @@ class TreeOps(Protocol):
     def getlk(self, fh: int, owner: int, lock: Lock) -> Lock: ...
     def setlk(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
         """Non-blocking: EAGAIN when held elsewhere."""
+        ...
+
+    def begin_setlkw(self, fh: int, owner: int, lock: Lock, *,
+                     is_flock: bool = False) -> LockWait:
+        """SETLKW resolved now, waited later: ``wait()`` (may sleep: a worker thread)
+        never uses ``fh`` again, so a RELEASE meanwhile cannot redirect it."""
         ...
 
     def setlkw(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:

@@ -15,6 +15,24 @@ share). So an owner holds one description per access mode it locked through; the
 thing this gives up is an owner whose read lock (through a read-only handle) and
 write lock (through a writable one) overlap: those two conflict with each other.
 Non-regular files are re-opened O_NONBLOCK (a FIFO's open must not wait for a peer).
+
+A blocking SETLKW waits on a thread of its own while the slow path goes on serving the
+guest, RELEASEs and FLUSHes of the same handle included. So ``begin_setlkw`` (called
+under the slow-path lock, before the request is parked) resolves everything the wait
+needs, and the waiting thread (``LockWait.wait``) never looks at the handle or its fd
+number again: a RELEASE may close that number and an OPEN reuse it for another file
+(red-team finding 4: the lock then landed on a file the guest never opened). The wait
+uses an fd it owns: for POSIX locks the owner's description, *pinned*; for flock a dup
+of the handle's fd (the same description, which is what flock locks).
+
+The pin rule: a description a waiter uses is never closed under it. A FLUSH/RELEASE that
+drops the owner meanwhile takes it out of the table at once (the owner's next lock gets
+a fresh description), but the close, and with it the release of whatever the waiter
+got, happens when the last waiter returns; that waiter then answers EBADF, as Linux does
+for a SETLKW racing a close of its fd. Closing earlier would not wake the waiter (it
+holds its own reference to the file) and would free the number for reuse while the
+waiter may not have entered fcntl yet. Pinned fds are bounded by the parked SETLKWs
+(MAX_DEFERRED in msbfs/virtiofs.py).
 """
 
 from __future__ import annotations
@@ -58,6 +76,10 @@ class RecordLocks:
         self._fds: dict[tuple[int, int, int], int] = {}
         # SETLKW runs on a worker thread while the loop thread opens and drops owners.
         self._lock = threading.Lock()
+        # description -> SETLKWs waiting through it; and those dropped meanwhile (closed
+        # by their last waiter: see the module docstring, "the pin rule")
+        self._pins: dict[int, int] = {}
+        self._orphans: set[int] = set()
         #: told the number of descriptions whenever it changes, under ``_lock`` (the C
         #: metadata path answers FLUSH only while there are none: msbfs/fastmeta.py)
         self.on_count: Callable[[int], None] | None = None
@@ -71,23 +93,27 @@ class RecordLocks:
 
     def _owner_fd(self, h: FileHandle, owner: int, create: bool) -> int | None:
         """The owner's description for locks through ``h``: same access mode as ``h``."""
+        with self._lock:
+            return self._owner_fd_locked(h, owner, create)
+
+    def _owner_fd_locked(self, h: FileHandle, owner: int, create: bool) -> int | None:
+        """``_owner_fd`` with ``_lock`` already held."""
         acc = h.flags & os.O_ACCMODE
         key = (h.inode.nodeid, owner, acc)
-        with self._lock:
-            fd = self._fds.get(key)
-            if fd is not None or not create:
-                return fd
-            if self.max_fds is not None and len(self._fds) >= self.max_fds:
-                raise os_error(errno.ENOLCK)
-            flags = acc | os.O_CLOEXEC | os.O_NOCTTY
-            if h.inode.kind != stat.S_IFREG:
-                flags |= os.O_NONBLOCK
-            fd = os.open(b"/proc/self/fd/%d" % h.fd, flags)
-            self._fds[key] = fd
-            # Published before the lock is taken through it (the caller's fcntl): a
-            # FLUSH C answers meanwhile had nothing to drop yet.
-            self._counted()
+        fd = self._fds.get(key)
+        if fd is not None or not create:
             return fd
+        if self.max_fds is not None and len(self._fds) >= self.max_fds:
+            raise os_error(errno.ENOLCK)
+        flags = acc | os.O_CLOEXEC | os.O_NOCTTY
+        if h.inode.kind != stat.S_IFREG:
+            flags |= os.O_NONBLOCK
+        fd = os.open(b"/proc/self/fd/%d" % h.fd, flags)
+        self._fds[key] = fd
+        # Published before the lock is taken through it (the caller's fcntl): a
+        # FLUSH C answers meanwhile had nothing to drop yet.
+        self._counted()
+        return fd
 
     def _any_owner_fd(self, h: FileHandle, owner: int) -> int | None:
         """A description of the owner's on ``h``'s inode, preferring ``h``'s mode."""
@@ -107,9 +133,20 @@ class RecordLocks:
         with self._lock:
             fds = [self._fds.pop((inode.nodeid, owner, acc), -1) for acc in _ACCMODES]
             self._counted()
+            fds = self._unpinned(fds)
         for fd in fds:
-            if fd >= 0:
-                os.close(fd)  # closing the description releases its OFD locks
+            os.close(fd)  # closing the description releases its OFD locks
+
+    def _unpinned(self, fds: list[int]) -> list[int]:
+        """Under ``_lock``: which of the dropped ``fds`` to close now; a pinned one is
+        left to its last waiter (the pin rule, module docstring)."""
+        now = []
+        for fd in fds:
+            if fd in self._pins:
+                self._orphans.add(fd)
+            elif fd >= 0:
+                now.append(fd)
+        return now
 
     def getlk(self, h: FileHandle, owner: int, lock: Lock) -> Lock:
         arg = _flock_struct(lock)
@@ -122,28 +159,109 @@ class RecordLocks:
         end = OFFSET_MAX if length == 0 else start + length - 1
         return Lock(start, end, typ, 0)
 
-    def setlk(self, h: FileHandle, owner: int, lock: Lock, is_flock: bool,
-              wait: bool) -> None:
-        """EAGAIN when held elsewhere, unless ``wait`` (then it blocks: worker thread)."""
-        if is_flock:
-            op = _FLOCK_OPS.get(lock.type)
-            if op is None:
-                raise os_error(errno.EINVAL)
-            fcntl.flock(h.fd, op if wait or op == fcntl.LOCK_UN else op | fcntl.LOCK_NB)
-            return
+    def _checked(self, h: FileHandle, lock: Lock) -> bytes:
+        """The struct flock for a POSIX ``lock`` through ``h``, EBADF past its access."""
         arg = _flock_struct(lock)
         if lock.type == fcntl.F_RDLCK and not h.readable:
             raise os_error(errno.EBADF)
         if lock.type == fcntl.F_WRLCK and not h.writable:
             raise os_error(errno.EBADF)
+        return arg
+
+    @staticmethod
+    def _flock_op(lock: Lock) -> int:
+        op = _FLOCK_OPS.get(lock.type)
+        if op is None:
+            raise os_error(errno.EINVAL)
+        return op
+
+    def setlk(self, h: FileHandle, owner: int, lock: Lock, is_flock: bool) -> None:
+        """Never blocks: EAGAIN when held elsewhere."""
+        if is_flock:
+            op = self._flock_op(lock)
+            fcntl.flock(h.fd, op if op == fcntl.LOCK_UN else op | fcntl.LOCK_NB)
+            return
+        arg = self._checked(h, lock)
         fd = self._owner_fd(h, owner, create=lock.type != fcntl.F_UNLCK)
         if fd is None:
             return  # unlocking what this owner never locked
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, arg)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
+
+    def begin_setlkw(self, h: FileHandle, owner: int, lock: Lock, is_flock: bool) -> LockWait:
+        """Everything a blocking SETLKW needs from ``h``, resolved now (under the caller's
+        slow-path lock, while ``h`` is surely open): the returned wait, run on another
+        thread, touches only fds it owns. Exactly one of its ``wait``/``cancel`` must run."""
+        if is_flock:
+            op = self._flock_op(lock)
+            # A dup is the handle's description (flock's lock owner) under a number of
+            # the wait's own, closed by it: RELEASE closing h.fd cannot pull it away.
+            return LockWait(self, os.dup(h.fd), None, op)
+        arg = self._checked(h, lock)
+        with self._lock:
+            fd = self._owner_fd_locked(h, owner, create=lock.type != fcntl.F_UNLCK)
+            if fd is None:
+                return LockWait(self, -1, None, 0)  # unlocking what this owner never locked
+            self._pins[fd] = self._pins.get(fd, 0) + 1
+        return LockWait(self, fd, arg, 0)
+
+    def _unpin(self, fd: int) -> bool:
+        """A waiter is done with ``fd``: True when the owner dropped it meanwhile (then
+        the last waiter closes it, releasing what it got)."""
+        with self._lock:
+            n = self._pins[fd] - 1
+            if n:
+                self._pins[fd] = n
+                return fd in self._orphans
+            del self._pins[fd]
+            if fd not in self._orphans:
+                return False
+            self._orphans.discard(fd)
+        os.close(fd)
+        return True
 
     def close_all(self) -> None:
         with self._lock:
             fds, self._fds = self._fds, {}
             self._counted()
-        for fd in fds.values():
+            closing = self._unpinned(list(fds.values()))
+        for fd in closing:
             os.close(fd)
+
+
+class LockWait:
+    """A parked SETLKW: ``wait()`` blocks on a worker thread, ``cancel()`` when it will
+    never run (the transport refused to park it). Either releases what it holds."""
+
+    def __init__(self, locks: RecordLocks, fd: int, arg: bytes | None, flock_op: int) -> None:
+        self._locks = locks
+        self._fd = fd  # -1: nothing to do; else pinned (POSIX) or a dup of our own (flock)
+        self._arg = arg
+        self._flock_op = flock_op
+
+    def _done(self) -> bool:
+        """Release the fd; True when the owner's description was dropped meanwhile."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return False
+        if self._arg is None:
+            os.close(fd)
+            return False
+        return self._locks._unpin(fd)
+
+    def wait(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if self._arg is None:
+                fcntl.flock(self._fd, self._flock_op)
+            else:
+                fcntl.fcntl(self._fd, fcntl.F_OFD_SETLKW, self._arg)
+        finally:
+            dropped = self._done()
+        if dropped:
+            # The owner closed the file while we waited: the lock went with its
+            # description (Linux answers a SETLKW that races close() the same way).
+            raise os_error(errno.EBADF)
+
+    def cancel(self) -> None:
+        self._done()

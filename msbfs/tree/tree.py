@@ -62,7 +62,7 @@ from msbfs.tree.policy import (
     killed_setid_bits,
     walk_counts,
 )
-from msbfs.tree.record_locks import RecordLocks
+from msbfs.tree.record_locks import LockWait, RecordLocks
 from msbfs.tree.types import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -1063,10 +1063,16 @@ class Tree:
         return self._locks.getlk(self._handles.file(fh), owner, lock)
 
     def setlk(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
-        self._locks.setlk(self._handles.file(fh), owner, lock, is_flock, wait=False)
+        self._locks.setlk(self._handles.file(fh), owner, lock, is_flock)
+
+    def begin_setlkw(self, fh: int, owner: int, lock: Lock, *,
+                     is_flock: bool = False) -> LockWait:
+        """SETLKW's first half, on the serving thread: resolves ``fh`` now, so the wait
+        (on another thread) never uses the handle's fd, which RELEASE may close."""
+        return self._locks.begin_setlkw(self._handles.file(fh), owner, lock, is_flock)
 
     def setlkw(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
-        self._locks.setlk(self._handles.file(fh), owner, lock, is_flock, wait=True)
+        self.begin_setlkw(fh, owner, lock, is_flock=is_flock).wait()
 
     # ---- directories -----------------------------------------------------------------
     def opendir(self, nodeid: int, flags: int, ctx: Ctx) -> Opened:
