@@ -405,8 +405,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- locks ------------------------------------------------------------------------
     Mutant(
         "lock-reopen-mode", "a lock never re-opens a file with more access than its handle",
-        (Edit("msbfs/tree/record_locks.py", "            flags = acc | os.O_CLOEXEC | os.O_NOCTTY",
-              "            flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY"),),
+        (Edit("msbfs/tree/record_locks.py", "        flags = acc | os.O_CLOEXEC | os.O_NOCTTY",
+              "        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY"),),
         {"tree": ("tests/test_tree_hardening.py::test_read_lock_never_reopens_for_writing",),
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
         {"guest": "the guest image has no program taking POSIX record locks (busybox has no "
