@@ -16,6 +16,7 @@ but not yet reused).
 - FLUSH and RELEASE while the SETLKW waits in the kernel for a host lock: the waiter's
   description is not closed under it (no fd of it is left once it returns), it answers
   EBADF (its owner closed the file meanwhile), and no file keeps a lock.
+- a SETLKW refused past MAX_DEFERRED gives back what it pinned: FLUSH closes it.
 """
 
 from __future__ import annotations
@@ -175,3 +176,19 @@ async def test_a_flush_while_a_setlkw_waits_keeps_its_fd_until_it_returns(
         # The waiter closed the pinned description when it returned: nothing is open
         # on f any more (its handle was released).
         assert open_on(tmp_path / "f") == 0
+
+
+async def test_a_refused_setlkw_leaves_no_description_behind(
+        fs_client: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """Past MAX_DEFERRED a SETLKW is answered ENOLCK without parking: the description it
+    pinned while being resolved is unpinned, so the owner's FLUSH closes it."""
+    from msbfs import virtiofs
+    monkeypatch.setattr(virtiofs, "MAX_DEFERRED", 0)
+    async with fs_client(tmp_path) as c:
+        nodeid, fh = await create(c, b"f")
+        reply = await c.call(c.r.lk(Opcode.SETLKW, nodeid, fh, 2, 0, 10, fcntl.F_WRLCK))
+        assert reply.error == errno.ENOLCK
+        assert open_on(tmp_path / "f") == 2  # the handle, owner 2's description
+        await c.ok(c.r.flush(nodeid, fh, 2))
+        assert open_on(tmp_path / "f") == 1, "the refused SETLKW's pin kept it open"
+        await c.ok(c.r.release(nodeid, fh))
