@@ -588,3 +588,28 @@ int64_t msb_fs_answer(struct msb_vq *vq, const struct msb_chain *c, const void *
     int r = msb_vq_push(vq, c->head, len);
     return r < 0 ? r : (int64_t)len;
 }
+
+/* The slow path's per-chain crossings, fused (see the header): the same steps in the
+ * same order as the separate calls, two GIL releases per request instead of five. */
+uint32_t msb_fs_slow_begin(struct msb_inodes *inodes, const struct msb_chain *c,
+                           void *buf, uint32_t cap)
+{
+    if (inodes)
+        msb_inodes_hold(inodes);
+    msb_grace_enter();
+    return msb_fs_gather(c, buf, cap);
+}
+
+void msb_fs_slow_end(struct msb_inodes *inodes)
+{
+    msb_grace_exit();
+    if (inodes)
+        msb_inodes_unhold(inodes);
+}
+
+int64_t msb_fs_slow_end_answer(struct msb_inodes *inodes, struct msb_vq *vq,
+                               const struct msb_chain *c, const void *reply, uint32_t len)
+{
+    msb_fs_slow_end(inodes);
+    return msb_fs_answer(vq, c, reply, len);
+}

@@ -95,4 +95,19 @@ int msb_fs_set_helpers(int n);
 uint32_t msb_fs_gather(const struct msb_chain *c, void *buf, uint32_t cap);
 int64_t msb_fs_answer(struct msb_vq *vq, const struct msb_chain *c, const void *reply, uint32_t len);
 
+/* The same crossings fused, for a slow request run under the device's slow-path lock:
+ * msb_fs_slow_begin holds the inode table (when `inodes` is not NULL: msb_inodes_hold),
+ * enters a grace section, then gathers as msb_fs_gather does. msb_fs_slow_end leaves
+ * the section, then unholds. msb_fs_slow_end_answer ends them and then answers as
+ * msb_fs_answer does (the caller still holds its lock: the reply is pushed before the
+ * next slow request of any queue starts, which is no rule, only cheaper than another
+ * crossing). Each cffi call releases and retakes the GIL, so this is two round trips
+ * per request where the separate calls take six. */
+struct msb_inodes;
+uint32_t msb_fs_slow_begin(struct msb_inodes *inodes, const struct msb_chain *c,
+                           void *buf, uint32_t cap);
+void msb_fs_slow_end(struct msb_inodes *inodes);
+int64_t msb_fs_slow_end_answer(struct msb_inodes *inodes, struct msb_vq *vq,
+                               const struct msb_chain *c, const void *reply, uint32_t len);
+
 #endif

@@ -92,6 +92,12 @@ class CMetadata:
         if self.available:
             lib.msb_meta_set_ready(self._m, 0)
 
+    @property
+    def inodes(self) -> Any:
+        """The C inode table slow requests hold (msb_fs_slow_begin), or NULL when
+        this tree has no C path."""
+        return self._inodes
+
     def hold(self) -> None:
         """A slow request begins: inodes C forgets to zero on other queue threads stay
         in the table until ``unhold`` (csrc/inodes.h, msb_inodes_hold): the tree was

@@ -290,23 +290,29 @@ class VirtioFsDevice(VhostUserDevice):
     def _serve_slow(self, ring: _Ring, cvq: Any, vq: Virtqueue, c: Any) -> int:
         """Answer one chain through the codec and push it: the used length, 0 when
         deferred (pushed when it completes), < 0 when the ring broke."""
+        inodes = self.meta.inodes
         with self.lock:
             # Lock first, section second: a section never waits for the lock (a
             # RELEASE holding it waits for sections). The inode table held: no FORGET
             # of another queue's C path drops an inode half-way through the request.
-            self.meta.hold()
-            lib.msb_grace_enter()
+            # One C call holds, enters and gathers; one leaves, unholds (and answers).
+            n = lib.msb_fs_slow_begin(inodes, c, self._req_ptr, MAX_REQUEST)
             try:
-                n = lib.msb_fs_gather(c, self._req_ptr, MAX_REQUEST)
                 if n > MAX_REQUEST:
                     # Too long to be a request of ours: answer from the header alone.
                     unique = int.from_bytes(self._req[8:16], "little")
                     reply: bytes | Deferred | None = error_reply(unique, errno.EINVAL)
                 else:
                     reply = self.session.dispatch(self._req_view[:n], c.in_len)
-            finally:
-                lib.msb_grace_exit()
-                self.meta.unhold()
+            except BaseException:
+                lib.msb_fs_slow_end(inodes)
+                raise
+            if type(reply) is bytes:
+                r = lib.msb_fs_slow_end_answer(inodes, cvq, c, reply, len(reply))
+                if r != -errno.EMSGSIZE:
+                    return r
+            else:
+                lib.msb_fs_slow_end(inodes)
         if type(reply) is bytes:
             return self._answer(cvq, vq, c, reply)
         if reply is None:
