@@ -94,21 +94,13 @@ class CMetadata:
 
     @property
     def inodes(self) -> Any:
-        """The C inode table slow requests hold (msb_fs_slow_begin), or NULL when
-        this tree has no C path."""
+        """The C inode table (NULL when this tree has no C path), held by every slow
+        request from start to end (msb_fs_slow_begin/end, csrc/fuse_datapath.h, which
+        call csrc/inodes.h's msb_inodes_hold/unhold): inodes C forgets to zero on other
+        queue threads meanwhile stay in the table until then. The tree was written for
+        requests no FORGET cuts in half (a parent gone between two steps of a CREATE
+        left its fds open)."""
         return self._inodes
-
-    def hold(self) -> None:
-        """A slow request begins: inodes C forgets to zero on other queue threads stay
-        in the table until ``unhold`` (csrc/inodes.h, msb_inodes_hold): the tree was
-        written for requests no FORGET cuts in half (a parent gone between two steps
-        of a CREATE left its fds open)."""
-        if self._inodes != ffi.NULL:
-            lib.msb_inodes_hold(self._inodes)
-
-    def unhold(self) -> None:
-        if self._inodes != ffi.NULL:
-            lib.msb_inodes_unhold(self._inodes)
 
     def statistics(self) -> dict[str, int]:
         if not self.available:

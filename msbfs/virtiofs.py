@@ -54,8 +54,8 @@ guest memory remapped meanwhile (then it is dropped). The queue goes on serving 
 requests while it waits.
 
 The device uses the Virtqueue API (``push``, ``notify``, ``generation``); only the C entry
-points that walk the ring themselves (``msb_fs_serve``, ``msb_fs_answer``) get the raw
-ring, through ``msbfs.vring.c_ring``.
+points that walk the ring themselves (``msb_fs_serve``, ``msb_fs_answer``,
+``msb_fs_slow_end_answer``) get the raw ring, through ``msbfs.vring.c_ring``.
 """
 
 from __future__ import annotations
