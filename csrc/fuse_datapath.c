@@ -203,15 +203,24 @@ struct fast_io {
 
 /* Is chain c a READ/WRITE we serve here? Fills *io and returns 1, else 0 (Python's).
  * Everything is checked here; running it cannot fail in a way Python should see. */
-static int classify(struct msb_fs_table *t, struct msb_chain *c, struct fast_io *io)
+/* Copy chain c's request header out of guest memory once (a hostile driver may rewrite
+ * it meanwhile: what is checked here is what every fast path uses). 1 when it is whole,
+ * its length is the chain's and it carries no extensions; 0: Python's. */
+static int read_in_header(const struct msb_chain *c, struct fuse_in_header *ih)
 {
-    struct fuse_in_header ih;
+    if (c->out_len < sizeof(*ih))
+        return 0;
+    if (msb_iov_copy_from(c->iov, c->nout, 0, ih, sizeof(*ih)) != sizeof(*ih))
+        return 0;
+    return ih->len == c->out_len && ih->total_extlen == 0;
+}
+
+static int classify(struct msb_fs_table *t, struct msb_chain *c,
+                    const struct fuse_in_header *ihp, struct fast_io *io)
+{
+    const struct fuse_in_header ih = *ihp;
     const size_t hl = sizeof(ih);
-    if (c->out_len < hl || c->in_len < sizeof(struct fuse_out_header))
-        return 0;
-    if (msb_iov_copy_from(c->iov, c->nout, 0, &ih, hl) != hl)
-        return 0;
-    if (ih.len != c->out_len || ih.total_extlen != 0)
+    if (c->in_len < sizeof(struct fuse_out_header))
         return 0;
 
     if (ih.opcode == FUSE_READ) {
@@ -458,10 +467,12 @@ static int serve_round(struct msb_vq *vq, struct msb_fs_table *t, struct msb_cha
             break;
         }
         struct fast_io io;
-        if (!classify(t, c, &io)) {
+        struct fuse_in_header ih;
+        int whole = read_in_header(c, &ih);
+        if (!whole || !classify(t, c, &ih, &io)) {
             /* LOOKUP/GETATTR/FORGET: csrc/fuse_meta.c answers what it can. */
             struct msb_meta *meta = __atomic_load_n(&t->meta, __ATOMIC_ACQUIRE);
-            if (meta && (r = msb_meta_serve(meta, vq, c)) != 0) {
+            if (whole && meta && (r = msb_meta_serve(meta, vq, c, &ih)) != 0) {
                 if (r < 0)
                     return r;
                 continue;

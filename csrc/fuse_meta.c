@@ -312,17 +312,12 @@ static int serve_flush(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *
     return reply_error(vq, c, ih->unique, err);
 }
 
-int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c)
+int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                   const struct fuse_in_header *hdr)
 {
     if (!__atomic_load_n(&m->ready, __ATOMIC_ACQUIRE) || !__atomic_load_n(&m->enabled, __ATOMIC_RELAXED))
         return 0;
-    struct fuse_in_header ih;
-    if (c->out_len < sizeof ih)
-        return 0;
-    if (msb_iov_copy_from(c->iov, c->nout, 0, &ih, sizeof ih) != sizeof ih)
-        return 0;
-    if (ih.len != c->out_len || ih.total_extlen != 0)
-        return 0;
+    const struct fuse_in_header ih = *hdr;
     int r = 0;
     switch (ih.opcode) {
     case FUSE_GETATTR:

@@ -27,6 +27,8 @@
 #include "inodes.h"
 #include "virtq.h"
 
+struct fuse_in_header;   /* <linux/fuse.h> */
+
 struct msb_fs_table;
 
 struct msb_meta_stats {
@@ -59,8 +61,11 @@ void msb_meta_free(struct msb_meta *m);
 void msb_meta_set_ready(struct msb_meta *m, int ready);
 /* Serve metadata of table t's queues with m (NULL: none). */
 void msb_meta_attach(struct msb_fs_table *t, struct msb_meta *m);
-/* 1: answered and pushed; 0: Python's; < 0: the push's -errno (the queue broke). */
-int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c);
+/* ih: c's request header, already copied out of guest memory and checked by the serve
+ * loop (whole, ih->len == c->out_len, no extensions).
+ * 1: answered and pushed; 0: Python's; < 0: the push's -errno (the queue broke). */
+int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                   const struct fuse_in_header *ih);
 void msb_meta_stats(struct msb_meta *m, struct msb_meta_stats *out);
 
 #endif
