@@ -13,14 +13,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
-static int failures;
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);  \
-            failures++;                                                               \
-        }                                                                             \
-    } while (0)
+#include "ctest.h"
 
 #define MEM_SIZE (1u << 20)
 #define GPA_BASE 0x100000ull

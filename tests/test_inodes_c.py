@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+from tools.fuzz.native import CSRC, sanitized_build
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 def test_inodes_c_under_sanitizers(tmp_path: Path) -> None:
-    exe = tmp_path / "test_inodes"
-    subprocess.run(
-        ["gcc", "-std=gnu11", "-g", "-O1", "-Wall", "-Wextra", "-Werror",
-         "-Wno-unused-parameter", "-fsanitize=address,undefined",
-         "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", f"-I{CSRC}",
-         str(CSRC / "test_inodes.c"), "-o", str(exe), "-lpthread"],
-        check=True, capture_output=True, text=True)
+    exe = sanitized_build([CSRC / "test_inodes.c"], tmp_path / "test_inodes")
     work = tmp_path / "dir"
     work.mkdir()
     r = subprocess.run([str(exe), str(work)], capture_output=True, text=True, timeout=120)

@@ -26,22 +26,26 @@ SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer"]
 
 
-def build(out: Path) -> Path:
-    exe = out / "ring_harness"
+def sanitized_build(sources: list[Path], exe: Path) -> Path:
+    """Build ``sources`` into ``exe`` under ASan/UBSan with warnings as errors: the one
+    command line for the fuzz harness and the standalone C tests (csrc/test_*.c)."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler")
     subprocess.run([cc, "-std=gnu11", "-g", "-O1", "-Wall", "-Wextra", "-Werror",
                     "-Wno-unused-parameter", *SANITIZE, f"-I{CSRC}",
-                    str(HERE / "ring_harness.c"), str(CSRC / "virtq.c"),
-                    str(CSRC / "fuse_datapath.c"),
-                    # what the data path calls: grace periods, the metadata path and its
-                    # inode table (not attached by the harness: chains reach it only if
-                    # it is), openat2
-                    *(str(CSRC / f) for f in ("grace.c", "fuse_meta.c", "inodes.c", "sys.c")),
-                    "-o", str(exe), "-lpthread"],
+                    *(str(s) for s in sources), "-o", str(exe), "-lpthread"],
                    check=True, capture_output=True, text=True)
     return exe
+
+
+def build(out: Path) -> Path:
+    return sanitized_build(
+        [HERE / "ring_harness.c", CSRC / "virtq.c", CSRC / "fuse_datapath.c",
+         # what the data path calls: grace periods, the metadata path and its inode
+         # table (not attached by the harness: chains reach it only if it is), openat2
+         *(CSRC / f for f in ("grace.c", "fuse_meta.c", "inodes.c", "sys.c"))],
+        out / "ring_harness")
 
 
 def run(count: int, seed: int, timeout: float = 3600) -> dict[str, Any]:
