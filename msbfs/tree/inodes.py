@@ -97,10 +97,6 @@ class Inode:
         return self._host_key()[1]
 
     @property
-    def nlookup(self) -> int:
-        return int(self._info().nlookup)
-
-    @property
     def nopen(self) -> int:
         """File handles of ours on it (the quota frees blocks at the last)."""
         return int(self._info().nopen)
@@ -123,8 +119,6 @@ class InodeTable:
             raise MemoryError("inode table")
         #: the C table; the fast path of the virtio-fs device takes this pointer too.
         self.c = ffi.gc(c, lib.msb_inodes_free)
-        self.fd_cap = fd_cap
-        self.max_inodes = max_inodes
         self.root = Inode(self, ROOT_ID, root_st.st_mode, (root_st.st_dev, root_st.st_ino))
 
     def _stats(self) -> Any:
@@ -138,10 +132,6 @@ class InodeTable:
     @property
     def open_fds(self) -> int:
         return int(self._stats().nfds)
-
-    @property
-    def nfds(self) -> int:
-        return self.open_fds
 
     @property
     def evictions(self) -> int:
