@@ -5,7 +5,7 @@ the daemons' own ceiling, side by side in one run, same shared directory, same f
 
 Workloads (each daemon gets its own file names inside the one shared directory):
 4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, and
-CREATE+RELEASE+UNLINK cycles, and GETATTR and LOOKUP spread over ``--queues`` request
+CREATE+RELEASE+UNLINK cycles, READDIRPLUS of a 10,000-entry directory (entries/s), and GETATTR and LOOKUP spread over ``--queues`` request
 queues at once (msbfs serves each request queue on its own thread; Debian's virtiofsd
 takes one request queue, so it gets the same requests on that one). Requests are posted ``--depth`` at a time with one kick
 (indirect descriptors, as the guest driver uses), the way a busy guest keeps the queue
@@ -30,7 +30,7 @@ from pathlib import Path
 import trio
 
 from msbfs.fuse import abi
-from msbfs.fuse.kernel import Requests, parse_entry, parse_open, parse_reply
+from msbfs.fuse.kernel import Requests, parse_dirents, parse_entry, parse_open, parse_reply
 from msbfs.launcher.daemon import VIRTIOFSD
 from msbfs.store import MIB
 from tools.bench.proc import process_tree, status_kib
@@ -118,7 +118,7 @@ class Client:
             if error or length != used or used - HDR != payload_len:
                 raise RuntimeError(f"{self.kind}: reply error {-error}, {used - HDR} bytes")
 
-    async def setup(self, file_mib: int) -> None:
+    async def setup(self, file_mib: int, listing: int) -> None:
         r = self.r
         await self.one(r.init())
         data = self.shared / f"{self.prefix}data"
@@ -137,6 +137,14 @@ class Client:
         # one lookup each, kept for the GETATTR workload (forgotten with the session)
         self.ids = [parse_entry(await self.one(r.lookup(self.dir, nm))).nodeid for nm in self.names]
         self.cycle = 0
+        # The READDIRPLUS directory, made once: its entries are never looked up outside
+        # a round, so every round starts from the same state (forgotten at its end).
+        big = self.shared / f"{self.prefix}big"
+        big.mkdir()
+        for i in range(listing):
+            (big / f"e{i}").write_bytes(b"")
+        self.big = parse_entry(await self.one(r.lookup(ROOT, big.name.encode()))).nodeid
+        self.listing = listing
 
     # ---- workloads: each returns the count of operations it did ----------------------------
     async def read(self, n: int, sz: int) -> int:
@@ -203,9 +211,43 @@ class Client:
         await self.fe.submit(0, [r.batch_forget(forgets)], [HDR])
         return n
 
+    async def readdirplus(self, room: int) -> int:
+        """One whole listing as a guest's ``ls -l`` makes it: OPENDIR, READDIRPLUS from
+        each reply's last cookie until an empty reply (one request in flight: each asks
+        from where the last ended), RELEASEDIR, then a BATCH_FORGET of every node id the
+        listing returned, with its count, as a guest under memory pressure drops the
+        dentries. Both daemons thus do the same work every round (virtiofsd opens an
+        O_PATH fd per entry as msbfs does). Returns the entries listed."""
+        r = self.r
+        fh, _ = parse_open(await self.one(r.opendir(self.big)))
+        counts: dict[int, int] = {}
+        offset = listed = 0
+        while True:
+            recs = parse_dirents(await self.one(r.readdir(self.big, fh, offset, room - HDR, plus=True),
+                                                room), plus=True)
+            if not recs:
+                break
+            for _name, _ino, off, ent in recs:
+                offset = off
+                listed += 1
+                if ent is not None and ent.nodeid:  # "." and ".." carry node id 0
+                    counts[ent.nodeid] = counts.get(ent.nodeid, 0) + 1
+        await self.one(r.releasedir(self.big, fh))
+        if listed != self.listing + 2:
+            raise RuntimeError(f"{self.kind}: listed {listed} records, expected {self.listing + 2}")
+        items = list(counts.items())
+        for i in range(0, len(items), FORGET_BATCH):
+            await self.fe.submit(0, [r.batch_forget(items[i:i + FORGET_BATCH])], [HDR])
+        return listed
+
+
+#: Node ids per BATCH_FORGET: what one 4 KiB page of forget records holds, as the
+#: guest kernel batches them (fuse_read_batch_forget fills the reader's buffer).
+FORGET_BATCH = (4096 - 24) // 16
+
 
 async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int,
-                  queues: int = 1) -> Client:
+                  queues: int = 1, listing: int = 10000) -> Client:
     """A client of ``kind``; msbfs gets ``queues`` request queues, virtiofsd its one
     (Debian's panics on a second: msbfs.launcher.daemon)."""
     queues = queues if kind == "msbfs" else 1
@@ -214,7 +256,7 @@ async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int
     fe = await Frontend.connect(str(sock), ram)
     await fe.handshake([depth] * (1 + queues), slot_size=MIB + 8192)
     c = Client(kind, shared, fe, depth, proc)
-    await c.setup(file_mib)
+    await c.setup(file_mib, listing)
     return c
 
 
@@ -264,7 +306,7 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         for kind in KINDS:
             clients[kind] = await connect(kind, shared, base / f"{kind}.sock", args.depth,
-                                          args.file_mib, args.queues)
+                                          args.file_mib, args.queues, args.listing)
         for c in clients.values():  # warm page cache and code paths
             await c.read(64, 4096)
         n4, n1, nm = args.n_small, args.n_big, args.n_meta
@@ -277,6 +319,8 @@ async def main_async(args: argparse.Namespace) -> None:
             ("CREATE+RELEASE+UNLINK", "cycles/s", 1.0, lambda c: c.create_cycles(nm // 4)),
             (f"GETATTR on {args.queues} queues", "ops/s", 1.0, lambda c: c.getattr_spread(nm)),
             (f"LOOKUP on {args.queues} queues", "ops/s", 1.0, lambda c: c.lookup_spread(nm)),
+            (f"READDIRPLUS {args.listing} ({args.readdir_room // 1024} KiB)", "entries/s", 1.0,
+             lambda c: c.readdirplus(args.readdir_room)),
         ]
         if args.only:
             workloads = [w for w in workloads if any(o.lower() in w[0].lower() for o in args.only)]
@@ -313,12 +357,18 @@ def main() -> None:
     p.add_argument("--n-meta", type=int, default=4000)
     p.add_argument("--queues", type=int, default=4,
                    help="msbfs request queues for the 'on N queues' workloads (virtiofsd: 1)")
+    p.add_argument("--listing", type=int, default=10000,
+                   help="entries in the READDIRPLUS workload's directory")
+    p.add_argument("--readdir-room", type=int, default=4096,
+                   help="reply buffer per READDIRPLUS, header included (default 4 KiB: a "
+                        "Linux guest's fuse_readdir asks for one page per request)")
     p.add_argument("--only", action="append", metavar="TEXT",
                    help="run only the workloads whose label contains TEXT (repeatable)")
     p.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     args = p.parse_args()
     if args.quick:
         args.n_small, args.n_big, args.n_meta, args.file_mib, args.rounds = 1000, 32, 400, 16, 1
+        args.listing = 1000
     trio.run(main_async, args)
 
 
