@@ -113,13 +113,15 @@ static int table_set(struct msb_fs_table *t, uint64_t fh, int fd, int dirs)
             t->tombs--;
         s->used = 1;
         s->fh = fh;
-        s->rfd = s->wfd = -1;
+        s->rfd = s->wfd = s->dfd = -1;
         t->count++;
     }
     if (dirs & MSB_FS_READ)
         s->rfd = fd;
     if (dirs & MSB_FS_WRITE)
         s->wfd = fd;
+    if (dirs & MSB_FS_DIR)
+        s->dfd = fd;
     return 0;
 }
 
@@ -138,7 +140,7 @@ int msb_fs_table_del(struct msb_fs_table *t, uint64_t fh)
     struct msb_fs_slot *s = find(t, fh);
     if (s) {
         s->used = 2;
-        s->rfd = s->wfd = -1;
+        s->rfd = s->wfd = s->dfd = -1;
         t->count--;
         t->tombs++;
     }
@@ -152,7 +154,7 @@ int msb_fs_table_get(const struct msb_fs_table *t, uint64_t fh, int dir)
     pthread_rwlock_t *lock = (pthread_rwlock_t *)&t->lock;
     pthread_rwlock_rdlock(lock);
     const struct msb_fs_slot *s = find(t, fh);
-    int fd = !s ? -1 : dir == MSB_FS_WRITE ? s->wfd : s->rfd;
+    int fd = !s ? -1 : dir == MSB_FS_WRITE ? s->wfd : dir == MSB_FS_DIR ? s->dfd : s->rfd;
     pthread_rwlock_unlock(lock);
     return fd;
 }

@@ -32,8 +32,9 @@
 
 #define MSB_FS_READ 1   /* the fd may serve FUSE_READ */
 #define MSB_FS_WRITE 2  /* the fd may serve FUSE_WRITE */
+#define MSB_FS_DIR 4    /* a directory handle's fd: READDIR(PLUS) (csrc/fuse_readdir.h) */
 
-struct msb_fs_slot { uint64_t fh; int32_t rfd, wfd; uint8_t used; };
+struct msb_fs_slot { uint64_t fh; int32_t rfd, wfd, dfd; uint8_t used; };
 
 struct msb_fs_table {
     uint32_t cap;              /* power of two */
@@ -55,7 +56,9 @@ struct msb_fs_stats {
 
 struct msb_fs_table *msb_fs_table_new(void);
 void msb_fs_table_free(struct msb_fs_table *t);
-/* Set the fd of `fh` for READ and/or WRITE (`dirs` is MSB_FS_READ|MSB_FS_WRITE).
+/* Set the fd of `fh` for READ and/or WRITE (`dirs` is MSB_FS_READ|MSB_FS_WRITE), or
+ * as a directory handle's (MSB_FS_DIR; never combined with the others: a FLUSH or READ
+ * looking for a file's fd must not find a directory's).
  * 0 or -ENOMEM. */
 int msb_fs_table_set(struct msb_fs_table *t, uint64_t fh, int fd, int dirs);
 /* Forget `fh` (both directions). 1 if it was there, else 0. */
