@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "fuse_meta.h"
 #include "fuse_datapath.h"
+#include "lookup.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -194,13 +195,7 @@ static int serve_statfs(struct msb_meta *m, struct msb_vq *vq, struct msb_chain 
     return push_reply(vq, c, &r, sizeof r);
 }
 
-static int plain_name(const char *name, size_t len)
-{
-    if (len == 0 || len > NAME_MAX_ || memchr(name, '/', len))
-        return 0;
-    return !(name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')));
-}
-
+/* The lookup itself is csrc/lookup.c's, the one the Python tree calls too. */
 static int serve_lookup(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                         const struct fuse_in_header *ih)
 {
@@ -210,41 +205,23 @@ static int serve_lookup(struct msb_meta *m, struct msb_vq *vq, struct msb_chain 
         return 0;
     msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
     const char *nul = memchr(body, '\0', blen);
-    if (!nul || !plain_name(body, (size_t)(nul - body)))
+    if (!nul)
         return 0;
     uint64_t t0 = now_ns();
-    struct msb_inode_info parent;
-    if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
-        return 0;
-    int pfd = msb_inodes_fd(m->inodes, ih->nodeid);
-    if (pfd < 0)
-        return 0;
+    const struct msb_lookup_cfg cfg = { m->root_dev, m->lookup_flags, m->resolve };
     struct stat st;
-    if (fstatat(pfd, body, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-        if (errno != ENOENT)
-            return 0;
+    struct msb_inode_info info;
+    int added;
+    int r = msb_lookup(m->inodes, &cfg, ih->nodeid, body, (size_t)(nul - body), &st, &info,
+                       &added);
+    if (r == -ENOENT) {
         count(&m->stats.lookups, 1);
         return reply_error(vq, c, ih->unique, ENOENT);
     }
-    if (st.st_dev != m->root_dev)
-        return 0;   /* another filesystem: the tree tags its st_ino, submount rules */
-    struct msb_inode_info info;
-    if (msb_inodes_find(m->inodes, st.st_dev, st.st_ino, 1, &info) < 0) {
-        /* New to the table: opened exactly as the tree opens it, the object held is
-         * the truth whatever raced. */
-        if (msb_inodes_check_room(m->inodes) < 0)
-            return 0;
-        int fd = msb_openat2(pfd, body, m->lookup_flags, 0, m->resolve);
-        if (fd < 0)
-            return 0;
-        if (fstat(fd, &st) < 0 || st.st_dev != m->root_dev) {
-            close(fd);   /* ours alone, never in the table */
-            return 0;
-        }
-        if (msb_inodes_add(m->inodes, fd, st.st_dev, st.st_ino, st.st_mode, 0, &info) < 0)
-            return 0;
+    if (r < 0)
+        return 0;
+    if (added)
         count(&m->stats.lookups_new, 1);
-    }
     int ret = reply_entry(m, vq, c, ih->unique, info.nodeid, info.submount, &st);
     count(&m->stats.lookups, 1);
     count(&m->stats.lookup_ns, now_ns() - t0);
