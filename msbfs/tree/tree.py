@@ -40,13 +40,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import stat
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from msbfs import syscalls
-from msbfs._native import lib
+from msbfs._native import ffi, lib
 from msbfs.errors import os_error
 from msbfs.fdlimit import raise_fd_limit
 from msbfs.tree.creds import Identities
@@ -128,6 +129,9 @@ _OPEN_PASS = (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DSYNC | os.O_SYN
               | os.O_DIRECT | os.O_NOATIME | os.O_TRUNC)
 _LOOKUP_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _RESOLVE = syscalls.RESOLVE_CONTAINED
+_c_lookup = lib.msb_lookup_attr  # csrc/lookup.h
+_UNDECIDED = lib.MSB_LOOKUP_UNDECIDED
+_lookup_stat = functools.partial(ffi.new, "struct msb_lookup_stat *")
 
 _DEFAULT_POLICY = Policy()
 
@@ -228,6 +232,9 @@ class Tree:
         self._handles = HandleTable(max(_MIN_INODE_FDS, soft // 8) if max_handles is None
                                     else max_handles)
         self._root_dev = st.st_dev
+        #: the rules csrc/lookup.c follows for this tree (the same as _lookup_cold's)
+        self._lookup_cfg = ffi.new("struct msb_lookup_cfg *",
+                                   (st.st_dev, _LOOKUP_FLAGS, _RESOLVE))
         self._foreign_devs: dict[int, int] = {}
         # The policy's shaping of every attribute reply, unpacked for the hot path.
         shape = self.attr_shape = policy.attr_shape()  # also the C metadata path's
@@ -446,6 +453,22 @@ class Tree:
 
     # ---- inodes ----------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Entry:
+        # csrc/lookup.c first (the virtio-fs C path's own lookup): a plain name (C
+        # checks it as _name would, and refuses "." and "..") beneath a directory on the
+        # root's filesystem, in one crossing, the attributes in a C struct _attr reads
+        # as it reads a stat. What it does not decide (r is UNDECIDED: other names,
+        # other filesystems, a bound, an errno but ENOENT) is the Python code below,
+        # from scratch.
+        try:
+            out = _lookup_stat()
+            r = _c_lookup(self._inodes.c, self._lookup_cfg, parent, name, len(name), out)
+        except (OverflowError, TypeError):  # no u64 node id, no bytes name: below
+            r = _UNDECIDED
+        if r >= 0:
+            t = self._timeout
+            return Entry(r >> 1, 0, self._attr(out, bool(r & 1)), t, t)
+        if r == -errno.ENOENT:
+            raise os_error(errno.ENOENT)
         inodes = self._inodes
         pfd = inodes.fd_traits(parent) >> FD_SHIFT
         name = _name(name)
