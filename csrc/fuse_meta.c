@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fuse_reply.h"
+
 #define NAME_MAX_ 255
 /* A LOOKUP body we parse: the name, its NUL, and whatever trails it (ignored, as the
  * Python codec ignores it). Longer bodies go to Python. */
@@ -63,74 +65,6 @@ void msb_meta_stats(struct msb_meta *m, struct msb_meta_stats *out)
         __atomic_load_n(&s->statfs, __ATOMIC_RELAXED),
         __atomic_load_n(&s->flushes, __ATOMIC_RELAXED),
     };
-}
-
-static void count(uint64_t *c, uint64_t n)
-{
-    __atomic_add_fetch(c, n, __ATOMIC_RELAXED);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Tree._attr: the policy's shape applied to a host stat (the root's device only). */
-static void shape_attr(const struct msb_meta *m, const struct stat *st, int submount,
-                       struct fuse_attr *a)
-{
-    *a = (struct fuse_attr){
-        .ino = st->st_ino,
-        .size = (uint64_t)st->st_size,
-        .blocks = (uint64_t)st->st_blocks,
-        .atime = (uint64_t)st->st_atim.tv_sec,
-        .mtime = (uint64_t)st->st_mtim.tv_sec,
-        .ctime = (uint64_t)st->st_ctim.tv_sec,
-        .atimensec = (uint32_t)st->st_atim.tv_nsec,
-        .mtimensec = (uint32_t)st->st_mtim.tv_nsec,
-        .ctimensec = (uint32_t)st->st_ctim.tv_nsec,
-        .mode = st->st_mode & m->mode_mask,
-        .nlink = (uint32_t)st->st_nlink,
-        .uid = m->squash_uid < 0 ? st->st_uid : (uint32_t)m->squash_uid,
-        .gid = m->squash_gid < 0 ? st->st_gid : (uint32_t)m->squash_gid,
-        /* nodev: a device node stays visible but names no device */
-        .rdev = m->hide_rdev && st->st_rdev ? 0 : (uint32_t)st->st_rdev,
-        .blksize = (uint32_t)st->st_blksize,
-        .flags = submount ? FUSE_ATTR_SUBMOUNT : 0,
-    };
-}
-
-static int push_reply(struct msb_vq *vq, struct msb_chain *c, const void *reply, uint32_t len)
-{
-    msb_iov_copy_to(c->iov + c->nout, c->nin, 0, reply, len);
-    int r = msb_vq_push(vq, c->head, len);
-    return r < 0 ? r : 1;
-}
-
-static int reply_error(struct msb_vq *vq, struct msb_chain *c, uint64_t unique, int err)
-{
-    struct fuse_out_header oh = { .len = sizeof oh, .error = -err, .unique = unique };
-    return push_reply(vq, c, &oh, sizeof oh);
-}
-
-static int reply_entry(const struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
-                       uint64_t unique, uint64_t nodeid, int submount, const struct stat *st)
-{
-    struct {
-        struct fuse_out_header oh;
-        struct fuse_entry_out e;
-    } r;
-    _Static_assert(sizeof r == 16 + 128, "fuse_out_header + fuse_entry_out");
-    memset(&r, 0, sizeof r);
-    r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = unique };
-    r.e.nodeid = nodeid;
-    r.e.generation = 0;
-    r.e.entry_valid = r.e.attr_valid = m->timeout_sec;
-    r.e.entry_valid_nsec = r.e.attr_valid_nsec = m->timeout_nsec;
-    shape_attr(m, st, submount, &r.e.attr);
-    return push_reply(vq, c, &r, sizeof r);
 }
 
 /* ---- the opcodes ------------------------------------------------------------------- */
@@ -314,6 +248,13 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         break;
     case FUSE_FLUSH:
         r = serve_flush(m, vq, c, &ih);
+        break;
+    case FUSE_UNLINK:
+    case FUSE_RMDIR:
+        r = msb_names_remove(m, vq, c, &ih, ih.opcode == FUSE_RMDIR);
+        break;
+    case FUSE_ACCESS:
+        r = msb_names_access(m, vq, c, &ih);
         break;
     default:
         return 0;

@@ -10,6 +10,10 @@ C does not implement (``Tree.c_metadata`` returns None: an id map) or is not a
 ``Tree`` at all (a wrapper: its methods are the truth) gets no C path: every request
 goes to Python as before.
 
+UNLINK/RMDIR (no quota) and ACCESS too (csrc/fuse_names.h): the policy's decisions as
+``Policy.c_decisions`` compiles them from its own rules, and the daemon's identity an
+ACCESS switch restores, from the tree's ``Identities``.
+
 ``MSBFS_C_METADATA=0`` turns the path off (benchmarks, differential tests); ``enabled``
 does it for one device.
 """
@@ -23,11 +27,28 @@ from msbfs._native import ffi, lib
 from msbfs.fuse.replies import _split_timeout
 from msbfs.fuse.server import FuseSession
 from msbfs.tree.api import TreeOps
-from msbfs.tree.tree import Tree
+from msbfs.tree.tree import CMetaConfig, Tree
 
 
 def _u32(v: int) -> int:
     return v & 0xFFFFFFFF
+
+
+def _write_names(n: Any, config: CMetaConfig) -> None:
+    """UNLINK/RMDIR/ACCESS in C (csrc/fuse_names.h): the policy's decisions as the
+    policy compiled them, Python's wherever a quota charges removals or the caller's
+    identity is one C cannot restore as ``Identities`` does."""
+    d = config.decisions
+    n.mutation_errno = d.mutation
+    if all(0 <= e < 256 for e in d.access):  # an errno the table cannot hold: Python's
+        n.access_errno = list(d.access)
+        n.access = 1
+    n.remove = 0 if config.charged else 1
+    ids = config.identities
+    uid, gid, groups = ids.own
+    n.own_uid, n.own_gid = uid, gid
+    n.creds = (lib.MSB_NAMES_CREDS_OWN if not ids.enabled
+               else lib.MSB_NAMES_CREDS_PYTHON if groups else lib.MSB_NAMES_CREDS_SWITCH)
 
 
 class CMetadata:
@@ -59,11 +80,20 @@ class CMetadata:
         # the tree's lock table itself, under its lock.
         m.lock_descs = len(config.locks)
         config.locks.on_count = self._lock_descs
+        _write_names(lib.msb_meta_names(m), config)
         m.enabled = 1 if os.environ.get("MSBFS_C_METADATA", "1") != "0" else 0
         self._m = m
         self._table = table
         lib.msb_meta_attach(table, m)
         session.on_init = self.session_began
+
+    def names_statistics(self) -> dict[str, int]:
+        """What csrc/fuse_names.c answered (UNLINK, RMDIR, ACCESS)."""
+        if not self.available:
+            return {}
+        s = ffi.new("struct msb_names_stats *")
+        lib.msb_names_stats(self._m, s)
+        return {k: int(getattr(s, k)) for k in ("unlinks", "rmdirs", "accesses", "access_ns")}
 
     def _lock_descs(self, n: int) -> None:
         self._m.lock_descs = n

@@ -67,6 +67,12 @@ class Identities:
         self._own_with_groups = _As(os.geteuid(), os.getegid(), self._own_groups, None)
         self._cache: dict[tuple[int, int, tuple[int, ...]], _As] = {}
 
+    @property
+    def own(self) -> tuple[int, int, tuple[int, ...]]:
+        """The daemon's uid, gid and groups: what every switch restores (also the C
+        ACCESS path's, msbfs/fastmeta.py, which must restore the same)."""
+        return self._own._uid, self._own._gid, self._own_groups
+
     def of(self, ctx: Ctx) -> contextlib.AbstractContextManager[None]:
         if not self.enabled or (ctx.uid == 0 and ctx.gid == 0 and not ctx.groups):
             return _NO_SWITCH

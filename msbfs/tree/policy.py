@@ -28,6 +28,10 @@ quota (bytes, inodes)           QuotaAccount, writes_need_tree    T; C never get
                                                                   byte quota (T)
 ==============================  ================================  =====================
 
+The C metadata path answers UNLINK, RMDIR and ACCESS itself (csrc/fuse_names.c) with
+the errnos of ``check_mutation`` and ``check_access`` as ``c_decisions`` computes them by
+running these very checks: readonly and noexec reach it as numbers, never as a copy.
+
 Permissions of the client's own users are its kernel's (default_permissions on every
 front; see "Permissions" in msbfs/tree/tree.py): nothing here checks a uid, except
 that a non-root caller never reaches the daemon's own privileges through a map
@@ -61,6 +65,7 @@ import errno
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -167,6 +172,16 @@ class Policy:
         return AttrShape(self.reported_mode_mask, self.squash_uid, self.squash_gid,
                          self.nodev)
 
+    def c_decisions(self) -> CDecisions:
+        """The decisions of ``check_mutation`` and ``check_access`` as numbers, for the C
+        metadata path (csrc/fuse_names.h, written there by msbfs/fastmeta.py): compiled
+        by running the rules themselves over every input C can see, so the rule is
+        written once, here, and C only looks its answer up."""
+        return CDecisions(
+            _errno_of(self.check_mutation),
+            tuple(_errno_of(self.check_access, mask, kind << 12)
+                  for kind in range(16) for mask in range(8)))
+
     def kernel_flags(self) -> tuple[str, ...]:
         """The host-mount kernel flags that mirror this policy (the tree enforces it
         regardless; the flags only spare the round trip)."""
@@ -185,6 +200,24 @@ class AttrShape(NamedTuple):
     #: nodev: a device node stays visible but names no device (rdev 0:0), so a client
     #: kernel that opens special files itself cannot reach a host device.
     hide_rdev: bool
+
+
+class CDecisions(NamedTuple):
+    """``Policy.c_decisions``: each rule's errno (0: allowed) for every input."""
+
+    #: ``check_mutation``: every namespace change (UNLINK, RMDIR, ...)
+    mutation: int
+    #: ``check_access(mask, kind)`` at ``(kind >> 12) * 8 + mask``: the 16 ``S_IFMT``
+    #: values by 8 masks (``R_OK | W_OK | X_OK``)
+    access: tuple[int, ...]
+
+
+def _errno_of(check: Callable[..., None], *args: int) -> int:
+    try:
+        check(*args)
+    except OSError as e:
+        return e.errno or errno.EIO
+    return 0
 
 
 def killed_setid_bits(mode: int, in_group: bool = True) -> int:

@@ -56,6 +56,7 @@ from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
 from msbfs.tree.inodes import AT_EMPTY_PATH, FD_SHIFT, SUBMOUNT, Inode, InodeTable
 from msbfs.tree.policy import (
     AttrShape,
+    CDecisions,
     Policy,
     QuotaAccount,
     XattrRule,
@@ -1248,7 +1249,8 @@ class Tree:
         if self._id_mapped:
             return None
         return CMetaConfig(self._inodes, self._root_dev, self.attr_shape, self._timeout,
-                           _LOOKUP_FLAGS, _RESOLVE, self.quota is None, self._locks)
+                           _LOOKUP_FLAGS, _RESOLVE, self.quota is None, self._locks,
+                           self.policy.c_decisions(), self.quota is not None, self._ids)
 
     # ---- life cycle ------------------------------------------------------------------
     def destroy(self) -> None:
@@ -1288,6 +1290,12 @@ class CMetaConfig(NamedTuple):
     host_statfs: bool
     #: the owners' lock descriptions: C answers FLUSH only while there are none
     locks: RecordLocks
+    #: the policy's mutation and access decisions, as numbers (csrc/fuse_names.h)
+    decisions: CDecisions
+    #: a quota charges what UNLINK/RMDIR (and every creating op) free or make: Python's
+    charged: bool
+    #: who ACCESS runs as (``access`` switches to the caller as these do)
+    identities: Identities
 
 
 def _process_umask() -> int:

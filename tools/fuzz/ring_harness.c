@@ -65,6 +65,18 @@ static uint64_t take(struct cursor *c, int bytes)
     return v;
 }
 
+/* "a".."d" again (UNLINK chains remove them), so LOOKUPs keep finding names. */
+static void refill_names(void)
+{
+    for (int i = 0; i < 4; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "%s/%c", meta_dir, 'a' + i);
+        int f = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+        if (f >= 0)
+            close(f);
+    }
+}
+
 static void setup(void)
 {
     int fd = memfd_create("ring_harness", MFD_CLOEXEC);
@@ -97,6 +109,14 @@ static void setup(void)
     meta = msb_meta_new(inodes);
     if (!inodes || !meta) abort();
     meta->root_dev = sb.st_dev;
+    /* UNLINK/RMDIR/ACCESS (csrc/fuse_names.c): as root, ACCESS switches to the caller
+     * the header names (and back); a few (kind, mask) pairs the policy refuses. */
+    meta->names.remove = meta->names.access = 1;
+    meta->names.creds = geteuid() == 0 ? MSB_NAMES_CREDS_SWITCH : MSB_NAMES_CREDS_OWN;
+    meta->names.own_uid = geteuid();
+    meta->names.own_gid = getegid();
+    meta->names.access_errno[(S_IFREG >> 12) * 8 + 1] = 13;   /* noexec: X_OK, EACCES */
+    meta->names.access_errno[(S_IFDIR >> 12) * 8 + 2] = 30;   /* readonly: W_OK, EROFS */
     meta->mode_mask = ~06000u;
     meta->hide_rdev = 1;
     meta->timeout_sec = 1;
@@ -111,7 +131,7 @@ static void setup(void)
 /* A metadata request's body: a name (sometimes damaged) or forget counts. */
 static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
 {
-    if (opcode == FUSE_LOOKUP) {
+    if (opcode == FUSE_LOOKUP || opcode == FUSE_UNLINK || opcode == FUSE_RMDIR) {
         static const char *names[] = { "a", "b", "c", "d", "missing", ".", "..", "a/b" };
         const char *n = names[take(c, 1) % 8];
         uint32_t len = (uint32_t)strlen(n);
@@ -160,14 +180,21 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
     uint8_t kind = (uint8_t)take(c, 1) % 6;
     if (kind >= 4) {
         static const uint32_t ops[] = { FUSE_LOOKUP, FUSE_LOOKUP, FUSE_FORGET,
-                                        FUSE_BATCH_FORGET, FUSE_STATFS, FUSE_GETATTR };
-        uint32_t opcode = ops[take(c, 1) % 6];
+                                        FUSE_BATCH_FORGET, FUSE_STATFS, FUSE_GETATTR,
+                                        FUSE_UNLINK, FUSE_RMDIR, FUSE_ACCESS };
+        uint32_t opcode = ops[take(c, 1) % 9];
+        if (opcode == FUSE_UNLINK)
+            refill_names();
+        /* the mutation errno of a readonly policy, now and then (UNLINK/RMDIR) */
+        meta->names.mutation_errno = take(c, 1) < 32 ? 30 : 0;
+        static const uint32_t ids[] = { 0, 1000, 0xffffffffu };
         uint32_t body = opcode == FUSE_GETATTR ? (uint32_t)take(c, 1) % 24
                         : put_meta_body(c, opcode, ram0 + off + sizeof(struct fuse_in_header));
         if (opcode == FUSE_GETATTR)
             memset(ram0 + off + sizeof(struct fuse_in_header), (int)take(c, 1) & 1, body);
         struct fuse_in_header h = { .len = (uint32_t)(sizeof h + body), .opcode = opcode,
-                                    .unique = take(c, 1), .nodeid = take(c, 1) % 12 };
+                                    .unique = take(c, 1), .nodeid = take(c, 1) % 12,
+                                    .uid = ids[take(c, 1) % 3], .gid = ids[take(c, 1) % 3] };
         if (take(c, 1) < 8)
             h.nodeid = UINT64_MAX;
         memcpy(ram0 + off, &h, sizeof h);
@@ -319,6 +346,11 @@ int main(int argc, char **argv)
     }
     struct msb_meta_stats ms;
     msb_meta_stats(meta, &ms);
+    struct msb_names_stats ns;
+    msb_names_stats(meta, &ns);
+    printf("names_unlinks=%llu names_rmdirs=%llu names_accesses=%llu ",
+           (unsigned long long)ns.unlinks, (unsigned long long)ns.rmdirs,
+           (unsigned long long)ns.accesses);
     msb_meta_attach(table, NULL);
     msb_fs_table_free(table);
     msb_meta_free(meta);

@@ -1,0 +1,117 @@
+/* See fuse_names.h. Each request is copied out of guest memory once (a hostile driver
+ * may rewrite its buffers while we parse: what we check is what we use). */
+#define _GNU_SOURCE
+#include "fuse_names.h"
+#include "fuse_meta.h"
+#include "fuse_reply.h"
+#include "tree.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <string.h>
+#include <unistd.h>
+
+#define NAME_MAX_ 255
+/* A body we parse: the name, its NUL, and whatever trails it (ignored, as the Python
+ * codec ignores it). Longer bodies go to Python. */
+#define NAME_BODY_MAX 512
+#define ID_MAX 0xfffffffeu           /* Identities.of: larger is not an id (EINVAL) */
+
+struct msb_names *msb_meta_names(struct msb_meta *m)
+{
+    return &m->names;
+}
+
+void msb_names_stats(struct msb_meta *m, struct msb_names_stats *out)
+{
+    const struct msb_names_stats *s = &m->names.stats;
+    *out = (struct msb_names_stats){
+        __atomic_load_n(&s->unlinks, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->rmdirs, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->accesses, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->access_ns, __ATOMIC_RELAXED),
+    };
+}
+
+static int plain_name(const char *name, size_t len)
+{
+    if (len == 0 || len > NAME_MAX_ || memchr(name, '/', len))
+        return 0;
+    return !(name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')));
+}
+
+/* Tree.unlink / Tree.rmdir without a quota: the parent's view (EBADF for an unknown id:
+ * Python's), the name's checks (anything not plain: Python's), the policy's mutation
+ * errno, then unlinkat's errno, whatever it is (os.unlink/os.rmdir raise it and the
+ * codec replies it; EINTR is retried as Python retries it). */
+int msb_names_remove(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                     const struct fuse_in_header *ih, int dir)
+{
+    struct msb_names *n = &m->names;
+    char body[NAME_BODY_MAX + 1];
+    size_t blen = c->out_len - sizeof *ih;
+    if (!n->remove || blen == 0 || blen > NAME_BODY_MAX
+        || c->in_len < sizeof(struct fuse_out_header))
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
+    const char *nul = memchr(body, '\0', blen);
+    if (!nul || !plain_name(body, (size_t)(nul - body)))
+        return 0;
+    struct msb_inode_info parent;
+    if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
+        return 0;
+    int err = n->mutation_errno;
+    if (!err) {
+        int pfd = msb_inodes_fd(m->inodes, ih->nodeid);
+        if (pfd < 0)
+            return 0;   /* re-opening it failed: the tree says how */
+        int r;
+        do
+            r = unlinkat(pfd, body, dir ? AT_REMOVEDIR : 0);
+        while (r < 0 && errno == EINTR);
+        err = r < 0 ? errno : 0;
+    }
+    count(dir ? &n->stats.rmdirs : &n->stats.unlinks, 1);
+    return reply_error(vq, c, ih->unique, err);
+}
+
+/* Tree.access: the node's view (kind), the mask's range, the policy's errno, then
+ * faccessat2 as the caller (Identities.of: no switch for a daemon that is not root, nor
+ * for uid 0 with gid 0). The fd is taken before switching: it must be one the table
+ * holds open, since re-opening an evicted one needs the daemon's own capabilities (the
+ * tree re-opens it after switching: Python's, to answer the same). */
+int msb_names_access(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                     const struct fuse_in_header *ih)
+{
+    struct msb_names *n = &m->names;
+    struct fuse_access_in ai;
+    if (!n->access || c->out_len < sizeof *ih + sizeof ai
+        || c->in_len < sizeof(struct fuse_out_header))
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &ai, sizeof ai);
+    if (ai.mask > 7)
+        return 0;   /* EINVAL, Python's */
+    uint64_t t0 = now_ns();
+    struct msb_inode_info info;
+    if (msb_inodes_get(m->inodes, ih->nodeid, &info) < 0)
+        return 0;
+    int err = n->access_errno[((info.kind >> 12) & 15) * 8 + ai.mask];
+    if (!err) {
+        int as_caller = n->creds != MSB_NAMES_CREDS_OWN && (ih->uid != 0 || ih->gid != 0);
+        if (as_caller && (n->creds != MSB_NAMES_CREDS_SWITCH || ih->uid > ID_MAX
+                          || ih->gid > ID_MAX || info.fd < 0))
+            return 0;
+        int fd = msb_inodes_fd(m->inodes, ih->nodeid);
+        if (fd < 0)
+            return 0;
+        if (as_caller)
+            msb_switch_creds(ih->uid, ih->gid, (size_t)-1, NULL);   /* groups kept: none */
+        err = -msb_faccessat2(fd, "", (int)ai.mask, AT_EACCESS | AT_EMPTY_PATH);
+        if (as_caller)
+            msb_switch_creds(n->own_uid, n->own_gid, (size_t)-1, NULL);
+    }
+    count(&n->stats.accesses, 1);
+    count(&n->stats.access_ns, now_ns() - t0);
+    return reply_error(vq, c, ih->unique, err);
+}

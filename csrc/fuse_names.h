@@ -1,0 +1,65 @@
+/* C answers for UNLINK, RMDIR and ACCESS on the virtio-fs path (issue 11), dispatched
+ * from msb_meta_serve (csrc/fuse_meta.c) with fuse_meta.c's rule: answer only what is
+ * unambiguous, hand everything else back to Python untouched (it checks everything and
+ * replies the right errno), count nothing before the decision to answer.
+ *
+ * UNLINK/RMDIR (Tree.unlink/rmdir, msbfs/tree/tree.py): a plain name (as LOOKUP's)
+ * beneath a parent in the inode table on the root's device; the policy's mutation errno
+ * (readonly: EROFS) if it has one, else unlinkat(2)'s own errno, run as the daemon as
+ * the tree runs it (the client kernel checked its caller's permissions). A tree with a
+ * quota keeps both in Python (the removal is charged): `remove` is 0 there.
+ *
+ * ACCESS (Tree.access): the policy's errno for (kind, mask) if it has one, else
+ * faccessat2(AT_EACCESS | AT_EMPTY_PATH) on the inode's fd as the caller: fsuid, fsgid
+ * (and the groups, when the daemon has none of its own: unknown groups mean none) of
+ * this thread only, switched and restored around the one syscall as
+ * msbfs/tree/creds.py does. Handed back: a mask Python refuses (> 7), ids that are not
+ * ids (0xffffffff), a caller to switch to while the daemon has groups of its own, an
+ * inode whose fd was evicted (the tree re-opens it after switching).
+ *
+ * One definition of each rule: Python compiles the policy's decisions into numbers by
+ * asking the rules themselves (msbfs/tree/policy.py Policy.c_decisions) and writes them
+ * here (msbfs/fastmeta.py); nothing here re-states a rule. All zero (calloc) means
+ * "everything to Python". */
+#ifndef MSBFS_FUSE_NAMES_H
+#define MSBFS_FUSE_NAMES_H
+
+#include <stdint.h>
+
+struct fuse_in_header;
+struct msb_meta;
+struct msb_vq;
+struct msb_chain;
+
+/* How ACCESS runs as its caller (msbfs/tree/creds.py Identities). */
+#define MSB_NAMES_CREDS_OWN 0      /* never switched: the daemon is not root */
+#define MSB_NAMES_CREDS_SWITCH 1   /* fsuid/fsgid switched, groups kept (the daemon has none) */
+#define MSB_NAMES_CREDS_PYTHON 2   /* the daemon has groups: callers to switch to go to Python */
+
+struct msb_names_stats {
+    uint64_t unlinks, rmdirs, accesses, access_ns;
+};
+
+struct msb_names {
+    int remove;                   /* UNLINK/RMDIR answered here (no quota) */
+    int access;                   /* ACCESS answered here */
+    int mutation_errno;           /* Policy.check_mutation's errno, 0: allowed */
+    uint8_t access_errno[16 * 8]; /* Policy.check_access's: [(kind >> 12) * 8 + mask] */
+    int creds;                    /* MSB_NAMES_CREDS_* */
+    uint32_t own_uid, own_gid;    /* what a switch restores */
+    struct msb_names_stats stats;
+};
+
+/* The opcodes (msb_meta_serve's contract): 1 answered and pushed; 0 Python's; < 0 the
+ * push's -errno. `dir`: RMDIR. */
+int msb_names_remove(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                     const struct fuse_in_header *ih, int dir);
+int msb_names_access(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                     const struct fuse_in_header *ih);
+
+/* For msbfs/fastmeta.py: the configuration inside m (written before m->enabled), and
+ * the counters. */
+struct msb_names *msb_meta_names(struct msb_meta *m);
+void msb_names_stats(struct msb_meta *m, struct msb_names_stats *out);
+
+#endif

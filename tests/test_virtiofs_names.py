@@ -1,0 +1,297 @@
+"""UNLINK, RMDIR and ACCESS answered in C (csrc/fuse_names.c) exactly as the Python
+codec and tree answer them: the same ordinary and hostile request sequences go through
+a device with the C path on and one with it off, through the in-tree vhost-user
+frontend, and every reply must be the same bytes (tests/test_virtiofs_meta.py's rule).
+The requests change the host, so each device serves its own copy of one directory
+(made the same way, changed the same way between requests); only replies that carry
+no inode numbers or times are compared. Also: C really answered (its counters), every
+serving thread is back to the daemon's own fsuid/fsgid afterwards, and a quota keeps
+UNLINK/RMDIR in Python."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msbfs.fuse.kernel import Opcode, Requests, parse_entry
+from msbfs.tree import Policy
+from tests.test_virtiofs_meta import REQ, ROOT, U64, HostStep, Step, _both
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, switching fsuid)")
+
+
+def _populate_names(root: Path) -> None:
+    root.mkdir()
+    (root / "f").write_bytes(b"x")
+    (root / "g").write_bytes(b"")
+    os.link(root / "g", root / "g2")
+    (root / "d").mkdir()
+    (root / "full").mkdir()
+    (root / "full" / "x").write_bytes(b"")
+    (root / "sub").mkdir()
+    (root / "sub" / "y").write_bytes(b"")
+    (root / "sub" / "z").write_bytes(b"")
+    (root / "sub" / "e").mkdir()
+    os.mkfifo(root / "fifo")
+    if os.geteuid() == 0:
+        os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (root / ("n" * 255)).write_bytes(b"")
+    (root / "link").symlink_to("f")
+    (root / "dlink").symlink_to("d")
+    (root / "locked").mkdir(mode=0o700)
+    (root / "locked" / "q").write_bytes(b"")
+    (root / "moving").write_bytes(b"")
+    (root / "away").mkdir()
+    (root / "away" / "w").write_bytes(b"")
+    (root / "away" / "v").mkdir()
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@asynccontextmanager
+async def _pair(fs_client: Callable[..., Any], tmp_path: Path, populate: Callable[[Path], None],
+                policy: Policy, **tree_kw: Any) -> Any:
+    """Two devices, C on and off, over two copies of one directory made alike."""
+    roots = [tmp_path / "on" / "root", tmp_path / "off" / "root"]
+    for root in roots:
+        root.parent.mkdir()
+        populate(root)
+    async with fs_client(roots[0], policy, **tree_kw) as on, \
+            fs_client(roots[1], policy, **tree_kw) as off:
+        off.device.meta.enabled = False
+        assert on.device.meta.enabled
+        yield on, off, roots
+
+
+async def _lookup_ids(on: Any, off: Any, names: list[bytes]) -> dict[bytes, int]:
+    """Node ids of ``names`` in the root, the same on both devices (looked up in the
+    same order; the entries themselves differ in inode numbers and times)."""
+    ids = {}
+    for name in names:
+        got = [await c.call(c.r.lookup(ROOT, name)) for c in (on, off)]
+        assert got[0].error == got[1].error
+        if got[0].error == 0:
+            ids[name] = parse_entry(got[0].payload).nodeid
+            assert parse_entry(got[1].payload).nodeid == ids[name]
+    return ids
+
+
+def _names_script(r: Requests, ids: dict[bytes, int], roots: list[Path]) -> list[Step | HostStep]:
+    def un(parent: int, name: bytes, room: int = 4096) -> Step:
+        return (r.unlink(parent, name), [room], REQ)
+
+    def rm(parent: int, name: bytes, room: int = 4096) -> Step:
+        return (r.rmdir(parent, name), [room], REQ)
+
+    def raw(op: int, parent: int, body: bytes, **kw: int) -> Step:
+        return (r.raw(op, parent, body, **kw), [4096], REQ)
+
+    def host(change: Callable[[Path], None]) -> HostStep:
+        def both() -> None:
+            for root in roots:
+                change(root)
+        return both
+
+    f, link, fifo = ids[b"f"], ids[b"link"], ids[b"fifo"]
+    sub, away, full, locked, d = (ids[n] for n in (b"sub", b"away", b"full", b"locked", b"d"))
+    return [
+        # errnos of the host's unlinkat, as Python replies them
+        un(ROOT, b"missing"), rm(ROOT, b"missing"), un(ROOT, b"d"), rm(ROOT, b"f"),
+        rm(ROOT, b"full"), rm(ROOT, b"link"), rm(ROOT, b"dlink"),
+        # names C hands back (Python's EINVAL, ENOENT, EISDIR, ENAMETOOLONG, ...)
+        un(ROOT, b"x/y"), rm(ROOT, b"full/x"), un(ROOT, b"."), un(ROOT, b".."),
+        rm(ROOT, b"."), rm(ROOT, b".."), un(ROOT, b""), rm(ROOT, b""),
+        un(ROOT, b"n" * 256), rm(ROOT, b"n" * 256),
+        raw(Opcode.UNLINK, ROOT, b"f"), raw(Opcode.RMDIR, ROOT, b"d"),      # no NUL
+        raw(Opcode.UNLINK, ROOT, b""), raw(Opcode.RMDIR, ROOT, b""),        # no body
+        raw(Opcode.UNLINK, ROOT, b"f\0", length=30),                        # lying length
+        raw(Opcode.UNLINK, ROOT, b"f\0", extlen=1), raw(Opcode.RMDIR, ROOT, b"d\0", extlen=1),
+        raw(Opcode.UNLINK, ROOT, b"f" * 600 + b"\0"),                       # long body
+        un(ROOT, b"f", room=15), un(ROOT, b"f", room=8), rm(ROOT, b"d", room=0),
+        # parents: unknown, a file, a symlink, a fifo
+        un(0, b"f"), un(U64, b"f"), un(999, b"f"), rm(999, b"d"),
+        un(f, b"x"), rm(f, b"x"), un(link, b"x"), rm(fifo, b"x"),
+        # ordinary removals, each kind, twice
+        un(ROOT, b"f"), un(ROOT, b"f"), un(ROOT, b"g"), un(ROOT, b"g2"), un(ROOT, b"g"),
+        un(ROOT, b"link"), un(ROOT, b"dlink"), un(ROOT, b"fifo"), un(ROOT, b"null"),
+        un(ROOT, b"n" * 255), un(ROOT, b"n" * 255),
+        raw(Opcode.UNLINK, sub, b"y\0trailing"),                           # bytes after the NUL
+        un(sub, b"z"), un(sub, b"e"), rm(sub, b"e"), rm(sub, b"e"), rm(ROOT, b"sub"),
+        un(sub, b"y"), rm(sub, b"e"),                 # inside a removed directory: ENOENT
+        rm(ROOT, b"d"), rm(d, b"x"), rm(ROOT, b"d"),
+        # a root-owned 0700 directory: the daemon removes as itself, whoever asks
+        un(locked, b"q"), rm(ROOT, b"locked"),
+        # host changes mid-sequence: a name renamed away, a parent moved out of the root
+        # (its fd still names it: both answer through it)
+        host(lambda root: os.rename(root / "moving", root / "away" / "moved")),
+        un(ROOT, b"moving"),
+        host(lambda root: os.rename(root / "away", root.parent / "away")),
+        rm(ROOT, b"away"), un(away, b"w"), rm(away, b"v"), un(away, b"moved"), un(away, b"w"),
+        un(full, b"x"), rm(ROOT, b"full"), rm(ROOT, b"full"),
+    ]
+
+
+NAMES_POLICIES = {
+    "default": Policy(),
+    "readonly": Policy(readonly=True),
+    "nosuid-nodev": Policy(nosuid=True, nodev=True),
+    "quota": Policy(quota_bytes=64 << 20, quota_inodes=500),  # UNLINK/RMDIR stay Python's
+}
+
+
+@pytest.mark.parametrize("policy", list(NAMES_POLICIES))
+async def test_unlink_rmdir_c_and_python_reply_the_same_bytes(
+        fs_client: Callable[..., Any], tmp_path: Path, policy: str) -> None:
+    async with _pair(fs_client, tmp_path, _populate_names, NAMES_POLICIES[policy]) as (
+            on, off, roots):
+        ids = await _lookup_ids(on, off, [b"f", b"link", b"fifo", b"sub", b"away", b"full",
+                                          b"locked", b"d"])
+        steps = _names_script(Requests(uid=1000, gid=1000), ids, roots)
+        assert await _both(on, off, steps) == len(steps)
+        assert _listing(roots[0]) == _listing(roots[1])
+        served = on.device.meta.names_statistics()
+        if policy == "quota":  # the removals were charged (by Python) on both sides
+            assert served["unlinks"] == served["rmdirs"] == 0
+            used = [c.device.tree.statistics() for c in (on, off)]
+            assert used[0].quota_used_inodes == used[1].quota_used_inodes
+            assert used[0].quota_used_bytes == used[1].quota_used_bytes
+        else:
+            assert served["unlinks"] >= 20 and served["rmdirs"] >= 10
+        assert on.device.meta.statistics()["handed"] >= 20
+        assert off.device.meta.names_statistics()["unlinks"] == 0
+        if policy == "readonly":  # nothing removed: only the host's renames happened
+            ref = tmp_path / "ref" / "root"
+            ref.parent.mkdir()
+            _populate_names(ref)
+            for step in _names_script(Requests(), ids, [ref]):
+                if callable(step):
+                    step()
+            assert _listing(roots[0]) == _listing(ref)
+
+
+# ---- ACCESS -------------------------------------------------------------------------
+OWNER = 1000
+CALLERS = [(0, 0), (OWNER, OWNER), (OWNER, 2000), (2000, OWNER), (3000, 3000), (0, OWNER),
+           (OWNER, 0), (0xFFFFFFFF, 0), (0, 0xFFFFFFFF)]
+ACCESS_NODES = [b"m000", b"m700", b"m070", b"m007", b"m755", b"m644", b"r700", b"d000",
+                b"d700", b"d070", b"d007", b"link", b"fifo", b"null"]
+
+
+def _populate_access(root: Path) -> None:
+    root.mkdir()
+    for mode in (0o000, 0o700, 0o070, 0o007, 0o755, 0o644):
+        p = root / f"m{mode:03o}"
+        p.write_bytes(b"#!/bin/sh\n")
+        os.chown(p, OWNER, OWNER)
+        os.chmod(p, mode)
+    (root / "r700").write_bytes(b"")
+    os.chmod(root / "r700", 0o700)
+    for mode in (0o000, 0o700, 0o070, 0o007):
+        p = root / f"d{mode:03o}"
+        p.mkdir()
+        os.chown(p, OWNER, OWNER)
+        os.chmod(p, mode)
+    (root / "link").symlink_to("m700")
+    os.mkfifo(root / "fifo")
+    os.chown(root / "fifo", OWNER, OWNER)
+    os.chmod(root / "fifo", 0o600)
+    os.mknod(root / "null", 0o660 | stat.S_IFCHR, os.makedev(1, 3))
+    (root / "locked").mkdir(mode=0o700)
+    (root / "locked" / "q").write_bytes(b"")
+
+
+def _access_script(ids: dict[bytes, int]) -> Iterator[Step]:
+    for uid, gid in CALLERS:
+        r = Requests(uid=uid, gid=gid)
+        for name in ACCESS_NODES:
+            for mask in range(8):
+                yield (r.access(ids[name], mask), [4096], REQ)
+        yield (r.access(ids[b"m755"], 8), [4096], REQ)              # not a mask: EINVAL
+        yield (r.access(ids[b"m755"], 0xFFFFFFFF), [4096], REQ)
+        yield (r.access(999, 4), [4096], REQ)                       # unknown node ids
+        yield (r.access(0, 4), [4096], REQ)
+        yield (r.access(U64, 4), [4096], REQ)
+        yield (r.access(ROOT, 7), [4096], REQ)
+        yield (r.raw(Opcode.ACCESS, ids[b"m755"], b"\4\0\0"), [4096], REQ)     # short body
+        yield (r.raw(Opcode.ACCESS, ids[b"m755"], b""), [4096], REQ)
+        yield (r.raw(Opcode.ACCESS, ids[b"m755"], b"\4\0\0\0\0\0\0\0trailing"), [4096], REQ)
+        yield (r.raw(Opcode.ACCESS, ids[b"m755"], b"\4" + b"\0" * 7, extlen=1), [4096], REQ)
+        yield (r.access(ids[b"m755"], 4), [15], REQ)                # no room for a reply
+        # the daemon removes as itself right after a caller's ACCESS on the same thread:
+        # the caller's fsuid is gone again (a root-owned 0700 directory)
+        yield (r.unlink(ids[b"locked"], b"missing"), [4096], REQ)
+
+
+def _fs_ids_of_threads() -> set[tuple[str, str]]:
+    """Each thread's fsuid and fsgid (the fourth field of Uid:/Gid:)."""
+    out = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            status = Path(f"/proc/self/task/{tid}/status").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        out.add((fields["Uid"].split()[3], fields["Gid"].split()[3]))
+    return out
+
+
+ACCESS_POLICIES = {
+    "default": Policy(),
+    "readonly": Policy(readonly=True),
+    "noexec": Policy(noexec=True),
+    "readonly-noexec": Policy(readonly=True, noexec=True),
+}
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("policy", list(ACCESS_POLICIES))
+async def test_access_c_and_python_reply_the_same_bytes(
+        fs_client: Callable[..., Any], tmp_path: Path, policy: str) -> None:
+    """Several callers (owner, group, other, root, root's group, ids that are no ids),
+    modes 000/700/070/007 on files and directories, every mask: C switches to the
+    caller as the tree does and replies the same errno; the policy's EROFS/EACCES come
+    from the policy's own rule."""
+    async with _pair(fs_client, tmp_path, _populate_access, ACCESS_POLICIES[policy]) as (
+            on, off, _roots):
+        ids = await _lookup_ids(on, off, [*ACCESS_NODES, b"locked"])
+        steps: list[Step | HostStep] = list(_access_script(ids))
+        assert await _both(on, off, steps) == len(steps)
+        served = on.device.meta.names_statistics()
+        assert served["accesses"] >= len(CALLERS[:-2]) * len(ACCESS_NODES) * 8
+        assert off.device.meta.names_statistics()["accesses"] == 0
+        assert _fs_ids_of_threads() == {("0", "0")}
+
+
+@ROOT_ONLY
+async def test_access_of_evicted_inodes_is_python_s_for_other_callers(
+        fs_client: Callable[..., Any], tmp_path: Path) -> None:
+    """An inode whose fd the cache closed is re-opened by the tree after it switched to
+    the caller: C hands those callers back (Python answers as before) and answers
+    root's, re-opening as the daemon does."""
+    def populate(root: Path) -> None:
+        _populate_access(root)
+        for i in range(40):
+            (root / f"e{i}").write_bytes(b"")
+            os.chmod(root / f"e{i}", 0o640)
+    async with _pair(fs_client, tmp_path, populate, Policy(), max_inode_fds=16) as (
+            on, off, _roots):
+        names = [f"e{i}".encode() for i in range(40)]
+        ids = await _lookup_ids(on, off, names)
+        assert on.device.tree.statistics().extra["inode_fd_evictions"] > 0
+        steps: list[Step | HostStep] = []
+        for uid, gid in ((OWNER, OWNER), (0, 0), (3000, 3000)):
+            r = Requests(uid=uid, gid=gid)
+            steps += [(r.access(ids[n], mask), [4096], REQ) for n in names for mask in (0, 4, 6)]
+        before = on.device.meta.statistics()["handed"]
+        assert await _both(on, off, steps) == len(steps)
+        assert on.device.meta.statistics()["handed"] > before
+        assert on.device.meta.names_statistics()["accesses"] >= 40 * 3
+        assert _fs_ids_of_threads() == {("0", "0")}
