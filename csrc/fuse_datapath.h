@@ -2,22 +2,21 @@
  * straight between a host fd and the guest memory of a descriptor chain
  * (preadv/pwritev on the chain's iovecs: no Python objects, no copies).
  *
- * Python (msbfs/virtiofs.py) keeps a handle table in step with the FUSE session:
- * after OPEN/CREATE/TMPFILE it stores the tree's data fd for that fh (per direction,
- * as Tree.data_fd allows), and before RELEASE/DESTROY it removes it. msb_fs_serve pops
- * chains; a request it can answer on its own (well-formed READ/WRITE, fh in the table
- * for that direction, every length consistent) is answered and pushed here; every other
- * chain is handed back to Python untouched, in order, to go through the FUSE codec.
+ * The handles are the one handle table (csrc/handles.h) the tree opens and releases
+ * through: a file handle's fd carries MSB_FS_READ/MSB_FS_WRITE as Tree.data_fd allows.
+ * msb_fs_serve pops chains; a request it can answer on its own (well-formed READ/WRITE,
+ * fh in the table for that direction, every length consistent) is answered and pushed
+ * here; every other chain is handed back to Python untouched, in order, to go through
+ * the FUSE codec.
  * So C never has to know an error rule: anything unusual takes the slow path, which
  * checks everything and answers with the right errno.
  *
  * Threads: each queue is served by its own thread (msbfs/virtiofs.py), so several
  * msb_fs_serve calls run at once on one table. A queue (its ring, its chain buffer, its
  * stats) is used by one thread at a time. The table has a reader-writer lock: lookups
- * read-lock it, Python's set/del/clear write-lock it. The table does not own the fds
- * (the tree does): msb_fs_serve holds a grace section (csrc/grace.h) for each round, so
- * whoever deletes an entry calls msb_grace_synchronize() before the fd is closed, and no
- * round still uses the number when a new open reuses it.
+ * read-lock it, changes write-lock it. msb_fs_serve holds a grace section
+ * (csrc/grace.h) for each round, and a handle's fd is closed only after a grace period
+ * once it left the table, so no round still uses the number when a new open reuses it.
  * Big READs (>= 64 KiB) of one round are run on the calling thread and the helper
  * threads ("msbfs-io", msb_fs_set_helpers; one by default) at once, then pushed by the
  * caller; only the caller's thread ever touches the ring. The helpers and their batch
@@ -30,42 +29,11 @@
 #include <stdint.h>
 #include "virtq.h"
 
-#define MSB_FS_READ 1   /* the fd may serve FUSE_READ */
-#define MSB_FS_WRITE 2  /* the fd may serve FUSE_WRITE */
-#define MSB_FS_DIR 4    /* a directory handle's fd: READDIR(PLUS) (csrc/fuse_readdir.h) */
-
-struct msb_fs_slot { uint64_t fh; int32_t rfd, wfd, dfd; uint8_t used; };
-
-struct msb_fs_table {
-    uint32_t cap;              /* power of two */
-    uint32_t count;            /* live entries */
-    uint32_t tombs;            /* deleted slots still in probe chains */
-    struct msb_fs_slot *slots; /* open addressing, linear probing */
-    /* A WRITE asking to clear set-id bits goes to Python when the file has any of these
-     * mode bits: the set-id rule is the policy's (msbfs/tree/policy.py sets it). */
-    uint32_t slow_write_mode_bits;
-    /* lookups read-lock, changes write-lock (not in the cdef: Python calls the functions) */
-    pthread_rwlock_t lock;
-    /* Metadata answered in C (csrc/fuse_meta.h), or NULL: set by msb_meta_attach. */
-    struct msb_meta *meta;
-};
+#include "handles.h"   /* struct msb_fs_table, MSB_FS_READ/WRITE/DIR */
 
 struct msb_fs_stats {
     uint64_t reads, writes, read_bytes, write_bytes, slow, errors;
 };
-
-struct msb_fs_table *msb_fs_table_new(void);
-void msb_fs_table_free(struct msb_fs_table *t);
-/* Set the fd of `fh` for READ and/or WRITE (`dirs` is MSB_FS_READ|MSB_FS_WRITE), or
- * as a directory handle's (MSB_FS_DIR; never combined with the others: a FLUSH or READ
- * looking for a file's fd must not find a directory's).
- * 0 or -ENOMEM. */
-int msb_fs_table_set(struct msb_fs_table *t, uint64_t fh, int fd, int dirs);
-/* Forget `fh` (both directions). 1 if it was there, else 0. */
-int msb_fs_table_del(struct msb_fs_table *t, uint64_t fh);
-void msb_fs_table_clear(struct msb_fs_table *t);
-/* The fd of `fh` for one direction, or -1. */
-int msb_fs_table_get(const struct msb_fs_table *t, uint64_t fh, int dir);
 
 /* Pop up to `budget` chains from `vq`; serve the fast ones (each pushed as soon as it
  * is answered; the caller signals the driver once, with msb_vq_notify),

@@ -34,15 +34,15 @@ What serializes:
 
 fd lifetimes. Each C round and each slow request runs inside a grace section
 (``csrc/grace.h``); the slow path takes ``self.lock`` before entering its section, so
-no section ever waits for that lock. When RELEASE/DESTROY removes handles from the C
-table, ``msb_grace_synchronize()`` waits for every other thread's section open at that
-moment before the tree closes the fds: a round that looked an fd up never reads through
-a number a new open has reused (that would return another file's data).
+no section ever waits for that lock. When RELEASE/DESTROY takes handles out of the
+handle table, their fds are closed only once every section open at that moment has
+ended (``msb_grace_defer_close``): a round that looked an fd up never reads through a
+number a new open has reused (that would return another file's data).
 
-The C handle table mirrors the session's open files: filled from ``tree.data_fd`` when
-OPEN/CREATE/TMPFILE succeed, emptied (and a grace period waited) before RELEASE and
-DESTROY close them. A handle whose writes the tree must see (quota: ``data_fd`` raises
-EAGAIN) is only registered for reading; its writes take the slow path.
+The handle table is the tree's own (``Tree.c_handles``, csrc/handles.h): the C paths
+read the very table the tree opens and releases through, so nothing is mirrored. A
+handle whose writes the tree must see (quota: ``data_fd`` raises EAGAIN) carries no
+write permission for C; its writes take the slow path.
 
 SETLKW may block: it runs on a thread of its own (at most ``MAX_DEFERRED`` at once,
 ENOLCK past them), outside the lock and outside any section (it may wait for a RELEASE,
@@ -76,7 +76,7 @@ from msbfs.fuse import abi
 from msbfs.fuse.replies import error_reply
 from msbfs.fuse.server import Deferred, FuseSession
 from msbfs.tree.api import TreeOps
-from msbfs.tree.policy import FAST_WRITE_FORBIDDEN_BITS
+from msbfs.tree.tree import Tree
 from msbfs.vring import c_ring
 from vhost.device import VhostUserDevice
 from vhost.virtqueue import QueueBroken, Virtqueue
@@ -143,15 +143,14 @@ class VirtioFsDevice(VhostUserDevice):
             # settable until the first big read starts them.
             if lib.msb_fs_set_helpers(read_helpers) == -errno.EINVAL:
                 raise ValueError(f"read_helpers {read_helpers}: 0..64")
-        self.table = ffi.gc(lib.msb_fs_table_new(), lib.msb_fs_table_free)
+        # The tree's own handle table; a tree that is not a Tree (a wrapper: its
+        # methods are the truth) gets an empty one: every handle request is Python's.
+        self.table = tree.c_handles() if type(tree) is Tree else \
+            ffi.gc(lib.msb_fs_table_new(), lib.msb_fs_table_free)
         if self.table == ffi.NULL:
             raise MemoryError("handle table")
-        # The C data path knows no set-id rule: a write that must clear set-id bits on a
-        # file that has any goes to the tree (msbfs/tree/policy.py defines which).
-        self.table.slow_write_mode_bits = FAST_WRITE_FORBIDDEN_BITS
         self.session = FuseSession(tree, writeback=writeback, posix_acl=posix_acl,
                                    posix_lock=posix_lock, flock=flock,
-                                   on_open=self._opened, on_release=self._released,
                                    on_destroy=self._destroyed)
         # LOOKUP/GETATTR/FORGET answered in C from the tree's inode table (fastmeta.py).
         self.meta = CMetadata(self.table, tree, self.session)
@@ -193,7 +192,7 @@ class VirtioFsDevice(VhostUserDevice):
 
     def end_session(self) -> None:
         with self.lock:
-            self.session.end()  # clears the C handle table first (on_destroy)
+            self.session.end()  # the C paths stop first (on_destroy), then the tree
 
     def _ring(self, index: int) -> _Ring:
         ring = self._rings.get(index)
@@ -387,25 +386,10 @@ class VirtioFsDevice(VhostUserDevice):
             vq.notify()
 
     # ---- the C handle table ----------------------------------------------------------------------
-    def _opened(self, fh: int, flags: int) -> None:
-        for write, bit in ((False, lib.MSB_FS_READ), (True, lib.MSB_FS_WRITE)):
-            try:
-                fd = self.tree.data_fd(fh, write=write)
-            except OSError:
-                continue  # not open that way, or the tree must see it (quota): slow path
-            if lib.msb_fs_table_set(self.table, fh, fd, bit) < 0:
-                raise MemoryError("handle table")
-
-    def _released(self, fh: int) -> None:
-        # Removed, then a grace period, then (on return) the tree closes the fd: no C
-        # round of another queue still reads through that number (csrc/grace.h).
-        if lib.msb_fs_table_del(self.table, fh):
-            lib.msb_grace_synchronize()
-
     def _destroyed(self) -> None:
+        # The C paths answer nothing more; the tree's destroy then empties the handle
+        # table (its fds close after a grace period: rounds in flight finish first).
         self.meta.session_ends()
-        lib.msb_fs_table_clear(self.table)
-        lib.msb_grace_synchronize()
 
     def statistics(self) -> dict[str, int]:
         totals = dict.fromkeys(("reads", "writes", "read_bytes", "write_bytes", "slow",

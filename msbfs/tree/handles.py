@@ -1,9 +1,20 @@
 """Open file and directory handles: the ``fh`` numbers clients pass back.
 
+The table itself is C (csrc/handles.h, issue 11): the virtio-fs C paths read it and
+answer OPEN/RELEASE with it, and the Python tree opens and releases through this thin
+wrapper. No second copy lives here: a ``FileHandle`` is a short-lived view of a slot
+(its fd, its open flags, its inode), made for one request. The one thing Python keeps
+is state C has no use for: a directory handle's decoded getdents batch (the handle is
+then marked, and C leaves its RELEASEDIR to Python).
+
 A file handle owns a real (non-``O_PATH``) fd opened through the inode's fd. A
 directory handle owns a directory fd and reads it with ``getdents64``: the cookies
 (``d_off``) come from the host filesystem itself, so readdir can resume at any cookie
 with ``lseek`` and offset 0 re-reads the directory (rewinddir) like Linux does.
+
+A handle leaves the table first; its fd is closed after a grace period (``retire``,
+csrc/grace.h): a queue thread that looked the fd up a moment earlier never reads
+through a number a new open has reused.
 """
 
 from __future__ import annotations
@@ -13,9 +24,11 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from msbfs._native import ffi, lib
-from msbfs.tree.inodes import Inode
+from msbfs.tree.inodes import SUBMOUNT, Inode, InodeTable
+from msbfs.tree.policy import FAST_WRITE_FORBIDDEN_BITS
 from msbfs.tree.types import DirEntry
 
 _DIRENT = struct.Struct("=QqHB")  # struct linux_dirent64 up to d_name
@@ -26,8 +39,18 @@ _buf_lock = threading.Lock()
 
 Convert = Callable[[int, int, int, bytes], DirEntry]
 
+_NO_BOUND = lib.MSB_HANDLES_NONE
+_DIR = lib.MSB_FS_DIR
+_READ = lib.MSB_FS_READ
+_get = lib.msb_handles_get
+_remove = lib.msb_handles_remove
+#: a handle's fd, closed once no queue thread can still hold its number (grace.h)
+retire = lib.msb_grace_defer_close
+
 
 class FileHandle:
+    """A view of one file handle of the table, for one request."""
+
     __slots__ = ("fd", "flags", "inode", "readable", "writable")
 
     def __init__(self, fd: int, inode: Inode, flags: int) -> None:
@@ -87,61 +110,117 @@ class DirHandle:
 
 
 class HandleTable:
-    """Handle numbers to open handles; at most ``max_handles`` at once: past that, the
-    client's next open is EMFILE (it is the client's fd table that is full, in effect)
-    and the daemon keeps the fds it needs."""
+    """Thin wrapper over ``struct msb_fs_table`` (csrc/handles.h): handle numbers (the
+    table's counter, never reused) to open handles; at most ``max_handles`` at once:
+    past that, the client's next open is EMFILE (it is the client's fd table that is
+    full, in effect) and the daemon keeps the fds it needs. ``fast_writes``: whether the
+    C data path may write through a writable handle's fd (``Policy.writes_need_tree``
+    says no: the tree must see every write)."""
 
-    def __init__(self, max_handles: int | None = None) -> None:
-        self._handles: dict[int, FileHandle | DirHandle] = {}
-        self._next = 1
-        self.max_handles = max_handles
+    def __init__(self, inodes: InodeTable, max_handles: int | None = None, *,
+                 fast_writes: bool = True) -> None:
+        c = lib.msb_handles_new(inodes.c, _NO_BOUND if max_handles is None else max_handles)
+        if c == ffi.NULL:
+            raise MemoryError("handle table")
+        #: the C table; the virtio-fs device's C paths take this pointer too.
+        self.c = ffi.gc(c, lib.msb_fs_table_free)
+        # The C data path knows no set-id rule: a write that must clear set-id bits on a
+        # file that has any goes to the tree (msbfs/tree/policy.py defines which).
+        self.c.slow_write_mode_bits = FAST_WRITE_FORBIDDEN_BITS
+        self._inodes = inodes  # outlives the C table, which counts opens on it
+        self._write = lib.MSB_FS_WRITE if fast_writes else 0
+        # The Python state of directory handles being read through Python (marked in C).
+        self._dirs: dict[int, DirHandle] = {}
 
     def __len__(self) -> int:
-        return len(self._handles)
+        return int(self.c.count)
 
     def check_room(self) -> None:
         """Before opening an fd for a new handle: EMFILE when the client has its fill."""
-        if self.max_handles is not None and len(self._handles) >= self.max_handles:
+        if lib.msb_handles_check_room(self.c) < 0:
             raise OSError(errno.EMFILE, "the client holds too many open handles")
 
-    def add(self, handle: FileHandle | DirHandle) -> int:
-        fh = self._next
-        self._next += 1
-        self._handles[fh] = handle
+    def _add(self, fd: int, flags: int, inode: Inode, perms: int) -> int:
+        traits = inode.kind | (SUBMOUNT if inode.submount else 0)
+        # Not enforced again: check_room ran before the fd was opened (a C OPEN of
+        # another queue meanwhile may pass the bound by one per queue, never more).
+        fh: int = lib.msb_handles_add(self.c, fd, flags, inode.nodeid, traits, perms, 0)
+        if fh < 0:
+            os.close(fd)
+            raise OSError(-fh, os.strerror(-fh))
         return fh
 
-    def get(self, fh: int) -> FileHandle | DirHandle | None:
-        return self._handles.get(fh)
+    def add_file(self, fd: int, inode: Inode, flags: int) -> int:
+        """A new file handle of ``fd`` (the table owns it from now on; closed if the
+        handle cannot be added), open with ``flags``; its inode counts one more open."""
+        acc = flags & os.O_ACCMODE
+        perms = ((_READ if acc != os.O_WRONLY else 0)
+                 | (self._write if acc != os.O_RDONLY else 0))
+        return self._add(fd, flags, inode, perms)
 
-    def files_on(self, nodeid: int) -> int:
-        """Open file handles on node id ``nodeid`` (a scan: only for an inode the client
-        forgot while files were open, when the inode table no longer counts them)."""
-        return sum(1 for h in self._handles.values()
-                   if type(h) is FileHandle and h.inode.nodeid == nodeid)
+    def add_dir(self, fd: int, inode: Inode) -> int:
+        return self._add(fd, os.O_RDONLY | os.O_DIRECTORY, inode, _DIR)
+
+    def _view(self, c: Any) -> FileHandle | DirHandle:
+        inode = Inode(self._inodes, c.nodeid, c.traits)
+        if c.perms & _DIR:
+            return DirHandle(c.fd, inode)
+        return FileHandle(c.fd, inode, c.flags)
+
+    def get(self, fh: int) -> FileHandle | DirHandle | None:
+        d = self._dirs.get(fh)
+        if d is not None:
+            return d
+        out = ffi.new("struct msb_handle *")
+        if not 0 <= fh <= _NO_BOUND or _get(self.c, fh, out) < 0:
+            return None
+        return self._view(out)
 
     def file(self, fh: int) -> FileHandle:
-        h = self._handles.get(fh)
+        h = self.get(fh)
         if type(h) is not FileHandle:
             raise OSError(errno.EBADF, "not an open file handle")
         return h
 
     def dir(self, fh: int) -> DirHandle:
-        h = self._handles.get(fh)
+        """The directory handle ``fh``, with the Python state of its reading: from now
+        on C leaves its RELEASEDIR to Python."""
+        h = self.get(fh)
         if type(h) is not DirHandle:
             raise OSError(errno.EBADF, "not an open directory handle")
+        if fh not in self._dirs:
+            lib.msb_handles_mark_python(self.c, fh)
+            self._dirs[fh] = h
         return h
 
-    def pop(self, fh: int, kind: type) -> FileHandle | DirHandle:
-        h = self._handles.get(fh)
-        if type(h) is not kind:
+    def dir_fd(self, fh: int) -> int:
+        """A directory handle's fd, for a request that keeps no state (FSYNCDIR)."""
+        h = self.get(fh)
+        if type(h) is not DirHandle:
+            raise OSError(errno.EBADF, "not an open directory handle")
+        return h.fd
+
+    def _pop(self, fh: int, kind: int) -> tuple[FileHandle | DirHandle, int]:
+        out = ffi.new("struct msb_handle *")
+        left: int = _remove(self.c, fh, kind, out) if 0 <= fh <= _NO_BOUND else -errno.EBADF
+        if left < 0:
             raise OSError(errno.EBADF, "unknown handle")
-        del self._handles[fh]
+        self._dirs.pop(fh, None)
+        return self._view(out), left
+
+    def pop_file(self, fh: int) -> tuple[FileHandle, int]:
+        """Take file handle ``fh`` out of the table: the handle and how many file
+        handles are left open on its inode. The caller ``retire``s its fd."""
+        h, left = self._pop(fh, 0)
+        assert type(h) is FileHandle
+        return h, left
+
+    def pop_dir(self, fh: int) -> DirHandle:
+        h, _ = self._pop(fh, _DIR)
+        assert type(h) is DirHandle
         return h
 
     def close_all(self) -> None:
-        handles, self._handles = self._handles, {}
-        for h in handles.values():
-            try:
-                os.close(h.fd)
-            except OSError:
-                pass
+        """Every handle out, its fd closed after a grace period (DESTROY)."""
+        self._dirs.clear()
+        lib.msb_handles_close_all(self.c)

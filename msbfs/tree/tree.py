@@ -51,7 +51,7 @@ from msbfs._native import ffi, lib
 from msbfs.errors import os_error
 from msbfs.fdlimit import raise_fd_limit
 from msbfs.tree.creds import Identities
-from msbfs.tree.handles import DirHandle, FileHandle, HandleTable
+from msbfs.tree.handles import FileHandle, HandleTable, retire
 from msbfs.tree.idmap import IDENTITY_GIDS, IDENTITY_UIDS, REFUSED, IdMap
 from msbfs.tree.inodes import AT_EMPTY_PATH, FD_SHIFT, SUBMOUNT, Inode, InodeTable
 from msbfs.tree.policy import (
@@ -230,8 +230,10 @@ class Tree:
                                   fd_cap=max(_MIN_INODE_FDS, soft // 2 + soft // 8),
                                   max_inodes=DEFAULT_MAX_INODES if max_inodes is None
                                   else max_inodes)
-        self._handles = HandleTable(max(_MIN_INODE_FDS, soft // 8) if max_handles is None
-                                    else max_handles)
+        # The one handle table (csrc/handles.h), which the virtio-fs C paths read too.
+        self._handles = HandleTable(self._inodes, max(_MIN_INODE_FDS, soft // 8)
+                                    if max_handles is None else max_handles,
+                                    fast_writes=not policy.writes_need_tree())
         self._root_dev = st.st_dev
         #: the rules csrc/lookup.c follows for this tree (the same as _lookup_cold's)
         self._lookup_cfg = ffi.new("struct msb_lookup_cfg *",
@@ -436,8 +438,7 @@ class Tree:
             self._charge_stat(before, os.stat(p.fd))
 
     def _add_handle(self, fd: int, inode: Inode, oflags: int) -> int:
-        self._inodes.opened(inode, 1)
-        return self._handles.add(FileHandle(fd, inode, oflags))
+        return self._handles.add_file(fd, inode, oflags)  # counts the inode's open too
 
     def _discharge_removed(self, st: os.stat_result) -> None:
         """The last name of ``st`` is gone: its blocks are free now, unless a handle of
@@ -1013,11 +1014,10 @@ class Tree:
 
     def release(self, fh: int, flags: int = 0, lock_owner: int = 0,
                 flock_release: bool = False) -> None:
-        h = self._handles.pop(fh, FileHandle)
+        # Out of the table (and the inode's open count) first; the fd is closed after
+        # a grace period, once no queue thread can still be reading through it.
+        h, left = self._handles.pop_file(fh)
         inode = h.inode
-        left = self._inodes.opened(inode, -1)
-        if left is None:  # the client forgot the inode while the file was open
-            left = self._handles.files_on(inode.nodeid)
         try:
             if flock_release:
                 fcntl.flock(h.fd, fcntl.LOCK_UN)
@@ -1028,7 +1028,7 @@ class Tree:
                 if st.st_nlink == 0:  # unlinked while open, or a never-linked tmpfile
                     self._charge_stat(st, None)
         finally:
-            os.close(h.fd)
+            retire(h.fd)
 
     def fsync(self, fh: int, datasync: bool) -> None:
         _sync(self._handles.file(fh).fd, datasync)
@@ -1105,7 +1105,7 @@ class Tree:
             raise os_error(errno.ENOTDIR)
         self._handles.check_room()
         fd = os.open(_proc(inode.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        return Opened(self._handles.add(DirHandle(fd, inode)), self._dir_open_flags)
+        return Opened(self._handles.add_dir(fd, inode), self._dir_open_flags)
 
     def readdir(self, fh: int, offset: int) -> Iterator[DirEntry]:
         h = self._handles.dir(fh)
@@ -1124,11 +1124,10 @@ class Tree:
         return h.entries(offset, convert)
 
     def releasedir(self, fh: int) -> None:
-        h = self._handles.pop(fh, DirHandle)
-        os.close(h.fd)
+        retire(self._handles.pop_dir(fh).fd)
 
     def fsyncdir(self, fh: int, datasync: bool) -> None:
-        _sync(self._handles.dir(fh).fd, datasync)
+        _sync(self._handles.dir_fd(fh), datasync)
 
     # ---- whole filesystem ------------------------------------------------------------
     def statfs(self, nodeid: int) -> StatFs:
@@ -1240,6 +1239,12 @@ class Tree:
             os.removexattr(_proc(inode.fd), name)
 
     # ---- the C metadata path ----------------------------------------------------------
+    def c_handles(self) -> Any:
+        """The handle table's C side (``struct msb_fs_table``, csrc/handles.h): a
+        virtio-fs device's C paths serve from it. It is the tree's own table, not a
+        copy: what the tree opens and releases is what they see."""
+        return self._handles.c
+
     def c_metadata(self) -> CMetaConfig | None:
         """What csrc/fuse_meta.c needs to answer LOOKUP/GETATTR/FORGET as this tree does
         (msbfs/fastmeta.py writes it there), or None when this tree applies a rule C does

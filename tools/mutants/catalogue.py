@@ -437,9 +437,9 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- per-client budgets -----------------------------------------------------------
     Mutant(
         "budget-handles", "a client's open handles are bounded (EMFILE past the budget)",
-        (Edit("msbfs/tree/handles.py",
-              "        if self.max_handles is not None and len(self._handles) >= self.max_handles:",
-              "        if False:"),),
+        (Edit("csrc/handles.c",
+              "    return t->max_handles != MSB_HANDLES_NONE && t->count >= t->max_handles;",
+              "    return 0;"),),
         {"tree": ("tests/test_tree_hardening.py::test_handle_budget",),
          "virtiofs": ("tests/test_serve_limits.py"
                       "::test_a_client_that_never_lets_go_cannot_starve_the_daemon",)},
