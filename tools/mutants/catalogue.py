@@ -434,6 +434,33 @@ MUTANTS: tuple[Mutant, ...] = (
          "guest": "the guest image has no program taking POSIX record locks (busybox has no "
                   "flock/fcntl-lock applet)",
          "hostmount": "the host mount has no C metadata path"}),
+    Mutant(
+        "remove-c-ignores-readonly", "readonly: UNLINK/RMDIR answered in C are EROFS too (the "
+        "policy's own check_mutation errno, compiled by Policy.c_decisions)",
+        (Edit("csrc/fuse_names.c", "    int err = n->mutation_errno;\n", "    int err = 0;\n"),),
+        {"virtiofs": ("tests/test_virtiofs_names.py"
+                      "::test_unlink_rmdir_c_and_python_reply_the_same_bytes[readonly]",),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
+        {"tree": "UNLINK/RMDIR in C are the vhost transport's",
+         "hostmount": "the host mount has no C metadata path"}),
+    Mutant(
+        "access-c-as-daemon", "ACCESS answers for its caller (fsuid/fsgid), never the daemon: "
+        "C switches to the caller as Identities does",
+        (Edit("csrc/fuse_names.c",
+              "            msb_switch_creds(ih->uid, ih->gid, (size_t)-1, NULL);",
+              "            (void)0;"),),
+        {"virtiofs": ("tests/test_virtiofs_names.py"
+                      "::test_access_c_and_python_reply_the_same_bytes",)},
+        {"tree": "ACCESS in C is the vhost transport's", **NO_ACCESS_OP}),
+    Mutant(
+        "access-c-keeps-caller", "a serving thread is back to the daemon's fsuid/fsgid after an "
+        "ACCESS answered in C (later requests on it act as the daemon)",
+        (Edit("csrc/fuse_names.c",
+              "            msb_switch_creds(n->own_uid, n->own_gid, (size_t)-1, NULL);",
+              "            (void)0;"),),
+        {"virtiofs": ("tests/test_virtiofs_names.py"
+                      "::test_access_c_and_python_reply_the_same_bytes",)},
+        {"tree": "ACCESS in C is the vhost transport's", **NO_ACCESS_OP}),
     # ---- per-client budgets -----------------------------------------------------------
     Mutant(
         "budget-handles", "a client's open handles are bounded (EMFILE past the budget)",
