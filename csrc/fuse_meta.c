@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "fuse_meta.h"
 #include "fuse_datapath.h"
+#include "fuse_readdir.h"
 #include "lookup.h"
 #include "sys.h"
 
@@ -64,6 +65,9 @@ void msb_meta_stats(struct msb_meta *m, struct msb_meta_stats *out)
         __atomic_load_n(&s->handed, __ATOMIC_RELAXED),
         __atomic_load_n(&s->statfs, __ATOMIC_RELAXED),
         __atomic_load_n(&s->flushes, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->readdirs, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->readdir_entries, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->readdir_ns, __ATOMIC_RELAXED),
     };
 }
 
@@ -255,6 +259,10 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         break;
     case FUSE_ACCESS:
         r = msb_names_access(m, vq, c, &ih);
+        break;
+    case FUSE_READDIR:
+    case FUSE_READDIRPLUS:
+        r = msb_readdir_serve(m, vq, c, &ih);
         break;
     default:
         return 0;

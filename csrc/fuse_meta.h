@@ -35,6 +35,7 @@ struct msb_fs_table;
 struct msb_meta_stats {
     uint64_t lookups, lookup_ns, lookups_new, getattrs, getattr_ns, forgets, handed, statfs;
     uint64_t flushes;
+    uint64_t readdirs, readdir_entries, readdir_ns;   /* csrc/fuse_readdir.c */
 };
 
 struct msb_meta {

@@ -18,6 +18,26 @@ int msb_plain_name(const char *name, size_t len)
     return !(name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')));
 }
 
+/* The cold half: a name new to the table, opened exactly as the tree opens it; the
+ * object held is the truth whatever raced (msb_inodes_add counts one lookup of an inode
+ * the table has after all, and closes our fd). */
+static int lookup_open(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, int pfd,
+                       const char *name, struct stat *st, struct msb_inode_info *info)
+{
+    if (msb_inodes_check_room(t) < 0)
+        return MSB_LOOKUP_UNDECIDED;
+    int fd = msb_openat2(pfd, name, cfg->flags, 0, cfg->resolve);
+    if (fd < 0)
+        return MSB_LOOKUP_UNDECIDED;
+    if (fstat(fd, st) < 0 || (uint64_t)st->st_dev != cfg->root_dev) {
+        close(fd);   /* ours alone, never in the table */
+        return MSB_LOOKUP_UNDECIDED;
+    }
+    if (msb_inodes_add(t, fd, st->st_dev, st->st_ino, st->st_mode, 0, info) < 0)
+        return MSB_LOOKUP_UNDECIDED;
+    return 0;
+}
+
 int msb_lookup(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, uint64_t parent,
                const char *name, size_t len, struct stat *st, struct msb_inode_info *info,
                int *added)
@@ -38,21 +58,19 @@ int msb_lookup(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, uint64_t 
         return MSB_LOOKUP_UNDECIDED;   /* another filesystem: the tree tags its st_ino */
     if (msb_inodes_find(t, st->st_dev, st->st_ino, 1, info) == 0)
         return 0;
-    /* New to the table: opened exactly as the tree opens it, the object held is the
-     * truth whatever raced. */
-    if (msb_inodes_check_room(t) < 0)
-        return MSB_LOOKUP_UNDECIDED;
-    int fd = msb_openat2(pfd, name, cfg->flags, 0, cfg->resolve);
-    if (fd < 0)
-        return MSB_LOOKUP_UNDECIDED;
-    if (fstat(fd, st) < 0 || (uint64_t)st->st_dev != cfg->root_dev) {
-        close(fd);   /* ours alone, never in the table */
-        return MSB_LOOKUP_UNDECIDED;
-    }
-    if (msb_inodes_add(t, fd, st->st_dev, st->st_ino, st->st_mode, 0, info) < 0)
-        return MSB_LOOKUP_UNDECIDED;
-    *added = 1;
-    return 0;
+    int r = lookup_open(t, cfg, pfd, name, st, info);
+    *added = r == 0;
+    return r;
+}
+
+int msb_lookup_listed(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, int pfd,
+                      const char *name, uint64_t ino, struct stat *st,
+                      struct msb_inode_info *info)
+{
+    struct msb_inode_info known;
+    if (msb_inodes_find(t, cfg->root_dev, ino, 0, &known) == 0)
+        return MSB_LOOKUP_UNDECIDED;   /* likely warm: msb_lookup's order is cheaper */
+    return lookup_open(t, cfg, pfd, name, st, info);
 }
 
 static int64_t ns(struct timespec ts)

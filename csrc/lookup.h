@@ -50,6 +50,16 @@ int msb_plain_name(const char *name, size_t len);
 int msb_lookup(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, uint64_t parent,
                const char *name, size_t len, struct stat *st, struct msb_inode_info *info,
                int *added);
+/* The same lookup in the other order, for a name a directory listing just returned
+ * (csrc/fuse_readdir.c, READDIRPLUS): when the inode the listing names (`ino`, its
+ * d_ino) is not in the table, the name is most likely new to it, and the warm fstatat
+ * would only miss: msb_lookup's cold half runs at once (open, fstat, add: the object
+ * opened is the truth, as there). `pfd`: the fd of a parent msb_lookup accepts (in the
+ * table, on the root's device), `name` plain and NUL-terminated. 0 as msb_lookup's;
+ * MSB_LOOKUP_UNDECIDED (nothing counted): call msb_lookup, which decides from scratch. */
+int msb_lookup_listed(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, int pfd,
+                      const char *name, uint64_t ino, struct stat *st,
+                      struct msb_inode_info *info);
 /* msb_lookup for the Python tree in one crossing: nodeid << 1 | submount, with the
  * attributes in *out, or -ENOENT, or MSB_LOOKUP_UNDECIDED. */
 int64_t msb_lookup_attr(struct msb_inodes *t, const struct msb_lookup_cfg *cfg,

@@ -139,4 +139,5 @@ class CMetadata:
         lib.msb_meta_stats(self._m, s)
         return {k: int(getattr(s, k)) for k in ("lookups", "lookup_ns", "lookups_new",
                                                  "getattrs", "getattr_ns", "forgets",
-                                                 "handed", "statfs", "flushes")}
+                                                 "handed", "statfs", "flushes",
+                                                 "readdirs", "readdir_entries", "readdir_ns")}

@@ -65,8 +65,13 @@ class FileHandle:
 class DirHandle:
     """A directory stream. Keeps the last getdents64 batch decoded, because a transport
     resumes at the cookie of the last entry it could fit, which is nearly always inside
-    that batch: the next request is then served without a syscall, and the fd's position
-    (just after the batch) is still right for what follows."""
+    that batch: the next request is then served without a syscall.
+
+    The fd's position is shared: the virtio-fs C path (csrc/fuse_readdir.h) reads the
+    same fd from other threads, between two of our batches. So every batch is read as
+    one step of seek-and-read under the stream's lock (``msb_dir_read``, the lock C
+    takes too), from an explicit cookie: the one asked for, or the last entry's of the
+    batch before. The fd's position is never relied on."""
 
     __slots__ = ("_chunk", "_index", "fd", "inode")
 
@@ -81,19 +86,22 @@ class DirHandle:
         as rewinddir does); lazy, so a transport that stops early leaves the rest."""
         i = self._index.get(offset) if offset else None
         if i is not None:
-            yield from self._chunk[i + 1:]
+            chunk = self._chunk
+            yield from chunk[i + 1:]
+            offset = chunk[-1].off
         else:
-            os.lseek(self.fd, offset, os.SEEK_SET)
             self._chunk, self._index = [], {}
         while True:
-            chunk = self._read_batch(convert)
+            chunk = self._read_batch(offset, convert)
             if not chunk:
                 return
             yield from chunk
+            offset = chunk[-1].off
 
-    def _read_batch(self, convert: Convert) -> list[DirEntry]:
+    def _read_batch(self, offset: int, convert: Convert) -> list[DirEntry]:
+        """The batch after cookie ``offset`` (0: from the start)."""
         with _buf_lock:
-            n = lib.msb_getdents64(self.fd, _buf, _DIRBUF)
+            n = lib.msb_dir_read(self.fd, offset, _buf, _DIRBUF)
             if n < 0:
                 raise OSError(-n, os.strerror(-n))
             data = ffi.buffer(_buf, n)[:]

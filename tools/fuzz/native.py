@@ -44,7 +44,8 @@ def build(out: Path) -> Path:
         [HERE / "ring_harness.c", CSRC / "virtq.c", CSRC / "fuse_datapath.c", CSRC / "handles.c",
          # what the data path calls: grace periods, the metadata path and its inode
          # table (not attached by the harness: chains reach it only if it is), openat2
-         *(CSRC / f for f in ("grace.c", "fuse_meta.c", "lookup.c", "inodes.c", "sys.c", "tree.c", "fuse_names.c"))],
+         *(CSRC / f for f in ("grace.c", "fuse_meta.c", "lookup.c", "inodes.c", "sys.c",
+                                    "fuse_readdir.c", "tree.c", "fuse_names.c"))],
         out / "ring_harness")
 
 

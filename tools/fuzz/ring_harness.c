@@ -53,6 +53,7 @@ static int data_fd;
 static struct msb_inodes *inodes;
 static struct msb_meta *meta;
 static char meta_dir[] = "/tmp/msbfs-ring-harness-XXXXXX";
+static int list_fd = -1;   /* fh 9: a directory handle of meta_dir */
 static uint64_t served, broken, inputs, damaged[12];
 
 struct cursor { const uint8_t *p; size_t n, i; };
@@ -126,6 +127,11 @@ static void setup(void)
     meta->enabled = 1;
     msb_meta_set_ready(meta, 1);
     msb_meta_attach(table, meta);
+    /* An OPENDIR'd handle of the root (fh 9): READDIR(PLUS) chains reach
+     * csrc/fuse_readdir.c (the stream lock, getdents, lookups of "a".."d"). */
+    list_fd = open(meta_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (list_fd < 0) { perror(meta_dir); exit(2); }
+    msb_fs_table_set(table, 9, list_fd, MSB_FS_DIR);
 }
 
 /* A metadata request's body: a name (sometimes damaged) or forget counts. */
@@ -202,7 +208,11 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
     }
     uint32_t opcode = kind == 0 ? FUSE_READ : kind == 1 ? FUSE_WRITE : kind == 2 ? FUSE_GETATTR
                       : (uint32_t)take(c, 1);
-    uint32_t body = opcode == FUSE_READ || opcode == FUSE_WRITE ? sizeof(struct fuse_read_in) : 16;
+    if (kind == 2 && take(c, 1) < 128)   /* READDIR(PLUS): fuse_read_in as READ's */
+        opcode = take(c, 1) & 1 ? FUSE_READDIRPLUS : FUSE_READDIR;
+    int listing = opcode == FUSE_READDIR || opcode == FUSE_READDIRPLUS;
+    uint32_t body = opcode == FUSE_READ || opcode == FUSE_WRITE || listing
+                    ? sizeof(struct fuse_read_in) : 16;
     uint32_t extra = opcode == FUSE_WRITE ? (uint32_t)take(c, 2) % 8192 : 0;
     struct fuse_in_header h = { .len = (uint32_t)(sizeof h + body + extra), .opcode = opcode,
                                 .unique = take(c, 1), .nodeid = 1 };
@@ -214,6 +224,10 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
                               : take(c, 4)) };
     if (opcode == FUSE_WRITE)
         r.size = take(c, 1) < 220 ? extra : (uint32_t)take(c, 4);
+    if (listing && take(c, 1) < 200) {   /* mostly the directory handle, from the start */
+        r.fh = 9;
+        r.offset = take(c, 1) < 128 ? 0 : r.offset;
+    }
     memcpy(ram0 + off + sizeof h, &r, sizeof r);
     return (uint32_t)sizeof h + body + extra;
 }
@@ -353,6 +367,7 @@ int main(int argc, char **argv)
            (unsigned long long)ns.accesses);
     msb_meta_attach(table, NULL);
     msb_fs_table_free(table);
+    close(list_fd);
     msb_meta_free(meta);
     msb_inodes_free(inodes);
     for (int i = 0; i < 4; i++) {
@@ -365,12 +380,14 @@ int main(int argc, char **argv)
     for (int k = 0; k < 12; k++)
         printf("damage%d=%llu ", k, (unsigned long long)damaged[k]);
     printf("inputs=%llu served=%llu broken=%llu fast_reads=%llu fast_writes=%llu slow=%llu "
-           "meta_lookups=%llu meta_getattrs=%llu meta_forgets=%llu meta_statfs=%llu done=1\n",
+           "meta_lookups=%llu meta_getattrs=%llu meta_forgets=%llu meta_statfs=%llu "
+           "meta_readdirs=%llu done=1\n",
            (unsigned long long)inputs, (unsigned long long)served,
            (unsigned long long)broken, (unsigned long long)st.reads,
            (unsigned long long)st.writes, (unsigned long long)st.slow,
            (unsigned long long)ms.lookups, (unsigned long long)ms.getattrs,
-           (unsigned long long)ms.forgets, (unsigned long long)ms.statfs);
+           (unsigned long long)ms.forgets, (unsigned long long)ms.statfs,
+           (unsigned long long)ms.readdirs);
     return 0;
 }
 #endif

@@ -1,0 +1,224 @@
+/* See fuse_readdir.h. The request is copied out of guest memory once (a hostile driver
+ * may rewrite its buffers while we parse: what we check is what we use). */
+#define _GNU_SOURCE
+#include "fuse_readdir.h"
+#include "fuse_datapath.h"
+#include "fuse_meta.h"
+#include "fuse_reply.h"
+#include "lookup.h"
+#include "tree.h"
+
+#include <errno.h>
+#include <linux/fuse.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* msbfs/fuse/server.py MAX_WRITE: the most a READDIR reply carries, whatever the room. */
+#define READDIR_MAX (256u * 4096u)
+/* getdents64 buffer: a batch is used at once and never kept (every request seeks). */
+#define DENTS_MAX 32768u
+
+/* ---- the directory stream lock --------------------------------------------------- */
+/* Striped by fd: one fd is one stream (a handle's own open), so one stripe always
+ * covers it; two streams sharing a stripe only wait for each other. */
+#define STRIPES 64
+static pthread_mutex_t stripes[STRIPES] = { [0 ... STRIPES - 1] = PTHREAD_MUTEX_INITIALIZER };
+
+static pthread_mutex_t *stream_lock(int fd)
+{
+    return &stripes[(unsigned)fd % STRIPES];
+}
+
+static long seek_read(int fd, int64_t offset, void *buf, uint32_t cap)
+{
+    if (lseek(fd, (off_t)offset, SEEK_SET) < 0)
+        return -errno;
+    return msb_getdents64(fd, buf, cap);
+}
+
+long msb_dir_read(int fd, int64_t offset, void *buf, uint32_t cap)
+{
+    pthread_mutex_t *l = stream_lock(fd);
+    pthread_mutex_lock(l);
+    long n = seek_read(fd, offset, buf, cap);
+    pthread_mutex_unlock(l);
+    return n;
+}
+
+/* ---- serving ----------------------------------------------------------------------- */
+struct linux_dirent64_head {   /* <dirent.h> has no struct for the raw syscall */
+    uint64_t d_ino;
+    int64_t d_off;
+    uint16_t d_reclen;
+    uint8_t d_type;
+    char d_name[];
+};
+
+static __thread char dents[DENTS_MAX];
+
+/* What one request needs to know about its directory, decided before anything else. */
+struct listing {
+    int fd;
+    uint64_t nodeid;
+    int pfd;             /* the node's O_PATH fd (the parent of every lookup) */
+    int is_root;
+    uint64_t root_ino;   /* the ino the root's ".." shows (Tree.readdir: never the host's) */
+};
+
+/* "." or "..": no attributes but ino and type (node id 0: the guest makes no dentry). */
+static void dot_entry(struct fuse_entry_out *e, uint64_t ino, uint8_t type)
+{
+    memset(e, 0, sizeof *e);
+    e->attr.ino = ino;
+    e->attr.mode = (uint32_t)type << 12;
+}
+
+enum entry_result { ENTRY_OK, ENTRY_SKIP, ENTRY_UNDECIDED };
+
+/* The entry of a plain name, looked up exactly as LOOKUP (one more lookup counted); a
+ * name whose listed inode is not in the table is opened first (csrc/lookup.h). */
+static enum entry_result lookup_entry(struct msb_meta *m, const struct msb_lookup_cfg *cfg,
+                                      const struct listing *d, const char *name, size_t len,
+                                      uint64_t d_ino, struct fuse_entry_out *e)
+{
+    struct stat st;
+    struct msb_inode_info info;
+    int added;
+    int r = msb_lookup_listed(m->inodes, cfg, d->pfd, name, d_ino, &st, &info);
+    if (r == MSB_LOOKUP_UNDECIDED)
+        r = msb_lookup(m->inodes, cfg, d->nodeid, name, len, &st, &info, &added);
+    if (r == -ENOENT)
+        return ENTRY_SKIP;   /* vanished since the listing: Python skips it too */
+    if (r < 0)
+        return ENTRY_UNDECIDED;
+    memset(e, 0, sizeof *e);
+    e->nodeid = info.nodeid;
+    e->entry_valid = e->attr_valid = m->timeout_sec;
+    e->entry_valid_nsec = e->attr_valid_nsec = m->timeout_nsec;
+    shape_attr(m, &st, info.submount, &e->attr);
+    return ENTRY_OK;
+}
+
+/* The records from cookie `offset` into the reply (after its header), whole records
+ * while they fit in `size`. *used: bytes written; *counted: lookups counted. 1: done
+ * (the reply is what was written), 0: hand the request back (nothing counted). Runs
+ * under the stream lock. */
+static int fill(struct msb_meta *m, const struct listing *d, struct msb_chain *c, int plus,
+                int64_t offset, uint32_t size, uint32_t *used, uint32_t *nrec)
+{
+    struct msb_lookup_cfg cfg = { .root_dev = m->root_dev, .flags = m->lookup_flags,
+                                  .resolve = m->resolve };
+    struct {
+        struct fuse_entry_out e;
+        struct fuse_dirent d;
+        char name[256 + 8];
+    } rec;
+    _Static_assert(offsetof(__typeof__(rec), name) == FUSE_NAME_OFFSET_DIRENTPLUS
+                   && offsetof(__typeof__(rec), name) - offsetof(__typeof__(rec), d) == FUSE_NAME_OFFSET,
+                   "fuse_direntplus: entry_out, dirent, name");
+    /* Each dirent64 record is no bigger than the FUSE record of its name, so this many
+     * bytes of dirents hold at least the records that fit (more batches if some are
+     * skipped); the rest of a batch is read for nothing. */
+    uint32_t cap = (plus ? size / 4 : size) + 512;
+    cap = cap > DENTS_MAX ? DENTS_MAX : cap;
+    uint64_t counted = 0;
+    *used = *nrec = 0;
+    if (lseek(d->fd, (off_t)offset, SEEK_SET) < 0)
+        return 0;
+    for (;;) {
+        long n = msb_getdents64(d->fd, dents, cap);
+        if (n < 0)
+            return counted ? 1 : 0;   /* Python answers the errno (if it still occurs) */
+        if (n == 0)
+            return 1;
+        for (long pos = 0; pos < n;) {
+            const struct linux_dirent64_head *de = (const void *)(dents + pos);
+            if (de->d_reclen == 0)
+                return counted ? 1 : 0;   /* never from Linux: do not spin on it */
+            pos += de->d_reclen;
+            size_t len = strnlen(de->d_name, 256);
+            if (len == 0 || len > 255)
+                return counted ? 1 : 0;   /* no such name on Linux: not ours to judge */
+            uint32_t need = (uint32_t)FUSE_DIRENT_ALIGN(
+                (plus ? FUSE_NAME_OFFSET_DIRENTPLUS : FUSE_NAME_OFFSET) + len);
+            if (need > size - *used)
+                return 1;   /* checked before the lookup: nothing counted for it */
+            uint64_t ino = de->d_ino;
+            int dot = de->d_name[0] == '.' && (len == 1 || (len == 2 && de->d_name[1] == '.'));
+            if (d->is_root && len == 2 && dot)
+                ino = d->root_ino;
+            if (plus) {
+                if (dot) {
+                    dot_entry(&rec.e, ino, de->d_type);
+                } else {
+                    enum entry_result r = lookup_entry(m, &cfg, d, de->d_name, len, de->d_ino,
+                                                       &rec.e);
+                    if (r == ENTRY_SKIP)
+                        continue;
+                    if (r == ENTRY_UNDECIDED)
+                        return counted ? 1 : 0;
+                    counted++;
+                }
+            }
+            rec.d = (struct fuse_dirent){ .ino = ino, .off = (uint64_t)de->d_off,
+                                          .namelen = (uint32_t)len, .type = de->d_type };
+            memcpy(rec.name, de->d_name, len);
+            memset(rec.name + len, 0, 8);   /* the padding the codec writes */
+            const char *start = plus ? (const char *)&rec.e : (const char *)&rec.d;
+            msb_iov_copy_to(c->iov + c->nout, c->nin, sizeof(struct fuse_out_header) + *used,
+                            start, need);
+            *used += need;
+            ++*nrec;
+        }
+    }
+}
+
+int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                      const struct fuse_in_header *ih)
+{
+    struct fuse_read_in ri;
+    const uint32_t oh = sizeof(struct fuse_out_header);
+    if (c->out_len != sizeof *ih + sizeof ri || c->in_len < oh || !m->table)
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &ri, sizeof ri);
+    if (ri.offset > (uint64_t)INT64_MAX)
+        return 0;   /* the tree's EINVAL */
+    uint64_t t0 = now_ns();
+    struct listing d = { .fd = msb_fs_table_get(m->table, ri.fh, MSB_FS_DIR),
+                         .nodeid = ih->nodeid, .is_root = ih->nodeid == FUSE_ROOT_ID };
+    if (d.fd < 0)
+        return 0;   /* unknown, released, or not a directory handle */
+    /* The handle's directory must be the request's node, on the root's device (the tree
+     * tags another device's st_ino); then the root's own ino is the fd's. */
+    struct msb_inode_info node;
+    struct stat st;
+    if (msb_inodes_get(m->inodes, ih->nodeid, &node) < 0 || fstat(d.fd, &st) < 0
+        || (uint64_t)st.st_dev != m->root_dev || node.dev != (uint64_t)st.st_dev
+        || node.ino != (uint64_t)st.st_ino)
+        return 0;
+    d.root_ino = st.st_ino;
+    d.pfd = msb_inodes_fd(m->inodes, ih->nodeid);
+    if (d.pfd < 0)
+        return 0;
+    uint32_t size = c->in_len - oh;
+    size = ri.size < size ? ri.size : size;
+    size = size < READDIR_MAX ? size : READDIR_MAX;
+    uint32_t used, nrec;
+    pthread_mutex_t *l = stream_lock(d.fd);
+    pthread_mutex_lock(l);
+    int ok = fill(m, &d, c, ih->opcode == FUSE_READDIRPLUS, (int64_t)ri.offset, size, &used, &nrec);
+    pthread_mutex_unlock(l);
+    if (!ok)
+        return 0;
+    struct fuse_out_header h = { .len = oh + used, .error = 0, .unique = ih->unique };
+    msb_iov_copy_to(c->iov + c->nout, c->nin, 0, &h, sizeof h);
+    int r = msb_vq_push(vq, c->head, oh + used);
+    count(&m->stats.readdirs, 1);
+    count(&m->stats.readdir_entries, nrec);
+    count(&m->stats.readdir_ns, now_ns() - t0);
+    return r < 0 ? r : 1;
+}

@@ -1,0 +1,49 @@
+/* READDIR and READDIRPLUS answered in C on the virtio-fs path (issue 11), under
+ * csrc/fuse_meta.h's rule: answer only what is unambiguous, hand everything else back
+ * to Python untouched, count nothing before deciding to answer.
+ *
+ * What C answers: a request whose fh is a directory handle of the handle table
+ * (csrc/handles.h: its fd has MSB_FS_DIR) on a directory of the root's device, whose node id is that directory (the tree lists fh's directory but
+ * looks READDIRPLUS names up in the request's node: a node id of another directory
+ * goes to Python), with a body of exactly fuse_read_in, an offset the tree accepts and
+ * room for a reply header. The reply is msbfs/fuse/server.py's `_dirents`, byte for
+ * byte: whole records while they fit (size = min(size, room, MAX_WRITE)), the fit
+ * checked before the lookup, "." and ".." with node id 0 and only ino and type in the
+ * attributes, the root's ".." showing the root's ino, an entry gone since the listing
+ * (the lookup's ENOENT) skipped, every other entry looked up exactly as LOOKUP is
+ * (csrc/lookup.h msb_lookup: the same function).
+ *
+ * An entry whose lookup C cannot decide (another device: a mount point; a bound; an
+ * errno but ENOENT): if no lookup was counted yet, the whole request goes to Python
+ * (which redoes it from scratch); otherwise the reply ends before that entry. A short
+ * reply is legal: the guest asks again from the last cookie it got, and that request
+ * starts with the undecided entry, so it goes to Python. The listing is then the same
+ * entries in the same order with the same lookup counts as Python's, only cut into
+ * replies at other places.
+ *
+ * A directory stream is shared state (the fd's position): the lseek to the request's
+ * cookie and every getdents64 of one request run under the stream's lock (a mutex
+ * striped by fd), which Python's DirHandle takes too (msb_dir_read), so one fh read
+ * from four queues at once gives each request a listing from its own cookie. The fd
+ * itself stays valid for the round: RELEASEDIR takes the handle out of the table first
+ * and its fd is closed only after a grace period (csrc/grace.h). */
+#ifndef MSBFS_FUSE_READDIR_H
+#define MSBFS_FUSE_READDIR_H
+
+#include <stdint.h>
+
+struct msb_meta;
+struct msb_vq;
+struct msb_chain;
+struct fuse_in_header;
+
+/* lseek(fd, offset, SEEK_SET) and one getdents64 into buf, as one step under fd's
+ * stream lock: bytes read (0: the end), or -errno. */
+long msb_dir_read(int fd, int64_t offset, void *buf, uint32_t cap);
+
+/* FUSE_READDIR / FUSE_READDIRPLUS for msb_meta_serve (same contract): 1 answered and
+ * pushed, 0 Python's, < 0 the push's -errno. */
+int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                      const struct fuse_in_header *ih);
+
+#endif
