@@ -213,6 +213,16 @@ int msb_handles_get(struct msb_fs_table *t, uint64_t fh, struct msb_handle *out)
     return s ? 0 : -EBADF;
 }
 
+int64_t msb_handles_file(struct msb_fs_table *t, uint64_t fh)
+{
+    pthread_rwlock_rdlock(&t->lock);
+    const struct msb_fs_slot *s = find(t, fh);
+    int64_t r = s && !(s->perms & MSB_FS_DIR)
+        ? (int64_t)(s->flags & 0x7fffffffu) << 32 | (uint32_t)s->fd : -EBADF;
+    pthread_rwlock_unlock(&t->lock);
+    return r;
+}
+
 int msb_handles_mark_python(struct msb_fs_table *t, uint64_t fh)
 {
     pthread_rwlock_wrlock(&t->lock);

@@ -87,6 +87,10 @@ int64_t msb_handles_add(struct msb_fs_table *t, int fd, uint32_t flags, uint64_t
                         uint32_t traits, int perms, int enforce);
 /* 0 and *out, or -EBADF for an fh not in the table. */
 int msb_handles_get(struct msb_fs_table *t, uint64_t fh, struct msb_handle *out);
+/* The hot paths' msb_handles_get of a file handle in one integer (no struct to
+ * allocate per call): (flags & 0x7fffffff) << 32 | fd, or -EBADF when `fh` is no file
+ * handle (open flags never use bit 31). */
+int64_t msb_handles_file(struct msb_fs_table *t, uint64_t fh);
 /* Take handle `fh` of kind `dir` (0: a file handle, MSB_FS_DIR: a directory's) out of
  * the table, into *out; the caller closes its fd after a grace period. For a file: the
  * open handles left on its inode (when the client forgot the inode meanwhile, the

@@ -40,26 +40,48 @@ _buf_lock = threading.Lock()
 Convert = Callable[[int, int, int, bytes], DirEntry]
 
 _NO_BOUND = lib.MSB_HANDLES_NONE
+_ACCMODE, _RDONLY, _WRONLY = os.O_ACCMODE, os.O_RDONLY, os.O_WRONLY
+_HANDLE = ffi.typeof("struct msb_handle *")
 _DIR = lib.MSB_FS_DIR
 _READ = lib.MSB_FS_READ
 _get = lib.msb_handles_get
 _remove = lib.msb_handles_remove
+_add_c = lib.msb_handles_add
+_file = lib.msb_handles_file
 #: a handle's fd, closed once no queue thread can still hold its number (grace.h)
 retire = lib.msb_grace_defer_close
 
 
 class FileHandle:
-    """A view of one file handle of the table, for one request."""
+    """A view of one file handle of the table, for one request: its fd and open flags;
+    its inode's view is looked up only when asked for (most requests want the fd)."""
 
-    __slots__ = ("fd", "flags", "inode", "readable", "writable")
+    __slots__ = ("_inode", "_table", "fd", "fh", "flags")
 
-    def __init__(self, fd: int, inode: Inode, flags: int) -> None:
+    def __init__(self, fd: int, flags: int, fh: int, table: HandleTable,
+                 inode: Inode | None = None) -> None:
         self.fd = fd
-        self.inode = inode
         self.flags = flags
-        acc = flags & os.O_ACCMODE
-        self.readable = acc in (os.O_RDONLY, os.O_RDWR)
-        self.writable = acc in (os.O_WRONLY, os.O_RDWR)
+        self.fh = fh
+        self._table = table
+        self._inode = inode
+
+    @property
+    def readable(self) -> bool:
+        return self.flags & _ACCMODE != _WRONLY
+
+    @property
+    def writable(self) -> bool:
+        return self.flags & _ACCMODE != _RDONLY
+
+    @property
+    def inode(self) -> Inode:
+        if self._inode is None:
+            c = self._table._slot(self.fh)
+            if c is None:  # released on another queue since (the client raced itself)
+                raise OSError(errno.EBADF, "not an open file handle")
+            self._inode = self._table._inode_of(c)
+        return self._inode
 
 
 class DirHandle:
@@ -152,7 +174,7 @@ class HandleTable:
         traits = inode.kind | (SUBMOUNT if inode.submount else 0)
         # Not enforced again: check_room ran before the fd was opened (a C OPEN of
         # another queue meanwhile may pass the bound by one per queue, never more).
-        fh: int = lib.msb_handles_add(self.c, fd, flags, inode.nodeid, traits, perms, 0)
+        fh: int = _add_c(self.c, fd, flags, inode.nodeid, traits, perms, 0)
         if fh < 0:
             os.close(fd)
             raise OSError(-fh, os.strerror(-fh))
@@ -169,26 +191,38 @@ class HandleTable:
     def add_dir(self, fd: int, inode: Inode) -> int:
         return self._add(fd, os.O_RDONLY | os.O_DIRECTORY, inode, _DIR)
 
-    def _view(self, c: Any) -> FileHandle | DirHandle:
-        inode = Inode(self._inodes, c.nodeid, c.traits)
+    def _inode_of(self, c: Any) -> Inode:
+        return Inode(self._inodes, c.nodeid, c.traits)
+
+    def _view(self, fh: int, c: Any) -> FileHandle | DirHandle:
         if c.perms & _DIR:
-            return DirHandle(c.fd, inode)
-        return FileHandle(c.fd, inode, c.flags)
+            return DirHandle(c.fd, self._inode_of(c))
+        return FileHandle(c.fd, c.flags, fh, self, self._inode_of(c))
+
+    def _slot(self, fh: int) -> Any:
+        """The slot of ``fh`` copied out, or None."""
+        out = ffi.new(_HANDLE)
+        try:
+            found = _get(self.c, fh, out) == 0
+        except (OverflowError, TypeError):  # not a u64: no such handle
+            return None
+        return out if found else None
 
     def get(self, fh: int) -> FileHandle | DirHandle | None:
         d = self._dirs.get(fh)
         if d is not None:
             return d
-        out = ffi.new("struct msb_handle *")
-        if not 0 <= fh <= _NO_BOUND or _get(self.c, fh, out) < 0:
-            return None
-        return self._view(out)
+        c = self._slot(fh)
+        return None if c is None else self._view(fh, c)
 
     def file(self, fh: int) -> FileHandle:
-        h = self.get(fh)
-        if type(h) is not FileHandle:
+        try:
+            r: int = _file(self.c, fh)
+        except (OverflowError, TypeError):  # not a u64: no such handle
+            r = -1
+        if r < 0:
             raise OSError(errno.EBADF, "not an open file handle")
-        return h
+        return FileHandle(r & 0xFFFFFFFF, r >> 32, fh, self)
 
     def dir(self, fh: int) -> DirHandle:
         """The directory handle ``fh``, with the Python state of its reading: from now
@@ -203,30 +237,34 @@ class HandleTable:
 
     def dir_fd(self, fh: int) -> int:
         """A directory handle's fd, for a request that keeps no state (FSYNCDIR)."""
-        h = self.get(fh)
-        if type(h) is not DirHandle:
+        c = self._slot(fh)
+        if c is None or not c.perms & _DIR:
             raise OSError(errno.EBADF, "not an open directory handle")
-        return h.fd
+        return int(c.fd)
 
-    def _pop(self, fh: int, kind: int) -> tuple[FileHandle | DirHandle, int]:
-        out = ffi.new("struct msb_handle *")
-        left: int = _remove(self.c, fh, kind, out) if 0 <= fh <= _NO_BOUND else -errno.EBADF
+    def _pop(self, fh: int, kind: int) -> tuple[Any, int]:
+        out = ffi.new(_HANDLE)
+        try:
+            left: int = _remove(self.c, fh, kind, out)
+        except (OverflowError, TypeError):  # not a u64: no such handle
+            left = -errno.EBADF
         if left < 0:
             raise OSError(errno.EBADF, "unknown handle")
-        self._dirs.pop(fh, None)
-        return self._view(out), left
+        return out, left
 
     def pop_file(self, fh: int) -> tuple[FileHandle, int]:
         """Take file handle ``fh`` out of the table: the handle and how many file
         handles are left open on its inode. The caller ``retire``s its fd."""
-        h, left = self._pop(fh, 0)
-        assert type(h) is FileHandle
-        return h, left
+        c, left = self._pop(fh, 0)
+        return FileHandle(c.fd, c.flags, fh, self, self._inode_of(c)), left
 
-    def pop_dir(self, fh: int) -> DirHandle:
-        h, _ = self._pop(fh, _DIR)
-        assert type(h) is DirHandle
-        return h
+    def pop_dir(self, fh: int) -> int:
+        """Take directory handle ``fh`` out of the table: its fd, which the caller
+        ``retire``s."""
+        c, _ = self._pop(fh, _DIR)
+        if self._dirs:
+            self._dirs.pop(fh, None)
+        return int(c.fd)
 
     def close_all(self) -> None:
         """Every handle out, its fd closed after a grace period (DESTROY)."""

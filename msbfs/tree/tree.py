@@ -1124,7 +1124,7 @@ class Tree:
         return h.entries(offset, convert)
 
     def releasedir(self, fh: int) -> None:
-        retire(self._handles.pop_dir(fh).fd)
+        retire(self._handles.pop_dir(fh))
 
     def fsyncdir(self, fh: int, datasync: bool) -> None:
         _sync(self._handles.dir_fd(fh), datasync)
