@@ -396,3 +396,33 @@ async def test_one_handle_from_four_queues_at_once(fs_client: Callable[..., Any]
         assert tree.statistics().handles == 0
         assert tree.statistics().inodes == base_inodes
         assert _fds() == base_fds
+
+
+async def test_python_and_c_take_turns_on_one_handle(fs_client: Callable[..., Any],
+                                                     tmp_path: Path) -> None:
+    """Python keeps a handle's last getdents batch and C reads the same fd in between
+    (here by turning the C path off and on between requests, as undecided entries hand
+    requests over): a listing Python resumes past its batch still reads on from its own
+    cookie, not from wherever C left the fd's position."""
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(3000):  # several of Python's 32 KiB getdents batches
+        (d / f"entry-{i:05}-{'x' * 20}").write_bytes(b"")
+    async with fs_client(tmp_path) as c:
+        r = c.r
+        node = parse_entry(await c.ok(r.lookup(ROOT, b"d"))).nodeid
+        fh = parse_open(await c.ok(r.opendir(node)))[0]
+        c.device.meta.enabled = False
+        ref, _ = await _listing(c, r, node, fh, 4096, False)
+        assert len(ref) == 3002
+        done = await c.raw([r.readdir(node, fh, 0, 4096)], [4096 + HDR])
+        first = _records(bytes(done.data[:done.used_len]), False)  # Python: a batch kept
+        c.device.meta.enabled = True
+        before = c.device.meta.statistics()["readdirs"]
+        # C reads from the middle: the fd's position is left there
+        await c.raw([r.readdir(node, fh, ref[2000][2], 4096)], [4096 + HDR])
+        assert c.device.meta.statistics()["readdirs"] == before + 1
+        c.device.meta.enabled = False
+        rest, _ = await _listing(c, r, node, fh, 4096, False, offset=first[-1][2])
+        assert [x[0] for x in first + rest] == [x[0] for x in ref]
+        await c.ok(r.releasedir(node, fh))
