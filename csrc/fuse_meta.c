@@ -260,6 +260,9 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     case FUSE_ACCESS:
         r = msb_names_access(m, vq, c, &ih);
         break;
+    case FUSE_MKDIR:
+        r = msb_names_mkdir(m, vq, c, &ih);
+        break;
     case FUSE_READDIR:
     case FUSE_READDIRPLUS:
         r = msb_readdir_serve(m, vq, c, &ih);

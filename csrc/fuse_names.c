@@ -4,12 +4,15 @@
 #include "fuse_names.h"
 #include "fuse_meta.h"
 #include "fuse_reply.h"
+#include "sys.h"
 #include "tree.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define NAME_MAX_ 255
@@ -31,6 +34,7 @@ void msb_names_stats(struct msb_meta *m, struct msb_names_stats *out)
         __atomic_load_n(&s->rmdirs, __ATOMIC_RELAXED),
         __atomic_load_n(&s->accesses, __ATOMIC_RELAXED),
         __atomic_load_n(&s->access_ns, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->mkdirs, __ATOMIC_RELAXED),
     };
 }
 
@@ -114,4 +118,121 @@ int msb_names_access(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     count(&n->stats.accesses, 1);
     count(&n->stats.access_ns, now_ns() - t0);
     return reply_error(vq, c, ih->unique, err);
+}
+
+/* ---- creating ----------------------------------------------------------------------- */
+int msb_new_mode(const struct msb_names *n, uint32_t mode, uint32_t umask, uint32_t bits,
+                 uint32_t *want)
+{
+    if (umask > 07777)
+        return -1;
+    *want = mode & bits & ~umask & n->stored_mask;
+    return 0;
+}
+
+int msb_new_lookup(struct msb_meta *m, int pfd, const char *name, struct stat *st,
+                   struct msb_inode_info *info)
+{
+    int fd = msb_openat2(pfd, name, m->lookup_flags, 0, m->resolve);
+    if (fd < 0)
+        return fd;
+    if (fstat(fd, st) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    /* Made in a parent on the root's device, so on it, unless the host mounted something
+     * over the name meanwhile: the tree would tag that inode's number (Tree._ino), which
+     * C does not know. The host raced the op: EIO, the one answer the tree would not
+     * give (it would describe the mount's root). */
+    if ((uint64_t)st->st_dev != m->root_dev) {
+        close(fd);
+        return -EIO;
+    }
+    return msb_inodes_add(m->inodes, fd, st->st_dev, st->st_ino, st->st_mode, 0, info);
+}
+
+int msb_new_owner_mode(const struct msb_names *n, int fd, int opath, struct stat *st,
+                       uint32_t want, uint32_t uid, uint32_t gid, int pfd)
+{
+    uint32_t target = ((st->st_mode & 07777) | (want & 0777 & n->daemon_umask)) & n->stored_mask;
+    int changed = 0;
+    if (n->creds != MSB_NAMES_CREDS_OWN) {   /* Identities.enabled: the daemon is root */
+        int64_t cu = uid == st->st_uid ? -1 : (int64_t)uid, cg = -1;
+        if (gid != st->st_gid) {             /* the parent is stat'd only then, as there */
+            struct stat ps;
+            if (fstat(pfd, &ps) < 0)
+                return -errno;
+            if (!(ps.st_mode & S_ISGID))
+                cg = gid;
+        }
+        if (cu != -1 || cg != -1) {
+            int r = msb_fchownat(fd, "", cu, cg, AT_EMPTY_PATH);
+            if (r < 0)
+                return r;
+            changed = 1;
+        }
+    }
+    if (changed && fstat(fd, st) < 0)
+        return -errno;
+    if (!S_ISLNK(st->st_mode) && (st->st_mode & 07777) != target) {
+        char path[32];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);   /* our own fd, never a name */
+        if ((opath ? chmod(path, target) : fchmod(fd, target)) < 0 || fstat(fd, st) < 0)
+            return -errno;
+    }
+    return 0;
+}
+
+/* Tree.mkdir without a quota or POSIX ACLs. Everything that may send the request back
+ * to Python is decided before mkdirat; after it, the reply is C's. */
+int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                    const struct fuse_in_header *ih)
+{
+    struct msb_names *n = &m->names;
+    struct fuse_mkdir_in mi;
+    char body[NAME_BODY_MAX + 1];
+    size_t blen = c->out_len - sizeof *ih;
+    if (!n->mkdir || blen <= sizeof mi || blen > NAME_BODY_MAX
+        || c->in_len < sizeof(struct fuse_out_header) + sizeof(struct fuse_entry_out))
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
+    memcpy(&mi, body, sizeof mi);
+    const char *name = body + sizeof mi;
+    const char *nul = memchr(name, '\0', blen - sizeof mi);
+    if (!nul || !plain_name(name, (size_t)(nul - name)))
+        return 0;
+    struct msb_inode_info parent;
+    if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
+        return 0;
+    if (n->mutation_errno) {
+        count(&n->stats.mkdirs, 1);
+        return reply_error(vq, c, ih->unique, n->mutation_errno);
+    }
+    uint32_t want;
+    if (msb_new_mode(n, mi.mode, mi.umask, 01777, &want) < 0 || ih->uid > ID_MAX
+        || ih->gid > ID_MAX || msb_inodes_check_room(m->inodes) < 0)
+        return 0;   /* EINVAL, EINVAL, ENFILE: Python's */
+    int pfd = msb_inodes_fd(m->inodes, ih->nodeid);
+    if (pfd < 0)
+        return 0;
+    int r;
+    do
+        r = mkdirat(pfd, name, want);
+    while (r < 0 && errno == EINTR);
+    count(&n->stats.mkdirs, 1);
+    if (r < 0)
+        return reply_error(vq, c, ih->unique, errno);
+    struct stat st;
+    struct msb_inode_info info;
+    int err = msb_new_lookup(m, pfd, name, &st, &info);
+    if (!err) {
+        /* the table's fd of the node, as Inode.fd gives it (ESTALE: forgotten since) */
+        int fd = msb_inodes_fd(m->inodes, info.nodeid);
+        err = fd == -EBADF ? -ESTALE : fd < 0 ? fd
+              : msb_new_owner_mode(n, fd, 1, &st, want, ih->uid, ih->gid, pfd);
+    }
+    if (err)
+        return reply_error(vq, c, ih->unique, -err);
+    return reply_entry(m, vq, c, ih->unique, info.nodeid, info.submount, &st);
 }

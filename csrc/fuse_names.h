@@ -17,6 +17,13 @@
  * ids (0xffffffff), a caller to switch to while the daemon has groups of its own, an
  * inode whose fd was evicted (the tree re-opens it after switching).
  *
+ * MKDIR (Tree.mkdir) on a tree without a quota or POSIX ACLs: the name and parent as for
+ * UNLINK, the mutation errno, the creation mode (the caller's umask; a umask Python
+ * refuses, ids that are no ids or a full inode table: Python's, decided before
+ * anything is made), mkdirat as the daemon, then the creation rules every creating op
+ * shares (msb_new_lookup + msb_new_owner_mode, below): once mkdirat succeeded the
+ * reply is C's, whatever happens next, as it is the tree's.
+ *
  * One definition of each rule: Python compiles the policy's decisions into numbers by
  * asking the rules themselves (msbfs/tree/policy.py Policy.c_decisions) and writes them
  * here (msbfs/fastmeta.py); nothing here re-states a rule. All zero (calloc) means
@@ -37,7 +44,7 @@ struct msb_chain;
 #define MSB_NAMES_CREDS_PYTHON 2   /* the daemon has groups: callers to switch to go to Python */
 
 struct msb_names_stats {
-    uint64_t unlinks, rmdirs, accesses, access_ns;
+    uint64_t unlinks, rmdirs, accesses, access_ns, mkdirs;
 };
 
 struct msb_names {
@@ -47,6 +54,9 @@ struct msb_names {
     uint8_t access_errno[16 * 8]; /* Policy.check_access's: [(kind >> 12) * 8 + mask] */
     int creds;                    /* MSB_NAMES_CREDS_* */
     uint32_t own_uid, own_gid;    /* what a switch restores */
+    int mkdir;                    /* MKDIR answered here (no quota, no POSIX ACLs) */
+    uint32_t stored_mask;         /* Policy.stored_mode, the AND mask it is (nosuid) */
+    uint32_t daemon_umask;        /* the process umask the tree read at start */
     struct msb_names_stats stats;
 };
 
@@ -56,6 +66,33 @@ int msb_names_remove(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                      const struct fuse_in_header *ih, int dir);
 int msb_names_access(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                      const struct fuse_in_header *ih);
+int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                    const struct fuse_in_header *ih);
+
+/* The creation rules of the tree (msbfs/tree/tree.py), for every creating op answered
+ * in C (MKDIR here; a C CREATE can call the same three after its own open):
+ *
+ * msb_new_mode: Tree._creation_mode without POSIX ACLs: the mode to ask the host for,
+ * `mode & bits` less the caller's umask, as the policy stores it. -1: Python's (a umask
+ * above 07777, which the tree refuses: decide it before making anything).
+ *
+ * msb_new_lookup: Tree._lookup_new: the name a creating syscall just made beneath pfd,
+ * opened as the tree opens a new name (m->lookup_flags, m->resolve), fstat'd, counted in
+ * the table (one lookup, as the entry reply hands out). 0 and *st, *info, or -errno.
+ *
+ * msb_new_owner_mode: Tree._finish_new: a node made as the daemon gets what the caller
+ * would have got natively: the caller as owner (when the daemon is root), the caller's
+ * group unless the parent (pfd) is set-gid, the mode asked for (the bits the daemon's
+ * own umask took added back; the policy's stored mode). fd is the node's O_PATH fd
+ * (opath) or an open fd of it; *st is its stat, updated. 0 or -errno. */
+int msb_new_mode(const struct msb_names *n, uint32_t mode, uint32_t umask, uint32_t bits,
+                 uint32_t *want);
+struct stat;
+struct msb_inode_info;
+int msb_new_lookup(struct msb_meta *m, int pfd, const char *name, struct stat *st,
+                   struct msb_inode_info *info);
+int msb_new_owner_mode(const struct msb_names *n, int fd, int opath, struct stat *st,
+                       uint32_t want, uint32_t uid, uint32_t gid, int pfd);
 
 /* For msbfs/fastmeta.py: the configuration inside m (written before m->enabled), and
  * the counters. */

@@ -10,7 +10,7 @@ C does not implement (``Tree.c_metadata`` returns None: an id map) or is not a
 ``Tree`` at all (a wrapper: its methods are the truth) gets no C path: every request
 goes to Python as before.
 
-UNLINK/RMDIR (no quota) and ACCESS too (csrc/fuse_names.h): the policy's decisions as
+UNLINK/RMDIR/MKDIR (no quota) and ACCESS too (csrc/fuse_names.h): the policy's decisions as
 ``Policy.c_decisions`` compiles them from its own rules, and the daemon's identity an
 ACCESS switch restores, from the tree's ``Identities``.
 
@@ -35,7 +35,7 @@ def _u32(v: int) -> int:
 
 
 def _write_names(n: Any, config: CMetaConfig) -> None:
-    """UNLINK/RMDIR/ACCESS in C (csrc/fuse_names.h): the policy's decisions as the
+    """UNLINK/RMDIR/ACCESS/MKDIR in C (csrc/fuse_names.h): the policy's decisions as the
     policy compiled them, Python's wherever a quota charges removals or the caller's
     identity is one C cannot restore as ``Identities`` does."""
     d = config.decisions
@@ -49,6 +49,12 @@ def _write_names(n: Any, config: CMetaConfig) -> None:
     n.own_uid, n.own_gid = uid, gid
     n.creds = (lib.MSB_NAMES_CREDS_OWN if not ids.enabled
                else lib.MSB_NAMES_CREDS_PYTHON if groups else lib.MSB_NAMES_CREDS_SWITCH)
+    # MKDIR: the creation rules of a tree without a quota (the charge) or POSIX ACLs (a
+    # parent's default ACL decides the mode), with a stored mode C can apply
+    if not config.charged and not config.posix_acl and d.stored_mask is not None:
+        n.stored_mask = d.stored_mask
+        n.daemon_umask = config.umask
+        n.mkdir = 1
 
 
 class CMetadata:
@@ -88,12 +94,13 @@ class CMetadata:
         session.on_init = self.session_began
 
     def names_statistics(self) -> dict[str, int]:
-        """What csrc/fuse_names.c answered (UNLINK, RMDIR, ACCESS)."""
+        """What csrc/fuse_names.c answered (UNLINK, RMDIR, ACCESS, MKDIR)."""
         if not self.available:
             return {}
         s = ffi.new("struct msb_names_stats *")
         lib.msb_names_stats(self._m, s)
-        return {k: int(getattr(s, k)) for k in ("unlinks", "rmdirs", "accesses", "access_ns")}
+        return {k: int(getattr(s, k))
+                for k in ("unlinks", "rmdirs", "accesses", "access_ns", "mkdirs")}
 
     def _lock_descs(self, n: int) -> None:
         self._m.lock_descs = n

@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
+from msbfs.fuse import abi
 from msbfs.fuse.kernel import Opcode, Requests, parse_entry
 from msbfs.tree import Policy
-from tests.test_virtiofs_meta import REQ, ROOT, U64, HostStep, Step, _both
+from tests.test_virtiofs_meta import ENTRY_ROOM, REQ, ROOT, U64, HostStep, Step, _both
 
+ATTR_REPLY = abi.fuse_out_header.size + abi.FUSE_ATTR_OUT_SIZE
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, switching fsuid)")
 
 
@@ -295,3 +297,116 @@ async def test_access_of_evicted_inodes_is_python_s_for_other_callers(
         assert on.device.meta.statistics()["handed"] > before
         assert on.device.meta.names_statistics()["accesses"] >= 40 * 3
         assert _fs_ids_of_threads() == {("0", "0")}
+
+
+# ---- MKDIR --------------------------------------------------------------------------
+def _masked(reply: bytes) -> bytes:
+    """A reply less what two copies of one directory cannot share: an entry's (or an
+    attribute reply's) inode number and times."""
+    b = bytearray(reply)
+    if len(b) == ENTRY_ROOM and b[4:8] == bytes(4):
+        b[56:64] = bytes(8)       # fuse_entry_out.attr.ino
+        b[80:116] = bytes(36)     # atime, mtime, ctime and their nsec
+    elif len(b) == ATTR_REPLY and b[4:8] == bytes(4):
+        b[32:40] = bytes(8)       # fuse_attr_out.attr.ino
+        b[56:92] = bytes(36)
+    return bytes(b)
+
+
+async def _run_each(c: Any, root: Path, steps: list[Step | Callable[[Path], None]]) -> list[bytes]:
+    """The whole sequence on one device over its own copy (host changes on that copy)."""
+    out = []
+    for step in steps:
+        if callable(step):
+            step(root)
+            continue
+        request, sizes, queue = step
+        done = await c.raw([request], sizes, queue=queue)
+        out.append(_masked(bytes(done.data[:done.used_len])))
+    return out
+
+
+def _host_view(root: Path) -> list[tuple[str, int, int, int]]:
+    return [(str(p.relative_to(root)), p.lstat().st_mode, p.lstat().st_uid, p.lstat().st_gid)
+            for p in sorted(root.rglob("*"))]
+
+
+def _populate_mkdir(root: Path) -> None:
+    root.mkdir()
+    (root / "f").write_bytes(b"")
+    (root / "sg").mkdir()
+    os.chown(root / "sg", 0, 3000)
+    os.chmod(root / "sg", 0o2775)
+    (root / "gone").mkdir()
+    (root / "o").mkdir()
+    os.chown(root / "o", OWNER, OWNER)
+    os.chmod(root / "o", 0o700)
+
+
+def _mkdir_script(ids: dict[bytes, int]) -> list[Step | Callable[[Path], None]]:
+    f, sg, gone, o = (ids[n] for n in (b"f", b"sg", b"gone", b"o"))
+    steps: list[Step | Callable[[Path], None]] = []
+    for uid, gid in ((0, 0), (OWNER, OWNER), (OWNER, 2000), (2000, 3000), (0, OWNER)):
+        r = Requests(uid=uid, gid=gid)
+        tag = b"%d-%d-" % (uid, gid)
+        for parent in (ROOT, sg, o):
+            for mode, umask in ((0o755, 0o022), (0o777, 0), (0o1777, 0o022), (0o7777, 0o002),
+                                (0o700, 0o7777), (0o2755, 0)):
+                name = tag + b"%o-%o" % (mode, umask)
+                steps.append((r.mkdir(parent, name, mode, umask), [4096], REQ))
+            steps.append((r.lookup(parent, tag + b"755-22"), [4096], REQ))
+    r = Requests(uid=OWNER, gid=OWNER)
+    steps += [
+        (r.mkdir(ROOT, b"f"), [4096], REQ), (r.mkdir(ROOT, b"1000-1000-755-22"), [4096], REQ),
+        (r.mkdir(ROOT, b"."), [4096], REQ), (r.mkdir(ROOT, b".."), [4096], REQ),
+        (r.mkdir(ROOT, b""), [4096], REQ), (r.mkdir(ROOT, b"a/b"), [4096], REQ),
+        (r.mkdir(ROOT, b"n" * 256), [4096], REQ), (r.mkdir(ROOT, b"n" * 255), [4096], REQ),
+        (r.mkdir(ROOT, b"badmask", 0o755, 0o10000), [4096], REQ),        # EINVAL
+        (r.mkdir(ROOT, b"bigmode", 0xFFFFFFFF, 0), [4096], REQ),
+        (Requests(uid=0xFFFFFFFF).mkdir(ROOT, b"noid"), [4096], REQ),    # not an id
+        (Requests(gid=0xFFFFFFFF).mkdir(ROOT, b"noid"), [4096], REQ),
+        (r.mkdir(999, b"x"), [4096], REQ), (r.mkdir(0, b"x"), [4096], REQ),
+        (r.mkdir(U64, b"x"), [4096], REQ), (r.mkdir(f, b"x"), [4096], REQ),
+        (r.raw(Opcode.MKDIR, ROOT, b"\xed\1\0\0"), [4096], REQ),           # short body
+        (r.raw(Opcode.MKDIR, ROOT, b"\xed\1\0\0\x12\0\0\0nonul"), [4096], REQ),
+        (r.raw(Opcode.MKDIR, ROOT, b"\xed\1\0\0\x12\0\0\0"), [4096], REQ),
+        (r.raw(Opcode.MKDIR, ROOT, b"\xed\1\0\0\x12\0\0\0t\0rail"), [4096], REQ),
+        (r.raw(Opcode.MKDIR, ROOT, b"\xed\1\0\0\x12\0\0\0e\0", extlen=1), [4096], REQ),
+        (r.mkdir(ROOT, b"room"), [ENTRY_ROOM - 1], REQ), (r.mkdir(ROOT, b"room"), [16], REQ),
+        (r.mkdir(ROOT, b"room"), [ENTRY_ROOM], REQ),
+        lambda root: os.rmdir(root / "gone"),
+        (r.mkdir(gone, b"x"), [4096], REQ),                                 # ENOENT
+        (r.getattr(ROOT), [4096], REQ),
+    ]
+    return steps
+
+
+MKDIR_POLICIES = {
+    "default": (Policy(), {}),
+    "nosuid": (Policy(nosuid=True), {}),  # a set-gid parent's bit is not kept
+    "readonly": (Policy(readonly=True), {}),
+    "quota": (Policy(quota_bytes=64 << 20, quota_inodes=500), {}),  # Python's: the charge
+    "posix-acl": (Policy(), {"posix_acl": True}),  # Python's: a default ACL decides
+}
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("policy", list(MKDIR_POLICIES))
+async def test_mkdir_c_and_python_reply_the_same_bytes(
+        fs_client: Callable[..., Any], tmp_path: Path, policy: str) -> None:
+    """Callers that own, share the group of, or are strangers to the parent (root-owned,
+    set-gid, another user's 0700), every mode and umask shape: the same entry (less
+    inode numbers and times), the same owner, group and mode on the host, the same
+    table; hostile names, bodies, ids and parents as Python answers them."""
+    pol, tree_kw = MKDIR_POLICIES[policy]
+    async with _pair(fs_client, tmp_path, _populate_mkdir, pol, **tree_kw) as (on, off, roots):
+        ids = await _lookup_ids(on, off, [b"f", b"sg", b"gone", b"o"])
+        steps = _mkdir_script(ids)
+        got = [await _run_each(c, root, steps) for c, root in ((on, roots[0]), (off, roots[1]))]
+        for i, (a, b) in enumerate(zip(*got, strict=True)):
+            assert a == b, f"reply {i}: C {a!r} != Python {b!r}"
+        assert _host_view(roots[0]) == _host_view(roots[1])
+        assert on.device.tree.statistics().inodes == off.device.tree.statistics().inodes
+        made = on.device.meta.names_statistics()["mkdirs"]
+        assert made == 0 if policy in ("quota", "posix-acl") else made >= 90
+        assert off.device.meta.names_statistics()["mkdirs"] == 0

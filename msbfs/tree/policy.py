@@ -28,9 +28,10 @@ quota (bytes, inodes)           QuotaAccount, writes_need_tree    T; C never get
                                                                   byte quota (T)
 ==============================  ================================  =====================
 
-The C metadata path answers UNLINK, RMDIR and ACCESS itself (csrc/fuse_names.c) with
-the errnos of ``check_mutation`` and ``check_access`` as ``c_decisions`` computes them by
-running these very checks: readonly and noexec reach it as numbers, never as a copy.
+The C metadata path answers UNLINK, RMDIR, ACCESS and MKDIR itself (csrc/fuse_names.c)
+with the errnos of ``check_mutation`` and ``check_access`` and the mask of
+``stored_mode`` as ``c_decisions`` computes them by running these very rules: readonly,
+noexec and nosuid reach it as numbers, never as a copy.
 
 Permissions of the client's own users are its kernel's (default_permissions on every
 front; see "Permissions" in msbfs/tree/tree.py): nothing here checks a uid, except
@@ -177,10 +178,12 @@ class Policy:
         metadata path (csrc/fuse_names.h, written there by msbfs/fastmeta.py): compiled
         by running the rules themselves over every input C can see, so the rule is
         written once, here, and C only looks its answer up."""
+        stored = self.stored_mode(0o7777)
         return CDecisions(
             _errno_of(self.check_mutation),
             tuple(_errno_of(self.check_access, mask, kind << 12)
-                  for kind in range(16) for mask in range(8)))
+                  for kind in range(16) for mask in range(8)),
+            stored if all(self.stored_mode(m) == m & stored for m in range(0o10000)) else None)
 
     def kernel_flags(self) -> tuple[str, ...]:
         """The host-mount kernel flags that mirror this policy (the tree enforces it
@@ -210,6 +213,8 @@ class CDecisions(NamedTuple):
     #: ``check_access(mask, kind)`` at ``(kind >> 12) * 8 + mask``: the 16 ``S_IFMT``
     #: values by 8 masks (``R_OK | W_OK | X_OK``)
     access: tuple[int, ...]
+    #: ``stored_mode`` as the AND mask it is (None if it ever is not one)
+    stored_mask: int | None
 
 
 def _errno_of(check: Callable[..., None], *args: int) -> int:

@@ -1255,7 +1255,8 @@ class Tree:
             return None
         return CMetaConfig(self._inodes, self._root_dev, self.attr_shape, self._timeout,
                            _LOOKUP_FLAGS, _RESOLVE, self.quota is None, self._locks,
-                           self.policy.c_decisions(), self.quota is not None, self._ids)
+                           self.policy.c_decisions(), self.quota is not None, self._ids,
+                           self._umask, self.posix_acl)
 
     # ---- life cycle ------------------------------------------------------------------
     def destroy(self) -> None:
@@ -1301,6 +1302,10 @@ class CMetaConfig(NamedTuple):
     charged: bool
     #: who ACCESS runs as (``access`` switches to the caller as these do)
     identities: Identities
+    #: the daemon's umask (``_finish_new`` adds back the bits it took)
+    umask: int
+    #: a parent's default ACL decides a new node's mode (``_creation_mode``): Python's
+    posix_acl: bool
 
 
 def _process_umask() -> int:

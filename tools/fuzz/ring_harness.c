@@ -116,6 +116,9 @@ static void setup(void)
     meta->names.creds = geteuid() == 0 ? MSB_NAMES_CREDS_SWITCH : MSB_NAMES_CREDS_OWN;
     meta->names.own_uid = geteuid();
     meta->names.own_gid = getegid();
+    meta->names.mkdir = 1;                      /* MKDIR: nosuid's stored mode */
+    meta->names.stored_mask = 01777;
+    meta->names.daemon_umask = 022;
     meta->names.access_errno[(S_IFREG >> 12) * 8 + 1] = 13;   /* noexec: X_OK, EACCES */
     meta->names.access_errno[(S_IFDIR >> 12) * 8 + 2] = 30;   /* readonly: W_OK, EROFS */
     meta->mode_mask = ~06000u;
@@ -152,6 +155,16 @@ static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
         }
         return len + 1;
     }
+    if (opcode == FUSE_MKDIR) {   /* mode, umask (sometimes one Python refuses), a name */
+        struct fuse_mkdir_in mi = { (uint32_t)take(c, 2),
+                                    take(c, 1) < 16 ? (uint32_t)take(c, 4) : 022 };
+        static const char *names[] = { "m0", "m1", "a", ".", "a/b" };
+        const char *n = names[take(c, 1) % 5];
+        uint32_t len = (uint32_t)strlen(n);
+        memcpy(p, &mi, sizeof mi);
+        memcpy(p + sizeof mi, n, len + 1);
+        return (uint32_t)sizeof mi + len + (take(c, 1) < 32 ? 0 : 1);
+    }
     if (opcode == FUSE_BATCH_FORGET) {
         uint32_t count = (uint32_t)take(c, 1) % 6, have = (uint32_t)take(c, 1) % 6;
         memcpy(p, &count, 4);
@@ -187,8 +200,8 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
     if (kind >= 4) {
         static const uint32_t ops[] = { FUSE_LOOKUP, FUSE_LOOKUP, FUSE_FORGET,
                                         FUSE_BATCH_FORGET, FUSE_STATFS, FUSE_GETATTR,
-                                        FUSE_UNLINK, FUSE_RMDIR, FUSE_ACCESS };
-        uint32_t opcode = ops[take(c, 1) % 9];
+                                        FUSE_UNLINK, FUSE_RMDIR, FUSE_ACCESS, FUSE_MKDIR };
+        uint32_t opcode = ops[take(c, 1) % 10];
         if (opcode == FUSE_UNLINK)
             refill_names();
         /* the mutation errno of a readonly policy, now and then (UNLINK/RMDIR) */
@@ -362,9 +375,9 @@ int main(int argc, char **argv)
     msb_meta_stats(meta, &ms);
     struct msb_names_stats ns;
     msb_names_stats(meta, &ns);
-    printf("names_unlinks=%llu names_rmdirs=%llu names_accesses=%llu ",
+    printf("names_unlinks=%llu names_rmdirs=%llu names_accesses=%llu names_mkdirs=%llu ",
            (unsigned long long)ns.unlinks, (unsigned long long)ns.rmdirs,
-           (unsigned long long)ns.accesses);
+           (unsigned long long)ns.accesses, (unsigned long long)ns.mkdirs);
     msb_meta_attach(table, NULL);
     msb_fs_table_free(table);
     close(list_fd);
@@ -374,6 +387,11 @@ int main(int argc, char **argv)
         char path[64];
         snprintf(path, sizeof path, "%s/%c", meta_dir, 'a' + i);
         unlink(path);
+    }
+    for (int i = 0; i < 2; i++) {   /* what MKDIR chains made */
+        char path[64];
+        snprintf(path, sizeof path, "%s/m%d", meta_dir, i);
+        rmdir(path);
     }
     rmdir(meta_dir);
     close(data_fd);
