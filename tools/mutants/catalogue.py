@@ -444,6 +444,17 @@ MUTANTS: tuple[Mutant, ...] = (
         {"tree": "UNLINK/RMDIR in C are the vhost transport's",
          "hostmount": "the host mount has no C metadata path"}),
     Mutant(
+        "mkdir-c-ignores-readonly", "readonly: MKDIR answered in C is EROFS too (the policy's "
+        "own check_mutation errno, compiled by Policy.c_decisions)",
+        (Edit("csrc/fuse_names.c",
+              "    if (n->mutation_errno) {\n        count(&n->stats.mkdirs, 1);",
+              "    if (0) {\n        count(&n->stats.mkdirs, 1);"),),
+        {"virtiofs": ("tests/test_virtiofs_names.py"
+                      "::test_mkdir_c_and_python_reply_the_same_bytes[readonly]",),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
+        {"tree": "MKDIR in C is the vhost transport's",
+         "hostmount": "the host mount has no C metadata path"}),
+    Mutant(
         "access-c-as-daemon", "ACCESS answers for its caller (fsuid/fsgid), never the daemon: "
         "C switches to the caller as Identities does",
         (Edit("csrc/fuse_names.c",
