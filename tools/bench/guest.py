@@ -13,6 +13,25 @@ by side in one run, ratios printed.
 3. Each daemon's resident memory (VmRSS and peak VmHWM of its process tree) after the
    workloads, against the other's.
 
+``--parallel4 [--rounds R]`` runs instead the 4-vCPU workload (issue 11): a guest with 4
+vCPUs, 4 processes each pinned to its own vCPU and working in its own directory, all
+creating N files, then all stat-ing them, then all unlinking them, each phase timed in
+the guest (CLOCK_MONOTONIC, from releasing every process into it to the last one done)
+and printed as ops/s. The guest's dentries are dropped (untimed) before stat and unlink,
+so both ask the daemon: otherwise how many names were still cached from the create phase
+(1 s entry timeout) would depend on how fast that phase went. R rounds per daemon, alternating (ABBA), medians and the spread of
+the per-round ratios. msbfs offers the guest 4 request queues (one per vCPU, as ``msbfs
+run`` does) and serves each on its own thread; Debian's C virtiofsd (QEMU 7.2) gets one:
+with num-request-queues=4 it dies as the guest starts the second ("fv_panic:
+libvhost-user: Invalid queue index: 2"), so its guest sends every vCPU's requests down
+its one queue. Every round checks from the guest that the device has the queues it was
+given and that each one delivered replies during the workload (per-queue interrupts),
+that the processes ran on 4 distinct vCPUs, and for msbfs that at least 4 of its
+queue-serving threads spent CPU meanwhile: a "4-queue" run that silently used one queue
+fails instead of printing a figure. It is a flag, not a row of the default run, because
+it needs guests of its own (4 vCPUs) and keeps the one-queue rows (issue 11's "TCG
+guest, one queue" target) what earlier runs measured.
+
 Ratios are msbfs / virtiofsd as speed: above 1.0 msbfs is faster. For memory the ratio
 is msbfs's over virtiofsd's (lower is better); guest RAM a daemon has touched through its
 mapping counts as its RssShmem, so the daemons' own footprint is RssAnon + RssFile.
@@ -34,6 +53,13 @@ from pathlib import Path
 from msbfs.launcher import daemon as daemons
 from msbfs.launcher.sandbox import Sandbox
 from msbfs.mounts import Mount, MountOptions
+from tools.bench.guest_queues import (
+    busy_threads,
+    irq_delta,
+    parse_queue_irqs,
+    queue_irqs_script,
+    serving_threads_ns,
+)
 from tools.bench.proc import status_kib
 
 KINDS = {"virtiofsd": daemons.virtiofsd, "msbfs": daemons.msbfs_serve}
@@ -66,11 +92,12 @@ def memory_kib(pid: int) -> dict[str, int]:
     return status_kib(pid, ("RssAnon", "RssFile", "RssShmem", "VmHWM"))
 
 
-def build_tools(out: Path, sizes: Sizes) -> None:
+def build_tools(out: Path, sizes: Sizes, tar: bool = True) -> None:
     subprocess.run(["gcc", "-static", "-O2", "-o", str(out / "guest_io"),
                     str(HERE / "guest_io.c")], check=True)
-    subprocess.run(["tar", "czf", str(out / "src.tar.gz"), "-C", str(sizes.tar_source.parent),
-                    sizes.tar_source.name], check=True)
+    if tar:
+        subprocess.run(["tar", "czf", str(out / "src.tar.gz"), "-C",
+                        str(sizes.tar_source.parent), sizes.tar_source.name], check=True)
 
 
 def launch_once(kind: str, share: Path, accel: str) -> float:
@@ -88,14 +115,19 @@ def launch_once(kind: str, share: Path, accel: str) -> float:
     return took
 
 
+def _check(sb: Sandbox, script: str) -> str:
+    """Run one guest command, which must succeed; its stdout."""
+    r = sb.run(script)
+    if r.exit_code != 0:
+        raise RuntimeError(f"guest: {script!r} -> {r.exit_code}: {r.stderr.decode().strip()}")
+    return r.stdout.decode()
+
+
 def _timed(sb: Sandbox, script: str) -> float:
     """Host wall time of one guest command (it must succeed)."""
     began = time.monotonic()
-    r = sb.run(script)
-    took = time.monotonic() - began
-    if r.exit_code != 0:
-        raise RuntimeError(f"guest: {script!r} -> {r.exit_code}: {r.stderr.decode().strip()}")
-    return took
+    _check(sb, script)
+    return time.monotonic() - began
 
 
 def workloads(kind: str, share: Path, tools: Path, sizes: Sizes, accel: str) -> Result:
@@ -117,6 +149,92 @@ def workloads(kind: str, share: Path, tools: Path, sizes: Sizes, accel: str) -> 
     return res
 
 
+#: processes (and vCPUs, and msbfs request queues) of the --parallel4 workload
+PAR_PROCS = 4
+PAR_PHASES = ("create", "stat", "unlink")
+
+
+@dataclass
+class ParallelRun:
+    """One --parallel4 guest: seconds per phase (guest clock), and the queue evidence."""
+
+    times: dict[str, float]
+    #: request queue -> interrupts the guest took for it during the workload
+    irqs: dict[int, int]
+    #: CPU ms of each msbfs queue-serving thread that ran during the workload
+    thread_ms: list[float]
+
+
+def parallel4(kind: str, share: Path, tools: Path, files: int, accel: str) -> ParallelRun:
+    """The 4-vCPU workload in a fresh guest, ``files`` files per process."""
+    mounts = {"/w": Mount.bind(share), "/b": Mount.bind(tools, MountOptions(readonly=True))}
+    with Sandbox(mounts, cpus=PAR_PROCS, accel=accel, daemon=KINDS[kind],
+                 memory_mib=768) as sb:
+        assert sb.vm is not None
+        [(tree, proc)] = [(t, p) for t, p in sb.vm.daemons if t.guest_path == "/w"]
+        irqs = queue_irqs_script(tree.tag)
+        _check(sb, "mkdir -p /w/par && cp /b/guest_io /tmp/")  # no /b traffic while timed
+        irq0, cpu0 = parse_queue_irqs(_check(sb, irqs)), serving_threads_ns(proc.pid)
+        out = _check(sb, f"/tmp/guest_io par /w/par {files} {PAR_PROCS}")
+        irq1, cpu1 = parse_queue_irqs(_check(sb, irqs)), serving_threads_ns(proc.pid)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    run = ParallelRun({ph: float(lines[ph]) for ph in PAR_PHASES}, irq_delta(irq0, irq1),
+                      [ns / 1e6 for ns in busy_threads(cpu0, cpu1)])
+    cpus = sorted(int(c) for c in lines["cpus"].split())
+    problems = []
+    if cpus != list(range(PAR_PROCS)):
+        problems.append(f"the processes ran on CPUs {cpus}, not one each")
+    if len(run.irqs) != tree.request_queues:
+        problems.append(f"the guest has {len(run.irqs)} request queues, the daemon was "
+                        f"given {tree.request_queues}")
+    if not all(run.irqs.values()):
+        problems.append(f"a request queue delivered no reply: {run.irqs}")
+    if kind == "msbfs" and (tree.request_queues != PAR_PROCS
+                            or len(run.thread_ms) < PAR_PROCS):
+        problems.append(f"msbfs: {tree.request_queues} request queues, "
+                        f"{len(run.thread_ms)} serving threads ran")
+    if problems:
+        raise RuntimeError(f"--parallel4 ({kind}) did not run as meant: " + "; ".join(problems))
+    return run
+
+
+def run_parallel4(tools: Path, base: Path, files: int, rounds: int,
+                  accel: str) -> dict[str, list[ParallelRun]]:
+    """``rounds`` guests per daemon in ABBA order (virtiofsd, msbfs, msbfs, virtiofsd...),
+    so a drift in the machine's load weighs on both alike."""
+    runs: dict[str, list[ParallelRun]] = {k: [] for k in KINDS}
+    order = list(KINDS)
+    for i in range(rounds):
+        for kind in order if i % 2 == 0 else order[::-1]:
+            share = base / f"par-{kind}-{i}"
+            share.mkdir()
+            runs[kind].append(parallel4(kind, share, tools, files, accel))
+            shutil.rmtree(share)
+    return runs
+
+
+def report_parallel4(runs: dict[str, list[ParallelRun]], files: int) -> None:
+    v, m = runs["virtiofsd"], runs["msbfs"]
+    ops = PAR_PROCS * files
+    print(f"{f'guest, {PAR_PROCS} vCPUs x {PAR_PROCS} procs':<34}{'virtiofsd':>12}"
+          f"{'msbfs':>12}{'msbfs/vfsd':>12}  per-round ratios")
+    print(f"{'  request queues':<34}{len(v[0].irqs):>12}{len(m[0].irqs):>12}")
+    for ph in PAR_PHASES:
+        rv = [ops / r.times[ph] for r in v]
+        rm = [ops / r.times[ph] for r in m]
+        ratios = [b / a for a, b in zip(rv, rm, strict=True)]
+        print(f"{f'{ph} {PAR_PROCS} x {files} (ops/s, median)':<34}"
+              f"{statistics.median(rv):>12.0f}{statistics.median(rm):>12.0f}"
+              f"{statistics.median(ratios):>11.2f}x  "
+              + " ".join(f"{x:.2f}" for x in ratios))
+    for kind, rs in runs.items():
+        for i, r in enumerate(rs):
+            irqs = " ".join(f"q{q}:{n}" for q, n in r.irqs.items())
+            threads = (" serving threads CPU ms: " + " ".join(f"{t:.0f}" for t in r.thread_ms)
+                       if kind == "msbfs" else "")
+            print(f"  {kind} round {i + 1}: replies signalled per queue {irqs};{threads}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench.guest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,8 +242,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--launch-rounds", type=int, default=3)
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="tcg")
     p.add_argument("--launch-only", action="store_true", help="only the launch timing")
+    p.add_argument("--parallel4", action="store_true",
+                   help=f"only the {PAR_PROCS}-vCPU, {PAR_PROCS}-process create/stat/unlink")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--parallel4: guests per daemon, alternating (default 3)")
+    p.add_argument("--files", type=int, default=None,
+                   help=f"--parallel4: files per process (default: the one-queue row's "
+                        f"count / {PAR_PROCS})")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
+    if args.parallel4:
+        files = args.files or sizes.files // PAR_PROCS
+        with tempfile.TemporaryDirectory(prefix="msbfs-bench-guest.") as tmp:
+            base = Path(tmp)
+            for sub in ("tools", "home"):
+                (base / sub).mkdir()
+            build_tools(base / "tools", sizes, tar=False)
+            os.environ.setdefault("MSB_HOME", str(base / "home"))
+            runs = run_parallel4(base / "tools", base, files, args.rounds, args.accel)
+        report_parallel4(runs, files)
+        return 0
     results = {k: Result() for k in KINDS}
     with tempfile.TemporaryDirectory(prefix="msbfs-bench-guest.") as tmp:
         base = Path(tmp)
