@@ -5,6 +5,7 @@
 #include "fuse_datapath.h"
 #include "fuse_meta.h"
 #include "fuse_reply.h"
+#include "handles.h"
 #include "lookup.h"
 #include "tree.h"
 
@@ -83,12 +84,12 @@ enum entry_result { ENTRY_OK, ENTRY_SKIP, ENTRY_UNDECIDED };
  * name whose listed inode is not in the table is opened first (csrc/lookup.h). */
 static enum entry_result lookup_entry(struct msb_meta *m, const struct msb_lookup_cfg *cfg,
                                       const struct listing *d, const char *name, size_t len,
-                                      uint64_t d_ino, struct fuse_entry_out *e)
+                                      uint64_t d_ino, int *streak, struct fuse_entry_out *e)
 {
     struct stat st;
     struct msb_inode_info info;
     int added;
-    int r = msb_lookup_listed(m->inodes, cfg, d->pfd, name, d_ino, &st, &info);
+    int r = msb_lookup_listed(m->inodes, cfg, d->pfd, name, d_ino, streak, &st, &info);
     if (r == MSB_LOOKUP_UNDECIDED)
         r = msb_lookup(m->inodes, cfg, d->nodeid, name, len, &st, &info, &added);
     if (r == -ENOENT)
@@ -120,12 +121,15 @@ static int fill(struct msb_meta *m, const struct listing *d, struct msb_chain *c
     _Static_assert(offsetof(__typeof__(rec), name) == FUSE_NAME_OFFSET_DIRENTPLUS
                    && offsetof(__typeof__(rec), name) - offsetof(__typeof__(rec), d) == FUSE_NAME_OFFSET,
                    "fuse_direntplus: entry_out, dirent, name");
-    /* Each dirent64 record is no bigger than the FUSE record of its name, so this many
-     * bytes of dirents hold at least the records that fit (more batches if some are
-     * skipped); the rest of a batch is read for nothing. */
-    uint32_t cap = (plus ? size / 4 : size) + 512;
+    /* What the records that fit take as dirent64 records, about: ALIGN8(20 + len)
+     * against the FUSE record's ALIGN8(152 + len) (READDIRPLUS) or ALIGN8(24 + len), so a
+     * fifth of the room (short names) plus one longest record; longer names take
+     * another batch (the loop). Every entry read and not sent is work for nothing:
+     * each request seeks to its cookie and reads afresh. */
+    uint32_t cap = (plus ? size / 5 : size) + 280;
     cap = cap > DENTS_MAX ? DENTS_MAX : cap;
     uint64_t counted = 0;
+    int streak = 0;   /* csrc/lookup.h msb_lookup_listed */
     *used = *nrec = 0;
     if (lseek(d->fd, (off_t)offset, SEEK_SET) < 0)
         return 0;
@@ -156,7 +160,7 @@ static int fill(struct msb_meta *m, const struct listing *d, struct msb_chain *c
                     dot_entry(&rec.e, ino, de->d_type);
                 } else {
                     enum entry_result r = lookup_entry(m, &cfg, d, de->d_name, len, de->d_ino,
-                                                       &rec.e);
+                                                       &streak, &rec.e);
                     if (r == ENTRY_SKIP)
                         continue;
                     if (r == ENTRY_UNDECIDED)
@@ -188,19 +192,19 @@ int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
     if (ri.offset > (uint64_t)INT64_MAX)
         return 0;   /* the tree's EINVAL */
     uint64_t t0 = now_ns();
-    struct listing d = { .fd = msb_fs_table_get(m->table, ri.fh, MSB_FS_DIR),
-                         .nodeid = ih->nodeid, .is_root = ih->nodeid == FUSE_ROOT_ID };
-    if (d.fd < 0)
-        return 0;   /* unknown, released, or not a directory handle */
-    /* The handle's directory must be the request's node, on the root's device (the tree
-     * tags another device's st_ino); then the root's own ino is the fd's. */
-    struct msb_inode_info node;
-    struct stat st;
-    if (msb_inodes_get(m->inodes, ih->nodeid, &node) < 0 || fstat(d.fd, &st) < 0
-        || (uint64_t)st.st_dev != m->root_dev || node.dev != (uint64_t)st.st_dev
-        || node.ino != (uint64_t)st.st_ino)
+    /* A directory handle (not unknown, released, or a file's) of the request's node: the
+     * tree lists the handle's directory but looks names up in the request's node. */
+    struct msb_handle h;
+    if (msb_handles_get(m->table, ri.fh, &h) < 0 || !(h.perms & MSB_FS_DIR)
+        || h.nodeid != ih->nodeid)
         return 0;
-    d.root_ino = st.st_ino;
+    /* On the root's device (the tree tags another device's st_ino); the root's ".."
+     * shows the root's own ino. */
+    struct msb_inode_info node;
+    if (msb_inodes_get(m->inodes, ih->nodeid, &node) < 0 || node.dev != m->root_dev)
+        return 0;
+    struct listing d = { .fd = h.fd, .nodeid = ih->nodeid,
+                         .is_root = ih->nodeid == FUSE_ROOT_ID, .root_ino = node.ino };
     d.pfd = msb_inodes_fd(m->inodes, ih->nodeid);
     if (d.pfd < 0)
         return 0;
@@ -214,8 +218,8 @@ int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
     pthread_mutex_unlock(l);
     if (!ok)
         return 0;
-    struct fuse_out_header h = { .len = oh + used, .error = 0, .unique = ih->unique };
-    msb_iov_copy_to(c->iov + c->nout, c->nin, 0, &h, sizeof h);
+    struct fuse_out_header out = { .len = oh + used, .error = 0, .unique = ih->unique };
+    msb_iov_copy_to(c->iov + c->nout, c->nin, 0, &out, sizeof out);
     int r = msb_vq_push(vq, c->head, oh + used);
     count(&m->stats.readdirs, 1);
     count(&m->stats.readdir_entries, nrec);

@@ -64,13 +64,15 @@ int msb_lookup(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, uint64_t 
 }
 
 int msb_lookup_listed(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, int pfd,
-                      const char *name, uint64_t ino, struct stat *st,
+                      const char *name, uint64_t ino, int *streak, struct stat *st,
                       struct msb_inode_info *info)
 {
     struct msb_inode_info known;
-    if (msb_inodes_find(t, cfg->root_dev, ino, 0, &known) == 0)
+    if (!*streak && msb_inodes_find(t, cfg->root_dev, ino, 0, &known) == 0)
         return MSB_LOOKUP_UNDECIDED;   /* likely warm: msb_lookup's order is cheaper */
-    return lookup_open(t, cfg, pfd, name, st, info);
+    int r = lookup_open(t, cfg, pfd, name, st, info);
+    *streak = r == 0 && info->nlookup == 1;   /* new to the table: the next likely is */
+    return r;
 }
 
 static int64_t ns(struct timespec ts)

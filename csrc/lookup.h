@@ -54,11 +54,14 @@ int msb_lookup(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, uint64_t 
  * (csrc/fuse_readdir.c, READDIRPLUS): when the inode the listing names (`ino`, its
  * d_ino) is not in the table, the name is most likely new to it, and the warm fstatat
  * would only miss: msb_lookup's cold half runs at once (open, fstat, add: the object
- * opened is the truth, as there). `pfd`: the fd of a parent msb_lookup accepts (in the
- * table, on the root's device), `name` plain and NUL-terminated. 0 as msb_lookup's;
- * MSB_LOOKUP_UNDECIDED (nothing counted): call msb_lookup, which decides from scratch. */
+ * opened is the truth, as there). *streak (0 at a listing's start) says the name before
+ * was new to the table: then the table is not even asked (a listing the guest forgot is
+ * new from end to end; the probe is a cache miss per name). `pfd`: the fd of a parent
+ * msb_lookup accepts (in the table, on the root's device), `name` plain and
+ * NUL-terminated. 0 as msb_lookup's; MSB_LOOKUP_UNDECIDED (nothing counted): call
+ * msb_lookup, which decides from scratch. */
 int msb_lookup_listed(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, int pfd,
-                      const char *name, uint64_t ino, struct stat *st,
+                      const char *name, uint64_t ino, int *streak, struct stat *st,
                       struct msb_inode_info *info);
 /* msb_lookup for the Python tree in one crossing: nodeid << 1 | submount, with the
  * attributes in *out, or -ENOENT, or MSB_LOOKUP_UNDECIDED. */
