@@ -104,6 +104,9 @@ def test_native_ring_and_datapath_under_sanitizers() -> None:
     # ...and the C metadata path (csrc/fuse_meta.c) with its inode table.
     assert min(int(s[k]) for k in ("meta_lookups", "meta_getattrs", "meta_forgets",
                                    "meta_statfs")) > 0
+    # ...and UNLINK/RMDIR/ACCESS/MKDIR (csrc/fuse_names.c), ACCESS switching identities.
+    assert min(int(s[k]) for k in ("names_unlinks", "names_rmdirs", "names_accesses",
+                                   "names_mkdirs")) > 0
 
 
 # ---- the oracles ----------------------------------------------------------------------
