@@ -53,7 +53,8 @@ static int data_fd;
 static struct msb_inodes *inodes;
 static struct msb_meta *meta;
 static char meta_dir[] = "/tmp/msbfs-ring-harness-XXXXXX";
-static int list_fd = -1;   /* fh 9: a directory handle of meta_dir */
+static int list_fd = -1;   /* a directory handle of meta_dir, fh list_fh */
+static int64_t list_fh;
 static uint64_t served, broken, inputs, damaged[12];
 
 struct cursor { const uint8_t *p; size_t n, i; };
@@ -130,11 +131,12 @@ static void setup(void)
     meta->enabled = 1;
     msb_meta_set_ready(meta, 1);
     msb_meta_attach(table, meta);
-    /* An OPENDIR'd handle of the root (fh 9): READDIR(PLUS) chains reach
-     * csrc/fuse_readdir.c (the stream lock, getdents, lookups of "a".."d"). */
+    /* An OPENDIR'd handle of the root (node 1, as the tree adds it): READDIR(PLUS)
+     * chains reach csrc/fuse_readdir.c (the stream lock, getdents, lookups of "a".."d"). */
     list_fd = open(meta_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (list_fd < 0) { perror(meta_dir); exit(2); }
-    msb_fs_table_set(table, 9, list_fd, MSB_FS_DIR);
+    list_fh = msb_handles_add(table, list_fd, O_RDONLY | O_DIRECTORY, 1, S_IFDIR, MSB_FS_DIR, 0);
+    if (list_fh < 0) abort();
 }
 
 /* A metadata request's body: a name (sometimes damaged) or forget counts. */
@@ -238,7 +240,7 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
     if (opcode == FUSE_WRITE)
         r.size = take(c, 1) < 220 ? extra : (uint32_t)take(c, 4);
     if (listing && take(c, 1) < 200) {   /* mostly the directory handle, from the start */
-        r.fh = 9;
+        r.fh = (uint64_t)list_fh;
         r.offset = take(c, 1) < 128 ? 0 : r.offset;
     }
     memcpy(ram0 + off + sizeof h, &r, sizeof r);
