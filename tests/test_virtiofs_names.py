@@ -10,6 +10,7 @@ UNLINK/RMDIR in Python."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -410,3 +411,70 @@ async def test_mkdir_c_and_python_reply_the_same_bytes(
         made = on.device.meta.names_statistics()["mkdirs"]
         assert made == 0 if policy in ("quota", "posix-acl") else made >= 90
         assert off.device.meta.names_statistics()["mkdirs"] == 0
+
+
+@ROOT_ONLY
+async def test_a_daemon_with_groups_of_its_own_keeps_switched_access_in_python(
+        fs_client: Callable[..., Any], tmp_path: Path) -> None:
+    """A switch must drop the daemon's own supplementary groups (the caller's are
+    unknown: none); C keeps them, so with a daemon that has any, callers to switch to go
+    to Python (root/root, never switched, stays C's). The file is readable through
+    group 5 only: a switch that kept the daemon's group 5 would say 0."""
+    (tmp_path / "g").write_bytes(b"")
+    os.chown(tmp_path / "g", 0, 5)
+    os.chmod(tmp_path / "g", 0o040)
+    own = os.getgroups()
+    os.setgroups([5])
+    try:
+        async with fs_client(tmp_path) as c:
+            g = parse_entry(await c.ok(c.r.lookup(ROOT, b"g"))).nodeid
+            before = c.device.meta.names_statistics()["accesses"]
+            user = Requests(uid=OWNER, gid=OWNER)
+            assert (await c.call(user.access(g, 4))).error == errno.EACCES  # no groups
+            assert c.device.meta.names_statistics()["accesses"] == before
+            assert (await c.call(c.r.access(g, 4))).error == 0       # root: C's
+            assert c.device.meta.names_statistics()["accesses"] == before + 1
+    finally:
+        os.setgroups(own)
+
+
+@ROOT_ONLY
+async def test_names_on_four_queues_at_once(fs_client: Callable[..., Any],
+                                            tmp_path: Path) -> None:
+    """Four request queues, each on its own serving thread, mix ACCESS as other users
+    (C switches that thread only) with MKDIR/UNLINK/RMDIR in a root-owned 0700
+    directory (C acts as the daemon there): every answer is the one a lone thread
+    gives, and every thread ends as the daemon."""
+    import trio
+    (tmp_path / "locked").mkdir(mode=0o700)
+    (tmp_path / "r700").write_bytes(b"")
+    os.chmod(tmp_path / "r700", 0o700)
+    n = 64
+    async with fs_client(tmp_path, request_queues=4) as c:
+        r = c.r
+        locked = parse_entry(await c.ok(r.lookup(ROOT, b"locked"))).nodeid
+        r700 = parse_entry(await c.ok(r.lookup(ROOT, b"r700"))).nodeid
+        before = c.device.meta.names_statistics()
+        errors: dict[int, list[int]] = {}
+
+        async def one_queue(q: int) -> None:
+            user = Requests(uid=1000 + q, gid=1000 + q)
+            mine = errors[q] = []
+            for k in range(0, n, 8):
+                names = [b"q%d-%d" % (q, i) for i in range(k, k + 8)]
+                reqs = [x for nm in names for x in (
+                    ([user.access(r700, 4)], [64]), ([r.mkdir(locked, nm)], [256]),
+                    ([user.access(locked, 1)], [64]), ([r.rmdir(locked, nm)], [64]))]
+                done = await c.fe.submit_many(q, reqs)
+                mine += [abi.fuse_out_header.unpack_from(bytes(d.data[:16]))[1] for d in done]
+
+        async with trio.open_nursery() as nursery:
+            for q in range(1, 5):
+                nursery.start_soon(one_queue, q)
+        for mine in errors.values():  # EACCES, made, EACCES, removed: as one thread alone
+            assert mine == [-13, 0, -13, 0] * n
+        after = c.device.meta.names_statistics()
+        assert after["accesses"] - before["accesses"] == 4 * 2 * n
+        assert after["mkdirs"] - before["mkdirs"] == after["rmdirs"] - before["rmdirs"] == 4 * n
+        assert os.listdir(tmp_path / "locked") == []
+        assert _fs_ids_of_threads() == {("0", "0")}
