@@ -42,6 +42,7 @@ import trio
 
 from msbfs.errors import InvalidMountSpec, MountError
 from msbfs.fdlimit import WANTED_NOFILE, raise_fd_limit
+from msbfs.hostmount_entry import APART, PlainDirent, set_nodeid
 from msbfs.mount_daemon import _record_path
 from msbfs.mounts import MountOptions
 from msbfs.tree import idmap
@@ -106,11 +107,17 @@ def _op(fn: F) -> F:
 def entry_attributes(nodeid: int, attr: Attr, *, generation: int = 0,
                      entry_timeout: float = 0.0, attr_timeout: float = 0.0,
                      ) -> pyfuse3.EntryAttributes:
-    """The tree's ``Attr`` as pyfuse3 wants it. pyfuse3 uses one field for the FUSE node
-    id and ``st_ino``, so the host mount reports the node id as the inode number (hard
-    links still share one, since the tree keys inodes by (st_dev, st_ino))."""
+    """The tree's ``Attr`` as pyfuse3 wants it: ``st_ino`` is ``attr.ino`` (the tree's
+    rule: the host's number, as ``d_ino`` in a listing shows it) and the node id is set
+    apart (msbfs.hostmount_entry). Where pyfuse3's layout is not the known one, its one
+    field serves both and the node id is reported as the inode number (hard links still
+    share one: the tree keys inodes by (st_dev, st_ino))."""
     e = pyfuse3.EntryAttributes()
-    e.st_ino = nodeid
+    if APART:
+        e.st_ino = attr.ino
+        set_nodeid(e, nodeid)
+    else:
+        e.st_ino = nodeid
     e.generation = generation
     e.entry_timeout = entry_timeout
     e.attr_timeout = attr_timeout
@@ -184,6 +191,11 @@ class HostOps(pyfuse3.Operations):
         self.enable_writeback_cache = writeback
         #: dir handle -> (node id, opener): readdirplus looks each entry up beneath it.
         self._dirs: dict[int, tuple[int, Ctx]] = {}
+        #: node id -> its open directory handles; ``_advised``: those of them a child
+        #: was looked up in since their last READDIRPLUS (see ``readdir``).
+        self._listed: dict[int, int] = {}
+        self._advised: set[int] = set()
+        self._plain = PlainDirent() if APART else None
         #: file handle -> opener: pyfuse3's write() carries no request context.
         # fh -> (the opener, whether its writes clear set-id bits)
         self._files: dict[int, tuple[Ctx, bool]] = {}
@@ -207,6 +219,8 @@ class HostOps(pyfuse3.Operations):
     @_op
     def lookup(self, parent_inode: int, name: bytes,
                ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if parent_inode in self._listed:
+            self._advised.add(parent_inode)
         return _entry(self.tree.lookup(parent_inode, name, self._ctx(ctx)))
 
     @_op
@@ -348,23 +362,41 @@ class HostOps(pyfuse3.Operations):
         c = self._ctx(ctx)
         opened = self.tree.opendir(inode, os.O_RDONLY | os.O_DIRECTORY, c)
         self._dirs[opened.fh] = (inode, c)
+        self._listed[inode] = self._listed.get(inode, 0) + 1
         return opened.fh
 
     @_op
     def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """pyfuse3 always answers READDIRPLUS, whose entries each count one lookup in the
-        kernel: we look each name up as we send it and forget the one that did not fit."""
+        """pyfuse3 always answers READDIRPLUS (it turns the kernel's READDIRPLUS_AUTO
+        off), so the choice the kernel would make is made here, by the kernel's own rule
+        (fs/fuse/readdir.c ``fuse_use_readdirplus``): the first batch of a listing, and
+        any batch after a child of the directory was looked up, carries attributes (each
+        such entry counts one lookup in the kernel: we look each name up as we send it
+        and forget the one that did not fit); the others are plain names with their
+        ``d_ino`` and type and node id 0, which cost no lookup, fd or kernel inode
+        (msbfs.hostmount_entry), so ``ls`` of a large directory looks nothing up."""
         parent, c = self._dirs.get(fh, (0, None))
         if c is None:
             raise OSError(errno.EBADF, "unknown directory handle")
         tree = self.tree
+        plain = self._plain
+        if plain is not None and (start_id == 0 or parent in self._advised):
+            plain = None
+        self._advised.discard(parent)
+        if plain is not None:
+            for de in tree.readdir(fh, start_id):
+                if not pyfuse3.readdir_reply(token, de.name, plain.set(de.ino, de.type),
+                                             de.off):
+                    break
+            return
         sent = False
         for de in tree.readdir(fh, start_id):
             if de.name == b"." or de.name == b"..":
                 # Sent like a native filesystem lists them (``ls -a``), but without a
                 # lookup: the kernel takes no reference for ./.. entries of a
                 # READDIRPLUS reply (fuse_direntplus_link returns early for them).
-                dot = entry_attributes(parent if de.name == b"." else de.ino, _DOT_ATTR)
+                dot = (self._plain.set(de.ino, de.type) if self._plain is not None else
+                       entry_attributes(parent if de.name == b"." else de.ino, _DOT_ATTR))
                 if not pyfuse3.readdir_reply(token, de.name, dot, de.off):
                     break
                 continue
@@ -388,7 +420,12 @@ class HostOps(pyfuse3.Operations):
 
     @_op
     def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        parent, _ = self._dirs.pop(fh, (0, None))
+        left = self._listed.pop(parent, 0) - 1
+        if left > 0:
+            self._listed[parent] = left
+        else:
+            self._advised.discard(parent)
         self.tree.releasedir(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

@@ -1,0 +1,91 @@
+"""Listings through ``msbfs mount``: pyfuse3 answers every READDIR as READDIRPLUS, and
+the daemon applies the kernel's READDIRPLUS_AUTO rule itself (msbfs/hostmount.py
+``HostOps.readdir``): past a listing's first batch, names nobody looked up go out as
+plain records (node id 0, msbfs/hostmount_entry.py), which cost the daemon no lookup and
+no fd. POSIX still holds: every name's ``d_ino`` is the ``st_ino`` a later stat reports,
+and stat through the mount shows the host's inode numbers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from msbfs import hostmount_entry
+from tests.plugins.hostmount import MountFactory, needs_root
+
+pytestmark = [pytest.mark.fuse, needs_root,
+              pytest.mark.skipif(not hostmount_entry.APART,
+                                 reason="pyfuse3's EntryAttributes layout is not the known one")]
+
+ENTRIES = 3000
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _populate(d: Path) -> set[str]:
+    d.mkdir()
+    names = {f"entry-{i:05d}-{'x' * (i % 40)}" for i in range(ENTRIES)}
+    for n in names:
+        (d / n).touch()
+    (d / "sub").mkdir()
+    os.link(d / "entry-00001-x", d / "hard")
+    (d / "link").symlink_to("entry-00002-xx")
+    os.mkfifo(d / "fifo")
+    return names | {"sub", "hard", "link", "fifo"}
+
+
+def test_a_listing_costs_no_fd_per_name(host_mount: MountFactory) -> None:
+    m = host_mount()
+    names = _populate(m.source / "big")
+    pid = m.pid
+    assert pid is not None
+    before = _fds(pid)
+    assert set(os.listdir(m.mnt / "big")) == names
+    listed = _fds(pid) - before
+    # The first batch carries attributes (each looked up: an fd); no more.
+    assert listed < ENTRIES // 10, listed
+    for n in names:  # what a stat of every name costs: an fd each (what we measure by)
+        os.lstat(m.mnt / "big" / n)
+    assert _fds(pid) - before > ENTRIES - ENTRIES // 10
+
+
+def test_d_ino_is_the_st_ino_of_a_later_stat(host_mount: MountFactory) -> None:
+    m = host_mount()
+    names = _populate(m.source / "big")
+    with os.scandir(m.mnt / "big") as it:
+        listed = {e.name: e.inode() for e in it}
+    assert set(listed) == names
+    for name, d_ino in listed.items():
+        st = os.lstat(m.mnt / "big" / name)
+        assert st.st_ino == d_ino, name
+        assert st.st_ino == os.lstat(m.source / "big" / name).st_ino, name  # the host's
+    assert listed["hard"] == listed["entry-00001-x"]
+    # "." and ".." as ls -ai shows them: the directory's and its parent's numbers.
+    out = subprocess.run(["ls", "-1ai", str(m.mnt / "big")], capture_output=True, text=True,
+                         check=True).stdout.split("\n")[:2]
+    dot, dotdot = (int(line.split()[0]) for line in out)
+    assert dot == os.stat(m.mnt / "big").st_ino
+    assert dotdot == os.stat(m.mnt).st_ino
+
+
+def test_types_of_plain_records(host_mount: MountFactory) -> None:
+    """d_type comes with the plain records too (os.walk, find and ls rely on it): telling
+    directories, links and files apart stats nothing (no fd per name either)."""
+    m = host_mount()
+    _populate(m.source / "big")
+    pid = m.pid
+    assert pid is not None
+    before = _fds(pid)
+    with os.scandir(m.mnt / "big") as it:
+        kinds = {e.name: (e.is_dir(follow_symlinks=False), e.is_symlink(),
+                          e.is_file(follow_symlinks=False)) for e in it}
+    assert _fds(pid) - before < ENTRIES // 10  # DT_UNKNOWN would have cost an lstat each
+    assert kinds["sub"] == (True, False, False)
+    assert kinds["link"] == (False, True, False)
+    assert kinds["fifo"] == (False, False, False)
+    assert sum(k == (False, False, True) for k in kinds.values()) == ENTRIES + 1
