@@ -1,14 +1,21 @@
 """``msbfs mount`` vs a native directory vs bindfs, side by side in one run.
 
-    python -m tools.bench.hostmount [--quick] [--dir DIR] [--rounds N]
+    python -m tools.bench.hostmount [--quick] [--dir DIR] [--rounds N] [--only K,..]
+                                    [--requests]
 
 Workloads, each run in turn on the three targets (same disk, fresh directories):
 sequential 1 MiB writes of a 1 GiB file (then fsync), sequential 1 MiB reads of it with
-cold caches, 4 KiB random reads (cold), create+stat+unlink of 10,000 small files, readdir
-of a 10,000-entry directory (cold), extracting a source tarball (the Python stdlib, made
-at start). Caches are dropped (``echo 3 > /proc/sys/vm/drop_caches``) before every cold
+cold caches, 4 KiB random reads (cold), create (+ a 100-byte write and close) of 10,000
+small files, create+stat+unlink of them, readdir (names only, as ``ls``) of a
+10,000-entry directory (cold), extracting a source tarball (the Python stdlib, made at
+start), a walk of the extracted tree with an lstat of every name (cold) and its rmtree
+(cold). Caches are dropped (``echo 3 > /proc/sys/vm/drop_caches``) before every cold
 phase. Then the msbfs daemon's (and bindfs') resident memory at idle and after walking
 100,000 files through the mount.
+
+``--requests`` also counts, through the kernel's fuse_request_send tracepoint (tracefs,
+a trace instance of our own), the FUSE requests each workload made the kernel send to
+bindfs and to msbfs, per item: the first thing to compare when a ratio is low.
 
 Prints one table: throughput per target and the msbfs/bindfs ratio against the targets
 (sequential >= 0.8x bindfs, metadata >= 0.5x bindfs); ``msbfs-wb`` is msbfs mounted
@@ -49,8 +56,21 @@ class Sizes:
 
 
 FULL = Sizes(1024, 20_000, 10_000, 10_000, 100_000, Path(sysconfig.get_paths()["stdlib"]))
-QUICK = Sizes(64, 2_000, 1_000, 1_000, 5_000,
+# The readdir target is for 10,000 entries: quick runs list as many (made in the source
+# directories directly, so they cost the run little).
+QUICK = Sizes(64, 2_000, 1_000, 10_000, 5_000,
               Path(sysconfig.get_paths()["stdlib"]) / "email")
+
+
+#: Called where a workload's timed part starts (``--requests`` starts counting there,
+#: so untimed set-up such as making the file or tree to read is not counted).
+on_start: list[Callable[[], None]] = []
+
+
+def _start() -> float:
+    for fn in on_start:
+        fn()
+    return time.perf_counter()
 
 
 def drop_caches() -> None:
@@ -72,6 +92,8 @@ class Target:
     name: str
     dir: Path
     pid: int | None = None
+    #: the directory behind the mount (the mount itself for native)
+    src: Path | None = None
     teardown: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -85,7 +107,7 @@ def setup_targets(base: Path) -> dict[str, Target]:
     src.mkdir()
     mnt.mkdir()
     subprocess.run(["bindfs", str(src), str(mnt)], check=True)
-    t = Target("bindfs", mnt, teardown=[lambda m=mnt: subprocess.run(
+    t = Target("bindfs", mnt, src=src, teardown=[lambda m=mnt: subprocess.run(
         ["fusermount3", "-u", str(m)], check=False)])
     out = subprocess.run(["pgrep", "-f", f"^bindfs {src} {mnt}$"], capture_output=True,
                          text=True, check=False).stdout.split()
@@ -101,7 +123,7 @@ def setup_targets(base: Path) -> dict[str, Target]:
                            capture_output=True, text=True, check=False)
         if r.returncode != 0:
             raise SystemExit(f"msbfs mount failed: {r.stderr.strip()}")
-        targets[name] = Target(name, mnt, pid=mount_daemon.daemon_pid(str(mnt)),
+        targets[name] = Target(name, mnt, pid=mount_daemon.daemon_pid(str(mnt)), src=src,
                                teardown=[lambda m=mnt: mount_daemon.unmount(str(m))])
     return targets
 
@@ -110,7 +132,7 @@ def setup_targets(base: Path) -> dict[str, Target]:
 
 def seq_write(d: Path, s: Sizes) -> tuple[float, float]:
     buf = os.urandom(MIB)
-    t0 = time.perf_counter()
+    t0 = _start()
     fd = os.open(d / "big", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
     for _ in range(s.file_mib):
         os.write(fd, buf)
@@ -129,7 +151,7 @@ def _ensure_big(d: Path, s: Sizes) -> Path:
 def seq_read(d: Path, s: Sizes) -> tuple[float, float]:
     p = _ensure_big(d, s)
     drop_caches()
-    t0 = time.perf_counter()
+    t0 = _start()
     fd = os.open(p, os.O_RDONLY)
     while os.read(fd, MIB):
         pass
@@ -143,7 +165,7 @@ def random_reads(d: Path, s: Sizes) -> tuple[float, float]:
     blocks = s.file_mib * MIB // 4096
     offsets = [rng.randrange(blocks) * 4096 for _ in range(s.random_reads)]
     drop_caches()
-    t0 = time.perf_counter()
+    t0 = _start()
     fd = os.open(p, os.O_RDONLY)
     for off in offsets:
         os.pread(fd, 4096, off)
@@ -151,16 +173,31 @@ def random_reads(d: Path, s: Sizes) -> tuple[float, float]:
     return s.random_reads, time.perf_counter() - t0
 
 
-def create_stat_unlink(d: Path, s: Sizes) -> tuple[float, float]:
-    w = d / "small"
-    w.mkdir(exist_ok=True)
-    names = [str(w / f"f{i}") for i in range(s.small_files)]
+def _make_small(names: list[str]) -> None:
     data = b"x" * 100
-    t0 = time.perf_counter()
     for n in names:
         fd = os.open(n, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
         os.write(fd, data)
         os.close(fd)
+
+
+def create(d: Path, s: Sizes) -> tuple[float, float]:
+    w = d / "created"
+    if w.exists():
+        shutil.rmtree(w)
+    w.mkdir()
+    names = [str(w / f"f{i}") for i in range(s.small_files)]
+    t0 = _start()
+    _make_small(names)
+    return s.small_files, time.perf_counter() - t0
+
+
+def create_stat_unlink(d: Path, s: Sizes) -> tuple[float, float]:
+    w = d / "small"
+    w.mkdir(exist_ok=True)
+    names = [str(w / f"f{i}") for i in range(s.small_files)]
+    t0 = _start()
+    _make_small(names)
     for n in names:
         os.stat(n)
     for n in names:
@@ -168,14 +205,16 @@ def create_stat_unlink(d: Path, s: Sizes) -> tuple[float, float]:
     return s.small_files, time.perf_counter() - t0
 
 
-def readdir(d: Path, s: Sizes) -> tuple[float, float]:
+def readdir(d: Path, s: Sizes, src: Path | None = None) -> tuple[float, float]:
+    """Names only (``ls``, ``os.listdir``): what a listing costs when nothing is stat'ed."""
     w = d / "listing"
     if not w.exists():
-        w.mkdir()
+        made = (src or d) / "listing"  # behind the mount: quick to make, same listing
+        made.mkdir()
         for i in range(s.dir_entries):
-            os.close(os.open(w / f"entry-{i:06d}", os.O_CREAT | os.O_WRONLY, 0o644))
+            os.close(os.open(made / f"entry-{i:06d}", os.O_CREAT | os.O_WRONLY, 0o644))
     drop_caches()
-    t0 = time.perf_counter()
+    t0 = _start()
     with os.scandir(w) as it:
         n = sum(1 for _ in it)
     assert n == s.dir_entries
@@ -187,10 +226,42 @@ def untar(d: Path, s: Sizes, tarball: Path) -> tuple[float, float]:
     if w.exists():
         shutil.rmtree(w)
     w.mkdir()
-    t0 = time.perf_counter()
+    t0 = _start()
     subprocess.run(["tar", "-xf", str(tarball), "-C", str(w)], check=True)
     os.sync()
     return tarball.stat().st_size / MIB, time.perf_counter() - t0
+
+
+def _extracted(d: Path, tarball: Path) -> Path:
+    """The tarball extracted in ``d`` (made, untimed, if an earlier phase removed it)."""
+    w = d / "untar"
+    if not (w / "src").exists():
+        untar(d, Sizes(0, 0, 0, 0, 0, Path()), tarball)
+    return w
+
+
+def walk_stat(d: Path, s: Sizes, tarball: Path) -> tuple[float, float]:
+    """A cold walk of the extracted tree with an lstat of every name (``find -ls``,
+    ``du``, a build's up-to-date check)."""
+    w = _extracted(d, tarball)
+    drop_caches()
+    t0 = _start()
+    n = 0
+    for dirpath, dirs, files in os.walk(w):
+        for f in (*dirs, *files):
+            os.lstat(os.path.join(dirpath, f))
+            n += 1
+    return n, time.perf_counter() - t0
+
+
+def rmtree(d: Path, s: Sizes, tarball: Path) -> tuple[float, float]:
+    """``rm -rf`` of the extracted tree, from cold caches."""
+    w = _extracted(d, tarball)
+    n = sum(len(dirs) + len(files) for _, dirs, files in os.walk(w))
+    drop_caches()
+    t0 = _start()
+    shutil.rmtree(w)
+    return n, time.perf_counter() - t0
 
 
 def make_tarball(base: Path, s: Sizes) -> Path:
@@ -242,10 +313,74 @@ WORKLOADS: list[tuple[str, str, str, float]] = [
     ("seq_write", "seq write 1 MiB (+fsync)", "MiB/s", 0.8),
     ("seq_read", "seq read 1 MiB (cold)", "MiB/s", 0.8),
     ("random_reads", "random read 4 KiB (cold)", "ops/s", 0.5),
+    ("create", "create+write+close", "files/s", 1.0),
     ("create_stat_unlink", "create+stat+unlink", "files/s", 0.5),
-    ("readdir", "readdir (cold)", "entries/s", 0.5),
-    ("untar", "untar stdlib", "MiB/s", 0.5),
+    ("readdir", "readdir names (cold)", "entries/s", 0.5),
+    ("untar", "untar stdlib", "MiB/s", 1.0),
+    ("walk_stat", "walk + lstat (cold)", "names/s", 1.0),
+    ("rmtree", "rmtree (cold)", "names/s", 1.0),
 ]
+
+
+class FuseRequests:
+    """Counts of the FUSE requests the kernel sends, per connection and opcode, from
+    the fuse_request_send tracepoint in a tracefs instance of our own (nothing global
+    is touched; removed at close). None of this changes what is measured: the event
+    is recorded in the kernel's ring buffer, read between phases."""
+
+    ROOT = Path("/sys/kernel/tracing")
+
+    def __init__(self) -> None:
+        self.dir = self.ROOT / "instances" / f"msbfs-bench-{os.getpid()}"
+        self.dir.mkdir()
+        (self.dir / "buffer_size_kb").write_text("32768\n")
+        (self.dir / "events/fuse/fuse_request_send/enable").write_text("1\n")
+
+    def start(self) -> None:
+        (self.dir / "trace").write_text("")
+
+    def take(self) -> tuple[dict[tuple[int, str], int], bool]:
+        """Counts since ``start`` and whether the buffer overflowed (then they are low)."""
+        counts: dict[tuple[int, str], int] = {}
+        for line in (self.dir / "trace").read_text().splitlines():
+            if "fuse_request_send:" not in line:
+                continue
+            words = line.split()
+            conn = int(words[words.index("connection") + 1])
+            op = words[words.index("opcode") + 2].strip("()")
+            counts[conn, op] = counts.get((conn, op), 0) + 1
+        lost = any(ln.startswith("overrun:") and int(ln.split()[1]) != 0
+                   for stats in (self.dir / "per_cpu").glob("cpu*/stats")
+                   for ln in stats.read_text().splitlines())
+        return counts, lost
+
+    def close(self) -> None:
+        (self.dir / "events/fuse/fuse_request_send/enable").write_text("0\n")
+        self.dir.rmdir()
+
+    @staticmethod
+    def connection(mountpoint: Path) -> int:
+        """The kernel's dev_t of a FUSE mount, as the tracepoint prints it."""
+        dev = os.stat(mountpoint).st_dev
+        return (os.major(dev) << 20) | os.minor(dev)
+
+
+def print_requests(per: dict[str, dict[str, dict[str, float]]]) -> None:
+    """FUSE requests per item (file, entry, MiB...) of each workload, bindfs vs msbfs."""
+    print("\nFUSE requests per item (kernel tracepoint; best round's counts)")
+    for key, label, unit, _ in WORKLOADS:
+        if key not in per:
+            continue
+        item = unit.split("/")[0]
+        print(f"  {label} (per {item}):")
+        for name in ("bindfs", "msbfs", "msbfs-wb"):
+            ops = per[key].get(name)
+            if ops is None:
+                continue
+            total = sum(ops.values())
+            detail = ", ".join(f"{op.removeprefix('FUSE_')} {n:.2f}" for op, n in
+                               sorted(ops.items(), key=lambda kv: -kv[1]) if n >= 0.005)
+            print(f"    {name:8s} {total:7.2f}  {detail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,7 +391,16 @@ def main(argv: list[str] | None = None) -> int:
                                                       "(a real disk, not tmpfs)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per workload (best "
                                                              "counts; default 3, quick 1)")
+    ap.add_argument("--only", default="", help="comma list of workload keys to run ("
+                    + ", ".join(k for k, *_ in WORKLOADS) + "); the memory walk only "
+                    "without --only")
+    ap.add_argument("--requests", action="store_true",
+                    help="count the FUSE requests per item (tracefs)")
     args = ap.parse_args(argv)
+    only = {k for k in args.only.split(",") if k}
+    unknown = only - {k for k, *_ in WORKLOADS}
+    if unknown:
+        raise SystemExit(f"unknown workloads: {', '.join(sorted(unknown))}")
     if os.geteuid() != 0:
         raise SystemExit("needs root (drop_caches, FUSE mounts)")
     s = QUICK if args.quick else FULL
@@ -269,32 +413,53 @@ def main(argv: list[str] | None = None) -> int:
         targets = setup_targets(base)
         rss_idle = {n: vmrss_kib(t.pid) for n, t in targets.items() if t.pid}
         results: dict[str, dict[str, float]] = {k: {} for k, *_ in WORKLOADS}
-        fns: dict[str, Callable[[Path, Sizes], tuple[float, float]]] = {
-            "seq_write": seq_write, "seq_read": seq_read, "random_reads": random_reads,
-            "create_stat_unlink": create_stat_unlink, "readdir": readdir,
-            "untar": lambda d, s: untar(d, s, tarball)}
+        fns: dict[str, Callable[[Target], tuple[float, float]]] = {
+            "seq_write": lambda t: seq_write(t.dir, s),
+            "seq_read": lambda t: seq_read(t.dir, s),
+            "random_reads": lambda t: random_reads(t.dir, s),
+            "create": lambda t: create(t.dir, s),
+            "create_stat_unlink": lambda t: create_stat_unlink(t.dir, s),
+            "readdir": lambda t: readdir(t.dir, s, t.src),
+            "untar": lambda t: untar(t.dir, s, tarball),
+            "walk_stat": lambda t: walk_stat(t.dir, s, tarball),
+            "rmtree": lambda t: rmtree(t.dir, s, tarball)}
         failures: dict[tuple[str, str], str] = {}
+        trace = FuseRequests() if args.requests else None
+        if trace is not None:
+            on_start.append(trace.start)
+        requests: dict[str, dict[str, dict[str, float]]] = {}
         for key, label, unit, _ in WORKLOADS:
+            if only and key not in only:
+                continue
             for r in range(rounds):
                 for name in TARGETS:
                     if (key, name) in failures:
                         continue
                     try:
-                        amount, secs = fns[key](targets[name].dir, s)
+                        amount, secs = fns[key](targets[name])
                     except (OSError, subprocess.CalledProcessError) as e:
                         failures[key, name] = str(e)[:200]
                         print(f"  {label:28s} round {r + 1} {name:7s} FAILED: {e}",
                               file=sys.stderr, flush=True)
                         continue
                     rate = amount / secs
+                    if trace is not None and name != "native" and \
+                            rate > results[key].get(name, 0.0):
+                        counts, lost = trace.take()
+                        conn = FuseRequests.connection(targets[name].dir)
+                        requests.setdefault(key, {})[name] = {
+                            op + (" (LOST EVENTS)" if lost else ""): n / amount
+                            for (c, op), n in counts.items() if c == conn}
                     results[key][name] = max(results[key].get(name, 0.0), rate)
                     print(f"  {label:28s} round {r + 1} {name:7s} {rate:12.1f} {unit}",
                           file=sys.stderr, flush=True)
+        if trace is not None:
+            trace.close()
         for t in targets.values():  # the big file is no longer needed; the walk is next
             with_big = t.dir / "big"
             if with_big.exists():
                 with_big.unlink()
-        rss_walk = walk_rss(targets, s, base)
+        rss_walk = walk_rss(targets, s, base) if not only else {}
     finally:
         for t in targets.values():
             for fn in t.teardown:
@@ -310,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(hdr))
     for key, label, unit, goal in WORKLOADS:
         row = results[key]
+        if not row:
+            continue
         cells = " ".join(f"{row[n]:11.1f}" if n in row else f"{'FAILED':>11s}" for n in TARGETS)
         if "msbfs" in row and "bindfs" in row:
             ratio = row["msbfs"] / row["bindfs"]
@@ -328,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             what = f"after walking {n} files" + (f" (walk FAILED: {error})" if error else "")
             print(f"{name:7s} VmRSS: idle {rss_idle.get(name, idle) / 1024:.1f} MiB, "
                   f"{what} {walked / 1024:.1f} MiB")
+    if requests:
+        print_requests(requests)
     return 0
 
 
