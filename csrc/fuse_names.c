@@ -4,6 +4,7 @@
 #include "fuse_names.h"
 #include "fuse_meta.h"
 #include "fuse_reply.h"
+#include "lookup.h"
 #include "sys.h"
 #include "tree.h"
 
@@ -15,7 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define NAME_MAX_ 255
 /* A body we parse: the name, its NUL, and whatever trails it (ignored, as the Python
  * codec ignores it). Longer bodies go to Python. */
 #define NAME_BODY_MAX 512
@@ -38,13 +38,6 @@ void msb_names_stats(struct msb_meta *m, struct msb_names_stats *out)
     };
 }
 
-static int plain_name(const char *name, size_t len)
-{
-    if (len == 0 || len > NAME_MAX_ || memchr(name, '/', len))
-        return 0;
-    return !(name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')));
-}
-
 /* Tree.unlink / Tree.rmdir without a quota: the parent's view (EBADF for an unknown id:
  * Python's), the name's checks (anything not plain: Python's), the policy's mutation
  * errno, then unlinkat's errno, whatever it is (os.unlink/os.rmdir raise it and the
@@ -60,7 +53,7 @@ int msb_names_remove(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         return 0;
     msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
     const char *nul = memchr(body, '\0', blen);
-    if (!nul || !plain_name(body, (size_t)(nul - body)))
+    if (!nul || !msb_plain_name(body, (size_t)(nul - body)))
         return 0;
     struct msb_inode_info parent;
     if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
@@ -200,7 +193,7 @@ int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     memcpy(&mi, body, sizeof mi);
     const char *name = body + sizeof mi;
     const char *nul = memchr(name, '\0', blen - sizeof mi);
-    if (!nul || !plain_name(name, (size_t)(nul - name)))
+    if (!nul || !msb_plain_name(name, (size_t)(nul - name)))
         return 0;
     struct msb_inode_info parent;
     if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
