@@ -31,12 +31,18 @@ struct msb_meta *msb_meta_new(struct msb_inodes *inodes)
         m->inodes = inodes;
         m->squash_uid = m->squash_gid = -1;
         m->mode_mask = 0xffffffffu;
+        if (!(m->dircache = msb_dircache_new())) {
+            free(m);
+            return NULL;
+        }
     }
     return m;
 }
 
 void msb_meta_free(struct msb_meta *m)
 {
+    if (m)
+        msb_dircache_free(m->dircache);
     free(m);
 }
 

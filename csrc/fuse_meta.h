@@ -56,6 +56,7 @@ struct msb_meta {
      * answer it (close(dup(fd)), as Tree.flush); any other value hands FLUSH back. */
     int lock_descs;
     struct msb_fs_table *table;       /* the handles FLUSH finds its fd in (attach) */
+    struct msb_dircache *dircache;    /* READDIR batches kept per handle: fuse_readdir.h */
     struct msb_meta_stats stats;
 };
 

@@ -21,10 +21,13 @@
  * entries in the same order with the same lookup counts as Python's, only cut into
  * replies at other places.
  *
- * A directory stream is shared state (the fd's position): the lseek to the request's
- * cookie and every getdents64 of one request run under the stream's lock (a mutex
- * striped by fd), which Python's DirHandle takes too (msb_dir_read), so one fh read
- * from four queues at once gives each request a listing from its own cookie. The fd
+ * Like Python's DirHandle, C keeps a handle's last getdents64 batch (msb_dircache, a few
+ * slots picked by fh): a request resuming inside it reads no directory at all; offset
+ * 0 reads afresh (rewinddir). One request at a time per slot, so one fh read from four
+ * queues at once gives each request a listing from its own cookie. A directory stream
+ * is shared state (the fd's position): every batch is read from an explicit cookie,
+ * lseek and getdents64 as one step under the stream's lock (a mutex striped by fd),
+ * which Python's DirHandle takes too (msb_dir_read). The fd
  * itself stays valid for the round: RELEASEDIR takes the handle out of the table first
  * and its fd is closed only after a grace period (csrc/grace.h). */
 #ifndef MSBFS_FUSE_READDIR_H
@@ -40,6 +43,12 @@ struct fuse_in_header;
 /* lseek(fd, offset, SEEK_SET) and one getdents64 into buf, as one step under fd's
  * stream lock: bytes read (0: the end), or -errno. */
 long msb_dir_read(int fd, int64_t offset, void *buf, uint32_t cap);
+
+/* The getdents batches kept per directory handle (one set per msb_meta: fh numbers are
+ * its table's, never reused). NULL: no memory. */
+struct msb_dircache;
+struct msb_dircache *msb_dircache_new(void);
+void msb_dircache_free(struct msb_dircache *dc);
 
 /* FUSE_READDIR / FUSE_READDIRPLUS for msb_meta_serve (same contract): 1 answered and
  * pushed, 0 Python's, < 0 the push's -errno. */
