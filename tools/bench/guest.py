@@ -227,6 +227,10 @@ def report_parallel4(runs: dict[str, list[ParallelRun]], files: int) -> None:
               f"{statistics.median(rv):>12.0f}{statistics.median(rm):>12.0f}"
               f"{statistics.median(ratios):>11.2f}x  "
               + " ".join(f"{x:.2f}" for x in ratios))
+    for ph in PAR_PHASES:
+        print(f"  {ph} per round (ops/s): virtiofsd "
+              + " ".join(f"{ops / r.times[ph]:.0f}" for r in v) + "; msbfs "
+              + " ".join(f"{ops / r.times[ph]:.0f}" for r in m))
     for kind, rs in runs.items():
         for i, r in enumerate(rs):
             irqs = " ".join(f"q{q}:{n}" for q, n in r.irqs.items())
