@@ -348,6 +348,9 @@ async def test_hostile_mixes_on_four_queues_leave_nothing(fs_client: Callable[..
             for q in (1, 2, 3, 4):
                 nursery.start_soon(queue, q)
         assert ok[0] > 50 and c.device.meta.statistics()["forgets"] > 0
+        if not seed % 2:  # no quota: MKDIR/UNLINK/RMDIR went through C too (fuse_names.c)
+            made = c.device.meta.names_statistics()
+            assert made["mkdirs"] > 0 and made["unlinks"] + made["rmdirs"] > 0
         await c.fe.submit_many(1, [([r.destroy()], [4096])])
         stats = c.device.tree.statistics()
         assert (stats.inodes, stats.handles, stats.extra["inode_fds"]) == (1, 0, 1)
