@@ -218,6 +218,9 @@ int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         return reply_error(vq, c, ih->unique, errno);
     struct stat st;
     struct msb_inode_info info;
+    /* Held as the tree's requests are (msb_fs_slow_begin): a FORGET of the new node id
+     * on another queue (a guest guessing it) does not drop it before we are done. */
+    msb_inodes_hold(m->inodes);
     int err = msb_new_lookup(m, pfd, name, &st, &info);
     if (!err) {
         /* the table's fd of the node, as Inode.fd gives it (ESTALE: forgotten since) */
@@ -225,6 +228,7 @@ int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         err = fd == -EBADF ? -ESTALE : fd < 0 ? fd
               : msb_new_owner_mode(n, fd, 1, &st, want, ih->uid, ih->gid, pfd);
     }
+    msb_inodes_unhold(m->inodes);
     if (err)
         return reply_error(vq, c, ih->unique, -err);
     return reply_entry(m, vq, c, ih->unique, info.nodeid, info.submount, &st);
