@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -426,3 +428,62 @@ async def test_python_and_c_take_turns_on_one_handle(fs_client: Callable[..., An
         rest, _ = await _listing(c, r, node, fh, 4096, False, offset=first[-1][2])
         assert [x[0] for x in first + rest] == [x[0] for x in ref]
         await c.ok(r.releasedir(node, fh))
+
+
+async def test_kept_batches_never_answer_for_another_handle(fs_client: Callable[..., Any],
+                                                            tmp_path: Path) -> None:
+    """C keeps each handle's last batch in a few slots shared by all handles: twenty
+    handles on twenty directories, read a request at a time in turn (so handles share
+    slots and take them from each other), each list only their own directory; offset 0
+    reads the directory afresh (a name removed since is not listed). On tmpfs when there
+    is one: its cookies are small numbers every directory shares, so another handle's
+    batch would hold the very cookie asked for."""
+    base = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else tmp_path
+    try:
+        await _kept_batches(fs_client, base)
+    finally:
+        if base != tmp_path:
+            shutil.rmtree(base)
+
+
+async def _kept_batches(fs_client: Callable[..., Any], root: Path) -> None:
+    dirs = []
+    for k in range(20):
+        d = root / f"d{k}"
+        d.mkdir()
+        for i in range(120):
+            (d / f"k{k}-{i}").write_bytes(b"")
+        dirs.append(d)
+    async with fs_client(root) as c:
+        r = c.r
+        nodes = [parse_entry(await c.ok(r.lookup(ROOT, d.name.encode()))).nodeid for d in dirs]
+        fhs = [parse_open(await c.ok(r.opendir(n)))[0] for n in nodes]
+        before = c.device.meta.statistics()["readdirs"]
+        listed: list[list[bytes]] = [[] for _ in dirs]
+        offsets = [0] * len(dirs)
+        counts: dict[int, int] = {}
+        live = set(range(len(dirs)))
+        while live:
+            for k in sorted(live):
+                done = await c.raw([r.readdir(nodes[k], fhs[k], offsets[k], 2048, plus=True)],
+                                   [2048 + HDR])
+                got = _records(bytes(done.data[:done.used_len]), True)
+                if not got:
+                    live.discard(k)
+                    continue
+                listed[k] += [x[0] for x in got]
+                offsets[k] = got[-1][2]
+                for kk, v in _counts(got).items():
+                    counts[kk] = counts.get(kk, 0) + v
+        for k, d in enumerate(dirs):
+            assert sorted(listed[k]) == sorted([b".", b".."] + [p.name.encode() for p in d.iterdir()])
+        assert c.device.meta.statistics()["readdirs"] - before > 20 * 8
+        await _forget(c, r, counts)
+        # rewinddir: the batch read from offset 0 is not used again for offset 0
+        fh = parse_open(await c.ok(r.opendir(nodes[1])))[0]
+        done = await c.raw([r.readdir(nodes[1], fh, 0, 512)], [512 + HDR])  # part of a batch
+        first = _records(bytes(done.data[:done.used_len]), False)
+        assert 0 < len(first) < 30
+        os.unlink(dirs[1] / "k1-5")
+        again, _ = await _listing(c, r, nodes[1], fh, 4096, False)
+        assert b"k1-5" not in [x[0] for x in again] and len(again) == 121
