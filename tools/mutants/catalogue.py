@@ -347,6 +347,16 @@ MUTANTS: tuple[Mutant, ...] = (
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
         CONTAINMENT_UNOBSERVABLE),
     Mutant(
+        "readdir-c-dotdot-root", "a listing of the root answered in C shows the root's own "
+        "ino for '..', never the host parent's (Tree.readdir's rule)",
+        (Edit("csrc/fuse_readdir.c", "        if (d->is_root && len == 2 && dot)\n",
+              "        if (0 && d->is_root && len == 2 && dot)\n"),),
+        {"virtiofs": ("tests/test_virtiofs_readdir.py::test_c_and_python_list_the_same_bytes",)},
+        {"tree": "READDIR in C is the vhost transport's",
+         "hostmount": "the host mount has no C metadata path",
+         "guest": "observable (ls -ai of the mount root) but no guest test lists the "
+                  "root's '..' yet: the frontend differential test claims it"}),
+    Mutant(
         "dotdot-beneath", "'..' of a directory moved out of the root is ENOENT",
         (Edit(TREE, "            self._check_beneath_root(fd, st)\n", ""),),
         {"tree": ("tests/test_tree_inodes.py::test_directory_moved_out_of_the_root_has_no_parent",),
