@@ -1,6 +1,6 @@
 """Glue of the C metadata path (csrc/fuse_meta.h) to a virtio-fs device: LOOKUP,
-GETATTR (without a handle), FORGET, BATCH_FORGET, STATFS (no quota) and FLUSH (no
-record-lock description held) answered in C
+GETATTR (without a handle), FORGET, BATCH_FORGET, STATFS (no quota), FLUSH (no
+record-lock description held) and READDIR(PLUS) (csrc/fuse_readdir.h) answered in C
 from the tree's own inode table, with the tree's attribute shape.
 
 One definition, two consumers: the shape written here is the tree's ``attr_shape`` (the

@@ -30,7 +30,10 @@ What serializes:
   different queues run in parallel, and in parallel with the slow path; a FORGET the C
   path answers meanwhile drops no inode before the slow request ends (it holds the
   inode table: ``msb_inodes_hold``);
-- the C handle table has its own reader-writer lock (C lookups read, Python writes).
+- the C handle table has its own reader-writer lock (C lookups read, Python writes);
+- a directory handle's stream: each READDIR in C holds its handle's batch slot, and every
+  read of the fd (C's or DirHandle's) is a seek to an explicit cookie and a getdents64
+  under the stream's lock (csrc/fuse_readdir.h), so no reader relies on the fd's position.
 
 fd lifetimes. Each C round and each slow request runs inside a grace section
 (``csrc/grace.h``); the slow path takes ``self.lock`` before entering its section, so
