@@ -208,8 +208,13 @@ def run_parallel4(tools: Path, base: Path, files: int, rounds: int,
         for kind in order if i % 2 == 0 else order[::-1]:
             share = base / f"par-{kind}-{i}"
             share.mkdir()
-            runs[kind].append(parallel4(kind, share, tools, files, accel))
+            r = parallel4(kind, share, tools, files, accel)
+            runs[kind].append(r)
             shutil.rmtree(share)
+            # As it goes (stderr): a later guest that fails to boot loses no figures.
+            print(f"round {i + 1} {kind}: " + " ".join(
+                f"{ph} {PAR_PROCS * files / r.times[ph]:.0f}/s" for ph in PAR_PHASES),
+                file=sys.stderr, flush=True)
     return runs
 
 
