@@ -97,13 +97,16 @@ int msb_names_access(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     if (!err) {
         int as_caller = n->creds != MSB_NAMES_CREDS_OWN && (ih->uid != 0 || ih->gid != 0);
         if (as_caller && (n->creds != MSB_NAMES_CREDS_SWITCH || ih->uid > ID_MAX
-                          || ih->gid > ID_MAX || info.fd < 0))
+                          || ih->gid > ID_MAX))
             return 0;
         int fd = msb_inodes_fd(m->inodes, ih->nodeid);
         if (fd < 0)
             return 0;
-        if (as_caller)
-            msb_switch_creds(ih->uid, ih->gid, (size_t)-1, NULL);   /* groups kept: none */
+        if (as_caller && msb_switch_creds(ih->uid, ih->gid, (size_t)-1, NULL) < 0) {
+            /* not switched (capabilities dropped): Python raises it as the tree does */
+            msb_switch_creds(n->own_uid, n->own_gid, (size_t)-1, NULL);
+            return 0;
+        }
         err = -msb_faccessat2(fd, "", (int)ai.mask, AT_EACCESS | AT_EMPTY_PATH);
         if (as_caller)
             msb_switch_creds(n->own_uid, n->own_gid, (size_t)-1, NULL);

@@ -64,12 +64,19 @@ int msb_switch_creds(uint32_t uid, uint32_t gid, size_t ngroups, const uint32_t 
 {
     /* CAP_SETUID/CAP_SETGID are not among the capabilities a non-zero fsuid drops, so
      * the order only matters for clarity: group identity first, then the uid. */
-    long r = 0;
+    /* setfsuid/setfsgid report no error: they return the previous id whether or not
+     * they changed it (a daemon whose CAP_SETUID/CAP_SETGID were dropped, --modcaps).
+     * An unchecked failure would run the caller's request as the daemon, so each is
+     * read back (an invalid id, -1, changes nothing and returns the current one). */
     syscall(SYS_setfsgid, gid);
-    if (ngroups != (size_t)-1)   /* -1: the groups are already right, skip the cred copy */
-        r = syscall(SYS_setgroups, ngroups, groups);
+    if ((uint32_t)syscall(SYS_setfsgid, (uint32_t)-1) != gid)
+        return -EPERM;
+    if (ngroups != (size_t)-1 && syscall(SYS_setgroups, ngroups, groups) < 0)
+        return -errno;   /* -1: the groups are already right, skip the cred copy */
     syscall(SYS_setfsuid, uid);
-    return r < 0 ? -errno : 0;
+    if ((uint32_t)syscall(SYS_setfsuid, (uint32_t)-1) != uid)
+        return -EPERM;
+    return 0;
 }
 
 /* buf holds a struct file_handle of bufsize bytes; on success its handle_bytes field

@@ -93,6 +93,12 @@ def _run(o: ServeOptions, src: Source) -> int:
     # that does not append itself (cache=never) would write appends at stale offsets.
     writeback = o.writeback and o.cache != "never"
     uid_map, gid_map = id_maps(o)
+    if os.geteuid() == 0:
+        # Root's supplementary groups (often [0]) are nobody's: a request never acts
+        # with them (creds.py: a caller's unknown groups are none). Without them a
+        # switch to a caller changes fsuid/fsgid only, no setgroups credential copy per
+        # request, and the C path can answer ACCESS as the caller (fuse_names.c).
+        os.setgroups([])
     tree = Tree(shared_dir, policy, cache=o.cache, xattr=o.xattr, posix_acl=o.posix_acl,
                 announce_submounts=o.announce_submounts, writeback=writeback,
                 xattrmap=o.xattrmap, uid_map=uid_map, gid_map=gid_map, usage=src.usage)

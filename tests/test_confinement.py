@@ -97,13 +97,15 @@ async def exercise(sock: str, src: Path) -> None:
 async def test_defaults_confine_the_serving_process(tmp_path: Path) -> None:
     src = share(tmp_path)
     sock = str(tmp_path / "s")
-    with run_serve([f"--shared-dir={src}"], sock) as proc:
+    # started with groups of its own, as root on a host usually is
+    with run_serve([f"--shared-dir={src}"], sock, extra_groups=[0, 4]) as proc:
         pid = confined_pid(proc)
         st = status(pid)
         assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
         assert caps(pid, "CapEff") == caps(pid, "CapPrm") == SERVING_CAPS
         assert caps(pid, "CapBnd") == SERVING_CAPS
         assert st["CapInh"] == st["CapAmb"] == "0000000000000000"
+        assert st["Groups"].split() == []  # root's own groups dropped (serve.py)
         for kind in ("pid", "net", "mnt"):
             assert ns(pid, kind) != ns("self", kind), kind
         assert st["NSpid"].split()[-1] == "1"  # pid 1 of its own namespace

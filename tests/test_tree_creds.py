@@ -271,3 +271,40 @@ def test_evicted_inodes_reopen_whoever_asks(make_tree: MakeTree) -> None:
         tree.setxattr(node, b"user.seen", b"1", 0, USER)
     assert tree.statistics().extra["inode_fd_reopens"] > 0
     assert thread_fs_ids()[:2] == (0, 0)
+
+
+_NO_SETID_ACCESS = r"""
+import ctypes, errno, os, sys
+from msbfs.tree import ROOT_ID, Ctx, Tree
+# capset(2), version 3: every capability this process has, less CAP_SETGID (6) and
+# CAP_SETUID (7): a daemon started with --modcaps=-setuid:-setgid.
+hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)
+data = (ctypes.c_uint32 * 6)()
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.syscall(125, hdr, data) == 0  # capget
+for i in (0, 1):  # effective, permitted of the low word
+    data[i] &= ~((1 << 6) | (1 << 7))
+assert libc.syscall(126, hdr, data) == 0  # capset
+tree = Tree(sys.argv[1])
+e = tree.lookup(ROOT_ID, b"secret", Ctx(0, 0, 0))
+try:
+    tree.access(e.nodeid, os.R_OK, Ctx(1000, 1000, 1))
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+else:
+    print("granted")
+"""
+
+
+def test_a_switch_the_kernel_refuses_is_an_error_not_the_daemon(tmp_path: Path) -> None:
+    """setfsuid/setfsgid do not fail: they return the old id either way. A daemon
+    without CAP_SETUID/CAP_SETGID that took that for success answered ACCESS as root:
+    uid 1000 was told it may read a mode-000 file. The switch reads its ids back."""
+    import subprocess
+    import sys
+
+    (tmp_path / "secret").write_bytes(b"x")
+    os.chmod(tmp_path / "secret", 0)
+    out = subprocess.run([sys.executable, "-c", _NO_SETID_ACCESS, str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "EPERM", out.stdout + out.stderr

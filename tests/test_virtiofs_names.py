@@ -274,11 +274,11 @@ async def test_access_c_and_python_reply_the_same_bytes(
 
 
 @ROOT_ONLY
-async def test_access_of_evicted_inodes_is_python_s_for_other_callers(
+async def test_access_of_evicted_inodes_re_opens_as_the_daemon(
         fs_client: Callable[..., Any], tmp_path: Path) -> None:
-    """An inode whose fd the cache closed is re-opened by the tree after it switched to
-    the caller: C hands those callers back (Python answers as before) and answers
-    root's, re-opening as the daemon does."""
+    """An inode whose fd the cache closed is re-opened by handle, which only the daemon
+    may do: both paths take the fd before switching to the caller. (The tree once
+    re-opened it as the caller and answered EPERM: this comparison was red then.)"""
     def populate(root: Path) -> None:
         _populate_access(root)
         for i in range(40):
@@ -293,10 +293,8 @@ async def test_access_of_evicted_inodes_is_python_s_for_other_callers(
         for uid, gid in ((OWNER, OWNER), (0, 0), (3000, 3000)):
             r = Requests(uid=uid, gid=gid)
             steps += [(r.access(ids[n], mask), [4096], REQ) for n in names for mask in (0, 4, 6)]
-        before = on.device.meta.statistics()["handed"]
         assert await _both(on, off, steps) == len(steps)
-        assert on.device.meta.statistics()["handed"] > before
-        assert on.device.meta.names_statistics()["accesses"] >= 40 * 3
+        assert on.device.meta.names_statistics()["accesses"] >= len(steps)
         assert _fs_ids_of_threads() == {("0", "0")}
 
 

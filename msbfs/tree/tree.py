@@ -1152,8 +1152,11 @@ class Tree:
         inode = self._inodes.get(nodeid)
         mask = _int(mask, 0, 7)
         self.policy.check_access(mask, inode.kind)
+        # The fd first, as the daemon: an evicted inode is re-opened by handle, which
+        # needs the daemon's CAP_DAC_READ_SEARCH (as the caller it was EPERM).
+        fd = inode.fd
         with self._creds(ctx):
-            _check(lib.msb_faccessat2(inode.fd, b"", mask, AT_EACCESS | AT_EMPTY_PATH))
+            _check(lib.msb_faccessat2(fd, b"", mask, AT_EACCESS | AT_EMPTY_PATH))
 
     def syncfs(self) -> None:
         # syncfs(2) refuses O_PATH fds (EBADF): use a real fd of the root for it.

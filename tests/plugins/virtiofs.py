@@ -103,10 +103,11 @@ def wait_for_socket(path: str, proc: subprocess.Popen, deadline: float = 30.0) -
 
 
 @contextmanager
-def run_serve(args: Sequence[str], sock: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def run_serve(args: Sequence[str], sock: str, env: dict[str, str] | None = None,
+              **popen: Any) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen([sys.executable, "-m", "msbfs", "serve", f"--socket-path={sock}", *args],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+                            env=env, **popen)
     try:
         wait_for_socket(sock, proc)
         yield proc
