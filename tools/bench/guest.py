@@ -232,6 +232,8 @@ def report_parallel4(runs: dict[str, list[ParallelRun]], files: int) -> None:
               f"{statistics.median(rv):>12.0f}{statistics.median(rm):>12.0f}"
               f"{statistics.median(ratios):>11.2f}x  "
               + " ".join(f"{x:.2f}" for x in ratios))
+    print("  (msbfs/vfsd: the median of the per-round ratios, each round's two guests run "
+          "back to back;\n   on a noisy host it need not equal the ratio of the medians)")
     for ph in PAR_PHASES:
         print(f"  {ph} per round (ops/s): virtiofsd "
               + " ".join(f"{ops / r.times[ph]:.0f}" for r in v) + "; msbfs "
