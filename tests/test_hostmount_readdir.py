@@ -8,10 +8,12 @@ and stat through the mount shows the host's inode numbers."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from msbfs._native import ffi, lib
 
 from msbfs import hostmount_entry
 from tests.plugins.hostmount import MountFactory, needs_root
@@ -89,3 +91,51 @@ def test_types_of_plain_records(host_mount: MountFactory) -> None:
     assert kinds["link"] == (False, True, False)
     assert kinds["fifo"] == (False, False, False)
     assert sum(k == (False, False, True) for k in kinds.values()) == ENTRIES + 1
+
+
+_DIRENT = struct.Struct("=QqHB")  # linux_dirent64: d_ino, d_off, d_reclen, d_type, name
+
+
+def _batch(fd: int) -> list[str]:
+    """One getdents64 of at most 4 KiB: one READDIRPLUS request to the daemon."""
+    buf = ffi.new("char[]", 4096)
+    n = lib.msb_getdents64(fd, buf, 4096)
+    assert n >= 0
+    data, names, pos = ffi.buffer(buf, n)[:], [], 0
+    while pos < n:
+        _, _, reclen, _ = _DIRENT.unpack_from(data, pos)
+        start = pos + _DIRENT.size
+        names.append(data[start:data.index(b"\0", start)].decode())
+        pos += reclen
+    return names
+
+
+def test_a_lookup_turns_attributes_on_for_the_rest_of_the_listing(
+        host_mount: MountFactory) -> None:
+    """``ls -l`` stats the names of each batch as it reads them: once a child of a
+    directory being listed is looked up, the following batches carry attributes (each
+    entry looked up as it is sent: an fd each), until the directory is closed."""
+    m = host_mount()
+    names = _populate(m.source / "big")
+    pid = m.pid
+    assert pid is not None
+    fd = os.open(m.mnt / "big", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _batch(fd)  # the first batch carries attributes in any case
+        for _ in range(3):  # nothing looked up: plain records, no fds
+            before = _fds(pid)
+            assert _batch(fd)
+            assert _fds(pid) - before <= 2
+    finally:
+        os.close(fd)
+    fd = os.open(m.mnt / "big", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        seen = set(_batch(fd))
+        os.lstat(m.mnt / "big" / sorted(names - seen)[0])  # not listed yet: a LOOKUP
+        for _ in range(3):
+            before = _fds(pid)
+            got = _batch(fd)
+            assert len(got) > 10
+            assert _fds(pid) - before > len(got) // 2, len(got)
+    finally:
+        os.close(fd)
