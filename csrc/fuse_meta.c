@@ -269,6 +269,16 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     case FUSE_MKDIR:
         r = msb_names_mkdir(m, vq, c, &ih);
         break;
+    case FUSE_OPEN:
+        r = msb_handles_open(m, vq, c, &ih);
+        break;
+    case FUSE_OPENDIR:
+        r = msb_handles_opendir(m, vq, c, &ih);
+        break;
+    case FUSE_RELEASE:
+    case FUSE_RELEASEDIR:
+        r = msb_handles_serve_release(m, vq, c, &ih, ih.opcode == FUSE_RELEASEDIR);
+        break;
     case FUSE_READDIR:
     case FUSE_READDIRPLUS:
         r = msb_readdir_serve(m, vq, c, &ih);

@@ -25,6 +25,7 @@
 #define MSBFS_FUSE_META_H
 
 #include <stdint.h>
+#include "fuse_handles.h"
 #include "fuse_names.h"
 #include "inodes.h"
 #include "virtq.h"
@@ -52,6 +53,7 @@ struct msb_meta {
     uint64_t lookup_flags, resolve;   /* the tree's openat2 of a new name */
     int statfs;                       /* the tree has no quota: STATFS is the host's */
     struct msb_names names;           /* UNLINK/RMDIR/ACCESS: csrc/fuse_names.h */
+    struct msb_open open;             /* OPEN/RELEASE(DIR): csrc/fuse_handles.h */
     /* The tree's record-lock descriptions (msbfs/tree/record_locks.py), written by
      * Python under its lock: 0 means a FLUSH has no owner's locks to drop, so C may
      * answer it (close(dup(fd)), as Tree.flush); any other value hands FLUSH back. */

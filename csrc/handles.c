@@ -5,6 +5,7 @@
 #include "inodes.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -170,9 +171,19 @@ int msb_handles_check_room(struct msb_fs_table *t)
     return r;
 }
 
-int64_t msb_handles_add(struct msb_fs_table *t, int fd, uint32_t flags, uint64_t nodeid,
-                        uint32_t traits, int perms, int enforce)
+static int perms_of(const struct msb_fs_table *t, uint32_t flags, int dir)
 {
+    if (dir)
+        return MSB_FS_DIR;
+    uint32_t acc = flags & O_ACCMODE;   /* 3 (ioctl only) neither reads nor writes */
+    return (acc == O_RDONLY || acc == O_RDWR ? MSB_FS_READ : 0)
+        | (acc == O_WRONLY || acc == O_RDWR ? t->write_perm : 0);
+}
+
+int64_t msb_handles_add(struct msb_fs_table *t, int fd, uint32_t flags, uint64_t nodeid,
+                        uint32_t traits, int dir, int enforce)
+{
+    int perms = perms_of(t, flags, dir);
     pthread_rwlock_wrlock(&t->lock);
     if (enforce && full(t)) {
         pthread_rwlock_unlock(&t->lock);

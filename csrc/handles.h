@@ -60,6 +60,9 @@ struct msb_fs_table {
     uint32_t slow_write_mode_bits;
     uint64_t next_fh;          /* the next fh handed out */
     uint64_t max_handles;      /* past it, a new handle is EMFILE (MSB_HANDLES_NONE) */
+    /* MSB_FS_WRITE when the C data path may write through a writable file handle's fd,
+     * 0 when the tree must see every write (Policy.writes_need_tree: quota, readonly) */
+    uint8_t write_perm;
     struct msb_inodes *inodes; /* whose open counts move with file handles, or NULL */
     pthread_rwlock_t lock;
     /* Metadata answered in C (csrc/fuse_meta.h), or NULL: set by msb_meta_attach. */
@@ -80,11 +83,14 @@ struct msb_handle {
 struct msb_fs_table *msb_handles_new(struct msb_inodes *inodes, uint64_t max_handles);
 /* -EMFILE when one more handle would pass max_handles, else 0. */
 int msb_handles_check_room(struct msb_fs_table *t);
-/* Add a handle of `fd` (the table owns it from now on, but not on failure): the new fh,
- * or -EMFILE (only if `enforce`: the bound was checked already) or -ENOMEM. A file
- * handle (perms without MSB_FS_DIR) counts one open of `nodeid`. */
+/* Add a handle of `fd` open with `flags` (the table owns it from now on, but not on
+ * failure): the new fh, or -EMFILE (only if `enforce`: else the bound was checked
+ * before the open) or -ENOMEM. `dir` MSB_FS_DIR: a directory handle; 0: a file handle,
+ * which counts one open of `nodeid` and gets the data path's permissions its access
+ * mode allows (MSB_FS_READ unless write-only; write_perm unless read-only): the one
+ * place they are decided, whoever opened the file. */
 int64_t msb_handles_add(struct msb_fs_table *t, int fd, uint32_t flags, uint64_t nodeid,
-                        uint32_t traits, int perms, int enforce);
+                        uint32_t traits, int dir, int enforce);
 /* 0 and *out, or -EBADF for an fh not in the table. */
 int msb_handles_get(struct msb_fs_table *t, uint64_t fh, struct msb_handle *out);
 /* The hot paths' msb_handles_get of a file handle in one integer (no struct to

@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from msbfs._native import ffi, lib
+from msbfs.fastopen import open_statistics, write_open_rules
 from msbfs.fuse.replies import _split_timeout
 from msbfs.fuse.server import FuseSession
 from msbfs.tree.api import TreeOps
@@ -87,6 +88,10 @@ class CMetadata:
         m.lock_descs = len(config.locks)
         config.locks.on_count = self._lock_descs
         _write_names(lib.msb_meta_names(m), config)
+        # OPEN/OPENDIR/RELEASE/RELEASEDIR (csrc/fuse_handles.h): the tree's open rules,
+        # compiled by running them (msbfs/fastopen.py)
+        assert type(tree) is Tree  # c_metadata is only asked of one
+        write_open_rules(m, tree.c_open(), session._open_flags)
         m.enabled = 1 if os.environ.get("MSBFS_C_METADATA", "1") != "0" else 0
         self._m = m
         self._table = table
@@ -101,6 +106,10 @@ class CMetadata:
         lib.msb_names_stats(self._m, s)
         return {k: int(getattr(s, k))
                 for k in ("unlinks", "rmdirs", "accesses", "access_ns", "mkdirs")}
+
+    def open_statistics(self) -> dict[str, int]:
+        """What csrc/fuse_handles.c answered (OPEN, OPENDIR, RELEASE, RELEASEDIR)."""
+        return open_statistics(self._m) if self.available else {}
 
     def _lock_descs(self, n: int) -> None:
         self._m.lock_descs = n

@@ -40,10 +40,11 @@ _buf_lock = threading.Lock()
 Convert = Callable[[int, int, int, bytes], DirEntry]
 
 _NO_BOUND = lib.MSB_HANDLES_NONE
-_ACCMODE, _RDONLY, _WRONLY = os.O_ACCMODE, os.O_RDONLY, os.O_WRONLY
+_ACCMODE = os.O_ACCMODE
+_READABLE = (os.O_RDONLY, os.O_RDWR)  # O_ACCMODE itself (ioctl only) does neither
+_WRITABLE = (os.O_WRONLY, os.O_RDWR)
 _HANDLE = ffi.typeof("struct msb_handle *")
 _DIR = lib.MSB_FS_DIR
-_READ = lib.MSB_FS_READ
 _get = lib.msb_handles_get
 _remove = lib.msb_handles_remove
 _add_c = lib.msb_handles_add
@@ -68,11 +69,11 @@ class FileHandle:
 
     @property
     def readable(self) -> bool:
-        return self.flags & _ACCMODE != _WRONLY
+        return self.flags & _ACCMODE in _READABLE
 
     @property
     def writable(self) -> bool:
-        return self.flags & _ACCMODE != _RDONLY
+        return self.flags & _ACCMODE in _WRITABLE
 
     @property
     def inode(self) -> Inode:
@@ -157,8 +158,8 @@ class HandleTable:
         # The C data path knows no set-id rule: a write that must clear set-id bits on a
         # file that has any goes to the tree (msbfs/tree/policy.py defines which).
         self.c.slow_write_mode_bits = FAST_WRITE_FORBIDDEN_BITS
+        self.c.write_perm = lib.MSB_FS_WRITE if fast_writes else 0
         self._inodes = inodes  # outlives the C table, which counts opens on it
-        self._write = lib.MSB_FS_WRITE if fast_writes else 0
         # The Python state of directory handles being read through Python (marked in C).
         self._dirs: dict[int, DirHandle] = {}
 
@@ -170,11 +171,11 @@ class HandleTable:
         if lib.msb_handles_check_room(self.c) < 0:
             raise OSError(errno.EMFILE, "the client holds too many open handles")
 
-    def _add(self, fd: int, flags: int, inode: Inode, perms: int) -> int:
+    def _add(self, fd: int, flags: int, inode: Inode, kind: int) -> int:
         traits = inode.kind | (SUBMOUNT if inode.submount else 0)
         # Not enforced again: check_room ran before the fd was opened (a C OPEN of
         # another queue meanwhile may pass the bound by one per queue, never more).
-        fh: int = _add_c(self.c, fd, flags, inode.nodeid, traits, perms, 0)
+        fh: int = _add_c(self.c, fd, flags, inode.nodeid, traits, kind, 0)
         if fh < 0:
             os.close(fd)
             raise OSError(-fh, os.strerror(-fh))
@@ -182,14 +183,13 @@ class HandleTable:
 
     def add_file(self, fd: int, inode: Inode, flags: int) -> int:
         """A new file handle of ``fd`` (the table owns it from now on; closed if the
-        handle cannot be added), open with ``flags``; its inode counts one more open."""
-        acc = flags & os.O_ACCMODE
-        perms = ((_READ if acc != os.O_WRONLY else 0)
-                 | (self._write if acc != os.O_RDONLY else 0))
-        return self._add(fd, flags, inode, perms)
+        handle cannot be added), open with ``flags``; its inode counts one more open, and
+        C decides what its data path may do with the fd (csrc/handles.h)."""
+        return self._add(fd, flags, inode, 0)
 
-    def add_dir(self, fd: int, inode: Inode) -> int:
-        return self._add(fd, os.O_RDONLY | os.O_DIRECTORY, inode, _DIR)
+    def add_dir(self, fd: int, inode: Inode, flags: int) -> int:
+        """A new directory handle of ``fd``, open with ``flags``."""
+        return self._add(fd, flags & ~os.O_CLOEXEC, inode, _DIR)
 
     def _inode_of(self, c: Any) -> Inode:
         return Inode(self._inodes, c.nodeid, c.traits)
@@ -223,6 +223,15 @@ class HandleTable:
         if r < 0:
             raise OSError(errno.EBADF, "not an open file handle")
         return FileHandle(r & 0xFFFFFFFF, r >> 32, fh, self)
+
+    def locking(self, fh: int) -> FileHandle:
+        """File handle ``fh`` for a lock request: from now on C leaves its RELEASE to
+        Python, which drops the owner's locks and waits for a lock request in flight
+        (marked before the request takes any lock, so a RELEASE on another queue
+        cannot overtake it)."""
+        h = self.file(fh)
+        lib.msb_handles_mark_python(self.c, fh)
+        return h
 
     def dir(self, fh: int) -> DirHandle:
         """The directory handle ``fh``, with the Python state of its reading: from now

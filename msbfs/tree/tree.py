@@ -43,7 +43,7 @@ import fcntl
 import functools
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from msbfs import syscalls
@@ -129,6 +129,8 @@ _TIMEOUTS = {"never": 0.0, "auto": 1.0, "metadata": _LONG, "always": _LONG}
 _OPEN_PASS = (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DSYNC | os.O_SYNC
               | os.O_DIRECT | os.O_NOATIME | os.O_TRUNC)
 _LOOKUP_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: OPENDIR's re-open of a directory (csrc/fuse_handles.c is given it: c_open)
+_OPENDIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _RESOLVE = syscalls.RESOLVE_CONTAINED
 _c_lookup = lib.msb_lookup_attr  # csrc/lookup.h
 _UNDECIDED = lib.MSB_LOOKUP_UNDECIDED
@@ -1084,16 +1086,16 @@ class Tree:
 
     # ---- locks (msbfs.tree.record_locks) ----------------------------------------------------
     def getlk(self, fh: int, owner: int, lock: Lock) -> Lock:
-        return self._locks.getlk(self._handles.file(fh), owner, lock)
+        return self._locks.getlk(self._handles.locking(fh), owner, lock)
 
     def setlk(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
-        self._locks.setlk(self._handles.file(fh), owner, lock, is_flock)
+        self._locks.setlk(self._handles.locking(fh), owner, lock, is_flock)
 
     def begin_setlkw(self, fh: int, owner: int, lock: Lock, *,
                      is_flock: bool = False) -> LockWait:
         """SETLKW's first half, on the serving thread: resolves ``fh`` now, so the wait
         (on another thread) never uses the handle's fd, which RELEASE may close."""
-        return self._locks.begin_setlkw(self._handles.file(fh), owner, lock, is_flock)
+        return self._locks.begin_setlkw(self._handles.locking(fh), owner, lock, is_flock)
 
     def setlkw(self, fh: int, owner: int, lock: Lock, *, is_flock: bool = False) -> None:
         self.begin_setlkw(fh, owner, lock, is_flock=is_flock).wait()
@@ -1104,8 +1106,8 @@ class Tree:
         if inode.kind != stat.S_IFDIR:
             raise os_error(errno.ENOTDIR)
         self._handles.check_room()
-        fd = os.open(_proc(inode.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        return Opened(self._handles.add_dir(fd, inode), self._dir_open_flags)
+        fd = os.open(_proc(inode.fd), _OPENDIR_FLAGS)
+        return Opened(self._handles.add_dir(fd, inode, _OPENDIR_FLAGS), self._dir_open_flags)
 
     def readdir(self, fh: int, offset: int) -> Iterator[DirEntry]:
         h = self._handles.dir(fh)
@@ -1248,6 +1250,14 @@ class Tree:
         copy: what the tree opens and releases is what they see."""
         return self._handles.c
 
+    def c_open(self) -> COpenConfig:
+        """The rules csrc/fuse_handles.c follows to answer OPEN/OPENDIR/RELEASE/
+        RELEASEDIR as this tree does; msbfs/fastopen.py compiles them into numbers by
+        running them (only trees ``c_metadata`` serves get there)."""
+        return COpenConfig(self.policy, self._reopen_flags, self._writeback_flags,
+                           self._file_open_flags, self._dir_open_flags, _OPENDIR_FLAGS,
+                           self.quota is not None)
+
     def c_metadata(self) -> CMetaConfig | None:
         """What csrc/fuse_meta.c needs to answer LOOKUP/GETATTR/FORGET as this tree does
         (msbfs/fastmeta.py writes it there), or None when this tree applies a rule C does
@@ -1309,6 +1319,21 @@ class CMetaConfig(NamedTuple):
     umask: int
     #: a parent's default ACL decides a new node's mode (``_creation_mode``): Python's
     posix_acl: bool
+
+
+class COpenConfig(NamedTuple):
+    """The tree's open and release rules for the C path (``Tree.c_open``)."""
+
+    policy: Policy
+    #: ``Tree._reopen_flags``: the flags a re-open of the client's flags gets
+    reopen_flags: Callable[[int], int]
+    #: ``Tree._writeback_flags``: a regular file's re-open flags under writeback
+    writeback_flags: Callable[[int], int]
+    file_open_flags: int
+    dir_open_flags: int
+    opendir_flags: int
+    #: a quota: O_TRUNC opens and the last release of an unlinked file are charged
+    charged: bool
 
 
 def _process_umask() -> int:

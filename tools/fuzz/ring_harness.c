@@ -137,6 +137,27 @@ static void setup(void)
     if (list_fd < 0) { perror(meta_dir); exit(2); }
     list_fh = msb_handles_add(table, list_fd, O_RDONLY | O_DIRECTORY, 1, S_IFDIR, MSB_FS_DIR, 0);
     if (list_fh < 0) abort();
+    /* OPEN/OPENDIR/RELEASE/RELEASEDIR (csrc/fuse_handles.c): the handles above stay
+     * (marked Python's, which C never releases); what C opens is bounded by the table
+     * and released again by later chains. noexec's EACCES for a regular file's
+     * FMODE_EXEC (index bit 2: the mask's bits gathered low to high), readonly's EROFS
+     * for a directory's write access. */
+    msb_handles_mark_python(table, 7);
+    msb_handles_mark_python(table, 8);
+    msb_handles_mark_python(table, (uint64_t)list_fh);
+    table->max_handles = 24;
+    struct msb_open *o = &meta->open;
+    o->open = o->release = o->trunc = 1;
+    o->table_mask = O_ACCMODE | O_TRUNC | O_APPEND | 0x20;
+    o->python_mask = 0x80000000u;
+    for (uint32_t i = 0; i < 32; i++) {
+        o->open_errno[0][i] = (i & 4) ? 13 : 0;
+        o->open_errno[1][i] = (i & 3) ? 30 : 0;
+    }
+    o->pass_mask = O_ACCMODE | O_APPEND | O_NONBLOCK | O_DSYNC | O_SYNC | O_NOATIME | O_TRUNC;
+    o->add_flags = O_CLOEXEC;
+    o->file_open_flags = 1;
+    o->opendir_flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
 }
 
 /* A metadata request's body: a name (sometimes damaged) or forget counts. */
@@ -166,6 +187,26 @@ static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
         memcpy(p, &mi, sizeof mi);
         memcpy(p + sizeof mi, n, len + 1);
         return (uint32_t)sizeof mi + len + (take(c, 1) < 32 ? 0 : 1);
+    }
+    if (opcode == FUSE_OPEN || opcode == FUSE_OPENDIR) {
+        static const uint32_t flags[] = { O_RDONLY, O_WRONLY, O_RDWR, O_RDWR | O_TRUNC,
+                                          O_WRONLY | O_APPEND, O_RDONLY | 0x20, O_ACCMODE,
+                                          0x80000000u, 0xffffffffu, O_RDONLY | O_DIRECTORY };
+        struct fuse_open_in oi = { flags[take(c, 1) % 10], take(c, 1) < 16 ? 1 : 0 };
+        meta->open.writeback = (int)(take(c, 1) & 1);
+        memcpy(p, &oi, sizeof oi);
+        return take(c, 1) < 16 ? (uint32_t)take(c, 1) % 8 : (uint32_t)sizeof oi;
+    }
+    if (opcode == FUSE_RELEASE || opcode == FUSE_RELEASEDIR) {
+        /* mostly one of the last handles made (fh is the table's counter), else junk */
+        uint64_t last = table->next_fh - 1;
+        struct fuse_release_in ri = {
+            .fh = take(c, 1) < 200 ? last - take(c, 1) % 8 : take(c, 8),
+            .release_flags = take(c, 1) < 16 ? FUSE_RELEASE_FLOCK_UNLOCK : 0,
+            .lock_owner = take(c, 1) };
+        meta->lock_descs = take(c, 1) < 16;
+        memcpy(p, &ri, sizeof ri);
+        return take(c, 1) < 16 ? (uint32_t)take(c, 1) % 24 : (uint32_t)sizeof ri;
     }
     if (opcode == FUSE_BATCH_FORGET) {
         uint32_t count = (uint32_t)take(c, 1) % 6, have = (uint32_t)take(c, 1) % 6;
@@ -202,8 +243,10 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
     if (kind >= 4) {
         static const uint32_t ops[] = { FUSE_LOOKUP, FUSE_LOOKUP, FUSE_FORGET,
                                         FUSE_BATCH_FORGET, FUSE_STATFS, FUSE_GETATTR,
-                                        FUSE_UNLINK, FUSE_RMDIR, FUSE_ACCESS, FUSE_MKDIR };
-        uint32_t opcode = ops[take(c, 1) % 10];
+                                        FUSE_UNLINK, FUSE_RMDIR, FUSE_ACCESS, FUSE_MKDIR,
+                                        FUSE_OPEN, FUSE_OPENDIR, FUSE_RELEASE,
+                                        FUSE_RELEASEDIR };
+        uint32_t opcode = ops[take(c, 1) % 14];
         if (opcode == FUSE_UNLINK)
             refill_names();
         /* the mutation errno of a readonly policy, now and then (UNLINK/RMDIR) */
@@ -380,9 +423,16 @@ int main(int argc, char **argv)
     printf("names_unlinks=%llu names_rmdirs=%llu names_accesses=%llu names_mkdirs=%llu ",
            (unsigned long long)ns.unlinks, (unsigned long long)ns.rmdirs,
            (unsigned long long)ns.accesses, (unsigned long long)ns.mkdirs);
+    struct msb_open_stats os_;
+    msb_open_stats(meta, &os_);
+    printf("opens=%llu opendirs=%llu releases=%llu releasedirs=%llu ",
+           (unsigned long long)os_.opens, (unsigned long long)os_.opendirs,
+           (unsigned long long)os_.releases, (unsigned long long)os_.releasedirs);
     msb_meta_attach(table, NULL);
+    msb_fs_table_del(table, 7);   /* data_fd: the harness's own */
+    msb_fs_table_del(table, 8);
+    msb_handles_close_all(table);  /* list_fd and what C opened, after a grace period */
     msb_fs_table_free(table);
-    close(list_fd);
     msb_meta_free(meta);
     msb_inodes_free(inodes);
     for (int i = 0; i < 4; i++) {

@@ -1,0 +1,180 @@
+/* See fuse_handles.h. Each request is copied out of guest memory once (a hostile driver
+ * may rewrite its buffers while we parse: what we check is what we use). */
+#define _GNU_SOURCE
+#include "fuse_handles.h"
+#include "fuse_meta.h"
+#include "fuse_reply.h"
+#include "handles.h"
+#include "inodes.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct msb_open *msb_meta_open(struct msb_meta *m)
+{
+    return &m->open;
+}
+
+void msb_open_stats(struct msb_meta *m, struct msb_open_stats *out)
+{
+    const struct msb_open_stats *s = &m->open.stats;
+    *out = (struct msb_open_stats){
+        __atomic_load_n(&s->opens, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->opendirs, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->releases, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->releasedirs, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->open_errors, __ATOMIC_RELAXED),
+    };
+}
+
+/* The table_mask bits of flags, gathered low to high (the index Python built). */
+static uint32_t gather(uint32_t flags, uint32_t mask)
+{
+    uint32_t idx = 0, out = 1;
+    for (uint32_t bit = 1; mask; bit <<= 1) {
+        if (!(mask & bit))
+            continue;
+        if (flags & bit)
+            idx |= out;
+        out <<= 1;
+        mask &= ~bit;
+    }
+    return idx & ((1u << MSB_OPEN_TABLE_BITS) - 1);
+}
+
+static int proc_open(int ifd, uint32_t flags)
+{
+    char path[32];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", ifd);
+    return open(path, (int)flags);
+}
+
+static int reply_open(struct msb_vq *vq, struct msb_chain *c, uint64_t unique, uint64_t fh,
+                      uint32_t open_flags)
+{
+    struct {
+        struct fuse_out_header oh;
+        struct fuse_open_out o;
+    } r;
+    _Static_assert(sizeof r == 16 + 16, "fuse_out_header + fuse_open_out");
+    memset(&r, 0, sizeof r);
+    r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = unique };
+    r.o.fh = fh;
+    r.o.open_flags = open_flags;
+    return push_reply(vq, c, &r, sizeof r);
+}
+
+/* The inode's O_PATH fd and kind bits (msb_inodes_fd_traits), or -1 (Python's). The fd
+ * stays valid for the caller's grace section whatever forgets it meanwhile. */
+static int64_t inode_of(struct msb_meta *m, uint64_t nodeid)
+{
+    int64_t ft = msb_inodes_fd_traits(m->inodes, nodeid);
+    return ft < 0 ? -1 : ft;
+}
+
+int msb_handles_open(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                     const struct fuse_in_header *ih)
+{
+    const struct msb_open *o = &m->open;
+    struct fuse_open_in oi;
+    if (!o->open || !m->table || c->out_len < sizeof *ih + sizeof oi
+        || c->in_len < sizeof(struct fuse_out_header) + sizeof(struct fuse_open_out))
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &oi, sizeof oi);
+    uint32_t flags = oi.flags;
+    if ((oi.open_flags & FUSE_OPEN_KILL_SUIDGID) || (flags & o->python_mask))
+        return 0;
+    int64_t ft = inode_of(m, ih->nodeid);
+    if (ft < 0)
+        return 0;
+    uint32_t kind = (uint32_t)ft & S_IFMT;
+    if (kind != S_IFREG && kind != S_IFDIR)
+        return 0;   /* FIFOs, devices, symlinks: the tree's own rules */
+    int err = o->open_errno[kind == S_IFDIR][gather(flags, o->table_mask)];
+    if (err) {
+        count(&m->open.stats.open_errors, 1);
+        return reply_error(vq, c, ih->unique, err);
+    }
+    if (kind == S_IFDIR && (flags & O_ACCMODE) != O_RDONLY)
+        return 0;   /* EISDIR: the tree's */
+    if ((flags & O_TRUNC) && !o->trunc)
+        return 0;   /* the quota charges a truncation */
+    if (msb_handles_check_room(m->table) < 0)
+        return 0;   /* EMFILE: the tree's */
+    int ifd = (int)(ft >> MSB_INODE_FD_SHIFT);
+    uint32_t oflags = (flags & o->pass_mask) | o->add_flags;
+    uint32_t got = oflags;
+    int fd = -1;
+    if (kind == S_IFREG && o->writeback && (oflags & O_ACCMODE) == O_WRONLY) {
+        /* The kernel READs through a write-only handle to fill partial pages; a daemon
+         * that may not read the file gets the caller's flags (Tree._open_either). */
+        uint32_t wanted = (oflags & ~(uint32_t)O_ACCMODE) | O_RDWR;
+        fd = proc_open(ifd, wanted);
+        if (fd >= 0)
+            got = wanted;
+        else if (errno != EACCES && errno != EPERM)
+            return 0;
+    }
+    if (fd < 0 && (fd = proc_open(ifd, oflags)) < 0)
+        return 0;   /* the tree answers the same errno, from scratch */
+    int64_t fh = msb_handles_add(m->table, fd, got, ih->nodeid,
+                                 (uint32_t)ft & ((1u << MSB_INODE_FD_SHIFT) - 1), 0, 0);
+    if (fh < 0) {
+        close(fd);   /* never in the table */
+        return 0;
+    }
+    count(&m->open.stats.opens, 1);
+    return reply_open(vq, c, ih->unique, (uint64_t)fh, o->file_open_flags);
+}
+
+int msb_handles_opendir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                        const struct fuse_in_header *ih)
+{
+    const struct msb_open *o = &m->open;
+    if (!o->open || !m->table || c->out_len < sizeof *ih + sizeof(struct fuse_open_in)
+        || c->in_len < sizeof(struct fuse_out_header) + sizeof(struct fuse_open_out))
+        return 0;
+    int64_t ft = inode_of(m, ih->nodeid);
+    if (ft < 0 || ((uint32_t)ft & S_IFMT) != S_IFDIR)
+        return 0;   /* ENOTDIR, EBADF: the tree's */
+    if (msb_handles_check_room(m->table) < 0)
+        return 0;
+    int fd = proc_open((int)(ft >> MSB_INODE_FD_SHIFT), o->opendir_flags);
+    if (fd < 0)
+        return 0;
+    int64_t fh = msb_handles_add(m->table, fd, o->opendir_flags & ~(uint32_t)O_CLOEXEC,
+                                 ih->nodeid, (uint32_t)ft & ((1u << MSB_INODE_FD_SHIFT) - 1),
+                                 MSB_FS_DIR, 0);
+    if (fh < 0) {
+        close(fd);
+        return 0;
+    }
+    count(&m->open.stats.opendirs, 1);
+    return reply_open(vq, c, ih->unique, (uint64_t)fh, o->dir_open_flags);
+}
+
+int msb_handles_serve_release(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                              const struct fuse_in_header *ih, int dir)
+{
+    const struct msb_open *o = &m->open;
+    struct fuse_release_in ri;
+    if (!m->table || !(dir ? o->open : o->release)
+        || c->out_len < sizeof *ih + sizeof ri || c->in_len < sizeof(struct fuse_out_header))
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &ri, sizeof ri);
+    if (!dir) {
+        /* Tree.release drops the owner's record locks and the handle's flock: only
+         * when there is nothing of either to drop is the release C's. */
+        if (__atomic_load_n(&m->lock_descs, __ATOMIC_ACQUIRE) != 0
+            || (ri.release_flags & FUSE_RELEASE_FLOCK_UNLOCK))
+            return 0;
+    }
+    if (!msb_handles_release(m->table, ri.fh, dir ? MSB_FS_DIR : 0))
+        return 0;
+    count(dir ? &m->open.stats.releasedirs : &m->open.stats.releases, 1);
+    return reply_error(vq, c, ih->unique, 0);
+}

@@ -1,0 +1,260 @@
+"""OPEN, OPENDIR, RELEASE and RELEASEDIR answered in C (csrc/fuse_handles.c) from the
+one handle table (csrc/handles.c) the tree uses.
+
+The bar is tests/test_virtiofs_meta.py's differential rule: the same request sequence
+to a device with the C path on and one with it off (every request through Python)
+gives the same reply bytes, step by step; the C counters prove C answered. Sequences
+cover ordinary and hostile opens (every kind, every policy, flags C must hand back,
+unknown and wrong-kind handles, double releases, short bodies, no room, a full handle
+table), writeback, record locks, and a RELEASE racing READs of the same handle on
+another queue.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msbfs.fuse import abi
+from msbfs.fuse.kernel import Opcode, Requests, parse_entry, parse_open, parse_reply
+from msbfs.tree import Policy
+from msbfs.tree.policy import FMODE_EXEC
+from tests.test_virtiofs_meta import (
+    REQ,
+    ROOT,
+    U64,
+    HostStep,
+    Step,
+    _both,
+    _fds,
+    _ids,
+    _populate,
+)
+from tests.test_virtiofs_threads import (
+    test_release_on_one_queue_never_lets_another_read_a_reused_fd as race,
+)
+
+HDR = abi.fuse_out_header.size
+OPEN_ROOM = HDR + abi.fuse_open_out.size
+
+
+def _opens(r: Requests, ids: dict[str, int]) -> list[Step | HostStep]:
+    """Opens of every kind with every flag C looks at, and what it must hand back."""
+    a, d = ids["a"], ids["d"]
+    steps: list[Step | HostStep] = []
+    for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDWR | os.O_APPEND,
+                  os.O_WRONLY | os.O_TRUNC, os.O_RDONLY | FMODE_EXEC, os.O_RDONLY | os.O_DIRECT,
+                  os.O_ACCMODE, os.O_RDWR | os.O_CREAT | os.O_EXCL, os.O_RDONLY | os.O_NOFOLLOW,
+                  os.O_RDWR | os.O_SYNC | os.O_NOATIME | os.O_LARGEFILE, 0xFFFFFFFF,
+                  os.O_RDONLY | 0x80000000, os.O_RDONLY | os.O_DIRECTORY):
+        steps.append((r.open(a, flags), [4096], REQ))
+    for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC,
+                  os.O_RDONLY | FMODE_EXEC, os.O_RDONLY | os.O_DIRECTORY):
+        steps.append((r.open(d, flags), [4096], REQ))
+    for name in ("fifo", "s", "null", "setid", "long"):
+        if name in ids:
+            for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR | os.O_TRUNC):
+                steps.append((r.open(ids[name], flags), [4096], REQ))
+    body = abi.fuse_open_in.pack
+    steps += [
+        # set-id clearing on O_TRUNC is the tree's (as the caller): handed back
+        (r.raw(Opcode.OPEN, ids["setid"], body(os.O_RDWR | os.O_TRUNC,
+                                               abi.FUSE_OPEN_KILL_SUIDGID)), [4096], REQ),
+        (r.raw(Opcode.OPEN, a, body(os.O_RDONLY, 0xFFFFFFFF)), [4096], REQ),
+        (r.open(0, os.O_RDONLY), [4096], REQ), (r.open(999, os.O_RDONLY), [4096], REQ),
+        (r.open(U64, os.O_RDONLY), [4096], REQ),
+        (r.raw(Opcode.OPEN, a, body(os.O_RDONLY, 0)[:4]), [4096], REQ),       # short
+        (r.raw(Opcode.OPEN, a, b""), [4096], REQ),
+        (r.raw(Opcode.OPEN, a, body(os.O_RDONLY, 0) + b"trailing"), [4096], REQ),
+        (r.raw(Opcode.OPEN, a, body(os.O_RDONLY, 0), extlen=1), [4096], REQ),
+        (r.raw(Opcode.OPEN, a, body(os.O_RDONLY, 0), length=30), [4096], REQ),  # lying
+        (r.open(a, os.O_RDONLY), [OPEN_ROOM - 1], REQ), (r.open(a, os.O_RDONLY), [HDR], REQ),
+        (r.open(a, os.O_RDONLY), [8], REQ), (r.open(a, os.O_RDONLY), [OPEN_ROOM], REQ),
+        (r.opendir(ROOT), [4096], REQ), (r.opendir(d), [4096], REQ),
+        (r.opendir(a), [4096], REQ), (r.opendir(ids["fifo"]), [4096], REQ),
+        (r.opendir(999), [4096], REQ), (r.opendir(0), [4096], REQ),
+        (r.opendir(d, os.O_RDWR | os.O_TRUNC), [4096], REQ),
+        (r.raw(Opcode.OPENDIR, d, body(0, 0)[:4]), [4096], REQ),
+        (r.opendir(d), [OPEN_ROOM - 1], REQ), (r.opendir(d), [OPEN_ROOM], REQ),
+    ]
+    return steps
+
+
+def _releases(r: Requests, ids: dict[str, int], last_fh: int) -> list[Step | HostStep]:
+    """Every fh up to last_fh released both ways (RELEASE and RELEASEDIR: one of them
+    is of the other kind), twice, with the flags C must hand back, then nonsense."""
+    a = ids["a"]
+    rel = abi.fuse_release_in.pack
+    steps: list[Step | HostStep] = [
+        (r.read(a, 1, 0, 5), [4096], REQ), (r.read(a, 2, 0, 5), [4096], REQ),
+        (r.release(a, 3, release_flags=abi.FUSE_RELEASE_FLOCK_UNLOCK), [4096], REQ),
+        (r.raw(Opcode.RELEASE, a, rel(4, 0, 0, 77)), [4096], REQ),   # an owner, no locks
+        (r.raw(Opcode.RELEASE, a, rel(5, 0, 0, 0)[:8]), [4096], REQ),  # short
+        (r.raw(Opcode.RELEASE, a, rel(5, 0, 0, 0), extlen=1), [4096], REQ),
+        (r.release(a, 5), [8], REQ),                                   # no room
+    ]
+    for fh in range(1, last_fh + 1):
+        steps += [(r.release(a, fh), [4096], REQ), (r.releasedir(a, fh), [4096], REQ)]
+    for fh in range(1, last_fh + 1):
+        steps += [(r.release(a, fh), [4096], REQ), (r.releasedir(a, fh), [4096], REQ)]
+    steps += [(r.release(a, fh), [4096], REQ) for fh in (0, 999, U64)]
+    steps += [(r.releasedir(ROOT, fh), [4096], REQ) for fh in (0, 999, U64)]
+    return steps
+
+
+async def _last_fh(c: Any) -> int:
+    """The last fh handed out (the table's counter moves by one per handle)."""
+    return int(c.device.table.next_fh) - 1
+
+
+POLICIES = {
+    "default": Policy(),
+    "readonly": Policy(readonly=True),
+    "noexec": Policy(noexec=True),
+    "nosuid-nodev": Policy(nosuid=True, nodev=True),
+    "quota": Policy(quota_bytes=64 << 20, quota_inodes=500),  # O_TRUNC, RELEASE: Python's
+}
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("writeback", [False, True], ids=["", "writeback"])
+async def test_opens_and_releases_reply_as_python(fs_client: Callable[..., Any], tmp_path: Path,
+                                                  policy: str, writeback: bool) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    _populate(root)
+    kw = {"writeback": True} if writeback else {}
+    async with fs_client(root, POLICIES[policy], **kw) as on, \
+            fs_client(root, POLICIES[policy], **kw) as off:
+        off.device.meta.enabled = False
+        r = Requests()
+        ids = await _ids(on)
+        assert ids == await _ids(off)
+        base = _fds()
+        assert await _both(on, off, _opens(r, ids)) > 50
+        last = await _last_fh(on)
+        assert last == await _last_fh(off) and last > 5
+        assert await _both(on, off, _releases(r, ids, last)) > 2 * last
+        for c in (on, off):
+            assert c.device.tree.statistics().handles == 0
+        served = on.device.meta.open_statistics()
+        assert off.device.meta.open_statistics() == dict.fromkeys(served, 0)
+        assert served["opendirs"] >= 2
+        assert served["releasedirs"] >= 2
+        if policy == "quota":
+            assert served["releases"] == 0  # the last close of an unlinked file is charged
+        else:
+            assert served["releases"] >= 3
+        if policy in ("readonly", "noexec"):
+            assert served["open_errors"] >= 2  # the policy's errno, from its own table
+        if policy != "readonly":
+            assert served["opens"] >= 8
+        assert _fds() == base  # every fd C or Python opened is closed again
+
+
+async def test_full_handle_table_is_emfile_both_ways(fs_client: Callable[..., Any],
+                                                     tmp_path: Path) -> None:
+    """Past the handle budget an OPEN/OPENDIR is the tree's EMFILE (C hands it back),
+    and a release makes room for C again."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _populate(root)
+    async with fs_client(root, max_handles=16) as on, fs_client(root, max_handles=16) as off:
+        off.device.meta.enabled = False
+        r = Requests()
+        ids = await _ids(on)
+        assert ids == await _ids(off)
+        a = ids["a"]
+        steps: list[Step | HostStep] = [(r.open(a, os.O_RDONLY), [4096], REQ) for _ in range(16)]
+        steps += [(r.open(a, os.O_RDONLY), [4096], REQ), (r.opendir(ROOT), [4096], REQ),
+                  (r.release(a, 3), [4096], REQ), (r.opendir(ROOT), [4096], REQ),
+                  (r.open(a, os.O_RDONLY), [4096], REQ)]
+        assert await _both(on, off, steps) == len(steps)
+        replies = [parse_reply(bytes((await on.raw([r.open(a, os.O_RDONLY)], [4096])).data))]
+        assert replies[0].error == -errno.EMFILE or replies[0].error == errno.EMFILE
+        served = on.device.meta.open_statistics()
+        assert served["opens"] == 16 and served["opendirs"] == 1 and served["releases"] == 1
+
+
+async def test_record_locks_keep_release_in_python(fs_client: Callable[..., Any],
+                                                   tmp_path: Path) -> None:
+    """A handle a lock request named is released by Python (it drops the owner's locks
+    and waits for a lock request in flight); while any description exists, no RELEASE
+    is C's; once none does, C releases handles no lock request named."""
+    _populate(tmp_path)
+    async with fs_client(tmp_path) as c:
+        r = c.r
+        a = parse_entry(await c.ok(r.lookup(ROOT, b"a"))).nodeid
+        locked, plain, other = [parse_open(await c.ok(r.open(a, os.O_RDWR)))[0] for _ in range(3)]
+        await c.ok(r.lk(Opcode.SETLK, a, locked, 7, 0, 9, fcntl.F_WRLCK))
+        before = c.device.meta.open_statistics()["releases"]
+        await c.ok(r.release(a, plain))          # a description exists: Python's
+        assert c.device.meta.open_statistics()["releases"] == before
+        await c.ok(r.flush(a, locked, 7))        # the owner's locks go, and the description
+        await c.ok(r.release(a, locked))         # named by a lock request: Python's
+        assert c.device.meta.open_statistics()["releases"] == before
+        await c.ok(r.release(a, other))          # no lock state anywhere: C's
+        assert c.device.meta.open_statistics()["releases"] == before + 1
+        assert c.device.tree.statistics().handles == 0
+
+
+async def test_hostile_open_release_mix_replies_as_python(fs_client: Callable[..., Any],
+                                                          tmp_path: Path) -> None:
+    """A seeded random mix of OPEN/OPENDIR/RELEASE/RELEASEDIR/READ/FLUSH on every kind,
+    with live, released, wrong-kind and made-up handles: same bytes with C on and off,
+    and nothing left open at the end."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _populate(root)
+    rnd = random.Random(1108)
+    async with fs_client(root, max_handles=48) as on, fs_client(root, max_handles=48) as off:
+        off.device.meta.enabled = False
+        r = Requests()
+        ids = await _ids(on)
+        assert ids == await _ids(off)
+        base = _fds()
+        nodes = [ROOT, *ids.values(), 999]
+        flags = [os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDWR | os.O_TRUNC,
+                 os.O_RDONLY | FMODE_EXEC, os.O_WRONLY | os.O_APPEND, os.O_ACCMODE, 0xFFFFFFFF]
+        steps: list[Step | HostStep] = []
+        for _ in range(600):
+            node = rnd.choice(nodes)
+            fh = rnd.choice([rnd.randrange(1, 120)] * 4 + [0, U64, rnd.randrange(1, 1 << 64)])
+            op = rnd.randrange(6)
+            req = (r.open(node, rnd.choice(flags)) if op == 0 else r.opendir(node) if op == 1
+                   else r.release(node, fh) if op == 2 else r.releasedir(node, fh) if op == 3
+                   else r.read(node, fh, 0, 5) if op == 4 else r.flush(node, fh))
+            steps.append((req, [rnd.choice([4096, 4096, 4096, OPEN_ROOM, HDR])], REQ))
+        assert await _both(on, off, steps) == len(steps)
+        last = await _last_fh(on)
+        assert await _both(on, off, _releases(r, ids, last)) > 0
+        served = on.device.meta.open_statistics()
+        assert served["opens"] > 20 and served["releases"] > 5 and served["releasedirs"] > 5
+        assert _fds() == base
+
+
+async def test_release_in_c_never_lets_a_read_of_another_queue_see_a_reused_fd(
+        fs_client: Callable[..., Any], tmp_path: Path) -> None:
+    """tests/test_virtiofs_threads.py's race (queue 2 keeps READing a handle while queue
+    1 releases it and opens another file, whose fd takes the freed number) with its
+    RELEASEs and OPENs answered in C, which this checks: the released fd is closed only
+    after the reading round ends (grace period), so no READ returns the other file."""
+    devices: list[Any] = []
+
+    @asynccontextmanager
+    async def recording(*args: Any, **kw: Any) -> AsyncIterator[Any]:
+        async with fs_client(*args, **kw) as c:
+            devices.append(c.device)
+            yield c
+
+    await race(recording, tmp_path)
+    served = devices[0].meta.open_statistics()
+    assert served["opens"] >= 40 and served["releases"] >= 40
