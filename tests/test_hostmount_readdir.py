@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from msbfs._native import ffi, lib
 
-from msbfs import hostmount_entry
+from msbfs import hostmount, hostmount_entry
 from tests.plugins.hostmount import MountFactory, needs_root
 
 pytestmark = [pytest.mark.fuse, needs_root,
@@ -49,11 +49,28 @@ def test_a_listing_costs_no_fd_per_name(host_mount: MountFactory) -> None:
     before = _fds(pid)
     assert set(os.listdir(m.mnt / "big")) == names
     listed = _fds(pid) - before
-    # The first batch carries attributes (each looked up: an fd); no more.
-    assert listed < ENTRIES // 10, listed
+    # Not even the first batch carries attributes: the directory is not small (the
+    # directory's own inode and handle are all the listing adds).
+    assert listed <= 3, listed
     for n in names:  # what a stat of every name costs: an fd each (what we measure by)
         os.lstat(m.mnt / "big" / n)
     assert _fds(pid) - before > ENTRIES - ENTRIES // 10
+
+
+def test_a_small_directory_is_listed_with_attributes(host_mount: MountFactory) -> None:
+    """A walk stats every name: a small directory's names come with their attributes
+    in the first batch (each looked up as it is sent: an fd each), so the stats that
+    follow need no LOOKUP."""
+    m = host_mount()
+    (m.source / "small").mkdir()
+    for i in range(20):
+        (m.source / "small" / f"f{i}").touch()
+    assert os.stat(m.source / "small").st_size <= hostmount.SMALL_DIR
+    pid = m.pid
+    assert pid is not None
+    before = _fds(pid)
+    assert len(os.listdir(m.mnt / "small")) == 20
+    assert _fds(pid) - before >= 20
 
 
 def test_d_ino_is_the_st_ino_of_a_later_stat(host_mount: MountFactory) -> None:
