@@ -469,8 +469,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "access-c-as-daemon", "ACCESS answers for its caller (fsuid/fsgid), never the daemon: "
         "C switches to the caller as Identities does",
         (Edit("csrc/fuse_names.c",
-              "            msb_switch_creds(ih->uid, ih->gid, (size_t)-1, NULL);",
-              "            (void)0;"),),
+              "        if (as_caller && msb_switch_creds(ih->uid, ih->gid, (size_t)-1, NULL) < 0) {",
+              "        if (0) {"),),
         {"virtiofs": ("tests/test_virtiofs_names.py"
                       "::test_access_c_and_python_reply_the_same_bytes",)},
         {"tree": "ACCESS in C is the vhost transport's", **NO_ACCESS_OP}),
@@ -478,8 +478,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "access-c-keeps-caller", "a serving thread is back to the daemon's fsuid/fsgid after an "
         "ACCESS answered in C (later requests on it act as the daemon)",
         (Edit("csrc/fuse_names.c",
-              "            msb_switch_creds(n->own_uid, n->own_gid, (size_t)-1, NULL);",
-              "            (void)0;"),),
+              "        if (as_caller)\n            msb_switch_creds(n->own_uid, n->own_gid, (size_t)-1, NULL);",
+              "        if (as_caller)\n            (void)0;"),),
         {"virtiofs": ("tests/test_virtiofs_names.py"
                       "::test_access_c_and_python_reply_the_same_bytes",)},
         {"tree": "ACCESS in C is the vhost transport's", **NO_ACCESS_OP}),
