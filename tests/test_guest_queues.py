@@ -19,6 +19,7 @@ from tools.bench.guest_queues import irq_delta, parse_queue_irqs, queue_irqs_scr
 pytestmark = pytest.mark.guest
 
 CPUS = 4
+GUEST_IO = Path(__file__).resolve().parents[1] / "tools" / "bench" / "guest_io.c"
 
 
 def test_each_vcpu_is_served_on_its_own_request_queue(guest_image, guest_daemon, msb_home,
@@ -46,6 +47,35 @@ def test_each_vcpu_is_served_on_its_own_request_queue(guest_image, guest_daemon,
     delta = irq_delta(parse_queue_irqs(before), parse_queue_irqs(after))
     assert all(delta.values()), f"a request queue answered nothing: {delta}"
     assert sorted(p.name for p in share.iterdir()) == [f"d{i}" for i in range(CPUS)]
+
+
+def test_guest_io_par_keeps_its_processes_in_step(guest_image, guest_daemon, msb_home,
+                                                  tmp_path: Path) -> None:
+    # The benchmark's 4-process loop, in a 4-vCPU guest: a phase line each, one process
+    # per CPU, nothing left behind; asked for more processes than CPUs it fails at once
+    # (a worker it cannot pin fails its first phase) instead of waiting for ever.
+    share, tools = tmp_path / "share", tmp_path / "tools"
+    share.mkdir()
+    tools.mkdir()
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(tools / "guest_io"),
+                    str(GUEST_IO)], check=True)
+    script = (f"/b/guest_io par /w 20 {CPUS} && echo == && "
+              f"mkdir /w/more && ! /b/guest_io par /w/more 20 {CPUS + 1} && ls /w/p0 | wc -l")
+    kind = "virtiofsd" if guest_daemon is daemons.virtiofsd else "msbfs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "msbfs", "run", "--accel", "tcg", "--cpus", str(CPUS),
+         "--daemon", kind, "--mount", f"/w=bind:{share}", "--mount", f"/b=bind:{tools}:ro",
+         "--", "sh", "-c", script],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MSBFS_GUEST_DIR": str(guest_image.directory)})
+    assert proc.returncode == 0, proc.stderr
+    ran, after = proc.stdout.split("==\n")
+    lines = [line.split() for line in ran.splitlines()]
+    assert [ln[0] for ln in lines] == ["create", "stat", "unlink", "cpus"]
+    assert all(float(ln[1]) > 0 for ln in lines[:3])
+    assert sorted(lines[3][1:]) == [str(i) for i in range(CPUS)]
+    assert after.split() == ["0"]
+    assert "sched_setaffinity" in proc.stderr
 
 
 def test_interrupt_lines_are_read_per_queue() -> None:
