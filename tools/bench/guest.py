@@ -63,7 +63,7 @@ from tools.bench.guest_queues import (
     queue_irqs_script,
     serving_threads_ns,
 )
-from tools.bench.proc import status_kib
+from tools.bench.proc import cpu_seconds, status_kib
 
 KINDS = {"virtiofsd": daemons.virtiofsd, "msbfs": daemons.msbfs_serve}
 HERE = Path(__file__).resolve().parent
@@ -174,6 +174,9 @@ class ParallelRun:
     irqs: dict[int, int]
     #: CPU ms of each msbfs queue-serving thread that ran during the workload
     thread_ms: list[float]
+    #: CPU seconds of the daemon's process tree and of QEMU during the workload
+    daemon_cpu: float = 0.0
+    qemu_cpu: float = 0.0
 
 
 def parallel4(kind: str, share: Path, tools: Path, files: int, accel: str) -> ParallelRun:
@@ -185,12 +188,16 @@ def parallel4(kind: str, share: Path, tools: Path, files: int, accel: str) -> Pa
         [(tree, proc)] = [(t, p) for t, p in sb.vm.daemons if t.guest_path == "/w"]
         irqs = queue_irqs_script(tree.tag)
         _check(sb, "mkdir -p /w/par && cp /b/guest_io /tmp/")  # no /b traffic while timed
+        assert sb.vm.qemu is not None
+        qemu = sb.vm.qemu.pid
         irq0, cpu0 = parse_queue_irqs(_check(sb, irqs)), serving_threads_ns(proc.pid)
+        d0, q0 = cpu_seconds(proc.pid), cpu_seconds(qemu)
         out = _check(sb, f"/tmp/guest_io par /w/par {files} {PAR_PROCS}")
+        d1, q1 = cpu_seconds(proc.pid), cpu_seconds(qemu)
         irq1, cpu1 = parse_queue_irqs(_check(sb, irqs)), serving_threads_ns(proc.pid)
     lines = dict(line.split(" ", 1) for line in out.splitlines())
     run = ParallelRun({ph: float(lines[ph]) for ph in PAR_PHASES}, irq_delta(irq0, irq1),
-                      [ns / 1e6 for ns in busy_threads(cpu0, cpu1)])
+                      [ns / 1e6 for ns in busy_threads(cpu0, cpu1)], d1 - d0, q1 - q0)
     cpus = sorted(int(c) for c in lines["cpus"].split())
     problems = []
     if cpus != list(range(PAR_PROCS)):
@@ -243,6 +250,14 @@ def report_parallel4(runs: dict[str, list[ParallelRun]], files: int) -> None:
               f"{statistics.median(rv):>12.0f}{statistics.median(rm):>12.0f}"
               f"{statistics.median(ratios):>11.2f}x  "
               + " ".join(f"{x:.2f}" for x in ratios))
+    per_op = {k: [r.daemon_cpu / (ops * len(PAR_PHASES)) * 1e6 for r in rs]
+              for k, rs in runs.items()}
+    cv, cm = statistics.median(per_op["virtiofsd"]), statistics.median(per_op["msbfs"])
+    print(f"{'daemon CPU per file op (us, med.)':<34}{cv:>12.0f}{cm:>12.0f}"
+          f"{cm / max(cv, 1e-9):>11.2f}x  (msbfs/vfsd, lower is better)")
+    qv = statistics.median(r.qemu_cpu for r in v)
+    qm = statistics.median(r.qemu_cpu for r in m)
+    print(f"{'QEMU CPU in the workload (s, med.)':<34}{qv:>12.1f}{qm:>12.1f}")
     print("  (msbfs/vfsd: the median of the per-round ratios, each round's two guests run "
           "back to back;\n   on a noisy host it need not equal the ratio of the medians)")
     for ph in PAR_PHASES:

@@ -3,6 +3,7 @@ child; the parent only waits), for the benchmarks' memory and CPU lines."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,3 +28,13 @@ def status_kib(pid: int, keys: Iterable[str]) -> dict[str, int]:
             if k in total:
                 total[k] += int(v.split()[0])
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of the process tree (threads included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick

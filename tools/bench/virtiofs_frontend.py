@@ -33,7 +33,7 @@ from msbfs.fuse import abi
 from msbfs.fuse.kernel import Requests, parse_dirents, parse_entry, parse_open, parse_reply
 from msbfs.launcher.daemon import VIRTIOFSD
 from msbfs.store import MIB
-from tools.bench.proc import process_tree, status_kib
+from tools.bench.proc import cpu_seconds, status_kib
 from vhost.frontend import Frontend
 from vhost.guest_ram import GuestRam
 
@@ -262,16 +262,6 @@ async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int
 
 #: A workload round that takes longer than this means a daemon stopped answering.
 args_timeout = 120.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of the daemon's process tree (threads included)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for p in process_tree(pid):
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
 
 
 async def best_of(rounds: int, clients: dict[str, Client],
