@@ -6,11 +6,14 @@
 #include "fuse_reply.h"
 #include "handles.h"
 #include "inodes.h"
+#include "lookup.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +31,7 @@ void msb_open_stats(struct msb_meta *m, struct msb_open_stats *out)
         __atomic_load_n(&s->releases, __ATOMIC_RELAXED),
         __atomic_load_n(&s->releasedirs, __ATOMIC_RELAXED),
         __atomic_load_n(&s->open_errors, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->creates, __ATOMIC_RELAXED),
     };
 }
 
@@ -177,4 +181,116 @@ int msb_handles_serve_release(struct msb_meta *m, struct msb_vq *vq, struct msb_
         return 0;
     count(dir ? &m->open.stats.releasedirs : &m->open.stats.releases, 1);
     return reply_error(vq, c, ih->unique, 0);
+}
+
+/* A CREATE body we parse: fuse_create_in, the name, its NUL, whatever trails it. */
+#define CREATE_BODY_MAX 512
+#define ID_MAX 0xfffffffeu   /* Tree._before_new: larger is not an id (EINVAL) */
+
+/* Tree._path_fd_of: an O_PATH fd of the file `fd` has open, by name beneath pfd while
+ * the name still leads to it, else through our own fd's /proc link. -errno. */
+static int path_fd_of(const struct msb_meta *m, int pfd, const char *name, int fd,
+                      const struct stat *st)
+{
+    int opath = msb_openat2(pfd, name, m->lookup_flags, 0, m->resolve);
+    if (opath >= 0) {
+        struct stat got;
+        if (fstat(opath, &got) == 0 && got.st_ino == st->st_ino && got.st_dev == st->st_dev)
+            return opath;
+        close(opath);
+    }
+    opath = proc_open(fd, O_PATH | O_CLOEXEC);
+    return opath < 0 ? -errno : opath;
+}
+
+static int reply_create(const struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                        uint64_t unique, uint64_t nodeid, const struct stat *st, uint64_t fh,
+                        uint32_t open_flags)
+{
+    struct {
+        struct fuse_out_header oh;
+        struct fuse_entry_out e;
+        struct fuse_open_out o;
+    } r;
+    _Static_assert(sizeof r == 16 + 128 + 16, "header + fuse_entry_out + fuse_open_out");
+    memset(&r, 0, sizeof r);
+    r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = unique };
+    r.e.nodeid = nodeid;
+    r.e.entry_valid = r.e.attr_valid = m->timeout_sec;
+    r.e.entry_valid_nsec = r.e.attr_valid_nsec = m->timeout_nsec;
+    shape_attr(m, st, 0, &r.e.attr);
+    r.o.fh = fh;
+    r.o.open_flags = open_flags;
+    return push_reply(vq, c, &r, sizeof r);
+}
+
+int msb_handles_create(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                       const struct fuse_in_header *ih)
+{
+    const struct msb_open *o = &m->open;
+    const struct msb_names *n = &m->names;
+    struct fuse_create_in ci;
+    char body[CREATE_BODY_MAX + 1];
+    size_t blen = c->out_len - sizeof *ih;
+    if (!o->open || !n->mkdir || !m->table || blen <= sizeof ci || blen > CREATE_BODY_MAX
+        || c->in_len < sizeof(struct fuse_out_header) + sizeof(struct fuse_entry_out)
+                       + sizeof(struct fuse_open_out))
+        return 0;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
+    memcpy(&ci, body, sizeof ci);
+    const char *name = body + sizeof ci;
+    const char *nul = memchr(name, '\0', blen - sizeof ci);
+    if (!nul || !msb_plain_name(name, (size_t)(nul - name)))
+        return 0;
+    struct msb_inode_info parent;
+    if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
+        return 0;
+    if (n->mutation_errno) {
+        count(&m->open.stats.creates, 1);
+        return reply_error(vq, c, ih->unique, n->mutation_errno);
+    }
+    uint32_t want;
+    if (msb_new_mode(n, ci.mode, ci.umask, 07777, &want) < 0
+        || msb_handles_check_room(m->table) < 0 || msb_inodes_check_room(m->inodes) < 0
+        || ih->uid > ID_MAX || ih->gid > ID_MAX)
+        return 0;   /* EINVAL, EMFILE, ENFILE, EINVAL: Python's */
+    int pfd = msb_inodes_fd(m->inodes, ih->nodeid);
+    if (pfd < 0)
+        return 0;
+    uint32_t oflags = (ci.flags & o->pass_mask) | o->add_flags | O_CREAT | O_NOFOLLOW
+                      | (ci.flags & O_EXCL);
+    if (o->writeback && (oflags & O_ACCMODE) == O_WRONLY)
+        oflags = (oflags & ~(uint32_t)O_ACCMODE) | O_RDWR;   /* Tree._writeback_flags */
+    int fd;
+    do
+        fd = openat(pfd, name, (int)(oflags | O_EXCL), want);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        if (errno != EEXIST || !(ci.flags & O_EXCL))
+            return 0;   /* what exists is opened by the tree's rules; other errnos too */
+        count(&m->open.stats.creates, 1);
+        return reply_error(vq, c, ih->unique, EEXIST);
+    }
+    count(&m->open.stats.creates, 1);
+    /* Made: from here the reply is C's. Held as the tree's requests are: a FORGET of
+     * the new node id on another queue does not drop it before the handle is added. */
+    msb_inodes_hold(m->inodes);
+    struct stat st;
+    int err = fstat(fd, &st) < 0 ? -errno
+              : msb_new_owner_mode(n, fd, 0, &st, want, ih->uid, ih->gid, pfd);
+    int opath = err ? err : path_fd_of(m, pfd, name, fd, &st);
+    struct msb_inode_info info;
+    if (opath < 0)
+        err = opath;
+    else
+        err = msb_inodes_add(m->inodes, opath, st.st_dev, st.st_ino, st.st_mode, 0, &info);
+    int64_t fh = err ? err : msb_handles_add(m->table, fd, oflags, info.nodeid,
+                                             (uint32_t)st.st_mode & S_IFMT, 0, 0);
+    msb_inodes_unhold(m->inodes);
+    if (fh < 0) {
+        close(fd);   /* never in the handle table */
+        return reply_error(vq, c, ih->unique, (int)-fh);
+    }
+    return reply_create(m, vq, c, ih->unique, info.nodeid, &st, (uint64_t)fh,
+                        o->file_open_flags);
 }

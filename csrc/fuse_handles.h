@@ -30,6 +30,18 @@
  * likewise for a directory handle Python keeps no state for. An unknown fh, or one of
  * the other kind, is Python's (EBADF).
  *
+ * CREATE (Tree.create) of a new regular file, where MKDIR is C's too (the creation
+ * rules: no quota, no POSIX ACLs, a stored mode C applies; csrc/fuse_names.h): a plain
+ * name beneath a parent on the root's device, the policy's mutation errno, the
+ * creation mode (msb_new_mode), openat(O_CREAT | O_EXCL) with the re-open's flags as
+ * OPEN computes them plus O_CREAT | O_NOFOLLOW and the caller's O_EXCL (read-write
+ * under writeback: creating needs no read permission), the caller as owner
+ * (msb_new_owner_mode), the node's O_PATH fd by name if it is still that file, else
+ * through /proc/self/fd (Tree._path_fd_of), then the inode and the handle. A name that
+ * exists is Python's (it opens what is there by the tree's rules), unless the caller
+ * asked O_EXCL: EEXIST. Once the file is made the reply is C's, whatever happens next,
+ * as it is the tree's.
+ *
  * All zero (calloc) means "everything to Python". */
 #ifndef MSBFS_FUSE_HANDLES_H
 #define MSBFS_FUSE_HANDLES_H
@@ -44,7 +56,7 @@ struct msb_chain;
 #define MSB_OPEN_TABLE_BITS 8   /* at most this many bits in table_mask */
 
 struct msb_open_stats {
-    uint64_t opens, opendirs, releases, releasedirs, open_errors;
+    uint64_t opens, opendirs, releases, releasedirs, open_errors, creates;
 };
 
 struct msb_open {
@@ -69,6 +81,8 @@ int msb_handles_open(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                      const struct fuse_in_header *ih);
 int msb_handles_opendir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                         const struct fuse_in_header *ih);
+int msb_handles_create(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                       const struct fuse_in_header *ih);
 int msb_handles_serve_release(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                               const struct fuse_in_header *ih, int dir);
 

@@ -275,6 +275,9 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     case FUSE_OPENDIR:
         r = msb_handles_opendir(m, vq, c, &ih);
         break;
+    case FUSE_CREATE:
+        r = msb_handles_create(m, vq, c, &ih);
+        break;
     case FUSE_RELEASE:
     case FUSE_RELEASEDIR:
         r = msb_handles_serve_release(m, vq, c, &ih, ih.opcode == FUSE_RELEASEDIR);

@@ -1,5 +1,6 @@
-"""Glue of the C OPEN/OPENDIR/RELEASE/RELEASEDIR path (csrc/fuse_handles.h) to a device:
-the tree's open rules compiled into the few numbers C looks its answers up in.
+"""Glue of the C OPEN/OPENDIR/RELEASE/RELEASEDIR/CREATE path (csrc/fuse_handles.h) to a
+device: the tree's open rules compiled into the few numbers C looks its answers up in
+(CREATE also needs the creation rules, which fastmeta.py writes for MKDIR).
 
 One definition, two consumers: nothing here states a rule. ``compile_open`` runs the
 rules themselves (``Policy.check_open`` behind ``FuseSession._open_flags``, the tree's
@@ -119,4 +120,4 @@ def open_statistics(m: Any) -> dict[str, int]:
     s = ffi.new("struct msb_open_stats *")
     lib.msb_open_stats(m, s)
     return {k: int(getattr(s, k)) for k in ("opens", "opendirs", "releases",
-                                             "releasedirs", "open_errors")}
+                                             "releasedirs", "open_errors", "creates")}

@@ -258,3 +258,104 @@ async def test_release_in_c_never_lets_a_read_of_another_queue_see_a_reused_fd(
     await race(recording, tmp_path)
     served = devices[0].meta.open_statistics()
     assert served["opens"] >= 40 and served["releases"] >= 40
+
+
+#: Bytes of a CREATE reply that name the host file itself (its inode number and times):
+#: each device creates its own file, so only these may differ (fuse_entry_out.attr's
+#: ino at 56, atime..ctimensec at 80..116, after the 16-byte header).
+_HOST_BYTES = ((56, 64), (80, 116))
+
+
+def _masked(data: bytes) -> bytes:
+    out = bytearray(data)
+    if len(out) == HDR + abi.FUSE_ENTRY_OUT_SIZE + abi.fuse_open_out.size:
+        for lo, hi in _HOST_BYTES:
+            out[lo:hi] = bytes(hi - lo)
+    return bytes(out)
+
+
+def _make_parent(d: Path) -> None:
+    d.mkdir()
+    (d / "exists").write_bytes(b"old")
+    os.mkfifo(d / "fifo")
+    (d / "sub").mkdir()
+    if os.geteuid() == 0:
+        os.chown(d / "sub", 0, 2000)
+        os.chmod(d / "sub", 0o2777)  # set-gid: new files get its group
+
+
+@pytest.mark.parametrize("policy", ["default", "nosuid-nodev", "readonly", "quota"])
+@pytest.mark.parametrize("writeback", [False, True], ids=["", "writeback"])
+async def test_creates_reply_as_python(fs_client: Callable[..., Any], tmp_path: Path,
+                                       policy: str, writeback: bool) -> None:
+    """CREATE of new files in C (no quota, no ACLs) answers as the tree: the same bytes
+    but for the new file's inode number and times (each device makes its own file, in
+    a directory of its own), the same owner, group (set-gid parent) and mode (umask,
+    nosuid), the same handle; existing names, hostile names, ids and sizes: Python's,
+    or C's EEXIST/EROFS, with the same bytes."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for side in ("on", "off"):
+        _make_parent(root / side)
+    kw = {"writeback": True} if writeback else {}
+    async with fs_client(root, POLICIES[policy], **kw) as on, \
+            fs_client(root, POLICIES[policy], **kw) as off:
+        off.device.meta.enabled = False
+        base = _fds()
+        parents = {}
+        for c, side in ((on, "on"), (off, "off")):
+            p = parse_entry(await c.ok(c.r.lookup(ROOT, side.encode()))).nodeid
+            s = parse_entry(await c.ok(c.r.lookup(p, b"sub"))).nodeid
+            parents[side] = (p, s)
+        assert parents["on"] == parents["off"]  # the same node ids: same table history
+        p, sub = parents["on"]
+        body = abi.fuse_create_in.pack
+        steps: list[tuple[Requests, int, bytes, int]] = []  # caller, parent, body, room
+        root_caller, user = Requests(), Requests(uid=1000, gid=1000)
+        for i, (flags, mode, umask) in enumerate([
+                (os.O_RDWR, 0o644, 0o022), (os.O_WRONLY, 0o600, 0), (os.O_RDWR | os.O_EXCL, 0o666, 0o077),
+                (os.O_WRONLY | os.O_APPEND, 0o755, 0o022), (os.O_WRONLY | os.O_TRUNC, 0o4755, 0),
+                (os.O_RDONLY, 0o6777, 0o002), (os.O_RDWR | os.O_DIRECT, 0o644, 0o022),
+                (0xFFFFFFFF, 0o644, 0o022), (os.O_RDWR, 0o644, 0o10000)]):
+            name = b"new%d\0" % i
+            steps += [(root_caller, p, body(flags | os.O_CREAT, mode, umask, 0) + name, 4096),
+                      (user, sub, body(flags | os.O_CREAT, mode, umask, 0) + name, 4096)]
+        create_in = body(os.O_RDWR | os.O_CREAT, 0o644, 0o022, 0)
+        steps += [
+            (root_caller, p, create_in + b"exists\0", 4096),          # exists: Python's
+            (root_caller, p, body(os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644, 0, 0)
+             + b"exists\0", 4096),                                     # EEXIST
+            (root_caller, p, create_in + b"fifo\0", 4096), (root_caller, p, create_in + b"sub\0", 4096),
+            (root_caller, p, create_in + b".\0", 4096), (root_caller, p, create_in + b"..\0", 4096),
+            (root_caller, p, create_in + b"a/b\0", 4096), (root_caller, p, create_in + b"\0", 4096),
+            (root_caller, p, create_in + b"n" * 256 + b"\0", 4096), (root_caller, p, create_in + b"x", 4096),
+            (root_caller, p, create_in[:8], 4096), (root_caller, 999, create_in + b"x\0", 4096),
+            (root_caller, p, create_in + b"room\0", HDR + abi.FUSE_ENTRY_OUT_SIZE),
+            (Requests(uid=0xFFFFFFFF), p, create_in + b"badid\0", 4096),
+            (root_caller, p, create_in + b"trailing\0junk", 4096),
+        ]
+        for i, (caller, parent, payload, room) in enumerate(steps):
+            got = []
+            request = caller.raw(Opcode.CREATE, parent, payload)
+            for c in (on, off):
+                done = await c.raw([request], [room])
+                got.append((done.used_len, _masked(bytes(done.data[:done.used_len]))))
+            assert got[0] == got[1], f"step {i}: C {got[0]!r} != Python {got[1]!r}"
+        for name in sorted(os.listdir(root / "on")):
+            a, b = os.lstat(root / "on" / name), os.lstat(root / "off" / name)
+            assert (a.st_mode, a.st_uid, a.st_gid, a.st_size) == (b.st_mode, b.st_uid, b.st_gid, b.st_size), name
+        last = await _last_fh(on)
+        assert last == await _last_fh(off)
+        r = Requests()
+        for fh in range(1, last + 1):
+            for c in (on, off):
+                await c.call(r.release(p, fh))
+        served = on.device.meta.open_statistics()
+        assert off.device.meta.open_statistics()["creates"] == 0
+        if policy in ("quota",):
+            assert served["creates"] == 0  # the quota charges what a create makes
+        else:
+            assert served["creates"] >= (2 if policy == "readonly" else 14)
+        for c in (on, off):
+            assert c.device.tree.statistics().handles == 0
+        assert _fds() <= base + 2 * 30  # the new files' inodes (their O_PATH fds), no more

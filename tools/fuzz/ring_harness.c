@@ -197,6 +197,19 @@ static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
         memcpy(p, &oi, sizeof oi);
         return take(c, 1) < 16 ? (uint32_t)take(c, 1) % 8 : (uint32_t)sizeof oi;
     }
+    if (opcode == FUSE_CREATE) {   /* flags, mode, umask, a name (new, existing, bad) */
+        static const uint32_t flags[] = { O_RDWR, O_WRONLY | O_EXCL, O_RDWR | O_TRUNC,
+                                          O_WRONLY | O_APPEND, 0xffffffffu };
+        struct fuse_create_in ci = { flags[take(c, 1) % 5] | O_CREAT, (uint32_t)take(c, 2),
+                                     take(c, 1) < 16 ? (uint32_t)take(c, 4) : 022, 0 };
+        static const char *names[] = { "c0", "c1", "a", ".", "a/b" };
+        const char *n = names[take(c, 1) % 5];
+        uint32_t len = (uint32_t)strlen(n);
+        meta->open.writeback = (int)(take(c, 1) & 1);
+        memcpy(p, &ci, sizeof ci);
+        memcpy(p + sizeof ci, n, len + 1);
+        return (uint32_t)sizeof ci + len + (take(c, 1) < 32 ? 0 : 1);
+    }
     if (opcode == FUSE_RELEASE || opcode == FUSE_RELEASEDIR) {
         /* mostly one of the last handles made (fh is the table's counter), else junk */
         uint64_t last = table->next_fh - 1;
@@ -245,8 +258,8 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
                                         FUSE_BATCH_FORGET, FUSE_STATFS, FUSE_GETATTR,
                                         FUSE_UNLINK, FUSE_RMDIR, FUSE_ACCESS, FUSE_MKDIR,
                                         FUSE_OPEN, FUSE_OPENDIR, FUSE_RELEASE,
-                                        FUSE_RELEASEDIR };
-        uint32_t opcode = ops[take(c, 1) % 14];
+                                        FUSE_RELEASEDIR, FUSE_CREATE, FUSE_RELEASE };
+        uint32_t opcode = ops[take(c, 1) % 16];
         if (opcode == FUSE_UNLINK)
             refill_names();
         /* the mutation errno of a readonly policy, now and then (UNLINK/RMDIR) */
@@ -425,9 +438,10 @@ int main(int argc, char **argv)
            (unsigned long long)ns.accesses, (unsigned long long)ns.mkdirs);
     struct msb_open_stats os_;
     msb_open_stats(meta, &os_);
-    printf("opens=%llu opendirs=%llu releases=%llu releasedirs=%llu ",
+    printf("opens=%llu opendirs=%llu releases=%llu releasedirs=%llu creates=%llu ",
            (unsigned long long)os_.opens, (unsigned long long)os_.opendirs,
-           (unsigned long long)os_.releases, (unsigned long long)os_.releasedirs);
+           (unsigned long long)os_.releases, (unsigned long long)os_.releasedirs,
+           (unsigned long long)os_.creates);
     msb_meta_attach(table, NULL);
     msb_fs_table_del(table, 7);   /* data_fd: the harness's own */
     msb_fs_table_del(table, 8);
@@ -438,6 +452,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < 4; i++) {
         char path[64];
         snprintf(path, sizeof path, "%s/%c", meta_dir, 'a' + i);
+        unlink(path);
+    }
+    for (int i = 0; i < 2; i++) {   /* what CREATE chains made */
+        char path[64];
+        snprintf(path, sizeof path, "%s/c%d", meta_dir, i);
         unlink(path);
     }
     for (int i = 0; i < 2; i++) {   /* what MKDIR chains made */
