@@ -4,7 +4,8 @@
  *   guest_io write FILE MIB        sequential 1 MiB writes, then fsync
  *   guest_io read FILE             sequential 1 MiB reads to the end
  *   guest_io randread FILE COUNT   COUNT 4 KiB preads at pseudo-random aligned offsets
- *   guest_io meta DIR COUNT        create COUNT files, stat each, unlink each
+ *   guest_io meta DIR COUNT        create COUNT files, stat each, unlink each (a line
+ *                                  "create|stat|unlink SECONDS" per phase, then the total)
  *   guest_io par DIR COUNT NPROC   NPROC processes, process i pinned to CPU i and working
  *                                  in DIR/p<i>: all create COUNT files, then all stat
  *                                  them, then all unlink them (phases kept in step; the
@@ -224,9 +225,12 @@ int main(int argc, char **argv)
         close(fd);
     } else if (!strcmp(mode, "meta") && argc == 4) {
         long count = atol(argv[3]);
-        for (int phase = 0; phase < NPHASES; phase++)
+        for (int phase = 0; phase < NPHASES; phase++) {
+            double p0 = now();
             if (meta_phase(path, count, phase))
                 return 1;
+            printf("%s %.6f\n", PHASES[phase], now() - p0);
+        }
     } else {
         return fprintf(stderr, "guest_io: bad arguments\n"), 2;
     }
