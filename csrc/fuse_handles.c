@@ -6,7 +6,6 @@
 #include "fuse_reply.h"
 #include "handles.h"
 #include "inodes.h"
-#include "lookup.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -183,8 +182,6 @@ int msb_handles_serve_release(struct msb_meta *m, struct msb_vq *vq, struct msb_
     return reply_error(vq, c, ih->unique, 0);
 }
 
-/* A CREATE body we parse: fuse_create_in, the name, its NUL, whatever trails it. */
-#define CREATE_BODY_MAX 512
 #define ID_MAX 0xfffffffeu   /* Tree._before_new: larger is not an id (EINVAL) */
 
 /* Tree._path_fd_of: an O_PATH fd of the file `fd` has open, by name beneath pfd while
@@ -230,20 +227,13 @@ int msb_handles_create(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *
     const struct msb_open *o = &m->open;
     const struct msb_names *n = &m->names;
     struct fuse_create_in ci;
-    char body[CREATE_BODY_MAX + 1];
-    size_t blen = c->out_len - sizeof *ih;
-    if (!o->open || !n->mkdir || !m->table || blen <= sizeof ci || blen > CREATE_BODY_MAX
+    char body[MSB_NEW_BODY_MAX + 1];
+    if (!o->open || !n->mkdir || !m->table
         || c->in_len < sizeof(struct fuse_out_header) + sizeof(struct fuse_entry_out)
                        + sizeof(struct fuse_open_out))
         return 0;
-    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
-    memcpy(&ci, body, sizeof ci);
-    const char *name = body + sizeof ci;
-    const char *nul = memchr(name, '\0', blen - sizeof ci);
-    if (!nul || !msb_plain_name(name, (size_t)(nul - name)))
-        return 0;
-    struct msb_inode_info parent;
-    if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
+    const char *name = msb_new_body(m, c, ih, &ci, sizeof ci, body);
+    if (!name)
         return 0;
     if (n->mutation_errno) {
         count(&m->open.stats.creates, 1);

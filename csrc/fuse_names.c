@@ -148,6 +148,25 @@ int msb_new_lookup(struct msb_meta *m, int pfd, const char *name, struct stat *s
     return msb_inodes_add(m->inodes, fd, st->st_dev, st->st_ino, st->st_mode, 0, info);
 }
 
+const char *msb_new_body(struct msb_meta *m, const struct msb_chain *c,
+                         const struct fuse_in_header *ih, void *args, size_t args_len,
+                         char *body)
+{
+    size_t blen = c->out_len - sizeof *ih;
+    if (blen <= args_len || blen > MSB_NEW_BODY_MAX)
+        return NULL;
+    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
+    memcpy(args, body, args_len);
+    const char *name = body + args_len;
+    const char *nul = memchr(name, '\0', blen - args_len);
+    if (!nul || !msb_plain_name(name, (size_t)(nul - name)))
+        return NULL;
+    struct msb_inode_info parent;
+    if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
+        return NULL;
+    return name;
+}
+
 int msb_new_owner_mode(const struct msb_names *n, int fd, int opath, struct stat *st,
                        uint32_t want, uint32_t uid, uint32_t gid, int pfd)
 {
@@ -187,19 +206,11 @@ int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
 {
     struct msb_names *n = &m->names;
     struct fuse_mkdir_in mi;
-    char body[NAME_BODY_MAX + 1];
-    size_t blen = c->out_len - sizeof *ih;
-    if (!n->mkdir || blen <= sizeof mi || blen > NAME_BODY_MAX
-        || c->in_len < sizeof(struct fuse_out_header) + sizeof(struct fuse_entry_out))
+    char body[MSB_NEW_BODY_MAX + 1];
+    if (!n->mkdir || c->in_len < sizeof(struct fuse_out_header) + sizeof(struct fuse_entry_out))
         return 0;
-    msb_iov_copy_from(c->iov, c->nout, sizeof *ih, body, blen);
-    memcpy(&mi, body, sizeof mi);
-    const char *name = body + sizeof mi;
-    const char *nul = memchr(name, '\0', blen - sizeof mi);
-    if (!nul || !msb_plain_name(name, (size_t)(nul - name)))
-        return 0;
-    struct msb_inode_info parent;
-    if (msb_inodes_get(m->inodes, ih->nodeid, &parent) < 0 || parent.dev != m->root_dev)
+    const char *name = msb_new_body(m, c, ih, &mi, sizeof mi, body);
+    if (!name)
         return 0;
     if (n->mutation_errno) {
         count(&n->stats.mkdirs, 1);

@@ -31,6 +31,7 @@
 #ifndef MSBFS_FUSE_NAMES_H
 #define MSBFS_FUSE_NAMES_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct fuse_in_header;
@@ -87,6 +88,14 @@ int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
  * (opath) or an open fd of it; *st is its stat, updated. 0 or -errno. */
 int msb_new_mode(const struct msb_names *n, uint32_t mode, uint32_t umask, uint32_t bits,
                  uint32_t *want);
+/* msb_new_body: a creating op's body (MKDIR, CREATE), copied out of c's guest memory
+ * once into body[MSB_NEW_BODY_MAX + 1]: `args_len` bytes of its arguments (into args),
+ * then a plain name (as LOOKUP's) and its NUL; the parent, ih->nodeid, in the inode
+ * table on the root's device. The name, or NULL: Python's (nothing was done). */
+#define MSB_NEW_BODY_MAX 512
+const char *msb_new_body(struct msb_meta *m, const struct msb_chain *c,
+                         const struct fuse_in_header *ih, void *args, size_t args_len,
+                         char *body);
 struct stat;
 struct msb_inode_info;
 int msb_new_lookup(struct msb_meta *m, int pfd, const char *name, struct stat *st,
