@@ -455,6 +455,28 @@ MUTANTS: tuple[Mutant, ...] = (
         {"tree": "UNLINK/RMDIR in C are the vhost transport's",
          "hostmount": "the host mount has no C metadata path"}),
     Mutant(
+        "open-c-ignores-policy", "readonly/noexec: OPEN answered in C is EROFS/EACCES as "
+        "check_open says (its own errnos per flag bits, compiled by msbfs/fastopen.py)",
+        (Edit("csrc/fuse_handles.c", "    if (err) {\n        count(&m->open.stats.open_errors",
+              "    if (0) {\n        count(&m->open.stats.open_errors"),),
+        {"virtiofs": ("tests/test_virtiofs_handles.py"
+                      "::test_opens_and_releases_reply_as_python[-readonly]",),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
+        {"tree": "OPEN in C is the vhost transport's",
+         "hostmount": "the host mount has no C metadata path"}),
+    Mutant(
+        "release-c-ignores-locks", "a RELEASE answered in C while an owner holds record locks "
+        "would leave them held: C hands RELEASE to the tree whenever a lock description exists",
+        (Edit("csrc/fuse_handles.c",
+              "        if (__atomic_load_n(&m->lock_descs, __ATOMIC_ACQUIRE) != 0\n"
+              "            || (ri.release_flags & FUSE_RELEASE_FLOCK_UNLOCK))",
+              "        if ((ri.release_flags & FUSE_RELEASE_FLOCK_UNLOCK))"),),
+        {"virtiofs": ("tests/test_virtiofs_handles.py::test_record_locks_keep_release_in_python",)},
+        {"tree": "RELEASE in C is the vhost transport's",
+         "guest": "the guest image has no program taking POSIX record locks (busybox has no "
+                  "flock/fcntl-lock applet)",
+         "hostmount": "the host mount has no C metadata path"}),
+    Mutant(
         "mkdir-c-ignores-readonly", "readonly: MKDIR answered in C is EROFS too (the policy's "
         "own check_mutation errno, compiled by Policy.c_decisions)",
         (Edit("csrc/fuse_names.c",
