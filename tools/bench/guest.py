@@ -13,7 +13,8 @@ by side in one run, ratios printed.
    is timed by the guest's clock around the loop (before session 10 the host timed the
    whole command: agent round trip, exec and the cache drop before the reads included).
    The untar is timed by the host (tar and sync in one command).
-3. Each daemon's resident memory (VmRSS and peak VmHWM of its process tree) after the
+3. Each daemon's CPU per workload (utime+stime of its process tree over the guest
+   command) and resident memory (VmRSS and peak VmHWM of its process tree) after the
    workloads, against the other's.
 
 ``--parallel4 [--rounds R]`` runs instead the 4-vCPU workload (issue 11): a guest with 4
@@ -43,6 +44,7 @@ mapping counts as its RssShmem, so the daemons' own footprint is RssAnon + RssFi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -50,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +87,8 @@ QUICK = Sizes(file_mib=32, random_reads=2000, files=500)
 class Result:
     launch: list[float] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)
+    #: the daemon's CPU seconds (process tree) per workload
+    cpu: dict[str, float] = field(default_factory=dict)
     #: KiB summed over the daemon's process tree: RssAnon, RssFile, RssShmem, VmHWM.
     rss: dict[str, int] = field(default_factory=dict)
 
@@ -146,20 +151,33 @@ def workloads(kind: str, share: Path, tools: Path, sizes: Sizes, accel: str) -> 
     mounts = {"/w": Mount.bind(share), "/b": Mount.bind(tools, MountOptions(readonly=True))}
     drop = "sync; echo 3 > /proc/sys/vm/drop_caches; "
     with Sandbox(mounts, accel=accel, daemon=KINDS[kind], memory_mib=768) as sb:
+        assert sb.vm is not None
+        [proc] = [p for tree, p in sb.vm.daemons if tree.guest_path == "/w"]
+
+        @contextlib.contextmanager
+        def charged(key: str) -> Iterator[None]:
+            # The daemon's CPU over the whole guest command (a cache drop included).
+            c0 = cpu_seconds(proc.pid)
+            yield
+            res.cpu[key] = cpu_seconds(proc.pid) - c0
+
         sb.run("cp /b/src.tar.gz /tmp/ && mkdir -p /w/meta /w/untar")
         t = res.times
-        t["seq write"] = _guest_timed(sb, f"/b/guest_io write /w/big {sizes.file_mib}")
-        t["seq read"] = _guest_timed(sb, drop + "/b/guest_io read /w/big")
-        t["4k random read"] = _guest_timed(sb, drop + f"/b/guest_io randread /w/big "
-                                                     f"{sizes.random_reads}")
-        meta = _check(sb, f"/b/guest_io meta /w/meta {sizes.files}").split()
+        with charged("seq write"):
+            t["seq write"] = _guest_timed(sb, f"/b/guest_io write /w/big {sizes.file_mib}")
+        with charged("seq read"):
+            t["seq read"] = _guest_timed(sb, drop + "/b/guest_io read /w/big")
+        with charged("4k random read"):
+            t["4k random read"] = _guest_timed(sb, drop + f"/b/guest_io randread /w/big "
+                                                         f"{sizes.random_reads}")
+        with charged("create/stat/unlink"):
+            meta = _check(sb, f"/b/guest_io meta /w/meta {sizes.files}").split()
         t["create/stat/unlink"] = float(meta[-1])
         # Its phases too (the guest's dcache left as it is, unlike --parallel4's).
         t.update((f"  {ph}", float(v)) for ph, v in zip(meta[:-1:2], meta[1:-1:2],
                                                          strict=True))
-        t["untar"] = _timed(sb, "tar xzf /tmp/src.tar.gz -C /w/untar && sync")
-        assert sb.vm is not None
-        [proc] = [p for tree, p in sb.vm.daemons if tree.guest_path == "/w"]
+        with charged("untar"):
+            t["untar"] = _timed(sb, "tar xzf /tmp/src.tar.gz -C /w/untar && sync")
         res.rss = memory_kib(proc.pid)
     return res
 
@@ -321,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             share = base / f"share-{kind}"
             share.mkdir()
             r = workloads(kind, share, tools, sizes, args.accel)
-            results[kind].times, results[kind].rss = r.times, r.rss
+            results[kind].times, results[kind].rss, results[kind].cpu = r.times, r.rss, r.cpu
             shutil.rmtree(share)
     report(results, sizes)
     return 0
@@ -354,6 +372,10 @@ def report(results: dict[str, Result], sizes: Sizes) -> None:
     for key in ("seq write", "seq read"):
         print(f"{'  ' + key + ' MiB/s':<34}{sizes.file_mib / v.times[key]:>12.1f}"
               f"{sizes.file_mib / m.times[key]:>12.1f}")
+    print("daemon CPU per workload (s, in 10 ms ticks; msbfs/vfsd: lower is better)")
+    for key in (k for k in labels if k in v.cpu):
+        cv, cm = v.cpu[key], m.cpu[key]
+        print(f"{'  ' + key:<34}{cv:>12.2f}{cm:>12.2f}{cm / max(cv, 1e-9):>11.2f}x")
     def mib(r: Result, *keys: str) -> float:
         return sum(r.rss[k] for k in keys) / 1024
 
