@@ -30,7 +30,8 @@ What serializes:
   different queues run in parallel, and in parallel with the slow path; a FORGET the C
   path answers meanwhile drops no inode before the slow request ends (it holds the
   inode table: ``msb_inodes_hold``);
-- the C handle table has its own reader-writer lock (C lookups read, Python writes);
+- the handle table has its own reader-writer lock (lookups read; opens and releases,
+  C's on any queue thread and the tree's, write);
 - a directory handle's stream: each READDIR in C holds its handle's batch slot, and every
   read of the fd (C's or DirHandle's) is a seek to an explicit cookie and a getdents64
   under the stream's lock (csrc/fuse_readdir.h), so no reader relies on the fd's position.
