@@ -359,3 +359,47 @@ async def test_creates_reply_as_python(fs_client: Callable[..., Any], tmp_path: 
         for c in (on, off):
             assert c.device.tree.statistics().handles == 0
         assert _fds() <= base + 2 * 30  # the new files' inodes (their O_PATH fds), no more
+
+
+async def test_opens_and_releases_on_four_queues_balance(fs_client: Callable[..., Any],
+                                                         tmp_path: Path) -> None:
+    """Four request queues, each on its own serving thread, open and release files and
+    directories in C at once: every fh is unique, every open is answered in C, and at
+    the end no handle, fd or open count is left (the table's lock and the inodes' open
+    counts hold under concurrency)."""
+    import trio
+    names = [b"f%d" % i for i in range(8)]
+    for n in names:
+        (tmp_path / n.decode()).write_bytes(b"x")
+    rounds = 6
+    async with fs_client(tmp_path, request_queues=4) as c:
+        r = c.r
+        nodes = [parse_entry(await c.ok(r.lookup(ROOT, n))).nodeid for n in names]
+        tree = c.device.tree
+        base = _fds()
+        before = c.device.meta.open_statistics()
+        seen: list[int] = []
+
+        async def one_queue(q: int) -> None:
+            for _ in range(rounds):
+                done = await c.fe.submit_many(
+                    q, [([r.open(n, os.O_RDWR)], [64]) for n in nodes]
+                    + [([r.opendir(ROOT)], [64]) for _ in range(4)])
+                fhs = [parse_open(bytes(d.data[HDR:d.used_len]))[0] for d in done]
+                seen.extend(fhs)
+                await c.fe.submit_many(
+                    q, [([r.release(n, fh)], [64]) for n, fh in zip(nodes, fhs, strict=False)]
+                    + [([r.releasedir(ROOT, fh)], [64]) for fh in fhs[len(nodes):]])
+
+        async with trio.open_nursery() as nursery:
+            for q in range(1, 5):
+                nursery.start_soon(one_queue, q)
+        after = c.device.meta.open_statistics()
+        total = 4 * rounds * len(nodes)
+        assert len(set(seen)) == len(seen) == 4 * rounds * (len(nodes) + 4)
+        assert after["opens"] - before["opens"] == total
+        assert after["releases"] - before["releases"] == total
+        assert after["opendirs"] - before["opendirs"] == 4 * rounds * 4
+        assert tree.statistics().handles == 0
+        assert all(tree._inodes.nopen(tree._inodes.get(n)) == 0 for n in nodes)
+        assert _fds() == base
