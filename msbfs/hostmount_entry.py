@@ -31,9 +31,10 @@ _INO = 0x5EED_0123_4567_89AB
 _GEN = 0x0BAD_F00D_1234_5678
 
 
-def _find_layout() -> tuple[int, int] | None:
-    """Byte offsets of ``fuse_param.ino`` and ``attr.st_ino`` in an EntryAttributes."""
-    e = pyfuse3.EntryAttributes()
+def _find_layout(cls: type = pyfuse3.EntryAttributes) -> tuple[int, int] | None:
+    """Byte offsets of ``fuse_param.ino`` and ``attr.st_ino`` in a ``cls`` (pyfuse3's
+    EntryAttributes), or None where they are not where its C layout puts them."""
+    e = cls()
     e.st_ino = _INO
     e.generation = _GEN
     size = type(e).__basicsize__
