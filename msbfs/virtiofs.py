@@ -391,9 +391,11 @@ class VirtioFsDevice(VhostUserDevice):
 
     # ---- the C handle table ----------------------------------------------------------------------
     def _destroyed(self) -> None:
-        # The C paths answer nothing more; the tree's destroy then empties the handle
-        # table (its fds close after a grace period: rounds in flight finish first).
+        # The C paths answer nothing more, and a round of another queue that saw the
+        # session still ready has ended (a grace period) before the tree's destroy
+        # empties the tables: no C OPEN or LOOKUP of the old session lands after it.
         self.meta.session_ends()
+        lib.msb_grace_synchronize()
 
     def statistics(self) -> dict[str, int]:
         totals = dict.fromkeys(("reads", "writes", "read_bytes", "write_bytes", "slow",
