@@ -1,7 +1,9 @@
 """Glue of the C metadata path (csrc/fuse_meta.h) to a virtio-fs device: LOOKUP,
 GETATTR (without a handle), FORGET, BATCH_FORGET, STATFS (no quota), FLUSH (no
 record-lock description held) and READDIR(PLUS) (csrc/fuse_readdir.h) answered in C
-from the tree's own inode table, with the tree's attribute shape.
+from the tree's own inode table, with the tree's attribute shape; OPEN/OPENDIR/RELEASE/
+RELEASEDIR/CREATE (csrc/fuse_handles.h) with the tree's open rules as msbfs/fastopen.py
+compiles them.
 
 One definition, two consumers: the shape written here is the tree's ``attr_shape`` (the
 policy's ``AttrShape``), the timeout the tree's, split by the codec's own
