@@ -195,16 +195,17 @@ int64_t msb_handles_add(struct msb_fs_table *t, int fd, uint32_t flags, uint64_t
         t->next_fh++;
         *s = (struct msb_fs_slot){ .fh = fh, .nodeid = nodeid, .fd = fd, .flags = flags,
                                    .traits = traits, .used = 1, .perms = (uint8_t)perms };
+        /* Counted before the slot can be seen: fh numbers are predictable, and a
+         * RELEASE of this one on another queue must never take the count away first
+         * (it stops at 0, and this +1 would then outlive the handle, pinning the
+         * inode). The inode table's lock is only ever taken inside this one, never the
+         * other way round. An inode forgotten meanwhile is -EBADF: removal then counts
+         * this table's handles on it instead. */
+        if (!(perms & MSB_FS_DIR) && t->inodes)
+            msb_inodes_nopen_add(t->inodes, nodeid, 1);
     }
     pthread_rwlock_unlock(&t->lock);
-    if (!s)
-        return -ENOMEM;
-    /* Counted after the insertion, outside the table's lock (the inode table has its
-     * own): an inode forgotten meanwhile is -EBADF, which removal then makes up for by
-     * counting this table's handles on it. */
-    if (!(perms & MSB_FS_DIR) && t->inodes)
-        msb_inodes_nopen_add(t->inodes, nodeid, 1);
-    return (int64_t)fh;
+    return s ? (int64_t)fh : -ENOMEM;
 }
 
 static void copy_out(const struct msb_fs_slot *s, struct msb_handle *out)
