@@ -1,0 +1,343 @@
+"""A hostile guest against the C request paths (issue 11: csrc/lookup.c, fuse_names.c,
+fuse_readdir.c, handles.c, fuse_handles.c), on four request queues at once, through the
+in-tree vhost-user frontend and a real ``VirtioFsDevice`` over a real host directory.
+
+Each queue runs a seeded stream of LOOKUP, MKDIR, CREATE, UNLINK, RMDIR, ACCESS, OPEN,
+OPENDIR, READDIRPLUS, RELEASE(DIR) and FORGET with the worst arguments a guest can pick:
+node ids of files, symlinks (one pointing out of the share), FIFOs, unknown and huge
+ids as parents; names with "/", "..", NUL, 255/256 bytes; callers 0, others and
+0xffffffff; modes with every bit; handles of one kind released as the other, released
+twice, read after release. The guest's side keeps a model of what it was handed (a
+lookup per entry of LOOKUP/MKDIR/CREATE/READDIRPLUS, every fh), and afterwards gives
+back exactly that. The invariants then, whatever the interleaving was:
+
+- counts: the inode table holds the root alone (C counted no entry it did not return,
+  nothing twice) and no handle is left;
+- fds: the process holds as many fds as before the run (grace-deferred closes reclaimed);
+- identity: every serving thread's fsuid/fsgid is the daemon's again, no ACCESS on any
+  queue ever saw another thread's caller (a root-only file is readable by root and by
+  nobody else, every time), and every MKDIR/CREATE answered was owned by its caller;
+- containment: the directory outside the share, reachable through a symlink inside it,
+  is byte for byte as it was.
+
+And a real ``msbfs serve`` (sandboxed, four queues), with and without CAP_SETUID /
+CAP_SETGID: ACCESS never answers as another caller or as the daemon.
+
+Each check was seen red against a mutant of the C it guards, built in a scratch copy
+(never this checkout): ACCESS without its restore (the identity probes, both tests),
+MKDIR counting its new inode twice and READDIRPLUS counting an entry twice (the inode
+table is not back to the root), RELEASEDIR not closing the fd (the fd count), the
+switch's uid read-back removed (the real daemon without CAP_SETUID lets uid 1000 read
+a mode-000 file).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from msbfs._native import lib
+
+from msbfs.fuse import abi
+from msbfs.fuse.kernel import Requests, parse_dirents, parse_entry, parse_open, parse_reply
+from msbfs.tree import Policy
+from tests.plugins.virtiofs import FuseClient, run_serve
+from tests.test_virtiofs_names import _fs_ids_of_threads
+from vhost.frontend import Frontend
+from vhost.guest_ram import GuestRam
+
+ROOT = abi.FUSE_ROOT_ID
+HDR = abi.fuse_out_header.size
+ENTRY = HDR + abi.FUSE_ENTRY_OUT_SIZE
+CREATE_ROOM = ENTRY + abi.fuse_open_out.size
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, switching fsuid)")
+OTHER = 4242          # owns the share's locked directory; a caller
+NOBODY = 0xFFFFFFFF   # not an id: the tree's EINVAL / Python's
+CALLERS = [(0, 0), (OTHER, OTHER), (1000, 1000), (0, 1000), (1000, 0), (NOBODY, 0), (0, NOBODY)]
+ATTR_UID, ATTR_GID = 11, 12
+NAMES = [b"a", b"b", b"c", b"d" * 255, b"x" * 256, b"..", b".", b"", b"a/b", b"../escape",
+         b"f", b"secret", b"link_out", b"fifo", b"locked", b"sub"]
+STEPS_PER_QUEUE = 1000
+QUEUES = 4
+
+
+def _populate(share: Path, outside: Path) -> None:
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"outside")
+    (outside / "a").mkdir()
+    share.mkdir()
+    (share / "f").write_bytes(b"file")
+    secret = share / "secret"
+    secret.write_bytes(b"root only")
+    os.chmod(secret, 0o000)
+    (share / "link_out").symlink_to(outside)
+    os.mkfifo(share / "fifo")
+    locked = share / "locked"
+    locked.mkdir(mode=0o700)
+    os.chown(locked, OTHER, OTHER)
+    (share / "sub").mkdir()
+    (share / "sub" / "f").write_bytes(b"")
+    for i in range(40):   # READDIRPLUS replies of several batches
+        (share / "sub" / f"n{i:03}").write_bytes(b"")
+
+
+def _snapshot(top: Path) -> list[tuple[str, int, int, int, bytes]]:
+    out = []
+    for p in sorted(top.rglob("*")):
+        st = p.lstat()
+        data = p.read_bytes() if stat.S_ISREG(st.st_mode) else b""
+        out.append((str(p.relative_to(top)), st.st_mode, st.st_uid, st.st_gid, data))
+    return out
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Guest:
+    """What the hostile guest was handed, given back at the end."""
+
+    def __init__(self) -> None:
+        self.lookups: Counter[int] = Counter()
+        self.files: dict[int, int] = {}   # fh -> node id
+        self.dirs: dict[int, int] = {}
+        self.nodes: dict[bytes, int] = {}   # a name's node id, for later parents/targets
+        self.problems: list[str] = []
+        self.errors: Counter[int] = Counter()   # replies by errno
+        self.kept: Counter[int] = Counter()   # the probes' own nodes: given back last
+
+    def entry(self, payload: bytes, who: tuple[int, int] | None = None) -> int:
+        e = parse_entry(payload)
+        self.lookups[e.nodeid] += 1
+        if who is not None and e.attr[ATTR_UID] != who[0]:
+            self.problems.append(f"node {e.nodeid} made for uid {who[0]} is owned by "
+                                 f"{e.attr[ATTR_UID]}")
+        return e.nodeid
+
+
+async def _hostile_queue(c: Any, q: int, g: Guest, rng: random.Random, secret: int,
+                         locked: int, sub: int) -> None:
+    def node() -> int:
+        pool = [ROOT, ROOT, sub, secret, locked, *g.nodes.values(), 0, 999_999, (1 << 64) - 1]
+        return rng.choice(pool)
+
+    def name() -> bytes:
+        return rng.choice(NAMES) if rng.random() < 0.5 else f"q{rng.randrange(6)}".encode()
+
+    async def call(req: bytes, room: int) -> Any:
+        rep = await c.call(req, room, queue=q)
+        g.errors[rep.error] += 1
+        return rep
+
+    for _ in range(STEPS_PER_QUEUE):
+        uid, gid = rng.choice(CALLERS)
+        r = Requests(uid=uid, gid=gid)
+        op = rng.randrange(12)
+        if op == 0:
+            parent, nm = node(), name()
+            rep = await call(r.lookup(parent, nm), ENTRY)
+            if rep.error == 0:
+                g.nodes[nm] = g.entry(rep.payload)
+        elif op == 1:
+            rep = await call(r.mkdir(node(), name(), rng.choice([0o7777, 0o755, 0o2775, 0]),
+                                     rng.choice([0, 0o22, 0o7777, 0o10000])), ENTRY)
+            if rep.error == 0:
+                g.entry(rep.payload, (uid, gid))
+        elif op == 2:
+            flags = rng.choice([os.O_RDWR, os.O_WRONLY | os.O_EXCL, os.O_RDONLY | os.O_TRUNC])
+            rep = await call(r.create(node(), name(), rng.choice([0o6777, 0o644]), flags,
+                                      rng.choice([0, 0o22])), CREATE_ROOM)
+            if rep.error == 0:
+                made = rep.payload[:abi.FUSE_ENTRY_OUT_SIZE]
+                g.entry(made)   # maybe an existing file opened: no owner to check
+                fh = parse_open(rep.payload[abi.FUSE_ENTRY_OUT_SIZE:])[0]
+                g.files[fh] = parse_entry(made).nodeid
+        elif op == 3:
+            await call(rng.choice([r.unlink, r.rmdir])(node(), name()), HDR)
+        elif op == 4:
+            await call(r.access(node(), rng.randrange(9)), HDR)
+        elif op == 5:
+            # the identity probe: a root-only file, asked about by root and by others
+            who = rng.choice([(0, 0), (OTHER, OTHER), (1000, 1000)])
+            rep = await call(Requests(*who).access(secret, os.R_OK), HDR)
+            want = 0 if who == (0, 0) else errno.EACCES
+            if rep.error != want:
+                g.problems.append(f"ACCESS R_OK of the root-only file as {who}: "
+                                  f"{rep.error}, want {want}")
+        elif op == 6:
+            nid = node()
+            rep = await call(r.open(nid, rng.choice([os.O_RDONLY, os.O_RDWR, os.O_WRONLY])),
+                             HDR + abi.fuse_open_out.size)
+            if rep.error == 0:
+                g.files[parse_open(rep.payload)[0]] = nid
+        elif op == 7:
+            nid = rng.choice([sub, sub, ROOT, node()])
+            rep = await call(r.opendir(nid), HDR + abi.fuse_open_out.size)
+            if rep.error == 0:
+                g.dirs[parse_open(rep.payload)[0]] = nid
+        elif op == 8 and (g.dirs or g.files):
+            # mostly the handle's own node (C's), read on from anywhere; else any node
+            fh, nid = rng.choice(sorted({**g.dirs, **g.files}.items()))
+            rep = await call(r.readdir(nid if rng.random() < 0.8 else node(), fh,
+                                       rng.choice([0, 0, 3, 10, 1 << 62]),
+                                       rng.choice([80, 300, 4096]), plus=True),
+                             rng.choice([HDR, 200, 4096 + HDR]))
+            if rep.error == 0:
+                for _name, _ino, _off, e in parse_dirents(rep.payload, plus=True):
+                    if e is not None and e.nodeid:
+                        g.lookups[e.nodeid] += 1
+        elif op == 9 and (g.dirs or g.files):
+            # either kind released as either kind, maybe twice
+            fh = rng.choice(sorted({**g.dirs, **g.files}))
+            as_dir = rng.random() < 0.5
+            rep = await call(r.releasedir(ROOT, fh) if as_dir else r.release(ROOT, fh), HDR)
+            if rep.error == 0:
+                (g.dirs if fh in g.dirs else g.files).pop(fh)
+        elif op == 10:
+            # FORGET of what this guest holds, a part of it, on any queue; and ids it
+            # was never handed
+            held = [n for n, k in g.lookups.items() if k > g.kept[n]]
+            if held:
+                n = rng.choice(held)
+                k = rng.randint(1, g.lookups[n] - g.kept[n])
+                g.lookups[n] -= k
+                await c.fe.submit(q, [r.forget(n, k)], [HDR])
+            await c.fe.submit(q, [r.forget(rng.choice([999_999, (1 << 64) - 1]), 1 << 63)], [HDR])
+        elif op == 11:
+            # the daemon's own CAP_DAC_OVERRIDE on this queue's thread: removing a name
+            # in a directory only OTHER may write succeeds (ENOENT) as root would
+            rep = await call(r.unlink(locked, b"nothing-here"), HDR)
+            if rep.error != errno.ENOENT:
+                g.problems.append(f"UNLINK in the locked directory: {rep.error}")
+
+
+async def _give_back(c: Any, g: Guest) -> None:
+    for fh in sorted(g.files):
+        rep = await c.call(c.r.release(ROOT, fh), HDR)
+        assert rep.error == 0, (fh, rep)
+    for fh in sorted(g.dirs):
+        rep = await c.call(c.r.releasedir(ROOT, fh), HDR)
+        assert rep.error == 0, (fh, rep)
+    for n, k in g.lookups.items():
+        if k:
+            await c.fe.submit(1, [c.r.forget(n, k)], [HDR])
+    assert parse_reply((await c.fe.submit(1, [c.r.getattr(ROOT)], [HDR + abi.FUSE_ATTR_OUT_SIZE])).data).error == 0
+
+
+def _settle_fds() -> None:
+    """Deferred closes whose grace period has passed are done (the queues are idle)."""
+    lib.msb_grace_synchronize()
+    lib.msb_grace_reclaim()
+
+
+#: (seed, budgets): unbounded, and budgets the run reaches mid-stream (EMFILE from the
+#: handle table, ENFILE from the inode table, mid-READDIRPLUS and mid-MKDIR/CREATE)
+RUNS = {"unbounded-1": (1, {}), "unbounded-2": (2, {}),
+        "budgets": (3, {"max_handles": 6, "max_inodes": 14})}
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("run", list(RUNS))
+async def test_hostile_guest_on_four_queues_leaves_counts_fds_ids_and_outside_intact(
+        fs_client: Callable[..., Any], tmp_path: Path, run: str) -> None:
+    seed, budgets = RUNS[run]
+    share, outside = tmp_path / "share", tmp_path / "outside"
+    _populate(share, outside)
+    before_outside = _snapshot(outside)
+    async with fs_client(share, Policy(), request_queues=QUEUES, queue_size=64,
+                         max_inode_fds=8, **budgets) as c:
+        assert c.device.meta.enabled
+        _settle_fds()
+        fds0 = _fd_count()   # the root's alone: every other fd comes from the guest
+        secret = parse_entry(await c.ok(c.r.lookup(ROOT, b"secret"))).nodeid
+        locked = parse_entry(await c.ok(c.r.lookup(ROOT, b"locked"))).nodeid
+        g = Guest()
+        sub = parse_entry(await c.ok(c.r.lookup(ROOT, b"sub"))).nodeid
+        for n in (secret, locked, sub):
+            g.lookups[n] += 1
+            g.kept[n] = 1
+        async with trio.open_nursery() as n:
+            for q in range(1, QUEUES + 1):
+                n.start_soon(_hostile_queue, c, q, g, random.Random(seed * 100 + q), secret,
+                             locked, sub)
+        assert g.problems[:5] == [], len(g.problems)
+        names = c.device.meta.names_statistics()
+        opened = c.device.meta.open_statistics()
+        meta = c.device.meta.statistics()
+        # the C paths really answered a share of it
+        assert names["mkdirs"] and names["accesses"] and names["unlinks"] + names["rmdirs"]
+        assert opened["opens"] and opened["opendirs"] and opened["creates"]
+        assert meta["readdirs"] and meta["lookups"]
+        if budgets:   # both budgets were reached
+            assert g.errors[errno.EMFILE] and g.errors[errno.ENFILE], g.errors
+        await _give_back(c, g)
+        _settle_fds()
+        st = c.device.tree.statistics()
+        assert (st.inodes, st.handles) == (1, 0), (st, names, opened)
+        assert _fd_count() == fds0
+        assert _fs_ids_of_threads() == {("0", "0")}
+    assert _snapshot(outside) == before_outside
+
+
+async def _access_storm(c: Any, secret: int, locked: int, rounds: int) -> list[str]:
+    """On every request queue at once: ACCESS R_OK of a root-only file as uid 1000 and
+    as root, and a removal only the daemon's own identity may do, interleaved. What
+    each must answer, whatever another queue's thread was switched to meanwhile."""
+    wrong: list[str] = []
+    stranger, root = Requests(1000, 1000), Requests(0, 0)
+
+    async def one_queue(q: int) -> None:
+        for _ in range(rounds):
+            reqs = [([stranger.access(secret, os.R_OK)], [HDR]),
+                    ([root.access(secret, os.R_OK)], [HDR]),
+                    ([root.unlink(locked, b"nothing-here")], [HDR])] * 4
+            done = await c.fe.submit_many(q, reqs)
+            for i, d in enumerate(done):
+                err = parse_reply(d.data).error
+                if i % 3 == 0 and err == 0:
+                    wrong.append(f"queue {q}: uid 1000 may read a mode-000 file")
+                elif i % 3 == 1 and err != 0:
+                    wrong.append(f"queue {q}: root may not read it ({err})")
+                elif i % 3 == 2 and err != errno.ENOENT:
+                    wrong.append(f"queue {q}: the daemon's own removal said {err}")
+
+    async with trio.open_nursery() as n:
+        for q in range(1, QUEUES + 1):
+            n.start_soon(one_queue, q)
+    return wrong
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("modcaps", ["", "-setuid:-setgid", "-setuid", "-setgid"])
+async def test_a_real_daemon_never_answers_access_as_another_caller(
+        tmp_path: Path, modcaps: str) -> None:
+    """A real ``msbfs serve`` (sandboxed, supplementary groups dropped: C ACCESS switches)
+    on four queues, with and without the capabilities a switch needs (--modcaps): a
+    switch the kernel ignores must never let uid 1000 read a mode-000 file, and no
+    thread is ever left switched (root's ACCESS and the daemon's own removal in a 0700
+    directory of another owner keep their answers on every queue)."""
+    share = tmp_path / "share"
+    _populate(share, tmp_path / "outside")
+    sock = str(tmp_path / "vfs.sock")
+    args = [f"--shared-dir={share}", f"--num-request-queues={QUEUES}", "--log-level=error"]
+    args += [f"--modcaps={modcaps}"] if modcaps else []
+    with run_serve(args, sock):
+        fe = await Frontend.connect(sock, GuestRam(((0, 48 << 20),)))
+        try:
+            await fe.handshake([32] * (1 + QUEUES), slot_size=64 << 10)
+            c = FuseClient(fe)
+            await c.init()
+            secret = parse_entry(await c.ok(c.r.lookup(ROOT, b"secret"))).nodeid
+            locked = parse_entry(await c.ok(c.r.lookup(ROOT, b"locked"))).nodeid
+            wrong = await _access_storm(c, secret, locked, 25)
+        finally:
+            await fe.close()
+    assert wrong[:5] == [], len(wrong)
