@@ -209,15 +209,10 @@ class InodeTable:
         if 0 <= nodeid <= _U64:
             lib.msb_inodes_forget(self.c, nodeid, min(max(0, nlookup), _U64))
 
-    def opened(self, inode: Inode, delta: int) -> int | None:
-        """``delta`` more (or fewer) file handles of ours on ``inode``: an inode with
-        open files is never evicted (it must outlive an unlink on the host). The new
-        count; None once the inode was forgotten (a client may FORGET an open file)."""
-        r = lib.msb_inodes_nopen_add(self.c, inode.nodeid, delta)
-        return None if r < 0 else int(r)
-
     def nopen(self, inode: Inode) -> int:
-        """Open file handles on ``inode``; 0 once it was forgotten."""
+        """Open file handles on ``inode`` (counted by the handle table, csrc/handles.c,
+        as handles come and go: an inode with open files is never evicted, it must
+        outlive an unlink on the host); 0 once it was forgotten."""
         r = lib.msb_inodes_nopen_add(self.c, inode.nodeid, 0)
         return max(0, int(r))
 
