@@ -341,3 +341,53 @@ async def test_a_real_daemon_never_answers_access_as_another_caller(
         finally:
             await fe.close()
     assert wrong[:5] == [], len(wrong)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+async def test_a_c_releasedir_racing_a_python_readdir_leaves_no_python_state(
+        fs_client: Callable[..., Any], tmp_path: Path, plus: bool) -> None:
+    """A READDIR C hands to Python (the request's node id is not the handle's: the tree
+    answers it from the handle) on one queue, the same handle's RELEASEDIR (C's, while
+    Python keeps no state for it) on another, many times. Whichever wins, the handle is
+    gone afterwards: the tree keeps no decoded stream for it (it would answer a later
+    READDIR of the released fh from an fd closed after the grace period, whose number a
+    new open reuses), and a READDIR of it is EBADF."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "other").mkdir()
+    for i in range(8):
+        (tmp_path / "sub" / f"n{i}").write_bytes(b"")
+        (tmp_path / "other" / f"secret{i}").write_bytes(b"")
+    async with fs_client(tmp_path, request_queues=2, queue_size=64) as c:
+        sub = parse_entry(await c.ok(c.r.lookup(ROOT, b"sub"))).nodeid
+        other = parse_entry(await c.ok(c.r.lookup(ROOT, b"other"))).nodeid
+        dirs = c.device.tree._handles._dirs
+        released_by_c = stale = 0
+        for _ in range(60):
+            fhs = [parse_open(await c.ok(c.r.opendir(sub)))[0] for _ in range(24)]
+            before = c.device.meta.open_statistics()["releasedirs"]
+            results: dict[int, list[Any]] = {}
+
+            async def post(q: int, reqs: list[bytes], results: dict[int, list[Any]]) -> None:
+                results[q] = await c.fe.submit_many(q, [([r], [4096 + HDR]) for r in reqs])
+
+            async with trio.open_nursery() as n:
+                n.start_soon(post, 1, [c.r.readdir(ROOT, fh, 0, 4096, plus) for fh in fhs],
+                             results)
+                # in the opposite order: the two queues meet on some handle mid-way
+                n.start_soon(post, 2, [c.r.releasedir(sub, fh) for fh in reversed(fhs)],
+                             results)
+            released_by_c += c.device.meta.open_statistics()["releasedirs"] - before
+            assert all(parse_reply(d.data).error == 0 for d in results[2])
+            stale += sum(fh in dirs for fh in fhs)
+            # the released fds' numbers, once closed, go to new handles of another
+            # directory: a released fh must not list it
+            _settle_fds()
+            others = [parse_open(await c.ok(c.r.opendir(other)))[0] for _ in range(24)]
+            for fh in fhs:
+                rep = await c.call(c.r.readdir(sub, fh, 0, 4096, plus), 4096 + HDR)
+                listed = [e[0] for e in parse_dirents(rep.payload, plus)] if not rep.error else []
+                assert rep.error == errno.EBADF, (fh, rep.error, listed)
+            for fh in others:
+                await c.ok(c.r.releasedir(other, fh))
+        assert released_by_c, "C released none: the race was never run"
+        assert stale == 0, f"{stale} released handles kept their Python stream"

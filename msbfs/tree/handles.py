@@ -240,8 +240,16 @@ class HandleTable:
         if type(h) is not DirHandle:
             raise OSError(errno.EBADF, "not an open directory handle")
         if fh not in self._dirs:
-            lib.msb_handles_mark_python(self.c, fh)
-            self._dirs[fh] = h
+            # A C RELEASEDIR on another queue may have taken the handle since get():
+            # marked only if still in the table (from then on C leaves it alone), else
+            # EBADF. Kept regardless, the stream would read its fd after the grace
+            # period closed it and a new open reused the number (another directory).
+            if lib.msb_handles_mark_python(self.c, fh) < 0:
+                raise OSError(errno.EBADF, "not an open directory handle")
+            h = self._dirs.setdefault(fh, h)
+            if self._slot(fh) is None:   # a Python RELEASEDIR popped it before we kept it
+                self._dirs.pop(fh, None)
+                raise OSError(errno.EBADF, "not an open directory handle")
         return h
 
     def dir_fd(self, fh: int) -> int:
