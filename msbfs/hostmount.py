@@ -135,9 +135,9 @@ def entry_attributes(nodeid: int, attr: Attr, *, generation: int = 0,
     return e
 
 
-#: A directory whose host size is at most this gets attributes in the first batch of its
-#: listing (``HostOps.readdir``): about 300-500 names on ext4 or btrfs, ~800 on tmpfs.
-SMALL_DIR = 16 * 1024
+#: A directory whose host size is at most this is listed with attributes
+#: (``HostOps.readdir``): up to about 1,500-2,000 names on ext4 or btrfs, 3,000 on tmpfs.
+SMALL_DIR = 64 * 1024
 
 #: What a ``.``/``..`` entry carries: only its type matters (the kernel links neither).
 _DOT_ATTR = Attr(ino=0, size=0, blocks=0, atime_ns=0, mtime_ns=0, ctime_ns=0,
@@ -199,6 +199,8 @@ class HostOps(pyfuse3.Operations):
         #: was looked up in since their last READDIRPLUS (see ``readdir``).
         self._listed: dict[int, int] = {}
         self._advised: set[int] = set()
+        #: dir handles whose listing started on a small directory
+        self._small: set[int] = set()
         self._plain = PlainDirent() if APART else None
         #: file handle -> opener: pyfuse3's write() carries no request context.
         # fh -> (the opener, whether its writes clear set-id bits)
@@ -372,30 +374,34 @@ class HostOps(pyfuse3.Operations):
     @_op
     def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """pyfuse3 always answers READDIRPLUS (it turns the kernel's READDIRPLUS_AUTO
-        off), so the choice the kernel would make is made here, by the kernel's rule
-        (fs/fuse/readdir.c ``fuse_use_readdirplus``): the first batch of a listing (of
-        a small directory, below), and the batches after a child of the directory was
-        looked up, carry attributes (each
-        such entry counts one lookup in the kernel: we look each name up as we send it
-        and forget the one that did not fit); the others are plain names with their
-        ``d_ino`` and type and node id 0, which cost no lookup, fd or kernel inode
-        (msbfs.hostmount_entry), so ``ls`` of a large directory looks nothing up.
-        Unlike the kernel, a child lookup keeps attributes on until the directory's
-        handles are released: a LOOKUP through pyfuse3 costs several times a listed
-        entry, and ``ls -l`` stats batch by batch (measured: with the kernel's per-batch
-        rule, a cold ``ls -l`` of 10,000 names took ~1.7x as long as all-attributes).
-        And unlike the kernel, a large directory's first batch is plain too: looking up
-        a batch of names nobody may stat (a cold inode read each) was a quarter of a
-        cold ``ls`` of 10,000 names; a small directory (``SMALL_DIR``) is most of a walk,
-        whose every name is stat'ed, and all of it fits the first batch."""
+        off), so which entries carry attributes is decided here. With attributes, each
+        entry is looked up as it is sent (one lookup in the kernel; the one that did not
+        fit is forgotten); without, it is a plain record: its ``d_ino``, type and node
+        id 0 (msbfs.hostmount_entry), which costs no lookup, fd or kernel inode.
+
+        Attributes go with the whole listing of a small directory (``SMALL_DIR``: what
+        a walk lists and then stats name by name, and a LOOKUP through pyfuse3 costs
+        several times a listed entry), and with the rest of any listing once a child of
+        the directory was looked up while it is open (``ls -l`` stats batch by batch).
+        The rest is plain, so ``ls`` of a large directory looks nothing up. The
+        kernel's own rule (fs/fuse/readdir.c ``fuse_use_readdirplus``: the first batch
+        and the batch after a lookup) measured worse here: a cold ``ls`` of 10,000 names
+        spent a quarter of its time looking up a first batch nobody stats, ``ls -l``
+        took ~1.7x as long as with attributes throughout, and a cold walk of the
+        stdlib looked up a fifth of its names one LOOKUP each."""
         parent, c = self._dirs.get(fh, (0, None))
         if c is None:
             raise OSError(errno.EBADF, "unknown directory handle")
         tree = self.tree
         plain = self._plain
-        if plain is not None and (parent in self._advised or (
-                start_id == 0 and tree.getattr(parent, None, c)[0].size <= SMALL_DIR)):
-            plain = None
+        if plain is not None:
+            if start_id == 0:
+                if tree.getattr(parent, None, c)[0].size <= SMALL_DIR:
+                    self._small.add(fh)
+                else:
+                    self._small.discard(fh)
+            if parent in self._advised or fh in self._small:
+                plain = None
         if plain is not None:
             for de in tree.readdir(fh, start_id):
                 if not pyfuse3.readdir_reply(token, de.name, plain.set(de.ino, de.type),
@@ -434,6 +440,7 @@ class HostOps(pyfuse3.Operations):
     @_op
     def releasedir(self, fh: int) -> None:
         parent, _ = self._dirs.pop(fh, (0, None))
+        self._small.discard(fh)
         left = self._listed.pop(parent, 0) - 1
         if left > 0:
             self._listed[parent] = left

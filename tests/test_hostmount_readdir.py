@@ -38,6 +38,7 @@ def _populate(d: Path) -> set[str]:
     os.link(d / "entry-00001-x", d / "hard")
     (d / "link").symlink_to("entry-00002-xx")
     os.mkfifo(d / "fifo")
+    assert os.stat(d).st_size > hostmount.SMALL_DIR  # not small: listed plain
     return names | {"sub", "hard", "link", "fifo"}
 
 
@@ -58,19 +59,19 @@ def test_a_listing_costs_no_fd_per_name(host_mount: MountFactory) -> None:
 
 
 def test_a_small_directory_is_listed_with_attributes(host_mount: MountFactory) -> None:
-    """A walk stats every name: a small directory's names come with their attributes
-    in the first batch (each looked up as it is sent: an fd each), so the stats that
-    follow need no LOOKUP."""
+    """A walk stats every name: a small directory's names all come with their
+    attributes (each looked up as it is sent: an fd each), so the stats that follow
+    need no LOOKUP, even past the first batch of its listing."""
     m = host_mount()
     (m.source / "small").mkdir()
-    for i in range(20):
+    for i in range(600):  # a few READDIRPLUS batches
         (m.source / "small" / f"f{i}").touch()
     assert os.stat(m.source / "small").st_size <= hostmount.SMALL_DIR
     pid = m.pid
     assert pid is not None
     before = _fds(pid)
-    assert len(os.listdir(m.mnt / "small")) == 20
-    assert _fds(pid) - before >= 20
+    assert len(os.listdir(m.mnt / "small")) == 600
+    assert _fds(pid) - before >= 600
 
 
 def test_d_ino_is_the_st_ino_of_a_later_stat(host_mount: MountFactory) -> None:
