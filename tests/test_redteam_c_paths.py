@@ -37,6 +37,7 @@ import errno
 import os
 import random
 import stat
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -391,3 +392,51 @@ async def test_a_c_releasedir_racing_a_python_readdir_leaves_no_python_state(
                 await c.ok(c.r.releasedir(other, fh))
         assert released_by_c, "C released none: the race was never run"
         assert stale == 0, f"{stale} released handles kept their Python stream"
+
+
+
+async def test_a_c_release_landing_inside_a_lock_request_leaves_no_lock_on_the_host(
+        fs_client: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SETLK (Python's) and the same handle's RELEASE (C's while no lock request named
+    it) on another queue: the RELEASE lands between the lock request finding the handle
+    and marking it for Python (placed there deterministically: the real C release, run
+    right after ``HandleTable.file`` returned). The lock request must then answer EBADF
+    and lock nothing: a lock through the released handle would outlive every handle (no
+    RELEASE is left to drop it), held on the host file where native processes see it."""
+    import fcntl
+    import struct
+
+    from msbfs.tree.handles import HandleTable
+
+    target = tmp_path / "f"
+    target.write_bytes(b"x" * 4096)
+    file = HandleTable.file
+    raced: list[int] = []
+
+    def file_then_released(self: HandleTable, fh: int) -> Any:
+        h = file(self, fh)
+        # on a thread of its own, as a queue thread's C RELEASE: the fd is closed once
+        # this request's grace section ends (this thread's own release would close it
+        # at once, which no other queue can do)
+        t = threading.Thread(target=lambda: raced.append(lib.msb_handles_release(self.c, fh, 0)))
+        t.start()
+        t.join()
+        return h
+
+    async with fs_client(tmp_path) as c:
+        node = parse_entry(await c.ok(c.r.lookup(ROOT, b"f"))).nodeid
+        fh = parse_open(await c.ok(c.r.open(node, os.O_RDWR)))[0]
+        monkeypatch.setattr(HandleTable, "file", file_then_released)
+        rep = await c.call(c.r.lk(abi.Opcode.SETLK, node, fh, owner=7, start=0, end=0,
+                                  typ=fcntl.F_WRLCK), HDR)
+        monkeypatch.undo()
+        assert raced == [1], "the C release did not take the handle"
+        assert rep.error == errno.EBADF, rep
+        fd = os.open(target, os.O_RDWR)
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("@hhqqi4x", fcntl.F_WRLCK,
+                                                           os.SEEK_SET, 0, 0, 0))
+        finally:
+            os.close(fd)
+        assert c.device.tree.statistics().extra["lock_fds"] == 0
+

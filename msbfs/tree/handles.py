@@ -230,7 +230,10 @@ class HandleTable:
         (marked before the request takes any lock, so a RELEASE on another queue
         cannot overtake it)."""
         h = self.file(fh)
-        lib.msb_handles_mark_python(self.c, fh)
+        if lib.msb_handles_mark_python(self.c, fh) < 0:
+            # a C RELEASE on another queue took it since file(): a lock through its fd
+            # (open until the grace period ends) would outlive every handle
+            raise OSError(errno.EBADF, "not an open file handle")
         return h
 
     def dir(self, fh: int) -> DirHandle:
