@@ -106,7 +106,8 @@ def _fd_count() -> int:
 class Guest:
     """What the hostile guest was handed, given back at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
         self.lookups: Counter[int] = Counter()
         self.files: dict[int, int] = {}   # fh -> node id
         self.dirs: dict[int, int] = {}
@@ -122,6 +123,16 @@ class Guest:
             self.problems.append(f"node {e.nodeid} made for uid {who[0]} is owned by "
                                  f"{e.attr[ATTR_UID]}")
         return e.nodeid
+
+    def made(self, payload: bytes, who: tuple[int, int] | None = None) -> int:
+        """An entry MKDIR or CREATE answered: under nosuid never set-id, under
+        readonly never at all (CREATE may have opened what exists: no owner check)."""
+        e = parse_entry(payload)
+        if self.policy.readonly:
+            self.problems.append(f"made node {e.nodeid} in a readonly share")
+        if self.policy.nosuid and e.mode & (stat.S_ISUID | stat.S_ISGID):
+            self.problems.append(f"made node {e.nodeid} with mode {e.mode:o} under nosuid")
+        return self.entry(payload, who)
 
 
 async def _hostile_queue(c: Any, q: int, g: Guest, rng: random.Random, secret: int,
@@ -151,14 +162,14 @@ async def _hostile_queue(c: Any, q: int, g: Guest, rng: random.Random, secret: i
             rep = await call(r.mkdir(node(), name(), rng.choice([0o7777, 0o755, 0o2775, 0]),
                                      rng.choice([0, 0o22, 0o7777, 0o10000])), ENTRY)
             if rep.error == 0:
-                g.entry(rep.payload, (uid, gid))
+                g.made(rep.payload, (uid, gid))
         elif op == 2:
             flags = rng.choice([os.O_RDWR, os.O_WRONLY | os.O_EXCL, os.O_RDONLY | os.O_TRUNC])
             rep = await call(r.create(node(), name(), rng.choice([0o6777, 0o644]), flags,
                                       rng.choice([0, 0o22])), CREATE_ROOM)
             if rep.error == 0:
                 made = rep.payload[:abi.FUSE_ENTRY_OUT_SIZE]
-                g.entry(made)   # maybe an existing file opened: no owner to check
+                g.made(made)
                 fh = parse_open(rep.payload[abi.FUSE_ENTRY_OUT_SIZE:])[0]
                 g.files[fh] = parse_entry(made).nodeid
         elif op == 3:
@@ -216,7 +227,7 @@ async def _hostile_queue(c: Any, q: int, g: Guest, rng: random.Random, secret: i
             # the daemon's own CAP_DAC_OVERRIDE on this queue's thread: removing a name
             # in a directory only OTHER may write succeeds (ENOENT) as root would
             rep = await call(r.unlink(locked, b"nothing-here"), HDR)
-            if rep.error != errno.ENOENT:
+            if rep.error != (errno.EROFS if g.policy.readonly else errno.ENOENT):
                 g.problems.append(f"UNLINK in the locked directory: {rep.error}")
 
 
@@ -241,26 +252,36 @@ def _settle_fds() -> None:
 
 #: (seed, budgets): unbounded, and budgets the run reaches mid-stream (EMFILE from the
 #: handle table, ENFILE from the inode table, mid-READDIRPLUS and mid-MKDIR/CREATE)
-RUNS = {"unbounded-1": (1, {}), "unbounded-2": (2, {}),
-        "budgets": (3, {"max_handles": 6, "max_inodes": 14})}
+RUNS: dict[str, tuple[int, dict[str, int], Policy]] = {
+    "unbounded-1": (1, {}, Policy()), "unbounded-2": (2, {}, Policy()),
+    "budgets": (3, {"max_handles": 6, "max_inodes": 14}, Policy()),
+    # nothing made, removed or changed in the share; nothing set-id made
+    "readonly": (4, {}, Policy(readonly=True, noexec=True)),
+    "nosuid": (5, {}, Policy(nosuid=True, nodev=True)),
+}
+#: A longer campaign: MSBFS_REDTEAM_SEEDS=N adds N seeded runs of each kind.
+for _n in range(int(os.environ.get("MSBFS_REDTEAM_SEEDS", "0"))):
+    for _k, (_s, _b, _p) in list(RUNS.items())[2:]:
+        RUNS[f"{_k}-x{_n}"] = (1000 + 10 * _n + _s, _b, _p)
+    RUNS[f"unbounded-x{_n}"] = (1000 + 10 * _n, {}, Policy())
 
 
 @ROOT_ONLY
 @pytest.mark.parametrize("run", list(RUNS))
 async def test_hostile_guest_on_four_queues_leaves_counts_fds_ids_and_outside_intact(
         fs_client: Callable[..., Any], tmp_path: Path, run: str) -> None:
-    seed, budgets = RUNS[run]
+    seed, budgets, policy = RUNS[run]
     share, outside = tmp_path / "share", tmp_path / "outside"
     _populate(share, outside)
-    before_outside = _snapshot(outside)
-    async with fs_client(share, Policy(), request_queues=QUEUES, queue_size=64,
+    before_outside, before_share = _snapshot(outside), _snapshot(share)
+    async with fs_client(share, policy, request_queues=QUEUES, queue_size=64,
                          max_inode_fds=8, **budgets) as c:
         assert c.device.meta.enabled
         _settle_fds()
         fds0 = _fd_count()   # the root's alone: every other fd comes from the guest
         secret = parse_entry(await c.ok(c.r.lookup(ROOT, b"secret"))).nodeid
         locked = parse_entry(await c.ok(c.r.lookup(ROOT, b"locked"))).nodeid
-        g = Guest()
+        g = Guest(policy)
         sub = parse_entry(await c.ok(c.r.lookup(ROOT, b"sub"))).nodeid
         for n in (secret, locked, sub):
             g.lookups[n] += 1
@@ -275,7 +296,8 @@ async def test_hostile_guest_on_four_queues_leaves_counts_fds_ids_and_outside_in
         meta = c.device.meta.statistics()
         # the C paths really answered a share of it
         assert names["mkdirs"] and names["accesses"] and names["unlinks"] + names["rmdirs"]
-        assert opened["opens"] and opened["opendirs"] and opened["creates"]
+        assert opened["opens"] and opened["opendirs"]
+        assert opened["creates"] or policy.readonly   # readonly: answered with EROFS
         assert meta["readdirs"] and meta["lookups"]
         if budgets:   # both budgets were reached
             assert g.errors[errno.EMFILE] and g.errors[errno.ENFILE], g.errors
@@ -286,6 +308,11 @@ async def test_hostile_guest_on_four_queues_leaves_counts_fds_ids_and_outside_in
         assert _fd_count() == fds0
         assert _fs_ids_of_threads() == {("0", "0")}
     assert _snapshot(outside) == before_outside
+    if policy.readonly:
+        assert _snapshot(share) == before_share
+    if policy.nosuid:   # on the host, not only as reported (the shape may hide it)
+        setid = [m for m in _snapshot(share) if m[1] & (stat.S_ISUID | stat.S_ISGID)]
+        assert setid == []
 
 
 async def _access_storm(c: Any, secret: int, locked: int, rounds: int) -> list[str]:
