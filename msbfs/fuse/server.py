@@ -46,7 +46,7 @@ from msbfs.fuse.replies import (
 )
 from msbfs.fuse.requests import IN_HEADER, BadRequest, _Body, _ns, _unpack_in
 from msbfs.tree.api import TreeOps
-from msbfs.tree.types import FATTR_FH, Ctx, DirEntry, Lock, Opened, SetAttr
+from msbfs.tree.types import FATTR_FH, Ctx, DirEntry, Lock, SetAttr
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,6 @@ _INIT = int(Opcode.INIT)
 _NO_REPLY = (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT)
 
 
-HandleHook = Callable[[int, int], None]
 Handler = Callable[[int, int, Ctx, "_Body", int], "bytes | Deferred | None"]
 _NO_LIMIT = 1 << 32
 
@@ -110,16 +109,13 @@ _NO_LIMIT = 1 << 32
 class FuseSession:
     """One FUSE session (INIT .. DESTROY) over a tree.
 
-    ``on_open(fh, flags)`` is called after OPEN/CREATE/TMPFILE succeed, ``on_release(fh)``
-    before RELEASE and ``on_destroy()`` whenever the session ends (``end``: DESTROY, INIT,
-    the transport gone), so a transport can keep its own table of data handles (the C data
-    path) that never outlives the tree's fds.
+    ``on_destroy()`` is called whenever the session ends (``end``: DESTROY, INIT, the
+    transport gone), so a transport's C paths stop before the tree lets go of its fds.
+    (Open handles need no hook: the tree's handle table is the one C reads.)
     """
 
     def __init__(self, tree: TreeOps, *, writeback: bool = False, posix_acl: bool = False,
                  posix_lock: bool = True, flock: bool = True,
-                 on_open: HandleHook | None = None,
-                 on_release: Callable[[int], None] | None = None,
                  on_destroy: Callable[[], None] | None = None) -> None:
         if writeback and not tree.writeback:
             raise ValueError("a writeback session needs a writeback tree (Tree(writeback=True)):"
@@ -132,8 +128,6 @@ class FuseSession:
         # keeps them to itself, and a LK request sent anyway is ENOSYS.
         self.posix_lock = posix_lock
         self.flock = flock
-        self.on_open = on_open
-        self.on_release = on_release
         self.on_destroy = on_destroy
         #: called when INIT has begun a session (a transport's C paths may serve now)
         self.on_init: Callable[[], None] | None = None
@@ -383,16 +377,11 @@ class FuseSession:
         # when the caller may not read, and record the access mode the fd really has.
         return flags & ~os.O_DIRECT
 
-    def _opened(self, o: Opened, flags: int) -> None:
-        if self.on_open is not None:
-            self.on_open(o.fh, flags)
-
     def _open(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         flags, open_flags = body.struct(abi.fuse_open_in)
         flags = self._open_flags(flags)
         o = self.tree.open(nodeid, flags, ctx,
                            kill_suidgid=bool(open_flags & abi.FUSE_OPEN_KILL_SUIDGID))
-        self._opened(o, flags)
         return _reply(unique, encode_open(o))
 
     def _create(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
@@ -401,14 +390,12 @@ class FuseSession:
         flags = self._open_flags(flags)
         entry, o = self.tree.create(nodeid, name, mode, flags, umask, ctx,
                                     kill_suidgid=bool(open_flags & abi.FUSE_OPEN_KILL_SUIDGID))
-        self._opened(o, flags)
         return entry_reply(unique, entry, o)
 
     def _tmpfile(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         flags, mode, umask, _open_flags = body.struct(abi.fuse_create_in)
         flags = self._open_flags(flags)
         entry, o = self.tree.tmpfile(nodeid, mode, flags, umask, ctx)
-        self._opened(o, flags)
         return entry_reply(unique, entry, o)
 
     def _read(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
@@ -436,8 +423,6 @@ class FuseSession:
 
     def _release(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
         fh, flags, release_flags, lock_owner = body.struct(abi.fuse_release_in)
-        if self.on_release is not None:
-            self.on_release(fh)
         self.tree.release(fh, flags, lock_owner,
                           bool(release_flags & abi.FUSE_RELEASE_FLOCK_UNLOCK))
         return _reply(unique)
