@@ -444,6 +444,62 @@ int msb_fs_wait_kick(int kick_fd, int wake_fd)
     }
 }
 
+/* Is the serving thread's wake eventfd set? Consumes it (as msb_fs_wait_kick would).
+ * Only called between rounds that left chains available, i.e. under a burst of more
+ * than a budget's worth: one poll per 256 chains at most. */
+static int woken_now(int wake_fd)
+{
+    if (wake_fd < 0)
+        return 0;
+    struct pollfd p = { .fd = wake_fd, .events = POLLIN };
+    uint64_t v;
+    return poll(&p, 1, 0) > 0 && read(wake_fd, &v, sizeof(v)) > 0;
+}
+
+int msb_fs_serve_loop(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
+                      int max_slow, int budget, struct msb_fs_stats *st, int kick_fd,
+                      int wake_fd, int *drained, int *why)
+{
+    for (;;) {
+        /* Each round is its own grace section (msb_fs_serve): none is held while
+         * waiting, so a synchronize never waits for an idle queue. */
+        int n = msb_fs_serve(vq, t, slow, max_slow, budget, st, drained);
+        if (n < 0) {
+            *why = MSB_LOOP_BROKEN;
+            return n;
+        }
+        if (n > 0) {
+            /* The round's fast replies are signalled with the slow ones (the caller's
+             * msb_vq_notify), as when Python ran every round. */
+            *why = MSB_LOOP_SLOW;
+            return n;
+        }
+        int r = msb_vq_notify(vq);
+        if (r < 0) {
+            *why = MSB_LOOP_NOTIFY_FAILED;
+            return r;
+        }
+        if (!*drained) {
+            if (woken_now(wake_fd)) {
+                *why = MSB_LOOP_WOKEN;
+                return 0;
+            }
+            continue;  /* popped until empty is what re-arms the kick (EVENT_IDX) */
+        }
+        int got = msb_fs_wait_kick(kick_fd, wake_fd);
+        if (got < 0) {
+            *why = MSB_LOOP_WAIT_FAILED;
+            return got;
+        }
+        if (got & 2) {
+            /* A stop, or a deferred reply to push: Python's. A kick that came with it
+             * is served by the next call's first round. */
+            *why = MSB_LOOP_WOKEN;  /* *drained stays 1: nothing popped was left */
+            return 0;
+        }
+    }
+}
+
 /* ---- the slow path's transport -------------------------------------------------------- */
 
 uint32_t msb_fs_gather(const struct msb_chain *c, void *buf, uint32_t cap)

@@ -50,6 +50,23 @@ int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *sl
  * leave it out), without the GIL. Consumes what it reports: 1 kick, 2 wake, 3 both,
  * or -errno (poll failed, or a kick fd at end of file: -EPIPE). */
 int msb_fs_wait_kick(int kick_fd, int wake_fd);
+/* The serving thread's whole kick cycle in C: rounds (msb_fs_serve), a signal to the
+ * driver after each round that held no slow chain (msb_vq_notify), and the wait for the
+ * next kick (msb_fs_wait_kick), over and over without returning to Python while only
+ * fast chains come. Returns to the caller, with *why saying why:
+ * - MSB_LOOP_SLOW: n > 0 slow chains in slow[0..n) (the round's fast replies are pushed
+ *   but not yet signalled: the caller signals after answering the slow ones);
+ * - MSB_LOOP_WOKEN: 0; the wake eventfd was set (consumed): a stop, or a deferred reply
+ *   to push. Checked while waiting, and between rounds that left chains available;
+ * - MSB_LOOP_BROKEN / MSB_LOOP_WAIT_FAILED / MSB_LOOP_NOTIFY_FAILED: -errno of the round,
+ *   of the wait, or of the signal.
+ * *drained is the last round's (1: the ring was found empty, the kick is re-armed).
+ * Per kick this saves two GIL round trips and the Python between them. */
+enum { MSB_LOOP_SLOW = 1, MSB_LOOP_WOKEN = 2, MSB_LOOP_BROKEN = 3, MSB_LOOP_WAIT_FAILED = 4,
+       MSB_LOOP_NOTIFY_FAILED = 5 };
+int msb_fs_serve_loop(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
+                      int max_slow, int budget, struct msb_fs_stats *st, int kick_fd,
+                      int wake_fd, int *drained, int *why);
 /* How many msb_fs_serve rounds run right now, and the most ever at once since the last
  * reset (tests prove queues overlap by state, not by timing). */
 void msb_fs_concurrency(int *now, int *peak);

@@ -14,7 +14,8 @@ slow replies wastes overlap.
 
 Threads. ``handle_kick`` hands the queue to a long-lived thread (``trio.to_thread`` with
 a limiter of one per queue) that serves, then waits for the next kick itself in C
-(``msb_fs_wait_kick``, GIL released), and returns only when the backend interrupts it
+(``msb_fs_serve_loop``: rounds, signals and kick waits stay in C, GIL released, until a
+slow chain, a wake-up or a broken ring brings it back to Python), and returns only when the backend interrupts it
 (``interrupt``: the ring stops, or guest memory, ring addresses or the call/err fds are
 about to change; the backend waits for the return, so its guarantees hold: nothing
 popped is abandoned, memory is not unmapped under a thread). Why not one hand-off per
@@ -241,41 +242,39 @@ class VirtioFsDevice(VhostUserDevice):
 
     # ---- the serving thread ------------------------------------------------------------------
     def _serve_ring(self, ring: _Ring, vq: Virtqueue) -> None:
-        """Serve until interrupted: rounds until the ring is drained, then wait for a
-        kick (or a wake-up) without the GIL."""
+        """Serve until interrupted. The kick cycle (rounds, signals, the wait for the
+        next kick, all without the GIL) runs in C (``msb_fs_serve_loop``) for as long as
+        only fast chains come; it returns here for slow chains, for a wake-up (a stop or
+        a deferred reply) and when the ring breaks."""
         cvq = c_ring(vq)
         drained = ffi.new("int *")
+        why = ffi.new("int *")
         while not ring.stop:
             self._push_deferred(ring, vq, cvq)
-            while True:
-                if not self._round(ring, vq, cvq, drained):
+            n = lib.msb_fs_serve_loop(cvq, self.table, ring.chains, SLOW_BATCH, BUDGET,
+                                      ring.stats, vq.kick_fd, ring.wake_fd, drained, why)
+            if why[0] == lib.MSB_LOOP_SLOW:
+                if not self._round(ring, vq, cvq, n):
                     return  # the ring broke: the backend waits for the next kick
-                if drained[0]:
-                    # Popped until empty: that is what re-arms the driver's kick. Waiting
-                    # on "nothing pending" instead loses kicks under EVENT_IDX.
-                    break
-                if ring.stop:
-                    ring.yields += 1
-                    return
-            if ring.stop:
+            elif why[0] == lib.MSB_LOOP_BROKEN:
+                st = vq.statistics()
+                log.warning("queue %d broken by the driver (%s): avail idx %s, last avail "
+                            "%d, used %d", ring.index, errno.errorcode.get(-n, n),
+                            cvq.avail.idx if cvq.avail != ffi.NULL else "-",
+                            st["last_avail_idx"], st["used_idx"])
                 return
-            got = lib.msb_fs_wait_kick(vq.kick_fd, ring.wake_fd)
-            if got < 0:
+            elif why[0] == lib.MSB_LOOP_WAIT_FAILED:
                 log.warning("queue %d: waiting for kicks failed (%s); no longer served",
-                            ring.index, errno.errorcode.get(-got, got))
+                            ring.index, errno.errorcode.get(-n, n))
                 return
+            elif why[0] == lib.MSB_LOOP_NOTIFY_FAILED:
+                raise OSError(-n, os.strerror(-n))  # as vq.notify() raises it
+            if ring.stop and not drained[0]:
+                ring.yields += 1  # returning with chains still available
 
-    def _round(self, ring: _Ring, vq: Virtqueue, cvq: Any, drained: Any) -> bool:
-        """One C round and its slow chains; False when the ring broke."""
+    def _round(self, ring: _Ring, vq: Virtqueue, cvq: Any, n: int) -> bool:
+        """Answer a C round's n slow chains and signal; False when the ring broke."""
         chains = ring.chains
-        n = lib.msb_fs_serve(cvq, self.table, chains, SLOW_BATCH, BUDGET, ring.stats, drained)
-        if n < 0:
-            st = vq.statistics()
-            log.warning("queue %d broken by the driver (%s): avail idx %s, last avail %d, "
-                        "used %d", ring.index, errno.errorcode.get(-n, n),
-                        cvq.avail.idx if cvq.avail != ffi.NULL else "-",
-                        st["last_avail_idx"], st["used_idx"])
-            return False
         for i in range(n):
             used = self._serve_slow(ring, cvq, vq, chains + i)
             if used < 0:

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -55,7 +56,7 @@ static struct msb_meta *meta;
 static char meta_dir[] = "/tmp/msbfs-ring-harness-XXXXXX";
 static int list_fd = -1;   /* a directory handle of meta_dir, fh list_fh */
 static int64_t list_fh;
-static uint64_t served, broken, inputs, damaged[12];
+static uint64_t served, broken, inputs, damaged[12], kick_loops;
 
 struct cursor { const uint8_t *p; size_t n, i; };
 
@@ -390,8 +391,26 @@ void fuzz_one(const uint8_t *data, size_t size)
     if (take(&c, 1) < 6)
         avail->idx = (uint16_t)(avail->idx + take(&c, 2));           /* avail idx jumps */
     int drained = 0;
+    /* Half the inputs go through the serving thread's C kick cycle instead (its last
+     * byte says which): the wake eventfd set before each call makes it return at its
+     * first wait, or between rounds, as a stop would. */
+    static int wake = -1;
+    if (wake < 0)
+        wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    int use_loop = size > 0 && (data[size - 1] & 1);
     for (int round = 0; round < 8 && !drained; round++) {
-        int n = msb_fs_serve(&vq, table, slow, 8, 64, &st, &drained);
+        int n, why = 0;
+        if (use_loop) {
+            eventfd_write(wake, 1);
+            n = msb_fs_serve_loop(&vq, table, slow, 8, 64, &st, -1, wake, &drained, &why);
+            kick_loops += why == MSB_LOOP_SLOW || why == MSB_LOOP_WOKEN;
+            if (why == MSB_LOOP_NOTIFY_FAILED || why == MSB_LOOP_WAIT_FAILED)
+                abort();  /* no call fd, no kick fd: neither can fail */
+            uint64_t v;
+            (void)read(wake, &v, sizeof v);  /* a loop that served slow chains left it */
+        } else {
+            n = msb_fs_serve(&vq, table, slow, 8, 64, &st, &drained);
+        }
         if (n < 0) { broken++; return; }
         for (int i = 0; i < n; i++) {
             static uint8_t buf[1 << 16];
@@ -468,6 +487,7 @@ int main(int argc, char **argv)
     close(data_fd);
     for (int k = 0; k < 12; k++)
         printf("damage%d=%llu ", k, (unsigned long long)damaged[k]);
+    printf("kick_loops=%llu ", (unsigned long long)kick_loops);
     printf("inputs=%llu served=%llu broken=%llu fast_reads=%llu fast_writes=%llu slow=%llu "
            "meta_lookups=%llu meta_getattrs=%llu meta_forgets=%llu meta_statfs=%llu "
            "meta_readdirs=%llu done=1\n",
