@@ -124,6 +124,8 @@ class _Ring:
     deferred_lock: threading.Lock = field(default_factory=threading.Lock)
     #: times the thread returned with chains still available (interrupted mid-work)
     yields: int = 0
+    #: times the C kick cycle (msb_fs_serve_loop) came back to Python
+    c_returns: int = 0
 
 
 class VirtioFsDevice(VhostUserDevice):
@@ -253,6 +255,7 @@ class VirtioFsDevice(VhostUserDevice):
             self._push_deferred(ring, vq, cvq)
             n = lib.msb_fs_serve_loop(cvq, self.table, ring.chains, SLOW_BATCH, BUDGET,
                                       ring.stats, vq.kick_fd, ring.wake_fd, drained, why)
+            ring.c_returns += 1
             if why[0] == lib.MSB_LOOP_SLOW:
                 if not self._round(ring, vq, cvq, n):
                     return  # the ring broke: the backend waits for the next kick
@@ -406,7 +409,8 @@ class VirtioFsDevice(VhostUserDevice):
                 "read_bytes": totals["read_bytes"], "write_bytes": totals["write_bytes"],
                 "slow": totals["slow"], "fast_errors": totals["errors"],
                 "handles": self.table.count, "deferred_running": self.deferred_running,
-                "yields": sum(r.yields for r in list(self._rings.values()))}
+                "yields": sum(r.yields for r in list(self._rings.values())),
+                "c_returns": sum(r.c_returns for r in list(self._rings.values()))}
 
 
 def _push_empty(vq: Virtqueue, head: int) -> int:
