@@ -28,7 +28,12 @@ Each check was seen red against a mutant of the C it guards, built in a scratch 
 MKDIR counting its new inode twice and READDIRPLUS counting an entry twice (the inode
 table is not back to the root), RELEASEDIR not closing the fd (the fd count), the
 switch's uid read-back removed (the real daemon without CAP_SETUID lets uid 1000 read
-a mode-000 file).
+a mode-000 file), C MKDIR ignoring readonly, the creation rules without nosuid's
+stored-mode mask (set-id on the host), the lookup's open following symlinks (a MKDIR
+lands outside, with the host swapping a name to a symlink).
+
+Two findings of this file were in the Python handle table (msbfs/tree/handles.py),
+where a Python request and a C RELEASE(DIR) on another queue meet: see the last tests.
 """
 
 from __future__ import annotations
