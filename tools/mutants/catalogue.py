@@ -532,6 +532,20 @@ MUTANTS: tuple[Mutant, ...] = (
         {"virtiofs": ("tests/test_virtiofs_forget.py",),
          "guest": ("tests/test_guest_forget.py",)},
         {"tree": "a rule of the FUSE codec, below the tree", "hostmount": NOT_THIS_TRANSPORT}),
+    Mutant(
+        "slow-path-grace", "a Python slow request never reads through an fd another "
+        "queue's C RELEASE closed and a new open reused: it runs in a grace section",
+        (Edit("csrc/fuse_datapath.c",
+              "        msb_inodes_hold(inodes);\n    msb_grace_enter();\n",
+              "        msb_inodes_hold(inodes);\n"),
+         Edit("csrc/fuse_datapath.c",
+              "{\n    msb_grace_exit();\n    if (inodes)\n        msb_inodes_unhold(inodes);",
+              "{\n    if (inodes)\n        msb_inodes_unhold(inodes);")),
+        {"virtiofs": ("tests/test_virtiofs_slow_grace.py",)},
+        {"tree": "grace sections are the vhost transport's queue threads'",
+         "guest": "the window lies between a Python lookup and its pread (microseconds): "
+                  "only an in-process device with a gated lookup opens it at will",
+         "hostmount": NOT_THIS_TRANSPORT}),
     # ---- confinement ------------------------------------------------------------------
     Mutant(
         "confine-seccomp", "the seccomp allowlist is loaded",
