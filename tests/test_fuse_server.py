@@ -438,3 +438,26 @@ def test_no_effect_without_room_for_the_answer(fs) -> None:
     assert call(s, r.write(e.nodeid, fh, 0, b"XYZ"), room=20).error == errno.EINVAL
     assert (src / "f").read_bytes() == b"abc"
     ok(s, r.release(e.nodeid, fh))
+
+
+@pytest.mark.parametrize("xattr", [True, False])
+def test_xattr_requests_without_xattrs_are_enosys(tmp_path: Path, xattr: bool) -> None:
+    """Without xattrs every xattr request is ENOSYS, as virtiofsd answers without
+    -o xattr: the kernel remembers ENOSYS and stops asking (it answers applications
+    EOPNOTSUPP itself), where an EOPNOTSUPP from us costs a request per write's
+    security.capability check. With xattrs on, the tree's own answers."""
+    src = tmp_path / "src"
+    src.mkdir()
+    tree = Tree(src, xattr=xattr)
+    s, r = FuseSession(tree), Requests()
+    assert parse_reply(s.dispatch(r.init())).error == 0  # type: ignore[arg-type]
+    try:
+        got = [call(s, req).error for req in (
+            r.setxattr(ROOT, b"user.k", b"v"), r.getxattr(ROOT, b"security.capability", 0),
+            r.listxattr(ROOT, 0), r.removexattr(ROOT, b"user.k"))]
+        if xattr:
+            assert got == [0, errno.ENODATA, 0, 0]
+        else:
+            assert got == [errno.ENOSYS] * 4
+    finally:
+        tree.close()

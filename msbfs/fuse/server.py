@@ -560,7 +560,16 @@ class FuseSession:
         return _reply(unique)
 
     # ---- xattrs ---------------------------------------------------------------------------------
+    def _xattrs_off(self) -> None:
+        """A tree without xattrs answers every xattr request ENOSYS, as virtiofsd does
+        without -o xattr: the kernel remembers that (fc->no_getxattr and the like) and
+        answers EOPNOTSUPP itself from then on. EOPNOTSUPP from us it does not remember:
+        a guest's untar asked for security.capability twice per file (1,526 requests)."""
+        if not getattr(self.tree, "xattr", True):
+            raise OSError(errno.ENOSYS, "xattrs are off")
+
     def _setxattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        self._xattrs_off()
         if self.flags & abi.FUSE_SETXATTR_EXT:
             size, flags, _sxf, _ = body.struct(abi.fuse_setxattr_in)
         else:
@@ -573,6 +582,7 @@ class FuseSession:
         return _reply(unique)
 
     def _getxattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        self._xattrs_off()
         (size,) = body.struct(abi.fuse_getxattr_in)
         name = body.name()
         value = self.tree.getxattr(nodeid, name, size, ctx)
@@ -583,6 +593,7 @@ class FuseSession:
         return _reply(unique, value)
 
     def _listxattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        self._xattrs_off()
         (size,) = body.struct(abi.fuse_getxattr_in)
         data = b"".join(n + b"\0" for n in self.tree.listxattr(nodeid, ctx))
         if size == 0:
@@ -592,5 +603,6 @@ class FuseSession:
         return _reply(unique, data)
 
     def _removexattr(self, unique: int, nodeid: int, ctx: Ctx, body: _Body, room: int) -> bytes:
+        self._xattrs_off()
         self.tree.removexattr(nodeid, body.name(), ctx)
         return _reply(unique)
