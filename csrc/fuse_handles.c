@@ -212,10 +212,7 @@ static int reply_create(const struct msb_meta *m, struct msb_vq *vq, struct msb_
     _Static_assert(sizeof r == 16 + 128 + 16, "header + fuse_entry_out + fuse_open_out");
     memset(&r, 0, sizeof r);
     r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = unique };
-    r.e.nodeid = nodeid;
-    r.e.entry_valid = r.e.attr_valid = m->timeout_sec;
-    r.e.entry_valid_nsec = r.e.attr_valid_nsec = m->timeout_nsec;
-    shape_attr(m, st, 0, &r.e.attr);
+    fill_entry(m, &r.e, nodeid, 0, st);
     r.o.fh = fh;
     r.o.open_flags = open_flags;
     return push_reply(vq, c, &r, sizeof r);

@@ -172,11 +172,7 @@ static enum entry_result lookup_entry(struct msb_meta *m, const struct msb_looku
         return ENTRY_SKIP;   /* vanished since the listing: Python skips it too */
     if (r < 0)
         return ENTRY_UNDECIDED;
-    memset(e, 0, sizeof *e);
-    e->nodeid = info.nodeid;
-    e->entry_valid = e->attr_valid = m->timeout_sec;
-    e->entry_valid_nsec = e->attr_valid_nsec = m->timeout_nsec;
-    shape_attr(m, &st, info.submount, &e->attr);
+    fill_entry(m, e, info.nodeid, info.submount, &st);
     return ENTRY_OK;
 }
 

@@ -68,6 +68,18 @@ static inline int reply_error(struct msb_vq *vq, struct msb_chain *c, uint64_t u
     return push_reply(vq, c, &oh, sizeof oh);
 }
 
+/* replies.encode_entry: node id, generation 0, the tree's timeouts, the shaped attrs.
+ * The one encoding of an entry for LOOKUP, MKDIR, CREATE and READDIRPLUS records. */
+static inline void fill_entry(const struct msb_meta *m, struct fuse_entry_out *e,
+                              uint64_t nodeid, int submount, const struct stat *st)
+{
+    memset(e, 0, sizeof *e);
+    e->nodeid = nodeid;
+    e->entry_valid = e->attr_valid = m->timeout_sec;
+    e->entry_valid_nsec = e->attr_valid_nsec = m->timeout_nsec;
+    shape_attr(m, st, submount, &e->attr);
+}
+
 static inline int reply_entry(const struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                               uint64_t unique, uint64_t nodeid, int submount,
                               const struct stat *st)
@@ -77,13 +89,8 @@ static inline int reply_entry(const struct msb_meta *m, struct msb_vq *vq, struc
         struct fuse_entry_out e;
     } r;
     _Static_assert(sizeof r == 16 + 128, "fuse_out_header + fuse_entry_out");
-    memset(&r, 0, sizeof r);
     r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = unique };
-    r.e.nodeid = nodeid;
-    r.e.generation = 0;
-    r.e.entry_valid = r.e.attr_valid = m->timeout_sec;
-    r.e.entry_valid_nsec = r.e.attr_valid_nsec = m->timeout_nsec;
-    shape_attr(m, st, submount, &r.e.attr);
+    fill_entry(m, &r.e, nodeid, submount, st);
     return push_reply(vq, c, &r, sizeof r);
 }
 
