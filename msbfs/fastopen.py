@@ -20,14 +20,13 @@ The FOPEN flags of the replies and OPENDIR's flags are the tree's values, copied
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Callable
 from typing import Any
 
 from msbfs._native import ffi, lib
-from msbfs.tree.policy import FMODE_EXEC
+from msbfs.tree.policy import FMODE_EXEC, errno_of
 from msbfs.tree.tree import COpenConfig
 
 #: The flag bits check_open's answers are tabled by (at most MSB_OPEN_TABLE_BITS).
@@ -43,14 +42,6 @@ def _bits(mask: int) -> list[int]:
 def _scatter(index: int, bits: list[int]) -> int:
     """The flags whose TABLE_BITS, gathered low to high (as C gathers), are ``index``."""
     return sum(bit for k, bit in enumerate(bits) if index >> k & 1)
-
-
-def _errno(check: Callable[[], None]) -> int:
-    try:
-        check()
-    except OSError as e:
-        return e.errno or errno.EIO
-    return 0
 
 
 def _linear(g: Callable[[int], int]) -> tuple[int, int] | None:
@@ -77,7 +68,7 @@ class OpenRules:
         assert len(bits) <= lib.MSB_OPEN_TABLE_BITS
 
         def answer(flags: int, kind: int) -> int:
-            return _errno(lambda: policy.check_open(session_flags(flags), kind))
+            return errno_of(policy.check_open, session_flags(flags), kind)
 
         self.table = [[answer(_scatter(i, bits), kind) for i in range(1 << len(bits))]
                       for kind in _KINDS]

@@ -180,8 +180,8 @@ class Policy:
         written once, here, and C only looks its answer up."""
         stored = self.stored_mode(0o7777)
         return CDecisions(
-            _errno_of(self.check_mutation),
-            tuple(_errno_of(self.check_access, mask, kind << 12)
+            errno_of(self.check_mutation),
+            tuple(errno_of(self.check_access, mask, kind << 12)
                   for kind in range(16) for mask in range(8)),
             stored if all(self.stored_mode(m) == m & stored for m in range(0o10000)) else None)
 
@@ -217,7 +217,8 @@ class CDecisions(NamedTuple):
     stored_mask: int | None
 
 
-def _errno_of(check: Callable[..., None], *args: int) -> int:
+def errno_of(check: Callable[..., None], *args: int) -> int:
+    """The errno ``check(*args)`` raises (0: it allowed it): a rule as a number."""
     try:
         check(*args)
     except OSError as e:
