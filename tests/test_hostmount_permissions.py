@@ -36,6 +36,9 @@ probe("read-in-0700", lambda: read("private/f"))
 probe("stat-in-0700", lambda: os.stat("private/f"))
 probe("acl-denied-dir", lambda: os.stat("acl/f"))
 probe("acl-granted-dir", lambda: os.stat("aclok/f"))
+probe("list-0700", lambda: os.listdir("private"))
+probe("list-acl-denied", lambda: os.listdir("acl"))
+probe("list-acl-granted", lambda: os.listdir("aclok"))
 probe("fifo-0600", lambda: os.close(os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)))
 probe("write-04777", write_suid)
 print("suid-mode", oct(os.stat("suid").st_mode & 0o7777))
@@ -90,6 +93,8 @@ def test_other_users_get_what_a_native_directory_gives(host_mount: MountFactory,
     assert want["read-in-0700"] == "EACCES" and want["acl-denied-dir"] == "EACCES"
     assert want["fifo-0600"] == "EACCES" and want["write-04777"] == "ok"
     assert want["acl-granted-dir"] == "ok" and want["suid-mode"] == "0o777"
+    assert want["list-0700"] == want["list-acl-denied"] == "EACCES"
+    assert want["list-acl-granted"] == "ok"
 
     m = host_mount(options="allow_other")
     layout(m.source)
@@ -97,6 +102,8 @@ def test_other_users_get_what_a_native_directory_gives(host_mount: MountFactory,
     # checks must still happen (they did not without default_permissions).
     for p in ("private/f", "acl/f", "aclok/f", "fifo", "suid", "sticky/rootfile"):
         os.lstat(m.mnt / p)
+    for d in ("private", "acl", "aclok"):  # listings too (plain records, no lookups)
+        os.listdir(m.mnt / d)
     got = answers(m.mnt)
     assert got == want
     assert stat.S_IMODE(os.stat(m.source / "suid").st_mode) == 0o777
