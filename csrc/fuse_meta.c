@@ -259,6 +259,10 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     case FUSE_FLUSH:
         r = serve_flush(m, vq, c, &ih);
         break;
+    case FUSE_GETXATTR:
+    case FUSE_LISTXATTR:
+        r = msb_xattr_serve(m, vq, c, &ih);
+        break;
     case FUSE_UNLINK:
     case FUSE_RMDIR:
         r = msb_names_remove(m, vq, c, &ih, ih.opcode == FUSE_RMDIR);

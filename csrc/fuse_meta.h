@@ -30,6 +30,7 @@
 #include "fuse_names.h"
 #include "inodes.h"
 #include "virtq.h"
+#include "fuse_xattr.h"
 
 struct fuse_in_header;   /* <linux/fuse.h> */
 
@@ -61,6 +62,7 @@ struct msb_meta {
     int lock_descs;
     struct msb_fs_table *table;       /* the handles FLUSH finds its fd in (attach) */
     struct msb_dircache *dircache;    /* READDIR batches kept per handle: fuse_readdir.h */
+    struct msb_xattr xattr;           /* GETXATTR/LISTXATTR: csrc/fuse_xattr.h */
     struct msb_meta_stats stats;
 };
 

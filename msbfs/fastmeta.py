@@ -27,6 +27,7 @@ from typing import Any
 
 from msbfs._native import ffi, lib
 from msbfs.fastopen import open_statistics, write_open_rules
+from msbfs.fastxattr import write_xattr_rules, xattr_statistics
 from msbfs.fuse.replies import _split_timeout
 from msbfs.fuse.server import FuseSession
 from msbfs.tree.api import TreeOps
@@ -94,6 +95,9 @@ class CMetadata:
         # compiled by running them (msbfs/fastopen.py)
         assert type(tree) is Tree  # c_metadata is only asked of one
         write_open_rules(m, tree.c_open(), session._open_flags)
+        # GETXATTR/LISTXATTR (csrc/fuse_xattr.h): the hot names' answers, compiled by
+        # running the tree's own name rule (msbfs/fastxattr.py)
+        write_xattr_rules(lib.msb_meta_xattr(m), tree)
         m.enabled = 1 if os.environ.get("MSBFS_C_METADATA", "1") != "0" else 0
         self._m = m
         self._table = table
@@ -112,6 +116,10 @@ class CMetadata:
     def open_statistics(self) -> dict[str, int]:
         """What csrc/fuse_handles.c answered (OPEN, OPENDIR, RELEASE, RELEASEDIR)."""
         return open_statistics(self._m) if self.available else {}
+
+    def xattr_statistics(self) -> dict[str, int]:
+        """What csrc/fuse_xattr.c answered (GETXATTR, LISTXATTR, ENOSYS without xattrs)."""
+        return xattr_statistics(self._m) if self.available else {}
 
     def _lock_descs(self, n: int) -> None:
         self._m.lock_descs = n

@@ -1258,6 +1258,12 @@ class Tree:
                            self._file_open_flags, self._dir_open_flags, _OPENDIR_FLAGS,
                            self.quota is not None)
 
+    def c_xattr_name(self, name: bytes, uid: int) -> bytes:
+        """``_xattr_name`` of a GETXATTR of ``name`` by ``uid``: the host's name, or the
+        OSError refusing it. msbfs/fastxattr.py runs it for the hot names and writes the
+        answers for csrc/fuse_xattr.c, which never re-states the rule."""
+        return self._xattr_name(name, Ctx(uid), False)
+
     def c_metadata(self) -> CMetaConfig | None:
         """What csrc/fuse_meta.c needs to answer LOOKUP/GETATTR/FORGET as this tree does
         (msbfs/fastmeta.py writes it there), or None when this tree applies a rule C does
