@@ -4,6 +4,7 @@
 #include "fuse_meta.h"
 #include "fuse_datapath.h"
 #include "fuse_readdir.h"
+#include "fuse_setattr.h"
 #include "lookup.h"
 #include "sys.h"
 
@@ -82,13 +83,8 @@ static int serve_getattr(struct msb_meta *m, struct msb_vq *vq, struct msb_chain
                          const struct fuse_in_header *ih)
 {
     struct fuse_getattr_in gi;
-    struct {
-        struct fuse_out_header oh;
-        struct fuse_attr_out a;
-    } r;
-    _Static_assert(sizeof r == 16 + 104, "fuse_out_header + fuse_attr_out");
     /* The codec reads 16 bytes and ignores any more; the reply must fit. */
-    if (c->out_len < sizeof *ih + sizeof gi || c->in_len < sizeof r)
+    if (c->out_len < sizeof *ih + sizeof gi || c->in_len < MSB_ATTR_REPLY_LEN)
         return 0;
     msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &gi, sizeof gi);
     if (gi.getattr_flags & FUSE_GETATTR_FH)
@@ -100,12 +96,7 @@ static int serve_getattr(struct msb_meta *m, struct msb_vq *vq, struct msb_chain
     struct stat st;
     if (fstat((int)(ft >> MSB_INODE_FD_SHIFT), &st) < 0 || st.st_dev != m->root_dev)
         return 0;
-    memset(&r, 0, sizeof r);
-    r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = ih->unique };
-    r.a.attr_valid = m->timeout_sec;
-    r.a.attr_valid_nsec = m->timeout_nsec;
-    shape_attr(m, &st, (ft & MSB_INODE_SUBMOUNT) != 0, &r.a.attr);
-    int ret = push_reply(vq, c, &r, sizeof r);
+    int ret = reply_attr(m, vq, c, ih->unique, (ft & MSB_INODE_SUBMOUNT) != 0, &st);
     count(&m->stats.getattrs, 1);
     count(&m->stats.getattr_ns, now_ns() - t0);
     return ret;
@@ -289,6 +280,9 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     case FUSE_READDIR:
     case FUSE_READDIRPLUS:
         r = msb_readdir_serve(m, vq, c, &ih);
+        break;
+    case FUSE_SETATTR:
+        r = msb_setattr_serve(m, vq, c, &ih);
         break;
     default:
         return 0;

@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include "fuse_handles.h"
 #include "fuse_names.h"
+#include "fuse_setattr.h"
 #include "inodes.h"
 #include "virtq.h"
 #include "fuse_xattr.h"
@@ -56,6 +57,7 @@ struct msb_meta {
     int statfs;                       /* the tree has no quota: STATFS is the host's */
     struct msb_names names;           /* UNLINK/RMDIR/ACCESS: csrc/fuse_names.h */
     struct msb_open open;             /* OPEN/RELEASE(DIR): csrc/fuse_handles.h */
+    struct msb_setattr setattr;       /* SETATTR (mode, times): csrc/fuse_setattr.h */
     /* The tree's record-lock descriptions (msbfs/tree/record_locks.py), written by
      * Python under its lock: 0 means a FLUSH has no owner's locks to drop, so C may
      * answer it (close(dup(fd)), as Tree.flush); any other value hands FLUSH back. */

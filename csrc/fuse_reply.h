@@ -68,6 +68,25 @@ static inline int reply_error(struct msb_vq *vq, struct msb_chain *c, uint64_t u
     return push_reply(vq, c, &oh, sizeof oh);
 }
 
+/* replies.attr_reply: GETATTR's and SETATTR's reply, the tree's attribute timeout and
+ * the shaped attrs. The room it needs: MSB_ATTR_REPLY_LEN. */
+#define MSB_ATTR_REPLY_LEN (sizeof(struct fuse_out_header) + sizeof(struct fuse_attr_out))
+static inline int reply_attr(const struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                             uint64_t unique, int submount, const struct stat *st)
+{
+    struct {
+        struct fuse_out_header oh;
+        struct fuse_attr_out a;
+    } r;
+    _Static_assert(sizeof r == 16 + 104, "fuse_out_header + fuse_attr_out");
+    memset(&r, 0, sizeof r);
+    r.oh = (struct fuse_out_header){ .len = sizeof r, .error = 0, .unique = unique };
+    r.a.attr_valid = m->timeout_sec;
+    r.a.attr_valid_nsec = m->timeout_nsec;
+    shape_attr(m, st, submount, &r.a.attr);
+    return push_reply(vq, c, &r, sizeof r);
+}
+
 /* replies.encode_entry: node id, generation 0, the tree's timeouts, the shaped attrs.
  * The one encoding of an entry for LOOKUP, MKDIR, CREATE and READDIRPLUS records. */
 static inline void fill_entry(const struct msb_meta *m, struct fuse_entry_out *e,

@@ -27,6 +27,7 @@ from typing import Any
 
 from msbfs._native import ffi, lib
 from msbfs.fastopen import open_statistics, write_open_rules
+from msbfs.fastsetattr import setattr_statistics, write_setattr_rules
 from msbfs.fastxattr import write_xattr_rules, xattr_statistics
 from msbfs.fuse.replies import _split_timeout
 from msbfs.fuse.server import FuseSession
@@ -53,10 +54,12 @@ def _write_names(n: Any, config: CMetaConfig) -> None:
     n.own_uid, n.own_gid = uid, gid
     n.creds = (lib.MSB_NAMES_CREDS_OWN if not ids.enabled
                else lib.MSB_NAMES_CREDS_PYTHON if groups else lib.MSB_NAMES_CREDS_SWITCH)
+    # the stored mode as the AND mask it is (MKDIR, CREATE, SETATTR's chmod), if it is one
+    if d.stored_mask is not None:
+        n.stored_mask = d.stored_mask
     # MKDIR: the creation rules of a tree without a quota (the charge) or POSIX ACLs (a
     # parent's default ACL decides the mode), with a stored mode C can apply
     if not config.charged and not config.posix_acl and d.stored_mask is not None:
-        n.stored_mask = d.stored_mask
         n.daemon_umask = config.umask
         n.mkdir = 1
 
@@ -95,6 +98,9 @@ class CMetadata:
         # compiled by running them (msbfs/fastopen.py)
         assert type(tree) is Tree  # c_metadata is only asked of one
         write_open_rules(m, tree.c_open(), session._open_flags)
+        # SETATTR of the mode and times (csrc/fuse_setattr.h): the decisions written
+        # above (msbfs/fastsetattr.py)
+        write_setattr_rules(m, config)
         # GETXATTR/LISTXATTR (csrc/fuse_xattr.h): the hot names' answers, compiled by
         # running the tree's own name rule (msbfs/fastxattr.py)
         write_xattr_rules(lib.msb_meta_xattr(m), tree)
@@ -120,6 +126,10 @@ class CMetadata:
     def xattr_statistics(self) -> dict[str, int]:
         """What csrc/fuse_xattr.c answered (GETXATTR, LISTXATTR, ENOSYS without xattrs)."""
         return xattr_statistics(self._m) if self.available else {}
+
+    def setattr_statistics(self) -> dict[str, int]:
+        """What csrc/fuse_setattr.c answered (SETATTR of the mode and times)."""
+        return setattr_statistics(self._m) if self.available else {}
 
     def _lock_descs(self, n: int) -> None:
         self._m.lock_descs = n

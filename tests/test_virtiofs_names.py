@@ -312,8 +312,11 @@ def _masked(reply: bytes) -> bytes:
     return bytes(b)
 
 
-async def _run_each(c: Any, root: Path, steps: list[Step | Callable[[Path], None]]) -> list[bytes]:
-    """The whole sequence on one device over its own copy (host changes on that copy)."""
+async def _run_each(c: Any, root: Path, steps: list[Step | Callable[[Path], None]],
+                    mask: Callable[[bytes, bytes], bytes] = lambda _q, a: _masked(a)
+                    ) -> list[bytes]:
+    """The whole sequence on one device over its own copy (host changes on that copy);
+    each reply less what ``mask(request, reply)`` says two copies cannot share."""
     out = []
     for step in steps:
         if callable(step):
@@ -321,7 +324,7 @@ async def _run_each(c: Any, root: Path, steps: list[Step | Callable[[Path], None
             continue
         request, sizes, queue = step
         done = await c.raw([request], sizes, queue=queue)
-        out.append(_masked(bytes(done.data[:done.used_len])))
+        out.append(mask(request, bytes(done.data[:done.used_len])))
     return out
 
 
