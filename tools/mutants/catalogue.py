@@ -505,6 +505,31 @@ MUTANTS: tuple[Mutant, ...] = (
         {"virtiofs": ("tests/test_virtiofs_names.py"
                       "::test_access_c_and_python_reply_the_same_bytes",)},
         {"tree": "ACCESS in C is the vhost transport's", **NO_ACCESS_OP}),
+    Mutant(
+        "getxattr-c-ignores-map", "GETXATTR answered in C reaches the host name the xattr map "
+        "gives (or its refusal: security.* is ENODATA by default), compiled by running the "
+        "tree's own name rule (msbfs/fastxattr.py), never the client's name as it came",
+        (Edit("msbfs/fastxattr.py",
+              "        answers = {_answer(tree, name, uid) for uid in CALLERS}",
+              "        answers = {name}"),),
+        {"virtiofs": ("tests/test_virtiofs_xattr_c.py"
+                      "::test_getxattr_listxattr_c_and_python_reply_the_same_bytes[ext4-default]",
+                      "tests/test_virtiofs_xattr.py"
+                      "::test_default_map_refuses_privileged_namespaces")},
+        {"tree": "GETXATTR in C is the vhost transport's",
+         "guest": NO_XATTR_TOOLS,
+         "hostmount": "the host mount has no C metadata path"}),
+    Mutant(
+        "getxattr-c-client-name", "GETXATTR answered in C reads the host's name of the "
+        "attribute, not the client's (a renaming map: user.virtiofs.security.*)",
+        (Edit("csrc/fuse_xattr.c", "getxattr(path, h->host, rep.u.value",
+              "getxattr(path, h->client, rep.u.value"),),
+        {"virtiofs": ("tests/test_virtiofs_xattr_c.py"
+                      "::test_getxattr_listxattr_c_and_python_reply_the_same_bytes"
+                      "[ext4-rename-security]",)},
+        {"tree": "GETXATTR in C is the vhost transport's",
+         "guest": NO_XATTR_TOOLS,
+         "hostmount": "the host mount has no C metadata path"}),
     # ---- per-client budgets -----------------------------------------------------------
     Mutant(
         "budget-handles", "a client's open handles are bounded (EMFILE past the budget)",
