@@ -46,7 +46,8 @@ def build(out: Path) -> Path:
          # what the data path calls: grace periods, the metadata path and its inode
          # table (not attached by the harness: chains reach it only if it is), openat2
          *(CSRC / f for f in ("grace.c", "fuse_meta.c", "lookup.c", "inodes.c", "sys.c",
-                                    "fuse_readdir.c", "tree.c", "fuse_names.c"))],
+                                    "fuse_readdir.c", "tree.c", "fuse_names.c",
+                                    "fuse_xattr.c"))],
         out / "ring_harness")
 
 

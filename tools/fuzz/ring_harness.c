@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define VRING_DESC_F_NEXT 1
@@ -77,6 +78,16 @@ static void refill_names(void)
         int f = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
         if (f >= 0)
             close(f);
+    }
+    /* GETXATTR's values: "a" small, "b" past fuse_xattr.c's 4 KiB buffer where the
+     * filesystem takes it, none on "c" (LISTXATTR's empty list) */
+    static char big[6000];
+    memset(big, 'v', sizeof big);
+    for (int i = 0; i < 2; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "%s/%c", meta_dir, 'a' + i);
+        if (setxattr(path, "user.virtiofs.hot", big, i ? sizeof big : 40, 0) < 0)
+            setxattr(path, "user.virtiofs.hot", big, 3000, 0);
     }
 }
 
@@ -159,6 +170,20 @@ static void setup(void)
     o->add_flags = O_CLOEXEC;
     o->file_open_flags = 1;
     o->opendir_flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+    /* GETXATTR/LISTXATTR (csrc/fuse_xattr.c): a refused hot name, one passed through,
+     * one renamed (values: refill_names) */
+    struct msb_xattr *x = &meta->xattr;
+    x->get = x->list = 1;
+    static const struct { const char *client, *host; int err; } hot[] = {
+        { "security.capability", "", 61 }, { "system.posix_acl_access",
+        "system.posix_acl_access", 0 }, { "user.hot", "user.virtiofs.hot", 0 } };
+    for (int i = 0; i < 3; i++) {
+        x->hot[i].client_len = (uint32_t)strlen(hot[i].client);
+        memcpy(x->hot[i].client, hot[i].client, x->hot[i].client_len);
+        strcpy(x->hot[i].host, hot[i].host);
+        x->hot[i].err = hot[i].err;
+    }
+    refill_names();
 }
 
 /* A metadata request's body: a name (sometimes damaged) or forget counts. */
@@ -232,6 +257,27 @@ static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
         }
         return 8 + have * (uint32_t)sizeof(struct fuse_forget_one);
     }
+    if (opcode == FUSE_GETXATTR || opcode == FUSE_LISTXATTR) {
+        /* a size around the values' lengths or huge, a hot name or not, sometimes
+         * unterminated or long; now and then xattrs off (ENOSYS) */
+        static const uint32_t sizes[] = { 0, 1, 39, 40, 41, 3000, 4096, 6000, 0xffffffffu };
+        static const char *names[] = { "security.capability", "system.posix_acl_access",
+                                        "user.hot", "user.ho", "user.hott", "" };
+        struct fuse_getxattr_in gi = { sizes[take(c, 1) % 9], 0 };
+        meta->xattr.off = take(c, 1) < 8;
+        memcpy(p, &gi, sizeof gi);
+        if (opcode == FUSE_LISTXATTR)
+            return take(c, 1) < 16 ? (uint32_t)take(c, 1) % 8 : (uint32_t)sizeof gi;
+        const char *n = names[take(c, 1) % 6];
+        uint32_t len = (uint32_t)strlen(n);
+        memcpy(p + sizeof gi, n, len + 1);
+        if (take(c, 1) < 16) {
+            len = 250 + (uint32_t)take(c, 1) % 12;   /* around XATTR_NAME_MAX */
+            memset(p + sizeof gi, 'x', len);
+            p[sizeof gi + len] = 0;
+        }
+        return (uint32_t)sizeof gi + len + (take(c, 1) < 32 ? 0 : 1);
+    }
     uint64_t n = take(c, 1) < 16 ? UINT64_MAX : take(c, 1) % 3;   /* FORGET, STATFS: junk */
     memcpy(p, &n, 8);
     return (uint32_t)take(c, 1) % 9;
@@ -259,8 +305,9 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
                                         FUSE_BATCH_FORGET, FUSE_STATFS, FUSE_GETATTR,
                                         FUSE_UNLINK, FUSE_RMDIR, FUSE_ACCESS, FUSE_MKDIR,
                                         FUSE_OPEN, FUSE_OPENDIR, FUSE_RELEASE,
-                                        FUSE_RELEASEDIR, FUSE_CREATE, FUSE_RELEASE };
-        uint32_t opcode = ops[take(c, 1) % 16];
+                                        FUSE_RELEASEDIR, FUSE_CREATE, FUSE_RELEASE,
+                                        FUSE_GETXATTR, FUSE_GETXATTR, FUSE_LISTXATTR };
+        uint32_t opcode = ops[take(c, 1) % (sizeof ops / sizeof ops[0])];
         if (opcode == FUSE_UNLINK)
             refill_names();
         /* the mutation errno of a readonly policy, now and then (UNLINK/RMDIR) */
@@ -461,6 +508,11 @@ int main(int argc, char **argv)
            (unsigned long long)os_.opens, (unsigned long long)os_.opendirs,
            (unsigned long long)os_.releases, (unsigned long long)os_.releasedirs,
            (unsigned long long)os_.creates);
+    struct msb_xattr_stats xs;
+    msb_xattr_stats(meta, &xs);
+    printf("getxattrs=%llu listxattrs=%llu xattr_enosys=%llu ",
+           (unsigned long long)xs.getxattrs, (unsigned long long)xs.listxattrs,
+           (unsigned long long)xs.enosys);
     msb_meta_attach(table, NULL);
     msb_fs_table_del(table, 7);   /* data_fd: the harness's own */
     msb_fs_table_del(table, 8);
