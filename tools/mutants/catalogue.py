@@ -488,6 +488,28 @@ MUTANTS: tuple[Mutant, ...] = (
         {"tree": "MKDIR in C is the vhost transport's",
          "hostmount": "the host mount has no C metadata path"}),
     Mutant(
+        "setattr-c-ignores-readonly", "readonly: a chmod or utimes answered in C is EROFS too "
+        "(the policy's own check_mutation errno, compiled by Policy.c_decisions)",
+        (Edit("csrc/fuse_setattr.c",
+              "    int err = valid & CHANGES ? n->mutation_errno : 0;",
+              "    int err = 0;"),),
+        {"virtiofs": ("tests/test_virtiofs_setattr.py"
+                      "::test_setattr_c_and_python_reply_the_same_bytes[readonly]",),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
+        {"tree": "SETATTR in C is the vhost transport's",
+         "hostmount": "the host mount has no C metadata path"}),
+    Mutant(
+        "setattr-c-ignores-nosuid", "nosuid: a chmod answered in C stores no set-id bit (the "
+        "mask Policy.stored_mode is, compiled by Policy.c_decisions)",
+        (Edit("csrc/fuse_setattr.c",
+              "    mode &= 07777 & n->stored_mask;",
+              "    mode &= 07777;"),),
+        {"virtiofs": ("tests/test_virtiofs_setattr.py"
+                      "::test_setattr_c_and_python_reply_the_same_bytes[nosuid]",),
+         "guest": ("tests/test_guest_policy.py::test_nosuid_after_remount",)},
+        {"tree": "SETATTR in C is the vhost transport's",
+         "hostmount": "the host mount has no C metadata path"}),
+    Mutant(
         "access-c-as-daemon", "ACCESS answers for its caller (fsuid/fsgid), never the daemon: "
         "C switches to the caller as Identities does",
         (Edit("csrc/fuse_names.c",
