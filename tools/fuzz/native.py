@@ -42,7 +42,7 @@ def sanitized_build(sources: list[Path], exe: Path) -> Path:
 def build(out: Path) -> Path:
     return sanitized_build(
         [HERE / "ring_harness.c", CSRC / "virtq.c", CSRC / "fuse_datapath.c", CSRC / "handles.c",
-         CSRC / "fuse_handles.c",
+         CSRC / "fuse_handles.c", CSRC / "fuse_setattr.c",
          # what the data path calls: grace periods, the metadata path and its inode
          # table (not attached by the harness: chains reach it only if it is), openat2
          *(CSRC / f for f in ("grace.c", "fuse_meta.c", "lookup.c", "inodes.c", "sys.c",

@@ -132,6 +132,7 @@ static void setup(void)
     meta->names.mkdir = 1;                      /* MKDIR: nosuid's stored mode */
     meta->names.stored_mask = 01777;
     meta->names.daemon_umask = 022;
+    meta->setattr.on = meta->setattr.mode = 1;  /* SETATTR: chmod with that mask, times */
     meta->names.access_errno[(S_IFREG >> 12) * 8 + 1] = 13;   /* noexec: X_OK, EACCES */
     meta->names.access_errno[(S_IFDIR >> 12) * 8 + 2] = 30;   /* readonly: W_OK, EROFS */
     meta->mode_mask = ~06000u;
@@ -213,6 +214,24 @@ static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
         memcpy(p, &mi, sizeof mi);
         memcpy(p + sizeof mi, n, len + 1);
         return (uint32_t)sizeof mi + len + (take(c, 1) < 32 ? 0 : 1);
+    }
+    if (opcode == FUSE_SETATTR) {
+        /* any valid bits (now and then only C's: MODE, the times, FH), a mode with type
+         * bits or beyond them, a handle of a node, of a directory, released or junk,
+         * times around a 64-bit tv_sec and nsec past a second; sometimes short */
+        static const uint64_t secs[] = { 0, 1, UINT64_MAX, 1ull << 63, (1ull << 63) - 1,
+                                         1ull << 33, 16725225600ull };
+        uint64_t fhs[] = { 7, 8, (uint64_t)list_fh, table->next_fh - 1, take(c, 8) };
+        struct fuse_setattr_in si = {
+            .valid = take(c, 1) < 128 ? (uint32_t)take(c, 2) & 0x1f1 : (uint32_t)take(c, 4),
+            .fh = fhs[take(c, 1) % 5], .size = take(c, 1) % 8,
+            .atime = secs[take(c, 1) % 7], .mtime = secs[take(c, 1) % 7],
+            .atimensec = take(c, 1) < 32 ? (uint32_t)take(c, 4) : (uint32_t)take(c, 1),
+            .mtimensec = (uint32_t)take(c, 4) % 2000000000u,
+            .mode = take(c, 1) < 16 ? (uint32_t)take(c, 4) : ((uint32_t)take(c, 2) | 0700),
+            .uid = (uint32_t)geteuid(), .gid = (uint32_t)getegid() };
+        memcpy(p, &si, sizeof si);
+        return take(c, 1) < 16 ? (uint32_t)take(c, 1) % 96 : (uint32_t)sizeof si;
     }
     if (opcode == FUSE_OPEN || opcode == FUSE_OPENDIR) {
         static const uint32_t flags[] = { O_RDONLY, O_WRONLY, O_RDWR, O_RDWR | O_TRUNC,
@@ -310,6 +329,8 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
         uint32_t opcode = ops[take(c, 1) % (sizeof ops / sizeof ops[0])];
         if (opcode == FUSE_UNLINK)
             refill_names();
+        if ((opcode == FUSE_STATFS || opcode == FUSE_GETATTR) && take(c, 1) & 1)
+            opcode = FUSE_SETATTR;   /* csrc/fuse_setattr.c */
         /* the mutation errno of a readonly policy, now and then (UNLINK/RMDIR) */
         meta->names.mutation_errno = take(c, 1) < 32 ? 30 : 0;
         static const uint32_t ids[] = { 0, 1000, 0xffffffffu };
@@ -502,6 +523,10 @@ int main(int argc, char **argv)
     printf("names_unlinks=%llu names_rmdirs=%llu names_accesses=%llu names_mkdirs=%llu ",
            (unsigned long long)ns.unlinks, (unsigned long long)ns.rmdirs,
            (unsigned long long)ns.accesses, (unsigned long long)ns.mkdirs);
+    struct msb_setattr_stats ss;
+    msb_setattr_stats(meta, &ss);
+    printf("setattrs=%llu chmods=%llu utimes=%llu ", (unsigned long long)ss.setattrs,
+           (unsigned long long)ss.chmods, (unsigned long long)ss.utimes);
     struct msb_open_stats os_;
     msb_open_stats(meta, &os_);
     printf("opens=%llu opendirs=%llu releases=%llu releasedirs=%llu creates=%llu ",
