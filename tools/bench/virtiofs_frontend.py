@@ -5,7 +5,10 @@ the daemons' own ceiling, side by side in one run, same shared directory, same f
 
 Workloads (each daemon gets its own file names inside the one shared directory):
 4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, and
-CREATE+RELEASE+UNLINK cycles, READDIRPLUS of a 10,000-entry directory (entries/s), and GETATTR and LOOKUP spread over ``--queues`` request
+CREATE+RELEASE+UNLINK cycles, READDIRPLUS of a 10,000-entry directory (entries/s),
+GETXATTR of security.capability answered ENODATA (size 0, as the kernel asks before
+every write: file_remove_privs; virtiofsd runs with ``-o xattr`` so it answers it, as
+msbfs serves xattrs by default), and GETATTR and LOOKUP spread over ``--queues`` request
 queues at once (msbfs serves each request queue on its own thread; Debian's virtiofsd
 takes one request queue, so it gets the same requests on that one). Requests are posted ``--depth`` at a time with one kick
 (indirect descriptors, as the guest driver uses), the way a busy guest keeps the queue
@@ -49,7 +52,7 @@ def start_daemon(kind: str, shared: Path, sock: Path, queues: int = 1) -> subpro
                 f"--num-request-queues={queues}"]
     else:
         argv = [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={shared}",
-                "-o", "cache=auto", "-o", "log_level=err"]
+                "-o", "cache=auto", "-o", "log_level=err", "-o", "xattr"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = time.monotonic() + 30
     while not sock.exists():  # both daemons create the socket once they listen
@@ -175,6 +178,16 @@ class Client:
                            abi.FUSE_ATTR_OUT_SIZE)
         await self.fe.submit(0, [r.batch_forget(list(counts.items()))], [HDR])
         return 2 * n
+
+    async def getxattr_enodata(self, n: int) -> int:
+        """GETXATTR security.capability with size 0 on files that have none (ENODATA)."""
+        r = self.r
+        for _, d in await self.batch([([r.getxattr(self.ids[i % len(self.ids)],
+                                                   b"security.capability", 0)], [HDR + 8])
+                                      for i in range(n)], keep=HDR):
+            if _out_header(d)[1] != -61:  # ENODATA
+                raise RuntimeError(f"{self.kind}: GETXATTR error {-_out_header(d)[1]}")
+        return n
 
     async def getattr_spread(self, n: int) -> int:
         r = self.r
@@ -334,6 +347,8 @@ async def main_async(args: argparse.Namespace) -> None:
             ("1 MiB WRITE", "MiB/s", 1.0, lambda c: c.write(n1, MIB)),
             ("LOOKUP+GETATTR", "ops/s", 1.0, lambda c: c.lookup_getattr(nm)),
             ("CREATE+RELEASE+UNLINK", "cycles/s", 1.0, lambda c: c.create_cycles(nm // 4)),
+            ("GETXATTR security.capability (ENODATA)", "ops/s", 1.0,
+             lambda c: c.getxattr_enodata(nm)),
             (f"GETATTR on {args.queues} queues", "ops/s", 1.0, lambda c: c.getattr_spread(nm)),
             (f"LOOKUP on {args.queues} queues", "ops/s", 1.0, lambda c: c.lookup_spread(nm)),
             (f"READDIRPLUS {args.listing} ({args.readdir_room // 1024} KiB)", "entries/s", 1.0,
