@@ -4,7 +4,8 @@ the daemons' own ceiling, side by side in one run, same shared directory, same f
     python -m tools.bench.virtiofs_frontend [--quick] [--rounds N] [--dir DIR]
 
 Workloads (each daemon gets its own file names inside the one shared directory):
-4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, and
+4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, SETATTR of a
+mode then of both times per file (an untar's chmod and utimensat after each file), and
 CREATE+RELEASE+UNLINK cycles, READDIRPLUS of a 10,000-entry directory (entries/s),
 GETXATTR of security.capability answered ENODATA (size 0, as the kernel asks before
 every write: file_remove_privs; virtiofsd runs with ``-o xattr`` so it answers it, as
@@ -36,6 +37,7 @@ from msbfs.fuse import abi
 from msbfs.fuse.kernel import Requests, parse_dirents, parse_entry, parse_open, parse_reply
 from msbfs.launcher.daemon import VIRTIOFSD
 from msbfs.store import MIB
+from msbfs.tree.types import FATTR_ATIME, FATTR_MODE, FATTR_MTIME
 from tools.bench.proc import process_tree, status_kib
 from vhost.frontend import Frontend
 from vhost.guest_ram import GuestRam
@@ -204,6 +206,21 @@ class Client:
                           abi.FUSE_ENTRY_OUT_SIZE)
         return n
 
+    async def setattr_mode_times(self, n: int) -> int:
+        """Per file, a chmod then a utimensat of both times, as an untar does after each
+        file: SETATTR FATTR_MODE, then FATTR_ATIME | FATTR_MTIME."""
+        r = self.r
+        reqs: Batch = []
+        for i in range(n // 2):
+            nid = self.ids[i % len(self.ids)]
+            t = (1_600_000_000 + i, i)
+            reqs += [([r.setattr(nid, valid=FATTR_MODE, mode=0o644 if i & 1 else 0o600)],
+                      [HDR + abi.FUSE_ATTR_OUT_SIZE]),
+                     ([r.setattr(nid, valid=FATTR_ATIME | FATTR_MTIME, atime=t, mtime=t)],
+                      [HDR + abi.FUSE_ATTR_OUT_SIZE])]
+        await self.checked(reqs, abi.FUSE_ATTR_OUT_SIZE)
+        return len(reqs)
+
     async def create_cycles(self, n: int) -> int:
         r = self.r
         base = self.cycle
@@ -346,6 +363,7 @@ async def main_async(args: argparse.Namespace) -> None:
             ("4 KiB WRITE", "MiB/s", 4096 / MIB, lambda c: c.write(n4, 4096)),
             ("1 MiB WRITE", "MiB/s", 1.0, lambda c: c.write(n1, MIB)),
             ("LOOKUP+GETATTR", "ops/s", 1.0, lambda c: c.lookup_getattr(nm)),
+            ("SETATTR mode+times", "ops/s", 1.0, lambda c: c.setattr_mode_times(nm)),
             ("CREATE+RELEASE+UNLINK", "cycles/s", 1.0, lambda c: c.create_cycles(nm // 4)),
             ("GETXATTR security.capability (ENODATA)", "ops/s", 1.0,
              lambda c: c.getxattr_enodata(nm)),
