@@ -258,3 +258,36 @@ async def test_setattr_random_valid_bits_c_and_python_agree(
     served, _meta, n = await _compare(
         fs_client, tmp_path, policy, lambda ids, fhs: _random_script(ids, fhs, seed, 400))
     assert served["setattrs"] >= n // 8
+
+
+@ROOT_ONLY
+async def test_setattr_of_evicted_inodes_re_opens_them(fs_client: Callable[..., Any],
+                                                       tmp_path: Path) -> None:
+    """Inodes whose fds the cache closed (16 fds for 40 files): C re-opens each from its
+    handle as the tree does, then chmods and sets the times through it; the same replies
+    and the same host."""
+    names = [f"e{i}".encode() for i in range(40)]
+
+    def populate(root: Path) -> None:
+        _populate(root)
+        for nm in names:
+            (root / nm.decode()).write_bytes(b"")
+        _reset_times(root)
+
+    async with _pair(fs_client, tmp_path, populate, Policy(nosuid=True),
+                     max_inode_fds=16) as (on, off, roots):
+        ids = await _lookup_ids(on, off, names)
+        assert on.device.tree.statistics().extra["inode_fd_evictions"] > 0
+        r = Requests()
+        steps: list[Step | Callable[[Path], None]] = []
+        for k, nm in enumerate(names * 2):
+            steps += [_sa(r, ids[nm], MODE, mode=0o4750 + k % 8),
+                      _sa(r, ids[nm], ATIME | MTIME, at=(k, k), mt=(2 * k, 0))]
+        got = [await _run_each(c, root, steps, _mask_reply) for c, root in
+               ((on, roots[0]), (off, roots[1]))]
+        assert got[0] == got[1]
+        view = [[(st.st_mode, st.st_atime_ns, st.st_mtime_ns)
+                 for st in (os.stat(root / nm.decode()) for nm in names)] for root in roots]
+        assert view[0] == view[1]
+        assert on.device.meta.setattr_statistics()["setattrs"] >= len(steps)
+        assert on.device.tree.statistics().extra["inode_fd_evictions"] > 40
