@@ -312,6 +312,8 @@ int msb_vq_push_many(struct msb_vq *vq, const uint16_t *heads, const uint32_t *l
 
 int msb_vq_push(struct msb_vq *vq, uint16_t head, uint32_t len)
 {
+    if (vq->sink)
+        return vq->sink(vq->sink_arg, head, len);
     return msb_vq_push_many(vq, &head, &len, 1);
 }
 

@@ -76,7 +76,11 @@ struct msb_vq {
     int call_fd;              /* eventfd to signal used buffers, -1 = none */
     int err_fd;               /* eventfd signalled when the queue breaks, -1 = none */
     /* statistics */
-    uint64_t popped, pushed, calls, suppressed_calls;
+    uint64_t popped, pushed, calls, suppressed_calls;    /* Not a ring at all when set: msb_vq_push hands each reply to sink(sink_arg, head,
+     * len) instead (csrc/devfuse.c: the host mount's /dev/fuse requests answered by the
+     * same opcode handlers as a virtqueue's). NULL for every real ring. */
+    int (*sink)(void *arg, uint16_t head, uint32_t len);
+    void *sink_arg;
 };
 
 struct msb_chain {                   /* one popped descriptor chain */

@@ -23,6 +23,7 @@ does it for one device.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from msbfs._native import ffi, lib
@@ -30,7 +31,6 @@ from msbfs.fastopen import open_statistics, write_open_rules
 from msbfs.fastsetattr import setattr_statistics, write_setattr_rules
 from msbfs.fastxattr import write_xattr_rules, xattr_statistics
 from msbfs.fuse.replies import _split_timeout
-from msbfs.fuse.server import FuseSession
 from msbfs.tree.api import TreeOps
 from msbfs.tree.tree import CMetaConfig, Tree
 
@@ -67,7 +67,11 @@ def _write_names(n: Any, config: CMetaConfig) -> None:
 class CMetadata:
     """The C path of one device. Ready only between INIT and the session's end."""
 
-    def __init__(self, table: Any, tree: TreeOps, session: FuseSession) -> None:
+    def __init__(self, table: Any, tree: TreeOps, open_flags: Callable[[int], int], *,
+                 attach: bool = True) -> None:
+        """``open_flags``: what the session does to a request's open flags (the
+        virtio-fs codec's ``FuseSession._open_flags``); ``attach=False``: the C path is
+        not the virtio-fs device's of the handle table (the host mount's relay serves it)."""
         config = tree.c_metadata() if type(tree) is Tree else None
         self._config = config  # keeps the inode table alive as long as the C path
         self._m = ffi.NULL
@@ -97,7 +101,7 @@ class CMetadata:
         # OPEN/OPENDIR/RELEASE/RELEASEDIR (csrc/fuse_handles.h): the tree's open rules,
         # compiled by running them (msbfs/fastopen.py)
         assert type(tree) is Tree  # c_metadata is only asked of one
-        write_open_rules(m, tree.c_open(), session._open_flags)
+        write_open_rules(m, tree.c_open(), open_flags)
         # SETATTR of the mode and times (csrc/fuse_setattr.h): the decisions written
         # above (msbfs/fastsetattr.py)
         write_setattr_rules(m, config)
@@ -107,8 +111,10 @@ class CMetadata:
         m.enabled = 1 if os.environ.get("MSBFS_C_METADATA", "1") != "0" else 0
         self._m = m
         self._table = table
-        lib.msb_meta_attach(table, m)
-        session.on_init = self.session_began
+        if attach:
+            lib.msb_meta_attach(table, m)
+        else:
+            m.table = table  # the handles C opens and uses, without serving its queues
 
     def names_statistics(self) -> dict[str, int]:
         """What csrc/fuse_names.c answered (UNLINK, RMDIR, ACCESS, MKDIR)."""
@@ -133,6 +139,11 @@ class CMetadata:
 
     def _lock_descs(self, n: int) -> None:
         self._m.lock_descs = n
+
+    @property
+    def c(self) -> Any:
+        """The ``struct msb_meta *`` (NULL when not available)."""
+        return self._m
 
     @property
     def available(self) -> bool:

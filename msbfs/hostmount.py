@@ -40,15 +40,17 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from msbfs import hostmount_loop
+from msbfs import hostmount_loop, hostmount_relay
+from msbfs._native import lib
 from msbfs.errors import InvalidMountSpec, MountError
 from msbfs.fdlimit import WANTED_NOFILE, raise_fd_limit
 from msbfs.hostmount_entry import APART, PlainDirent, set_nodeid
+from msbfs.hostmount_relay import Relay
 from msbfs.mount_daemon import _record_path
 from msbfs.mounts import MountOptions
 from msbfs.tree import idmap
 from msbfs.tree.api import TreeOps
-from msbfs.tree.tree import XATTR_SIZE_MAX
+from msbfs.tree.tree import XATTR_SIZE_MAX, Tree
 from msbfs.tree.types import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -92,6 +94,9 @@ def _op(fn: F) -> F:
 
     @functools.wraps(fn)
     async def handler(self: HostOps, *args: Any) -> Any:
+        held = self.held
+        if held is not None:
+            lib.msb_relay_py_begin(held)
         try:
             return fn(self, *args)
         except OSError as e:
@@ -101,6 +106,9 @@ def _op(fn: F) -> F:
         except Exception:
             log.exception("%s%r failed", fn.__name__, args)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if held is not None:
+                lib.msb_relay_py_end(held)
 
     return handler  # type: ignore[return-value]
 
@@ -180,6 +188,10 @@ def _same(ctx: Ctx) -> Ctx:
     return ctx
 
 
+#: The opener of a handle the relay's C path opened, for a write of it that reaches us.
+_NO_CALLER = Ctx(uid=0, gid=0, pid=0, umask=0)
+
+
 class HostOps(pyfuse3.Operations):
     """pyfuse3 operations over one tree. Synchronous tree calls run inline on the trio
     loop (local syscalls take microseconds); only fsync-like calls that may block for
@@ -209,6 +221,11 @@ class HostOps(pyfuse3.Operations):
         # The caller's ids in host ids (Tree.map_ctx, msbfs.tree.idmap); None: identity.
         map_ctx = getattr(tree, "map_ctx", None)
         self._map: Callable[[Ctx], Ctx] = map_ctx if map_ctx is not None else _same
+        #: While the relay answers requests in C beside us (msbfs.hostmount_relay): the
+        #: inode table each handler holds, so a FORGET answered meanwhile closes no fd
+        #: it uses. None: every request is ours.
+        self.held: Any = None
+        self._handles = tree.c_handles() if isinstance(tree, Tree) else None
 
     def _ctx(self, ctx: pyfuse3.RequestContext) -> Ctx:
         return self._map(request_ctx(ctx))
@@ -322,7 +339,7 @@ class HostOps(pyfuse3.Operations):
     def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         c, kill = self._killing_ctx(ctx)
         opened = self.tree.open(inode, flags, c, kill_suidgid=kill)
-        self._files[opened.fh] = (c, kill)
+        self._keep(opened.fh, c, kill)
         return _file_info(opened)
 
     @_op
@@ -331,8 +348,15 @@ class HostOps(pyfuse3.Operations):
         c, kill = self._killing_ctx(ctx)
         entry, opened = self.tree.create(parent_inode, name, mode, flags, c.umask, c,
                                          kill_suidgid=kill)
-        self._files[opened.fh] = (c, kill)
+        self._keep(opened.fh, c, kill)
         return _file_info(opened), _entry(entry)
+
+    def _keep(self, fh: int, opener: Ctx, kill: bool) -> None:
+        self._files[fh] = (opener, kill)
+        if self.held is not None:
+            # Ours to release (the relay's C RELEASE leaves a marked handle to us), so
+            # the opener above is dropped with it.
+            lib.msb_handles_mark_python(self._handles, fh)
 
     @_op
     def read(self, fh: int, off: int, size: int) -> bytes:
@@ -343,9 +367,9 @@ class HostOps(pyfuse3.Operations):
     @_op
     def write(self, fh: int, off: int, buf: bytes) -> int:
         opener = self._files.get(fh)
-        if opener is None:
-            raise OSError(errno.EBADF, "unknown handle")
-        c, kill = opener
+        # None: the relay's C path opened it (the tree still checks the handle). It opens
+        # only where set-id bits are not ours to clear (csrc/devfuse.c python_rule).
+        c, kill = opener if opener is not None else (_NO_CALLER, False)
         return self.tree.write(fh, off, buf, c, kill_suidgid=kill)
 
     @_op
@@ -633,7 +657,8 @@ MAX_TASKS = 32
 FAST_LOOP = True
 
 
-async def _fuse_session(ops: HostOps, mountpoint: str, on_ready: Callable[[], None]) -> None:
+async def _fuse_session(ops: HostOps, mountpoint: str, on_ready: Callable[[], None],
+                        relay: Relay | None) -> None:
     async with trio.open_nursery() as nursery:
         async def loop() -> None:
             if FAST_LOOP:
@@ -649,8 +674,15 @@ async def _fuse_session(ops: HostOps, mountpoint: str, on_ready: Callable[[], No
                     nursery.cancel_scope.cancel()
                     return
 
+        async def watch_relay(ended_fd: int) -> None:
+            # pyfuse3 reads the relay's socket, which never says the mount is gone.
+            await trio.lowlevel.wait_readable(ended_fd)
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(loop)
         nursery.start_soon(watch_signals)
+        if relay is not None:
+            nursery.start_soon(watch_relay, relay.ended_fd)
         # The mount answers once a stat through it comes back (served by the loop above,
         # so it must run in a thread).
         st = await trio.to_thread.run_sync(os.stat, mountpoint)
@@ -666,16 +698,24 @@ def run_mount(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsna
     or SIGINT/SIGTERM/SIGHUP arrives; then unmount and release every inode and handle."""
     raise_fd_limit(WANTED_NOFILE)  # the kernel's inode cache holds a lookup (an fd) per inode
     ops = HostOps(tree, writeback=options.writeback)
+    before = hostmount_relay.fuse_fds()
     try:
         pyfuse3.init(ops, mountpoint, options.kernel_options(fsname, mirror_policy=mirror_policy))
     except RuntimeError as e:
         raise MountError(f"cannot mount at {mountpoint}: {e}") from None
+    relay: Relay | None = None
     record = _record_path(mountpoint, "pid")
-    record.write_text(f"{os.getpid()}\n")
     try:
-        trio.run(_fuse_session, ops, mountpoint, on_ready)
+        record.write_text(f"{os.getpid()}\n")
+        relay = hostmount_relay.install(tree, before)
+        if relay is not None:
+            ops.held = relay.inodes
+        trio.run(_fuse_session, ops, mountpoint, on_ready, relay)
     finally:
         try:
+            if relay is not None:
+                relay.close()  # libfuse's fd is /dev/fuse again before it unmounts
+                ops.held = None
             pyfuse3.close(unmount=True)
         finally:
             with contextlib.suppress(OSError):

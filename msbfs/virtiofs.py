@@ -160,7 +160,8 @@ class VirtioFsDevice(VhostUserDevice):
                                    posix_lock=posix_lock, flock=flock,
                                    on_destroy=self._destroyed)
         # LOOKUP/GETATTR/FORGET answered in C from the tree's inode table (fastmeta.py).
-        self.meta = CMetadata(self.table, tree, self.session)
+        self.meta = CMetadata(self.table, tree, self.session._open_flags)
+        self.session.on_init = self.meta.session_began
         #: The slow path's lock: one request at a time through codec, session and tree.
         self.lock = threading.Lock()
         # Serving state per queue, made at its first start and kept (stats accumulate).

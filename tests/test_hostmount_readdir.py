@@ -47,6 +47,9 @@ def test_a_listing_costs_no_fd_per_name(host_mount: MountFactory) -> None:
     names = _populate(m.source / "big")
     pid = m.pid
     assert pid is not None
+    # One listing first: libfuse opens its splice pipe at its first request after INIT,
+    # which with the C relay answering the mount's stats may be this listing.
+    os.listdir(m.mnt)
     before = _fds(pid)
     assert set(os.listdir(m.mnt / "big")) == names
     listed = _fds(pid) - before
@@ -132,8 +135,12 @@ def test_a_lookup_turns_attributes_on_for_the_rest_of_the_listing(
         host_mount: MountFactory) -> None:
     """``ls -l`` stats the names of each batch as it reads them: once a child of a
     directory being listed is looked up, the following batches carry attributes (each
-    entry looked up as it is sent: an fd each), until the directory is closed."""
-    m = host_mount()
+    entry looked up as it is sent: an fd each), until the directory is closed.
+
+    Where pyfuse3 answers the LOOKUPs: with the C relay (msbfs.hostmount_relay) they
+    never reach Python, and a plain listing plus C LOOKUPs measured as fast as a
+    listing with attributes (``ls -l`` of 10,000 names: 360-410 vs 315-424 ms)."""
+    m = host_mount(env={**os.environ, "MSBFS_HOST_RELAY": "0"})
     names = _populate(m.source / "big")
     pid = m.pid
     assert pid is not None

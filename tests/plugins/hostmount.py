@@ -98,7 +98,9 @@ class MountFactory:
         self.made: list[HostMount] = []
 
     def __call__(self, source: str | Path | None = None, options: str = "", *,
-                 no_kernel_flags: bool = False, mnt: Path | None = None) -> HostMount:
+                 no_kernel_flags: bool = False, mnt: Path | None = None,
+                 env: dict[str, str] | None = None) -> HostMount:
+        """``env``: the daemon's environment (None: ours)."""
         n = len(self.made)
         if source is None:
             source = self.base / f"src{n}"
@@ -111,7 +113,7 @@ class MountFactory:
             args += ["-o", options]
         if no_kernel_flags:
             args.append("--no-kernel-flags")
-        r = msbfs(*args)
+        r = msbfs(*args, env=env)
         assert r.returncode == 0, f"msbfs mount failed: {r.stderr}"
         # Background mode returns only once the mount answers: no waiting here.
         assert os.path.ismount(mnt)

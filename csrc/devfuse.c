@@ -1,0 +1,511 @@
+/* The host mount's fast path: see devfuse.h. */
+#define _GNU_SOURCE
+#include "devfuse.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fuse_meta.h"
+#include "grace.h"
+#include "handles.h"
+#include "inodes.h"
+#include "virtq.h"
+
+#define MAX_READERS 8
+#define PAGE 4096u
+/* Room for a WRITE's headers beside its data in one socket message. */
+#define WRITE_HEADERS PAGE
+
+struct msb_relay {
+    int dev_fd, lib_fd, ended_fd;
+    struct msb_meta *meta;
+    uint32_t bufsize, msg_max;
+    uint64_t allow;              /* opcodes C may answer (bit per opcode < 64) */
+    int ready;                   /* INIT's reply passed and no DESTROY since */
+    int stopping;
+    int ended_said;
+    uint64_t init_unique;        /* 0: no INIT seen yet (the kernel's uniques start at 2) */
+    uint32_t minor, max_write;
+    uint64_t init_flags;
+    int nreaders, started;
+    pthread_t readers[MAX_READERS], forwarder;
+    int joined[MAX_READERS];
+    struct msb_relay_stats stats;
+};
+
+static void count(uint64_t *c)
+{
+    __atomic_fetch_add(c, 1, __ATOMIC_RELAXED);
+}
+
+/* The signal that interrupts a reader blocked in read() (msb_relay_stop). Its handler
+ * does nothing: the point is the EINTR. */
+static int stop_signal(void)
+{
+    return SIGRTMIN + 6;
+}
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+}
+
+/* Only stop_signal reaches a relay thread (others: 0): Python's signals are for Python's
+ * thread, and a stray EINTR must not end a read. */
+static void mask_signals(int allow_stop)
+{
+    sigset_t s;
+    sigfillset(&s);
+    if (allow_stop)
+        sigdelset(&s, stop_signal());
+    pthread_sigmask(SIG_SETMASK, &s, NULL);
+}
+
+static void say_ended(struct msb_relay *r)
+{
+    if (__atomic_exchange_n(&r->ended_said, 1, __ATOMIC_ACQ_REL) || r->ended_fd < 0)
+        return;
+    uint64_t one = 1;
+    ssize_t w = write(r->ended_fd, &one, sizeof one);
+    (void)w;
+}
+
+/* One reply straight to the connection. ENOENT: the request was interrupted and its
+ * reply is no longer wanted, which is no error. */
+static void write_dev(struct msb_relay *r, const void *buf, size_t len)
+{
+    ssize_t w;
+    do
+        w = write(r->dev_fd, buf, len);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && errno != ENOENT)
+        count(&r->stats.write_errors);
+}
+
+static void reply_errno(struct msb_relay *r, uint64_t unique, int err)
+{
+    struct fuse_out_header oh = { .len = sizeof oh, .error = -err, .unique = unique };
+    write_dev(r, &oh, sizeof oh);
+}
+
+/* A reader's msb_vq: not a ring; msb_vq_push lands here with the reply the handler
+ * wrote into the chain's writable iovec (len 0: no reply, FORGET). */
+struct sink {
+    struct msb_relay *r;
+    const void *reply;
+};
+
+static int sink_push(void *arg, uint16_t head, uint32_t len)
+{
+    (void)head;
+    struct sink *s = arg;
+    if (len)
+        write_dev(s->r, s->reply, len);
+    return 0;
+}
+
+static int has_reply(uint32_t opcode)
+{
+    return opcode != FUSE_FORGET && opcode != FUSE_BATCH_FORGET && opcode != FUSE_INTERRUPT;
+}
+
+/* READ and WRITE of a handle the table lets C use (msb_fs_table_get: the tree's data_fd
+ * rules; a quota keeps writes in Python), as the virtio-fs data path (fuse_datapath.c)
+ * serves them from guest memory: one pread/pwrite, the reply straight to the connection.
+ * A write that asks for set-id bits to be cleared (FUSE_WRITE_KILL_SUIDGID) is Python's. */
+static int serve_read(struct msb_relay *r, const uint8_t *buf, size_t n, uint8_t *out,
+                      const struct fuse_in_header *ih)
+{
+    struct fuse_read_in ri;
+    struct msb_fs_table *t = r->meta->table;
+    if (!t || n != sizeof *ih + sizeof ri)
+        return 0;
+    memcpy(&ri, buf + sizeof *ih, sizeof ri);
+    if (ri.offset > (uint64_t)INT64_MAX
+        || (uint64_t)ri.size + sizeof(struct fuse_out_header) > r->bufsize)
+        return 0;
+    int fd = msb_fs_table_get(t, ri.fh, MSB_FS_READ);
+    if (fd < 0)
+        return 0;
+    struct fuse_out_header oh = { .len = sizeof oh, .unique = ih->unique };
+    ssize_t got = pread(fd, out + sizeof oh, ri.size, (off_t)ri.offset);
+    if (got < 0)
+        oh.error = -errno;
+    else
+        oh.len += (uint32_t)got;
+    memcpy(out, &oh, sizeof oh);
+    write_dev(r, out, oh.len);
+    return 1;
+}
+
+static int serve_write(struct msb_relay *r, const uint8_t *buf, size_t n,
+                       const struct fuse_in_header *ih)
+{
+    struct fuse_write_in wi;
+    const size_t pre = sizeof *ih + sizeof wi;
+    struct msb_fs_table *t = r->meta->table;
+    if (!t || n < pre)
+        return 0;
+    memcpy(&wi, buf + sizeof *ih, sizeof wi);
+    if ((uint64_t)wi.size != n - pre || wi.offset > (uint64_t)INT64_MAX
+        || (wi.write_flags & FUSE_WRITE_KILL_SUIDGID))
+        return 0;
+    int fd = msb_fs_table_get(t, wi.fh, MSB_FS_WRITE);
+    if (fd < 0)
+        return 0;
+    ssize_t put = pwrite(fd, buf + pre, wi.size, (off_t)wi.offset);
+    if (put < 0) {
+        reply_errno(r, ih->unique, errno);
+        return 1;
+    }
+    struct {
+        struct fuse_out_header oh;
+        struct fuse_write_out wo;
+    } rep = { { sizeof rep, 0, ih->unique }, { (uint32_t)put, 0 } };
+    write_dev(r, &rep, sizeof rep);
+    return 1;
+}
+
+/* The opcodes that leave set-id bits to the filesystem when libfuse negotiated
+ * HANDLE_KILLPRIV(_V2): the host mount's adapter applies that rule (msbfs/hostmount.py
+ * HostOps._killing_ctx), so they are Python's then. Without it the kernel clears the bits
+ * itself (a SETATTR of the mode before the write), except for an open's O_TRUNC, which
+ * it sends as part of the OPEN (ATOMIC_O_TRUNC): a caller without CAP_FSETID (not root)
+ * truncating on open is Python's. */
+static int python_rule(const struct msb_relay *r, const uint8_t *buf, size_t n,
+                       const struct fuse_in_header *ih)
+{
+    uint32_t op = ih->opcode;
+    if (op != FUSE_OPEN && op != FUSE_CREATE && op != FUSE_WRITE && op != FUSE_READ)
+        return 0;
+    if (__atomic_load_n(&r->init_flags, __ATOMIC_ACQUIRE)
+        & (FUSE_HANDLE_KILLPRIV | FUSE_HANDLE_KILLPRIV_V2))
+        return op != FUSE_READ;
+    if ((op == FUSE_OPEN || op == FUSE_CREATE) && ih->uid != 0) {
+        uint32_t flags;
+        if (n < sizeof *ih + sizeof flags)
+            return 1;
+        memcpy(&flags, buf + sizeof *ih, sizeof flags);  /* open_in and create_in: first */
+        return (flags & O_TRUNC) != 0;
+    }
+    return 0;
+}
+
+/* 1 when C answered the request in buf[0..n). */
+static int answer(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c, uint8_t *buf,
+                  size_t n, uint8_t *out, const struct fuse_in_header *ih)
+{
+    if (!__atomic_load_n(&r->ready, __ATOMIC_ACQUIRE))
+        return 0;
+    if (ih->opcode >= 64 || !(r->allow & (1ull << ih->opcode)))
+        return 0;
+    if (ih->len != n || ih->total_extlen != 0 || python_rule(r, buf, n, ih))
+        return 0;
+    if (ih->opcode == FUSE_READ || ih->opcode == FUSE_WRITE) {
+        msb_grace_enter();
+        int done = ih->opcode == FUSE_READ ? serve_read(r, buf, n, out, ih)
+                                           : serve_write(r, buf, n, ih);
+        msb_grace_exit();
+        return done;
+    }
+    c->head = 0;
+    c->nout = 1;
+    c->nin = 1;
+    c->out_len = (uint32_t)n;
+    c->in_len = r->bufsize;
+    c->iov[0] = (struct iovec){ buf, n };
+    c->iov[1] = (struct iovec){ out, r->bufsize };
+    msb_grace_enter();
+    int done = msb_meta_serve(r->meta, vq, c, ih);
+    msb_grace_exit();
+    return done != 0;
+}
+
+static void forward(struct msb_relay *r, const uint8_t *buf, size_t n,
+                    const struct fuse_in_header *ih)
+{
+    if (ih->opcode == FUSE_INIT)
+        __atomic_store_n(&r->init_unique, ih->unique, __ATOMIC_RELEASE);
+    if (ih->opcode == FUSE_DESTROY) {
+        /* The session ends: the tree forgets everything after this. */
+        __atomic_store_n(&r->ready, 0, __ATOMIC_RELEASE);
+        msb_meta_set_ready(r->meta, 0);
+    }
+    ssize_t s;
+    do
+        s = send(r->lib_fd, buf, n, MSG_NOSIGNAL);
+    while (s < 0 && errno == EINTR && !__atomic_load_n(&r->stopping, __ATOMIC_RELAXED));
+    if (s == (ssize_t)n) {
+        count(&r->stats.forwarded);
+        return;
+    }
+    /* libfuse is gone (or the message is too big for the socket): never leave the
+     * caller waiting for a reply nobody will send. */
+    count(&r->stats.send_errors);
+    if (has_reply(ih->opcode))
+        reply_errno(r, ih->unique, EIO);
+}
+
+static void *reader_main(void *arg)
+{
+    struct msb_relay *r = arg;
+    mask_signals(1);
+    uint8_t *buf = malloc(r->bufsize);
+    uint8_t *out = malloc(r->bufsize);
+    struct msb_chain *c = malloc(sizeof *c);
+    if (!buf || !out || !c) {
+        say_ended(r);
+        goto done;
+    }
+    struct sink s = { .r = r, .reply = out };
+    struct msb_vq vq;
+    msb_vq_init(&vq);
+    vq.sink = sink_push;
+    vq.sink_arg = &s;
+    while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
+        ssize_t n = read(r->dev_fd, buf, r->bufsize);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
+                continue;
+            /* ENODEV: unmounted. Anything else leaves the connection unusable too. */
+            say_ended(r);
+            break;
+        }
+        if ((size_t)n < sizeof(struct fuse_in_header))
+            continue;  /* the kernel never sends one; nothing to answer */
+        struct fuse_in_header ih;
+        memcpy(&ih, buf, sizeof ih);
+        if (answer(r, &vq, c, buf, (size_t)n, out, &ih)) {
+            count(&r->stats.answered);
+            continue;
+        }
+        forward(r, buf, (size_t)n, &ih);
+    }
+done:
+    free(c);
+    free(out);
+    free(buf);
+    return NULL;
+}
+
+/* libfuse's INIT reply, on its way to the kernel: note what was agreed, lower max_write
+ * (and max_pages) when one socket message could not carry such a WRITE, then let C
+ * answer from the next request on. */
+static void saw_init_reply(struct msb_relay *r, uint8_t *buf, size_t n)
+{
+    struct fuse_out_header oh;
+    memcpy(&oh, buf, sizeof oh);
+    if (oh.error != 0 || n < sizeof oh + offsetof(struct fuse_init_out, max_readahead))
+        return;  /* refused or not understood: C stays out */
+    struct fuse_init_out io;
+    memset(&io, 0, sizeof io);
+    size_t have = n - sizeof oh < sizeof io ? n - sizeof oh : sizeof io;
+    memcpy(&io, buf + sizeof oh, have);
+    uint64_t flags = io.flags;
+    if (flags & FUSE_INIT_EXT)
+        flags |= (uint64_t)io.flags2 << 32;
+    uint32_t limit = (r->msg_max - WRITE_HEADERS) & ~(PAGE - 1);
+    if (have >= offsetof(struct fuse_init_out, time_gran) && io.max_write > limit) {
+        io.max_write = limit;
+        if ((flags & FUSE_MAX_PAGES) && have >= offsetof(struct fuse_init_out, map_alignment)
+            && io.max_pages > limit / PAGE)
+            io.max_pages = (uint16_t)(limit / PAGE);
+        memcpy(buf + sizeof oh, &io, have);
+        count(&r->stats.clamped);
+    }
+    __atomic_store_n(&r->init_flags, flags, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->max_write, io.max_write, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->minor, io.minor, __ATOMIC_RELEASE);
+    msb_meta_set_ready(r->meta, 1);
+    __atomic_store_n(&r->ready, 1, __ATOMIC_RELEASE);
+}
+
+static void *forwarder_main(void *arg)
+{
+    struct msb_relay *r = arg;
+    mask_signals(0);
+    uint8_t *buf = malloc(r->bufsize);
+    if (!buf)
+        return NULL;
+    for (;;) {
+        ssize_t n = recv(r->lib_fd, buf, r->bufsize, MSG_TRUNC);
+        if (n == 0)
+            break;  /* libfuse's end is closed */
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if ((size_t)n < sizeof(struct fuse_out_header))
+            continue;
+        struct fuse_out_header oh;
+        memcpy(&oh, buf, sizeof oh);
+        if ((size_t)n > r->bufsize) {
+            /* A reply larger than any request allows: the kernel gets an error instead. */
+            count(&r->stats.write_errors);
+            if (oh.unique)
+                reply_errno(r, oh.unique, EIO);
+            continue;
+        }
+        uint64_t init = __atomic_load_n(&r->init_unique, __ATOMIC_ACQUIRE);
+        if (init && oh.unique == init && !__atomic_load_n(&r->ready, __ATOMIC_ACQUIRE))
+            saw_init_reply(r, buf, (size_t)n);
+        write_dev(r, buf, (size_t)n);
+        count(&r->stats.replies);
+    }
+    free(buf);
+    return NULL;
+}
+
+struct msb_relay *msb_relay_new(int dev_fd, int lib_fd, struct msb_meta *m, uint32_t bufsize,
+                                uint32_t msg_max, int ended_fd)
+{
+    if (!m || bufsize < 2 * PAGE || msg_max < 2 * WRITE_HEADERS)
+        return NULL;
+    struct msb_relay *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->dev_fd = dev_fd;
+    r->lib_fd = lib_fd;
+    r->ended_fd = ended_fd;
+    r->meta = m;
+    r->bufsize = bufsize;
+    r->msg_max = msg_max;
+    return r;
+}
+
+int msb_relay_allow(struct msb_relay *r, uint32_t opcode, int on)
+{
+    if (opcode >= 64)
+        return -EINVAL;
+    if (on)
+        r->allow |= 1ull << opcode;
+    else
+        r->allow &= ~(1ull << opcode);
+    return 0;
+}
+
+int msb_relay_start(struct msb_relay *r, int readers)
+{
+    if (r->started || readers < 1 || readers > MAX_READERS)
+        return -EINVAL;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;  /* no SA_RESTART: the read must end */
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(stop_signal(), &sa, NULL) < 0)
+        return -errno;
+    /* The threads start with every signal blocked, then each sets its own mask. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = pthread_create(&r->forwarder, NULL, forwarder_main, r);
+    for (int i = 0; !err && i < readers; i++) {
+        err = pthread_create(&r->readers[i], NULL, reader_main, r);
+        if (!err)
+            r->nreaders = i + 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    r->started = 1;
+    if (err) {
+        msb_relay_stop(r);
+        return -err;
+    }
+    return 0;
+}
+
+void msb_relay_stop(struct msb_relay *r)
+{
+    if (!r->started)
+        return;
+    r->started = 0;
+    __atomic_store_n(&r->ready, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->stopping, 1, __ATOMIC_RELEASE);
+    shutdown(r->lib_fd, SHUT_RDWR);  /* the forwarder's recv returns 0 */
+    int left = r->nreaders;
+    while (left > 0) {
+        for (int i = 0; i < r->nreaders; i++) {
+            if (r->joined[i])
+                continue;
+            pthread_kill(r->readers[i], stop_signal());
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 10 * 1000 * 1000;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            if (pthread_timedjoin_np(r->readers[i], NULL, &until) == 0) {
+                r->joined[i] = 1;
+                left--;
+            }
+        }
+    }
+    pthread_join(r->forwarder, NULL);
+}
+
+int msb_relay_take_dev(struct msb_relay *r)
+{
+    int fd = r->dev_fd;
+    r->dev_fd = -1;
+    return fd;
+}
+
+void msb_relay_free(struct msb_relay *r)
+{
+    if (!r)
+        return;
+    msb_relay_stop(r);
+    if (r->dev_fd >= 0)
+        close(r->dev_fd);
+    if (r->lib_fd >= 0)
+        close(r->lib_fd);
+    free(r);
+}
+
+void msb_relay_stats(struct msb_relay *r, struct msb_relay_stats *out)
+{
+    out->answered = __atomic_load_n(&r->stats.answered, __ATOMIC_RELAXED);
+    out->forwarded = __atomic_load_n(&r->stats.forwarded, __ATOMIC_RELAXED);
+    out->replies = __atomic_load_n(&r->stats.replies, __ATOMIC_RELAXED);
+    out->send_errors = __atomic_load_n(&r->stats.send_errors, __ATOMIC_RELAXED);
+    out->write_errors = __atomic_load_n(&r->stats.write_errors, __ATOMIC_RELAXED);
+    out->clamped = __atomic_load_n(&r->stats.clamped, __ATOMIC_RELAXED);
+}
+
+uint32_t msb_relay_minor(struct msb_relay *r)
+{
+    return __atomic_load_n(&r->minor, __ATOMIC_ACQUIRE);
+}
+
+uint64_t msb_relay_init_flags(struct msb_relay *r)
+{
+    return __atomic_load_n(&r->init_flags, __ATOMIC_ACQUIRE);
+}
+
+uint32_t msb_relay_max_write(struct msb_relay *r)
+{
+    return __atomic_load_n(&r->max_write, __ATOMIC_ACQUIRE);
+}
+
+void msb_relay_py_begin(struct msb_inodes *inodes)
+{
+    if (inodes)
+        msb_inodes_hold(inodes);
+    msb_grace_enter();
+}
+
+void msb_relay_py_end(struct msb_inodes *inodes)
+{
+    msb_grace_exit();
+    if (inodes)
+        msb_inodes_unhold(inodes);
+}
