@@ -246,6 +246,31 @@ async def test_c_answers_only_names_the_rule_decided_for_every_caller(
         assert c.device.meta.xattr_statistics()["getxattrs"] == before + 1
 
 
+@ROOT_ONLY
+async def test_host_privileged_xattrs_stay_hidden(fs_client: Callable[..., Any],
+                                                  tmp_path: Path) -> None:
+    """What a client must see of the host's own security.* and trusted.* under the
+    default map, whoever asks, whether C or Python answers: nothing (DESIGN.md, "Trust
+    and permissions"). The differential test alone would pass if both sides leaked."""
+    _populate(tmp_path, big=False)
+    async with fs_client(tmp_path, Policy()) as c:
+        ids = {n: parse_entry(await c.ok(c.r.lookup(ROOT, n.encode()))).nodeid
+               for n in ("cap", "sel", "priv")}
+        before = c.device.meta.xattr_statistics()["getxattrs"]
+        for uid in (0, 1000):
+            r = Requests(uid=uid, gid=uid)
+            for node, name in ((ids["cap"], b"security.capability"),
+                               (ids["sel"], b"security.selinux"),
+                               (ids["priv"], b"security.foo"), (ids["priv"], b"trusted.t")):
+                for size in (0, 4096):
+                    assert (await c.call(r.getxattr(node, name, size))).error == 61  # ENODATA
+            assert (await c.ok(r.listxattr(ids["cap"], 4096))).split(b"\0") == [b"user.x", b""]
+            assert await c.ok(r.listxattr(ids["priv"], 4096)) == b""
+            assert await c.ok(r.listxattr(ids["sel"], 4096)) == b""
+        # the two hot names, four times each, were C's
+        assert c.device.meta.xattr_statistics()["getxattrs"] == before + 8
+
+
 def test_hot_names_are_the_rules_answers(tmp_path: Path) -> None:
     """The table C looks answers up in is the tree's own rule run for each name (under
     the default map security.* is ENODATA, ACLs off are EOPNOTSUPP; a renaming map's
