@@ -4,7 +4,8 @@
  * no record-lock description at all), from the one inode table (csrc/inodes.h) the Python tree
  * uses too. Other units answer more through msb_meta_serve's switch: UNLINK, RMDIR,
  * ACCESS and MKDIR (csrc/fuse_names.h), READDIR and READDIRPLUS (csrc/fuse_readdir.h),
- * OPEN, OPENDIR, RELEASE, RELEASEDIR and CREATE (csrc/fuse_handles.h), ...
+ * OPEN, OPENDIR, RELEASE, RELEASEDIR and CREATE (csrc/fuse_handles.h), GETXATTR and
+ * LISTXATTR (csrc/fuse_xattr.h), ...
  *
  * The rule is fuse_datapath.c's: answer only what is unambiguous, hand everything
  * else back to Python untouched (it checks everything and replies the right errno).
