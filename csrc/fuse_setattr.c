@@ -19,7 +19,8 @@
 #define TIMES (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW)
 /* Tree.setattr's changes; those not answered here go to Python whole. */
 #define CHANGES (FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_SIZE | TIMES)
-#define PYTHONS (FATTR_UID | FATTR_GID | FATTR_SIZE)
+#define IDS (FATTR_UID | FATTR_GID)
+#define ID_MAX 0xfffffffeu   /* Tree.setattr: _int(uid, 0, 0xFFFFFFFE) */
 #define MODE_MAX 0177777u   /* Tree.setattr: _int(mode, 0, 0o7777 | 0o170000) */
 #define NSEC 1000000000u
 
@@ -36,6 +37,7 @@ void msb_setattr_stats(struct msb_meta *m, struct msb_setattr_stats *out)
         __atomic_load_n(&s->setattr_ns, __ATOMIC_RELAXED),
         __atomic_load_n(&s->chmods, __ATOMIC_RELAXED),
         __atomic_load_n(&s->utimes, __ATOMIC_RELAXED),
+        __atomic_load_n(&s->chowns, __ATOMIC_RELAXED),
     };
 }
 
@@ -99,7 +101,11 @@ int msb_setattr_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
     msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &si, sizeof si);
     const uint32_t valid = si.valid;
     int64_t at[2], mt[2];
-    if ((valid & PYTHONS)
+    /* SIZE (a quota's charge, a writable fd to open); a chown beside KILL_SUIDGID (the
+     * caller's group decides what is killed) or of an id that is none (EINVAL) */
+    if ((valid & FATTR_SIZE)
+        || ((valid & IDS) && (valid & FATTR_KILL_SUIDGID))
+        || ((valid & FATTR_UID) && si.uid > ID_MAX) || ((valid & FATTR_GID) && si.gid > ID_MAX)
         || ((valid & FATTR_MODE) && (!s->mode || si.mode > MODE_MAX))
         || timespec_of(valid, FATTR_ATIME, FATTR_ATIME_NOW, si.atime, si.atimensec, at) < 0
         || timespec_of(valid, FATTR_MTIME, FATTR_MTIME_NOW, si.mtime, si.mtimensec, mt) < 0
@@ -119,6 +125,11 @@ int msb_setattr_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
     if (!err && (valid & FATTR_MODE)) {
         err = change_mode(n, info.kind, fd, hfd, si.mode);
         count(&s->stats.chmods, 1);
+    }
+    if (!err && (valid & IDS)) {   /* ids as the host's: the C path has no id map */
+        err = -msb_fchownat(fd, "", valid & FATTR_UID ? (int64_t)si.uid : -1,
+                            valid & FATTR_GID ? (int64_t)si.gid : -1, AT_EMPTY_PATH);
+        count(&s->stats.chowns, 1);
     }
     if (!err && (valid & TIMES)) {
         err = -msb_utimensat(fd, "", at[0], at[1], mt[0], mt[1], AT_EMPTY_PATH);

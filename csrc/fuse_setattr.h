@@ -5,11 +5,13 @@
  * right errno), count and change nothing before the decision to answer.
  *
  * Tree.setattr (msbfs/tree/tree.py), as the daemon (no creds switch, as there), for
- * requests whose changes are FATTR_MODE and the times (FATTR_ATIME, FATTR_MTIME,
- * FATTR_ATIME_NOW, FATTR_MTIME_NOW) alone, with or without FATTR_FH; bits the tree
- * ignores (FATTR_CTIME, FATTR_LOCKOWNER, unknown ones) are ignored here too, and
- * FATTR_KILL_SUIDGID acts there only beside SIZE/UID/GID, which are Python's. In the
- * tree's order:
+ * requests whose changes are FATTR_MODE, FATTR_UID/FATTR_GID and the times (FATTR_ATIME,
+ * FATTR_MTIME, FATTR_ATIME_NOW, FATTR_MTIME_NOW), with or without FATTR_FH; bits the
+ * tree ignores (FATTR_CTIME, FATTR_LOCKOWNER, unknown ones) are ignored here too.
+ * FATTR_SIZE is Python's (a quota's charge, the writable fd it opens), and so is a
+ * chown beside FATTR_KILL_SUIDGID (what it kills depends on the caller's group: the
+ * kernel sends it with every chown of a non-directory); alone, KILL_SUIDGID does
+ * nothing there (nor here). In the tree's order:
  * - the inode (unknown ids, another device than the root's: Python's);
  * - any change: the policy's mutation errno (struct msb_names' mutation_errno, the
  *   one Policy.c_decisions compiled: readonly is EROFS);
@@ -19,6 +21,9 @@
  *   stored_mask, only when the policy's rule is that AND mask: `mode` says so); a
  *   symlink is EOPNOTSUPP; fchmod on the handle's fd, else chmod of
  *   /proc/self/fd/<the inode's O_PATH fd>. A mode beyond 0177777 (EINVAL): Python's;
+ * - FATTR_UID/FATTR_GID: fchownat(AT_EMPTY_PATH) on the O_PATH fd, -1 for the one
+ *   absent; the ids are the host's (a tree with an id map has no C path at all); one
+ *   beyond 0xfffffffe (EINVAL): Python's;
  * - the times: utimensat(AT_EMPTY_PATH) on the O_PATH fd with Tree._timespec's
  *   values: NOW wins over a given time, a given time is the kernel's signed tv_sec
  *   plus any u32 nsec carried into it, absent is UTIME_OMIT; a time beyond a 64-bit
@@ -39,7 +44,7 @@ struct msb_vq;
 struct msb_chain;
 
 struct msb_setattr_stats {
-    uint64_t setattrs, setattr_ns, chmods, utimes;
+    uint64_t setattrs, setattr_ns, chmods, utimes, chowns;
 };
 
 struct msb_setattr {

@@ -1,5 +1,5 @@
-"""Glue of the C SETATTR path (csrc/fuse_setattr.h) to a device: a chmod and the times
-answered in C, as ``Tree.setattr`` answers them.
+"""Glue of the C SETATTR path (csrc/fuse_setattr.h) to a device: a chmod, a chown (no id
+map: the C path has none) and the times answered in C, as ``Tree.setattr`` answers them.
 
 Nothing here states a rule: the mutation errno (readonly) and ``stored_mode``'s mask
 (nosuid) are the policy's compiled decisions (``Policy.c_decisions``), which
@@ -28,4 +28,5 @@ def setattr_statistics(m: Any) -> dict[str, int]:
     """What csrc/fuse_setattr.c answered."""
     s = ffi.new("struct msb_setattr_stats *")
     lib.msb_setattr_stats(m, s)
-    return {k: int(getattr(s, k)) for k in ("setattrs", "setattr_ns", "chmods", "utimes")}
+    return {k: int(getattr(s, k))
+            for k in ("setattrs", "setattr_ns", "chmods", "utimes", "chowns")}

@@ -216,14 +216,15 @@ static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
         return (uint32_t)sizeof mi + len + (take(c, 1) < 32 ? 0 : 1);
     }
     if (opcode == FUSE_SETATTR) {
-        /* any valid bits (now and then only C's: MODE, the times, FH), a mode with type
+        /* any valid bits (now and then only C's: MODE, UID/GID, the times, FH; the ids
+         * the harness's own, so its files stay its own), a mode with type
          * bits or beyond them, a handle of a node, of a directory, released or junk,
          * times around a 64-bit tv_sec and nsec past a second; sometimes short */
         static const uint64_t secs[] = { 0, 1, UINT64_MAX, 1ull << 63, (1ull << 63) - 1,
                                          1ull << 33, 16725225600ull };
         uint64_t fhs[] = { 7, 8, (uint64_t)list_fh, table->next_fh - 1, take(c, 8) };
         struct fuse_setattr_in si = {
-            .valid = take(c, 1) < 128 ? (uint32_t)take(c, 2) & 0x1f1 : (uint32_t)take(c, 4),
+            .valid = take(c, 1) < 128 ? (uint32_t)take(c, 2) & 0x1f7 : (uint32_t)take(c, 4),
             .fh = fhs[take(c, 1) % 5], .size = take(c, 1) % 8,
             .atime = secs[take(c, 1) % 7], .mtime = secs[take(c, 1) % 7],
             .atimensec = take(c, 1) < 32 ? (uint32_t)take(c, 4) : (uint32_t)take(c, 1),
@@ -525,8 +526,9 @@ int main(int argc, char **argv)
            (unsigned long long)ns.accesses, (unsigned long long)ns.mkdirs);
     struct msb_setattr_stats ss;
     msb_setattr_stats(meta, &ss);
-    printf("setattrs=%llu chmods=%llu utimes=%llu ", (unsigned long long)ss.setattrs,
-           (unsigned long long)ss.chmods, (unsigned long long)ss.utimes);
+    printf("setattrs=%llu chmods=%llu utimes=%llu chowns=%llu ", (unsigned long long)ss.setattrs,
+           (unsigned long long)ss.chmods, (unsigned long long)ss.utimes,
+           (unsigned long long)ss.chowns);
     struct msb_open_stats os_;
     msb_open_stats(meta, &os_);
     printf("opens=%llu opendirs=%llu releases=%llu releasedirs=%llu creates=%llu ",
