@@ -5,7 +5,8 @@
  * uses too. Other units answer more through msb_meta_serve's switch: UNLINK, RMDIR,
  * ACCESS and MKDIR (csrc/fuse_names.h), READDIR and READDIRPLUS (csrc/fuse_readdir.h),
  * OPEN, OPENDIR, RELEASE, RELEASEDIR and CREATE (csrc/fuse_handles.h), GETXATTR and
- * LISTXATTR (csrc/fuse_xattr.h), ...
+ * LISTXATTR (csrc/fuse_xattr.h), SETATTR of the mode, owners and times
+ * (csrc/fuse_setattr.h), ...
  *
  * The rule is fuse_datapath.c's: answer only what is unambiguous, hand everything
  * else back to Python untouched (it checks everything and replies the right errno).

@@ -14,7 +14,8 @@ goes to Python as before.
 
 UNLINK/RMDIR/MKDIR (no quota) and ACCESS too (csrc/fuse_names.h): the policy's decisions as
 ``Policy.c_decisions`` compiles them from its own rules, and the daemon's identity an
-ACCESS switch restores, from the tree's ``Identities``.
+ACCESS switch restores, from the tree's ``Identities``. SETATTR of the mode, owners and
+times (csrc/fuse_setattr.h) with the same decisions (msbfs/fastsetattr.py).
 
 ``MSBFS_C_METADATA=0`` turns the path off (benchmarks, differential tests); ``enabled``
 does it for one device.

@@ -28,10 +28,11 @@ quota (bytes, inodes)           QuotaAccount, writes_need_tree    T; C never get
                                                                   byte quota (T)
 ==============================  ================================  =====================
 
-The C metadata path answers UNLINK, RMDIR, ACCESS and MKDIR itself (csrc/fuse_names.c)
-with the errnos of ``check_mutation`` and ``check_access`` and the mask of
-``stored_mode`` as ``c_decisions`` computes them by running these very rules: readonly,
-noexec and nosuid reach it as numbers, never as a copy.
+The C metadata path answers UNLINK, RMDIR, ACCESS and MKDIR itself (csrc/fuse_names.c),
+and SETATTR's chmod, chown and utimes (csrc/fuse_setattr.c), with the errnos of
+``check_mutation`` and ``check_access`` and the mask of ``stored_mode`` as
+``c_decisions`` computes them by running these very rules: readonly, noexec and nosuid
+reach it as numbers, never as a copy.
 
 Permissions of the client's own users are its kernel's (default_permissions on every
 front; see "Permissions" in msbfs/tree/tree.py): nothing here checks a uid, except
