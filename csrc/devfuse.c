@@ -175,8 +175,8 @@ static int serve_write(struct msb_relay *r, const uint8_t *buf, size_t n,
 }
 
 /* The opcodes that leave set-id bits to the filesystem when libfuse negotiated
- * HANDLE_KILLPRIV(_V2): the host mount's adapter applies that rule (msbfs/hostmount.py
- * HostOps._killing_ctx), so they are Python's then. Without it the kernel clears the bits
+ * HANDLE_KILLPRIV(_V2) (OPEN, CREATE, WRITE, SETATTR): the host mount's adapter applies
+ * that rule (msbfs/hostmount.py HostOps._killing_ctx), so they are Python's then. Without it the kernel clears the bits
  * itself (a SETATTR of the mode before the write), except for an open's O_TRUNC, which
  * it sends as part of the OPEN (ATOMIC_O_TRUNC): a caller without CAP_FSETID (not root)
  * truncating on open is Python's. */
@@ -184,7 +184,8 @@ static int python_rule(const struct msb_relay *r, const uint8_t *buf, size_t n,
                        const struct fuse_in_header *ih)
 {
     uint32_t op = ih->opcode;
-    if (op != FUSE_OPEN && op != FUSE_CREATE && op != FUSE_WRITE && op != FUSE_READ)
+    if (op != FUSE_OPEN && op != FUSE_CREATE && op != FUSE_WRITE && op != FUSE_READ
+        && op != FUSE_SETATTR)
         return 0;
     if (__atomic_load_n(&r->init_flags, __ATOMIC_ACQUIRE)
         & (FUSE_HANDLE_KILLPRIV | FUSE_HANDLE_KILLPRIV_V2))

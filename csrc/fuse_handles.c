@@ -242,7 +242,7 @@ int msb_handles_create(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *
         || ih->uid > ID_MAX || ih->gid > ID_MAX)
         return 0;   /* EINVAL, EMFILE, ENFILE, EINVAL: Python's */
     int pfd = msb_inodes_fd(m->inodes, ih->nodeid);
-    if (pfd < 0)
+    if (pfd < 0 || msb_new_acl_parent(n, pfd))
         return 0;
     uint32_t oflags = (ci.flags & o->pass_mask) | o->add_flags | O_CREAT | O_NOFOLLOW
                       | (ci.flags & O_EXCL);

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <stdio.h>
+#include <sys/xattr.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -126,6 +127,17 @@ int msb_new_mode(const struct msb_names *n, uint32_t mode, uint32_t umask, uint3
     return 0;
 }
 
+int msb_new_acl_parent(const struct msb_names *n, int pfd)
+{
+    if (!n->acl_check)
+        return 0;
+    char path[40];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", pfd);
+    if (getxattr(path, "system.posix_acl_default", NULL, 0) >= 0)
+        return 1;
+    return errno != ENODATA && errno != EOPNOTSUPP;
+}
+
 int msb_new_lookup(struct msb_meta *m, int pfd, const char *name, struct stat *st,
                    struct msb_inode_info *info)
 {
@@ -199,7 +211,7 @@ int msb_new_owner_mode(const struct msb_names *n, int fd, int opath, struct stat
     return 0;
 }
 
-/* Tree.mkdir without a quota or POSIX ACLs. Everything that may send the request back
+/* Tree.mkdir without a quota (nor a parent's default ACL). Everything that may send the request back
  * to Python is decided before mkdirat; after it, the reply is C's. */
 int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                     const struct fuse_in_header *ih)
@@ -221,7 +233,7 @@ int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         || ih->gid > ID_MAX || msb_inodes_check_room(m->inodes) < 0)
         return 0;   /* EINVAL, EINVAL, ENFILE: Python's */
     int pfd = msb_inodes_fd(m->inodes, ih->nodeid);
-    if (pfd < 0)
+    if (pfd < 0 || msb_new_acl_parent(n, pfd))
         return 0;
     int r;
     do

@@ -55,7 +55,8 @@ struct msb_names {
     uint8_t access_errno[16 * 8]; /* Policy.check_access's: [(kind >> 12) * 8 + mask] */
     int creds;                    /* MSB_NAMES_CREDS_* */
     uint32_t own_uid, own_gid;    /* what a switch restores */
-    int mkdir;                    /* MKDIR answered here (no quota, no POSIX ACLs) */
+    int mkdir;                    /* MKDIR answered here (no quota) */
+    int acl_check;                /* POSIX ACLs: a parent's default ACL sends it to Python */
     uint32_t stored_mask;         /* Policy.stored_mode, the AND mask it is (nosuid) */
     uint32_t daemon_umask;        /* the process umask the tree read at start */
     struct msb_names_stats stats;
@@ -98,6 +99,10 @@ const char *msb_new_body(struct msb_meta *m, const struct msb_chain *c,
                          char *body);
 struct stat;
 struct msb_inode_info;
+/* Tree._creation_mode's question on a tree with POSIX ACLs (acl_check): has the parent
+ * a default ACL? Then the new node's mode comes from it, not from the umask: 1, Python's
+ * (also when the answer is unsure); 0: the rules above apply. */
+int msb_new_acl_parent(const struct msb_names *n, int pfd);
 int msb_new_lookup(struct msb_meta *m, int pfd, const char *name, struct stat *st,
                    struct msb_inode_info *info);
 int msb_new_owner_mode(const struct msb_names *n, int fd, int opath, struct stat *st,

@@ -58,10 +58,12 @@ def _write_names(n: Any, config: CMetaConfig) -> None:
     # the stored mode as the AND mask it is (MKDIR, CREATE, SETATTR's chmod), if it is one
     if d.stored_mask is not None:
         n.stored_mask = d.stored_mask
-    # MKDIR: the creation rules of a tree without a quota (the charge) or POSIX ACLs (a
-    # parent's default ACL decides the mode), with a stored mode C can apply
-    if not config.charged and not config.posix_acl and d.stored_mask is not None:
+    # MKDIR: the creation rules of a tree without a quota (the charge), with a stored
+    # mode C can apply; with POSIX ACLs, C asks the parent for a default ACL first (one
+    # decides the mode instead of the umask: Python's, Tree._creation_mode)
+    if not config.charged and d.stored_mask is not None:
         n.daemon_umask = config.umask
+        n.acl_check = 1 if config.posix_acl else 0
         n.mkdir = 1
 
 

@@ -13,8 +13,9 @@ What C answers here is ``OPCODES``; the rest stays with pyfuse3 and ``HostOps``:
 ACCESS (the host caller's supplementary groups, which FUSE does not send, come from
 /proc), and directory handles (OPENDIR/READDIRPLUS/RELEASEDIR: ``HostOps`` decides which
 listings carry attributes). Files: C opens, reads, writes and releases them unless libfuse
-negotiated HANDLE_KILLPRIV (then ``HostOps`` clears set-id bits on writes, by its opener's
-rights) or a caller other than root truncates on open (csrc/devfuse.c ``python_rule``).
+negotiated HANDLE_KILLPRIV (then ``HostOps`` clears set-id bits on writes, truncates and
+chowns, by its opener's rights: SETATTR is Python's then too) or a caller other than root
+truncates on open (csrc/devfuse.c ``python_rule``).
 A handle ``HostOps`` opened stays its own to release (``msb_handles_mark_python``): it
 keeps its opener for the writes.
 
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 #: What C answers on the host mount (see the module docstring for what it leaves).
 OPCODES = (Opcode.LOOKUP, Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.GETATTR,
            Opcode.STATFS, Opcode.FLUSH, Opcode.UNLINK, Opcode.RMDIR, Opcode.MKDIR,
-           Opcode.OPEN, Opcode.CREATE, Opcode.READ, Opcode.WRITE, Opcode.RELEASE)
+           Opcode.OPEN, Opcode.CREATE, Opcode.READ, Opcode.WRITE, Opcode.RELEASE,
+           Opcode.SETATTR, Opcode.GETXATTR, Opcode.LISTXATTR)
 
 #: Reader threads on the connection: requests of parallel callers are answered at once.
 READERS = 2
