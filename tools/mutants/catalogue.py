@@ -451,9 +451,9 @@ MUTANTS: tuple[Mutant, ...] = (
         (Edit("csrc/fuse_names.c", "    int err = n->mutation_errno;\n", "    int err = 0;\n"),),
         {"virtiofs": ("tests/test_virtiofs_names.py"
                       "::test_unlink_rmdir_c_and_python_reply_the_same_bytes[readonly]",),
-         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
-        {"tree": "UNLINK/RMDIR in C are the vhost transport's",
-         "hostmount": "the host mount has no C metadata path"}),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
+         "hostmount": READONLY["hostmount"]},
+        {"tree": "UNLINK/RMDIR in C are the vhost transport's"}),
     Mutant(
         "open-c-ignores-policy", "readonly/noexec: OPEN answered in C is EROFS/EACCES as "
         "check_open says (its own errnos per flag bits, compiled by msbfs/fastopen.py)",
@@ -461,9 +461,10 @@ MUTANTS: tuple[Mutant, ...] = (
               "    if (0) {\n        count(&m->open.stats.open_errors"),),
         {"virtiofs": ("tests/test_virtiofs_handles.py"
                       "::test_opens_and_releases_reply_as_python[-readonly]",),
-         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
-        {"tree": "OPEN in C is the vhost transport's",
-         "hostmount": "the host mount has no C metadata path"}),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
+         "hostmount": (*READONLY["hostmount"],
+                       "tests/test_policy_mount.py::test_noexec_script_cannot_be_executed")},
+        {"tree": "OPEN in C is the vhost transport's"}),
     Mutant(
         "release-c-ignores-locks", "a RELEASE answered in C while an owner holds record locks "
         "would leave them held: C hands RELEASE to the tree whenever a lock description exists",
@@ -484,9 +485,9 @@ MUTANTS: tuple[Mutant, ...] = (
               "    if (0) {\n        count(&n->stats.mkdirs, 1);"),),
         {"virtiofs": ("tests/test_virtiofs_names.py"
                       "::test_mkdir_c_and_python_reply_the_same_bytes[readonly]",),
-         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
-        {"tree": "MKDIR in C is the vhost transport's",
-         "hostmount": "the host mount has no C metadata path"}),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
+         "hostmount": READONLY["hostmount"]},
+        {"tree": "MKDIR in C is the vhost transport's"}),
     Mutant(
         "setattr-c-ignores-readonly", "readonly: a chmod or utimes answered in C is EROFS too "
         "(the policy's own check_mutation errno, compiled by Policy.c_decisions)",
@@ -495,9 +496,9 @@ MUTANTS: tuple[Mutant, ...] = (
               "    int err = 0;"),),
         {"virtiofs": ("tests/test_virtiofs_setattr.py"
                       "::test_setattr_c_and_python_reply_the_same_bytes[readonly]",),
-         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
-        {"tree": "SETATTR in C is the vhost transport's",
-         "hostmount": "the host mount has no C metadata path"}),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
+         "hostmount": READONLY["hostmount"]},
+        {"tree": "SETATTR in C is the vhost transport's"}),
     Mutant(
         "setattr-c-ignores-nosuid", "nosuid: a chmod answered in C stores no set-id bit (the "
         "mask Policy.stored_mode is, compiled by Policy.c_decisions)",
@@ -506,9 +507,9 @@ MUTANTS: tuple[Mutant, ...] = (
               "    mode &= 07777;"),),
         {"virtiofs": ("tests/test_virtiofs_setattr.py"
                       "::test_setattr_c_and_python_reply_the_same_bytes[nosuid]",),
-         "guest": ("tests/test_guest_policy.py::test_nosuid_after_remount",)},
-        {"tree": "SETATTR in C is the vhost transport's",
-         "hostmount": "the host mount has no C metadata path"}),
+         "guest": ("tests/test_guest_policy.py::test_nosuid_after_remount",),
+         "hostmount": ("tests/test_policy_mount.py::test_nosuid_bits_do_not_stick",)},
+        {"tree": "SETATTR in C is the vhost transport's"}),
     Mutant(
         "access-c-as-daemon", "ACCESS answers for its caller (fsuid/fsgid), never the daemon: "
         "C switches to the caller as Identities does",
