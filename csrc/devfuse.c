@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +30,7 @@ struct msb_relay {
     struct msb_meta *meta;
     uint32_t bufsize, msg_max;
     uint64_t allow;              /* opcodes C may answer (bit per opcode < 64) */
+    uint64_t small_dir;          /* READDIRPLUS of a directory up to this size: C's */
     int ready;                   /* INIT's reply passed and no DESTROY since */
     int stopping;
     int ended_said;
@@ -184,6 +186,17 @@ static int python_rule(const struct msb_relay *r, const uint8_t *buf, size_t n,
                        const struct fuse_in_header *ih)
 {
     uint32_t op = ih->opcode;
+    if (op == FUSE_READDIRPLUS) {
+        /* The listing's attributes are the adapter's choice (HostOps.readdir): a small
+         * directory is listed with them, as C lists; a larger one plain, by Python. */
+        struct fuse_read_in ri;
+        struct stat st;
+        if (n != sizeof *ih + sizeof ri || !r->meta->table)
+            return 1;
+        memcpy(&ri, buf + sizeof *ih, sizeof ri);
+        int fd = msb_fs_table_get(r->meta->table, ri.fh, MSB_FS_DIR);
+        return fd < 0 || fstat(fd, &st) < 0 || (uint64_t)st.st_size > r->small_dir;
+    }
     if (op != FUSE_OPEN && op != FUSE_CREATE && op != FUSE_WRITE && op != FUSE_READ
         && op != FUSE_SETATTR)
         return 0;
@@ -200,6 +213,9 @@ static int python_rule(const struct msb_relay *r, const uint8_t *buf, size_t n,
     return 0;
 }
 
+static int serve_meta(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
+                      uint8_t *buf, size_t n, uint8_t *out, const struct fuse_in_header *ih);
+
 /* 1 when C answered the request in buf[0..n). */
 static int answer(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c, uint8_t *buf,
                   size_t n, uint8_t *out, const struct fuse_in_header *ih)
@@ -208,15 +224,27 @@ static int answer(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c, u
         return 0;
     if (ih->opcode >= 64 || !(r->allow & (1ull << ih->opcode)))
         return 0;
-    if (ih->len != n || ih->total_extlen != 0 || python_rule(r, buf, n, ih))
+    if (ih->len != n || ih->total_extlen != 0)
         return 0;
-    if (ih->opcode == FUSE_READ || ih->opcode == FUSE_WRITE) {
-        msb_grace_enter();
-        int done = ih->opcode == FUSE_READ ? serve_read(r, buf, n, out, ih)
-                                           : serve_write(r, buf, n, ih);
-        msb_grace_exit();
-        return done;
-    }
+    /* One section for the decision and the answer: the handle fds they look up stay
+     * valid until it ends (a RELEASE on another reader closes them after a grace). */
+    msb_grace_enter();
+    int done = 0;
+    if (python_rule(r, buf, n, ih))
+        done = 0;
+    else if (ih->opcode == FUSE_READ)
+        done = serve_read(r, buf, n, out, ih);
+    else if (ih->opcode == FUSE_WRITE)
+        done = serve_write(r, buf, n, ih);
+    else
+        done = serve_meta(r, vq, c, buf, n, out, ih);
+    msb_grace_exit();
+    return done;
+}
+
+static int serve_meta(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
+                      uint8_t *buf, size_t n, uint8_t *out, const struct fuse_in_header *ih)
+{
     c->head = 0;
     c->nout = 1;
     c->nin = 1;
@@ -224,10 +252,7 @@ static int answer(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c, u
     c->in_len = r->bufsize;
     c->iov[0] = (struct iovec){ buf, n };
     c->iov[1] = (struct iovec){ out, r->bufsize };
-    msb_grace_enter();
-    int done = msb_meta_serve(r->meta, vq, c, ih);
-    msb_grace_exit();
-    return done != 0;
+    return msb_meta_serve(r->meta, vq, c, ih) != 0;
 }
 
 static void forward(struct msb_relay *r, const uint8_t *buf, size_t n,
@@ -392,6 +417,11 @@ int msb_relay_allow(struct msb_relay *r, uint32_t opcode, int on)
     else
         r->allow &= ~(1ull << opcode);
     return 0;
+}
+
+void msb_relay_set_small_dir(struct msb_relay *r, uint64_t bytes)
+{
+    r->small_dir = bytes;
 }
 
 int msb_relay_start(struct msb_relay *r, int readers)

@@ -62,6 +62,10 @@ struct msb_relay *msb_relay_new(int dev_fd, int lib_fd, struct msb_meta *m, uint
                                 uint32_t msg_max, int ended_fd);
 /* Let C answer `opcode` (on: 1) or not (0). Before msb_relay_start. -EINVAL past 63. */
 int msb_relay_allow(struct msb_relay *r, uint32_t opcode, int on);
+/* READDIRPLUS of a directory whose host size is at most `bytes` is C's (with attributes
+ * for every entry, as msb_readdir_serve lists); a larger one's is Python's (the host
+ * mount lists it plain). 0 (the default): every READDIRPLUS is Python's. Before start. */
+void msb_relay_set_small_dir(struct msb_relay *r, uint64_t bytes);
 /* Start `readers` reader threads (1..8) and the forwarder. 0 or -errno. */
 int msb_relay_start(struct msb_relay *r, int readers);
 /* End every thread (interrupting blocked reads) and join them. The connection stays

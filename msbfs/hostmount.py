@@ -707,7 +707,7 @@ def run_mount(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsna
     record = _record_path(mountpoint, "pid")
     try:
         record.write_text(f"{os.getpid()}\n")
-        relay = hostmount_relay.install(tree, before)
+        relay = hostmount_relay.install(tree, before, small_dir=SMALL_DIR)
         if relay is not None:
             ops.held = relay.inodes
         trio.run(_fuse_session, ops, mountpoint, on_ready, relay)

@@ -11,8 +11,9 @@ mount, its loop and every other request, unchanged.
 
 What C answers here is ``OPCODES``; the rest stays with pyfuse3 and ``HostOps``:
 ACCESS (the host caller's supplementary groups, which FUSE does not send, come from
-/proc), and directory handles (OPENDIR/READDIRPLUS/RELEASEDIR: ``HostOps`` decides which
-listings carry attributes). Files: C opens, reads, writes and releases them unless libfuse
+/proc), and directory handles (OPENDIR/RELEASEDIR: ``HostOps`` keeps what it decides about
+each listing). C lists a small directory (``small_dir``: with attributes, as ``HostOps``
+does) through a handle Python has not read; a larger one is listed plain, by Python. Files: C opens, reads, writes and releases them unless libfuse
 negotiated HANDLE_KILLPRIV (then ``HostOps`` clears set-id bits on writes, truncates and
 chowns, by its opener's rights: SETATTR is Python's then too) or a caller other than root
 truncates on open (csrc/devfuse.c ``python_rule``).
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 OPCODES = (Opcode.LOOKUP, Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.GETATTR,
            Opcode.STATFS, Opcode.FLUSH, Opcode.UNLINK, Opcode.RMDIR, Opcode.MKDIR,
            Opcode.OPEN, Opcode.CREATE, Opcode.READ, Opcode.WRITE, Opcode.RELEASE,
-           Opcode.SETATTR, Opcode.GETXATTR, Opcode.LISTXATTR)
+           Opcode.SETATTR, Opcode.GETXATTR, Opcode.LISTXATTR, Opcode.READDIRPLUS)
 
 #: Reader threads on the connection: requests of parallel callers are answered at once.
 READERS = 2
@@ -90,7 +91,8 @@ class Relay:
     """The relay of one mount: ``install`` after ``pyfuse3.init``, ``close`` before
     ``pyfuse3.close``."""
 
-    def __init__(self, tree: Tree, fuse_fd: int, *, readers: int = READERS) -> None:
+    def __init__(self, tree: Tree, fuse_fd: int, *, small_dir: int = 0,
+                 readers: int = READERS) -> None:
         self.meta = CMetadata(tree.c_handles(), tree, lambda flags: flags, attach=False)
         if not self.meta.available:
             raise ValueError("this tree has no C path")
@@ -111,6 +113,7 @@ class Relay:
         self._r = r
         for op in OPCODES:
             lib.msb_relay_allow(r, op, 1)
+        lib.msb_relay_set_small_dir(r, small_dir)
         # libfuse's fd number now reads and writes the socket; the connection is ours.
         os.dup2(libs.fileno(), fuse_fd, inheritable=False)
         libs.close()
@@ -152,7 +155,7 @@ class Relay:
         return out
 
 
-def install(tree: TreeOps, before: set[int]) -> Relay | None:
+def install(tree: TreeOps, before: set[int], *, small_dir: int = 0) -> Relay | None:
     """The relay for the mount pyfuse3.init just made (its /dev/fuse fd is the one that
     was not open ``before``), or None where it does not apply: turned off, a tree with no
     C path (an id map, a wrapper), a pyfuse3 whose entries cannot carry the tree's node
@@ -164,7 +167,7 @@ def install(tree: TreeOps, before: set[int]) -> Relay | None:
         log.warning("host mount: cannot tell libfuse's /dev/fuse fd (%s); no C path", new)
         return None
     try:
-        return Relay(tree, new.pop())
+        return Relay(tree, new.pop(), small_dir=small_dir)
     except ValueError:
         return None
     except OSError as e:
