@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "fuse_meta.h"
+#include "fuse_readdir.h"
 #include "grace.h"
 #include "handles.h"
 #include "inodes.h"
@@ -186,17 +187,6 @@ static int python_rule(const struct msb_relay *r, const uint8_t *buf, size_t n,
                        const struct fuse_in_header *ih)
 {
     uint32_t op = ih->opcode;
-    if (op == FUSE_READDIRPLUS) {
-        /* The listing's attributes are the adapter's choice (HostOps.readdir): a small
-         * directory is listed with them, as C lists; a larger one plain, by Python. */
-        struct fuse_read_in ri;
-        struct stat st;
-        if (n != sizeof *ih + sizeof ri || !r->meta->table)
-            return 1;
-        memcpy(&ri, buf + sizeof *ih, sizeof ri);
-        int fd = msb_fs_table_get(r->meta->table, ri.fh, MSB_FS_DIR);
-        return fd < 0 || fstat(fd, &st) < 0 || (uint64_t)st.st_size > r->small_dir;
-    }
     if (op != FUSE_OPEN && op != FUSE_CREATE && op != FUSE_WRITE && op != FUSE_READ
         && op != FUSE_SETATTR)
         return 0;
@@ -215,6 +205,26 @@ static int python_rule(const struct msb_relay *r, const uint8_t *buf, size_t n,
 
 static int serve_meta(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
                       uint8_t *buf, size_t n, uint8_t *out, const struct fuse_in_header *ih);
+static int serve_listing_plain(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
+                               uint8_t *buf, size_t n, uint8_t *out,
+                               const struct fuse_in_header *ih);
+
+/* Which listing HostOps.readdir gives the handle's directory: 1 with attributes (at
+ * most small_dir bytes on the host, what a walk lists and then stats name by name),
+ * 0 plain records (a larger one: ls looks nothing up), -1 Python's (no such handle). */
+static int listed_with_attributes(const struct msb_relay *r, const uint8_t *buf, size_t n,
+                                  const struct fuse_in_header *ih)
+{
+    struct fuse_read_in ri;
+    struct stat st;
+    if (n != sizeof *ih + sizeof ri || !r->meta->table || !r->small_dir)
+        return -1;
+    memcpy(&ri, buf + sizeof *ih, sizeof ri);
+    int fd = msb_fs_table_get(r->meta->table, ri.fh, MSB_FS_DIR);
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return -1;
+    return (uint64_t)st.st_size <= r->small_dir;
+}
 
 /* 1 when C answered the request in buf[0..n). */
 static int answer(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c, uint8_t *buf,
@@ -236,14 +246,19 @@ static int answer(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c, u
         done = serve_read(r, buf, n, out, ih);
     else if (ih->opcode == FUSE_WRITE)
         done = serve_write(r, buf, n, ih);
-    else
+    else if (ih->opcode == FUSE_READDIRPLUS) {
+        int attrs = listed_with_attributes(r, buf, n, ih);
+        done = attrs == 1 ? serve_meta(r, vq, c, buf, n, out, ih)
+               : attrs == 0 ? serve_listing_plain(r, vq, c, buf, n, out, ih) : 0;
+    } else
         done = serve_meta(r, vq, c, buf, n, out, ih);
     msb_grace_exit();
     return done;
 }
 
-static int serve_meta(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
-                      uint8_t *buf, size_t n, uint8_t *out, const struct fuse_in_header *ih)
+/* The request as a one-buffer-each-way chain for the handlers (csrc/virtq.h msb_chain). */
+static void as_chain(const struct msb_relay *r, struct msb_chain *c, uint8_t *buf, size_t n,
+                     uint8_t *out)
 {
     c->head = 0;
     c->nout = 1;
@@ -252,7 +267,24 @@ static int serve_meta(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *
     c->in_len = r->bufsize;
     c->iov[0] = (struct iovec){ buf, n };
     c->iov[1] = (struct iovec){ out, r->bufsize };
+}
+
+static int serve_meta(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
+                      uint8_t *buf, size_t n, uint8_t *out, const struct fuse_in_header *ih)
+{
+    as_chain(r, c, buf, n, out);
     return msb_meta_serve(r->meta, vq, c, ih) != 0;
+}
+
+static int serve_listing_plain(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
+                               uint8_t *buf, size_t n, uint8_t *out,
+                               const struct fuse_in_header *ih)
+{
+    if (!__atomic_load_n(&r->meta->ready, __ATOMIC_ACQUIRE)
+        || !__atomic_load_n(&r->meta->enabled, __ATOMIC_RELAXED))
+        return 0;
+    as_chain(r, c, buf, n, out);
+    return msb_readdir_serve_plain(r->meta, vq, c, ih) != 0;
 }
 
 static void forward(struct msb_relay *r, const uint8_t *buf, size_t n,

@@ -182,7 +182,7 @@ static enum entry_result lookup_entry(struct msb_meta *m, const struct msb_looku
  * 1: done (the reply is what was written), 0: hand the request back (nothing counted).
  * Runs under b's lock. */
 static int fill(struct msb_meta *m, const struct listing *d, struct batch *b, uint64_t fh,
-                struct msb_chain *c, int plus, int64_t offset, uint32_t size,
+                struct msb_chain *c, int plus, int plain, int64_t offset, uint32_t size,
                 uint32_t *used, uint32_t *nrec)
 {
     struct msb_lookup_cfg cfg = { .root_dev = m->root_dev, .flags = m->lookup_flags,
@@ -233,7 +233,7 @@ static int fill(struct msb_meta *m, const struct listing *d, struct batch *b, ui
         if (d->is_root && len == 2 && dot)
             ino = d->root_ino;
         if (plus) {
-            if (dot) {
+            if (dot || plain) {
                 dot_entry(&rec.e, ino, de->d_type);
             } else {
                 enum entry_result r = lookup_entry(m, &cfg, d, de->d_name, len, de->d_ino,
@@ -267,8 +267,8 @@ static int fill(struct msb_meta *m, const struct listing *d, struct batch *b, ui
     return done;
 }
 
-int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
-                      const struct fuse_in_header *ih)
+static int serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                 const struct fuse_in_header *ih, int plain)
 {
     struct fuse_read_in ri;
     const uint32_t oh = sizeof(struct fuse_out_header);
@@ -302,8 +302,8 @@ int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
     struct batch *b = &m->dircache->slot[(ri.fh * 0x9e3779b97f4a7c15ull) >> 60];
     _Static_assert(BATCH_SLOTS == 16, "the slot is the fh hash's top 4 bits");
     pthread_mutex_lock(&b->lock);
-    int ok = fill(m, &d, b, ri.fh, c, ih->opcode == FUSE_READDIRPLUS, (int64_t)ri.offset,
-                  size, &used, &nrec);
+    int ok = fill(m, &d, b, ri.fh, c, ih->opcode == FUSE_READDIRPLUS, plain,
+                  (int64_t)ri.offset, size, &used, &nrec);
     pthread_mutex_unlock(&b->lock);
     if (!ok)
         return 0;
@@ -314,4 +314,16 @@ int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
     count(&m->stats.readdir_entries, nrec);
     count(&m->stats.readdir_ns, now_ns() - t0);
     return r < 0 ? r : 1;
+}
+
+int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                      const struct fuse_in_header *ih)
+{
+    return serve(m, vq, c, ih, 0);
+}
+
+int msb_readdir_serve_plain(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                            const struct fuse_in_header *ih)
+{
+    return ih->opcode == FUSE_READDIRPLUS ? serve(m, vq, c, ih, 1) : 0;
 }

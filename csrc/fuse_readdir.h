@@ -54,5 +54,11 @@ void msb_dircache_free(struct msb_dircache *dc);
  * pushed, 0 Python's, < 0 the push's -errno. */
 int msb_readdir_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                       const struct fuse_in_header *ih);
+/* READDIRPLUS answered with plain records only: node id 0 and only ino and type, as "."
+ * and ".." always are (the kernel makes no dentry and takes no lookup for them), so no
+ * entry is looked up. The host mount lists a large directory so (msbfs/hostmount.py
+ * HostOps.readdir; the relay, csrc/devfuse.c). Same contract. */
+int msb_readdir_serve_plain(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                            const struct fuse_in_header *ih);
 
 #endif
