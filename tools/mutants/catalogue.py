@@ -87,6 +87,11 @@ KERNEL_ONLY_SENDS_BESIDE = ("the client kernel sends KILL_SUIDGID only beside a 
                             "chown (HANDLE_KILLPRIV_V2), never alone")
 NOT_THIS_TRANSPORT = "a rule of the vhost-user transport; the host mount is pyfuse3's"
 NO_DAEMON = "confinement is msbfs serve's; this front runs no serve daemon"
+RELAY_ONLY = ("the relay (csrc/devfuse.c) is the host mount's: a virtio-fs client negotiates "
+              "HANDLE_KILLPRIV_V2 and says FUSE_OPEN_KILL_SUIDGID, which C's OPEN leaves to "
+              "the tree by its own check")
+NO_HOST_LOCKS = ("msbfs mount does not serve POSIX locks (pyfuse3 has no lock callbacks: the "
+                 "host kernel keeps them), so no lock description ever exists there")
 BUDGET_SIZE = ("the budget is a fraction of the daemon's fd limit (thousands): a kernel "
                "client would have to hold thousands of files open")
 
@@ -286,9 +291,10 @@ MUTANTS: tuple[Mutant, ...] = (
         (Edit(POLICY, "        return self.readonly or self.quota_bytes is not None",
               "        return self.readonly"),),
         {"virtiofs": ("tests/test_virtiofs_serve.py::test_named_volume_holds_its_lock_and_quota",),
-         "guest": ("tests/test_guest_policy_mutants.py",)},
-        {"tree": "data_fd only hands fds to the vhost transport's C data path",
-         "hostmount": "the host mount has no C data path: every write goes through the tree"},
+         "guest": ("tests/test_guest_policy_mutants.py",),
+         "hostmount": ("tests/test_hostmount_policy_mutants.py::test_quota_stops_writes",)},
+        {"tree": "data_fd only hands fds to the C data paths (the vhost transport's, the "
+                 "host mount relay's)"},
         policy_flag=True),
     Mutant(
         "quota-inodes", "quota: no inode past the inode limit (mknod, mkdir, symlink, tmpfile)",
@@ -412,7 +418,20 @@ MUTANTS: tuple[Mutant, ...] = (
         {"virtiofs": ("tests/test_virtiofs_policy_mutants.py",),
          "guest": ("tests/test_guest_policy_mutants.py",)},
         {"tree": "the C data path is the vhost transport's",
-         "hostmount": "the host mount has no C data path"}),
+         "hostmount": "the host mount relay serves WRITE with its own code "
+                      "(csrc/devfuse.c serve_write), not fuse_datapath.c's; and the host "
+                      "kernel never sends FUSE_WRITE_KILL_SUIDGID (msbfs mount does not "
+                      "negotiate HANDLE_KILLPRIV_V2)"}),
+    Mutant(
+        "relay-trunc-open-in-c", "a host caller other than root truncating on open loses the "
+        "file's set-id bits as natively: the relay leaves such an OPEN to HostOps (C's "
+        "openat, with the daemon's CAP_FSETID, would keep them)",
+        (Edit("csrc/devfuse.c", "        return (flags & O_TRUNC) != 0;",
+              "        return 0;"),),
+        {"hostmount": ("tests/test_hostmount_relay_policy.py"
+                       "::test_truncating_open_by_another_user_clears_setid_bits_as_natively",)},
+        {"tree": "a rule of the host mount's relay (csrc/devfuse.c), above the tree",
+         "virtiofs": RELAY_ONLY, "guest": RELAY_ONLY}),
     # ---- locks ------------------------------------------------------------------------
     Mutant(
         "lock-reopen-mode", "a lock never re-opens a file with more access than its handle",
@@ -422,7 +441,7 @@ MUTANTS: tuple[Mutant, ...] = (
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
         {"guest": "the guest image has no program taking POSIX record locks (busybox has no "
                   "flock/fcntl-lock applet)",
-         "hostmount": "msbfs mount does not serve POSIX locks (the host kernel keeps them)"}),
+         "hostmount": NO_HOST_LOCKS}),
     Mutant(
         "lock-write-on-readonly-handle", "a write lock through a read-only handle is EBADF",
         (Edit("msbfs/tree/record_locks.py",
@@ -433,7 +452,7 @@ MUTANTS: tuple[Mutant, ...] = (
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
         {"guest": "the guest kernel refuses F_WRLCK on a read-only fd itself (EBADF) before "
                   "any request; and busybox has no lock applet",
-         "hostmount": "msbfs mount does not serve POSIX locks (the host kernel keeps them)"}),
+         "hostmount": NO_HOST_LOCKS}),
     Mutant(
         "flush-c-ignores-locks", "a FLUSH answered in C while an owner holds record locks "
         "would leave them held: C hands FLUSH to the tree whenever a lock description exists",
@@ -444,7 +463,7 @@ MUTANTS: tuple[Mutant, ...] = (
         {"tree": "FLUSH in C is the vhost transport's",
          "guest": "the guest image has no program taking POSIX record locks (busybox has no "
                   "flock/fcntl-lock applet)",
-         "hostmount": "the host mount has no C metadata path"}),
+         "hostmount": NO_HOST_LOCKS}),
     Mutant(
         "remove-c-ignores-readonly", "readonly: UNLINK/RMDIR answered in C are EROFS too (the "
         "policy's own check_mutation errno, compiled by Policy.c_decisions)",
@@ -476,7 +495,7 @@ MUTANTS: tuple[Mutant, ...] = (
         {"tree": "RELEASE in C is the vhost transport's",
          "guest": "the guest image has no program taking POSIX record locks (busybox has no "
                   "flock/fcntl-lock applet)",
-         "hostmount": "the host mount has no C metadata path"}),
+         "hostmount": NO_HOST_LOCKS}),
     Mutant(
         "mkdir-c-ignores-readonly", "readonly: MKDIR answered in C is EROFS too (the policy's "
         "own check_mutation errno, compiled by Policy.c_decisions)",
@@ -538,10 +557,11 @@ MUTANTS: tuple[Mutant, ...] = (
         {"virtiofs": ("tests/test_virtiofs_xattr_c.py"
                       "::test_getxattr_listxattr_c_and_python_reply_the_same_bytes[ext4-default]",
                       "tests/test_virtiofs_xattr.py"
-                      "::test_default_map_refuses_privileged_namespaces")},
+                      "::test_default_map_refuses_privileged_namespaces"),
+         "hostmount": ("tests/test_hostmount_relay_policy.py"
+                       "::test_default_map_hides_the_hosts_file_capabilities",)},
         {"tree": "GETXATTR in C is the vhost transport's",
-         "guest": NO_XATTR_TOOLS,
-         "hostmount": "the host mount has no C metadata path"}),
+         "guest": NO_XATTR_TOOLS}),
     Mutant(
         "getxattr-c-client-name", "GETXATTR answered in C reads the host's name of the "
         "attribute, not the client's (a renaming map: user.virtiofs.security.*)",
@@ -549,10 +569,11 @@ MUTANTS: tuple[Mutant, ...] = (
               "getxattr(path, h->client, rep.u.value"),),
         {"virtiofs": ("tests/test_virtiofs_xattr_c.py"
                       "::test_getxattr_listxattr_c_and_python_reply_the_same_bytes"
-                      "[ext4-rename-security]",)},
+                      "[ext4-rename-security]",),
+         "hostmount": ("tests/test_hostmount_relay_policy.py"
+                       "::test_renaming_map_reads_the_hosts_name_of_a_hot_attribute",)},
         {"tree": "GETXATTR in C is the vhost transport's",
-         "guest": NO_XATTR_TOOLS,
-         "hostmount": "the host mount has no C metadata path"}),
+         "guest": NO_XATTR_TOOLS}),
     # ---- per-client budgets -----------------------------------------------------------
     Mutant(
         "budget-handles", "a client's open handles are bounded (EMFILE past the budget)",
