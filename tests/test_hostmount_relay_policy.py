@@ -24,11 +24,12 @@ from msbfs._native import ffi, lib
 
 from msbfs import hostmount_entry
 from tests.plugins.hostmount import MountFactory, needs_root, py_as
+from tests.test_hostmount_policy_mutants import CAP
+from tests.test_hostmount_readdir import _DIRENT
 
 pytestmark = [pytest.mark.fuse, needs_root]
 
-# VFS_CAP_REVISION_2 with CAP_NET_RAW (13) permitted and effective; and with CAP_KILL (5).
-CAP = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+# VFS_CAP_REVISION_2 with CAP_KILL (5) permitted and effective: not CAP.
 OTHER_CAP = struct.pack("<IIIII", 0x02000001, 1 << 5, 0, 0, 0)
 
 
@@ -104,9 +105,6 @@ def test_truncating_open_by_another_user_clears_setid_bits_as_natively(
     assert _truncated_as_1000(m.mnt) == want
     for name, mode in (("own", 0o775), ("roots", 0o777)):
         assert stat.S_IMODE(os.stat(m.source / name).st_mode) == mode, name
-
-
-_DIRENT = struct.Struct("=QqHB")  # linux_dirent64: d_ino, d_off, d_reclen, d_type, name
 
 
 def _d_inos(path: Path) -> dict[bytes, int]:
