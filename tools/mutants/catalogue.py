@@ -357,9 +357,10 @@ MUTANTS: tuple[Mutant, ...] = (
         "ino for '..', never the host parent's (Tree.readdir's rule)",
         (Edit("csrc/fuse_readdir.c", "        if (d->is_root && len == 2 && dot)\n",
               "        if (0 && d->is_root && len == 2 && dot)\n"),),
-        {"virtiofs": ("tests/test_virtiofs_readdir.py::test_c_and_python_list_the_same_bytes",)},
-        {"tree": "READDIR in C is the vhost transport's",
-         "hostmount": "the host mount has no C metadata path",
+        {"virtiofs": ("tests/test_virtiofs_readdir.py::test_c_and_python_list_the_same_bytes",),
+         "hostmount": ("tests/test_hostmount_relay_policy.py"
+                       "::test_the_roots_dotdot_is_the_root_in_a_listing",)},
+        {"tree": "READDIR in C is the vhost transport's and the host mount relay's",
          "guest": "a guest's ls stats '..', which at the mount root is the guest's own "
                   "parent: the d_ino of the '..' record never shows without a getdents "
                   "tool in the guest image"}),
