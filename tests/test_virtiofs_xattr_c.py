@@ -24,6 +24,7 @@ from msbfs.fastxattr import HOT_NAMES, compile_hot
 from msbfs.fuse import abi
 from msbfs.fuse.kernel import Opcode, Requests, parse_entry
 from msbfs.tree import Policy, Tree
+from tests.test_tree_inodes import with_submount  # noqa: F401  (a fixture)
 from tests.test_virtiofs_meta import REQ, ROOT, U64, HostStep, Step, _both
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0,
@@ -269,6 +270,35 @@ async def test_host_privileged_xattrs_stay_hidden(fs_client: Callable[..., Any],
             assert await c.ok(r.listxattr(ids["sel"], 4096)) == b""
         # the two hot names, four times each, were C's
         assert c.device.meta.xattr_statistics()["getxattrs"] == before + 8
+
+
+@ROOT_ONLY
+async def test_other_filesystems_stay_python(fs_client: Callable[..., Any],
+                                             with_submount: Path) -> None:  # noqa: F811
+    """A node on another filesystem than the root's (the tree tags its inode numbers:
+    fuse_meta.c's rule) is Python's, for GETXATTR and LISTXATTR alike; the same
+    requests on the root's filesystem are C's."""
+    root = with_submount
+    (root / "mnt" / "f").write_bytes(b"")
+    (root / "plain" / "f").write_bytes(b"")
+    async with fs_client(root, Policy()) as c:
+        async def node(*path: bytes) -> int:
+            nid = ROOT
+            for name in path:
+                nid = parse_entry(await c.ok(c.r.lookup(nid, name))).nodeid
+            return nid
+
+        async def served(nid: int) -> tuple[int, int]:
+            before = c.device.meta.xattr_statistics()
+            assert (await c.call(c.r.getxattr(nid, b"security.capability", 0))).error == 61
+            assert await c.ok(c.r.listxattr(nid, 64)) == b""
+            after = c.device.meta.xattr_statistics()
+            return (after["getxattrs"] - before["getxattrs"],
+                    after["listxattrs"] - before["listxattrs"])
+
+        assert await served(await node(b"mnt")) == (0, 0)
+        assert await served(await node(b"mnt", b"f")) == (0, 0)
+        assert await served(await node(b"plain", b"f")) == (1, 1)
 
 
 def test_hot_names_are_the_rules_answers(tmp_path: Path) -> None:
