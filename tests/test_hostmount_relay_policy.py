@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from msbfs._native import ffi, lib
 
-from msbfs import hostmount_entry
+from msbfs import hostmount, hostmount_entry
 from tests.plugins.hostmount import MountFactory, needs_root, py_as
-from tests.test_hostmount_policy_mutants import CAP
+from tests.test_hostmount_policy_mutants import CAP, QUOTA, usage
 from tests.test_hostmount_readdir import _DIRENT
 
 pytestmark = [pytest.mark.fuse, needs_root]
@@ -62,6 +62,24 @@ def test_renaming_map_reads_the_hosts_name_of_a_hot_attribute(host_mount: MountF
     with pytest.raises(OSError) as e:
         os.getxattr(m.mnt / "bin", "security.capability")
     assert e.value.errno == errno.ENODATA
+
+
+def test_quota_stops_writes_through_a_handle_open_for_reading_too(
+        host_mount: MountFactory) -> None:
+    """The relay writes only through handles the table lets C write through
+    (``Policy.writes_need_tree``: never a quota tree's): an existing file opened
+    read-write (an OPEN C answers, not a CREATE) still stops at the quota."""
+    src = host_mount.base / "quota-src"
+    src.mkdir()
+    (src / "big").write_bytes(b"")
+    m = host_mount(src, "quota=1")
+    chunk = b"q" * (64 << 10)
+    with pytest.raises(OSError) as e:
+        with open(m.mnt / "big", "r+b", buffering=0) as f:
+            for _ in range(32):  # 2 MiB
+                f.write(chunk)
+    assert e.value.errno in (errno.ENOSPC, errno.EDQUOT)
+    assert usage(src)[0] <= QUOTA
 
 
 # What uid 1000 sees of each file's mode after truncating it on open (its own file, and
@@ -128,16 +146,24 @@ def _d_inos(path: Path) -> dict[bytes, int]:
 
 @pytest.mark.skipif(not hostmount_entry.APART,
                     reason="pyfuse3's EntryAttributes layout is not the known one")
-def test_the_roots_dotdot_is_the_root_in_a_listing(host_mount: MountFactory) -> None:
+@pytest.mark.parametrize("files", [1, 3000], ids=["small", "large"])
+def test_the_roots_dotdot_is_the_root_in_a_listing(host_mount: MountFactory,
+                                                   files: int) -> None:
     """The root's '..' names the root itself, never the host directory it lies in: a
-    small root directory (listed with attributes) and a subdirectory's '..' for contrast."""
-    m = host_mount()
-    (m.source / "d").mkdir()
-    (m.source / "f").write_bytes(b"")
+    small root (listed with attributes) and one past SMALL_DIR (plain records), and a
+    subdirectory's '..' for contrast."""
+    src = host_mount.base / "root-src"
+    src.mkdir()
+    (src / "d").mkdir()
+    names = {f"f{i:05d}".encode() for i in range(files)}
+    for n in names:
+        (src / n.decode()).write_bytes(b"")
+    assert (os.stat(src).st_size > hostmount.SMALL_DIR) == (files > 1)
+    m = host_mount(src)
     root_ino = os.stat(m.mnt).st_ino
-    assert root_ino != os.stat(m.source.parent).st_ino
+    assert root_ino != os.stat(src.parent).st_ino
     for _ in range(2):  # the second listing through a cached root inode
         listed = _d_inos(m.mnt)
-        assert set(listed) == {b".", b"..", b"d", b"f"}
+        assert set(listed) == {b".", b"..", b"d"} | names
         assert listed[b".."] == listed[b"."] == root_ino
     assert _d_inos(m.mnt / "d")[b".."] == root_ino
