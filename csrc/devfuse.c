@@ -32,6 +32,7 @@ struct msb_relay {
     uint32_t bufsize, msg_max;
     uint64_t allow;              /* opcodes C may answer (bit per opcode < 64) */
     uint64_t small_dir;          /* READDIRPLUS of a directory up to this size: C's */
+    uint64_t enosys;             /* opcodes libfuse answers ENOSYS (no callback) */
     int ready;                   /* INIT's reply passed and no DESTROY since */
     int stopping;
     int ended_said;
@@ -236,6 +237,10 @@ static int answer(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c, u
         return 0;
     if (ih->len != n || ih->total_extlen != 0)
         return 0;
+    if (r->enosys & (1ull << ih->opcode)) {
+        reply_errno(r, ih->unique, ENOSYS);   /* what libfuse answers: no callback */
+        return 1;
+    }
     /* One section for the decision and the answer: the handle fds they look up stay
      * valid until it ends (a RELEASE on another reader closes them after a grace). */
     msb_grace_enter();
@@ -303,6 +308,7 @@ static void forward(struct msb_relay *r, const uint8_t *buf, size_t n,
     while (s < 0 && errno == EINTR && !__atomic_load_n(&r->stopping, __ATOMIC_RELAXED));
     if (s == (ssize_t)n) {
         count(&r->stats.forwarded);
+        count(&r->stats.forwarded_op[ih->opcode < 63 ? ih->opcode : 63]);
         return;
     }
     /* libfuse is gone (or the message is too big for the socket): never leave the
@@ -451,6 +457,16 @@ int msb_relay_allow(struct msb_relay *r, uint32_t opcode, int on)
     return 0;
 }
 
+int msb_relay_enosys(struct msb_relay *r, uint32_t opcode)
+{
+    if (opcode >= 64 || opcode == FUSE_INIT || opcode == FUSE_DESTROY
+        || opcode == FUSE_FORGET || opcode == FUSE_BATCH_FORGET || opcode == FUSE_INTERRUPT)
+        return -EINVAL;
+    r->enosys |= 1ull << opcode;
+    r->allow |= 1ull << opcode;
+    return 0;
+}
+
 void msb_relay_set_small_dir(struct msb_relay *r, uint64_t bytes)
 {
     r->small_dir = bytes;
@@ -542,6 +558,8 @@ void msb_relay_stats(struct msb_relay *r, struct msb_relay_stats *out)
     out->send_errors = __atomic_load_n(&r->stats.send_errors, __ATOMIC_RELAXED);
     out->write_errors = __atomic_load_n(&r->stats.write_errors, __ATOMIC_RELAXED);
     out->clamped = __atomic_load_n(&r->stats.clamped, __ATOMIC_RELAXED);
+    for (int i = 0; i < 64; i++)
+        out->forwarded_op[i] = __atomic_load_n(&r->stats.forwarded_op[i], __ATOMIC_RELAXED);
 }
 
 uint32_t msb_relay_minor(struct msb_relay *r)

@@ -48,6 +48,7 @@ struct msb_relay_stats {
     uint64_t send_errors;   /* a request libfuse could not be given (answered EIO) */
     uint64_t write_errors;  /* a write to the connection refused (other than ENOENT) */
     uint64_t clamped;       /* INIT replies whose max_write was lowered */
+    uint64_t forwarded_op[64];   /* forwarded, by opcode (the last: 63 and above) */
 };
 
 struct msb_relay;
@@ -66,6 +67,11 @@ int msb_relay_allow(struct msb_relay *r, uint32_t opcode, int on);
  * for every entry, as msb_readdir_serve lists); a larger one's is Python's (the host
  * mount lists it plain). 0 (the default): every READDIRPLUS is Python's. Before start. */
 void msb_relay_set_small_dir(struct msb_relay *r, uint64_t bytes);
+/* Answer `opcode` ENOSYS in C, as libfuse answers an operation its filesystem has no
+ * callback for (the kernel sends FUSE_IOCTL for every isatty() of a file, and pyfuse3
+ * offers no ioctl). Not for requests without replies or the session's own. Before
+ * start; -EINVAL for those. */
+int msb_relay_enosys(struct msb_relay *r, uint32_t opcode);
 /* Start `readers` reader threads (1..8) and the forwarder. 0 or -errno. */
 int msb_relay_start(struct msb_relay *r, int readers);
 /* End every thread (interrupting blocked reads) and join them. The connection stays

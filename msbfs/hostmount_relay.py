@@ -36,6 +36,8 @@ import os
 import socket
 from typing import Any
 
+import pyfuse3
+
 from msbfs._native import ffi, lib
 from msbfs.fastmeta import CMetadata
 from msbfs.fuse.abi import Opcode
@@ -50,6 +52,12 @@ OPCODES = (Opcode.LOOKUP, Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.GETATTR,
            Opcode.STATFS, Opcode.FLUSH, Opcode.UNLINK, Opcode.RMDIR, Opcode.MKDIR,
            Opcode.OPEN, Opcode.CREATE, Opcode.READ, Opcode.WRITE, Opcode.RELEASE,
            Opcode.SETATTR, Opcode.GETXATTR, Opcode.LISTXATTR, Opcode.READDIRPLUS)
+
+#: Operations pyfuse3 has no callback for, by the name it would have: libfuse answers
+#: them ENOSYS, and the relay does the same without the trip (the kernel sends an IOCTL
+#: for every isatty() of a file: Python's open() asks once per file). Checked against
+#: the installed pyfuse3 at start, so a pyfuse3 that gains the callback gets them.
+UNOFFERED = {Opcode.IOCTL: "ioctl"}
 
 #: Reader threads on the connection: requests of parallel callers are answered at once.
 READERS = 2
@@ -114,6 +122,9 @@ class Relay:
         for op in OPCODES:
             lib.msb_relay_allow(r, op, 1)
         lib.msb_relay_set_small_dir(r, small_dir)
+        for op, callback in UNOFFERED.items():
+            if not hasattr(pyfuse3.Operations, callback):
+                lib.msb_relay_enosys(r, op)
         # libfuse's fd number now reads and writes the socket; the connection is ours.
         os.dup2(libs.fileno(), fuse_fd, inheritable=False)
         libs.close()
@@ -131,7 +142,10 @@ class Relay:
         if r == ffi.NULL:
             return
         lib.msb_relay_stop(r)
-        log.debug("host mount relay: %s, C: %s", self._stats(r), self.meta.statistics())
+        m = self.meta
+        log.debug("host mount relay: %s, C: %s %s %s %s %s", self._stats(r), m.statistics(),
+                  m.names_statistics(), m.open_statistics(), m.setattr_statistics(),
+                  m.xattr_statistics())
         dev = lib.msb_relay_take_dev(r)
         if dev >= 0:
             os.dup2(dev, self._fuse_fd, inheritable=False)
@@ -149,6 +163,10 @@ class Relay:
         lib.msb_relay_stats(r, s)
         out = {k: int(getattr(s, k)) for k in ("answered", "forwarded", "replies",
                                                 "send_errors", "write_errors", "clamped")}
+        for op, n in enumerate(s.forwarded_op):
+            if n:
+                name = Opcode(op).name if op in Opcode._value2member_map_ else str(op)
+                out[f"forwarded_{name}"] = int(n)
         out["max_write"] = int(lib.msb_relay_max_write(r))
         out["minor"] = int(lib.msb_relay_minor(r))
         out["init_flags"] = int(lib.msb_relay_init_flags(r))
