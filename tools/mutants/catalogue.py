@@ -292,7 +292,9 @@ MUTANTS: tuple[Mutant, ...] = (
               "        return self.readonly"),),
         {"virtiofs": ("tests/test_virtiofs_serve.py::test_named_volume_holds_its_lock_and_quota",),
          "guest": ("tests/test_guest_policy_mutants.py",),
-         "hostmount": ("tests/test_hostmount_policy_mutants.py::test_quota_stops_writes",)},
+         "hostmount": ("tests/test_hostmount_policy_mutants.py::test_quota_stops_writes",
+                       "tests/test_hostmount_relay_policy.py"
+                       "::test_quota_stops_writes_through_a_handle_open_for_reading_too")},
         {"tree": "data_fd only hands fds to the C data paths (the vhost transport's, the "
                  "host mount relay's)"},
         policy_flag=True),
@@ -433,6 +435,18 @@ MUTANTS: tuple[Mutant, ...] = (
                        "::test_truncating_open_by_another_user_clears_setid_bits_as_natively",)},
         {"tree": "a rule of the host mount's relay (csrc/devfuse.c), above the tree",
          "virtiofs": RELAY_ONLY, "guest": RELAY_ONLY}),
+    Mutant(
+        "relay-write-without-write-perm", "quota: the host mount relay writes in C only "
+        "through a handle the table lets C write through (MSB_FS_WRITE: Tree.data_fd's "
+        "rule, never a quota tree's handle); any other WRITE is the tree's",
+        (Edit("csrc/devfuse.c", "    int fd = msb_fs_table_get(t, wi.fh, MSB_FS_WRITE);",
+              "    int fd = msb_fs_table_get(t, wi.fh, MSB_FS_READ);"),),
+        {"hostmount": ("tests/test_hostmount_relay_policy.py"
+                       "::test_quota_stops_writes_through_a_handle_open_for_reading_too",)},
+        {"tree": "a rule of the host mount's relay (csrc/devfuse.c), above the tree",
+         **{front: "csrc/devfuse.c is the host mount's relay: a virtio-fs WRITE is "
+                   "fuse_datapath.c's (quota-datapath drops the rule both obey)"
+            for front in ("virtiofs", "guest")}}),
     # ---- locks ------------------------------------------------------------------------
     Mutant(
         "lock-reopen-mode", "a lock never re-opens a file with more access than its handle",
