@@ -85,7 +85,9 @@ MASKED_BY_CAPS = ("masked by confinement: the daemon has no CAP_SYS_ADMIN, so th
                   "kernel itself refuses trusted.* (a second, independent layer)")
 KERNEL_ONLY_SENDS_BESIDE = ("the client kernel sends KILL_SUIDGID only beside a truncate or "
                             "chown (HANDLE_KILLPRIV_V2), never alone")
-NOT_THIS_TRANSPORT = "a rule of the vhost-user transport; the host mount is pyfuse3's"
+NOT_THIS_TRANSPORT = ("a rule of the vhost-user transport (its descriptor chains, its queue "
+                      "threads); a host mount's /dev/fuse requests reach pyfuse3 or the "
+                      "relay's own code (csrc/devfuse.c), never this one")
 NO_DAEMON = "confinement is msbfs serve's; this front runs no serve daemon"
 RELAY_ONLY = ("the relay (csrc/devfuse.c) is the host mount's: a virtio-fs client negotiates "
               "HANDLE_KILLPRIV_V2 and says FUSE_OPEN_KILL_SUIDGID, which C's OPEN leaves to "
