@@ -438,6 +438,17 @@ MUTANTS: tuple[Mutant, ...] = (
         {"tree": "a rule of the host mount's relay (csrc/devfuse.c), above the tree",
          "virtiofs": RELAY_ONLY, "guest": RELAY_ONLY}),
     Mutant(
+        "relay-killpriv-in-c", "where libfuse negotiated HANDLE_KILLPRIV(_V2), the relay "
+        "leaves OPEN, CREATE, WRITE and SETATTR to HostOps, which clears set-id bits by the "
+        "opener's rights",
+        (Edit("csrc/devfuse.c", "        return op != FUSE_READ;", "        return 0;"),),
+        {},
+        {"tree": "a rule of the host mount's relay (csrc/devfuse.c), above the tree",
+         "virtiofs": RELAY_ONLY, "guest": RELAY_ONLY,
+         "hostmount": "equivalent with this libfuse: pyfuse3 3.5's libfuse negotiates neither "
+                      "HANDLE_KILLPRIV nor _V2 (INIT flags seen 0x4050b039), so the kernel "
+                      "clears set-id bits itself with a SETATTR and the branch never runs"}),
+    Mutant(
         "relay-write-without-write-perm", "quota: the host mount relay writes in C only "
         "through a handle the table lets C write through (MSB_FS_WRITE: Tree.data_fd's "
         "rule, never a quota tree's handle); any other WRITE is the tree's",
