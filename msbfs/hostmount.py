@@ -393,6 +393,8 @@ class HostOps(pyfuse3.Operations):
         c = self._ctx(ctx)
         opened = self.tree.opendir(inode, os.O_RDONLY | os.O_DIRECTORY, c)
         self._dirs[opened.fh] = (inode, c)
+        if self.held is not None:
+            lib.msb_handles_mark_python(self._handles, opened.fh)  # ours to release
         self._listed[inode] = self._listed.get(inode, 0) + 1
         return opened.fh
 
@@ -415,10 +417,19 @@ class HostOps(pyfuse3.Operations):
         took ~1.7x as long as with attributes throughout, and a cold walk of the
         stdlib looked up a fifth of its names one LOOKUP each."""
         parent, c = self._dirs.get(fh, (0, None))
-        if c is None:
-            raise OSError(errno.EBADF, "unknown directory handle")
         tree = self.tree
         plain = self._plain
+        if c is None:
+            # The relay's C path opened it, and hands us a listing it could not finish
+            # (a name it cannot decide): plain records need no parent. Anything else is
+            # no handle of ours (the tree refuses it).
+            if self.held is None or plain is None:
+                raise OSError(errno.EBADF, "unknown directory handle")
+            for de in tree.readdir(fh, start_id):
+                if not pyfuse3.readdir_reply(token, de.name, plain.set(de.ino, de.type),
+                                             de.off):
+                    break
+            return
         if plain is not None:
             if start_id == 0:
                 if tree.getattr(parent, None, c)[0].size <= SMALL_DIR:

@@ -11,9 +11,9 @@ mount, its loop and every other request, unchanged.
 
 What C answers here is ``OPCODES``; the rest stays with pyfuse3 and ``HostOps``:
 ACCESS (the host caller's supplementary groups, which FUSE does not send, come from
-/proc), and directory handles (OPENDIR/RELEASEDIR: ``HostOps`` keeps what it decides about
-each listing). C lists a small directory (``small_dir``: with attributes, as ``HostOps``
-does) through a handle Python has not read; a larger one is listed plain, by Python. Files: C opens, reads, writes and releases them unless libfuse
+/proc) and the rarer opcodes. C lists a small directory (``small_dir``: with attributes,
+as ``HostOps`` does) and a larger one plain, through any handle Python has not read; a
+listing C hands back through a handle C opened, Python lists plain. Files: C opens, reads, writes and releases them unless libfuse
 negotiated HANDLE_KILLPRIV (then ``HostOps`` clears set-id bits on writes, truncates and
 chowns, by its opener's rights: SETATTR is Python's then too) or a caller other than root
 truncates on open (csrc/devfuse.c ``python_rule``).
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 OPCODES = (Opcode.LOOKUP, Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.GETATTR,
            Opcode.STATFS, Opcode.FLUSH, Opcode.UNLINK, Opcode.RMDIR, Opcode.MKDIR,
            Opcode.OPEN, Opcode.CREATE, Opcode.READ, Opcode.WRITE, Opcode.RELEASE,
-           Opcode.SETATTR, Opcode.GETXATTR, Opcode.LISTXATTR, Opcode.READDIRPLUS)
+           Opcode.SETATTR, Opcode.GETXATTR, Opcode.LISTXATTR, Opcode.OPENDIR,
+           Opcode.READDIRPLUS, Opcode.RELEASEDIR)
 
 #: Operations pyfuse3 has no callback for, by the name it would have: libfuse answers
 #: them ENOSYS, and the relay does the same without the trip (the kernel sends an IOCTL
