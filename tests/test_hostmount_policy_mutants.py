@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -31,14 +32,19 @@ def usage(path: os.PathLike[str]) -> tuple[int, int]:
         os.close(fd)
 
 
-def test_quota_stops_writes(host_mount: MountFactory) -> None:
-    m = host_mount(options="quota=1")
+def write_past_the_quota(path: Path, mode: str = "wb") -> None:
+    """Write twice the quota to ``path`` opened with ``mode``: refused part way."""
     chunk = b"q" * (64 << 10)
     with pytest.raises(OSError) as e:
-        with open(m.mnt / "big", "wb", buffering=0) as f:
-            for _ in range(32):  # 2 MiB
+        with open(path, mode, buffering=0) as f:
+            for _ in range(2 * QUOTA // len(chunk)):
                 f.write(chunk)
     assert e.value.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def test_quota_stops_writes(host_mount: MountFactory) -> None:
+    m = host_mount(options="quota=1")
+    write_past_the_quota(m.mnt / "big")
     assert usage(m.source)[0] <= QUOTA
 
 
