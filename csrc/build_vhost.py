@@ -1,6 +1,7 @@
 """cffi builder for vhost._native: the virtqueue and guest-memory C of the vhost/
-package (csrc/virtq.c, declared by csrc/virtq.h / virtq.cdef) and nothing else, so
-vhost/ imports nothing from msbfs.
+package (csrc/virtq.c, declared by csrc/virtq.h / virtq.cdef) and the driver side's
+request loop (csrc/vdriver.c: vhost/cdriver.py) and nothing else, so vhost/ imports
+nothing from msbfs.
 
 csrc/virtq.c is also compiled into msbfs._native (csrc/build_native.py), because the
 virtio-fs data path (csrc/fuse_datapath.c) calls msb_vq_pop/msb_vq_push directly on
@@ -17,13 +18,16 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 
+UNITS = ("virtq", "vdriver")  # virtq first: vdriver's cdef uses its ring structs
+
 ffibuilder = FFI()
-ffibuilder.cdef((HERE / "virtq.cdef").read_text())
+for unit in UNITS:
+    ffibuilder.cdef((HERE / f"{unit}.cdef").read_text())
 ffibuilder.set_source(
     "vhost._native",
-    '#include "virtq.h"',
+    "\n".join(f'#include "{unit}.h"' for unit in UNITS),
     # setuptools wants source paths relative to the project root it builds from.
-    sources=[os.path.relpath(HERE / "virtq.c")],
+    sources=[os.path.relpath(HERE / f"{unit}.c") for unit in UNITS],
     extra_compile_args=["-iquote", str(HERE), "-O2", "-std=gnu11", "-Wall", "-Wextra",
                         "-Wno-unused-parameter", "-fno-strict-aliasing",
                         "-fvisibility=hidden"],
