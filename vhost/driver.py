@@ -161,6 +161,15 @@ class FrontendQueue:
     def post(self, readable: Sequence[bytes], writable_sizes: Sequence[int],
              indirect: bool = False, keep: int | None = None) -> Pending:
         """Lay out one chain (data in this request's slot) and make it available."""
+        p = self.lay_out(readable, writable_sizes, indirect, keep)
+        self.inflight[p.head] = p
+        self.publish([p.head])
+        return p
+
+    def lay_out(self, readable: Sequence[bytes], writable_sizes: Sequence[int],
+                indirect: bool = False, keep: int | None = None) -> Pending:
+        """One chain written into a free slot and free descriptors, not yet available:
+        ``post`` publishes it; vhost/cdriver.py posts the chains it prepared itself."""
         nbuf = len(readable) + len(writable_sizes)
         if nbuf == 0:
             raise ValueError("a chain needs at least one buffer")
@@ -198,10 +207,7 @@ class FrontendQueue:
                 last = i == nbuf - 1
                 self.write_desc(descs[i], addr, length, flags | (0 if last else F_NEXT),
                                 0 if last else descs[i + 1])
-        p = Pending(descs[0], descs, slot, writable, contiguous=True, keep=keep)
-        self.inflight[p.head] = p
-        self.publish([p.head])
-        return p
+        return Pending(descs[0], descs, slot, writable, contiguous=True, keep=keep)
 
     def need_kick(self) -> bool:
         if not self.event_idx:
