@@ -6,10 +6,11 @@ earlier host-mount test caught.
 
 - the xattr map as C applies it (csrc/fuse_xattr.c, msbfs/fastxattr.py): the hot names'
   answers are what the map says, even to root;
-- the relay's own rule (csrc/devfuse.c ``python_rule``): an O_TRUNC open by a caller
-  other than root clears the file's set-id bits as a native open does, which C's openat,
-  made with the daemon's CAP_FSETID, would not;
-- the root's '..' in a listing is the root itself."""
+- the relay's own rules (csrc/devfuse.c): an O_TRUNC open by a caller other than root
+  is Python's (``python_rule``) and clears the file's set-id bits as a native open does,
+  which C's openat, made with the daemon's CAP_FSETID, would not; C writes only through
+  handles the table lets it write through, so a quota holds for a file C opened;
+- the root's '..' in a listing (fuse_readdir.c, with attributes or plain) is the root."""
 
 from __future__ import annotations
 
