@@ -488,7 +488,7 @@ MUTANTS: tuple[Mutant, ...] = (
               "    if (__atomic_load_n(&m->lock_descs, __ATOMIC_ACQUIRE) != 0 || !m->table)",
               "    if (!m->table)"),),
         {"virtiofs": ("tests/test_virtiofs_meta.py::test_flush_with_record_locks_is_python_s",)},
-        {"tree": "FLUSH in C is the vhost transport's",
+        {"tree": "FLUSH in C is the vhost transport's and the host mount relay's",
          "guest": "the guest image has no program taking POSIX record locks (busybox has no "
                   "flock/fcntl-lock applet)",
          "hostmount": NO_HOST_LOCKS}),
@@ -500,7 +500,7 @@ MUTANTS: tuple[Mutant, ...] = (
                       "::test_unlink_rmdir_c_and_python_reply_the_same_bytes[readonly]",),
          "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
          "hostmount": READONLY["hostmount"]},
-        {"tree": "UNLINK/RMDIR in C are the vhost transport's"}),
+        {"tree": "UNLINK/RMDIR in C are the vhost transport's and the host mount relay's"}),
     Mutant(
         "open-c-ignores-policy", "readonly/noexec: OPEN answered in C is EROFS/EACCES as "
         "check_open says (its own errnos per flag bits, compiled by msbfs/fastopen.py)",
@@ -511,7 +511,7 @@ MUTANTS: tuple[Mutant, ...] = (
          "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
          "hostmount": (*READONLY["hostmount"],
                        "tests/test_policy_mount.py::test_noexec_script_cannot_be_executed")},
-        {"tree": "OPEN in C is the vhost transport's"}),
+        {"tree": "OPEN in C is the vhost transport's and the host mount relay's"}),
     Mutant(
         "release-c-ignores-locks", "a RELEASE answered in C while an owner holds record locks "
         "would leave them held: C hands RELEASE to the tree whenever a lock description exists",
@@ -520,7 +520,7 @@ MUTANTS: tuple[Mutant, ...] = (
               "            || (ri.release_flags & FUSE_RELEASE_FLOCK_UNLOCK))",
               "        if ((ri.release_flags & FUSE_RELEASE_FLOCK_UNLOCK))"),),
         {"virtiofs": ("tests/test_virtiofs_handles.py::test_record_locks_keep_release_in_python",)},
-        {"tree": "RELEASE in C is the vhost transport's",
+        {"tree": "RELEASE in C is the vhost transport's and the host mount relay's",
          "guest": "the guest image has no program taking POSIX record locks (busybox has no "
                   "flock/fcntl-lock applet)",
          "hostmount": NO_HOST_LOCKS}),
@@ -534,7 +534,7 @@ MUTANTS: tuple[Mutant, ...] = (
                       "::test_mkdir_c_and_python_reply_the_same_bytes[readonly]",),
          "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
          "hostmount": READONLY["hostmount"]},
-        {"tree": "MKDIR in C is the vhost transport's"}),
+        {"tree": "MKDIR in C is the vhost transport's and the host mount relay's"}),
     Mutant(
         "setattr-c-ignores-readonly", "readonly: a chmod or utimes answered in C is EROFS too "
         "(the policy's own check_mutation errno, compiled by Policy.c_decisions)",
@@ -545,7 +545,7 @@ MUTANTS: tuple[Mutant, ...] = (
                       "::test_setattr_c_and_python_reply_the_same_bytes[readonly]",),
          "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
          "hostmount": READONLY["hostmount"]},
-        {"tree": "SETATTR in C is the vhost transport's"}),
+        {"tree": "SETATTR in C is the vhost transport's and the host mount relay's"}),
     Mutant(
         "setattr-c-ignores-nosuid", "nosuid: a chmod answered in C stores no set-id bit (the "
         "mask Policy.stored_mode is, compiled by Policy.c_decisions)",
@@ -556,7 +556,7 @@ MUTANTS: tuple[Mutant, ...] = (
                       "::test_setattr_c_and_python_reply_the_same_bytes[nosuid]",),
          "guest": ("tests/test_guest_policy.py::test_nosuid_after_remount",),
          "hostmount": ("tests/test_policy_mount.py::test_nosuid_bits_do_not_stick",)},
-        {"tree": "SETATTR in C is the vhost transport's"}),
+        {"tree": "SETATTR in C is the vhost transport's and the host mount relay's"}),
     Mutant(
         "access-c-as-daemon", "ACCESS answers for its caller (fsuid/fsgid), never the daemon: "
         "C switches to the caller as Identities does",
@@ -588,7 +588,7 @@ MUTANTS: tuple[Mutant, ...] = (
                       "::test_default_map_refuses_privileged_namespaces"),
          "hostmount": ("tests/test_hostmount_relay_policy.py"
                        "::test_default_map_hides_the_hosts_file_capabilities",)},
-        {"tree": "GETXATTR in C is the vhost transport's",
+        {"tree": "GETXATTR in C is the vhost transport's and the host mount relay's",
          "guest": NO_XATTR_TOOLS}),
     Mutant(
         "getxattr-c-client-name", "GETXATTR answered in C reads the host's name of the "
@@ -600,7 +600,7 @@ MUTANTS: tuple[Mutant, ...] = (
                       "[ext4-rename-security]",),
          "hostmount": ("tests/test_hostmount_relay_policy.py"
                        "::test_renaming_map_reads_the_hosts_name_of_a_hot_attribute",)},
-        {"tree": "GETXATTR in C is the vhost transport's",
+        {"tree": "GETXATTR in C is the vhost transport's and the host mount relay's",
          "guest": NO_XATTR_TOOLS}),
     # ---- per-client budgets -----------------------------------------------------------
     Mutant(
