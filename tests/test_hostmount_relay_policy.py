@@ -78,6 +78,35 @@ def test_quota_stops_writes_through_a_handle_open_for_reading_too(
     assert usage(src)[0] <= QUOTA
 
 
+# What uid 1000 reads of a name whose host name is under trusted.*.
+READ_CAPABILITY = r"""
+import errno, os
+try:
+    print(os.getxattr("bin", "security.capability").hex())
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+def test_a_map_that_depends_on_the_caller_answers_each_caller(
+        host_mount: MountFactory) -> None:
+    """A map sending security.* to trusted.virtiofs.*: the host's root reads it through
+    the mount, any other caller gets ENODATA, as trusted.* natively is root's alone. C
+    tables only answers that hold for every caller (msbfs/fastxattr.py), so neither
+    caller's answer may be the other's."""
+    src = host_mount.base / "trusted-src"
+    src.mkdir()
+    os.chmod(src, 0o755)
+    (src / "bin").write_bytes(b"")
+    os.setxattr(src / "bin", "trusted.virtiofs.security.capability", CAP)
+    m = host_mount(src, "allow_other,xattrmap=:prefix:all:security.:trusted.virtiofs.: "
+                        ":ok:all:::")
+    for _ in range(2):  # each caller first and second, on a cached inode
+        r = py_as(1000, 1000, READ_CAPABILITY, cwd=str(m.mnt))
+        assert (r.returncode, r.stdout.strip()) == (0, "ENODATA"), r.stderr
+        assert os.getxattr(m.mnt / "bin", "security.capability") == CAP
+
+
 # What uid 1000 sees of each file's mode after truncating it on open (its own file, and
 # root's world-writable one).
 TRUNCATE = r"""
