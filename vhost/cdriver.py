@@ -30,8 +30,14 @@ from vhost._native import ffi, lib
 from vhost.driver import DESC, F_INDIRECT, F_WRITE, FrontendQueue
 
 #: Uniques the loop posts start here, far above what ``Requests`` counts up to, so a
-#: reply to a Python-posted request can never be taken for one of the loop's.
+#: reply to a Python-posted request can never be taken for one of the loop's; each
+#: queue's loop counts from its own 2**40 block, so uniques in flight are unique across
+#: queues as a guest kernel's are.
 FIRST_UNIQUE = 1 << 48
+
+
+def first_unique(queue: int) -> int:
+    return FIRST_UNIQUE + (queue << 40)
 
 
 @dataclass
@@ -70,7 +76,7 @@ class CLoop:
         d.kick_fd, d.call_fd, d.err_fd = q.kick_fd, q.call_fd, q.err_fd
         d.nchains = n
         d.heads, d.requests, d.replies, d.uniques = self._heads, self._requests, self._replies, self._uniques
-        d.next_unique = FIRST_UNIQUE
+        d.next_unique = first_unique(q.index)
 
     def _request_gpa(self, head: int) -> int:
         """Where the chain's first readable buffer (its fuse_in_header) lies: read back
