@@ -602,6 +602,21 @@ MUTANTS: tuple[Mutant, ...] = (
                        "::test_renaming_map_reads_the_hosts_name_of_a_hot_attribute",)},
         {"tree": "GETXATTR in C is the vhost transport's and the host mount relay's",
          "guest": NO_XATTR_TOOLS}),
+    Mutant(
+        "getxattr-c-one-answer-for-all", "C answers GETXATTR only of names whose answer "
+        "is the same for every caller (msbfs/fastxattr.py): a map that sends a name to "
+        "trusted.* gives root the value and anyone else ENODATA, never root's answer",
+        (Edit("msbfs/fastxattr.py",
+              "        if len(answers) != 1:\n"
+              "            continue  # the caller decides: Python's\n"
+              "        (a,) = answers\n",
+              "        a = _answer(tree, name, 0)\n"),),
+        {"virtiofs": ("tests/test_virtiofs_xattr_c.py"
+                      "::test_c_answers_only_names_the_rule_decided_for_every_caller",),
+         "hostmount": ("tests/test_hostmount_relay_policy.py"
+                       "::test_a_map_that_depends_on_the_caller_answers_each_caller",)},
+        {"tree": "GETXATTR in C is the vhost transport's and the host mount relay's",
+         "guest": NO_XATTR_TOOLS}),
     # ---- per-client budgets -----------------------------------------------------------
     Mutant(
         "budget-handles", "a client's open handles are bounded (EMFILE past the budget)",
