@@ -51,18 +51,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
 
 
 def run_as(uid: int, gid: int, argv: Sequence[str], *, cwd: str | None = None,
-           check: bool = False) -> subprocess.CompletedProcess[str]:
+           check: bool = False, pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), user=uid, group=gid, extra_groups=[], cwd=cwd,
                           capture_output=True, text=True, timeout=60, check=check,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, pass_fds=pass_fds)
 
 
-def py_as(uid: int, gid: int, code: str, *args: str,
-          cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+def py_as(uid: int, gid: int, code: str, *args: str, cwd: str | None = None,
+          pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
     """Run a stdlib-only Python snippet as ``uid:gid``; it prints its results. The
-    system interpreter, because the venv's may live where other users cannot reach."""
+    system interpreter, because the venv's may live where other users cannot reach.
+    ``pass_fds``: fds the snippet inherits (at their numbers)."""
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    return run_as(uid, gid, [python, "-c", code, *args], cwd=cwd)
+    return run_as(uid, gid, [python, "-c", code, *args], cwd=cwd, pass_fds=pass_fds)
 
 
 @dataclass

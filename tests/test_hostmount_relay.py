@@ -1,0 +1,501 @@
+"""The host mount's C relay (csrc/devfuse.c, msbfs/hostmount_relay.py; issue 11): what it
+answers equals what pyfuse3 answers, C really answers it, and its own mechanics (the end
+of the connection, messages larger than the socket carries, the INIT clamp, reader
+threads beside pyfuse3) hold.
+
+Every mount here is a real daemon: this file's own script (``_DAEMON``) runs
+``msbfs mount --foreground`` and, at exit, writes what it counted to a side file: each
+pyfuse3 handler's calls (the requests that reached Python), the relay's statistics
+(``forwarded_<OP>``: the requests C left to libfuse) and the C handlers' counters, read
+in ``Relay.close`` before the relay is freed. ``MSBFS_HOST_RELAY=0`` gives the same
+daemon without the relay, the reference for "what pyfuse3 answers".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msbfs import mount_daemon, mountinfo
+from tests.plugins.hostmount import needs_root, py_as, wait_for
+
+pytestmark = [pytest.mark.fuse, needs_root]
+
+# The daemon under test: `msbfs mount --foreground` counting what reached Python.
+# RELAYTEST_SOCKET=N: the relay's socket buffers are N bytes (what an unprivileged daemon
+# may get), so that one message cannot carry a full 1 MiB WRITE.
+_DAEMON = r"""
+import functools, json, os, socket, sys
+from msbfs import hostmount_relay
+from msbfs._native import ffi, lib
+from msbfs.cli import main
+from msbfs.hostmount import HostOps
+
+src, mnt, side = sys.argv[1:4]
+calls = {}
+out = {"calls": calls}
+
+def counted(name, fn):
+    @functools.wraps(fn)
+    async def wrapped(self, *args):
+        calls[name] = calls.get(name, 0) + 1
+        return await fn(self, *args)
+    return wrapped
+
+for name in ("lookup", "forget", "getattr", "setattr", "mkdir", "unlink", "rmdir", "open",
+             "create", "read", "write", "flush", "release", "statfs", "getxattr",
+             "listxattr", "opendir", "readdir", "releasedir"):
+    setattr(HostOps, name, counted(name, getattr(HostOps, name)))
+
+real_buffers = hostmount_relay._socket_buffers
+small = int(os.environ.get("RELAYTEST_SOCKET", "0"))
+
+def buffers(*socks):
+    if not small:
+        out["msg_max"] = real_buffers(*socks)
+        return out["msg_max"]
+    for s in socks:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, small)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, small)
+    out["msg_max"] = min(s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) for s in socks) - 32
+    return out["msg_max"]
+
+hostmount_relay._socket_buffers = buffers
+ops = []
+real_init = HostOps.__init__
+
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    ops.append(self)
+
+HostOps.__init__ = init
+real_close = hostmount_relay.Relay.close
+
+def close(self):
+    if self.statistics():
+        out["relay"] = self.statistics()
+        m = self.meta
+        out["meta"] = m.statistics()
+        out["names"] = m.names_statistics()
+        out["open"] = m.open_statistics()
+        out["xattr"] = m.xattr_statistics()
+        out["setattr"] = m.setattr_statistics()
+        s = ffi.new("struct msb_inodes_stats *")
+        lib.msb_inodes_stats(self.inodes, s)
+        out["inodes"] = int(s.inodes)
+    real_close(self)
+
+hostmount_relay.Relay.close = close
+rc = main(["mount", src, mnt, "--foreground", *sys.argv[4:]])
+# the openers HostOps keeps for its own handles (each dropped at its RELEASE)
+out["files_left"] = len(ops[0]._files) if ops else None
+with open(os.path.join(side, "stats.json"), "w") as f:
+    json.dump(out, f)
+sys.exit(rc)
+"""
+
+
+@dataclass
+class Daemon:
+    """One ``_DAEMON`` process serving ``source`` at ``mnt``."""
+    source: Path
+    mnt: Path
+    side: Path
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return (self.side / "log").read_text(errors="replace")
+
+    def stats(self) -> dict[str, Any]:
+        """What the daemon wrote at exit (after ``stop`` or an unmount)."""
+        path = self.side / "stats.json"
+        assert path.exists(), f"the daemon wrote no statistics: {self.log()}"
+        return json.loads(path.read_text())
+
+    def stop(self) -> dict[str, Any]:
+        if mountinfo.mount_state(str(self.mnt)) != "none":
+            mount_daemon.unmount(str(self.mnt))
+        assert self.proc.wait(timeout=60) == 0, self.log()
+        return self.stats()
+
+    def fds_beneath(self) -> list[str]:
+        """The daemon's open fds on anything beneath its source (its root excluded)."""
+        out = []
+        fd_dir = f"/proc/{self.proc.pid}/fd"
+        for name in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"{fd_dir}/{name}")
+                if target.startswith(f"{self.source}/"):
+                    out.append(target)
+        return out
+
+
+@contextlib.contextmanager
+def daemon(base: Path, name: str, source: Path, *, relay: bool = True, options: str = "",
+           socket_buffer: int = 0) -> Iterator[Daemon]:
+    """A mount of ``source`` by ``_DAEMON``; at the end it is unmounted if still mounted
+    and the process killed if it has not exited (a test failed midway)."""
+    mnt, side = base / f"{name}.mnt", base / f"{name}.side"
+    mnt.mkdir()
+    side.mkdir()
+    env = dict(os.environ, MSBFS_HOST_RELAY="1" if relay else "0")
+    if socket_buffer:
+        env["RELAYTEST_SOCKET"] = str(socket_buffer)
+    args = [sys.executable, "-c", _DAEMON, str(source), str(mnt), str(side)]
+    if options:
+        args += ["-o", options]
+    with open(side / "log", "wb") as log:
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
+    d = Daemon(source, mnt, side, proc)
+    try:
+        assert wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 60)
+        assert proc.poll() is None, d.log()
+        yield d
+    finally:
+        try:
+            if mountinfo.mount_state(str(mnt)) != "none":
+                with contextlib.suppress(Exception):
+                    mount_daemon.unmount(str(mnt), timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+            if mountinfo.mount_state(str(mnt)) != "none":
+                subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# ---- 1. the same answers with the relay on, off, and natively --------------------------
+
+USER = 1000
+
+# One scripted sequence, run in its working directory as root ("root") or as USER
+# ("user"); stdlib only (it runs under the system interpreter as another user). argv[2]:
+# an fd on the same directory of the source tree (or of the native tree itself), so that
+# every st_ino is checked against the source file's own. Prints a JSON list of
+# [label, result]: a result is the errno's name or the normalised outcome.
+_SEQUENCE = r"""
+import ctypes, errno, hashlib, json, os, stat, sys
+who, src = sys.argv[1], int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+out = []
+PAST, FUTURE = (1_000_000_000, 123_456_789), (1 << 33, 5)
+NOW, OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+class TS(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+def check(r):
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+def utimens(path, a, m):
+    check(libc.utimensat(-100, path.encode(), (TS * 2)(TS(*a), TS(*m)), 0))
+
+def getx(path, name, size):
+    buf = ctypes.create_string_buffer(max(size, 1))
+    n = check(libc.getxattr(path.encode(), name.encode(), buf if size else None, size))
+    return [n, buf.raw[:n].hex() if size else None]
+
+def do(label, fn):
+    try:
+        v = fn()
+    except OSError as e:
+        v = errno.errorcode[e.errno]
+    out.append([label, v])
+
+def st(path, follow=False, times=False):
+    s = os.stat(path) if follow else os.lstat(path)
+    mine = os.stat(path, dir_fd=src) if follow else os.lstat(path, dir_fd=src)
+    kind = stat.S_IFMT(s.st_mode)
+    r = [stat.filemode(s.st_mode), oct(s.st_mode), s.st_nlink, s.st_uid, s.st_gid,
+         None if kind == stat.S_IFDIR else s.st_size, s.st_ino == mine.st_ino]
+    if times:
+        r += [s.st_atime_ns, s.st_mtime_ns]
+    return r
+
+def now_times(path):
+    # UTIME_NOW sets both times at one instant, later than any explicit past time
+    s = os.stat(path)
+    return [s.st_atime_ns == s.st_mtime_ns, s.st_mtime_ns > PAST[0] * 10**9]
+
+def content(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    return [len(data), hashlib.sha256(data).hexdigest()[:16]]
+
+def write(path, flags, data, off=None):
+    fd = os.open(path, flags, 0o644)
+    try:
+        return os.write(fd, data) if off is None else os.pwrite(fd, data, off)
+    finally:
+        os.close(fd)
+
+def pread(path, size, off):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, off).hex()
+    finally:
+        os.close(fd)
+
+W = os.O_WRONLY
+do("mkdir d", lambda: os.mkdir("d", 0o755))
+do("mkdir d again", lambda: os.mkdir("d", 0o755))
+do("mkdir d/e", lambda: os.mkdir("d/e", 0o700))
+do("stat d", lambda: st("d"))
+do("stat d/e", lambda: st("d/e"))
+do("create f excl", lambda: write("f", W | os.O_CREAT | os.O_EXCL, b"hello"))
+do("create f excl again", lambda: write("f", W | os.O_CREAT | os.O_EXCL, b"x"))
+do("stat f", lambda: st("f"))
+do("append", lambda: [write("f", W | os.O_APPEND, b" world") for _ in range(2)])
+do("pwrite append", lambda: write("f", W | os.O_APPEND, b"!", 0))
+do("content append", lambda: content("f"))
+do("pwrite past eof", lambda: write("f", W, b"X", 100_000))
+do("stat grown", lambda: st("f"))
+do("read hole", lambda: pread("f", 10, 99_995))
+do("read past eof", lambda: pread("f", 10, 200_000))
+do("open trunc", lambda: write("f", W | os.O_TRUNC, b"abc"))
+do("content trunc", lambda: content("f"))
+do("truncate grow", lambda: os.truncate("f", 10_000))
+do("stat truncated", lambda: st("f"))
+do("truncate shrink", lambda: os.truncate("f", 2))
+do("content shrunk", lambda: content("f"))
+for mode in (0o4755, 0o2755, 0o6755, 0o1755, 0o2745, 0o0):
+    do(f"chmod {mode:o}", lambda: os.chmod("f", mode))
+    do(f"stat {mode:o}", lambda: st("f"))
+# set-id bits of a file its owner writes, truncates, opens O_TRUNC: the kernel's rules
+for how, fn in (("write", lambda: write("f", W, b"w", 1)),
+                ("truncate", lambda: os.truncate("f", 1)),
+                ("open trunc", lambda: os.close(os.open("f", W | os.O_TRUNC))),
+                ("write gid only", lambda: write("f", W, b"g", 1))):
+    do(f"setid before {how}", lambda: os.chmod("f", 0o2745 if "gid" in how else 0o6755))
+    do(f"setid {how}", fn)
+    do(f"setid after {how}", lambda: st("f"))
+do("chmod back", lambda: os.chmod("f", 0o644))
+me, grp = os.getuid(), os.getgid()
+do("chown self", lambda: os.chown("f", me, grp))
+do("chown to root", lambda: os.chown("f", 0, -1))
+do("chgrp to root", lambda: os.chown("f", -1, 0))
+do(f"chown to {1000}", lambda: os.chown("f", 1000, 1000))
+do("stat chowned", lambda: st("f"))
+do("chmod setid again", lambda: os.chmod("f", 0o6755))
+do("chown setid", lambda: os.chown("f", -1, os.stat("f").st_gid))
+do("stat chown setid", lambda: st("f"))
+do("chown back", lambda: os.chown("f", me, grp))
+do("utime past", lambda: utimens("f", PAST, PAST))
+do("stat past", lambda: st("f", times=True))
+do("utime future", lambda: utimens("f", FUTURE, PAST))
+do("stat future", lambda: st("f", times=True))
+do("utime omit atime", lambda: utimens("f", (0, OMIT), FUTURE))
+do("stat omit", lambda: st("f", times=True))
+do("utime now", lambda: utimens("f", (0, NOW), (0, NOW)))
+do("stat now", lambda: now_times("f"))
+do("utime now via None", lambda: os.utime("f"))
+do("stat now again", lambda: now_times("f"))
+do("stat missing", lambda: st("missing"))
+do("stat follow missing", lambda: st("missing", follow=True))
+do("stat beneath a file", lambda: st("f/x"))
+do("create 255", lambda: write("n" * 255, W | os.O_CREAT, b"long"))
+do("stat 255", lambda: st("n" * 255))
+do("unlink 255", lambda: os.unlink("n" * 255))
+do("create 256", lambda: write("n" * 256, W | os.O_CREAT, b"x"))
+do("stat 256", lambda: st("n" * 256))
+do("mkdir 256", lambda: os.mkdir("n" * 256))
+do("unlink missing", lambda: os.unlink("missing"))
+do("unlink a directory", lambda: os.unlink("d"))
+do("rmdir a file", lambda: os.rmdir("f"))
+do("rmdir non-empty", lambda: os.rmdir("d"))
+do("rmdir missing", lambda: os.rmdir("missing"))
+do("link", lambda: os.link("f", "g"))
+do("link again", lambda: os.link("f", "g"))
+do("link a directory", lambda: os.link("d", "dl"))
+do("stat linked", lambda: [st("f"), st("g"), os.lstat("f").st_ino == os.lstat("g").st_ino])
+do("unlink link", lambda: os.unlink("g"))
+do("stat unlinked", lambda: st("f"))
+do("symlink", lambda: os.symlink("f", "s"))
+do("symlink again", lambda: os.symlink("f", "s"))
+do("dangling symlink", lambda: os.symlink("missing", "t"))
+do("lstat symlink", lambda: st("s"))
+do("stat symlink", lambda: st("s", follow=True))
+do("readlink", lambda: os.readlink("s"))
+do("stat dangling", lambda: st("t", follow=True))
+do("rmdir a symlink", lambda: os.rmdir("s"))
+do("unlink symlinks", lambda: [os.unlink("s"), os.unlink("t")])
+do("statfs", lambda: [getattr(os.statvfs("."), k) for k in
+                      ("f_bsize", "f_frsize", "f_blocks", "f_files", "f_namemax")])
+do("setxattr", lambda: os.setxattr("f", "user.k", b"v1"))
+do("getxattr", lambda: os.getxattr("f", "user.k").hex())
+do("getxattr size 0", lambda: getx("f", "user.k", 0))
+do("getxattr size 1", lambda: getx("f", "user.k", 1))
+do("getxattr exact", lambda: getx("f", "user.k", 2))
+do("getxattr missing", lambda: os.getxattr("f", "user.none"))
+do("getxattr capability", lambda: getx("f", "security.capability", 0))
+do("getxattr capability sized", lambda: getx("f", "security.capability", 20))
+do("listxattr", lambda: sorted(os.listxattr("f")))
+do("listxattr dir", lambda: sorted(os.listxattr("d")))
+do("listxattr size 1", lambda: check(libc.listxattr(b"f", ctypes.create_string_buffer(1), 1)))
+do("removexattr", lambda: os.removexattr("f", "user.k"))
+do("listxattr removed", lambda: os.listxattr("f"))
+do("open missing", lambda: os.open("missing", os.O_RDONLY))
+do("open dir for writing", lambda: os.open("d", os.O_WRONLY))
+do("open file as dir", lambda: os.open("f", os.O_RDONLY | os.O_DIRECTORY))
+do("write read-only handle", lambda: write("f", os.O_RDONLY, b"x"))
+do("listing", lambda: sorted(os.listdir(".")))
+do("rmdir d/e", lambda: os.rmdir("d/e"))
+do("rmdir d", lambda: os.rmdir("d"))
+if who == "user":
+    do("open root's private", lambda: os.open("private", os.O_RDONLY))
+    do("stat root's private", lambda: st("private"))
+    do("chmod root's", lambda: os.chmod("private", 0o666))
+    do("utime past root's", lambda: utimens("shared", PAST, PAST))
+    do("utime now root's", lambda: utimens("shared", (0, NOW), (0, NOW)))
+    do("stat now root's", lambda: now_times("shared"))
+    do("write root's", lambda: write("shared", W, b"u"))
+    do("open trunc root's set-id", lambda: os.close(os.open("setid", W | os.O_TRUNC)))
+    do("stat root's set-id", lambda: st("setid"))
+    do("chmod setgid of another group", lambda: os.chmod("gf", 0o2755))
+    do("stat gf", lambda: st("gf"))
+    do("chgrp gf to own group", lambda: os.chown("gf", -1, grp))
+    do("stat gf again", lambda: st("gf"))
+    do("unlink root's", lambda: os.unlink("private"))
+do("create in setgid dir", lambda: write("sg/x", W | os.O_CREAT, b"x"))
+do("stat inherited", lambda: st("sg/x"))
+do("mkdir in setgid dir", lambda: os.mkdir("sg/y", 0o755))
+do("stat inherited dir", lambda: st("sg/y"))
+do("final f", lambda: [st("f"), content("f")])
+print(json.dumps(out))
+"""
+
+
+def _layout(root: Path) -> None:
+    """The twins' common start: r/ for root's run, u/ (USER's own) for USER's."""
+    os.chmod(root, 0o755)
+    (root / "r").mkdir(mode=0o755)
+    (root / "r" / "sg").mkdir()
+    os.chown(root / "r" / "sg", 0, USER)
+    os.chmod(root / "r" / "sg", 0o2775)
+    u = root / "u"
+    u.mkdir()
+    os.chown(u, USER, USER)
+    for name, owner, group, mode in (("private", 0, 0, 0o600), ("shared", 0, 0, 0o666),
+                                     ("gf", USER, 0, 0o644)):
+        (u / name).write_bytes(b"data")
+        os.chown(u / name, owner, group)
+        os.chmod(u / name, mode)
+    (u / "setid").write_bytes(b"data")
+    os.chmod(u / "setid", 0o6777)
+    (u / "sg").mkdir()
+    os.chown(u / "sg", USER, 0)
+    os.chmod(u / "sg", 0o2775)
+
+
+def _run_sequence(where: Path, source: Path) -> dict[str, list[Any]]:
+    """The sequence as root in where/r and as USER in where/u; ``source``: the tree whose
+    files' st_ino the results are checked against."""
+    out = {}
+    for who, uid, sub in (("root", 0, "r"), ("user", USER, "u")):
+        src = os.open(source / sub, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            r = py_as(uid, uid, _SEQUENCE, who, str(src), cwd=str(where / sub),
+                      pass_fds=(src,))
+        finally:
+            os.close(src)
+        assert r.returncode == 0, r.stderr
+        out[who] = json.loads(r.stdout)
+    return out
+
+
+def _tree(root: Path) -> dict[str, Any]:
+    """A tree as the comparison sees it: per path, its normalised lstat, bytes, xattrs."""
+    out: dict[str, Any] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            p = Path(dirpath) / name
+            s = p.lstat()
+            rel = str(p.relative_to(root))
+            data = p.read_bytes() if p.is_file() and not p.is_symlink() else None
+            xattrs = {} if p.is_symlink() else {
+                k: os.getxattr(p, k) for k in os.listxattr(p) if k.startswith("user.")}
+            out[rel] = (oct(s.st_mode), s.st_uid, s.st_gid, s.st_nlink,
+                        None if p.is_dir() else s.st_size, data, xattrs)
+    return out
+
+
+#: Each opcode family the relay claims: the pyfuse3 handler that answers it without the
+#: relay, and the C counter ((statistics group, key): see ``_DAEMON``) that counts C's
+#: answers. READ and WRITE have no counter of C's: none of them may reach Python.
+FAMILIES = {"LOOKUP": ("lookup", ("meta", "lookups")),
+            "GETATTR": ("getattr", ("meta", "getattrs")),
+            "STATFS": ("statfs", ("meta", "statfs")),
+            "FLUSH": ("flush", ("meta", "flushes")),
+            "UNLINK": ("unlink", ("names", "unlinks")),
+            "RMDIR": ("rmdir", ("names", "rmdirs")),
+            "MKDIR": ("mkdir", ("names", "mkdirs")),
+            "OPEN": ("open", ("open", "opens")),
+            "CREATE": ("create", ("open", "creates")),
+            "RELEASE": ("release", ("open", "releases")),
+            "SETATTR": ("setattr", ("setattr", "setattrs")),
+            "GETXATTR": ("getxattr", ("xattr", "getxattrs")),
+            "LISTXATTR": ("listxattr", ("xattr", "listxattrs")),
+            "OPENDIR": ("opendir", ("open", "opendirs")),
+            "READDIRPLUS": ("readdir", ("meta", "readdirs")),
+            "RELEASEDIR": ("releasedir", ("open", "releasedirs")),
+            "READ": ("read", None),
+            "WRITE": ("write", None)}
+
+
+def assert_c_answered(on: dict[str, Any], off: dict[str, Any]) -> None:
+    """Every family the sequence sent (pyfuse3 answered it without the relay) was
+    answered in C with it; READ and WRITE never reached Python."""
+    for family, (handler, counter) in FAMILIES.items():
+        assert off["calls"].get(handler, 0) > 0, f"the kernel sent no {family}"
+        if counter is None:
+            assert on["calls"].get(handler, 0) == 0, family
+            assert on["relay"].get(f"forwarded_{family}", 0) == 0, family
+        else:
+            group, key = counter
+            assert on[group][key] > 0, f"C answered no {family}: {on[group]}"
+
+
+def _differences(a: list[Any], b: list[Any]) -> list[tuple[str, Any, Any]]:
+    assert [label for label, _ in a] == [label for label, _ in b]
+    return [(label, x, y) for (label, x), (_, y) in zip(a, b, strict=True) if x != y]
+
+
+def test_same_answers_with_the_relay_on_off_and_natively(tmp_path: Path) -> None:
+    twins = {name: tmp_path / name for name in ("on", "off", "native")}
+    for root in twins.values():
+        root.mkdir()
+        _layout(root)
+    with daemon(tmp_path, "relay-on", twins["on"], options="allow_other") as on, \
+            daemon(tmp_path, "relay-off", twins["off"], relay=False,
+                   options="allow_other") as off:
+        results = {"on": _run_sequence(on.mnt, on.source),
+                   "off": _run_sequence(off.mnt, off.source),
+                   "native": _run_sequence(twins["native"], twins["native"])}
+        on_stats, off_stats = on.stop(), off.stop()
+    print(json.dumps({"on": on_stats, "off": off_stats}))
+    assert_c_answered(on_stats, off_stats)
+    # Every handle HostOps opened (an O_TRUNC open by USER) is HostOps's to release:
+    # none is released behind its back, none leaks its opener.
+    assert on_stats["calls"].get("open", 0) > 0
+    for stats in (on_stats, off_stats):
+        calls = stats["calls"]
+        assert calls.get("open", 0) + calls.get("create", 0) == calls.get("release"), calls
+        assert stats["files_left"] == 0
+    for who in ("root", "user"):
+        assert not _differences(results["on"][who], results["off"][who]), who
+        assert not _differences(results["on"][who], results["native"][who]), who
+    trees = {name: _tree(root) for name, root in twins.items()}
+    assert trees["on"] == trees["off"] == trees["native"]
