@@ -1,7 +1,7 @@
 """msbfs serve vs Debian's C virtiofsd, through the in-tree vhost-user frontend (no guest):
 the daemons' own ceiling, side by side in one run, same shared directory, same frontend.
 
-    python -m tools.bench.virtiofs_frontend [--quick] [--rounds N] [--dir DIR]
+    python -m tools.bench.virtiofs_frontend [--quick] [--rounds N] [--dir DIR] [--client c|python]
 
 Workloads (each daemon gets its own file names inside the one shared directory):
 4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, SETATTR of a
@@ -17,11 +17,21 @@ full. Both daemons run at once; every workload runs ``--rounds`` times alternati
 between them and the best round of each counts (the machine is shared: the best round
 is the least disturbed one). Prints ops/s or MiB/s, the msbfs/virtiofsd ratio and both
 daemons' resident memory (VmRSS and VmHWM of the whole process tree) at the end.
+
+The client: this Python driver costs 8-15 us of CPU per request, more than either daemon
+spends on a GETATTR or LOOKUP, so on those rows it would set both daemons' throughput.
+With ``--client c`` (the default) the workloads whose requests are all alike (GETATTR and
+LOOKUP on N queues, GETXATTR ENODATA) are posted by the C request loop instead
+(vhost/cdriver.py: chains laid out once, each reply's header checked in C, one thread
+per queue with the GIL released), ``--n-c`` requests a round; ``--client python`` runs
+every row with this driver. The "client with each" column is the benchmark process's
+own CPU per op, C loop threads included.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -29,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -39,11 +50,13 @@ from msbfs.launcher.daemon import VIRTIOFSD
 from msbfs.store import MIB
 from msbfs.tree.types import FATTR_ATIME, FATTR_MODE, FATTR_MTIME
 from tools.bench.proc import process_tree, status_kib
+from vhost.cdriver import CLoop
 from vhost.frontend import Frontend
 from vhost.guest_ram import GuestRam
 
 ROOT = abi.FUSE_ROOT_ID
 HDR = 16
+ENODATA = 61
 KINDS = ("virtiofsd", "msbfs")
 
 
@@ -74,6 +87,18 @@ Batch = list[tuple[list[bytes], list[int]]]
 _out_header = abi.fuse_out_header.unpack_from
 
 
+@dataclass
+class CWork:
+    """A workload the C request loop can post: its first ``k`` requests (all alike: each
+    chain is posted again and again), each reply's used length (header included) and
+    error field, and whether it is spread over every request queue or on queue 1."""
+
+    requests: Callable[[Client, int], Batch]
+    reply_len: int
+    error: int = 0
+    spread: bool = True
+
+
 class Client:
     """One daemon, its frontend, a data file open on it and a directory of names."""
 
@@ -85,6 +110,7 @@ class Client:
         self.proc = proc
         self.r = Requests()
         self.prefix = f"{kind}-"
+        self.loops: list[CLoop] = []
 
     async def one(self, req: bytes, reply: int = 4096) -> bytes:
         done = await self.fe.submit(1, [req], [reply], indirect=True)
@@ -181,29 +207,61 @@ class Client:
         await self.fe.submit(0, [r.batch_forget(list(counts.items()))], [HDR])
         return 2 * n
 
-    async def getxattr_enodata(self, n: int) -> int:
+    def getxattr_requests(self, n: int) -> Batch:
         """GETXATTR security.capability with size 0 on files that have none (ENODATA)."""
-        r = self.r
-        for _, d in await self.batch([([r.getxattr(self.ids[i % len(self.ids)],
-                                                   b"security.capability", 0)], [HDR + 8])
-                                      for i in range(n)], keep=HDR):
-            if _out_header(d)[1] != -61:  # ENODATA
+        return [([self.r.getxattr(self.ids[i % len(self.ids)], b"security.capability", 0)], [HDR + 8])
+                for i in range(n)]
+
+    def getattr_requests(self, n: int) -> Batch:
+        return [([self.r.getattr(self.ids[i % len(self.ids)])], [HDR + abi.FUSE_ATTR_OUT_SIZE])
+                for i in range(n)]
+
+    def lookup_requests(self, n: int) -> Batch:
+        """LOOKUPs of names already looked up (each adds a lookup count the session's
+        end forgets), as a guest whose dentries expire looks names up again."""
+        return [([self.r.lookup(self.dir, self.names[i % len(self.names)])], [HDR + abi.FUSE_ENTRY_OUT_SIZE])
+                for i in range(n)]
+
+    async def getxattr_enodata(self, n: int) -> int:
+        for _, d in await self.batch(self.getxattr_requests(n), keep=HDR):
+            if _out_header(d)[1] != -ENODATA:
                 raise RuntimeError(f"{self.kind}: GETXATTR error {-_out_header(d)[1]}")
         return n
 
     async def getattr_spread(self, n: int) -> int:
-        r = self.r
-        await self.spread([([r.getattr(self.ids[i % len(self.ids)])], [HDR + abi.FUSE_ATTR_OUT_SIZE])
-                           for i in range(n)], abi.FUSE_ATTR_OUT_SIZE)
+        await self.spread(self.getattr_requests(n), abi.FUSE_ATTR_OUT_SIZE)
         return n
 
     async def lookup_spread(self, n: int) -> int:
-        """LOOKUPs of names already looked up (each adds a lookup count the session's
-        end forgets), as a guest whose dentries expire looks names up again."""
-        r = self.r
-        await self.spread([([r.lookup(self.dir, self.names[i % len(self.names)])],
-                            [HDR + abi.FUSE_ENTRY_OUT_SIZE]) for i in range(n)],
-                          abi.FUSE_ENTRY_OUT_SIZE)
+        await self.spread(self.lookup_requests(n), abi.FUSE_ENTRY_OUT_SIZE)
+        return n
+
+    # ---- the C request loop: one per queue, each on its own thread ---------------------------
+    def c_prepare(self, w: CWork) -> None:
+        """Lay out ``depth`` chains on each queue ``w`` uses, dealt round-robin from its
+        requests as ``spread`` deals them (outside the timed rounds)."""
+        queues = list(range(1, len(self.fe.queues))) if w.spread else [1]
+        reqs = w.requests(self, self.depth * len(queues))
+        self.loops = [CLoop(self.fe.queues[q], reqs[i::len(queues)]) for i, q in enumerate(queues)]
+
+    def c_release(self) -> None:
+        for loop in self.loops:
+            loop.close()
+        self.loops = []
+
+    async def c_run(self, n: int, w: CWork) -> int:
+        """``n`` requests dealt over the prepared loops, all queues at once; every reply
+        must carry ``w``'s error and length."""
+        share = [n // len(self.loops) + (i < n % len(self.loops)) for i in range(len(self.loops))]
+
+        async def one(loop: CLoop, k: int) -> None:
+            res = await loop.run(k, expect_error=w.error, expect_len=w.reply_len, timeout=args_timeout)
+            if res.completed != k or res.errors or res.bad:
+                raise RuntimeError(f"{self.kind}: queue {loop.q.index}: {res}")
+
+        async with trio.open_nursery() as nursery:
+            for loop, k in zip(self.loops, share, strict=True):
+                nursery.start_soon(one, loop, k)
         return n
 
     async def setattr_mode_times(self, n: int) -> int:
@@ -315,11 +373,28 @@ args_timeout = 120.0
 
 
 async def best_of(rounds: int, clients: dict[str, Client],
-                  work: Callable[[Client], Awaitable[int]]
+                  work: Callable[[Client], Awaitable[int]],
+                  cwork: CWork | None = None
                   ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Best throughput (ops/s), and the daemon's and this client's CPU time per op (us)
-    over all rounds. The client is Python: when its CPU per op is several times the
-    daemons', the throughput ratio says more about the client than about the daemons."""
+    over all rounds. When the client's CPU per op is several times the daemons', the
+    throughput ratio says more about the client than about the daemons. With ``cwork``
+    the C loops are laid out before the first round and released after the last (not
+    timed): ``work`` then runs them."""
+    if cwork is not None:
+        for c in clients.values():
+            c.c_prepare(cwork)
+    try:
+        return await _best_of(rounds, clients, work)
+    finally:
+        if cwork is not None:
+            for c in clients.values():
+                c.c_release()
+
+
+async def _best_of(rounds: int, clients: dict[str, Client],
+                   work: Callable[[Client], Awaitable[int]]
+                   ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     best = dict.fromkeys(clients, 0.0)
     cpu = dict.fromkeys(clients, 0.0)
     mine = dict.fromkeys(clients, 0.0)
@@ -357,6 +432,12 @@ async def main_async(args: argparse.Namespace) -> None:
         for c in clients.values():  # warm page cache and code paths
             await c.read(64, 4096)
         n4, n1, nm = args.n_small, args.n_big, args.n_meta
+        attr, entry = HDR + abi.FUSE_ATTR_OUT_SIZE, HDR + abi.FUSE_ENTRY_OUT_SIZE
+        c_forms = {  # the rows the C request loop posts with --client c
+            "GETXATTR": CWork(Client.getxattr_requests, HDR, -ENODATA, spread=False),
+            "GETATTR on": CWork(Client.getattr_requests, attr),
+            "LOOKUP on": CWork(Client.lookup_requests, entry),
+        }
         workloads: list[tuple[str, str, float, Callable[[Client], Awaitable[int]]]] = [
             ("4 KiB READ", "MiB/s", 4096 / MIB, lambda c: c.read(n4, 4096)),
             ("1 MiB READ", "MiB/s", 1.0, lambda c: c.read(n1, MIB)),
@@ -374,10 +455,17 @@ async def main_async(args: argparse.Namespace) -> None:
         ]
         if args.only:
             workloads = [w for w in workloads if any(o.lower() in w[0].lower() for o in args.only)]
+        print(f"client: {'C request loop (vhost/cdriver.py) on the rows marked *' if args.client == 'c' else 'Python'}"
+              f", {args.depth} requests in flight per queue")
         print(f"{'workload':22} {'virtiofsd':>17} {'msbfs':>17} {'ratio':>6}   "
               f"CPU us/op: virtiofsd msbfs (client with each)")
         for label, unit, scale, work in workloads:
-            best, cpu, client = await best_of(args.rounds, clients, work)
+            cwork = next((w for k, w in c_forms.items() if label.startswith(k)), None) \
+                if args.client == "c" else None
+            if cwork is not None:
+                work = functools.partial(Client.c_run, n=args.n_c, w=cwork)
+                label += " *"
+            best, cpu, client = await best_of(args.rounds, clients, work, cwork)
             v, m = best["virtiofsd"], best["msbfs"]
             print(f"{label:22} {v * scale:9.1f} {unit:>8}{m * scale:9.1f} {unit:>8}{m / v:6.2f}x"
                   f"   {cpu['virtiofsd']:8.2f} {cpu['msbfs']:8.2f}"
@@ -406,6 +494,11 @@ def main() -> None:
     p.add_argument("--n-small", type=int, default=10000)
     p.add_argument("--n-big", type=int, default=256)
     p.add_argument("--n-meta", type=int, default=4000)
+    p.add_argument("--client", choices=("c", "python"), default="c",
+                   help="who posts the GETATTR, LOOKUP and GETXATTR rows' requests (default: "
+                        "the C request loop; python: this driver, 8-15 us of CPU a request)")
+    p.add_argument("--n-c", type=int, default=100_000,
+                   help="requests a round for the rows the C request loop posts")
     p.add_argument("--queues", type=int, default=4,
                    help="msbfs request queues for the 'on N queues' workloads (virtiofsd: 1)")
     p.add_argument("--listing", type=int, default=10000,
@@ -419,6 +512,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.n_small, args.n_big, args.n_meta, args.file_mib, args.rounds = 1000, 32, 400, 16, 1
+        args.n_c = 4000
         args.listing = 1000
     trio.run(main_async, args)
 
