@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -499,3 +500,30 @@ def test_same_answers_with_the_relay_on_off_and_natively(tmp_path: Path) -> None
         assert not _differences(results["on"][who], results["native"][who]), who
     trees = {name: _tree(root) for name, root in twins.items()}
     assert trees["on"] == trees["off"] == trees["native"]
+
+
+# ---- 2. unmounted from outside ------------------------------------------------------------
+
+UNMOUNTERS = [["umount"]] + ([["fusermount3", "-u"]] if shutil.which("fusermount3") else [])
+
+
+@pytest.mark.parametrize("unmount", UNMOUNTERS, ids=lambda a: a[0])
+def test_unmounted_from_outside_the_daemon_exits(tmp_path: Path, unmount: list[str]) -> None:
+    """pyfuse3 reads the relay's socket, which never says the mount is gone: the relay's
+    readers see the connection end (ENODEV) and tell the daemon (``watch_relay``)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    with daemon(tmp_path, "m", source) as d:
+        assert (d.mnt / "f").read_text() == "x"
+        r = subprocess.run([*unmount, str(d.mnt)], capture_output=True, text=True,
+                           check=False)
+        assert r.returncode == 0, r.stderr
+        # generous; a hung daemon is killed on the way out (``daemon``)
+        assert wait_for(lambda: d.proc.poll() is not None, 30), \
+            "the daemon did not exit when its mount was unmounted from outside"
+        assert d.proc.returncode == 0, d.log()
+        assert mountinfo.mount_state(str(d.mnt)) == "none"
+        assert mount_daemon.daemon_pid(str(d.mnt)) is None  # its record went with it
+        stats = d.stats()
+    assert stats["relay"]["answered"] > 0  # the relay served the mount
