@@ -18,8 +18,10 @@ a trace instance of our own), the FUSE requests each workload made the kernel se
 bindfs and to msbfs, per item: the first thing to compare when a ratio is low.
 
 Prints one table: throughput per target and the msbfs/bindfs ratio against the targets
-(sequential >= 0.8x bindfs, metadata >= 0.5x bindfs); ``msbfs-wb`` is msbfs mounted
-with ``-o writeback`` (experimental), shown beside it. Every workload runs ``--rounds``
+(sequential >= 0.8x bindfs, metadata >= 0.5x bindfs), and beside it one variant
+(``--variant``): ``msbfs-wb`` is msbfs mounted with ``-o writeback`` (experimental, the
+default), ``msbfs-py`` msbfs with every request through pyfuse3 (``MSBFS_HOST_RELAY=0``:
+without the C relay, msbfs/hostmount_relay.py). Every workload runs ``--rounds``
 times per target, alternating targets, and the best round counts (a shared machine: the
 best round is the least disturbed one). Not a test: it asserts nothing.
 """
@@ -42,7 +44,11 @@ from pathlib import Path
 from msbfs import mount_daemon
 from msbfs.store import MIB
 
-TARGETS = ("native", "bindfs", "msbfs", "msbfs-wb")
+#: --variant: the fourth target's name, its mount options and its environment.
+VARIANTS: dict[str, tuple[str, list[str], dict[str, str]]] = {
+    "wb": ("msbfs-wb", ["-o", "writeback"], {}),
+    "pyfuse3": ("msbfs-py", [], {"MSBFS_HOST_RELAY": "0"}),
+}
 
 
 @dataclass
@@ -97,7 +103,7 @@ class Target:
     teardown: list[Callable[[], None]] = field(default_factory=list)
 
 
-def setup_targets(base: Path) -> dict[str, Target]:
+def setup_targets(base: Path, variant: str) -> dict[str, Target]:
     targets = {}
     native = base / "native"
     native.mkdir()
@@ -114,13 +120,14 @@ def setup_targets(base: Path) -> dict[str, Target]:
     t.pid = int(out[0]) if out else None
     targets["bindfs"] = t
 
-    # msbfs as mounted by default, and with the (experimental) writeback cache.
-    for name, extra in (("msbfs", []), ("msbfs-wb", ["-o", "writeback"])):
+    # msbfs as mounted by default, and its variant.
+    for name, extra, env in (("msbfs", [], {}), VARIANTS[variant]):
         src, mnt = base / f"{name}-src", base / f"{name}-mnt"
         src.mkdir()
         mnt.mkdir()
         r = subprocess.run([sys.executable, "-m", "msbfs", "mount", str(src), str(mnt), *extra],
-                           capture_output=True, text=True, check=False)
+                           capture_output=True, text=True, check=False,
+                           env={**os.environ, **env})
         if r.returncode != 0:
             raise SystemExit(f"msbfs mount failed: {r.stderr.strip()}")
         targets[name] = Target(name, mnt, pid=mount_daemon.daemon_pid(str(mnt)), src=src,
@@ -365,7 +372,7 @@ class FuseRequests:
         return (os.major(dev) << 20) | os.minor(dev)
 
 
-def print_requests(per: dict[str, dict[str, dict[str, float]]]) -> None:
+def print_requests(per: dict[str, dict[str, dict[str, float]]], variant: str) -> None:
     """FUSE requests per item (file, entry, MiB...) of each workload, bindfs vs msbfs."""
     print("\nFUSE requests per item (kernel tracepoint; best round's counts)")
     for key, label, unit, _ in WORKLOADS:
@@ -373,7 +380,7 @@ def print_requests(per: dict[str, dict[str, dict[str, float]]]) -> None:
             continue
         item = unit.split("/")[0]
         print(f"  {label} (per {item}):")
-        for name in ("bindfs", "msbfs", "msbfs-wb"):
+        for name in ("bindfs", "msbfs", variant):
             ops = per[key].get(name)
             if ops is None:
                 continue
@@ -396,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                     "without --only")
     ap.add_argument("--requests", action="store_true",
                     help="count the FUSE requests per item (tracefs)")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="wb",
+                    help="the msbfs variant beside the default mount: wb (-o writeback) or "
+                         "pyfuse3 (no C relay)")
     args = ap.parse_args(argv)
+    variant = VARIANTS[args.variant][0]
+    targets_order = ("native", "bindfs", "msbfs", variant)
     only = {k for k in args.only.split(",") if k}
     unknown = only - {k for k, *_ in WORKLOADS}
     if unknown:
@@ -410,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     targets: dict[str, Target] = {}
     try:
         tarball = make_tarball(base, s)
-        targets = setup_targets(base)
+        targets = setup_targets(base, args.variant)
         rss_idle = {n: vmrss_kib(t.pid) for n, t in targets.items() if t.pid}
         results: dict[str, dict[str, float]] = {k: {} for k, *_ in WORKLOADS}
         fns: dict[str, Callable[[Target], tuple[float, float]]] = {
@@ -432,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             if only and key not in only:
                 continue
             for r in range(rounds):
-                for name in TARGETS:
+                for name in targets_order:
                     if (key, name) in failures:
                         continue
                     try:
@@ -469,22 +481,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmsbfs host mount benchmark ({'quick' if args.quick else 'full'}: "
           f"{s.file_mib} MiB file, {s.random_reads} random reads, {s.small_files} small "
           f"files, {s.dir_entries}-entry dir, tarball of {s.tar_source}; best of {rounds})")
+    short = variant.removeprefix("msbfs-")
     hdr = f"{'workload':30s} {'unit':>9s} {'native':>11s} {'bindfs':>11s} {'msbfs':>11s} " \
-          f"{'msbfs-wb':>11s} {'msbfs/bindfs':>13s} {'target':>7s}   {'wb/bindfs':>9s}"
+          f"{variant:>11s} {'msbfs/bindfs':>13s} {'target':>7s}   {short + '/bindfs':>9s}"
     print(hdr)
     print("-" * len(hdr))
     for key, label, unit, goal in WORKLOADS:
         row = results[key]
         if not row:
             continue
-        cells = " ".join(f"{row[n]:11.1f}" if n in row else f"{'FAILED':>11s}" for n in TARGETS)
+        cells = " ".join(f"{row[n]:11.1f}" if n in row else f"{'FAILED':>11s}"
+                         for n in targets_order)
         if "msbfs" in row and "bindfs" in row:
             ratio = row["msbfs"] / row["bindfs"]
             verdict = f"{ratio:12.2f}x {goal:5.1f}x {'ok   ' if ratio >= goal else 'BELOW'}"
         else:
             verdict = f"{'-':>13s} {goal:5.1f}x FAILED"
-        if "msbfs-wb" in row and "bindfs" in row:
-            verdict += f" {row['msbfs-wb'] / row['bindfs']:8.2f}x"
+        if variant in row and "bindfs" in row:
+            verdict += f" {row[variant] / row['bindfs']:8.2f}x"
         print(f"{label:30s} {unit:>9s} {cells} {verdict}")
     for (key, name), why in failures.items():
         print(f"  {key} on {name} failed: {why}")
@@ -496,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:7s} VmRSS: idle {rss_idle.get(name, idle) / 1024:.1f} MiB, "
                   f"{what} {walked / 1024:.1f} MiB")
     if requests:
-        print_requests(requests)
+        print_requests(requests, variant)
     return 0
 
 
