@@ -13,14 +13,14 @@
 #define OUT_UNIQUE 8   /* uint64_t unique */
 #define IN_UNIQUE 8    /* uint64_t unique */
 
-static inline uint16_t load16(const uint16_t *p)
+static inline uint16_t drv_load16(const uint16_t *p)
 {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 
 /* Post up to n free chains: rewrite each request's unique, fill the avail ring, publish
  * avail->idx once, and kick if the device asks (vring_need_event on its avail_event). */
-static int post(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t *nfree,
+static int drv_post(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t *nfree,
                 uint32_t n)
 {
     uint16_t num = d->num;
@@ -40,7 +40,7 @@ static int post(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t
         /* our avail->idx store before reading the device's avail_event (the device does
          * the mirror image: publish avail_event, then re-read avail->idx) */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        uint16_t event = load16((const uint16_t *)&d->used->ring[num]);
+        uint16_t event = drv_load16((const uint16_t *)&d->used->ring[num]);
         need = (uint16_t)(d->avail_idx - event - 1) < (uint16_t)(d->avail_idx - d->kicked_idx);
     }
     d->kicked_idx = d->avail_idx;
@@ -54,10 +54,10 @@ static int post(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t
 }
 
 /* Read every used element the device published; returns how many, or -EPROTO. */
-static int reap(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t *nfree,
+static int drv_reap(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t *nfree,
                 uint32_t inflight, int32_t expect_error, uint32_t expect_len)
 {
-    uint16_t used_idx = load16(&d->used->idx);
+    uint16_t used_idx = drv_load16(&d->used->idx);
     if ((uint16_t)(used_idx - d->last_used) > inflight)
         return -EPROTO;
     int n = 0;
@@ -91,7 +91,7 @@ static int reap(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t
 }
 
 /* Sleep until the device calls (or breaks the queue, or timeout_ms passes). */
-static int wait_call(struct msb_vdrv *d, int timeout_ms)
+static int drv_wait_call(struct msb_vdrv *d, int timeout_ms)
 {
     struct pollfd p[2] = {{.fd = d->call_fd, .events = POLLIN},
                           {.fd = d->err_fd, .events = POLLIN}};
@@ -139,13 +139,13 @@ int msb_vdrv_run(struct msb_vdrv *d, uint64_t count, uint32_t batch, int32_t exp
         uint32_t want = left < batch ? (uint32_t)left : batch;
         if (left && nfree >= want) {
             uint32_t n = left < nfree ? (uint32_t)left : nfree;
-            int r = post(d, chain_of, free_, &nfree, n);
+            int r = drv_post(d, chain_of, free_, &nfree, n);
             if (r < 0)
                 return r;
             posted += n;
         }
         uint32_t inflight = d->nchains - nfree;
-        int got = reap(d, chain_of, free_, &nfree, inflight, expect_error, expect_len);
+        int got = drv_reap(d, chain_of, free_, &nfree, inflight, expect_error, expect_len);
         if (got < 0)
             return got;
         if (got > 0 || d->completed >= count)
@@ -155,9 +155,9 @@ int msb_vdrv_run(struct msb_vdrv *d, uint64_t count, uint32_t batch, int32_t exp
         if (d->event_idx)
             __atomic_store_n(used_event, d->last_used, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (load16(&d->used->idx) != d->last_used)
+        if (drv_load16(&d->used->idx) != d->last_used)
             continue;
-        int r = wait_call(d, timeout_ms);
+        int r = drv_wait_call(d, timeout_ms);
         if (r < 0)
             return r;
     }

@@ -1,18 +1,25 @@
 """The C request loop (csrc/vdriver.c through vhost/cdriver.py) against a real
 ``msbfs serve`` on two request queues: thousands of GETATTRs, each reply checked in C
 (unique, length, error field), with the loop's own claims checked from Python; a daemon
-answering an error, and a reply of another length than expected, are counted."""
+answering an error, and a reply of another length than expected, are counted. And on its
+own under ASan/UBSan (csrc/test_vdriver.c): a C device thread with and without
+EVENT_IDX, wrapping ring indexes, and a device answering stale uniques, lying header
+lengths or heads not in flight."""
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
+import pytest
 import trio
 
 from msbfs.fuse import abi
 from msbfs.fuse.kernel import parse_entry
 from tests.plugins.virtiofs import FuseClient, run_serve
+from tools.fuzz.native import CSRC, sanitized_build
 from vhost.cdriver import CLoop, LoopResult, first_unique
 from vhost.frontend import Frontend
 from vhost.guest_ram import GuestRam
@@ -113,3 +120,11 @@ async def test_error_replies_and_wrong_lengths_are_counted(tmp_path: Path) -> No
         assert (res.completed, res.errors, res.bad) == (PER_QUEUE, PER_QUEUE // 2, PER_QUEUE // 2)
         loop.close()
         await c.fe.close()
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_vdriver_c_under_sanitizers(tmp_path: Path) -> None:
+    exe = sanitized_build([CSRC / "test_vdriver.c"], tmp_path / "test_vdriver")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all passed" in r.stdout
