@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +60,15 @@ ENODATA = 61
 KINDS = ("virtiofsd", "msbfs")
 
 
-def start_daemon(kind: str, shared: Path, sock: Path, queues: int = 1) -> subprocess.Popen:
+def start_daemon(kind: str, shared: Path, sock: Path, queues: int = 1,
+                 extra: Sequence[str] = ()) -> subprocess.Popen:
     if kind == "msbfs":
         argv = [sys.executable, "-m", "msbfs", "serve", f"--socket-path={sock}",
                 f"--shared-dir={shared}", "--cache=auto", "--log-level=error",
                 f"--num-request-queues={queues}"]
     else:
         argv = [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={shared}",
-                "-o", "cache=auto", "-o", "log_level=err", "-o", "xattr"]
+                "-o", "cache=auto", "-o", "log_level=err", "-o", "xattr", *extra]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = time.monotonic() + 30
     while not sock.exists():  # both daemons create the socket once they listen
@@ -111,6 +112,7 @@ class Client:
         self.r = Requests()
         self.prefix = f"{kind}-"
         self.loops: list[CLoop] = []
+        self.c_batch: int | None = None  # CLoop.run's batch (None: lockstep)
 
     async def one(self, req: bytes, reply: int = 4096) -> bytes:
         done = await self.fe.submit(1, [req], [reply], indirect=True)
@@ -255,7 +257,8 @@ class Client:
         share = [n // len(self.loops) + (i < n % len(self.loops)) for i in range(len(self.loops))]
 
         async def one(loop: CLoop, k: int) -> None:
-            res = await loop.run(k, expect_error=w.error, expect_len=w.reply_len, timeout=args_timeout)
+            res = await loop.run(k, batch=self.c_batch, expect_error=w.error, expect_len=w.reply_len,
+                                 timeout=args_timeout)
             if res.completed != k or res.errors or res.bad:
                 raise RuntimeError(f"{self.kind}: queue {loop.q.index}: {res}")
 
@@ -335,11 +338,11 @@ FORGET_BATCH = (4096 - 24) // 16
 
 
 async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int,
-                  queues: int = 1, listing: int = 10000) -> Client:
+                  queues: int = 1, listing: int = 10000, virtiofsd_args: Sequence[str] = ()) -> Client:
     """A client of ``kind``; msbfs gets ``queues`` request queues, virtiofsd its one
     (Debian's panics on a second: msbfs.launcher.daemon)."""
     queues = queues if kind == "msbfs" else 1
-    proc = start_daemon(kind, shared, sock, queues)
+    proc = start_daemon(kind, shared, sock, queues, virtiofsd_args if kind == "virtiofsd" else ())
     ram = GuestRam(((0, (((1 + queues) * depth * (MIB + 8192)) >> 20) + 64 << 20),))
     fe = await Frontend.connect(str(sock), ram)
     await fe.handshake([depth] * (1 + queues), slot_size=MIB + 8192)
@@ -428,8 +431,10 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         for kind in KINDS:
             clients[kind] = await connect(kind, shared, base / f"{kind}.sock", args.depth,
-                                          args.file_mib, args.queues, args.listing)
+                                          args.file_mib, args.queues, args.listing,
+                                          args.virtiofsd_arg or ())
         for c in clients.values():  # warm page cache and code paths
+            c.c_batch = args.c_batch
             await c.read(64, 4096)
         n4, n1, nm = args.n_small, args.n_big, args.n_meta
         attr, entry = HDR + abi.FUSE_ATTR_OUT_SIZE, HDR + abi.FUSE_ENTRY_OUT_SIZE
@@ -499,6 +504,12 @@ def main() -> None:
                         "the C request loop; python: this driver, 8-15 us of CPU a request)")
     p.add_argument("--n-c", type=int, default=100_000,
                    help="requests a round for the rows the C request loop posts")
+    p.add_argument("--c-batch", type=int, default=None,
+                   help="the C loop re-posts once this many chains are free (default: all "
+                        "--depth of them, in lockstep as the Python client posts; 1: refill "
+                        "after every reap)")
+    p.add_argument("--virtiofsd-arg", action="append", metavar="ARG",
+                   help="an extra virtiofsd argument (repeatable), e.g. --thread-pool-size=0")
     p.add_argument("--queues", type=int, default=4,
                    help="msbfs request queues for the 'on N queues' workloads (virtiofsd: 1)")
     p.add_argument("--listing", type=int, default=10000,
