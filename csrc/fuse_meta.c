@@ -264,6 +264,19 @@ int msb_meta_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     case FUSE_MKDIR:
         r = msb_names_mkdir(m, vq, c, &ih);
         break;
+    case FUSE_RENAME:
+    case FUSE_RENAME2:
+        r = msb_names2_rename(m, vq, c, &ih, ih.opcode == FUSE_RENAME2);
+        break;
+    case FUSE_READLINK:
+        r = msb_names2_readlink(m, vq, c, &ih);
+        break;
+    case FUSE_SYMLINK:
+        r = msb_names2_symlink(m, vq, c, &ih);
+        break;
+    case FUSE_LINK:
+        r = msb_names2_link(m, vq, c, &ih);
+        break;
     case FUSE_OPEN:
         r = msb_handles_open(m, vq, c, &ih);
         break;

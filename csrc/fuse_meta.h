@@ -3,7 +3,8 @@
  * (trees without a quota) and FLUSH (a handle in the C handle table while the tree holds
  * no record-lock description at all), from the one inode table (csrc/inodes.h) the Python tree
  * uses too. Other units answer more through msb_meta_serve's switch: UNLINK, RMDIR,
- * ACCESS and MKDIR (csrc/fuse_names.h), READDIR and READDIRPLUS (csrc/fuse_readdir.h),
+ * ACCESS and MKDIR (csrc/fuse_names.h), RENAME, RENAME2, READLINK, SYMLINK and LINK
+ * (csrc/fuse_names2.h), READDIR and READDIRPLUS (csrc/fuse_readdir.h),
  * OPEN, OPENDIR, RELEASE, RELEASEDIR and CREATE (csrc/fuse_handles.h), GETXATTR and
  * LISTXATTR (csrc/fuse_xattr.h), SETATTR of the mode, owners and times
  * (csrc/fuse_setattr.h), ...
@@ -30,6 +31,7 @@
 #include <stdint.h>
 #include "fuse_handles.h"
 #include "fuse_names.h"
+#include "fuse_names2.h"
 #include "fuse_setattr.h"
 #include "inodes.h"
 #include "virtq.h"
@@ -58,6 +60,7 @@ struct msb_meta {
     uint64_t lookup_flags, resolve;   /* the tree's openat2 of a new name */
     int statfs;                       /* the tree has no quota: STATFS is the host's */
     struct msb_names names;           /* UNLINK/RMDIR/ACCESS: csrc/fuse_names.h */
+    struct msb_names2 names2;         /* RENAME(2)/READLINK/SYMLINK/LINK: csrc/fuse_names2.h */
     struct msb_open open;             /* OPEN/RELEASE(DIR): csrc/fuse_handles.h */
     struct msb_setattr setattr;       /* SETATTR (mode, times): csrc/fuse_setattr.h */
     /* The tree's record-lock descriptions (msbfs/tree/record_locks.py), written by

@@ -242,6 +242,12 @@ int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
     count(&n->stats.mkdirs, 1);
     if (r < 0)
         return reply_error(vq, c, ih->unique, errno);
+    return msb_new_reply(m, vq, c, ih, pfd, name, want);
+}
+
+int msb_new_reply(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                  const struct fuse_in_header *ih, int pfd, const char *name, uint32_t want)
+{
     struct stat st;
     struct msb_inode_info info;
     /* Held as the tree's requests are (msb_fs_slow_begin): a FORGET of the new node id
@@ -252,7 +258,7 @@ int msb_names_mkdir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         /* the table's fd of the node, as Inode.fd gives it (ESTALE: forgotten since) */
         int fd = msb_inodes_fd(m->inodes, info.nodeid);
         err = fd == -EBADF ? -ESTALE : fd < 0 ? fd
-              : msb_new_owner_mode(n, fd, 1, &st, want, ih->uid, ih->gid, pfd);
+              : msb_new_owner_mode(&m->names, fd, 1, &st, want, ih->uid, ih->gid, pfd);
     }
     msb_inodes_unhold(m->inodes);
     if (err)

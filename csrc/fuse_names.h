@@ -107,6 +107,13 @@ int msb_new_lookup(struct msb_meta *m, int pfd, const char *name, struct stat *s
                    struct msb_inode_info *info);
 int msb_new_owner_mode(const struct msb_names *n, int fd, int opath, struct stat *st,
                        uint32_t want, uint32_t uid, uint32_t gid, int pfd);
+/* msb_new_reply: the rest of a creating op once its syscall made `name` beneath pfd
+ * (the parent, ih->nodeid): msb_new_lookup and msb_new_owner_mode with the table held
+ * (a FORGET of the new node id on another queue waits), then the entry reply, or the
+ * errno of either: the reply is C's whatever happens after the syscall (MKDIR,
+ * SYMLINK: csrc/fuse_names2.c). msb_meta_serve's return. */
+int msb_new_reply(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
+                  const struct fuse_in_header *ih, int pfd, const char *name, uint32_t want);
 
 /* For msbfs/fastmeta.py: the configuration inside m (written before m->enabled), and
  * the counters. */

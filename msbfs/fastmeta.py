@@ -16,6 +16,7 @@ UNLINK/RMDIR/MKDIR (no quota) and ACCESS too (csrc/fuse_names.h): the policy's d
 ``Policy.c_decisions`` compiles them from its own rules, and the daemon's identity an
 ACCESS switch restores, from the tree's ``Identities``. SETATTR of the mode, owners and
 times (csrc/fuse_setattr.h) with the same decisions (msbfs/fastsetattr.py).
+RENAME/RENAME2/READLINK/SYMLINK/LINK (csrc/fuse_names2.h) too (msbfs/fastnames2.py).
 
 ``MSBFS_C_METADATA=0`` turns the path off (benchmarks, differential tests); ``enabled``
 does it for one device.
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from msbfs._native import ffi, lib
+from msbfs.fastnames2 import names2_statistics, write_names2_rules
 from msbfs.fastopen import open_statistics, write_open_rules
 from msbfs.fastsetattr import setattr_statistics, write_setattr_rules
 from msbfs.fastxattr import write_xattr_rules, xattr_statistics
@@ -108,6 +110,9 @@ class CMetadata:
         # SETATTR of the mode and times (csrc/fuse_setattr.h): the decisions written
         # above (msbfs/fastsetattr.py)
         write_setattr_rules(m, config)
+        # RENAME(2)/READLINK/SYMLINK/LINK (csrc/fuse_names2.h): the same decisions
+        # (msbfs/fastnames2.py)
+        write_names2_rules(m, config)
         # GETXATTR/LISTXATTR (csrc/fuse_xattr.h): the hot names' answers, compiled by
         # running the tree's own name rule (msbfs/fastxattr.py)
         write_xattr_rules(lib.msb_meta_xattr(m), tree)
@@ -127,6 +132,10 @@ class CMetadata:
         lib.msb_names_stats(self._m, s)
         return {k: int(getattr(s, k))
                 for k in ("unlinks", "rmdirs", "accesses", "access_ns", "mkdirs")}
+
+    def names2_statistics(self) -> dict[str, int]:
+        """What csrc/fuse_names2.c answered (RENAME(2), READLINK, SYMLINK, LINK)."""
+        return names2_statistics(self._m) if self.available else {}
 
     def open_statistics(self) -> dict[str, int]:
         """What csrc/fuse_handles.c answered (OPEN, OPENDIR, RELEASE, RELEASEDIR)."""
