@@ -101,10 +101,12 @@ int msb_setattr_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
     msb_iov_copy_from(c->iov, c->nout, sizeof *ih, &si, sizeof si);
     const uint32_t valid = si.valid;
     int64_t at[2], mt[2];
-    /* SIZE (a quota's charge, a writable fd to open); a chown beside KILL_SUIDGID (the
-     * caller's group decides what is killed) or of an id that is none (EINVAL) */
+    /* SIZE (a quota's charge, a writable fd to open); a chown of an id that is none
+     * (EINVAL). A chown beside KILL_SUIDGID (and no MODE, which makes the tree ignore
+     * it: what every guest chown of a file carries) is C's only where nothing is to be
+     * killed: see `kill` below. */
+    const int kill = (valid & IDS) && (valid & FATTR_KILL_SUIDGID) && !(valid & FATTR_MODE);
     if ((valid & FATTR_SIZE)
-        || ((valid & IDS) && (valid & FATTR_KILL_SUIDGID))
         || ((valid & FATTR_UID) && si.uid > ID_MAX) || ((valid & FATTR_GID) && si.gid > ID_MAX)
         || ((valid & FATTR_MODE) && (!s->mode || si.mode > MODE_MAX))
         || timespec_of(valid, FATTR_ATIME, FATTR_ATIME_NOW, si.atime, si.atimensec, at) < 0
@@ -118,6 +120,14 @@ int msb_setattr_serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
     int fd = msb_inodes_fd(m->inodes, info.nodeid);
     if (fd < 0)
         return 0;   /* re-opening it failed: the tree says how */
+    if (kill) {
+        /* Tree._kill_suidgid clears policy.killed_setid_bits, which are none unless a
+         * regular file has a set-id bit: which ones then depends on the caller's group,
+         * the tree's to judge. A chown never adds set-id bits, so none now is none after. */
+        struct stat pre;
+        if (fstat(fd, &pre) < 0 || (S_ISREG(pre.st_mode) && (pre.st_mode & (S_ISUID | S_ISGID))))
+            return 0;
+    }
     int hfd = -1;
     int err = valid & CHANGES ? n->mutation_errno : 0;
     if (!err && (valid & FATTR_FH))

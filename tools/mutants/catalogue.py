@@ -568,6 +568,20 @@ MUTANTS: tuple[Mutant, ...] = (
          "hostmount": ("tests/test_policy_mount.py::test_nosuid_bits_do_not_stick",)},
         {"tree": "SETATTR in C is the vhost transport's and the host mount relay's"}),
     Mutant(
+        "setattr-c-chown-kills-nothing", "KILL_SUIDGID with a chown clears the set-id bits "
+        "policy.killed_setid_bits names for the caller (a lone S_ISGID too, for a caller not "
+        "in the file's group): C answers only a chown with nothing to kill",
+        (Edit("csrc/fuse_setattr.c",
+              "        if (fstat(fd, &pre) < 0 || (S_ISREG(pre.st_mode) && (pre.st_mode & (S_ISUID | S_ISGID))))",
+              "        if (fstat(fd, &pre) < 0)"),),
+        {"virtiofs": ("tests/test_virtiofs_setattr.py"
+                      "::test_setattr_c_and_python_reply_the_same_bytes[default]",)},
+        {"tree": "SETATTR in C is the vhost transport's and the host mount relay's",
+         "guest": "a guest's chown comes from root (in every group for the tree) or from "
+                  "the owner to a group of its own: only a synthetic request is a stranger's",
+         "hostmount": "msbfs mount does not negotiate HANDLE_KILLPRIV_V2: the host kernel "
+                      "never sends KILL_SUIDGID (it clears set-id bits itself)"}),
+    Mutant(
         "access-c-as-daemon", "ACCESS answers for its caller (fsuid/fsgid), never the daemon: "
         "C switches to the caller as Identities does",
         (Edit("csrc/fuse_names.c",
