@@ -52,7 +52,8 @@ OPCODES = (Opcode.LOOKUP, Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.GETATTR,
            Opcode.STATFS, Opcode.FLUSH, Opcode.UNLINK, Opcode.RMDIR, Opcode.MKDIR,
            Opcode.OPEN, Opcode.CREATE, Opcode.READ, Opcode.WRITE, Opcode.RELEASE,
            Opcode.SETATTR, Opcode.GETXATTR, Opcode.LISTXATTR, Opcode.OPENDIR,
-           Opcode.READDIRPLUS, Opcode.RELEASEDIR)
+           Opcode.READDIRPLUS, Opcode.RELEASEDIR, Opcode.RENAME, Opcode.RENAME2,
+           Opcode.READLINK, Opcode.SYMLINK, Opcode.LINK)
 
 #: Operations pyfuse3 has no callback for, by the name it would have: libfuse answers
 #: them ENOSYS, and the relay does the same without the trip (the kernel sends an IOCTL
