@@ -542,9 +542,9 @@ MUTANTS: tuple[Mutant, ...] = (
               "    int err = 0;\n"),),
         {"virtiofs": ("tests/test_virtiofs_names2.py"
                       "::test_c_and_python_reply_the_same_bytes[rename-readonly]",),
-         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",)},
-        {"tree": "RENAME in C is the vhost transport's and the host mount relay's",
-         "hostmount": "the host mount relay does not route RENAME to C yet (OPCODES)"}),
+         "guest": ("tests/test_guest_policy.py::test_readonly_after_remount",),
+         "hostmount": READONLY["hostmount"]},
+        {"tree": "RENAME in C is the vhost transport's and the host mount relay's"}),
     Mutant(
         "setattr-c-ignores-readonly", "readonly: a chmod or utimes answered in C is EROFS too "
         "(the policy's own check_mutation errno, compiled by Policy.c_decisions)",
