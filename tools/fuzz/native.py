@@ -47,7 +47,7 @@ def build(out: Path) -> Path:
          # table (not attached by the harness: chains reach it only if it is), openat2
          *(CSRC / f for f in ("grace.c", "fuse_meta.c", "lookup.c", "inodes.c", "sys.c",
                                     "fuse_readdir.c", "tree.c", "fuse_names.c",
-                                    "fuse_xattr.c"))],
+                                    "fuse_xattr.c", "fuse_names2.c"))],
         out / "ring_harness")
 
 

@@ -26,6 +26,7 @@
 #include "inodes.h"
 #include "virtq.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <sys/stat.h>
@@ -35,6 +36,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/xattr.h>
+#include <ftw.h>
 #include <unistd.h>
 
 #define VRING_DESC_F_NEXT 1
@@ -79,6 +81,11 @@ static void refill_names(void)
         if (f >= 0)
             close(f);
     }
+    /* READLINK's symlink (RENAME/UNLINK chains move or remove it too) */
+    char lpath[64];
+    snprintf(lpath, sizeof lpath, "%s/l0", meta_dir);
+    if (symlink("a", lpath) < 0 && errno != EEXIST)
+        perror(lpath);
     /* GETXATTR's values: "a" small, "b" past fuse_xattr.c's 4 KiB buffer where the
      * filesystem takes it, none on "c" (LISTXATTR's empty list) */
     static char big[6000];
@@ -133,6 +140,8 @@ static void setup(void)
     meta->names.stored_mask = 01777;
     meta->names.daemon_umask = 022;
     meta->setattr.on = meta->setattr.mode = 1;  /* SETATTR: chmod with that mask, times */
+    /* RENAME(2)/READLINK/SYMLINK/LINK (csrc/fuse_names2.c) */
+    meta->names2.rename = meta->names2.readlink = meta->names2.symlink = meta->names2.link = 1;
     meta->names.access_errno[(S_IFREG >> 12) * 8 + 1] = 13;   /* noexec: X_OK, EACCES */
     meta->names.access_errno[(S_IFDIR >> 12) * 8 + 2] = 30;   /* readonly: W_OK, EROFS */
     meta->mode_mask = ~06000u;
@@ -214,6 +223,44 @@ static uint32_t put_meta_body(struct cursor *c, uint32_t opcode, uint8_t *p)
         memcpy(p, &mi, sizeof mi);
         memcpy(p + sizeof mi, n, len + 1);
         return (uint32_t)sizeof mi + len + (take(c, 1) < 32 ? 0 : 1);
+    }
+    if (opcode == FUSE_RENAME || opcode == FUSE_RENAME2 || opcode == FUSE_SYMLINK
+        || opcode == FUSE_LINK) {
+        /* args (a new parent or old node: any id, now and then none; flags the tree
+         * takes, refuses or the kernel refuses), then one or two names: existing, new,
+         * "."/"..", "a/b", around NAME_MAX, a target up to past PATH_MAX; sometimes
+         * the last NUL missing */
+        static const uint32_t flags[] = { 0, 1, 2, 4, 3, 6, 8, 0xffffffffu };
+        static const char *names[] = { "a", "b", "c", "d", "r0", "l0", "m0", "missing",
+                                       ".", "..", "a/b", "" };
+        uint8_t which = (uint8_t)take(c, 1);   /* mostly the root: both parents known */
+        uint64_t id = which < 8 ? UINT64_MAX : which < 128 ? 1 : take(c, 1) % 12;
+        uint32_t n = 0;
+        if (opcode != FUSE_SYMLINK) {
+            memcpy(p, &id, 8);
+            n = 8;
+        }
+        if (opcode == FUSE_RENAME2) {
+            uint32_t f[2] = { flags[take(c, 1) % 8], 0 };
+            memcpy(p + n, f, 8);
+            n += 8;
+        }
+        int strings = opcode == FUSE_LINK ? 1 : 2;
+        for (int k = 0; k < strings; k++) {
+            uint32_t len;
+            uint8_t how = (uint8_t)take(c, 1);
+            if (how < 16 || (opcode == FUSE_SYMLINK && k == 1 && how < 40)) {
+                len = how < 8 ? 250 + (uint32_t)take(c, 1) % 12 : 4090 + (uint32_t)take(c, 1) % 8;
+                memset(p + n, 'x', len);
+            } else {
+                const char *s = names[take(c, 1) % 12];
+                len = (uint32_t)strlen(s);
+                memcpy(p + n, s, len);
+            }
+            p[n + len] = 0;
+            n += len + (k == strings - 1 && take(c, 1) < 16 ? 0 : 1);
+        }
+        return n;
     }
     if (opcode == FUSE_SETATTR) {
         /* any valid bits (now and then only C's: MODE, UID/GID, the times, FH; the ids
@@ -326,18 +373,21 @@ static uint32_t put_request(struct cursor *c, uint32_t off)
                                         FUSE_UNLINK, FUSE_RMDIR, FUSE_ACCESS, FUSE_MKDIR,
                                         FUSE_OPEN, FUSE_OPENDIR, FUSE_RELEASE,
                                         FUSE_RELEASEDIR, FUSE_CREATE, FUSE_RELEASE,
-                                        FUSE_GETXATTR, FUSE_GETXATTR, FUSE_LISTXATTR };
+                                        FUSE_GETXATTR, FUSE_GETXATTR, FUSE_LISTXATTR,
+                                        FUSE_RENAME, FUSE_RENAME2, FUSE_READLINK,
+                                        FUSE_SYMLINK, FUSE_LINK };
         uint32_t opcode = ops[take(c, 1) % (sizeof ops / sizeof ops[0])];
-        if (opcode == FUSE_UNLINK)
+        if (opcode == FUSE_UNLINK || opcode == FUSE_RENAME || opcode == FUSE_RENAME2)
             refill_names();
         if ((opcode == FUSE_STATFS || opcode == FUSE_GETATTR) && take(c, 1) & 1)
             opcode = FUSE_SETATTR;   /* csrc/fuse_setattr.c */
         /* the mutation errno of a readonly policy, now and then (UNLINK/RMDIR) */
         meta->names.mutation_errno = take(c, 1) < 32 ? 30 : 0;
         static const uint32_t ids[] = { 0, 1000, 0xffffffffu };
-        uint32_t body = opcode == FUSE_GETATTR ? (uint32_t)take(c, 1) % 24
+        uint32_t body = opcode == FUSE_GETATTR || opcode == FUSE_READLINK
+                        ? (uint32_t)take(c, 1) % 24
                         : put_meta_body(c, opcode, ram0 + off + sizeof(struct fuse_in_header));
-        if (opcode == FUSE_GETATTR)
+        if (opcode == FUSE_GETATTR || opcode == FUSE_READLINK)
             memset(ram0 + off + sizeof(struct fuse_in_header), (int)take(c, 1) & 1, body);
         struct fuse_in_header h = { .len = (uint32_t)(sizeof h + body), .opcode = opcode,
                                     .unique = take(c, 1), .nodeid = take(c, 1) % 12,
@@ -503,6 +553,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifndef MSB_LIBFUZZER
+static int remove_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+    remove(path);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) { fprintf(stderr, "usage: %s SEED COUNT\n", argv[0]); return 2; }
@@ -537,6 +593,11 @@ int main(int argc, char **argv)
            (unsigned long long)os_.creates);
     struct msb_xattr_stats xs;
     msb_xattr_stats(meta, &xs);
+    struct msb_names2_stats n2;
+    msb_names2_stats(meta, &n2);
+    printf("renames=%llu readlinks=%llu symlinks=%llu links=%llu ",
+           (unsigned long long)n2.renames, (unsigned long long)n2.readlinks,
+           (unsigned long long)n2.symlinks, (unsigned long long)n2.links);
     printf("getxattrs=%llu listxattrs=%llu xattr_enosys=%llu ",
            (unsigned long long)xs.getxattrs, (unsigned long long)xs.listxattrs,
            (unsigned long long)xs.enosys);
@@ -562,7 +623,8 @@ int main(int argc, char **argv)
         snprintf(path, sizeof path, "%s/m%d", meta_dir, i);
         rmdir(path);
     }
-    rmdir(meta_dir);
+    /* what RENAME, SYMLINK and LINK chains made or moved, wherever it went */
+    nftw(meta_dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
     close(data_fd);
     for (int k = 0; k < 12; k++)
         printf("damage%d=%llu ", k, (unsigned long long)damaged[k]);
