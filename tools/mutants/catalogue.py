@@ -546,6 +546,21 @@ MUTANTS: tuple[Mutant, ...] = (
          "hostmount": READONLY["hostmount"]},
         {"tree": "RENAME in C is the vhost transport's and the host mount relay's"}),
     Mutant(
+        "names2-c-ignores-quota", "quota: a RENAME over a file, a SYMLINK and a LINK are charged "
+        "(the replaced file freed, the new inode, the parent's growth): a tree with a quota "
+        "keeps them in Python",
+        (Edit("msbfs/fastnames2.py", "    uncharged = 0 if config.charged else 1\n",
+              "    uncharged = 1\n"),),
+        {"virtiofs": ("tests/test_virtiofs_names2.py"
+                      "::test_c_and_python_reply_the_same_bytes[rename-quota]",
+                      "tests/test_virtiofs_names2.py"
+                      "::test_c_and_python_reply_the_same_bytes[symlink-quota]")},
+        {"tree": "RENAME/SYMLINK/LINK in C are the vhost transport's and the host mount relay's",
+         "guest": "no guest test compares a quota's charge after renames or symlinks (the "
+                  "virtio-fs front compares both devices' charges exactly)",
+         "hostmount": "no host-mount test compares a quota's charge after renames or "
+                      "symlinks (the virtio-fs front compares both devices' charges exactly)"}),
+    Mutant(
         "setattr-c-ignores-readonly", "readonly: a chmod or utimes answered in C is EROFS too "
         "(the policy's own check_mutation errno, compiled by Policy.c_decisions)",
         (Edit("csrc/fuse_setattr.c",
