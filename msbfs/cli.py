@@ -19,13 +19,16 @@ from msbfs.errors import MsbfsError
 COMMAND_MODULES = ("volume", "mount", "serve", "run", "guest")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or with ``only`` just that sub-command (what ``main`` builds when
+    argv names one: ``msbfs serve``, which QEMU waits for while it starts, then imports
+    no other area's modules, such as the launcher's or the volume store's)."""
     parser = argparse.ArgumentParser(
         prog="msbfs",
         description="Serve sandbox volumes to microVM guests, the host and Python.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else (only,):
         try:
             module = importlib.import_module(f"msbfs.commands.{name}")
         except ModuleNotFoundError as e:
@@ -37,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMAND_MODULES else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

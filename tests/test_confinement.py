@@ -55,8 +55,8 @@ def confined_pid(proc: subprocess.Popen, sandbox: str = "namespace") -> int:
         try:
             if pid is not None and status(pid)["Seccomp"] == "2":
                 return pid
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a short-lived child (trio's import runs ldconfig) that just exited
         time.sleep(0.01)  # polling a state, not waiting a fixed time
     raise TimeoutError("the daemon never installed its seccomp filter")
 

@@ -43,6 +43,8 @@ from vhost.connection import Connection, close_fds
 from vhost.device import ConfigError, VhostUserDevice
 from vhost.memory import GuestMemory, GuestMemoryError
 from vhost.messages import (
+    BASE_FEATURES,
+    BASE_PROTOCOL_FEATURES,
     HAS_REPLY,
     Config,
     Feature,
@@ -65,15 +67,6 @@ from vhost.messages import (
 from vhost.virtqueue import MAX_QUEUE_SIZE, QueueBroken, Virtqueue
 
 log = logging.getLogger("vhost.backend")
-
-BASE_FEATURES = (Feature.VERSION_1 | Feature.RING_INDIRECT_DESC | Feature.RING_EVENT_IDX
-                 | Feature.PROTOCOL_FEATURES)
-# CONFIG is left to devices that have a config space of their own: QEMU's
-# vhost-user-fs keeps the config itself and warns when a backend offers it.
-BASE_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
-                          | ProtocolFeature.BACKEND_REQ | ProtocolFeature.RESET_DEVICE
-                          | ProtocolFeature.CONFIGURE_MEM_SLOTS)
-
 
 class Disconnect(Exception):
     """Close the connection (an error that cannot be reported in a reply)."""

@@ -9,34 +9,15 @@ nothing leaks. Used by both the backend and the in-tree frontend.
 from __future__ import annotations
 
 import array
-import contextlib
-import os
 import socket
 from collections.abc import Sequence
 
 import trio
 
-from vhost.messages import HEADER_SIZE, MAX_FDS, FramingError, parse_header
+from vhost.messages import HEADER_SIZE, FramingError, parse_header
+from vhost.scm import ANC_SIZE, close_fds, fds_from
 
-_FD_SIZE = array.array("i").itemsize
-_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
-
-
-def close_fds(fds: Sequence[int]) -> None:
-    for fd in fds:
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - len(data) % _FD_SIZE])
-            fds.extend(arr)
-    return fds
+__all__ = ["Connection", "close_fds"]
 
 
 class Connection:
@@ -56,9 +37,9 @@ class Connection:
     async def _recv_exact(self, n: int, fds: list[int]) -> bytes | None:
         buf = bytearray()
         while len(buf) < n:
-            data, ancdata, msg_flags, _ = await self.sock.recvmsg(n - len(buf), _ANC_SIZE,
+            data, ancdata, msg_flags, _ = await self.sock.recvmsg(n - len(buf), ANC_SIZE,
                                                                   socket.MSG_CMSG_CLOEXEC)
-            fds.extend(_fds_from(ancdata))
+            fds.extend(fds_from(ancdata))
             if msg_flags & socket.MSG_CTRUNC:
                 raise FramingError("ancillary data truncated (too many fds)")
             if not data:

@@ -122,6 +122,17 @@ class Feature(enum.IntFlag):
     VERSION_1 = 1 << 32
 
 
+#: What every backend offers (``vhost.backend``; ``vhost.prelude`` answers with it too,
+#: before the backend exists). CONFIG is left to devices that have a config space of
+#: their own: QEMU's vhost-user-fs keeps the config itself and warns when a backend
+#: offers it.
+BASE_FEATURES = (Feature.VERSION_1 | Feature.RING_INDIRECT_DESC | Feature.RING_EVENT_IDX
+                 | Feature.PROTOCOL_FEATURES)
+BASE_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK
+                          | ProtocolFeature.BACKEND_REQ | ProtocolFeature.RESET_DEVICE
+                          | ProtocolFeature.CONFIGURE_MEM_SLOTS)
+
+
 class FramingError(Exception):
     """The byte stream cannot be parsed further; close the connection."""
 
