@@ -6,7 +6,8 @@ the daemons' own ceiling, side by side in one run, same shared directory, same f
 Workloads (each daemon gets its own file names inside the one shared directory):
 4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, SETATTR of a
 mode then of both times per file (an untar's chmod and utimensat after each file), and
-CREATE+RELEASE+UNLINK cycles, READDIRPLUS of a 10,000-entry directory (entries/s),
+CREATE+RELEASE+UNLINK cycles, CREATE+RELEASE+RENAME over one target (an atomic write's
+namespace half), READDIRPLUS of a 10,000-entry directory (entries/s),
 GETXATTR of security.capability answered ENODATA (size 0, as the kernel asks before
 every write: file_remove_privs; virtiofsd runs with ``-o xattr`` so it answers it, as
 msbfs serves xattrs by default), and GETATTR and LOOKUP spread over ``--queues`` request
@@ -302,6 +303,31 @@ class Client:
         await self.fe.submit(0, [r.batch_forget(forgets)], [HDR])
         return n
 
+    async def rename_cycles(self, n: int) -> int:
+        """An atomic write's namespace half, as package managers, builds and git make it:
+        CREATE a temporary name, RELEASE it, RENAME it over one target (the previous
+        target unlinked by the rename), then a BATCH_FORGET of the node ids. Each stage is
+        one batch; the renames are of distinct names onto one target, so any order a
+        daemon answers them in succeeds."""
+        r = self.r
+        base = self.cycle
+        self.cycle += n
+        names = [f"t{base + i}".encode() for i in range(n)]
+        rels, renames, forgets = [], [], []
+        for nm, (_, data) in zip(names, await self.batch(
+                [([r.create(self.dir, nm)], [HDR + abi.FUSE_ENTRY_OUT_SIZE + 16]) for nm in names]),
+                strict=True):
+            p = parse_reply(data).ok()
+            ent = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+            fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+            rels.append(([r.release(ent.nodeid, fh)], [HDR]))
+            renames.append(([r.rename(self.dir, nm, self.dir, b"target")], [HDR]))
+            forgets.append((ent.nodeid, 1))
+        await self.checked(rels, 0)
+        await self.checked(renames, 0)
+        await self.fe.submit(0, [r.batch_forget(forgets)], [HDR])
+        return n
+
     async def readdirplus(self, room: int) -> int:
         """One whole listing as a guest's ``ls -l`` makes it: OPENDIR, READDIRPLUS from
         each reply's last cookie until an empty reply (one request in flight: each asks
@@ -451,6 +477,7 @@ async def main_async(args: argparse.Namespace) -> None:
             ("LOOKUP+GETATTR", "ops/s", 1.0, lambda c: c.lookup_getattr(nm)),
             ("SETATTR mode+times", "ops/s", 1.0, lambda c: c.setattr_mode_times(nm)),
             ("CREATE+RELEASE+UNLINK", "cycles/s", 1.0, lambda c: c.create_cycles(nm // 4)),
+            ("CREATE+RELEASE+RENAME over", "cycles/s", 1.0, lambda c: c.rename_cycles(nm // 4)),
             ("GETXATTR security.capability (ENODATA)", "ops/s", 1.0,
              lambda c: c.getxattr_enodata(nm)),
             (f"GETATTR on {args.queues} queues", "ops/s", 1.0, lambda c: c.getattr_spread(nm)),
