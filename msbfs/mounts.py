@@ -31,7 +31,6 @@ import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from msbfs import volumes
 from msbfs.errors import (
     IncompatibleVolume,
     InvalidArgument,
@@ -42,6 +41,7 @@ from msbfs.errors import (
 )
 
 if TYPE_CHECKING:
+    from msbfs import volumes
     from msbfs.tree.policy import Policy
 
 
@@ -172,6 +172,8 @@ class Mount:
     def named_with(cls, name: str, options: MountOptions | None = None, *,
                    mode: str = "existing", kind: str = "dir", size_mib: int | None = None,
                    quota_mib: int | None = None) -> Mount:
+        from msbfs import volumes  # the volume store (sqlite3...): only when named
+
         try:
             volumes.validate_name(name)
         except InvalidName as e:
@@ -404,6 +406,8 @@ class ResolvedMount:
 
 
 def _named_volume(m: Mount) -> tuple[volumes.VolumeHandle, bool]:
+    from msbfs import volumes  # the volume store (sqlite3...): only when named
+
     assert m.source is not None
     name = m.source
 

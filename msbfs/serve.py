@@ -103,13 +103,10 @@ def _run(o: ServeOptions, src: Source) -> int:
     # What can refuse to start does so before QEMU hears from us.
     jail = confinement(o)
     confine.set_fd_limit(jail.rlimit_nofile)  # before the tree sizes its fd cache on it
-    # (The identity needs no check, nor the tree package that would make it.)
-    maps = id_maps(o) if o.uid_map or o.gid_map or o.translate_uid or o.translate_gid \
-        else None
     sock = open_socket(o)
     prelude = _start_prelude(o, sock)
     try:
-        tree, writeback = _build_tree(o, src, maps)
+        tree, writeback = _build_tree(o, src)
     except BaseException:
         prelude.finish().close()
         raise
@@ -124,7 +121,7 @@ def _run(o: ServeOptions, src: Source) -> int:
         record.close()
 
 
-def _build_tree(o: ServeOptions, src: Source, maps: tuple[Any, Any] | None) -> tuple[Any, bool]:
+def _build_tree(o: ServeOptions, src: Source) -> tuple[Any, bool]:
     # Everything the daemon will ever import is imported now: after the sandbox the
     # Python installation is out of reach.
     import trio
@@ -139,7 +136,7 @@ def _build_tree(o: ServeOptions, src: Source, maps: tuple[Any, Any] | None) -> t
     # One answer for the tree and the session: a tree that drops O_APPEND for a kernel
     # that does not append itself (cache=never) would write appends at stale offsets.
     writeback = o.writeback and o.cache != "never"
-    uid_map, gid_map = maps or id_maps(o)
+    uid_map, gid_map = id_maps(o)
     if os.geteuid() == 0:
         # Root's supplementary groups (often [0]) are nobody's: a request never acts
         # with them (creds.py: a caller's unknown groups are none). Without them a

@@ -239,7 +239,10 @@ def options_from_args(a: argparse.Namespace) -> ServeOptions:
             raise ServeError(f"--xattrmap: {e}") from None
     for name in ("uid_map", "gid_map", "translate_uid", "translate_gid"):
         setattr(o, name, list(getattr(a, name, None) or ()))
-    id_maps(o)  # a bad map stops the daemon at start, with virtiofsd's reason
+    if o.uid_map or o.gid_map or o.translate_uid or o.translate_gid:
+        # A bad map stops the daemon at start, with virtiofsd's reason. (None is the
+        # identity: no check, and no import of the tree package before the prelude.)
+        id_maps(o)
     for k, v in vars(a).items():
         if k.startswith("ignored_") and v:
             o.ignored.append(k[len("ignored_"):].replace("_", "-"))
