@@ -304,3 +304,62 @@ async def test_rename_keeps_node_ids(fs_client: Callable[..., Any], tmp_path: Pa
         assert (await c.call(c.r.lookup(ROOT, b"a"))).error == 2
         assert (await c.call(c.r.getattr(a))).error == 0
         assert (tmp_path / "b").read_bytes() == b"abc"
+
+
+@ROOT_ONLY
+async def test_names2_on_four_queues_at_once(fs_client: Callable[..., Any],
+                                             tmp_path: Path) -> None:
+    """Four request queues, each on its own serving thread and as its own user, make
+    symlinks (owned by that user), hard links of one shared file (each counting one
+    lookup of its node id, forgotten again by the queue right after), rename their
+    symlinks and read them back through their node ids, then forget them: every
+    answer is the one a lone thread gives, the shared file ends with every link, and
+    the table ends as it began (nothing counted twice or lost)."""
+    import trio
+    (tmp_path / "f").write_bytes(b"")
+    n = 32
+    async with fs_client(tmp_path, request_queues=4) as c:
+        r = c.r
+        f = parse_entry(await c.ok(r.lookup(ROOT, b"f"))).nodeid
+        inodes = c.device.tree.statistics().inodes
+        before = c.device.meta.names2_statistics()
+        errors: dict[int, list[int]] = {}
+
+        def err(d: Any) -> int:
+            return int(abi.fuse_out_header.unpack_from(bytes(d.data[:16]))[1])
+
+        async def one_queue(q: int) -> None:
+            user = Requests(uid=1000 + q, gid=1000 + q)
+            mine = errors[q] = []
+            for k in range(0, n, 8):
+                reqs = [x for i in range(k, k + 8) for x in (
+                    ([user.symlink(ROOT, b"s%d-%d" % (q, i), b"f")], [ENTRY_ROOM]),
+                    ([user.link(f, ROOT, b"l%d-%d" % (q, i))], [ENTRY_ROOM]))]
+                done = await c.fe.submit_many(q, reqs)
+                mine += [err(d) for d in done]
+                made = [parse_entry(bytes(d.data[16:ENTRY_ROOM])).nodeid for d in done[::2]]
+                reqs = [x for i, s in zip(range(k, k + 8), made, strict=True) for x in (
+                    ([r.forget(f, 1)], [0]),
+                    ([user.rename2(ROOT, b"s%d-%d" % (q, i), ROOT, b"r%d-%d" % (q, i),
+                                   NOREPLACE)], [64]),
+                    ([user.readlink(s)], [64]), ([r.forget(s, 1)], [0]))]
+                done = await c.fe.submit_many(q, reqs)
+                mine += [err(d) for d, (req, _) in zip(done, reqs, strict=True)
+                         if int.from_bytes(req[0][4:8], "little") != Opcode.FORGET]
+                mine += [int(bytes(d.data[16:17]) == b"f") - 1 for d in done[2::4]]
+
+        async with trio.open_nursery() as nursery:
+            for q in range(1, 5):
+                nursery.start_soon(one_queue, q)
+        for mine in errors.values():
+            assert mine == [0] * (2 * n + 2 * n + n)
+        after = c.device.meta.names2_statistics()
+        assert {k: after[k] - before[k] for k in after} == {
+            "renames": 4 * n, "readlinks": 4 * n, "symlinks": 4 * n, "links": 4 * n}
+        assert (tmp_path / "f").stat().st_nlink == 1 + 4 * n
+        for q in range(1, 5):
+            for i in range(n):
+                p = tmp_path / f"r{q}-{i}"
+                assert os.readlink(p) == "f" and p.lstat().st_uid == 1000 + q
+        assert c.device.tree.statistics().inodes == inodes
+        assert (await c.call(r.getattr(f))).error == 0
