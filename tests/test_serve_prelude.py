@@ -223,3 +223,38 @@ async def test_the_backend_stands_by_the_preludes_answers_or_hangs_up(
                     await fe.get_u64(Request.GET_FEATURES)
                 assert "the prelude answered" in caplog.text
                 await fe.close()
+
+
+async def test_a_connected_fd_is_answered_by_the_prelude_then_served(tmp_path: Path) -> None:
+    """virtiofsd's --fd may be a connected socket (no accept): the prelude answers on it
+    (while the daemon is held before its tree) and the backend takes over the same
+    connection."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "f").write_bytes(b"x")
+    ours, theirs = socket.socketpair()
+    gate_r, gate_w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "msbfs", "serve", f"--fd={theirs.fileno()}",
+         f"--shared-dir={share}"],
+        env={**os.environ, GATE_ENV: str(gate_r)}, pass_fds=(theirs.fileno(), gate_r),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    theirs.close()
+    os.close(gate_r)
+    try:
+        with trio.fail_after(DEADLINE):
+            fe = Frontend(Connection(trio.socket.from_stdlib_socket(ours)),
+                          GuestRam(((0, 48 << 20),)))
+            assert await fe.get_u64(Request.GET_FEATURES) == int(BASE_FEATURES)
+            os.write(gate_w, b"x")
+            await fe.handshake([32, 32], slot_size=300 << 10)
+            c = FuseClient(fe)
+            await c.init()
+            assert parse_entry(await c.ok(c.r.lookup(ROOT, b"f"))).nodeid > ROOT
+            await fe.close()
+            assert await trio.to_thread.run_sync(proc.wait) == 0
+    finally:
+        os.close(gate_w)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -140,9 +140,12 @@ class Prelude:
     # ---- the thread ----------------------------------------------------------------------
 
     def _readable(self, sock: socket.socket) -> bool:
-        """Wait until ``sock`` is readable (True) or ``finish`` was called (False)."""
-        r, _, _ = select.select([sock, self._wake_r], [], [])
-        return self._wake_r not in r
+        """Wait until ``sock`` is readable or hung up (True) or ``finish`` was called
+        (False)."""
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        return all(fd != self._wake_r for fd, _ in poller.poll())
 
     def _run(self) -> None:
         try:
