@@ -25,6 +25,7 @@ from tests.test_virtiofs_names import ROOT_ONLY, _lookup_ids, _pair, _run_each
 NOREPLACE, EXCHANGE, WHITEOUT = 1, 2, 4
 HostChange = Callable[[Path], None]
 LONG_TARGET = b"t" * 4000
+EXTRA = 40
 
 
 def _populate(root: Path) -> None:
@@ -51,6 +52,8 @@ def _populate(root: Path) -> None:
     (root / "away").mkdir()
     (root / "away" / "w").write_bytes(b"")
     (root / "moving").write_bytes(b"")
+    for i in range(EXTRA):  # looked up to push the others' fds out of a small fd cache
+        (root / f"e{i}").write_bytes(b"")
 
 
 def _host_view(root: Path) -> list[tuple[str, int, int, int, str]]:
@@ -235,11 +238,14 @@ def _link_script(ids: dict[bytes, int]) -> list[Step | HostChange]:
     ]
 
 
-POLICIES = {
-    "default": Policy(),
-    "readonly": Policy(readonly=True),
-    "nosuid-nodev": Policy(nosuid=True, nodev=True),
-    "quota": Policy(quota_bytes=64 << 20, quota_inodes=500),  # Python's, but READLINK
+POLICIES: dict[str, tuple[Policy, dict[str, Any]]] = {
+    "default": (Policy(), {}),
+    "readonly": (Policy(readonly=True), {}),
+    "nosuid-nodev": (Policy(nosuid=True, nodev=True), {}),
+    "quota": (Policy(quota_bytes=64 << 20, quota_inodes=500), {}),  # Python's, but READLINK
+    # the smallest fd cache, overrun by lookups after the nodes the script uses: their
+    # fds (parents, old nodes) are re-opened from their handles first
+    "evicting": (Policy(), {"max_inode_fds": 1}),
 }
 
 SCRIPTS = {"rename": _rename_script, "readlink": _readlink_script,
@@ -256,8 +262,11 @@ async def test_c_and_python_reply_the_same_bytes(
     """Each opcode's sequence, ordinary and hostile, as uid 1000 (and other callers for
     SYMLINK's owners): the same replies, the same host trees, the same inode table; C
     answered (its counter), and a quota or readonly tree keeps its rule."""
-    async with _pair(fs_client, tmp_path, _populate, POLICIES[policy]) as (on, off, roots):
+    pol, tree_kw = POLICIES[policy]
+    async with _pair(fs_client, tmp_path, _populate, pol, **tree_kw) as (on, off, roots):
         ids = await _lookup_ids(on, off, NODES)
+        if policy == "evicting":
+            await _lookup_ids(on, off, [b"e%d" % i for i in range(EXTRA)])
         steps = SCRIPTS[op](ids)
         got = [await _run_each(c, root, steps) for c, root in ((on, roots[0]), (off, roots[1]))]
         for i, (a, b) in enumerate(zip(*got, strict=True)):
@@ -268,6 +277,8 @@ async def test_c_and_python_reply_the_same_bytes(
         assert [v for v in outside[0] if not v[0].startswith("root")] == \
                [v for v in outside[1] if not v[0].startswith("root")]
         assert on.device.tree.statistics().inodes == off.device.tree.statistics().inodes
+        if policy == "evicting":
+            assert on.device.tree.statistics().extra["inode_fd_evictions"] > 0
         served = on.device.meta.names2_statistics()[COUNTER[op]]
         if policy == "quota" and op != "readlink":
             assert served == 0
