@@ -283,12 +283,16 @@ class Client:
         await self.checked(reqs, abi.FUSE_ATTR_OUT_SIZE)
         return len(reqs)
 
-    async def create_cycles(self, n: int) -> int:
+    async def _cycles(self, n: int, prefix: str,
+                      then: Callable[[bytes], bytes]) -> int:
+        """``n`` fresh names: a CREATE of each, a RELEASE of each, ``then(name)``'s request
+        for each (all expected to succeed with an empty reply), then a BATCH_FORGET of
+        the node ids. Each stage is one batch."""
         r = self.r
         base = self.cycle
         self.cycle += n
-        names = [f"c{base + i}".encode() for i in range(n)]
-        rels, unl, forgets = [], [], []
+        names = [f"{prefix}{base + i}".encode() for i in range(n)]
+        rels, after, forgets = [], [], []
         for nm, (_, data) in zip(names, await self.batch(
                 [([r.create(self.dir, nm)], [HDR + abi.FUSE_ENTRY_OUT_SIZE + 16]) for nm in names]),
                 strict=True):
@@ -296,37 +300,24 @@ class Client:
             ent = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
             fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
             rels.append(([r.release(ent.nodeid, fh)], [HDR]))
-            unl.append(([r.unlink(self.dir, nm)], [HDR]))
+            after.append(([then(nm)], [HDR]))
             forgets.append((ent.nodeid, 1))
         await self.checked(rels, 0)
-        await self.checked(unl, 0)
+        await self.checked(after, 0)
         await self.fe.submit(0, [r.batch_forget(forgets)], [HDR])
         return n
+
+    async def create_cycles(self, n: int) -> int:
+        """CREATE+RELEASE+UNLINK of fresh names."""
+        return await self._cycles(n, "c", lambda nm: self.r.unlink(self.dir, nm))
 
     async def rename_cycles(self, n: int) -> int:
         """An atomic write's namespace half, as package managers, builds and git make it:
         CREATE a temporary name, RELEASE it, RENAME it over one target (the previous
-        target unlinked by the rename), then a BATCH_FORGET of the node ids. Each stage is
-        one batch; the renames are of distinct names onto one target, so any order a
-        daemon answers them in succeeds."""
-        r = self.r
-        base = self.cycle
-        self.cycle += n
-        names = [f"t{base + i}".encode() for i in range(n)]
-        rels, renames, forgets = [], [], []
-        for nm, (_, data) in zip(names, await self.batch(
-                [([r.create(self.dir, nm)], [HDR + abi.FUSE_ENTRY_OUT_SIZE + 16]) for nm in names]),
-                strict=True):
-            p = parse_reply(data).ok()
-            ent = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
-            fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
-            rels.append(([r.release(ent.nodeid, fh)], [HDR]))
-            renames.append(([r.rename(self.dir, nm, self.dir, b"target")], [HDR]))
-            forgets.append((ent.nodeid, 1))
-        await self.checked(rels, 0)
-        await self.checked(renames, 0)
-        await self.fe.submit(0, [r.batch_forget(forgets)], [HDR])
-        return n
+        target unlinked by the rename). The renames are of distinct names onto one
+        target, so any order a daemon answers them in succeeds."""
+        return await self._cycles(n, "t",
+                                  lambda nm: self.r.rename(self.dir, nm, self.dir, b"target"))
 
     async def readdirplus(self, room: int) -> int:
         """One whole listing as a guest's ``ls -l`` makes it: OPENDIR, READDIRPLUS from
