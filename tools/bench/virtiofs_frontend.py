@@ -7,7 +7,7 @@ Workloads (each daemon gets its own file names inside the one shared directory):
 4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, SETATTR of a
 mode then of both times per file (an untar's chmod and utimensat after each file), and
 CREATE+RELEASE+UNLINK cycles, CREATE+RELEASE+RENAME over one target (an atomic write's
-namespace half), READDIRPLUS of a 10,000-entry directory (entries/s),
+namespace half), SYMLINK+READLINK+UNLINK cycles, READDIRPLUS of a 10,000-entry directory (entries/s),
 GETXATTR of security.capability answered ENODATA (size 0, as the kernel asks before
 every write: file_remove_privs; virtiofsd runs with ``-o xattr`` so it answers it, as
 msbfs serves xattrs by default), and GETATTR and LOOKUP spread over ``--queues`` request
@@ -319,6 +319,23 @@ class Client:
         return await self._cycles(n, "t",
                                   lambda nm: self.r.rename(self.dir, nm, self.dir, b"target"))
 
+    async def symlink_cycles(self, n: int) -> int:
+        """A package's symlinks as an unpack makes them and a loader reads them: SYMLINK
+        of a fresh name, READLINK through its node id, UNLINK, then a BATCH_FORGET of
+        the node ids (each stage one batch). Counts the cycles."""
+        r = self.r
+        base = self.cycle
+        self.cycle += n
+        names = [f"s{base + i}".encode() for i in range(n)]
+        target = b"../lib/node_modules/pkg/bin/cli.js"
+        made = await self.batch([([r.symlink(self.dir, nm, target)], [HDR + abi.FUSE_ENTRY_OUT_SIZE])
+                                 for nm in names])
+        ids = [parse_entry(parse_reply(d).ok()).nodeid for _, d in made]
+        await self.checked([([r.readlink(i)], [HDR + 256]) for i in ids], len(target))
+        await self.checked([([r.unlink(self.dir, nm)], [HDR]) for nm in names], 0)
+        await self.fe.submit(0, [r.batch_forget([(i, 1) for i in ids])], [HDR])
+        return n
+
     async def readdirplus(self, room: int) -> int:
         """One whole listing as a guest's ``ls -l`` makes it: OPENDIR, READDIRPLUS from
         each reply's last cookie until an empty reply (one request in flight: each asks
@@ -469,6 +486,7 @@ async def main_async(args: argparse.Namespace) -> None:
             ("SETATTR mode+times", "ops/s", 1.0, lambda c: c.setattr_mode_times(nm)),
             ("CREATE+RELEASE+UNLINK", "cycles/s", 1.0, lambda c: c.create_cycles(nm // 4)),
             ("CREATE+RELEASE+RENAME over", "cycles/s", 1.0, lambda c: c.rename_cycles(nm // 4)),
+            ("SYMLINK+READLINK+UNLINK", "cycles/s", 1.0, lambda c: c.symlink_cycles(nm // 4)),
             ("GETXATTR security.capability (ENODATA)", "ops/s", 1.0,
              lambda c: c.getxattr_enodata(nm)),
             (f"GETATTR on {args.queues} queues", "ops/s", 1.0, lambda c: c.getattr_spread(nm)),
