@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
-import logging.handlers
 import os
 import signal
 import socket
@@ -60,8 +59,12 @@ def setup_logging(o: ServeOptions) -> None:
     root = logging.getLogger()
     root.setLevel(LOG_LEVELS[o.log_level])
     if o.syslog:
+        # Only here (a daemon QEMU waits for imports nothing it does not use); still
+        # before the sandbox, after which nothing can be imported.
+        from logging.handlers import SysLogHandler
+
         try:
-            handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler: logging.Handler = SysLogHandler(address="/dev/log")
         except OSError:
             handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("msbfs-serve[%(process)d]: %(message)s"))
