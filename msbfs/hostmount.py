@@ -697,7 +697,10 @@ async def _fuse_session(ops: HostOps, mountpoint: str, on_ready: Callable[[], No
         # The mount answers once a stat through it comes back (served by the loop above,
         # so it must run in a thread).
         st = await trio.to_thread.run_sync(os.stat, mountpoint)
-        if not os.path.ismount(mountpoint):
+        # ismount's lstat goes through the mount as well: a host process creating a name
+        # in the root meanwhile invalidates the root's attributes, and a GETATTR this
+        # thread would have to answer itself hung the daemon for good.
+        if not await trio.to_thread.run_sync(os.path.ismount, mountpoint):
             raise MountError(f"{mountpoint}: mounted, but it does not show as a mount point")
         widen_readahead(st.st_dev)
         on_ready()
