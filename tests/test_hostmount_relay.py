@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from msbfs import mount_daemon, mountinfo
+from msbfs import hostmount_relay, mount_daemon, mountinfo
 from tests.plugins.hostmount import needs_root, py_as, wait_for
 
 pytestmark = [pytest.mark.fuse, needs_root]
@@ -151,15 +152,25 @@ def daemon(base: Path, name: str, source: Path, *, relay: bool = True, options: 
     env = dict(os.environ, MSBFS_HOST_RELAY="1" if relay else "0")
     if socket_buffer:
         env["RELAYTEST_SOCKET"] = str(socket_buffer)
-    args = [sys.executable, "-c", _DAEMON, str(source), str(mnt), str(side)]
+    # Ready when the daemon says so (--ready-fd, as `msbfs mount` waits for it), not when
+    # the mount shows: the daemon is still starting then.
+    ready_r, ready_w = os.pipe()
+    args = [sys.executable, "-c", _DAEMON, str(source), str(mnt), str(side),
+            "--ready-fd", str(ready_w)]
     if options:
         args += ["-o", options]
-    with open(side / "log", "wb") as log:
-        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT)
+    try:
+        with open(side / "log", "wb") as log:
+            proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, pass_fds=(ready_w,))
+        os.close(ready_w)
+        readable, _, _ = select.select([ready_r], [], [], 60)
+        said = os.read(ready_r, 4096) if readable else b""
+    finally:
+        os.close(ready_r)
     d = Daemon(source, mnt, side, proc)
     try:
-        assert wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 60)
+        assert said.startswith(b"ready"), f"{said!r}: {d.log()}"
         assert proc.poll() is None, d.log()
         yield d
     finally:
@@ -527,3 +538,75 @@ def test_unmounted_from_outside_the_daemon_exits(tmp_path: Path, unmount: list[s
         assert mount_daemon.daemon_pid(str(d.mnt)) is None  # its record went with it
         stats = d.stats()
     assert stats["relay"]["answered"] > 0  # the relay served the mount
+
+
+# ---- 3. big I/O through C and through Python -------------------------------------------
+
+MIB = 1 << 20
+#: Larger than any message the relay's socket carries (``hostmount_relay.SOCKET_BUFFER``,
+#: which the kernel doubles): one write() the kernel must split, each piece whole.
+HUGE = 3 * hostmount_relay.SOCKET_BUFFER
+
+
+def _write_and_read_back(mnt: Path, source: Path, data: bytes) -> None:
+    """``big``: written 1 MiB per write(); ``huge``: one write() of HUGE bytes. Both read
+    back 1 MiB per read() once the page cache let go of them, and from the source."""
+    fd = os.open(mnt / "big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, 8 * MIB, MIB):
+            assert os.write(fd, data[off:off + MIB]) == MIB
+    finally:
+        os.close(fd)
+    fd = os.open(mnt / "huge", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        assert os.write(fd, data[:HUGE]) == HUGE
+    finally:
+        os.close(fd)
+    for name, size in (("big", 8 * MIB), ("huge", HUGE)):
+        fd = os.open(mnt / name, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # READs, not the cache
+            got = _read_all(fd)
+        finally:
+            os.close(fd)
+        _same_bytes(got, data[:size], f"{name} read back")
+        _same_bytes((source / name).read_bytes(), data[:size], f"{name} in the source")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, MIB):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _same_bytes(got: bytes, want: bytes, what: str) -> None:
+    """Equal, or where they part (never a diff of megabytes)."""
+    if got != want:
+        at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+                  min(len(got), len(want)))
+        raise AssertionError(f"{what}: {len(got)} bytes, {len(want)} wanted, first "
+                             f"difference at {at}")
+
+
+def test_big_writes_and_reads_through_c_and_python(tmp_path: Path) -> None:
+    data = os.urandom(max(HUGE, 8 * MIB))
+    stats = {}
+    for name, relay, options in (("c", True, ""), ("quota", True, "quota=64"),
+                                 ("off", False, "")):
+        source = tmp_path / f"{name}.src"
+        source.mkdir()
+        with daemon(tmp_path, name, source, relay=relay, options=options) as d:
+            _write_and_read_back(d.mnt, source, data)
+            stats[name] = d.stop()
+    c, quota, off = stats["c"], stats["quota"], stats["off"]
+    # without the relay both went through pyfuse3: the kernel sent READs and WRITEs
+    assert off["calls"]["read"] > 0 and off["calls"]["write"] >= 8 + HUGE // MIB
+    # with it, C answered all of them ...
+    assert "read" not in c["calls"] and "write" not in c["calls"], c["calls"]
+    assert c["msg_max"] < HUGE
+    # ... except a quota's writes (Tree.data_fd), passed to libfuse whole
+    assert quota["calls"]["write"] >= 8 + HUGE // MIB and "read" not in quota["calls"]
+    assert quota["relay"]["forwarded_WRITE"] == quota["calls"]["write"]
+    for s in (c, quota):
+        assert s["relay"]["send_errors"] == 0 and s["relay"]["write_errors"] == 0, s["relay"]
