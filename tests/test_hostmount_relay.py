@@ -610,3 +610,34 @@ def test_big_writes_and_reads_through_c_and_python(tmp_path: Path) -> None:
     assert quota["relay"]["forwarded_WRITE"] == quota["calls"]["write"]
     for s in (c, quota):
         assert s["relay"]["send_errors"] == 0 and s["relay"]["write_errors"] == 0, s["relay"]
+
+
+# ---- 4. the INIT clamp ----------------------------------------------------------------------
+
+#: Socket buffers an unprivileged daemon might get: a message carries far less than a
+#: 1 MiB WRITE.
+SMALL_SOCKET = 256 << 10
+PAGE = 4096
+WRITE_HEADERS = PAGE  # csrc/devfuse.c: room for a WRITE's headers beside its data
+
+
+@pytest.mark.parametrize("options", ["", "quota=64"], ids=["c-writes", "python-writes"])
+def test_small_socket_buffers_clamp_max_write(tmp_path: Path, options: str) -> None:
+    """The relay lowers the max_write of libfuse's INIT reply to what one socket message
+    carries, so that any WRITE the kernel sends can be handed to libfuse whole (a quota
+    mount's all are)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    data = os.urandom(max(HUGE, 8 * MIB))
+    with daemon(tmp_path, "m", source, options=options, socket_buffer=SMALL_SOCKET) as d:
+        _write_and_read_back(d.mnt, source, data)
+        stats = d.stop()
+    relay = stats["relay"]
+    limit = (stats["msg_max"] - WRITE_HEADERS) & ~(PAGE - 1)
+    assert stats["msg_max"] < MIB  # the buffers were small indeed
+    assert relay["clamped"] == 1
+    assert 0 < relay["max_write"] <= limit
+    assert relay["send_errors"] == 0 and relay["write_errors"] == 0, relay
+    if options:
+        # each forwarded WRITE was at most max_write: more of them than 1 MiB ones
+        assert relay["forwarded_WRITE"] >= (8 * MIB + HUGE) // relay["max_write"]
