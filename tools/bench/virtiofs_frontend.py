@@ -21,8 +21,9 @@ daemons' resident memory (VmRSS and VmHWM of the whole process tree) at the end.
 
 The client: this Python driver costs 8-15 us of CPU per request, more than either daemon
 spends on a GETATTR or LOOKUP, so on those rows it would set both daemons' throughput.
-With ``--client c`` (the default) the workloads whose requests are all alike (GETATTR and
-LOOKUP on N queues, GETXATTR ENODATA) are posted by the C request loop instead
+With ``--client c`` (the default) the workloads whose requests can be posted again and
+again unchanged (GETATTR and LOOKUP on N queues, GETXATTR ENODATA, SETATTR mode+times;
+marked * in the table) are posted by the C request loop instead
 (vhost/cdriver.py: chains laid out once, each reply's header checked in C, one thread
 per queue with the GIL released), ``--n-c`` requests a round; ``--client python`` runs
 every row with this driver. The "client with each" column is the benchmark process's
@@ -269,6 +270,11 @@ class Client:
         return n
 
     async def setattr_mode_times(self, n: int) -> int:
+        reqs = self.setattr_requests(n)
+        await self.checked(reqs, abi.FUSE_ATTR_OUT_SIZE)
+        return len(reqs)
+
+    def setattr_requests(self, n: int) -> Batch:
         """Per file, a chmod then a utimensat of both times, as an untar does after each
         file: SETATTR FATTR_MODE, then FATTR_ATIME | FATTR_MTIME."""
         r = self.r
@@ -280,8 +286,7 @@ class Client:
                       [HDR + abi.FUSE_ATTR_OUT_SIZE]),
                      ([r.setattr(nid, valid=FATTR_ATIME | FATTR_MTIME, atime=t, mtime=t)],
                       [HDR + abi.FUSE_ATTR_OUT_SIZE])]
-        await self.checked(reqs, abi.FUSE_ATTR_OUT_SIZE)
-        return len(reqs)
+        return reqs
 
     async def _cycles(self, n: int, prefix: str,
                       then: Callable[[bytes], bytes]) -> int:
@@ -474,6 +479,8 @@ async def main_async(args: argparse.Namespace) -> None:
         attr, entry = HDR + abi.FUSE_ATTR_OUT_SIZE, HDR + abi.FUSE_ENTRY_OUT_SIZE
         c_forms = {  # the rows the C request loop posts with --client c
             "GETXATTR": CWork(Client.getxattr_requests, HDR, -ENODATA, spread=False),
+            # each chain repeats its chmod or utimensat: the same syscalls every time
+            "SETATTR": CWork(Client.setattr_requests, attr, spread=False),
             "GETATTR on": CWork(Client.getattr_requests, attr),
             "LOOKUP on": CWork(Client.lookup_requests, entry),
         }
@@ -536,7 +543,7 @@ def main() -> None:
     p.add_argument("--n-big", type=int, default=256)
     p.add_argument("--n-meta", type=int, default=4000)
     p.add_argument("--client", choices=("c", "python"), default="c",
-                   help="who posts the GETATTR, LOOKUP and GETXATTR rows' requests (default: "
+                   help="who posts the GETATTR, LOOKUP, GETXATTR and SETATTR rows' requests (default: "
                         "the C request loop; python: this driver, 8-15 us of CPU a request)")
     p.add_argument("--n-c", type=int, default=100_000,
                    help="requests a round for the rows the C request loop posts")
