@@ -520,7 +520,11 @@ def test_same_answers_with_the_relay_on_off_and_natively(tmp_path: Path) -> None
                    "off": _run_sequence(off.mnt, off.source),
                    "native": _run_sequence(twins["native"], twins["native"])}
         on_stats, off_stats = on.stop(), off.stop()
-    print(json.dumps({"on": on_stats, "off": off_stats}))
+    for who in ("root", "user"):
+        assert not _differences(results["on"][who], results["off"][who]), who
+        assert not _differences(results["on"][who], results["native"][who]), who
+    trees = {name: _tree(root) for name, root in twins.items()}
+    assert trees["on"] == trees["off"] == trees["native"]
     assert_c_answered(on_stats, off_stats)
     # Every handle HostOps opened (an O_TRUNC open by USER) is HostOps's to release:
     # none is released behind its back, none leaks its opener.
@@ -529,12 +533,6 @@ def test_same_answers_with_the_relay_on_off_and_natively(tmp_path: Path) -> None
         calls = stats["calls"]
         assert calls.get("open", 0) + calls.get("create", 0) == calls.get("release"), calls
         assert stats["files_left"] == 0
-    for who in ("root", "user"):
-        assert not _differences(results["on"][who], results["off"][who]), who
-        assert not _differences(results["on"][who], results["native"][who]), who
-    trees = {name: _tree(root) for name, root in twins.items()}
-    assert trees["on"] == trees["off"] == trees["native"]
-
 
 # ---- 2. unmounted from outside ------------------------------------------------------------
 
