@@ -347,6 +347,17 @@ do("readlink", lambda: os.readlink("s"))
 do("stat dangling", lambda: st("t", follow=True))
 do("rmdir a symlink", lambda: os.rmdir("s"))
 do("unlink symlinks", lambda: [os.unlink("s"), os.unlink("t")])
+def open_unlinked():
+    fd = os.open("u1", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        os.unlink("u1")
+        os.pwrite(fd, b"still here", 3)
+        s = os.fstat(fd)
+        return [s.st_nlink, s.st_size, oct(s.st_mode), os.pread(fd, 20, 0).hex()]
+    finally:
+        os.close(fd)
+
+do("open unlinked", open_unlinked)
 do("rename", lambda: os.rename("f", "h"))
 do("stat renamed", lambda: [st("h"), os.path.lexists("f")])
 do("rename missing", lambda: os.rename("missing", "h2"))
@@ -383,6 +394,8 @@ if who == "user":
     do("utime now root's", lambda: utimens("shared", (0, NOW), (0, NOW)))
     do("stat now root's", lambda: now_times("shared"))
     do("write root's", lambda: write("shared", W, b"u"))
+    do("write root's set-id", lambda: write("setid-w", W, b"u"))
+    do("stat written set-id", lambda: st("setid-w"))
     do("open trunc root's set-id", lambda: os.close(os.open("setid", W | os.O_TRUNC)))
     do("stat root's set-id", lambda: st("setid"))
     do("chmod setgid of another group", lambda: os.chmod("gf", 0o2755))
@@ -414,8 +427,9 @@ def _layout(root: Path) -> None:
         (u / name).write_bytes(b"data")
         os.chown(u / name, owner, group)
         os.chmod(u / name, mode)
-    (u / "setid").write_bytes(b"data")
-    os.chmod(u / "setid", 0o6777)
+    for name in ("setid", "setid-w"):
+        (u / name).write_bytes(b"data")
+        os.chmod(u / name, 0o6777)
     (u / "sg").mkdir()
     os.chown(u / "sg", USER, 0)
     os.chmod(u / "sg", 0o2775)
