@@ -194,11 +194,20 @@ static int python_rule(const struct msb_relay *r, const uint8_t *buf, size_t n,
     if (__atomic_load_n(&r->init_flags, __ATOMIC_ACQUIRE)
         & (FUSE_HANDLE_KILLPRIV | FUSE_HANDLE_KILLPRIV_V2))
         return op != FUSE_READ;
+    /* Set-id bits the policy hides from the kernel (nosuid: mode_mask) are bits it never
+     * clears itself: HostOps clears them, by the opener's rights (Tree._kill_suidgid). So
+     * every WRITE is Python's then, and so is an open for writing by a caller other than
+     * root (HostOps keeps its opener for those writes). */
+    int hidden = (r->meta->mode_mask & (S_ISUID | S_ISGID)) != (S_ISUID | S_ISGID);
+    if (hidden && op == FUSE_WRITE)
+        return 1;
     if ((op == FUSE_OPEN || op == FUSE_CREATE) && ih->uid != 0) {
         uint32_t flags;
         if (n < sizeof *ih + sizeof flags)
             return 1;
         memcpy(&flags, buf + sizeof *ih, sizeof flags);  /* open_in and create_in: first */
+        if (hidden && (flags & O_ACCMODE) != O_RDONLY)
+            return 1;
         return (flags & O_TRUNC) != 0;
     }
     return 0;
