@@ -437,6 +437,20 @@ MUTANTS: tuple[Mutant, ...] = (
                        "::test_truncating_open_by_another_user_clears_setid_bits_as_natively",)},
         {"tree": "a rule of the host mount's relay (csrc/devfuse.c), above the tree",
          "virtiofs": RELAY_ONLY, "guest": RELAY_ONLY}),
+    *(Mutant(
+        name, "nosuid: a host file's set-id bits (hidden from the kernel, so never "
+        "cleared by it) go when a caller other than root writes it: the relay leaves "
+        "every WRITE and such a caller's opens for writing to HostOps, which clears them "
+        "by the opener's rights",
+        (Edit("csrc/devfuse.c", old, ""),),
+        {"hostmount": ("tests/test_hostmount_relay.py"
+                       "::test_same_answers_with_the_relay_on_off_and_natively[nosuid]",)},
+        {"tree": "a rule of the host mount's relay (csrc/devfuse.c), above the tree",
+         "virtiofs": RELAY_ONLY, "guest": RELAY_ONLY})
+      for name, old in (
+          ("relay-nosuid-write-in-c", "    if (hidden && op == FUSE_WRITE)\n        return 1;\n"),
+          ("relay-nosuid-open-in-c", "        if (hidden && (flags & O_ACCMODE) != O_RDONLY)\n"
+                                     "            return 1;\n"))),
     Mutant(
         "relay-killpriv-in-c", "where libfuse negotiated HANDLE_KILLPRIV(_V2), the relay "
         "leaves OPEN, CREATE, WRITE and SETATTR to HostOps, which clears set-id bits by the "
