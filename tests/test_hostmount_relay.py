@@ -9,6 +9,13 @@ pyfuse3 handler's calls (the requests that reached Python), the relay's statisti
 (``forwarded_<OP>``: the requests C left to libfuse) and the C handlers' counters, read
 in ``Relay.close`` before the relay is freed. ``MSBFS_HOST_RELAY=0`` gives the same
 daemon without the relay, the reference for "what pyfuse3 answers".
+
+1. one scripted sequence as root and as uid 1000, relay on / off / native (plain,
+   writeback and nosuid mounts), with the counters proving C answered each family;
+2. unmounted from outside (umount, fusermount3 -u): the daemon exits;
+3. 1 MiB and larger-than-a-socket-message I/O through C and through Python;
+4. small socket buffers: INIT's max_write clamped, nothing lost;
+5. workers, a lister and dentry-cache drops at once: no error, nothing left open.
 """
 
 from __future__ import annotations
