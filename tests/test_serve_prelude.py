@@ -6,6 +6,7 @@ every answer the prelude gave or closes the connection."""
 from __future__ import annotations
 
 import array
+import contextlib
 import logging
 import os
 import re
@@ -39,7 +40,7 @@ from vhost.messages import (
     build,
     encode,
 )
-from vhost.prelude import Prelude, realize_answers
+from vhost.prelude import MAX_TAKEN, Prelude, realize_answers
 from vhost.replay import ReplayConnection
 
 ROOT = 1
@@ -258,3 +259,43 @@ async def test_a_connected_fd_is_answered_by_the_prelude_then_served(tmp_path: P
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+async def test_a_frontend_that_never_reads_cannot_block_the_prelude() -> None:
+    """The daemon's start-up joins the prelude: a frontend that asks and never reads the
+    answers must not keep it in a blocking send. It stops taking (the question left
+    unread) once the socket has no room for an answer."""
+    front, back = socket.socketpair()
+    front.setblocking(False)
+    prelude = Prelude(back, realize_answers(num_queues=2, max_mem_slots=8)).start()
+    try:
+        with trio.fail_after(DEADLINE):
+            while prelude.running:
+                with contextlib.suppress(BlockingIOError):
+                    _send(front, Request.GET_FEATURES)
+                await trio.sleep(0)
+        record = prelude.finish()
+        assert prelude.stopped_by == "the frontend is not reading its answers"
+        assert record.taken and all(t.answer for t in record.taken)
+        record.close()
+    finally:
+        front.close()
+        back.close()
+
+
+async def test_the_prelude_takes_a_bounded_number_of_messages() -> None:
+    front, back = socket.socketpair()
+    prelude = Prelude(back, realize_answers(num_queues=2, max_mem_slots=8)).start()
+    try:
+        for _ in range(MAX_TAKEN + 1):
+            _send(front, Request.SET_OWNER)  # no answer: nothing for the frontend to read
+        with trio.fail_after(DEADLINE):
+            while prelude.running:
+                await trio.sleep(0.01)  # polls the thread's state; the deadline bounds it
+        record = prelude.finish()
+        assert len(record.taken) == MAX_TAKEN
+        assert prelude.stopped_by == f"{MAX_TAKEN} messages taken"
+        record.close()
+    finally:
+        front.close()
+        back.close()

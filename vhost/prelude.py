@@ -57,6 +57,9 @@ EXPECTED_SIZE = {
     Request.GET_MAX_MEM_SLOTS: 0, Request.SET_PROTOCOL_FEATURES: 8, Request.SET_OWNER: 0,
     Request.SET_BACKEND_REQ_FD: 0, Request.SET_VRING_CALL: 8, Request.SET_VRING_ERR: 8,
 }
+#: Realize takes 8 + 2 per queue; past this many the frontend is not realizing a device
+#: (a bound on what the record holds).
+MAX_TAKEN = 1024
 #: While the prelude runs the main thread imports (holding the GIL): a short switch
 #: interval lets the prelude answer within a millisecond instead of five.
 _SWITCH_INTERVAL = 0.0005
@@ -176,6 +179,8 @@ class Prelude:
 
     def _take_one(self, conn: socket.socket) -> str | None:
         """Take and answer the next message; or, leaving it unread, say why not."""
+        if len(self._record.taken) >= MAX_TAKEN:
+            return f"{MAX_TAKEN} messages taken"
         head = conn.recv(HEADER_SIZE, socket.MSG_PEEK)
         if len(head) < HEADER_SIZE:
             return "end of stream or a partial header"
@@ -190,6 +195,10 @@ class Prelude:
             return f"request {request} has no answer here"
         if len(conn.recv(HEADER_SIZE + size, socket.MSG_PEEK)) < HEADER_SIZE + size:
             return "a partial message"
+        if (request in self._answers or flags & FLAG_NEED_REPLY) and not _writable(conn):
+            # The thread must never block on a frontend that does not read its answers:
+            # ``finish`` joins it. Writable, a Unix socket has room for a 20-byte answer.
+            return "the frontend is not reading its answers"
         data, anc, msg_flags, _ = conn.recvmsg(HEADER_SIZE + size, ANC_SIZE,
                                                socket.MSG_CMSG_CLOEXEC)
         taken = Taken(data, fds_from(anc), None, truncated=bool(msg_flags & socket.MSG_CTRUNC))
@@ -209,3 +218,9 @@ class Prelude:
             taken.answer = answer
             conn.sendall(answer)
         return None
+
+
+def _writable(conn: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(conn, select.POLLOUT)
+    return bool(poller.poll(0))
