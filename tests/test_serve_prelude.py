@@ -40,7 +40,7 @@ from vhost.messages import (
     build,
     encode,
 )
-from vhost.prelude import MAX_TAKEN, Prelude, realize_answers
+from vhost.prelude import EXPECTED_SIZE, MAX_TAKEN, Prelude, realize_answers
 from vhost.replay import ReplayConnection
 
 ROOT = 1
@@ -295,6 +295,46 @@ async def test_the_prelude_takes_a_bounded_number_of_messages() -> None:
         record = prelude.finish()
         assert len(record.taken) == MAX_TAKEN
         assert prelude.stopped_by == f"{MAX_TAKEN} messages taken"
+        record.close()
+    finally:
+        front.close()
+        back.close()
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_hostile_bytes_before_confinement_take_only_realize_messages(seed: int) -> None:
+    """The prelude runs before the sandbox, so whatever a frontend sends it must take only
+    whole messages of its kinds and sizes (the rest stays unread for the confined backend)
+    and end when asked. Random streams: valid realize messages mixed with junk."""
+    import random
+
+    rng = random.Random(seed)
+    front, back = socket.socketpair()
+    stream = bytearray()
+    for _ in range(rng.randrange(1, 12)):
+        kind = rng.random()
+        if kind < 0.6:  # a realize message, sometimes with a wrong size or flags
+            request = rng.choice(list(EXPECTED_SIZE))
+            size = EXPECTED_SIZE[request] if rng.random() < 0.8 else rng.randrange(0, 64)
+            flags = rng.choice((1, 1, 9, 5, 0, 2, 0xFFFFFFFF))
+            stream += HEADER.pack(request, flags, size) + rng.randbytes(size)
+        else:  # anything at all
+            stream += rng.randbytes(rng.randrange(1, 40))
+    front.sendall(bytes(stream))
+    front.shutdown(socket.SHUT_WR)
+    prelude = Prelude(back, realize_answers(num_queues=2, max_mem_slots=8)).start()
+    try:
+        with trio.fail_after(DEADLINE):
+            while prelude.running:
+                await trio.sleep(0.01)  # polls the thread's state; the deadline bounds it
+        record = prelude.finish()
+        offset = 0
+        for t in record.taken:  # a prefix of the stream, whole messages, known kinds
+            request, flags, size = HEADER.unpack_from(t.data)
+            assert EXPECTED_SIZE[request] == size and len(t.data) == HEADER.size + size
+            assert flags & 3 == 1 and not flags & ~0xB
+            assert bytes(stream[offset:offset + len(t.data)]) == t.data
+            offset += len(t.data)
         record.close()
     finally:
         front.close()
