@@ -386,7 +386,9 @@ def report(results: dict[str, Result], sizes: Sizes) -> None:
     print("daemon CPU per workload (s, in 10 ms ticks; msbfs/vfsd: lower is better)")
     for key in (k for k in labels if k in v.cpu):
         cv, cm = v.cpu[key], m.cpu[key]
-        print(f"{'  ' + key:<34}{cv:>12.2f}{cm:>12.2f}{cm / max(cv, 1e-9):>11.2f}x")
+        # Whole 10 ms ticks: a daemon that used none has no ratio to give.
+        ratio = f"{cm / cv:>11.2f}x" if cv > 0 else f"{'-':>12s}"
+        print(f"{'  ' + key:<34}{cv:>12.2f}{cm:>12.2f}{ratio}")
     def mib(r: Result, *keys: str) -> float:
         return sum(r.rss[k] for k in keys) / 1024
 
