@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fuse_datapath.h"
 #include "fuse_meta.h"
 #include "fuse_readdir.h"
 #include "grace.h"
@@ -40,6 +41,8 @@ struct msb_relay {
     uint32_t minor, max_write;
     uint64_t init_flags;
     int nreaders, started;
+    int next_reader;                     /* which io[] the next reader thread counts into */
+    struct msb_fs_stats io[MAX_READERS]; /* READ/WRITE answered, one writer each */
     pthread_t readers[MAX_READERS], forwarder;
     int joined[MAX_READERS];
     struct msb_relay_stats stats;
@@ -105,6 +108,7 @@ static void reply_errno(struct msb_relay *r, uint64_t unique, int err)
 struct sink {
     struct msb_relay *r;
     const void *reply;
+    struct msb_fs_stats *io;   /* this reader's READ/WRITE counts (r->io[i]) */
 };
 
 static int sink_push(void *arg, uint16_t head, uint32_t len)
@@ -119,63 +123,6 @@ static int sink_push(void *arg, uint16_t head, uint32_t len)
 static int has_reply(uint32_t opcode)
 {
     return opcode != FUSE_FORGET && opcode != FUSE_BATCH_FORGET && opcode != FUSE_INTERRUPT;
-}
-
-/* READ and WRITE of a handle the table lets C use (msb_fs_table_get: the tree's data_fd
- * rules; a quota keeps writes in Python), as the virtio-fs data path (fuse_datapath.c)
- * serves them from guest memory: one pread/pwrite, the reply straight to the connection.
- * A write that asks for set-id bits to be cleared (FUSE_WRITE_KILL_SUIDGID) is Python's. */
-static int serve_read(struct msb_relay *r, const uint8_t *buf, size_t n, uint8_t *out,
-                      const struct fuse_in_header *ih)
-{
-    struct fuse_read_in ri;
-    struct msb_fs_table *t = r->meta->table;
-    if (!t || n != sizeof *ih + sizeof ri)
-        return 0;
-    memcpy(&ri, buf + sizeof *ih, sizeof ri);
-    if (ri.offset > (uint64_t)INT64_MAX
-        || (uint64_t)ri.size + sizeof(struct fuse_out_header) > r->bufsize)
-        return 0;
-    int fd = msb_fs_table_get(t, ri.fh, MSB_FS_READ);
-    if (fd < 0)
-        return 0;
-    struct fuse_out_header oh = { .len = sizeof oh, .unique = ih->unique };
-    ssize_t got = pread(fd, out + sizeof oh, ri.size, (off_t)ri.offset);
-    if (got < 0)
-        oh.error = -errno;
-    else
-        oh.len += (uint32_t)got;
-    memcpy(out, &oh, sizeof oh);
-    write_dev(r, out, oh.len);
-    return 1;
-}
-
-static int serve_write(struct msb_relay *r, const uint8_t *buf, size_t n,
-                       const struct fuse_in_header *ih)
-{
-    struct fuse_write_in wi;
-    const size_t pre = sizeof *ih + sizeof wi;
-    struct msb_fs_table *t = r->meta->table;
-    if (!t || n < pre)
-        return 0;
-    memcpy(&wi, buf + sizeof *ih, sizeof wi);
-    if ((uint64_t)wi.size != n - pre || wi.offset > (uint64_t)INT64_MAX
-        || (wi.write_flags & FUSE_WRITE_KILL_SUIDGID))
-        return 0;
-    int fd = msb_fs_table_get(t, wi.fh, MSB_FS_WRITE);
-    if (fd < 0)
-        return 0;
-    ssize_t put = pwrite(fd, buf + pre, wi.size, (off_t)wi.offset);
-    if (put < 0) {
-        reply_errno(r, ih->unique, errno);
-        return 1;
-    }
-    struct {
-        struct fuse_out_header oh;
-        struct fuse_write_out wo;
-    } rep = { { sizeof rep, 0, ih->unique }, { (uint32_t)put, 0 } };
-    write_dev(r, &rep, sizeof rep);
-    return 1;
 }
 
 /* The opcodes that leave set-id bits to the filesystem when libfuse negotiated
@@ -215,6 +162,8 @@ static int python_rule(const struct msb_relay *r, const uint8_t *buf, size_t n,
 
 static int serve_meta(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
                       uint8_t *buf, size_t n, uint8_t *out, const struct fuse_in_header *ih);
+static int serve_io(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
+                    uint8_t *buf, size_t n, uint8_t *out, const struct fuse_in_header *ih);
 static int serve_listing_plain(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
                                uint8_t *buf, size_t n, uint8_t *out,
                                const struct fuse_in_header *ih);
@@ -256,10 +205,8 @@ static int answer(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c, u
     int done = 0;
     if (python_rule(r, buf, n, ih))
         done = 0;
-    else if (ih->opcode == FUSE_READ)
-        done = serve_read(r, buf, n, out, ih);
-    else if (ih->opcode == FUSE_WRITE)
-        done = serve_write(r, buf, n, ih);
+    else if (ih->opcode == FUSE_READ || ih->opcode == FUSE_WRITE)
+        done = serve_io(r, vq, c, buf, n, out, ih);
     else if (ih->opcode == FUSE_READDIRPLUS) {
         int attrs = listed_with_attributes(r, buf, n, ih);
         done = attrs == 1 ? serve_meta(r, vq, c, buf, n, out, ih)
@@ -288,6 +235,19 @@ static int serve_meta(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *
 {
     as_chain(r, c, buf, n, out);
     return msb_meta_serve(r->meta, vq, c, ih) != 0;
+}
+
+/* READ and WRITE of a handle the table lets C use, by the virtio-fs data path's own
+ * rules and I/O (csrc/fuse_datapath.h msb_fs_serve_io): the tree's data_fd permissions
+ * (a quota keeps writes in Python), set-id bits a write must clear. */
+static int serve_io(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
+                    uint8_t *buf, size_t n, uint8_t *out, const struct fuse_in_header *ih)
+{
+    if (!r->meta->table)
+        return 0;
+    as_chain(r, c, buf, n, out);
+    const struct sink *s = vq->sink_arg;
+    return msb_fs_serve_io(r->meta->table, vq, c, ih, s->io) != 0;
 }
 
 static int serve_listing_plain(struct msb_relay *r, struct msb_vq *vq, struct msb_chain *c,
@@ -338,7 +298,8 @@ static void *reader_main(void *arg)
         say_ended(r);
         goto done;
     }
-    struct sink s = { .r = r, .reply = out };
+    int me = __atomic_fetch_add(&r->next_reader, 1, __ATOMIC_RELAXED);
+    struct sink s = { .r = r, .reply = out, .io = &r->io[me] };
     struct msb_vq vq;
     msb_vq_init(&vq);
     vq.sink = sink_push;
@@ -569,6 +530,11 @@ void msb_relay_stats(struct msb_relay *r, struct msb_relay_stats *out)
     out->clamped = __atomic_load_n(&r->stats.clamped, __ATOMIC_RELAXED);
     for (int i = 0; i < 64; i++)
         out->forwarded_op[i] = __atomic_load_n(&r->stats.forwarded_op[i], __ATOMIC_RELAXED);
+    out->reads = out->writes = 0;
+    for (int i = 0; i < MAX_READERS; i++) {
+        out->reads += __atomic_load_n(&r->io[i].reads, __ATOMIC_RELAXED);
+        out->writes += __atomic_load_n(&r->io[i].writes, __ATOMIC_RELAXED);
+    }
 }
 
 uint32_t msb_relay_minor(struct msb_relay *r)

@@ -49,6 +49,7 @@ struct msb_relay_stats {
     uint64_t write_errors;  /* a write to the connection refused (other than ENOENT) */
     uint64_t clamped;       /* INIT replies whose max_write was lowered */
     uint64_t forwarded_op[64];   /* forwarded, by opcode (the last: 63 and above) */
+    uint64_t reads, writes;      /* READ and WRITE answered in C */
 };
 
 struct msb_relay;

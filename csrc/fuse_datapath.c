@@ -178,6 +178,18 @@ static void count_io(const struct fast_io *io, struct msb_fs_stats *st)
     }
 }
 
+int msb_fs_serve_io(struct msb_fs_table *t, struct msb_vq *vq, struct msb_chain *c,
+                    const struct fuse_in_header *ih, struct msb_fs_stats *st)
+{
+    struct fast_io io;
+    if (!classify(t, c, ih, &io))
+        return 0;
+    run_io(&io);
+    count_io(&io, st);
+    int r = msb_vq_push(vq, c->head, io.used);
+    return r < 0 ? r : 1;
+}
+
 /* ---- big reads on two CPUs -------------------------------------------------------------
  * A 1 MiB READ is a 1 MiB memcpy in the kernel (~150 us). Run one at a time they leave
  * the host's other CPUs idle while the driver waits for the round; virtiofsd runs them

@@ -31,6 +31,8 @@
 
 #include "handles.h"   /* struct msb_fs_table, MSB_FS_READ/WRITE/DIR */
 
+struct fuse_in_header;   /* <linux/fuse.h> */
+
 struct msb_fs_stats {
     uint64_t reads, writes, read_bytes, write_bytes, slow, errors;
 };
@@ -45,6 +47,14 @@ struct msb_fs_stats {
  * or the next kick may never come. */
 int msb_fs_serve(struct msb_vq *vq, struct msb_fs_table *t, struct msb_chain *slow,
                  int max_slow, int budget, struct msb_fs_stats *st, int *drained);
+
+/* One request already copied out (ih: whole, no extensions, as msb_fs_serve checks),
+ * served as msb_fs_serve serves a fast READ/WRITE: classified by the same rules, the
+ * I/O run, the reply pushed (vq may be a sink: csrc/devfuse.c, the host mount's relay).
+ * 1 answered, 0 not a fast READ/WRITE (nothing done), < 0 the push's -errno. Counts
+ * into st (the caller's alone). */
+int msb_fs_serve_io(struct msb_fs_table *t, struct msb_vq *vq, struct msb_chain *c,
+                    const struct fuse_in_header *ih, struct msb_fs_stats *st);
 
 /* Wait for the ring's kick eventfd or the serving thread's wake eventfd (either -1 to
  * leave it out), without the GIL. Consumes what it reports: 1 kick, 2 wake, 3 both,

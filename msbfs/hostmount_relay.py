@@ -164,7 +164,8 @@ class Relay:
         s = ffi.new("struct msb_relay_stats *")
         lib.msb_relay_stats(r, s)
         out = {k: int(getattr(s, k)) for k in ("answered", "forwarded", "replies",
-                                                "send_errors", "write_errors", "clamped")}
+                                                "send_errors", "write_errors", "clamped", "reads",
+                                                "writes")}
         for op, n in enumerate(s.forwarded_op):
             if n:
                 name = Opcode(op).name if op in Opcode._value2member_map_ else str(op)

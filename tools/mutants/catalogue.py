@@ -463,16 +463,17 @@ MUTANTS: tuple[Mutant, ...] = (
                       "HANDLE_KILLPRIV nor _V2 (INIT flags seen 0x4050b039), so the kernel "
                       "clears set-id bits itself with a SETATTR and the branch never runs"}),
     Mutant(
-        "relay-write-without-write-perm", "quota: the host mount relay writes in C only "
-        "through a handle the table lets C write through (MSB_FS_WRITE: Tree.data_fd's "
-        "rule, never a quota tree's handle); any other WRITE is the tree's",
-        (Edit("csrc/devfuse.c", "    int fd = msb_fs_table_get(t, wi.fh, MSB_FS_WRITE);",
-              "    int fd = msb_fs_table_get(t, wi.fh, MSB_FS_READ);"),),
+        "relay-write-without-write-perm", "quota: the C data path (virtio-fs and the host "
+        "mount relay) writes only through a handle the table lets C write through "
+        "(MSB_FS_WRITE: Tree.data_fd's rule, never a quota tree's handle); any other WRITE "
+        "is the tree's",
+        (Edit("csrc/fuse_datapath.c", "        int fd = msb_fs_table_get(t, wi.fh, MSB_FS_WRITE);",
+              "        int fd = msb_fs_table_get(t, wi.fh, MSB_FS_READ);"),),
         {"hostmount": ("tests/test_hostmount_relay_policy.py"
                        "::test_quota_stops_writes_through_a_handle_open_for_reading_too",)},
-        {"tree": "a rule of the host mount's relay (csrc/devfuse.c), above the tree",
-         **{front: "csrc/devfuse.c is the host mount's relay: a virtio-fs WRITE is "
-                   "fuse_datapath.c's (quota-datapath drops the rule both obey)"
+        {"tree": "a rule of the C data path (csrc/fuse_datapath.c), above the tree",
+         **{front: "not claimed here: quota-datapath claims this front's quota writes "
+                   "(the same classify serves it)"
             for front in ("virtiofs", "guest")}}),
     # ---- locks ------------------------------------------------------------------------
     Mutant(
