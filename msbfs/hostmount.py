@@ -425,12 +425,7 @@ class HostOps(pyfuse3.Operations):
             # no handle of ours (the tree refuses it).
             if self.held is None or plain is None:
                 raise OSError(errno.EBADF, "unknown directory handle")
-            for de in tree.readdir(fh, start_id):
-                if not pyfuse3.readdir_reply(token, de.name, plain.set(de.ino, de.type),
-                                             de.off):
-                    break
-            return
-        if plain is not None:
+        elif plain is not None:
             if start_id == 0:
                 if tree.getattr(parent, None, c)[0].size <= SMALL_DIR:
                     self._small.add(fh)
