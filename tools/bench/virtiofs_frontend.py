@@ -2,6 +2,7 @@
 the daemons' own ceiling, side by side in one run, same shared directory, same frontend.
 
     python -m tools.bench.virtiofs_frontend [--quick] [--rounds N] [--dir DIR] [--client c|python]
+                                            [--only TEXT] [--inodes N]
 
 Workloads (each daemon gets its own file names inside the one shared directory):
 4 KiB and 1 MiB READ and WRITE on an open handle, LOOKUP+GETATTR storms, SETATTR of a
@@ -18,6 +19,10 @@ full. Both daemons run at once; every workload runs ``--rounds`` times alternati
 between them and the best round of each counts (the machine is shared: the best round
 is the least disturbed one). Prints ops/s or MiB/s, the msbfs/virtiofsd ratio and both
 daemons' resident memory (VmRSS and VmHWM of the whole process tree) at the end.
+
+First come the memory rows (``--only memory`` runs them alone): each daemon started
+afresh, idle once a frontend set up its memory and queues, then holding ``--inodes``
+inodes (LOOKUPs kept), then after forgetting them (``memory_rows`` says what counts).
 
 The client: this Python driver costs 8-15 us of CPU per request, more than either daemon
 spends on a GETATTR or LOOKUP, so on those rows it would set both daemons' throughput.
@@ -459,6 +464,94 @@ async def _best_of(rounds: int, clients: dict[str, Client],
             {k: mine[k] / ops[k] * 1e6 for k in clients})
 
 
+#: /proc/PID/status fields of the memory rows, summed over the daemon's process tree.
+#: The guest RAM the backend maps is a shared mapping of the frontend's memfd: the pages
+#: a daemon touches there (rings, request and reply buffers) count as its RssShmem. They
+#: are the guest's memory, not the daemon's, so the daemon's own footprint, what the
+#: targets of issue #11 are about, is RssAnon + RssFile. RssFile is mostly the
+#: executable's and shared libraries' pages (shared with every other process running
+#: them; a tree of two Python processes, msbfs's supervisor and daemon, counts them twice).
+MEMORY_KEYS = ("RssAnon", "RssFile", "RssShmem")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    return status_kib(pid, MEMORY_KEYS)
+
+
+def _mem(kib: dict[str, int]) -> str:
+    own = (kib["RssAnon"] + kib["RssFile"]) / 1024
+    return (f"{own:6.1f} ({kib['RssAnon'] / 1024:5.1f} + {kib['RssFile'] / 1024:4.1f}"
+            f", shmem {kib['RssShmem'] / 1024:4.1f})")
+
+
+async def _lookups_kept(fe: Frontend, r: Requests, parent: int, n: int, depth: int
+                        ) -> tuple[list[int], int]:
+    """LOOKUP ``f0`` .. ``f{n-1}`` under ``parent``, ``depth`` at a time, keeping every
+    lookup (no FORGET): the node ids, and the errno that stopped it early (0: none)."""
+    ids: list[int] = []
+    names = [f"f{i}".encode() for i in range(n)]
+    for i in range(0, n, depth):
+        done = await fe.submit_many(1, [([r.lookup(parent, nm)], [HDR + abi.FUSE_ENTRY_OUT_SIZE])
+                                        for nm in names[i:i + depth]], indirect=True)
+        for c in done:
+            _length, error, _unique = _out_header(c.data)
+            if error:
+                return ids, -error
+            ids.append(parse_entry(c.data[HDR:]).nodeid)
+    return ids, 0
+
+
+async def memory_rows(base: Path, shared: Path, args: argparse.Namespace) -> None:
+    """Resident memory of each daemon's process tree (issue #11: idle <= 40 MiB, 100,000
+    cached inodes <= 64 MiB), each daemon fresh and alone with its frontend, so nothing
+    another row did is in it: (a) idle once the frontend connected, set the memory table
+    and started every queue, and INIT was answered; (b) after LOOKUPs of ``--inodes``
+    distinct files, every lookup kept (no FORGET), so the daemon holds that many inodes;
+    (c) once one BATCH_FORGET storm gave every lookup back (what the daemon keeps of a
+    walk it was told to forget). The C virtiofsd keeps an O_PATH fd per inode, so its
+    RLIMIT_NOFILE (at most the hard limit, which it cannot raise without
+    CAP_SYS_RESOURCE) bounds how many it holds: past it LOOKUP answers EMFILE and its row
+    says at how many it stopped. Bytes per inode: (b) - (a) over the inodes held."""
+    many = shared / "inodes"
+    if not many.is_dir():  # both daemons look up the same files; each has its own table
+        many.mkdir()
+        for i in range(args.inodes):
+            os.close(os.open(many / f"f{i}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    print(f"memory (MiB, RssAnon + RssFile of the daemon's process tree; guest RAM apart as "
+          f"shmem), {args.queues} request queue(s) for msbfs:")
+    for kind in KINDS:
+        queues = args.queues if kind == "msbfs" else 1
+        sock = base / f"{kind}-memory.sock"
+        proc = start_daemon(kind, shared, sock, queues)
+        ram = GuestRam(((0, (((1 + queues) * args.depth * 8192) >> 20) + 16 << 20),))
+        fe = await Frontend.connect(str(sock), ram)
+        try:
+            await fe.handshake([args.depth] * (1 + queues), slot_size=8192)
+            r = Requests()
+            parse_reply((await fe.submit(1, [r.init()], [4096], indirect=True)).data).ok()
+            await trio.sleep(0.5)  # the queue threads are up and waiting
+            idle = memory_kib(proc.pid)
+            parent = parse_entry(parse_reply((await fe.submit(
+                1, [r.lookup(ROOT, many.name.encode())], [4096], indirect=True)).data).ok()).nodeid
+            ids, err = await _lookups_kept(fe, r, parent, args.inodes, args.depth)
+            held = memory_kib(proc.pid)
+            for i in range(0, len(ids), FORGET_BATCH):
+                await fe.submit(0, [r.batch_forget([(x, 1) for x in ids[i:i + FORGET_BATCH]])], [HDR])
+            await fe.submit(1, [r.getattr(ROOT)], [4096], indirect=True)  # the forgets were taken
+            forgot = memory_kib(proc.pid)
+        finally:
+            await fe.close()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        per = ((held["RssAnon"] + held["RssFile"]) - (idle["RssAnon"] + idle["RssFile"])) * 1024 / max(1, len(ids))
+        stop = f"; stopped: {os.strerror(err)} after {len(ids)}" if err else ""
+        print(f"  {kind:9} idle {_mem(idle)}   {len(ids)} inodes held {_mem(held)}, "
+              f"{per:.0f} B/inode{stop}   all forgotten {_mem(forgot)}", flush=True)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     # tmpfs by default: what is measured is the daemons, not this VM's shared disk
     # (ext4 creates here take anywhere from 70 us to 1.5 ms depending on other load).
@@ -468,6 +561,10 @@ async def main_async(args: argparse.Namespace) -> None:
     shared.mkdir(parents=True, exist_ok=True)
     clients: dict[str, Client] = {}
     try:
+        if not args.only or any(o.lower() in "memory" for o in args.only):
+            await memory_rows(base, shared, args)
+        if args.only and all(o.lower() in "memory" for o in args.only):
+            return
         for kind in KINDS:
             clients[kind] = await connect(kind, shared, base / f"{kind}.sock", args.depth,
                                           args.file_mib, args.queues, args.listing,
@@ -560,6 +657,9 @@ def main() -> None:
     p.add_argument("--readdir-room", type=int, default=4096,
                    help="reply buffer per READDIRPLUS, header included (default 4 KiB: a "
                         "Linux guest's fuse_readdir asks for one page per request)")
+    p.add_argument("--inodes", type=int, default=100_000,
+                   help="files the memory rows look up and keep (default 100,000: issue #11's "
+                        "cached-inode target)")
     p.add_argument("--only", action="append", metavar="TEXT",
                    help="run only the workloads whose label contains TEXT (repeatable)")
     p.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
@@ -568,6 +668,7 @@ def main() -> None:
         args.n_small, args.n_big, args.n_meta, args.file_mib, args.rounds = 1000, 32, 400, 16, 1
         args.n_c = 4000
         args.listing = 1000
+        args.inodes = 10_000
     trio.run(main_async, args)
 
 
