@@ -43,6 +43,7 @@ from pathlib import Path
 
 from msbfs import mount_daemon
 from msbfs.store import MIB
+from tools.bench.proc import status_kib
 
 #: --variant: the fourth target's name, its mount options and its environment.
 VARIANTS: dict[str, tuple[str, list[str], dict[str, str]]] = {
@@ -91,6 +92,28 @@ def vmrss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and its parts. A host mount maps no guest memory: its own footprint is
+    RssAnon + RssFile, and RssFile is mostly the interpreter's and libraries' pages
+    (shared with every other process running them)."""
+    return status_kib(pid, ("VmRSS", "RssAnon", "RssFile", "RssShmem"))
+
+
+def kernel_fuse_inodes() -> int:
+    """In-use ``fuse_inode`` objects (/proc/slabinfo, root only): every FUSE inode the
+    kernel caches holds at least one lookup on its daemon, so the growth over a walk
+    says how many inodes the walk left the daemon holding. Host-wide: other FUSE
+    mounts' activity meanwhile counts too. -1 when unreadable."""
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                if line.startswith("fuse_inode "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
 
 
 @dataclass
@@ -280,11 +303,21 @@ def make_tarball(base: Path, s: Sizes) -> Path:
     return out
 
 
-def walk_rss(targets: dict[str, Target], s: Sizes, base: Path
-             ) -> dict[str, tuple[int, int, int, str | None]]:
+@dataclass
+class WalkMemory:
+    idle: dict[str, int]        # rss_kib before the walk
+    walked: dict[str, int]      # and after it
+    files: int                  # lstat'ed
+    held: int                   # kernel FUSE inodes the walk added (-1: unknown)
+    error: str | None
+
+
+def walk_rss(targets: dict[str, Target], s: Sizes, base: Path) -> dict[str, WalkMemory]:
     """RSS at idle, then after walking ``walk_files`` files (lstat each) through the mount.
     The files are made in each source directly (not through the mounts: fast, and the
-    point is what the daemon holds after a walk)."""
+    point is what the daemon holds after a walk). The kernel keeps what it walked in its
+    inode cache, so the daemon holds a lookup on each (``held`` says how many the
+    kernel's cache grew by: issue #11's target is 100,000 cached inodes)."""
     out = {}
     for name in ("bindfs", "msbfs"):
         t = targets[name]
@@ -298,7 +331,8 @@ def walk_rss(targets: dict[str, Target], s: Sizes, base: Path
             for j in range(min(per_dir, s.walk_files - i)):
                 os.close(os.open(dd / f"f{j}", os.O_CREAT | os.O_WRONLY, 0o644))
         drop_caches()
-        idle = vmrss_kib(t.pid)
+        idle = rss_kib(t.pid)
+        before = kernel_fuse_inodes()
         n = 0
         error = None
 
@@ -311,7 +345,9 @@ def walk_rss(targets: dict[str, Target], s: Sizes, base: Path
                     n += 1
         except OSError as e:
             error = f"{e.strerror} after {n} files"
-        out[name] = (idle, vmrss_kib(t.pid), n, error)
+        after = kernel_fuse_inodes()
+        out[name] = WalkMemory(idle, rss_kib(t.pid), n,
+                               after - before if before >= 0 and after >= 0 else -1, error)
     return out
 
 
@@ -399,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds per workload (best "
                                                              "counts; default 3, quick 1)")
     ap.add_argument("--only", default="", help="comma list of workload keys to run ("
-                    + ", ".join(k for k, *_ in WORKLOADS) + "); the memory walk only "
-                    "without --only")
+                    + ", ".join(k for k, *_ in WORKLOADS) + ", and memory: the walk of "
+                    "the memory line)")
     ap.add_argument("--requests", action="store_true",
                     help="count the FUSE requests per item (tracefs)")
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="wb",
@@ -410,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     variant = VARIANTS[args.variant][0]
     targets_order = ("native", "bindfs", "msbfs", variant)
     only = {k for k in args.only.split(",") if k}
-    unknown = only - {k for k, *_ in WORKLOADS}
+    unknown = only - {k for k, *_ in WORKLOADS} - {"memory"}
     if unknown:
         raise SystemExit(f"unknown workloads: {', '.join(sorted(unknown))}")
     if os.geteuid() != 0:
@@ -421,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     base.mkdir(parents=True)
     targets: dict[str, Target] = {}
     try:
-        tarball = make_tarball(base, s)
+        tarball = make_tarball(base, s) if only - {"memory"} or not only else base / "none"
         targets = setup_targets(base, args.variant)
         rss_idle = {n: vmrss_kib(t.pid) for n, t in targets.items() if t.pid}
         results: dict[str, dict[str, float]] = {k: {} for k, *_ in WORKLOADS}
@@ -471,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             with_big = t.dir / "big"
             if with_big.exists():
                 with_big.unlink()
-        rss_walk = walk_rss(targets, s, base) if not only else {}
+        rss_walk = walk_rss(targets, s, base) if not only or "memory" in only else {}
     finally:
         for t in targets.values():
             for fn in t.teardown:
@@ -503,12 +539,20 @@ def main(argv: list[str] | None = None) -> int:
     for (key, name), why in failures.items():
         print(f"  {key} on {name} failed: {why}")
     print()
+    def mib(kib: dict[str, int]) -> str:
+        return (f"{kib['VmRSS'] / 1024:.1f} MiB (anon {kib['RssAnon'] / 1024:.1f}"
+                f" + file {kib['RssFile'] / 1024:.1f})")
+
     for name in ("bindfs", "msbfs"):
         if name in rss_walk:
-            idle, walked, n, error = rss_walk[name]
-            what = f"after walking {n} files" + (f" (walk FAILED: {error})" if error else "")
-            print(f"{name:7s} VmRSS: idle {rss_idle.get(name, idle) / 1024:.1f} MiB, "
-                  f"{what} {walked / 1024:.1f} MiB")
+            w = rss_walk[name]
+            what = f"after walking {w.files} files" + (f" (walk FAILED: {w.error})" if w.error else "")
+            held = f", kernel FUSE inodes +{w.held}" if w.held >= 0 else ""
+            per = ((w.walked["VmRSS"] - w.idle["VmRSS"]) * 1024 / w.held
+                   if w.held > 0 else 0.0)
+            print(f"{name:7s} VmRSS: at start {rss_idle.get(name, 0) / 1024:.1f} MiB, "
+                  f"before the walk {mib(w.idle)}, {what} {mib(w.walked)}{held}"
+                  + (f": {per:.0f} B/inode" if per else ""))
     if requests:
         print_requests(requests, variant)
     return 0
