@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msbfs.errors import MsbfsError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 #: Volume quotas and disk sizes are recorded in mebibytes (``quota_mib``, ``size_mib``).
 MIB = 1024 * 1024
@@ -64,6 +67,11 @@ def db_path() -> Path:
 def connect() -> sqlite3.Connection:
     """Open (creating and migrating as needed) the database. The connection is in
     autocommit mode: writers use ``transaction()``."""
+    # Imported here: MIB and msb_home are wanted by processes that never open the
+    # database (``msbfs serve`` of a host path: sqlite3 and datetime are ~450 KiB of
+    # its resident memory), and this is where every use of the store begins.
+    import sqlite3
+
     home = msb_home()
     home.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db_path(), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
