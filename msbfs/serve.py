@@ -191,6 +191,7 @@ def _serve(o: ServeOptions, jail: confine.Confinement, src: Source, sock: socket
         trio.run(_frontend_sessions, device, sock, o.keep_serving, record)
     finally:
         log.info("statistics: %s", " ".join(f"{k}={v}" for k, v in device.statistics().items()))
+        log.debug("slow path by opcode: %s", device.slow_opcodes())
         tree.close()
         sock.close()
         if o.sandbox == "none":

@@ -70,6 +70,7 @@ import logging
 import os
 import struct
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +179,10 @@ class VirtioFsDevice(VhostUserDevice):
         self._req = bytearray(MAX_REQUEST)
         self._req_view = memoryview(self._req)
         self._req_ptr = ffi.from_buffer(self._req)
+        #: opcode -> requests the slow path answered (under self.lock): which ones the
+        #: C paths handed back, logged at exit (``slow_opcodes``), the first thing to
+        #: look at when a workload costs more daemon CPU than expected.
+        self.slow_ops: Counter[int] = Counter()
 
     # ---- VhostUserDevice -----------------------------------------------------------------
     def device_features(self) -> int:
@@ -303,6 +308,7 @@ class VirtioFsDevice(VhostUserDevice):
             # of another queue's C path drops an inode half-way through the request.
             # One C call holds, enters and gathers; one leaves, unholds (and answers).
             n = lib.msb_fs_slow_begin(inodes, c, self._req_ptr, MAX_REQUEST)
+            self.slow_ops[int.from_bytes(self._req[4:8], "little") if n >= 8 else -1] += 1
             try:
                 if n > MAX_REQUEST:
                     # Too long to be a request of ours: answer from the header alone.
@@ -412,6 +418,17 @@ class VirtioFsDevice(VhostUserDevice):
                 "handles": self.table.count, "deferred_running": self.deferred_running,
                 "yields": sum(r.yields for r in list(self._rings.values())),
                 "c_returns": sum(r.c_returns for r in list(self._rings.values()))}
+
+    def slow_opcodes(self) -> str:
+        """The slow path's requests by opcode name, most first (``LOOKUP=3 ...``)."""
+        def name(op: int) -> str:
+            try:
+                return abi.Opcode(op).name
+            except ValueError:
+                return str(op)
+        with self.lock:
+            ops = self.slow_ops.most_common()
+        return " ".join(f"{name(op)}={n}" for op, n in ops)
 
 
 def _push_empty(vq: Virtqueue, head: int) -> int:

@@ -158,6 +158,28 @@ async def test_c_data_path_serves_read_and_write(fs_client, tmp_path: Path) -> N
         assert c.device.table.count == 0
 
 
+async def test_slow_path_counts_what_it_answers_by_opcode(fs_client, tmp_path: Path) -> None:
+    """The per-opcode count of the slow path (logged at exit by ``msbfs serve``) names
+    exactly the requests the C paths handed back: a CREATE, FLUSH and RELEASE in C are
+    not in it, a MKNOD and an FSYNC (Python's) are, once each."""
+    async with fs_client(tmp_path) as c:
+        r = c.r
+        before = dict(c.device.slow_ops)
+        p = await c.ok(r.create(ROOT, b"f", 0o644, os.O_WRONLY | os.O_EXCL))
+        e = parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE])
+        fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+        await c.ok(r.flush(e.nodeid, fh))
+        await c.ok(r.release(e.nodeid, fh))
+        await c.ok(r.mknod(ROOT, b"p", stat.S_IFIFO | 0o600))
+        p = await c.ok(r.create(ROOT, b"g"))
+        fh, _ = parse_open(p[abi.FUSE_ENTRY_OUT_SIZE:])
+        await c.ok(r.fsync(parse_entry(p[:abi.FUSE_ENTRY_OUT_SIZE]).nodeid, fh))
+        grown = {op: n - before.get(op, 0) for op, n in c.device.slow_ops.items()
+                 if n != before.get(op, 0)}
+        assert grown == {Opcode.MKNOD: 1, Opcode.FSYNC: 1}
+        assert "MKNOD=1" in c.device.slow_opcodes().split()
+
+
 async def test_quota_keeps_writes_on_the_slow_path(fs_client, tmp_path: Path) -> None:
     async with fs_client(tmp_path, Policy(quota_bytes=1 << 20)) as c:
         r = c.r
