@@ -34,19 +34,26 @@ struct inode_handle {                        /* struct file_handle, sized to its
     unsigned char f_handle[];
 };
 
+/* One per inode a client holds: a walk of 100,000 files is 100,000 of these (issue 11:
+ * 100,000 cached inodes <= 64 MiB), so the layout is packed to 88 bytes, the largest
+ * request glibc serves from a 96-byte chunk (89..104 bytes take 112, 105..120 take 128,
+ * where it was). Hence the 32-bit open count (handles of ours: bounded far below), the
+ * 16-bit kind (S_IFMT bits), one byte of flags, and no link of its own for t->doomed:
+ * a doomed node is off the CLOCK ring (it is about to go), so `next` chains it there. */
 struct inode {
-    uint64_t nodeid, dev, ino, nlookup, nopen;
-    int fd;                                  /* O_PATH|O_NOFOLLOW, or -1: evicted */
-    int mount_id;
-    uint32_t kind;
-    uint8_t submount, pinned, used, in_ring;
-    uint8_t keyed;                           /* on the (dev, ino) index (see stale()) */
-    uint8_t doomed;                          /* on t->doomed: at 0 during a hold */
-    struct inode *doomed_next;
+    uint64_t nodeid, dev, ino, nlookup;
     struct inode_handle *handle;             /* once the fd had to be closed */
     struct inode *id_next, *key_next;        /* hash chains */
-    struct inode *prev, *next;               /* CLOCK ring */
+    struct inode *prev, *next;               /* CLOCK ring; `next` alone: t->doomed */
+    uint32_t nopen;
+    int fd;                                  /* O_PATH|O_NOFOLLOW, or -1: evicted */
+    int mount_id;
+    uint16_t kind;
+    uint8_t submount : 1, pinned : 1, used : 1, in_ring : 1;
+    uint8_t keyed : 1;                       /* on the (dev, ino) index (see stale()) */
+    uint8_t doomed : 1;                      /* on t->doomed: at 0 during a hold */
 };
+_Static_assert(sizeof(struct inode) <= 88, "struct inode grew past a 96-byte malloc chunk");
 
 struct mount_fd {
     int mount_id, fd;
@@ -308,10 +315,12 @@ static int evict_one(struct msb_inodes *t, const struct inode *keep)
     return 1;
 }
 
-/* n just got an fd: into the cache, evicting others past max_fds. */
+/* n just got an fd: into the cache, evicting others past max_fds. A doomed node stays
+ * off the ring (its `next` is t->doomed's link): msb_inodes_unhold puts it back if it
+ * was looked up again meanwhile. */
 static void opened(struct msb_inodes *t, struct inode *n)
 {
-    if (!t->max_fds || n->nodeid == ROOT_ID || n->pinned)
+    if (!t->max_fds || n->nodeid == ROOT_ID || n->pinned || n->doomed)
         return;
     ring_push(t, n);
     n->used = 1;
@@ -618,8 +627,11 @@ void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup)
             if (!t->holds) {
                 drop_locked(t, n);
             } else if (!n->doomed) {
-                n->doomed = 1;   /* msb_inodes_unhold drops it, unless looked up again */
-                n->doomed_next = t->doomed;
+                /* msb_inodes_unhold drops it, unless looked up again; off the ring
+                 * meanwhile (never evicted: it keeps its fd until then). */
+                ring_remove(t, n);
+                n->doomed = 1;
+                n->next = t->doomed;
                 t->doomed = n;
             }
         }
@@ -641,11 +653,13 @@ void msb_inodes_unhold(struct msb_inodes *t)
         struct inode *n = t->doomed;
         t->doomed = NULL;
         while (n) {
-            struct inode *next = n->doomed_next;
+            struct inode *next = n->next;
             n->doomed = 0;
-            n->doomed_next = NULL;
+            n->next = NULL;
             if (n->nlookup == 0)
                 drop_locked(t, n);
+            else if (n->fd >= 0)
+                opened(t, n);   /* looked up again: back into the cache */
             n = next;
         }
     }
@@ -678,10 +692,9 @@ int64_t msb_inodes_nopen_add(struct msb_inodes *t, uint64_t nodeid, int delta)
     if (!n) {
         r = -EBADF;
     } else {
-        if (delta < 0 && n->nopen < (uint64_t)-(int64_t)delta)
-            n->nopen = 0;
-        else
-            n->nopen += (uint64_t)(int64_t)delta;
+        /* Handles of ours: the handle table's bound keeps this far below 2^32. */
+        int64_t v = (int64_t)n->nopen + delta;
+        n->nopen = v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
         r = (int64_t)n->nopen;
     }
     pthread_mutex_unlock(&t->lock);
