@@ -3,7 +3,9 @@
  * builds and runs it): with and without EVENT_IDX, lockstep and refill batches, and a
  * device that misbehaves in each way the loop must count or stop on (an error reply, a
  * reply for another post's unique, a header length that is not the used length, a used
- * element naming a head that is not in flight).
+ * element naming a head that is not in flight). Cycles in steps (carries from a reply
+ * into the next step's request, the log, a failed step ending its cycle) and a
+ * directory listing (records read to their last offset, malformed ones refused).
  *
  * Guest memory is one region mapped with PROT_NONE guard pages (msb_map_guarded), its
  * guest addresses far from its host addresses so a mix-up of the two faults.
@@ -29,7 +31,10 @@
 #define ENOENT_NODE 2     /* requests for this node id are answered -ENOENT */
 
 enum { DESC_OFF = 0, AVAIL_OFF = 0x1000, USED_OFF = 0x2000, DATA_OFF = 0x10000 };
-enum misbehave { NONE, STALE_UNIQUE, LONG_HEADER, BOGUS_HEAD };
+enum misbehave { NONE, STALE_UNIQUE, LONG_HEADER, BOGUS_HEAD, LISTING, LISTING_LONG_NAME,
+                 LISTING_TAIL };
+#define LIST_N 100        /* LISTING: the directory's records */
+#define LIST_ROOM 1024    /* the listing chain's reply buffer */
 
 static uint8_t *ram;
 static struct msb_memtable mem;
@@ -37,10 +42,37 @@ static struct msb_memtable mem;
 struct device {
     struct msb_vq vq;
     int kick_fd, call_fd, stop_fd;
-    enum misbehave bad;      /* applied to every 5th reply */
+    enum misbehave bad;      /* applied to every 5th reply; LISTING*: a directory */
     uint64_t answered;
+    uint64_t answered_by[QN];  /* per head */
     pthread_t thread;
 };
+
+/* A directory of LIST_N records, three a reply from the request's offset (its 8 bytes
+ * at 24): struct fuse_direntplus, node id i (0 for the first, as "." has), off i + 1,
+ * a name of 1 + i % 7 bytes; LISTING_LONG_NAME gives record 50 a name longer than the
+ * reply, LISTING_TAIL adds 8 bytes after the last record of the reply with record 50. */
+static uint32_t list_reply(enum misbehave how, const uint8_t *in, uint8_t *out)
+{
+    uint64_t from;
+    memcpy(&from, in + 24, 8);
+    uint32_t pos = 16;
+    for (uint64_t i = from; i < from + 3 && i < LIST_N; i++) {
+        uint8_t *r = out + pos;
+        uint64_t off = i + 1;
+        uint32_t namelen = 1 + (uint32_t)(i % 7), type = 8;
+        memcpy(r, &i, 8);
+        memcpy(r + 136, &off, 8);
+        uint32_t claimed = how == LISTING_LONG_NAME && i == 50 ? 400 : namelen;
+        memcpy(r + 144, &claimed, 4);
+        memcpy(r + 148, &type, 4);
+        memset(r + 152, 'a', namelen);
+        pos += (152 + namelen + 7) & ~7u;
+        if (how == LISTING_TAIL && i == 50)
+            pos += 8;
+    }
+    return pos;
+}
 
 static void *device_loop(void *arg)
 {
@@ -73,7 +105,19 @@ static void *device_loop(void *arg)
                 uint32_t hdr_len = len + (odd && dev->bad == LONG_HEADER);
                 if (odd && dev->bad == BOGUS_HEAD)
                     head = QN - 1;
-                uint8_t out[REPLY_LEN] = {0};
+                uint8_t out[LIST_ROOM] = {0};
+                if (dev->bad >= LISTING) {
+                    odd = 0;
+                    len = hdr_len = list_reply(dev->bad, in, out);
+                }
+                dev->answered_by[ch[i].head]++;
+                /* the payload: the request's 8 bytes at 24, plus one (what a step
+                 * carries on) */
+                uint64_t echo;
+                memcpy(&echo, in + 24, 8);
+                echo++;
+                if (dev->bad < LISTING)
+                    memcpy(out + 16, &echo, 8);
                 memcpy(out, &hdr_len, 4);
                 memcpy(out + 4, &error, 4);
                 memcpy(out + 8, &unique, 8);
@@ -129,6 +173,7 @@ static void start(struct device *dev, int event_idx, enum misbehave bad)
     dev->vq.call_fd = dev->call_fd;
     dev->bad = bad;
     dev->answered = 0;
+    memset(dev->answered_by, 0, sizeof dev->answered_by);
     pthread_create(&dev->thread, NULL, device_loop, dev);
 }
 
@@ -225,6 +270,136 @@ static void test_misbehaving_device(void)
     CHECK(msb_vdrv_run(&d, 10, 1, 0, REPLY_LEN, 50) == -EINVAL);
 }
 
+/* Cycles of two steps on NCHAINS / 2 slots: step 0's reply (its request's 8 bytes at 24,
+ * plus one) carried into step 1's request at 24, step 1's reply logged. */
+static const struct msb_vdrv_step two_steps[2] = {{0, REPLY_LEN, 0, 0}, {0, REPLY_LEN, 0, 16}};
+static const struct msb_vdrv_carry carry_on = {0, 1, 16, 24};
+
+/* A driver of two_steps on `dev`, logging into log[cap]. */
+static struct msb_vdrv stepped(struct device *dev, uint64_t *log, uint64_t cap)
+{
+    struct msb_vdrv d = driver(dev, dev->vq.event_idx);
+    d.steps = two_steps;
+    d.nsteps = 2;
+    d.carries = &carry_on;
+    d.ncarries = 1;
+    d.log = log;
+    d.log_cap = cap;
+    return d;
+}
+
+static void test_steps(void)
+{
+    lay_out(0);
+    for (int i = 0; i < NCHAINS; i++)
+        memset(requests[i] + 24, 0, 8);
+    for (int event_idx = 0; event_idx < 2; event_idx++) {
+        struct device dev;
+        start(&dev, event_idx, NONE);
+        uint64_t log[1000];
+        struct msb_vdrv d = stepped(&dev, log, 1000);
+        CHECK(msb_vdrv_run(&d, 1000, NCHAINS / 2, 0, 0, 10000) == 0);
+        CHECK(d.completed == 2000 && d.errors == 0 && d.bad == 0 && dev.answered == 2000);
+        CHECK(d.nlog == 1000);
+        int carried = 1;
+        for (int i = 0; i < 1000; i++)
+            carried &= log[i] == 2;   /* 0 + 1 carried, + 1 */
+        CHECK(carried);
+        /* lockstep: every set of steps one post, a kick each without EVENT_IDX */
+        if (!event_idx)
+            CHECK(d.kicks == 2 * ((1000 + NCHAINS / 2 - 1) / (NCHAINS / 2)));
+        /* a log too small: counted beyond its room, nothing written past it */
+        d.log_cap = 10;
+        CHECK(msb_vdrv_run(&d, 100, 1, 0, 0, 10000) == 0);
+        CHECK(d.nlog == 100 && d.completed == 200);
+        stop(&dev);
+    }
+    /* a failed step ends its cycle: chains 0, 3, 6, 9 ask for ENOENT_NODE, i.e. step 0
+     * of slots 0 and 3 and step 1 of slots 1 and 4 */
+    lay_out(3);
+    struct device dev;
+    start(&dev, 1, NONE);
+    uint64_t log[600];
+    struct msb_vdrv d = stepped(&dev, log, 600);
+    for (uint32_t batch = 1; batch <= NCHAINS / 2; batch += NCHAINS / 2 - 1) {
+        memset(dev.answered_by, 0, sizeof dev.answered_by);
+        CHECK(msb_vdrv_run(&d, 600, batch, 0, 0, 10000) == 0);
+        const uint64_t *by = dev.answered_by;
+        CHECK(by[1] == 0 && by[7] == 0);   /* never after a failed step 0 */
+        CHECK(by[0] + by[6] + by[2] + by[3] + by[4] + by[5] + by[8] + by[9] + by[10] + by[11] == d.completed);
+        CHECK(by[0] + by[6] + by[2] + by[8] + by[4] + by[10] == 600);   /* cycles started */
+        CHECK(d.errors == by[0] + by[6] + by[3] + by[9] && d.last_error == -ENOENT);
+        CHECK(d.nlog == by[5] + by[11] && d.bad == 0);
+    }
+    /* offsets outside the expected replies, or a carry backwards, are refused */
+    struct msb_vdrv_step far[2] = {{0, REPLY_LEN, 0, REPLY_LEN - 7}, {0, REPLY_LEN, 0, 0}};
+    d.steps = far;
+    CHECK(msb_vdrv_run(&d, 1, 1, 0, 0, 100) == -EINVAL);
+    struct msb_vdrv_carry back = {1, 0, 16, 24};
+    d.steps = two_steps;
+    d.carries = &back;
+    CHECK(msb_vdrv_run(&d, 1, 1, 0, 0, 100) == -EINVAL);
+    d.nsteps = 5;   /* NCHAINS is not slots of 5 */
+    d.carries = &carry_on;
+    CHECK(msb_vdrv_run(&d, 1, 1, 0, 0, 100) == -EINVAL);
+    stop(&dev);
+}
+
+/* The listing chain: head 0 with a LIST_ROOM reply buffer past the other chains. */
+static void lay_out_listing(void)
+{
+    lay_out(0);
+    struct msb_vring_desc *desc = (void *)(ram + DESC_OFF);
+    uint32_t table = DATA_OFF + 256 * NCHAINS, req = table + 32, rep = req + 64;
+    memset(ram + table, 0, 96 + LIST_ROOM);
+    struct msb_vring_desc *t = (void *)(ram + table);
+    t[0] = (struct msb_vring_desc){GPA_BASE + req, REQ_LEN, DESC_F_NEXT, 1};
+    t[1] = (struct msb_vring_desc){GPA_BASE + rep, LIST_ROOM, DESC_F_WRITE, 0};
+    desc[0] = (struct msb_vring_desc){GPA_BASE + table, 32, DESC_F_INDIRECT, 0};
+    requests[0] = ram + req;
+    replies[0] = ram + rep;
+}
+
+static void test_listing(void)
+{
+    lay_out_listing();
+    uint64_t log[LIST_N];
+    for (int event_idx = 0; event_idx < 2; event_idx++) {
+        struct device dev;
+        start(&dev, event_idx, LISTING);
+        struct msb_vdrv d = driver(&dev, event_idx);
+        d.log = log;
+        d.log_cap = LIST_N;
+        CHECK(msb_vdrv_listing(&d, 24, LIST_ROOM, 10000) == 0);
+        CHECK(d.entries == LIST_N && d.errors == 0 && d.bad == 0);
+        CHECK(d.completed == (LIST_N + 2) / 3 + 1);   /* and the empty reply */
+        CHECK(d.nlog == LIST_N - 1);                  /* record 0's node id is 0 */
+        int ids = 1;
+        for (uint64_t i = 1; i < LIST_N; i++)
+            ids &= log[i - 1] == i;
+        CHECK(ids);
+        stop(&dev);
+    }
+    for (enum misbehave how = LISTING_LONG_NAME; how <= LISTING_TAIL; how++) {
+        struct device dev;
+        start(&dev, 1, how);
+        struct msb_vdrv d = driver(&dev, 1);
+        d.log = log;
+        d.log_cap = LIST_N;
+        CHECK(msb_vdrv_listing(&d, 24, LIST_ROOM, 10000) == 0);
+        CHECK(d.bad == 1 && d.completed == 17);       /* records 48..50: the 17th reply */
+        CHECK(d.entries == (how == LISTING_TAIL ? 51 : 50));
+        stop(&dev);
+    }
+    /* an offset inside the unique, or a room smaller than a header: refused */
+    struct device dev;
+    start(&dev, 1, LISTING);
+    struct msb_vdrv d = driver(&dev, 1);
+    CHECK(msb_vdrv_listing(&d, 8, LIST_ROOM, 100) == -EINVAL);
+    CHECK(msb_vdrv_listing(&d, 24, 8, 100) == -EINVAL);
+    stop(&dev);
+}
+
 int main(void)
 {
     int fd = memfd_create("test_vdriver", MFD_CLOEXEC);
@@ -243,6 +418,8 @@ int main(void)
     test_all_answered();
     test_errors_counted();
     test_misbehaving_device();
+    test_steps();
+    test_listing();
     if (failures) {
         fprintf(stderr, "%d failures\n", failures);
         return 1;

@@ -12,27 +12,45 @@
 #define OUT_ERROR 4    /* int32_t error */
 #define OUT_UNIQUE 8   /* uint64_t unique */
 #define IN_UNIQUE 8    /* uint64_t unique */
+#define OUT_HEADER 16  /* sizeof(struct fuse_out_header) */
 
 static inline uint16_t drv_load16(const uint16_t *p)
 {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 
-/* Post up to n free chains: rewrite each request's unique, fill the avail ring, publish
- * avail->idx once, and kick if the device asks (vring_need_event on its avail_event). */
-static int drv_post(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t *nfree,
-                uint32_t n)
+/* The per-run bookkeeping: which chain each head is, the slots ready to post (idle: a
+ * new cycle may start; mid: its next step waits) and each slot's next step. With no
+ * steps a slot is a chain and every slot is idle between posts. */
+struct drv_state {
+    int16_t chain_of[MSB_MAX_QUEUE];     /* head -> chain in flight, -1 when not */
+    uint16_t idle[MSB_MAX_QUEUE], mid[MSB_MAX_QUEUE];
+    uint16_t step[MSB_MAX_QUEUE];
+    uint32_t nidle, nmid, nsteps;
+};
+
+static void put_hex16(uint8_t *p, uint64_t v)
+{
+    for (int k = 15; k >= 0; k--, v >>= 4)
+        p[k] = "0123456789abcdef"[v & 15];
+}
+
+/* Post chain i with a fresh unique. */
+static void drv_place(struct msb_vdrv *d, struct drv_state *s, uint32_t i)
+{
+    uint64_t u = d->next_unique++;
+    memcpy(d->requests[i] + IN_UNIQUE, &u, sizeof u);
+    d->uniques[i] = u;
+    s->chain_of[d->heads[i]] = (int16_t)i;
+    d->avail->ring[d->avail_idx % d->num] = d->heads[i];
+    d->avail_idx++;
+}
+
+/* Publish avail->idx once, and kick if the device asks (vring_need_event on its
+ * avail_event). */
+static int drv_publish(struct msb_vdrv *d)
 {
     uint16_t num = d->num;
-    for (uint32_t k = 0; k < n; k++) {
-        uint32_t i = free_[--*nfree];
-        uint64_t u = d->next_unique++;
-        memcpy(d->requests[i] + IN_UNIQUE, &u, sizeof u);
-        d->uniques[i] = u;
-        chain_of[d->heads[i]] = (int16_t)i;
-        d->avail->ring[d->avail_idx % num] = d->heads[i];
-        d->avail_idx++;
-    }
     /* the requests and ring entries before the index that publishes them */
     __atomic_store_n(&d->avail->idx, d->avail_idx, __ATOMIC_RELEASE);
     int need = 1;
@@ -53,9 +71,51 @@ static int drv_post(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint
     return 0;
 }
 
-/* Read every used element the device published; returns how many, or -EPROTO. */
-static int drv_reap(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint32_t *nfree,
-                uint32_t inflight, int32_t expect_error, uint32_t expect_len)
+/* Post every mid-cycle slot's next step and up to `start` new cycles: a new cycle takes
+ * the next cycle number, written as 16 hex digits into each of its steps' requests that
+ * carry a name (so its CREATE and its UNLINK name the same fresh file). */
+static int drv_post(struct msb_vdrv *d, struct drv_state *s, uint32_t start)
+{
+    while (s->nmid) {
+        uint32_t slot = s->mid[--s->nmid];
+        drv_place(d, s, slot * s->nsteps + s->step[slot]);
+    }
+    for (uint32_t k = 0; k < start; k++) {
+        uint32_t slot = s->idle[--s->nidle];
+        if (d->steps) {
+            uint64_t cycle = d->next_cycle++;
+            for (uint32_t j = 0; j < s->nsteps; j++)
+                if (d->steps[j].name_at)
+                    put_hex16(d->requests[slot * s->nsteps + j] + d->steps[j].name_at, cycle);
+        }
+        drv_place(d, s, slot * s->nsteps);
+    }
+    return drv_publish(d);
+}
+
+/* Is chain i's reply header its post's (unique) and as long as the device said it
+ * used? Counted bad if not. */
+static int drv_header_ok(struct msb_vdrv *d, uint32_t i, uint32_t used, int32_t *error)
+{
+    const uint8_t *out = d->replies[i];
+    uint32_t len;
+    uint64_t unique;
+    memcpy(&len, out + OUT_LEN, sizeof len);
+    memcpy(error, out + OUT_ERROR, sizeof *error);
+    memcpy(&unique, out + OUT_UNIQUE, sizeof unique);
+    if (unique != d->uniques[i] || len != used) {
+        d->bad++;
+        return 0;
+    }
+    return 1;
+}
+
+/* Read every used element the device published; returns how many, or -EPROTO. A slot
+ * whose step was answered as expected goes on to its next step (the carries applied,
+ * the log appended); a cycle ends after its last step, or at its first unexpected
+ * reply (counted: the steps after it are not posted). `*ended` counts ended cycles. */
+static int drv_reap(struct msb_vdrv *d, struct drv_state *s, uint32_t inflight,
+                    int32_t expect_error, uint32_t expect_len, uint64_t *ended)
 {
     uint16_t used_idx = drv_load16(&d->used->idx);
     if ((uint16_t)(used_idx - d->last_used) > inflight)
@@ -64,28 +124,51 @@ static int drv_reap(struct msb_vdrv *d, int16_t *chain_of, uint32_t *free_, uint
     while (d->last_used != used_idx) {
         struct msb_vring_used_elem e = d->used->ring[d->last_used % d->num];
         d->last_used++;
-        if (e.id >= d->num || chain_of[e.id] < 0)
+        if (e.id >= d->num || s->chain_of[e.id] < 0)
             return -EPROTO;
-        uint32_t i = (uint32_t)chain_of[e.id];
-        chain_of[e.id] = -1;
+        uint32_t i = (uint32_t)s->chain_of[e.id];
+        s->chain_of[e.id] = -1;
+        uint32_t slot = i / s->nsteps, k = i % s->nsteps;
+        if (d->steps) {
+            expect_error = d->steps[k].error;
+            expect_len = d->steps[k].len;
+        }
         const uint8_t *out = d->replies[i];
-        uint32_t len;
         int32_t error;
-        uint64_t unique;
-        memcpy(&len, out + OUT_LEN, sizeof len);
-        memcpy(&error, out + OUT_ERROR, sizeof error);
-        memcpy(&unique, out + OUT_UNIQUE, sizeof unique);
-        if (unique != d->uniques[i] || len != e.len) {
-            d->bad++;
-        } else if (error != expect_error) {
-            d->errors++;
-            d->last_error = error;
-        } else if (e.len != expect_len) {
-            d->bad++;
+        int ok = 0;
+        if (drv_header_ok(d, i, e.len, &error)) {
+            if (error != expect_error) {
+                d->errors++;
+                d->last_error = error;
+            } else if (e.len != expect_len) {
+                d->bad++;
+            } else {
+                ok = 1;
+            }
         }
         d->completed++;
-        free_[(*nfree)++] = i;
         n++;
+        if (ok && d->steps) {
+            for (uint32_t c = 0; c < d->ncarries; c++) {
+                const struct msb_vdrv_carry *cy = &d->carries[c];
+                if (cy->from_step == k)
+                    memcpy(d->requests[slot * s->nsteps + cy->to_step] + cy->request_at,
+                           out + cy->reply_at, 8);
+            }
+            if (d->steps[k].log_at) {
+                if (d->nlog < d->log_cap)
+                    memcpy(&d->log[d->nlog], out + d->steps[k].log_at, 8);
+                d->nlog++;
+            }
+        }
+        if (ok && k + 1 < s->nsteps) {
+            s->step[slot] = (uint16_t)(k + 1);
+            s->mid[s->nmid++] = (uint16_t)slot;
+        } else {
+            s->step[slot] = 0;
+            s->idle[s->nidle++] = (uint16_t)slot;
+            (*ended)++;
+        }
     }
     return n;
 }
@@ -112,54 +195,176 @@ static int drv_wait_call(struct msb_vdrv *d, int timeout_ms)
     return 0;
 }
 
+/* Nothing used yet: ask for a call at the next used element, then look once more
+ * before sleeping (the device may have used it in between). */
+static int drv_wait_used(struct msb_vdrv *d, int timeout_ms)
+{
+    if (d->event_idx)
+        __atomic_store_n(&d->avail->ring[d->num], d->last_used, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (drv_load16(&d->used->idx) != d->last_used)
+        return 0;
+    return drv_wait_call(d, timeout_ms);
+}
+
+/* The checks every run shares; the steps' offsets against their expected lengths. */
+static int drv_check(const struct msb_vdrv *d)
+{
+    if (d->num == 0 || d->num > MSB_MAX_QUEUE || d->nchains == 0 || d->nchains > d->num)
+        return -EINVAL;
+    for (uint32_t i = 0; i < d->nchains; i++)
+        if (d->heads[i] >= d->num)
+            return -EINVAL;
+    if (!d->steps)
+        return 0;
+    if (d->nsteps == 0 || d->nsteps > d->nchains || d->nchains % d->nsteps)
+        return -EINVAL;
+    for (uint32_t k = 0; k < d->nsteps; k++)
+        if (d->steps[k].log_at && (d->steps[k].log_at < OUT_HEADER
+                                   || d->steps[k].log_at + 8 > d->steps[k].len))
+            return -EINVAL;
+    for (uint32_t c = 0; c < d->ncarries; c++) {
+        const struct msb_vdrv_carry *cy = &d->carries[c];
+        if (cy->from_step >= cy->to_step || cy->to_step >= d->nsteps
+            || cy->reply_at < OUT_HEADER || cy->reply_at + 8 > d->steps[cy->from_step].len
+            || cy->request_at < IN_UNIQUE + 8)
+            return -EINVAL;
+    }
+    return 0;
+}
+
 int msb_vdrv_run(struct msb_vdrv *d, uint64_t count, uint32_t batch, int32_t expect_error,
                  uint32_t expect_len, int timeout_ms)
 {
-    d->completed = d->errors = d->bad = d->kicks = d->waits = 0;
+    d->completed = d->errors = d->bad = d->kicks = d->waits = d->nlog = 0;
     d->last_error = 0;
-    if (d->num == 0 || d->num > MSB_MAX_QUEUE || d->nchains == 0 || d->nchains > d->num
-        || batch == 0)
+    int r = drv_check(d);
+    if (r < 0)
+        return r;
+    if (batch == 0)
         return -EINVAL;
-    if (batch > d->nchains)
-        batch = d->nchains;
-    int16_t chain_of[MSB_MAX_QUEUE];     /* head -> chain in flight, -1 when not */
-    uint32_t free_[MSB_MAX_QUEUE];       /* chains free to post */
-    uint32_t nfree = d->nchains;
+    struct drv_state s;
+    s.nsteps = d->steps ? d->nsteps : 1;
+    uint32_t nslots = d->nchains / s.nsteps;
+    if (batch > nslots)
+        batch = nslots;
     for (uint32_t h = 0; h < d->num; h++)
-        chain_of[h] = -1;
-    for (uint32_t i = 0; i < d->nchains; i++) {
-        if (d->heads[i] >= d->num)
-            return -EINVAL;
-        free_[i] = d->nchains - 1 - i;
+        s.chain_of[h] = -1;
+    for (uint32_t i = 0; i < nslots; i++) {
+        s.idle[i] = (uint16_t)(nslots - 1 - i);
+        s.step[i] = 0;
     }
-    uint64_t posted = 0;
-    uint16_t *used_event = &d->avail->ring[d->num];
-    while (d->completed < count) {
-        uint64_t left = count - posted;
-        uint32_t want = left < batch ? (uint32_t)left : batch;
-        if (left && nfree >= want) {
-            uint32_t n = left < nfree ? (uint32_t)left : nfree;
-            int r = drv_post(d, chain_of, free_, &nfree, n);
+    s.nidle = nslots;
+    s.nmid = 0;
+    uint64_t started = 0, ended = 0;
+    while (ended < count) {
+        /* Post once `batch` slots are ready, or every slot that still has work if
+         * fewer: in lockstep (batch = all) each set of steps goes out together, as the
+         * Python client posts one stage of a batch after the other. */
+        uint64_t left = count - started;
+        uint32_t start = left < s.nidle ? (uint32_t)left : s.nidle;
+        uint32_t inflight = nslots - s.nidle - s.nmid;
+        uint64_t could = (uint64_t)inflight + s.nmid + left;
+        uint32_t want = could < batch ? (uint32_t)could : batch;
+        if (s.nmid + start > 0 && s.nmid + start >= want) {
+            r = drv_post(d, &s, start);
             if (r < 0)
                 return r;
-            posted += n;
+            started += start;
+            inflight = nslots - s.nidle - s.nmid;
         }
-        uint32_t inflight = d->nchains - nfree;
-        int got = drv_reap(d, chain_of, free_, &nfree, inflight, expect_error, expect_len);
+        int got = drv_reap(d, &s, inflight, expect_error, expect_len, &ended);
         if (got < 0)
             return got;
-        if (got > 0 || d->completed >= count)
+        if (got > 0 || ended >= count)
             continue;
-        /* Nothing used yet: ask for a call at the next used element, then look once
-         * more before sleeping (the device may have used it in between). */
-        if (d->event_idx)
-            __atomic_store_n(used_event, d->last_used, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (drv_load16(&d->used->idx) != d->last_used)
-            continue;
-        int r = drv_wait_call(d, timeout_ms);
+        r = drv_wait_used(d, timeout_ms);
         if (r < 0)
             return r;
     }
     return 0;
+}
+
+/* ---- a directory listing: one READDIRPLUS at a time, each from the last's end ------- */
+
+/* struct fuse_direntplus: a fuse_entry_out (node id first), then a fuse_dirent (ino,
+ * off, namelen, type, name), padded to 8 bytes (FUSE_DIRENT_ALIGN). */
+#define ENTRY_OUT 128
+#define DIRENT_OFF (ENTRY_OUT + 8)
+#define DIRENT_NAMELEN (ENTRY_OUT + 16)
+#define DIRENT_NAME (ENTRY_OUT + 24)
+
+int msb_vdrv_listing(struct msb_vdrv *d, uint32_t offset_at, uint32_t room, int timeout_ms)
+{
+    d->completed = d->errors = d->bad = d->kicks = d->waits = d->nlog = d->entries = 0;
+    d->last_error = 0;
+    int r = drv_check(d);
+    if (r < 0)
+        return r;
+    if (d->steps || offset_at < IN_UNIQUE + 8 || room < OUT_HEADER)
+        return -EINVAL;
+    struct drv_state s;
+    s.nsteps = 1;
+    for (uint32_t h = 0; h < d->num; h++)
+        s.chain_of[h] = -1;
+    uint64_t offset = 0;
+    for (;;) {
+        memcpy(d->requests[0] + offset_at, &offset, sizeof offset);
+        s.idle[0] = 0;
+        s.nidle = 1;
+        s.nmid = 0;
+        if ((r = drv_post(d, &s, 1)) < 0)
+            return r;
+        /* The reply's length is the listing's business: read the used element
+         * directly (drv_reap checks one expected length) and check it here. */
+        while (drv_load16(&d->used->idx) == d->last_used)
+            if ((r = drv_wait_used(d, timeout_ms)) < 0)
+                return r;
+        if ((uint16_t)(drv_load16(&d->used->idx) - d->last_used) != 1)
+            return -EPROTO;
+        struct msb_vring_used_elem e = d->used->ring[d->last_used % d->num];
+        d->last_used++;
+        if (e.id != d->heads[0])
+            return -EPROTO;
+        d->completed++;
+        const uint8_t *out = d->replies[0];
+        uint32_t len = e.len;
+        int32_t error;
+        if (!drv_header_ok(d, 0, len, &error))
+            return 0;
+        if (len < OUT_HEADER || len > room) {
+            d->bad++;
+            return 0;
+        }
+        if (error) {
+            d->errors++;
+            d->last_error = error;
+            return 0;
+        }
+        if (len == OUT_HEADER)
+            return 0;   /* the end of the directory */
+        uint32_t pos = OUT_HEADER;
+        while (pos < len) {
+            uint32_t namelen;
+            if (len - pos < DIRENT_NAME)
+                break;
+            memcpy(&namelen, out + pos + DIRENT_NAMELEN, sizeof namelen);
+            if (namelen == 0 || namelen > len - pos - DIRENT_NAME)
+                break;
+            uint64_t node;
+            memcpy(&node, out + pos, sizeof node);
+            memcpy(&offset, out + pos + DIRENT_OFF, sizeof offset);
+            if (node) {   /* "." and ".." carry node id 0: nothing to forget */
+                if (d->nlog < d->log_cap)
+                    d->log[d->nlog] = node;
+                d->nlog++;
+            }
+            d->entries++;
+            pos += (DIRENT_NAME + namelen + 7) & ~7u;
+        }
+        if (pos != len) {   /* a record cut short, or its padding beyond the reply */
+            d->bad++;
+            return 0;
+        }
+    }
 }

@@ -31,6 +31,23 @@
 
 #include "virtq.h"
 
+/* Chains in steps (a CREATE, then a RELEASE of the handle it returned, then an UNLINK of
+ * its name): step k of a cycle is posted once step k-1 was answered as expected. */
+struct msb_vdrv_step {
+    int32_t error;       /* the reply's expected error field */
+    uint32_t len;        /* then its expected used length (header included) */
+    uint32_t name_at;    /* 0, or where in the step's request the cycle's number goes as
+                            16 hex digits (fresh names per cycle) */
+    uint32_t log_at;     /* 0, or the reply offset of 8 bytes (a node id) appended to log */
+};
+
+/* 8 bytes of step from_step's reply (at reply_at) copied into the same cycle's request of
+ * to_step (at request_at), e.g. CREATE's node id and fh into its RELEASE. */
+struct msb_vdrv_carry {
+    uint16_t from_step, to_step;
+    uint32_t reply_at, request_at;
+};
+
 struct msb_vdrv {
     /* the ring (our mappings of guest RAM) and its state, set by the caller */
     struct msb_vring_avail *avail;
@@ -48,6 +65,14 @@ struct msb_vdrv {
     const uint8_t *const *replies;  /* chain i's reply buffer (fuse_out_header first) */
     uint64_t *uniques;              /* [nchains] scratch: the unique chain i was posted with */
     uint64_t next_unique;           /* first unique to post; advanced by the loop */
+    /* steps: NULL, or chains are nchains / nsteps slots of nsteps chains each (chain
+     * slot * nsteps + k is step k of the slot's cycles); carries between them */
+    const struct msb_vdrv_step *steps;
+    uint32_t nsteps, ncarries;
+    const struct msb_vdrv_carry *carries;
+    uint64_t next_cycle;            /* number of the next cycle (its names); advanced */
+    uint64_t *log;                  /* [log_cap]: node ids the steps' log_at named */
+    uint64_t log_cap;
     /* results of the last run */
     uint64_t completed;   /* replies reaped */
     uint64_t errors;      /* replies whose error field was not the expected one */
@@ -56,6 +81,8 @@ struct msb_vdrv {
     uint64_t kicks;       /* kick eventfd writes */
     uint64_t waits;       /* sleeps on the call eventfd */
     int32_t last_error;   /* the error field of the last unexpected-error reply */
+    uint64_t nlog;        /* node ids logged (beyond log_cap: counted, not kept) */
+    uint64_t entries;     /* msb_vdrv_listing: directory records listed */
 };
 
 /* Post `count` requests in all through the prepared chains, at most nchains in flight;
@@ -63,10 +90,23 @@ struct msb_vdrv {
  * the whole set in lockstep, one kick per set) until `count` replies are reaped. Each
  * reply is expected to carry error `expect_error` (0 or a negative errno) and, then,
  * `expect_len` bytes of used length (header included). Counters are reset at the start.
+ * With steps, `count` is of cycles, each reply is checked against its step's
+ * expectations (expect_* unused), and a cycle ends early at an unexpected reply
+ * (counted in errors or bad: its later steps are not posted), so `completed` is
+ * count * nsteps when every reply was as expected.
  * Returns 0, -ETIMEDOUT (no call for timeout_ms), -EIO (the device signalled err_fd),
  * -EPROTO (the device used a head not in flight) or -errno of poll/read/write. Call it
  * with the GIL released (cffi does). */
 int msb_vdrv_run(struct msb_vdrv *d, uint64_t count, uint32_t batch, int32_t expect_error,
                  uint32_t expect_len, int timeout_ms);
+
+/* One whole directory listing through chain 0 (a READDIRPLUS with a `room`-byte reply
+ * buffer), one request in flight as a guest's getdents makes them: posted with offset 0
+ * (the 8 bytes at `offset_at` in its request), then again from each reply's last
+ * record's offset until a reply with no records. Every record's bounds are checked
+ * (a record cut short or a length not the records' is bad and ends the listing, as an
+ * error reply does); `entries` counts the records, their non-zero node ids go to the
+ * log. Returns as msb_vdrv_run. */
+int msb_vdrv_listing(struct msb_vdrv *d, uint32_t offset_at, uint32_t room, int timeout_ms);
 
 #endif

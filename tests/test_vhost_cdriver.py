@@ -1,10 +1,12 @@
 """The C request loop (csrc/vdriver.c through vhost/cdriver.py) against a real
 ``msbfs serve`` on two request queues: thousands of GETATTRs, each reply checked in C
 (unique, length, error field), with the loop's own claims checked from Python; a daemon
-answering an error, and a reply of another length than expected, are counted. And on its
-own under ASan/UBSan (csrc/test_vdriver.c): a C device thread with and without
-EVENT_IDX, wrapping ring indexes, and a device answering stale uniques, lying header
-lengths or heads not in flight."""
+answering an error, and a reply of another length than expected, are counted. Cycles in
+steps (CREATE of a fresh name, RELEASE of the node id and fh it returned, UNLINK) and a
+whole READDIRPLUS listing, against the same daemon, their results checked on the host
+directory. And on its own under ASan/UBSan (csrc/test_vdriver.c): a C device thread with
+and without EVENT_IDX, wrapping ring indexes, a device answering stale uniques, lying
+header lengths or heads not in flight, steps that fail, malformed listings."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from msbfs.fuse import abi
 from msbfs.fuse.kernel import parse_entry
 from tests.plugins.virtiofs import FuseClient, run_serve
 from tools.fuzz.native import CSRC, sanitized_build
-from vhost.cdriver import CLoop, LoopResult, first_unique
+from vhost.cdriver import Carry, CLoop, LoopResult, Step, first_unique
 from vhost.frontend import Frontend
 from vhost.guest_ram import GuestRam
 
@@ -118,6 +120,81 @@ async def test_error_replies_and_wrong_lengths_are_counted(tmp_path: Path) -> No
         # ...and a success one byte longer than expected is bad, not an error
         res = await loop.run(PER_QUEUE, batch=1, expect_len=ATTR_REPLY + 1)
         assert (res.completed, res.errors, res.bad) == (PER_QUEUE, PER_QUEUE // 2, PER_QUEUE // 2)
+        loop.close()
+        await c.fe.close()
+
+
+ENTRY_REPLY = HDR + abi.FUSE_ENTRY_OUT_SIZE
+CREATE_STEP = Step(ENTRY_REPLY + 16, name_at=40 + 16 + 1, log_at=HDR)  # after fuse_create_in, "c"
+RELEASE_CARRIES = (Carry(0, HDR, 1, 16), Carry(0, ENTRY_REPLY, 1, 40))  # node id, fh
+
+
+async def test_cycles_carry_node_ids_and_handles_and_name_files_fresh(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    (share / "d").mkdir(parents=True)
+    sock = str(tmp_path / "vfs.sock")
+    with run_serve([f"--shared-dir={share}", "--num-request-queues=2", "--log-level=error"], sock):
+        c = await connect(sock)
+        d = parse_entry(await c.ok(c.r.lookup(ROOT, b"d"))).nodeid
+        nm = b"c" + b"0" * 16
+        # CREATE + RELEASE: the files stay, one per cycle, named by its number
+        two = [([c.r.create(d, nm)], [ENTRY_REPLY + 16]), ([c.r.release(0, 0)], [HDR])] * (DEPTH // 2)
+        loop = CLoop(c.fe.queues[1], two, steps=(CREATE_STEP, Step(HDR)), carries=RELEASE_CARRIES)
+        res = await loop.run(50)
+        assert (res.completed, res.errors, res.bad) == (100, 0, 0)
+        assert sorted(p.name for p in (share / "d").iterdir()) == [f"c{i:016x}" for i in range(50)]
+        ids = [parse_entry(await c.ok(c.r.lookup(d, f"c{i:016x}".encode()), queue=2)).nodeid
+               for i in range(50)]
+        assert sorted(res.log) == sorted(ids)
+        # A RELEASE of node id 0 and fh 0 (nothing carried) fails: the carries are real.
+        res = await loop.run(50, batch=1)
+        assert (res.completed, res.errors, res.bad) == (100, 0, 0) and len(res.log) == 50
+        loop.close()
+        bare = CLoop(c.fe.queues[1], two, steps=(CREATE_STEP, Step(HDR)))
+        res = await bare.run(5)
+        assert res.completed == 10 and res.errors == 5 and res.last_error < 0
+        bare.close()
+        # CREATE + RELEASE + UNLINK: names go on from where they were, and go again
+        three = [([c.r.create(d, nm)], [ENTRY_REPLY + 16]), ([c.r.release(0, 0)], [HDR]),
+                 ([c.r.unlink(d, nm)], [HDR])] * (DEPTH // 3)
+        loop = CLoop(c.fe.queues[1], three, steps=(CREATE_STEP, Step(HDR), Step(HDR, name_at=41)),
+                     carries=RELEASE_CARRIES)
+        loop.d.next_cycle = 105
+        res = await loop.run(300)
+        assert (res.completed, res.errors, res.bad) == (900, 0, 0) and len(res.log) == 300
+        assert len(list((share / "d").iterdir())) == 100
+        # numbered from 0 again: each CREATE opens a file the first loop made, the
+        # UNLINK removes it
+        loop.d.next_cycle = 0
+        res = await loop.run(10)
+        assert (res.completed, res.errors, res.bad) == (30, 0, 0)
+        assert sorted(p.name for p in (share / "d").iterdir()) == [f"c{i:016x}" for i in range(10, 100)]
+        loop.close()
+        await c.fe.close()
+
+
+async def test_listing_reads_every_record(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    (share / "big").mkdir(parents=True)
+    for i in range(500):
+        (share / "big" / f"entry-{i}").write_bytes(b"")
+    sock = str(tmp_path / "vfs.sock")
+    with run_serve([f"--shared-dir={share}", "--num-request-queues=2", "--log-level=error"], sock):
+        c = await connect(sock)
+        big = parse_entry(await c.ok(c.r.lookup(ROOT, b"big"))).nodeid
+        fh = struct.unpack_from("<Q", await c.ok(c.r.opendir(big)))[0]
+        loop = CLoop(c.fe.queues[1], [([c.r.readdir(big, 0, 0, 4096 - HDR, plus=True)], [4096])])
+        loop.patch(0, 40, struct.pack("<Q", fh))
+        res = await loop.list_dir(48, 4096, most=502)
+        assert (res.entries, res.errors, res.bad) == (502, 0, 0)
+        assert res.completed > 500 * 150 // 4096 + 1   # many requests, each from the last's end
+        ids = {parse_entry(await c.ok(c.r.lookup(big, f"entry-{i}".encode()), queue=2)).nodeid
+               for i in range(500)}
+        assert len(res.log) == 500 and set(res.log) == ids
+        # an fh the daemon never gave out: the error reply ends the listing, counted
+        loop.patch(0, 40, struct.pack("<Q", fh + 1000))
+        res = await loop.list_dir(48, 4096, most=502)
+        assert (res.entries, res.errors, res.completed) == (0, 1, 1) and res.last_error < 0
         loop.close()
         await c.fe.close()
 

@@ -26,11 +26,15 @@ inodes (LOOKUPs kept), then after forgetting them (``memory_rows`` says what cou
 
 The client: this Python driver costs 8-15 us of CPU per request, more than either daemon
 spends on a GETATTR or LOOKUP, so on those rows it would set both daemons' throughput.
-With ``--client c`` (the default) the workloads whose requests can be posted again and
-again unchanged (GETATTR and LOOKUP on N queues, GETXATTR ENODATA, SETATTR mode+times;
-marked * in the table) are posted by the C request loop instead
+With ``--client c`` (the default) every row is posted by the C request loop instead
 (vhost/cdriver.py: chains laid out once, each reply's header checked in C, one thread
-per queue with the GIL released), ``--n-c`` requests a round; ``--client python`` runs
+per queue with the GIL released; marked * in the table), ``--n-c`` requests a round
+(1 MiB READ and WRITE a hundredth of it, LOOKUP+GETATTR half of it in pairs, the
+CREATE/SYMLINK cycles a tenth of it in cycles): READ and WRITE chains each on their own
+block, again and again; LOOKUP+GETATTR and the CREATE/SYMLINK cycles as steps, each
+waiting for the one before and taking the node id and fh from its reply in C, names
+fresh per cycle, node ids forgotten every ``CHUNK`` cycles; READDIRPLUS one request in
+flight, C reading each reply's records to the next offset. ``--client python`` runs
 every row with this driver. The "client with each" column is the benchmark process's
 own CPU per op, C loop threads included.
 """
@@ -57,12 +61,17 @@ from msbfs.launcher.daemon import VIRTIOFSD
 from msbfs.store import MIB
 from msbfs.tree.types import FATTR_ATIME, FATTR_MODE, FATTR_MTIME
 from tools.bench.proc import process_tree, status_kib
-from vhost.cdriver import CLoop
+from vhost.cdriver import Carry, CLoop, Step
 from vhost.frontend import Frontend
 from vhost.guest_ram import GuestRam
 
 ROOT = abi.FUSE_ROOT_ID
 HDR = 16
+IN_HDR = abi.fuse_in_header.size   # 40
+IN_NODEID = 16                     # fuse_in_header.nodeid
+ENTRY_NODEID = HDR                 # a reply's fuse_entry_out.nodeid
+OPEN_FH = HDR + abi.FUSE_ENTRY_OUT_SIZE  # CREATE's fuse_open_out.fh, after its entry
+HEX = b"0" * 16                    # a name's part each C cycle rewrites (Step.name_at)
 ENODATA = 61
 KINDS = ("virtiofsd", "msbfs")
 
@@ -99,12 +108,25 @@ _out_header = abi.fuse_out_header.unpack_from
 class CWork:
     """A workload the C request loop can post: its first ``k`` requests (all alike: each
     chain is posted again and again), each reply's used length (header included) and
-    error field, and whether it is spread over every request queue or on queue 1."""
+    error field, and whether it is spread over every request queue or on queue 1.
+    With ``steps``, ``requests(c, k)`` are ``k`` slots of one request per step (a cycle:
+    each step posted once the one before was answered, ``carries`` taking node ids and
+    fhs from replies into later requests, names fresh per cycle), and the node ids the
+    steps log are forgotten after every ``CHUNK`` cycles, as the Python rows forget after
+    each batch. A cycle counts as ``ops`` operations."""
 
     requests: Callable[[Client, int], Batch]
-    reply_len: int
+    reply_len: int = 0
     error: int = 0
     spread: bool = True
+    steps: tuple[Step, ...] = ()
+    carries: tuple[Carry, ...] = ()
+    ops: int = 1
+
+
+#: Cycles a stepped C run posts before its logged node ids are forgotten: the daemons
+#: hold an O_PATH fd per unforgotten node, so 10,000 cycles a round would hold 10,000.
+CHUNK = 1024
 
 
 class Client:
@@ -120,6 +142,7 @@ class Client:
         self.prefix = f"{kind}-"
         self.loops: list[CLoop] = []
         self.c_batch: int | None = None  # CLoop.run's batch (None: lockstep)
+        self.room = 4096  # READDIRPLUS reply buffer, header included
 
     async def one(self, req: bytes, reply: int = 4096) -> bytes:
         done = await self.fe.submit(1, [req], [reply], indirect=True)
@@ -188,19 +211,22 @@ class Client:
 
     # ---- workloads: each returns the count of operations it did ----------------------------
     async def read(self, n: int, sz: int) -> int:
-        blocks = self.size // sz
-        r = self.r
-        await self.checked([([r.read(self.nodeid, self.fh, (i % blocks) * sz, sz)], [HDR, sz])
-                            for i in range(n)], sz)
+        await self.checked(self.read_requests(n, sz), sz)
         return n
 
     async def write(self, n: int, sz: int) -> int:
+        await self.checked(self.write_requests(n, sz), 8)
+        return n
+
+    def read_requests(self, n: int, sz: int) -> Batch:
+        blocks = self.size // sz
+        return [([self.r.read(self.nodeid, self.fh, (i % blocks) * sz, sz)], [HDR, sz]) for i in range(n)]
+
+    def write_requests(self, n: int, sz: int) -> Batch:
         blocks = self.size // sz
         payload = b"w" * sz
-        r = self.r
-        await self.checked([([r.write_header(self.nodeid, self.fh, (i % blocks) * sz, sz), payload], [24])
-                            for i in range(n)], 8)
-        return n
+        return [([self.r.write_header(self.nodeid, self.fh, (i % blocks) * sz, sz), payload], [HDR + 8])
+                for i in range(n)]
 
     async def lookup_getattr(self, n: int) -> int:
         r = self.r
@@ -248,10 +274,91 @@ class Client:
     # ---- the C request loop: one per queue, each on its own thread ---------------------------
     def c_prepare(self, w: CWork) -> None:
         """Lay out ``depth`` chains on each queue ``w`` uses, dealt round-robin from its
-        requests as ``spread`` deals them (outside the timed rounds)."""
+        requests as ``spread`` deals them (outside the timed rounds); with steps,
+        ``depth`` slots of a chain per step on queue 1."""
+        if w.steps:
+            self.loops = [CLoop(self.fe.queues[1], w.requests(self, self.depth),
+                                steps=w.steps, carries=w.carries)]
+            return
         queues = list(range(1, len(self.fe.queues))) if w.spread else [1]
         reqs = w.requests(self, self.depth * len(queues))
         self.loops = [CLoop(self.fe.queues[q], reqs[i::len(queues)]) for i, q in enumerate(queues)]
+
+    # The stepped forms' slots: each slot's requests, one per step, in step order.
+    def lookup_getattr_slots(self, k: int) -> Batch:
+        """LOOKUP of a name, then GETATTR of the node id it returned (carried in C)."""
+        r = self.r
+        out: Batch = []
+        for i in range(k):
+            out += [([r.lookup(self.dir, self.names[i % len(self.names)])], [HDR + abi.FUSE_ENTRY_OUT_SIZE]),
+                    ([r.getattr(0)], [HDR + abi.FUSE_ATTR_OUT_SIZE])]
+        return out
+
+    def cycle_slots(self, k: int, prefix: bytes, then: Callable[[bytes], bytes]) -> Batch:
+        """CREATE of a fresh name, RELEASE of its node id and fh (carried in C), then
+        ``then(name)``'s request: the Python rows' ``_cycles`` with the cycle's number
+        as the name's last 16 characters."""
+        r = self.r
+        nm = prefix + HEX
+        out: Batch = []
+        for _ in range(k):
+            out += [([r.create(self.dir, nm)], [HDR + abi.FUSE_ENTRY_OUT_SIZE + 16]),
+                    ([r.release(0, 0)], [HDR]),
+                    ([then(nm)], [HDR])]
+        return out
+
+    def symlink_slots(self, k: int) -> Batch:
+        """SYMLINK of a fresh name, READLINK of the node id it returned, UNLINK."""
+        r = self.r
+        nm = b"s" + HEX
+        out: Batch = []
+        for _ in range(k):
+            out += [([r.symlink(self.dir, nm, SYMLINK_TARGET)], [HDR + abi.FUSE_ENTRY_OUT_SIZE]),
+                    ([r.readlink(0)], [HDR + 256]),
+                    ([r.unlink(self.dir, nm)], [HDR])]
+        return out
+
+    def listing_chain(self, _k: int) -> Batch:
+        """The one READDIRPLUS chain ``c_listing`` posts (its fh patched each round)."""
+        return [([self.r.readdir(self.big, 0, 0, self.room - HDR, plus=True)], [self.room])]
+
+    async def forget(self, ids: Sequence[int]) -> None:
+        """BATCH_FORGETs on the hiprio queue of ``ids`` (repeats add up), a page each."""
+        counts: dict[int, int] = {}
+        for nid in ids:
+            counts[nid] = counts.get(nid, 0) + 1
+        items = list(counts.items())
+        for i in range(0, len(items), FORGET_BATCH):
+            await self.fe.submit(0, [self.r.batch_forget(items[i:i + FORGET_BATCH])], [HDR])
+
+    async def c_cycles(self, n: int, w: CWork) -> int:
+        """``n`` cycles of ``w``'s steps on the prepared loop, every reply checked in C
+        against its step, the node ids it logged forgotten after each ``CHUNK``."""
+        loop = self.loops[0]
+        done = 0
+        while done < n:
+            k = min(CHUNK, n - done)
+            res = await loop.run(k, batch=self.c_batch, timeout=args_timeout)
+            await self.forget(res.log)
+            if res.completed != k * len(w.steps) or res.errors or res.bad:
+                raise RuntimeError(f"{self.kind}: {res.completed} of {k * len(w.steps)} replies,"
+                                   f" {res.errors} errors (last {res.last_error}), {res.bad} bad")
+            done += k
+        return n * w.ops
+
+    async def c_listing(self) -> int:
+        """``readdirplus`` with the C loop posting the READDIRPLUS requests and reading
+        their records (OPENDIR, RELEASEDIR and the forgets from here)."""
+        loop = self.loops[0]
+        fh, _ = parse_open(await self.one(self.r.opendir(self.big)))
+        loop.patch(0, IN_HDR, fh.to_bytes(8, "little"))
+        res = await loop.list_dir(IN_HDR + 8, self.room, most=self.listing + 2, timeout=args_timeout)
+        await self.one(self.r.releasedir(self.big, fh))
+        if res.errors or res.bad or res.entries != self.listing + 2:
+            raise RuntimeError(f"{self.kind}: listed {res.entries} records, expected "
+                               f"{self.listing + 2}: {res}")
+        await self.forget(res.log)
+        return res.entries
 
     def c_release(self) -> None:
         for loop in self.loops:
@@ -261,6 +368,8 @@ class Client:
     async def c_run(self, n: int, w: CWork) -> int:
         """``n`` requests dealt over the prepared loops, all queues at once; every reply
         must carry ``w``'s error and length."""
+        if w.steps:
+            return await self.c_cycles(n, w)
         share = [n // len(self.loops) + (i < n % len(self.loops)) for i in range(len(self.loops))]
 
         async def one(loop: CLoop, k: int) -> None:
@@ -337,7 +446,7 @@ class Client:
         base = self.cycle
         self.cycle += n
         names = [f"s{base + i}".encode() for i in range(n)]
-        target = b"../lib/node_modules/pkg/bin/cli.js"
+        target = SYMLINK_TARGET
         made = await self.batch([([r.symlink(self.dir, nm, target)], [HDR + abi.FUSE_ENTRY_OUT_SIZE])
                                  for nm in names])
         ids = [parse_entry(parse_reply(d).ok()).nodeid for _, d in made]
@@ -355,7 +464,7 @@ class Client:
         O_PATH fd per entry as msbfs does). Returns the entries listed."""
         r = self.r
         fh, _ = parse_open(await self.one(r.opendir(self.big)))
-        counts: dict[int, int] = {}
+        ids: list[int] = []
         offset = listed = 0
         while True:
             recs = parse_dirents(await self.one(r.readdir(self.big, fh, offset, room - HDR, plus=True),
@@ -366,19 +475,18 @@ class Client:
                 offset = off
                 listed += 1
                 if ent is not None and ent.nodeid:  # "." and ".." carry node id 0
-                    counts[ent.nodeid] = counts.get(ent.nodeid, 0) + 1
+                    ids.append(ent.nodeid)
         await self.one(r.releasedir(self.big, fh))
         if listed != self.listing + 2:
             raise RuntimeError(f"{self.kind}: listed {listed} records, expected {self.listing + 2}")
-        items = list(counts.items())
-        for i in range(0, len(items), FORGET_BATCH):
-            await self.fe.submit(0, [r.batch_forget(items[i:i + FORGET_BATCH])], [HDR])
+        await self.forget(ids)
         return listed
 
 
 #: Node ids per BATCH_FORGET: what one 4 KiB page of forget records holds, as the
 #: guest kernel batches them (fuse_read_batch_forget fills the reader's buffer).
 FORGET_BATCH = (4096 - 24) // 16
+SYMLINK_TARGET = b"../lib/node_modules/pkg/bin/cli.js"
 
 
 async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int,
@@ -387,9 +495,12 @@ async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int
     (Debian's panics on a second: msbfs.launcher.daemon)."""
     queues = queues if kind == "msbfs" else 1
     proc = start_daemon(kind, shared, sock, queues, virtiofsd_args if kind == "virtiofsd" else ())
-    ram = GuestRam(((0, (((1 + queues) * depth * (MIB + 8192)) >> 20) + 64 << 20),))
+    # Queue 1 holds the C loop's stepped forms: ``depth`` slots of up to STEPS chains
+    # (at most ``depth`` requests in flight, as on every row).
+    sizes = [depth, 1 << (STEPS * depth - 1).bit_length()] + [depth] * (queues - 1)
+    ram = GuestRam(((0, ((sum(sizes) * (MIB + 8192)) >> 20) + 64 << 20),))
     fe = await Frontend.connect(str(sock), ram)
-    await fe.handshake([depth] * (1 + queues), slot_size=MIB + 8192)
+    await fe.handshake(sizes, slot_size=MIB + 8192)
     c = Client(kind, shared, fe, depth, proc)
     await c.setup(file_mib, listing)
     return c
@@ -414,6 +525,9 @@ def thread_cpu_seconds(pid: int) -> float:
                 continue
     return total / 1e9
 
+
+#: The most steps a C cycle has (CREATE, RELEASE, UNLINK).
+STEPS = 3
 
 #: A workload round that takes longer than this means a daemon stopped answering.
 args_timeout = 120.0
@@ -571,15 +685,40 @@ async def main_async(args: argparse.Namespace) -> None:
                                           args.virtiofsd_arg or ())
         for c in clients.values():  # warm page cache and code paths
             c.c_batch = args.c_batch
+            c.room = args.readdir_room
             await c.read(64, 4096)
-        n4, n1, nm = args.n_small, args.n_big, args.n_meta
+        n4, n1, nm, nc = args.n_small, args.n_big, args.n_meta, args.n_c
         attr, entry = HDR + abi.FUSE_ATTR_OUT_SIZE, HDR + abi.FUSE_ENTRY_OUT_SIZE
-        c_forms = {  # the rows the C request loop posts with --client c
-            "GETXATTR": CWork(Client.getxattr_requests, HDR, -ENODATA, spread=False),
+        # CREATE's reply: an entry, then fuse_open_out; its name after fuse_create_in
+        create = Step(entry + 16, name_at=IN_HDR + 16 + 1, log_at=ENTRY_NODEID)
+        release = (Carry(0, ENTRY_NODEID, 1, IN_NODEID), Carry(0, OPEN_FH, 1, IN_HDR))
+        c_forms: dict[str, tuple[CWork | None, int]] = {  # rows the C loop posts (--client c), count a round
+            # each chain reads or writes its own block again and again (in the page cache)
+            "4 KiB READ": (CWork(lambda c, k: c.read_requests(k, 4096), HDR + 4096, spread=False), nc),
+            "1 MiB READ": (CWork(lambda c, k: c.read_requests(k, MIB), HDR + MIB, spread=False), nc // 100),
+            "4 KiB WRITE": (CWork(lambda c, k: c.write_requests(k, 4096), HDR + 8, spread=False), nc),
+            "1 MiB WRITE": (CWork(lambda c, k: c.write_requests(k, MIB), HDR + 8, spread=False), nc // 100),
+            "LOOKUP+GETATTR": (CWork(Client.lookup_getattr_slots, ops=2, steps=(
+                Step(entry, log_at=ENTRY_NODEID), Step(attr)),
+                carries=(Carry(0, ENTRY_NODEID, 1, IN_NODEID),)), nc // 2),
+            "GETXATTR": (CWork(Client.getxattr_requests, HDR, -ENODATA, spread=False), nc),
             # each chain repeats its chmod or utimensat: the same syscalls every time
-            "SETATTR": CWork(Client.setattr_requests, attr, spread=False),
-            "GETATTR on": CWork(Client.getattr_requests, attr),
-            "LOOKUP on": CWork(Client.lookup_requests, entry),
+            "SETATTR": (CWork(Client.setattr_requests, attr, spread=False), nc),
+            # each name after its one-letter prefix: UNLINK's and SYMLINK's right after the
+            # header, RENAME's after fuse_rename_in
+            "CREATE+RELEASE+UNLINK": (CWork(
+                lambda c, k: c.cycle_slots(k, b"c", lambda nm: c.r.unlink(c.dir, nm)),
+                steps=(create, Step(HDR), Step(HDR, name_at=IN_HDR + 1)), carries=release), nc // 10),
+            "CREATE+RELEASE+RENAME": (CWork(
+                lambda c, k: c.cycle_slots(k, b"t", lambda nm: c.r.rename(c.dir, nm, c.dir, b"target")),
+                steps=(create, Step(HDR), Step(HDR, name_at=IN_HDR + 8 + 1)), carries=release), nc // 10),
+            "SYMLINK+READLINK+UNLINK": (CWork(Client.symlink_slots, steps=(
+                Step(entry, name_at=IN_HDR + 1, log_at=ENTRY_NODEID),
+                Step(HDR + len(SYMLINK_TARGET)), Step(HDR, name_at=IN_HDR + 1)),
+                carries=(Carry(0, ENTRY_NODEID, 1, IN_NODEID),)), nc // 10),
+            "GETATTR on": (CWork(Client.getattr_requests, attr), nc),
+            "LOOKUP on": (CWork(Client.lookup_requests, entry), nc),
+            "READDIRPLUS": (CWork(Client.listing_chain, spread=False), 0),
         }
         workloads: list[tuple[str, str, float, Callable[[Client], Awaitable[int]]]] = [
             ("4 KiB READ", "MiB/s", 4096 / MIB, lambda c: c.read(n4, 4096)),
@@ -605,10 +744,11 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"{'workload':22} {'virtiofsd':>17} {'msbfs':>17} {'ratio':>6}   "
               f"CPU us/op: virtiofsd msbfs (client with each)")
         for label, unit, scale, work in workloads:
-            cwork = next((w for k, w in c_forms.items() if label.startswith(k)), None) \
-                if args.client == "c" else None
+            cwork, cn = next((f for k, f in c_forms.items() if label.startswith(k)), (None, 0)) \
+                if args.client == "c" else (None, 0)
             if cwork is not None:
-                work = functools.partial(Client.c_run, n=args.n_c, w=cwork)
+                work = (Client.c_listing if cwork.requests == Client.listing_chain
+                        else functools.partial(Client.c_run, n=cn, w=cwork))
                 label += " *"
             best, cpu, client = await best_of(args.rounds, clients, work, cwork)
             v, m = best["virtiofsd"], best["msbfs"]
@@ -640,8 +780,8 @@ def main() -> None:
     p.add_argument("--n-big", type=int, default=256)
     p.add_argument("--n-meta", type=int, default=4000)
     p.add_argument("--client", choices=("c", "python"), default="c",
-                   help="who posts the GETATTR, LOOKUP, GETXATTR and SETATTR rows' requests (default: "
-                        "the C request loop; python: this driver, 8-15 us of CPU a request)")
+                   help="who posts the requests (default: the C request loop; python: this "
+                        "driver, 8-15 us of CPU a request)")
     p.add_argument("--n-c", type=int, default=100_000,
                    help="requests a round for the rows the C request loop posts")
     p.add_argument("--c-batch", type=int, default=None,
