@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +73,7 @@ struct msb_inodes {
     size_t nmounts;
     uint64_t holds;                          /* msb_inodes_hold: drops wait for 0 */
     struct inode *doomed;                    /* forgotten to 0 while held */
+    uint64_t peak, trims;                    /* trim_due() */
 };
 
 /* The one place an inode fd is closed (see the top of this file). Request queues run
@@ -152,13 +154,11 @@ static void unlink_node(struct msb_inodes *t, struct inode *n)
     unlink_key(t, n);
 }
 
-/* Double both indexes when the load passes 1; on ENOMEM keep the old ones (longer
- * chains, still correct). */
-static void maybe_grow(struct msb_inodes *t)
+/* Both indexes re-made with nb buckets; on ENOMEM keep the old ones (longer chains,
+ * still correct). */
+static void resize(struct msb_inodes *t, size_t nb)
 {
-    if (t->count < t->nbuckets)
-        return;
-    size_t old = t->nbuckets, nb = old * 2;
+    size_t old = t->nbuckets;
     struct inode **ids = calloc(nb, sizeof *ids), **keys = calloc(nb, sizeof *keys);
     if (!ids || !keys) {
         free(ids);
@@ -182,6 +182,44 @@ static void maybe_grow(struct msb_inodes *t)
         }
     }
     free(old_ids);
+}
+
+#define MIN_BUCKETS 1024
+
+/* Double both indexes when the load passes 1. */
+static void maybe_grow(struct msb_inodes *t)
+{
+    if (t->count >= t->nbuckets)
+        resize(t, t->nbuckets * 2);
+}
+
+/* Give the memory of forgotten nodes back to the system once the table has shrunk to
+ * half of what it held, by TRIM_MIN nodes at least: free() returns only the top of a
+ * heap, and a walk's nodes, forgotten in another order than they were made (and by
+ * other queue threads' arenas), leave free holes glibc keeps resident (100,000
+ * forgotten inodes kept ~14 MiB). The indexes shrink back to the load they were grown
+ * for. 1: the caller runs malloc_trim once it dropped the lock (it walks every arena:
+ * a few ms for tens of MiB, at most once per halving). Lock held. */
+#define TRIM_MIN 8192
+static int trim_due(struct msb_inodes *t)
+{
+    if (t->count > t->peak)
+        t->peak = t->count;
+    if (t->peak - t->count < TRIM_MIN || t->count > t->peak / 2)
+        return 0;
+    t->peak = t->count;
+    t->trims++;
+    size_t nb = t->nbuckets;
+    while (nb > MIN_BUCKETS && t->count < nb / 2)
+        nb /= 2;
+    if (nb != t->nbuckets)
+        resize(t, nb);
+    return 1;
+}
+
+static void trim(void)
+{
+    malloc_trim(0);
 }
 
 /* ---- the CLOCK ring --------------------------------------------------------------- */
@@ -422,7 +460,7 @@ struct msb_inodes *msb_inodes_new(int root_fd, uint64_t dev, uint64_t ino, uint3
     struct msb_inodes *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
-    t->nbuckets = 1024;
+    t->nbuckets = MIN_BUCKETS;
     t->by_id = calloc(t->nbuckets, sizeof *t->by_id);
     t->by_key = calloc(t->nbuckets, sizeof *t->by_key);
     t->root = new_node(ROOT_ID, root_fd, dev, ino, mode, 0);
@@ -476,7 +514,10 @@ void msb_inodes_clear(struct msb_inodes *t)
 {
     pthread_mutex_lock(&t->lock);
     clear_locked(t);
+    int due = trim_due(t);
     pthread_mutex_unlock(&t->lock);
+    if (due)
+        trim();
 }
 
 void msb_inodes_close(struct msb_inodes *t)
@@ -510,7 +551,7 @@ void msb_inodes_stats(struct msb_inodes *t, struct msb_inodes_stats *out)
 {
     pthread_mutex_lock(&t->lock);
     *out = (struct msb_inodes_stats){t->count, t->nfds, t->evictions, t->reopens,
-                                     t->max_fds};
+                                     t->max_fds, t->trims};
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -573,7 +614,8 @@ int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
         t->next_id++;
         maybe_grow(t);
         link_node(t, n);
-        t->count++;
+        if (++t->count > t->peak)
+            t->peak = t->count;
         t->nfds++;
         fd = -1;
         opened(t, n);
@@ -618,6 +660,7 @@ void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup)
 {
     if (nodeid == ROOT_ID)
         return;
+    int due = 0;
     pthread_mutex_lock(&t->lock);
     struct inode *n = by_id(t, nodeid);
     if (n && n->nlookup) {
@@ -626,6 +669,7 @@ void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup)
         if (n->nlookup == 0) {
             if (!t->holds) {
                 drop_locked(t, n);
+                due = trim_due(t);
             } else if (!n->doomed) {
                 /* msb_inodes_unhold drops it, unless looked up again; off the ring
                  * meanwhile (never evicted: it keeps its fd until then). */
@@ -637,6 +681,8 @@ void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup)
         }
     }
     pthread_mutex_unlock(&t->lock);
+    if (due)
+        trim();
 }
 
 void msb_inodes_hold(struct msb_inodes *t)
@@ -648,6 +694,7 @@ void msb_inodes_hold(struct msb_inodes *t)
 
 void msb_inodes_unhold(struct msb_inodes *t)
 {
+    int due = 0;
     pthread_mutex_lock(&t->lock);
     if (t->holds && --t->holds == 0) {
         struct inode *n = t->doomed;
@@ -662,8 +709,11 @@ void msb_inodes_unhold(struct msb_inodes *t)
                 opened(t, n);   /* looked up again: back into the cache */
             n = next;
         }
+        due = trim_due(t);
     }
     pthread_mutex_unlock(&t->lock);
+    if (due)
+        trim();
 }
 
 /* The fd of n (re-opened if evicted), marked used; -errno. Lock held. */

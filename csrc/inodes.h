@@ -50,6 +50,7 @@ struct msb_inodes_stats {
     uint64_t evictions;
     uint64_t reopens;
     uint64_t max_fds;   /* 0: no fd cache (every inode keeps its fd) */
+    uint64_t trims;     /* times forgotten nodes' memory went back (inodes.c: trim_due) */
 };
 
 /* A table whose root (node id 1) is root_fd (O_PATH; the table owns it from now on).

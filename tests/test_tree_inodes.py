@@ -40,6 +40,34 @@ def test_forget_releases_fds(tmp_path: Path) -> None:
         assert tree.lookup(ROOT_ID, b"f0", ROOT).nodeid > entries[-1].nodeid
 
 
+def test_forgetting_most_of_a_walk_gives_the_table_back(tmp_path: Path) -> None:
+    """Issue #11: a daemon told to forget a walk keeps neither the nodes nor their
+    memory. The C table trims (malloc_trim, its indexes shrunk) once it has shrunk to
+    half of its peak by 8,192 nodes or more: counted, never on a smaller drop."""
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(20_000):
+        os.close(os.open(root / f"f{i}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    with Tree(root) as tree:
+        inodes = tree._inodes
+        baseline = inodes.open_fds
+        ids = [tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT).nodeid for i in range(20_000)]
+        assert len(inodes) == 20_001 and inodes.trims == 0
+        tree.batch_forget((nid, 1) for nid in ids[:9_000])  # under half: kept as it is
+        assert len(inodes) == 11_001 and inodes.trims == 0
+        tree.batch_forget((nid, 1) for nid in ids[9_000:10_001])  # down to half
+        assert len(inodes) == 10_000 and inodes.trims == 1
+        tree.batch_forget((nid, 1) for nid in ids[10_001:])
+        assert len(inodes) == 1 and inodes.open_fds == baseline
+        # Once per halving by 8,192 or more (10,000 -> 1808 was the next), not per forget.
+        assert inodes.trims == 2
+        assert tree.statistics().extra["inode_trims"] == 2
+        # The table works on after its indexes shrank: found again, new ids.
+        again = [tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT) for i in range(0, 20_000, 7)]
+        assert len(inodes) == 1 + len(again) and min(e.nodeid for e in again) > max(ids)
+        assert tree.lookup(ROOT_ID, b"f7", ROOT).nodeid == again[1].nodeid
+
+
 def test_destroy_closes_everything_but_the_root(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"x")

@@ -142,6 +142,12 @@ class InodeTable:
         return int(self._stats().reopens)
 
     @property
+    def trims(self) -> int:
+        """Times the memory of forgotten nodes went back to the system (the table had
+        shrunk to half of its peak: csrc/inodes.c, trim_due)."""
+        return int(self._stats().trims)
+
+    @property
     def max_fds(self) -> int | None:
         """None: every inode keeps its fd (no cache, or no handles to come back by)."""
         return int(self._stats().max_fds) or None

@@ -1300,7 +1300,7 @@ class Tree:
             quota_used_inodes=None if self.quota is None else self.quota.inodes,
             extra={"lock_fds": len(self._locks), "foreign_devices": len(self._foreign_devs),
                    "inode_fds": self._inodes.open_fds, "inode_fd_evictions": self._inodes.evictions,
-                   "inode_fd_reopens": self._inodes.reopens})
+                   "inode_fd_reopens": self._inodes.reopens, "inode_trims": self._inodes.trims})
 
 
 class CMetaConfig(NamedTuple):
