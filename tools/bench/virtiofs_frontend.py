@@ -755,9 +755,13 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"{label:22} {v * scale:9.1f} {unit:>8}{m * scale:9.1f} {unit:>8}{m / v:6.2f}x"
                   f"   {cpu['virtiofsd']:8.2f} {cpu['msbfs']:8.2f}"
                   f"   ({client['virtiofsd']:.1f} {client['msbfs']:.1f})", flush=True)
-        mem = {k: rss_kib(c.proc.pid) for k, c in clients.items()}
-        print(f"{'RSS now / peak (MiB)':22} {mem['virtiofsd'][0] / 1024:7.1f} / {mem['virtiofsd'][1] / 1024:5.1f}"
-              f"  {mem['msbfs'][0] / 1024:7.1f} / {mem['msbfs'][1] / 1024:5.1f}")
+        # VmRSS counts the guest RAM the 1 MiB rows touched (RssShmem, tens of MiB for
+        # both daemons): the guest's memory, not theirs. Their own is anon + file.
+        mem = {k: memory_kib(c.proc.pid) for k, c in clients.items()}
+        peak = {k: rss_kib(c.proc.pid)[1] / 1024 for k, c in clients.items()}
+        print("RSS now (MiB): own = anon + file (guest RAM apart as shmem); peak VmHWM\n"
+              f"  virtiofsd {_mem(mem['virtiofsd'])}, VmHWM {peak['virtiofsd']:.1f}\n"
+              f"  msbfs     {_mem(mem['msbfs'])}, VmHWM {peak['msbfs']:.1f}")
     finally:
         for c in clients.values():
             await c.fe.close()
