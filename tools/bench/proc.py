@@ -30,6 +30,20 @@ def status_kib(pid: int, keys: Iterable[str]) -> dict[str, int]:
     return total
 
 
+def pss_kib(pid: int) -> dict[str, int]:
+    """Proportional set size of the tree (``/proc/PID/smaps_rollup``, KiB): each page
+    shared by N processes counts 1/N. RSS sums count a page each process maps in full,
+    so a tree of two Python processes counts their interpreter's pages twice; PSS does
+    not (and charges a library's pages to every process on the host that maps them)."""
+    total = dict.fromkeys(("Pss_Anon", "Pss_File", "Pss_Shmem"), 0)
+    for p in process_tree(pid):
+        for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in total:
+                total[k] += int(v.split()[0])
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """utime+stime of the process tree (threads included)."""
     tick = os.sysconf("SC_CLK_TCK")

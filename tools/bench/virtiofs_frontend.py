@@ -60,7 +60,7 @@ from msbfs.fuse.kernel import Requests, parse_dirents, parse_entry, parse_open, 
 from msbfs.launcher.daemon import VIRTIOFSD
 from msbfs.store import MIB
 from msbfs.tree.types import FATTR_ATIME, FATTR_MODE, FATTR_MTIME
-from tools.bench.proc import process_tree, status_kib
+from tools.bench.proc import process_tree, pss_kib, status_kib
 from vhost.cdriver import Carry, CLoop, Step
 from vhost.frontend import Frontend
 from vhost.guest_ram import GuestRam
@@ -598,6 +598,23 @@ def _mem(kib: dict[str, int]) -> str:
             f", shmem {kib['RssShmem'] / 1024:4.1f})")
 
 
+def _per_process(pid: int) -> str:
+    """Each process of the tree's own RSS, and the tree's PSS (own pages, shared ones
+    split among the processes that map them)."""
+    tree = process_tree(pid)
+    parts = []
+    for p in tree:
+        kib = {k: int(v.split()[0]) for k, _, v in (
+            line.partition(":") for line in Path(f"/proc/{p}/status").read_text().splitlines())
+            if k in ("RssAnon", "RssFile")}
+        argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        what = ("supervisor" if any(a.endswith(b"supervisor.py") for a in argv)
+                else "parent" if p == pid and len(tree) > 1 else "daemon")
+        parts.append(f"{what} {(kib['RssAnon'] + kib['RssFile']) / 1024:.1f}")
+    pss = pss_kib(pid)
+    return f"{' + '.join(parts)}; PSS of the tree {(pss['Pss_Anon'] + pss['Pss_File']) / 1024:.1f}"
+
+
 async def _lookups_kept(fe: Frontend, r: Requests, parent: int, n: int, depth: int
                         ) -> tuple[list[int], int]:
     """LOOKUP ``f0`` .. ``f{n-1}`` under ``parent``, ``depth`` at a time, keeping every
@@ -645,6 +662,7 @@ async def memory_rows(base: Path, shared: Path, args: argparse.Namespace) -> Non
             parse_reply((await fe.submit(1, [r.init()], [4096], indirect=True)).data).ok()
             await trio.sleep(0.5)  # the queue threads are up and waiting
             idle = memory_kib(proc.pid)
+            idle_parts = _per_process(proc.pid)
             parent = parse_entry(parse_reply((await fe.submit(
                 1, [r.lookup(ROOT, many.name.encode())], [4096], indirect=True)).data).ok()).nodeid
             ids, err = await _lookups_kept(fe, r, parent, args.inodes, args.depth)
@@ -663,7 +681,8 @@ async def memory_rows(base: Path, shared: Path, args: argparse.Namespace) -> Non
         per = ((held["RssAnon"] + held["RssFile"]) - (idle["RssAnon"] + idle["RssFile"])) * 1024 / max(1, len(ids))
         stop = f"; stopped: {os.strerror(err)} after {len(ids)}" if err else ""
         print(f"  {kind:9} idle {_mem(idle)}   {len(ids)} inodes held {_mem(held)}, "
-              f"{per:.0f} B/inode{stop}   all forgotten {_mem(forgot)}", flush=True)
+              f"{per:.0f} B/inode{stop}   all forgotten {_mem(forgot)}\n"
+              f"  {'':9} idle by process: {idle_parts}", flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:
