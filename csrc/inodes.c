@@ -222,6 +222,11 @@ static void trim(void)
     malloc_trim(0);
 }
 
+void msb_malloc_trim(void)
+{
+    trim();
+}
+
 /* ---- the CLOCK ring --------------------------------------------------------------- */
 static void ring_push(struct msb_inodes *t, struct inode *n)   /* at the tail */
 {

@@ -109,6 +109,9 @@ int64_t msb_inodes_fd_traits(struct msb_inodes *t, uint64_t nodeid);
 int64_t msb_inodes_find_id(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref);
 int64_t msb_inodes_add_id(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
                           uint32_t mode, int submount);
+/* malloc_trim(0): free heap memory back to the system, in every arena (the table does
+ * it when it has shrunk to half; msbfs serve once its start-up is done). */
+void msb_malloc_trim(void);
 /* Open file handles of ours on the inode += delta; the new count, or -EBADF. Inodes
  * with open files are never evicted (they must outlive an unlink on the host). */
 int64_t msb_inodes_nopen_add(struct msb_inodes *t, uint64_t nodeid, int delta);

@@ -150,6 +150,11 @@ def _build_tree(o: ServeOptions, src: Source) -> tuple[Any, bool]:
     tree = Tree(src.path, policy, cache=o.cache, xattr=o.xattr, posix_acl=o.posix_acl,
                 announce_submounts=o.announce_submounts, writeback=writeback,
                 xattrmap=o.xattrmap, uid_map=uid_map, gid_map=gid_map, usage=src.usage)
+    # Start-up is done: the heap it freed goes back to the system (issue #11). Compiling
+    # our modules where no .pyc can be written left ~2 MiB of free but resident heap.
+    from msbfs._native import lib
+
+    lib.msb_malloc_trim()
     return tree, writeback
 
 
