@@ -719,6 +719,7 @@ def run_mount(tree: TreeOps, mountpoint: str, options: HostMountOptions, *, fsna
         relay = hostmount_relay.install(tree, before, small_dir=SMALL_DIR)
         if relay is not None:
             ops.held = relay.inodes
+        lib.msb_malloc_trim()  # start-up's freed heap back to the system, as msbfs serve
         trio.run(_fuse_session, ops, mountpoint, on_ready, relay)
     finally:
         try:
