@@ -79,6 +79,18 @@ static int64_t inode_of(struct msb_meta *m, uint64_t nodeid)
     return ft < 0 ? -1 : ft;
 }
 
+/* The FOPEN flags of a file's OPEN reply: the tree's, and root_file_flags for a regular
+ * file on the root's device. */
+static uint32_t file_flags(struct msb_meta *m, uint64_t nodeid, uint32_t kind)
+{
+    const struct msb_open *o = &m->open;
+    struct msb_inode_info info;
+    if (!o->root_file_flags || kind != S_IFREG
+        || msb_inodes_get(m->inodes, nodeid, &info) < 0 || info.dev != m->root_dev)
+        return o->file_open_flags;
+    return o->file_open_flags | o->root_file_flags;
+}
+
 int msb_handles_open(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
                      const struct fuse_in_header *ih)
 {
@@ -131,7 +143,7 @@ int msb_handles_open(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         return 0;
     }
     count(&m->open.stats.opens, 1);
-    return reply_open(vq, c, ih->unique, (uint64_t)fh, o->file_open_flags);
+    return reply_open(vq, c, ih->unique, (uint64_t)fh, file_flags(m, ih->nodeid, kind));
 }
 
 int msb_handles_opendir(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
@@ -279,5 +291,6 @@ int msb_handles_create(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *
         return reply_error(vq, c, ih->unique, (int)-fh);
     }
     return reply_create(m, vq, c, ih->unique, info.nodeid, &st, (uint64_t)fh,
-                        o->file_open_flags);
+                        o->file_open_flags
+                        | ((uint64_t)st.st_dev == m->root_dev ? o->root_file_flags : 0));
 }

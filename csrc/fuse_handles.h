@@ -17,7 +17,8 @@
  * back: other kinds (FIFOs, devices, symlinks), a directory opened for writing (EISDIR
  * is the tree's), O_TRUNC on a tree with a quota (charged), FUSE_OPEN_KILL_SUIDGID (the
  * tree clears set-id bits as the caller), a full handle table (EMFILE), a failed open,
- * room for the reply too small. The reply carries the tree's FOPEN flags.
+ * room for the reply too small. The reply carries the tree's FOPEN flags, and a regular
+ * file on the root's device `root_file_flags` too.
  *
  * OPENDIR (Tree.opendir): a directory in the inode table, re-opened with the tree's
  * flags (opendir_flags); anything else is Python's.
@@ -71,6 +72,9 @@ struct msb_open {
     uint32_t pass_mask, add_flags;   /* the re-open's flags: (flags & pass) | add */
     int writeback;            /* a regular file's write-only open is read-write */
     uint32_t file_open_flags, dir_open_flags;   /* FOPEN_* of the replies */
+    /* FOPEN_* added for a regular file on the root's device (msb_meta.root_dev): the
+     * host mount's FOPEN_NOFLUSH where FLUSH does nothing (Tree.flush_is_nothing) */
+    uint32_t root_file_flags;
     uint32_t opendir_flags;   /* Tree.opendir's re-open */
     struct msb_open_stats stats;
 };

@@ -18,7 +18,10 @@ negotiated HANDLE_KILLPRIV (then ``HostOps`` clears set-id bits on writes, trunc
 chowns, by its opener's rights: SETATTR is Python's then too) or a caller other than root
 truncates on open (csrc/devfuse.c ``python_rule``).
 A handle ``HostOps`` opened stays its own to release (``msb_handles_mark_python``): it
-keeps its opener for the writes.
+keeps its opener for the writes. A file C opens or creates on the root's device carries
+FOPEN_NOFLUSH when FLUSH does nothing there (``Tree.flush_is_nothing``: the kernel keeps
+this mount's record locks, the host filesystem has no flush of its own): its close costs
+no round trip, as bindfs's closes do (its kernel sends it no FLUSH).
 
 While the relay runs, each pyfuse3 handler holds the inode table and a grace section
 (``section``: csrc/devfuse.h's msb_relay_py_begin/end), as the virtio-fs slow path does:
@@ -44,6 +47,7 @@ from msbfs.fuse.abi import Opcode
 from msbfs.hostmount_entry import APART
 from msbfs.tree.api import TreeOps
 from msbfs.tree.tree import Tree
+from msbfs.tree.types import FOPEN_NOFLUSH
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,10 @@ class Relay:
         self.meta = CMetadata(tree.c_handles(), tree, lambda flags: flags, attach=False)
         if not self.meta.available:
             raise ValueError("this tree has no C path")
+        if tree.flush_is_nothing():
+            # The kernel keeps this mount's record locks (pyfuse3 has no lock callbacks):
+            # a file C opens on such a root is closed without a FLUSH round trip.
+            lib.msb_meta_open(self.meta.c).root_file_flags = FOPEN_NOFLUSH
         self._fuse_fd = fuse_fd
         #: written once when the connection ends (unmounted from outside)
         self.ended_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)

@@ -44,6 +44,23 @@ def mount_fstype(mountpoint: str) -> str | None:
     return found
 
 
+def fstype_of_fd(fd: int) -> str | None:
+    """The filesystem type of the mount ``fd`` is on (its ``mnt_id``), or None."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            mnt_id = next((line.split()[1] for line in f if line.startswith("mnt_id:")), None)
+        if mnt_id is None:
+            return None
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if left.split(" ", 1)[0] == mnt_id and right:
+                    return right.split()[0]
+    except OSError:
+        pass
+    return None
+
+
 def mount_state(mountpoint: str) -> str:
     """"mounted" (an answering mount), "stale" (its daemon is gone: ENOTCONN), or "none".
 

@@ -808,3 +808,53 @@ def test_concurrent_requests_beside_forgets(tmp_path: Path) -> None:
     assert "forget" not in stats["calls"]
     assert stats["inodes"] == 1, stats  # the root alone: every other inode forgotten
     assert stats["files_left"] == 0
+
+
+# ---- 6. no FLUSH where it does nothing -----------------------------------------------------
+
+@contextlib.contextmanager
+def _tmpfs(where: Path) -> Iterator[Path]:
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "msbfs-test", str(where)],
+                   check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _create_then_open(d: Path) -> None:
+    """Two closes of a file: after its CREATE and WRITE, after its OPEN and READ."""
+    with open(d / "f", "wb") as f:
+        f.write(b"data")
+    with open(d / "f", "rb") as f:
+        assert f.read() == b"data"
+
+
+def _flushes(stats: dict[str, Any]) -> int:
+    """The FLUSH requests that reached the daemon: C's answers and pyfuse3's."""
+    return stats["meta"]["flushes"] + stats["calls"].get("flush", 0)
+
+
+def test_no_flush_round_trip_where_flush_does_nothing(tmp_path: Path) -> None:
+    """On a root whose filesystem has no flush of its own (``Tree.flush_is_nothing``:
+    tmpfs here), the files C creates and opens carry FOPEN_NOFLUSH, so their closes send
+    no FLUSH (one round trip less per close; the kernel keeps this mount's record locks).
+    A file on a submount (another device, which may be NFS) keeps its FLUSH, and so does
+    every file of a root on a filesystem with a flush of its own (another FUSE mount)."""
+    with _tmpfs(tmp_path / "src") as src, _tmpfs(src / "sub"):
+        with daemon(tmp_path, "root", src) as d:
+            _create_then_open(d.mnt)
+            stats = d.stop()
+        assert stats["open"]["creates"] > 0 and stats["open"]["opens"] > 0, stats["open"]
+        assert _flushes(stats) == 0, stats
+        with daemon(tmp_path, "submount", src) as d:
+            _create_then_open(d.mnt / "sub")
+            stats = d.stop()
+        assert _flushes(stats) == 2, stats
+        with daemon(tmp_path, "lower", src) as lower, \
+                daemon(tmp_path, "upper", lower.mnt) as upper:
+            _create_then_open(upper.mnt)
+            stats = upper.stop()
+        assert stats["open"]["opens"] > 0, stats["open"]
+        assert _flushes(stats) == 2, stats

@@ -46,7 +46,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from msbfs import syscalls
+from msbfs import mountinfo, syscalls
 from msbfs._native import ffi, lib
 from msbfs.errors import os_error
 from msbfs.fdlimit import raise_fd_limit
@@ -120,6 +120,10 @@ _MIN_INODE_FDS = 16  # an op touches at most a few inodes: never evict one mid-c
 MAX_IO = 1 << 24  # larger reads are clamped: no client gets to size our buffers
 #: Inodes a client may hold at once (each costs the daemon a few hundred bytes).
 DEFAULT_MAX_INODES = 1 << 20
+
+#: Host filesystems with no flush of their own (no f_op->flush): closing a dup of a file
+#: there does nothing but close it (``Tree.flush_is_nothing``).
+NO_FLUSH_FSTYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs"})
 
 _LONG = 86400.0
 _TIMEOUTS = {"never": 0.0, "auto": 1.0, "metadata": _LONG, "always": _LONG}
@@ -1013,6 +1017,16 @@ class Tree:
         self._locks.drop_owner(h.inode, lock_owner)
         # close() of a dup gives the host filesystem its flush (NFS-style close-to-open).
         os.close(os.dup(h.fd))
+
+    def flush_is_nothing(self) -> bool:
+        """Whether ``flush`` does nothing for a file on the root's device when the client
+        keeps its record locks itself (the host mount: pyfuse3 has no lock callbacks, so
+        ``drop_owner`` has no owner's locks to drop): the root's filesystem has no flush
+        of its own (``NO_FLUSH_FSTYPES``), so the close of a dup is only a close. Such a
+        client may open files there with FOPEN_NOFLUSH: its kernel then sends no FLUSH,
+        one request less per close. A file on another device (a submount: NFS, FUSE...)
+        is not covered; an unknown filesystem type answers False."""
+        return mountinfo.fstype_of_fd(self._inodes.root.fd) in NO_FLUSH_FSTYPES
 
     def release(self, fh: int, flags: int = 0, lock_owner: int = 0,
                 flock_release: bool = False) -> None:
