@@ -236,6 +236,22 @@ static void test_errors_counted(void)
     /* expecting the error: the successes are the unexpected ones */
     CHECK(msb_vdrv_run(&d, 1200, NCHAINS, -ENOENT, 16, 10000) == 0);
     CHECK(d.completed == 1200 && d.errors == 800 && d.bad == 0 && d.last_error == 0);
+    /* a value checked in each expected reply: the payload is 0 + 1 (8 bytes at 24 of
+     * the request, plus one); another value, or an offset past the reply, is bad */
+    lay_out(0);
+    for (int i = 0; i < NCHAINS; i++)
+        memset(requests[i] + 24, 0, 8);
+    d.check_at = 16;
+    d.check_value = 1;
+    CHECK(msb_vdrv_run(&d, 120, NCHAINS, 0, REPLY_LEN, 10000) == 0);
+    CHECK(d.completed == 120 && d.errors == 0 && d.bad == 0);
+    d.check_value = 2;
+    CHECK(msb_vdrv_run(&d, 120, NCHAINS, 0, REPLY_LEN, 10000) == 0);
+    CHECK(d.completed == 120 && d.bad == 120);
+    d.check_at = REPLY_LEN - 3;
+    d.check_value = 0;
+    CHECK(msb_vdrv_run(&d, 120, NCHAINS, 0, REPLY_LEN, 10000) == 0);
+    CHECK(d.bad == 120);
     stop(&dev);
 }
 

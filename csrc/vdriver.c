@@ -110,6 +110,18 @@ static int drv_header_ok(struct msb_vdrv *d, uint32_t i, uint32_t used, int32_t 
     return 1;
 }
 
+/* The reply's 4 bytes at check_at are check_value (if asked, and inside the reply). */
+static int drv_value_ok(const struct msb_vdrv *d, const uint8_t *out, uint32_t len)
+{
+    if (!d->check_at)
+        return 1;
+    uint32_t v;
+    if (d->check_at < OUT_HEADER || len < 4 || d->check_at > len - 4)
+        return 0;
+    memcpy(&v, out + d->check_at, sizeof v);
+    return v == d->check_value;
+}
+
 /* Read every used element the device published; returns how many, or -EPROTO. A slot
  * whose step was answered as expected goes on to its next step (the carries applied,
  * the log appended); a cycle ends after its last step, or at its first unexpected
@@ -140,7 +152,7 @@ static int drv_reap(struct msb_vdrv *d, struct drv_state *s, uint32_t inflight,
             if (error != expect_error) {
                 d->errors++;
                 d->last_error = error;
-            } else if (e.len != expect_len) {
+            } else if (e.len != expect_len || !drv_value_ok(d, out, e.len)) {
                 d->bad++;
             } else {
                 ok = 1;

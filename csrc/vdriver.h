@@ -73,11 +73,15 @@ struct msb_vdrv {
     uint64_t next_cycle;            /* number of the next cycle (its names); advanced */
     uint64_t *log;                  /* [log_cap]: node ids the steps' log_at named */
     uint64_t log_cap;
+    /* 0, or a reply offset whose 4 bytes must hold check_value in every reply of the
+     * expected error and length (a WRITE's fuse_write_out.size: all it asked written) */
+    uint32_t check_at, check_value;
     /* results of the last run */
     uint64_t completed;   /* replies reaped */
     uint64_t errors;      /* replies whose error field was not the expected one */
     uint64_t bad;         /* replies with a wrong unique, out.len != used len, or the
-                             expected error but not the expected used length */
+                             expected error but not the expected used length or
+                             check_value */
     uint64_t kicks;       /* kick eventfd writes */
     uint64_t waits;       /* sleeps on the call eventfd */
     int32_t last_error;   /* the error field of the last unexpected-error reply */

@@ -168,14 +168,20 @@ class CLoop:
         return addr, length
 
     def run_blocking(self, count: int, *, batch: int | None = None, expect_error: int = 0,
-                     expect_len: int | None = None, timeout: float = 60.0) -> LoopResult:
+                     expect_len: int | None = None, check: tuple[int, int] | None = None,
+                     timeout: float = 60.0) -> LoopResult:
         """Post ``count`` requests (with steps: cycles); each reply must carry
         ``expect_error`` (0 or a negative errno) and, if it does, ``expect_len`` used
-        bytes (with steps: its step's). ``batch``: re-post once that many chains (with
-        steps: slots) are ready (default: all of them, in lockstep, as
-        ``Frontend.submit_many`` posts). Blocks; the GIL is released inside."""
+        bytes (with steps: its step's) and, with ``check`` (offset, value), the 32-bit
+        ``value`` at that reply offset (a WRITE's size written). ``batch``: re-post once
+        that many chains (with steps: slots) are ready (default: all of them, in
+        lockstep, as ``Frontend.submit_many`` posts). Blocks; the GIL is released inside."""
         if (expect_len is None) != bool(self.steps):
             raise ValueError("expect_len without steps, and only then")
+        at, value = check or (0, 0)
+        if check and any(not HDR <= at <= p.writable[0][1] - 4 for p in self.pending):
+            raise ValueError(f"check at {at}: outside a chain's first reply buffer")
+        self.d.check_at, self.d.check_value = at, value
         logging = sum(1 for st in self.steps if st.log_at)
         self._set_log(count * logging)
         return self._call(lambda d: lib.msb_vdrv_run(

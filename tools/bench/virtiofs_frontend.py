@@ -122,6 +122,7 @@ class CWork:
     steps: tuple[Step, ...] = ()
     carries: tuple[Carry, ...] = ()
     ops: int = 1
+    check: tuple[int, int] | None = None  # CLoop.run's (reply offset, 32-bit value)
 
 
 #: Cycles a stepped C run posts before its logged node ids are forgotten: the daemons
@@ -172,14 +173,18 @@ class Client:
             for q in queues:
                 nursery.start_soon(one_queue, q)
 
-    async def checked(self, reqs: Batch, payload_len: int) -> None:
+    async def checked(self, reqs: Batch, payload_len: int, first: int | None = None) -> None:
+        """Each reply a success of ``payload_len`` bytes, whose first 32 bits are
+        ``first`` if given (a WRITE's fuse_write_out.size)."""
         # Only the header is copied out: a guest kernel leaves READ data in the pages
         # the daemon wrote. Copying each 1 MiB reply (and its page faults) made this
         # client, not the daemon, set the 1 MiB READ figure.
-        for used, d in await self.batch(reqs, keep=HDR):
+        for used, d in await self.batch(reqs, keep=HDR if first is None else HDR + 4):
             length, error, _unique = _out_header(d)
             if error or length != used or used - HDR != payload_len:
                 raise RuntimeError(f"{self.kind}: reply error {-error}, {used - HDR} bytes")
+            if first is not None and int.from_bytes(d[HDR:HDR + 4], "little") != first:
+                raise RuntimeError(f"{self.kind}: reply says {int.from_bytes(d[HDR:HDR + 4], 'little')}")
 
     async def setup(self, file_mib: int, listing: int) -> None:
         r = self.r
@@ -215,7 +220,7 @@ class Client:
         return n
 
     async def write(self, n: int, sz: int) -> int:
-        await self.checked(self.write_requests(n, sz), 8)
+        await self.checked(self.write_requests(n, sz), 8, first=sz)
         return n
 
     def read_requests(self, n: int, sz: int) -> Batch:
@@ -374,7 +379,7 @@ class Client:
 
         async def one(loop: CLoop, k: int) -> None:
             res = await loop.run(k, batch=self.c_batch, expect_error=w.error, expect_len=w.reply_len,
-                                 timeout=args_timeout)
+                                 check=w.check, timeout=args_timeout)
             if res.completed != k or res.errors or res.bad:
                 raise RuntimeError(f"{self.kind}: queue {loop.q.index}: {res}")
 
@@ -715,8 +720,11 @@ async def main_async(args: argparse.Namespace) -> None:
             # each chain reads or writes its own block again and again (in the page cache)
             "4 KiB READ": (CWork(lambda c, k: c.read_requests(k, 4096), HDR + 4096, spread=False), nc),
             "1 MiB READ": (CWork(lambda c, k: c.read_requests(k, MIB), HDR + MIB, spread=False), nc // 100),
-            "4 KiB WRITE": (CWork(lambda c, k: c.write_requests(k, 4096), HDR + 8, spread=False), nc),
-            "1 MiB WRITE": (CWork(lambda c, k: c.write_requests(k, MIB), HDR + 8, spread=False), nc // 100),
+            # fuse_write_out.size: the whole block written
+            "4 KiB WRITE": (CWork(lambda c, k: c.write_requests(k, 4096), HDR + 8, spread=False,
+                                  check=(HDR, 4096)), nc),
+            "1 MiB WRITE": (CWork(lambda c, k: c.write_requests(k, MIB), HDR + 8, spread=False,
+                                  check=(HDR, MIB)), nc // 100),
             "LOOKUP+GETATTR": (CWork(Client.lookup_getattr_slots, ops=2, steps=(
                 Step(entry, log_at=ENTRY_NODEID), Step(attr)),
                 carries=(Carry(0, ENTRY_NODEID, 1, IN_NODEID),)), nc // 2),
