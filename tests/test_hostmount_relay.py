@@ -15,7 +15,11 @@ daemon without the relay, the reference for "what pyfuse3 answers".
 2. unmounted from outside (umount, fusermount3 -u): the daemon exits;
 3. 1 MiB and larger-than-a-socket-message I/O through C and through Python;
 4. small socket buffers: INIT's max_write clamped, nothing lost;
-5. workers, a lister and dentry-cache drops at once: no error, nothing left open.
+5. workers, a lister and dentry-cache drops at once: no error, nothing left open;
+6. FOPEN_NOFLUSH where FLUSH does nothing (a tmpfs root), FLUSH kept on a submount and
+   on a root with a flush of its own;
+7. a pyfuse3 handler's fetched parent fd stays its parent's while C evicts inode fds and
+   answers FORGETs (the handler's grace section, msb_relay_py_begin/end).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import select
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -81,6 +86,31 @@ def buffers(*socks):
     return out["msg_max"]
 
 hostmount_relay._socket_buffers = buffers
+
+# RELAYTEST_FDS=N: the tree keeps at most N inode fds open (C's lookups evict the rest).
+# RELAYTEST_SLOW_MKNOD=S: a mknod of a name starting "slow" sleeps S seconds between
+# the handler's fetch of its parent's fd and its use, as a slow handler would.
+if os.environ.get("RELAYTEST_FDS"):
+    from msbfs.commands import mount as mount_command
+    from msbfs.tree import tree as tree_module
+    real_tree = tree_module.Tree
+
+    def few_fds(*args, **kwargs):
+        return real_tree(*args, max_inode_fds=int(os.environ["RELAYTEST_FDS"]), **kwargs)
+
+    mount_command.Tree = few_fds  # build_tree imports it from msbfs.tree
+    import msbfs.tree
+    msbfs.tree.Tree = few_fds
+if os.environ.get("RELAYTEST_SLOW_MKNOD"):
+    import time
+    real_mknod = os.mknod
+
+    def slow_mknod(path, *args, dir_fd=None, **kwargs):
+        if os.fsencode(path).startswith(b"slow"):
+            time.sleep(float(os.environ["RELAYTEST_SLOW_MKNOD"]))
+        return real_mknod(path, *args, dir_fd=dir_fd, **kwargs)
+
+    os.mknod = slow_mknod
 ops = []
 real_init = HostOps.__init__
 
@@ -153,13 +183,13 @@ class Daemon:
 
 @contextlib.contextmanager
 def daemon(base: Path, name: str, source: Path, *, relay: bool = True, options: str = "",
-           socket_buffer: int = 0) -> Iterator[Daemon]:
+           socket_buffer: int = 0, env: dict[str, str] | None = None) -> Iterator[Daemon]:
     """A mount of ``source`` by ``_DAEMON``; at the end it is unmounted if still mounted
     and the process killed if it has not exited (a test failed midway)."""
     mnt, side = base / f"{name}.mnt", base / f"{name}.side"
     mnt.mkdir()
     side.mkdir()
-    env = dict(os.environ, MSBFS_HOST_RELAY="1" if relay else "0")
+    env = dict(os.environ, **(env or {}), MSBFS_HOST_RELAY="1" if relay else "0")
     if socket_buffer:
         env["RELAYTEST_SOCKET"] = str(socket_buffer)
     # Ready when the daemon says so (--ready-fd, as `msbfs mount` waits for it), not when
@@ -858,3 +888,61 @@ def test_no_flush_round_trip_where_flush_does_nothing(tmp_path: Path) -> None:
             stats = upper.stop()
         assert stats["open"]["opens"] > 0, stats["open"]
         assert _flushes(stats) == 2, stats
+
+
+# ---- 7. a pyfuse3 handler's fds beside C's evictions and FORGETs --------------------------
+
+def _looker(root: Path, stop: threading.Event, errors: list[str], count: list[int]) -> None:
+    """Cold lookups of many files through C (each adds an inode, evicting another's fd
+    beyond the cap) and dentry drops (FORGETs, each dropping one)."""
+    while not stop.is_set():
+        _drop_dentries()
+        try:
+            for d in sorted(root.glob("d*")):
+                for e in os.scandir(d):
+                    os.stat(e.path, follow_symlinks=False)
+        except OSError as e:
+            errors.append(f"looking up: {e!r}")
+        count[0] += 1
+
+
+def test_python_handler_fds_outlive_c_evictions_and_forgets(tmp_path: Path) -> None:
+    """A pyfuse3 handler (MKNOD) uses its parent's O_PATH fd while C, on the reader
+    threads, evicts inode fds (a cap of 16) and answers FORGETs: each closes an fd, and
+    the next open takes its number. The handler holds the inode table and a grace section
+    (msb_relay_py_begin/end, hostmount.py ``_op``), so the fd it fetched stays the
+    parent's until it returns: every node lands in its own directory, no error. Without
+    them its number is a looked-up file's by the time mknod runs (the handler here sleeps
+    between fetch and use, as a slow one would)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "target").mkdir()
+    for i in range(4):
+        (src / f"d{i}").mkdir()
+        for j in range(100):
+            (src / f"d{i}" / f"f{j}").touch()
+    with daemon(tmp_path, "evict", src, env={"RELAYTEST_FDS": "16",
+                                             "RELAYTEST_SLOW_MKNOD": "0.05"}) as d:
+        stop = threading.Event()
+        errors: list[str] = []
+        looked = [0]
+        looker = threading.Thread(target=_looker, args=(d.mnt, stop, errors, looked))
+        looker.start()
+        made = []
+        try:
+            for k in range(30):
+                name = f"slow{k}"
+                try:
+                    os.mknod(d.mnt / "target" / name, 0o600 | stat.S_IFIFO)
+                    made.append(name)
+                except OSError as e:
+                    errors.append(f"mknod {name}: {e!r}")
+        finally:
+            stop.set()
+            looker.join(60)
+        stats = d.stop()
+    assert looked[0] > 1 and stats["calls"].get("mknod") == 30, (looked, stats["calls"])
+    assert stats["meta"]["forgets"] > 0
+    assert not errors, errors
+    landed = sorted(str(p.relative_to(src)) for p in src.rglob("slow*"))
+    assert landed == sorted(f"target/{n}" for n in made), landed
