@@ -18,7 +18,8 @@ takes one request queue, so it gets the same requests on that one). Requests are
 full. Both daemons run at once; every workload runs ``--rounds`` times alternating
 between them and the best round of each counts (the machine is shared: the best round
 is the least disturbed one). Prints ops/s or MiB/s, the msbfs/virtiofsd ratio and both
-daemons' resident memory (VmRSS and VmHWM of the whole process tree) at the end.
+daemons' resident memory at the end (of the whole process tree: their own, anon + file,
+apart from the guest RAM they touched, and VmHWM).
 
 First come the memory rows (``--only memory`` runs them alone): each daemon started
 afresh, idle once a frontend set up its memory and queues, then holding ``--inodes``
