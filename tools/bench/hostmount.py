@@ -564,12 +564,12 @@ def main(argv: list[str] | None = None) -> int:
         if name in rss_walk:
             w = rss_walk[name]
             what = f"after walking {w.files} files" + (f" (walk FAILED: {w.error})" if w.error else "")
-            held = f", kernel FUSE inodes +{w.held}" if w.held >= 0 else ""
-            per = ((w.walked["VmRSS"] - w.idle["VmRSS"]) * 1024 / w.held
-                   if w.held > 0 else 0.0)
+            # Host-wide: other FUSE mounts' inodes coming and going meanwhile count too.
+            held = f", kernel FUSE inodes +{w.held} (all mounts)" if w.held >= 0 else ""
+            per = (w.walked["VmRSS"] - w.idle["VmRSS"]) * 1024 / w.files if w.files else 0.0
             print(f"{name:7s} VmRSS: at start {rss_idle.get(name, 0) / 1024:.1f} MiB, "
                   f"before the walk {mib(w.idle)}, {what} {mib(w.walked)}{held}"
-                  + (f": {per:.0f} B/inode" if per else ""))
+                  + (f"; {per:.0f} B per file walked" if per else ""))
     if requests:
         print_requests(requests, variant)
     return 0
