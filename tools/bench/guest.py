@@ -1,7 +1,8 @@
 """Guest benchmarks: ``msbfs serve`` vs Debian's C virtiofsd behind a real TCG guest, side
 by side in one run, ratios printed.
 
-    python -m tools.bench.guest [--quick] [--launch-rounds N] [--accel tcg]
+    python -m tools.bench.guest [--quick] [--launch-rounds N] [--rounds R] [--accel tcg]
+                                [--dir DIR]
 
 1. Launch: wall time from starting ``msbfs run`` (the CLI, as a user runs it) to the
    guest command printing its first line, with each daemon (``--daemon``), alternating.
@@ -13,6 +14,10 @@ by side in one run, ratios printed.
    is timed by the guest's clock around the loop (before session 10 the host timed the
    whole command: agent round trip, exec and the cache drop before the reads included).
    The untar is timed by the host (tar and sync in one command).
+   With ``--rounds R`` (default 1) each daemon gets R guests, in ABBA order (virtiofsd,
+   msbfs, msbfs, virtiofsd...), so neither always runs second, after the other's
+   deletions and with the other's page cache and load behind it; each row prints the
+   medians and the median and range of the per-round ratios.
 3. Each daemon's CPU per workload (utime+stime of its process tree over the guest
    command) and resident memory (VmRSS and peak VmHWM of its process tree) after the
    workloads, against the other's.
@@ -35,6 +40,17 @@ queue-serving threads spent CPU meanwhile: a "4-queue" run that silently used on
 fails instead of printing a figure. It is a flag, not a row of the default run, because
 it needs guests of its own (4 vCPUs) and keeps the one-queue rows (issue 11's "TCG
 guest, one queue" target) what earlier runs measured.
+
+Where the served trees live (``--dir``; default the system's temporary directory) weighs
+on the create row. On an ext4 without a journal (this host's root) every inode
+allocation skips the inodes deleted in the last 60 s (360 s while their inode table
+block is dirty: ``recently_deleted`` in fs/ext4/ialloc.c), one buffer lookup each:
+profiled, 68-74% of both daemons' CPU over create/stat/unlink was that scan, 3% was
+msbfs's own code, and nothing reached its Python. Which daemon pays more depends on
+what was deleted just before its run (the first daemon's 5,000 unlinked files and its
+untar when the second one creates, other processes' deletions): a host file system's
+state, not the daemon. ``--dir /dev/shm`` (tmpfs, as the frontend benchmark uses)
+takes it out of the comparison.
 
 Ratios are msbfs / virtiofsd as speed: above 1.0 msbfs is faster. For memory the ratio
 is msbfs's over virtiofsd's (lower is better); guest RAM a daemon has touched through its
@@ -96,7 +112,8 @@ QUICK = Sizes(file_mib=32, random_reads=2000, files=500)
 
 @dataclass
 class Result:
-    launch: list[float] = field(default_factory=list)
+    """One daemon's guest: its workloads' times, CPU and memory."""
+
     times: dict[str, float] = field(default_factory=dict)
     #: the daemon's CPU seconds (process tree) per workload
     cpu: dict[str, float] = field(default_factory=dict)
@@ -312,10 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--launch-rounds", type=int, default=3)
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="tcg")
     p.add_argument("--launch-only", action="store_true", help="only the launch timing")
+    p.add_argument("--dir", default=None,
+                   help="where the served trees are made (default: the temporary directory; "
+                        "/dev/shm keeps the host's ext4 inode allocation out of the create row)")
     p.add_argument("--parallel4", action="store_true",
                    help=f"only the {PAR_PROCS}-vCPU, {PAR_PROCS}-process create/stat/unlink")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="--parallel4: guests per daemon, alternating (default 3)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="guests per daemon, alternating (default 1; with --parallel4, 3)")
     p.add_argument("--files", type=int, default=None,
                    help=f"--parallel4: files per process (default: the one-queue row's "
                         f"count / {PAR_PROCS})")
@@ -323,17 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else Sizes()
     if args.parallel4:
         files = args.files or sizes.files // PAR_PROCS
-        with tempfile.TemporaryDirectory(prefix="msbfs-bench-guest.") as tmp:
+        with tempfile.TemporaryDirectory(prefix="msbfs-bench-guest.", dir=args.dir) as tmp:
             base = Path(tmp)
             for sub in ("tools", "home"):
                 (base / sub).mkdir()
             build_tools(base / "tools", sizes, tar=False)
             os.environ.setdefault("MSB_HOME", str(base / "home"))
-            runs = run_parallel4(base / "tools", base, files, args.rounds, args.accel)
+            runs = run_parallel4(base / "tools", base, files, args.rounds or 3, args.accel)
         report_parallel4(runs, files)
         return 0
-    results = {k: Result() for k in KINDS}
-    with tempfile.TemporaryDirectory(prefix="msbfs-bench-guest.") as tmp:
+    launch: dict[str, list[float]] = {k: [] for k in KINDS}
+    rounds: dict[str, list[Result]] = {k: [] for k in KINDS}
+    with tempfile.TemporaryDirectory(prefix="msbfs-bench-guest.", dir=args.dir) as tmp:
         base = Path(tmp)
         tools = base / "tools"
         tools.mkdir()
@@ -344,31 +365,69 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.launch_rounds):
             for kind in KINDS:
                 (base / f"launch-{kind}").mkdir(exist_ok=True)
-                results[kind].launch.append(launch_once(kind, base / f"launch-{kind}",
-                                                        args.accel))
-        for kind in () if args.launch_only else KINDS:
-            share = base / f"share-{kind}"
-            share.mkdir()
-            r = workloads(kind, share, tools, sizes, args.accel)
-            results[kind].times, results[kind].rss, results[kind].cpu = r.times, r.rss, r.cpu
-            shutil.rmtree(share)
-    report(results, sizes)
+                launch[kind].append(launch_once(kind, base / f"launch-{kind}", args.accel))
+        if not args.launch_only:
+            rounds = run_rounds(tools, base, sizes, args.rounds or 1, args.accel)
+    report(launch, rounds, sizes)
     return 0
 
 
-def _launch_line(v: Result, m: Result) -> None:
-    lv, lm = statistics.median(v.launch), statistics.median(m.launch)
+def run_rounds(tools: Path, base: Path, sizes: Sizes, rounds: int,
+               accel: str) -> dict[str, list[Result]]:
+    """``rounds`` guests per daemon running every workload, in ABBA order."""
+    runs: dict[str, list[Result]] = {k: [] for k in KINDS}
+    order = list(KINDS)
+    for i in range(rounds):
+        for kind in order if i % 2 == 0 else order[::-1]:
+            share = base / f"share-{kind}-{i}"
+            share.mkdir()
+            r = workloads(kind, share, tools, sizes, accel)
+            runs[kind].append(r)
+            shutil.rmtree(share)
+            if rounds > 1:  # as it goes: a later guest that fails loses no figures
+                print(f"round {i + 1} {kind}: " + " ".join(
+                    f"{k.strip()} {t:.3f}" for k, t in r.times.items()),
+                    file=sys.stderr, flush=True)
+    return runs
+
+
+def _launch_line(v: list[float], m: list[float]) -> None:
+    lv, lm = statistics.median(v), statistics.median(m)
     print(f"{'launch to command start (median s)':<34}{lv:>12.2f}{lm:>12.2f}{lv / lm:>11.2f}x")
-    print(f"{'  launch rounds (s)':<34}{' '.join(f'{x:.2f}' for x in v.launch):>12}"
-          f"  {' '.join(f'{x:.2f}' for x in m.launch)}")
+    print(f"{'  launch rounds (s)':<34}{' '.join(f'{x:.2f}' for x in v):>12}"
+          f"  {' '.join(f'{x:.2f}' for x in m)}")
 
 
-def report(results: dict[str, Result], sizes: Sizes) -> None:
-    v, m = results["virtiofsd"], results["msbfs"]
+def _ratios(pairs: list[tuple[float, float]]) -> str:
+    """The median of per-round ratios a/b (pairs without a b > 0 left out), and their
+    range when there are several: ``"  0.97x  0.91-1.05"``; a dash without any."""
+    rs = sorted(a / b for a, b in pairs if b > 0)
+    if not rs:
+        return f"{'-':>12s}"
+    spread = f"  {rs[0]:.2f}-{rs[-1]:.2f}" if len(rs) > 1 else ""
+    return f"{statistics.median(rs):>11.2f}x{spread}"
+
+
+def report(launch: dict[str, list[float]], rounds: dict[str, list[Result]],
+           sizes: Sizes) -> None:
+    """Medians over the rounds; the ratio column is the median (and range) of the
+    per-round ratios, each round's two guests having run back to back."""
+    v, m = rounds["virtiofsd"], rounds["msbfs"]
     print(f"{'guest (TCG)':<34}{'virtiofsd':>12}{'msbfs':>12}{'msbfs/vfsd':>12}")
-    _launch_line(v, m)
-    if not v.times:
+    _launch_line(launch["virtiofsd"], launch["msbfs"])
+    if not v:
         return
+    if len(v) > 1:
+        print(f"({len(v)} guests per daemon, ABBA: medians; ratio: median and range of the "
+              f"per-round ratios)")
+
+    def med(rs: list[Result], what: str, key: str) -> float:
+        return statistics.median(getattr(r, what)[key] for r in rs)
+
+    def pairs(what: str, key: str, speed: bool) -> list[tuple[float, float]]:
+        got = [(getattr(a, what)[key], getattr(b, what)[key]) for a, b in zip(v, m, strict=True)]
+        return got if speed else [(b, a) for a, b in got]
+
     labels = {
         "seq write": f"seq write {sizes.file_mib} MiB (s)",
         "seq read": f"seq read {sizes.file_mib} MiB (s)",
@@ -378,19 +437,19 @@ def report(results: dict[str, Result], sizes: Sizes) -> None:
         "untar": f"untar {sizes.tar_source} (s)",
     }
     for key, label in labels.items():
-        tv, tm = v.times[key], m.times[key]
-        print(f"{label:<34}{tv:>12.3f}{tm:>12.3f}{tv / tm:>11.2f}x")
+        print(f"{label:<34}{med(v, 'times', key):>12.3f}{med(m, 'times', key):>12.3f}"
+              f"{_ratios(pairs('times', key, True))}")
     for key in ("seq write", "seq read"):
-        print(f"{'  ' + key + ' MiB/s':<34}{sizes.file_mib / v.times[key]:>12.1f}"
-              f"{sizes.file_mib / m.times[key]:>12.1f}")
+        print(f"{'  ' + key + ' MiB/s':<34}{sizes.file_mib / med(v, 'times', key):>12.1f}"
+              f"{sizes.file_mib / med(m, 'times', key):>12.1f}")
     print("daemon CPU per workload (s, in 10 ms ticks; msbfs/vfsd: lower is better)")
-    for key in (k for k in labels if k in v.cpu):
-        cv, cm = v.cpu[key], m.cpu[key]
-        # Whole 10 ms ticks: a daemon that used none has no ratio to give.
-        ratio = f"{cm / cv:>11.2f}x" if cv > 0 else f"{'-':>12s}"
-        print(f"{'  ' + key:<34}{cv:>12.2f}{cm:>12.2f}{ratio}")
-    def mib(r: Result, *keys: str) -> float:
-        return sum(r.rss[k] for k in keys) / 1024
+    for key in (k for k in labels if k in v[0].cpu):
+        # Whole 10 ms ticks: a round where virtiofsd used none has no ratio to give.
+        print(f"{'  ' + key:<34}{med(v, 'cpu', key):>12.2f}{med(m, 'cpu', key):>12.2f}"
+              f"{_ratios(pairs('cpu', key, False))}")
+
+    def mib(rs: list[Result], *keys: str) -> float:
+        return statistics.median(sum(r.rss[k] for k in keys) for r in rs) / 1024
 
     for label, keys in (("daemon own RSS, anon+file (MiB)", ("RssAnon", "RssFile")),
                         ("  of which anon (MiB)", ("RssAnon",)),
