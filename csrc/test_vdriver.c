@@ -32,7 +32,7 @@
 
 enum { DESC_OFF = 0, AVAIL_OFF = 0x1000, USED_OFF = 0x2000, DATA_OFF = 0x10000 };
 enum misbehave { NONE, STALE_UNIQUE, LONG_HEADER, BOGUS_HEAD, LISTING, LISTING_LONG_NAME,
-                 LISTING_TAIL };
+                 LISTING_TAIL, LISTING_STUCK };
 #define LIST_N 100        /* LISTING: the directory's records */
 #define LIST_ROOM 1024    /* the listing chain's reply buffer */
 
@@ -51,13 +51,16 @@ struct device {
 /* A directory of LIST_N records, three a reply from the request's offset (its 8 bytes
  * at 24): struct fuse_direntplus, node id i (0 for the first, as "." has), off i + 1,
  * a name of 1 + i % 7 bytes; LISTING_LONG_NAME gives record 50 a name longer than the
- * reply, LISTING_TAIL adds 8 bytes after the last record of the reply with record 50. */
+ * reply, LISTING_TAIL adds 8 bytes after the last record of the reply with record 50,
+ * LISTING_STUCK answers a request from 51 with record 50 alone (off 51, where it began). */
 static uint32_t list_reply(enum misbehave how, const uint8_t *in, uint8_t *out)
 {
     uint64_t from;
     memcpy(&from, in + 24, 8);
     uint32_t pos = 16;
-    for (uint64_t i = from; i < from + 3 && i < LIST_N; i++) {
+    if (how == LISTING_STUCK && from == 51)
+        from = 50;
+    for (uint64_t i = from; i < from + (how == LISTING_STUCK && from == 50 ? 1 : 3) && i < LIST_N; i++) {
         uint8_t *r = out + pos;
         uint64_t off = i + 1;
         uint32_t namelen = 1 + (uint32_t)(i % 7), type = 8;
@@ -396,15 +399,16 @@ static void test_listing(void)
         CHECK(ids);
         stop(&dev);
     }
-    for (enum misbehave how = LISTING_LONG_NAME; how <= LISTING_TAIL; how++) {
+    /* records 48..50 are the 17th reply; the stuck one is the 18th */
+    for (enum misbehave how = LISTING_LONG_NAME; how <= LISTING_STUCK; how++) {
         struct device dev;
         start(&dev, 1, how);
         struct msb_vdrv d = driver(&dev, 1);
         d.log = log;
         d.log_cap = LIST_N;
         CHECK(msb_vdrv_listing(&d, 24, LIST_ROOM, 10000) == 0);
-        CHECK(d.bad == 1 && d.completed == 17);       /* records 48..50: the 17th reply */
-        CHECK(d.entries == (how == LISTING_TAIL ? 51 : 50));
+        CHECK(d.bad == 1 && d.completed == (how == LISTING_STUCK ? 18u : 17u));
+        CHECK(d.entries == 50u + (how - LISTING_LONG_NAME));
         stop(&dev);
     }
     /* an offset inside the unique, or a room smaller than a header: refused */

@@ -356,6 +356,7 @@ int msb_vdrv_listing(struct msb_vdrv *d, uint32_t offset_at, uint32_t room, int 
         if (len == OUT_HEADER)
             return 0;   /* the end of the directory */
         uint32_t pos = OUT_HEADER;
+        uint64_t from = offset;
         while (pos < len) {
             uint32_t namelen;
             if (len - pos < DIRENT_NAME)
@@ -374,7 +375,9 @@ int msb_vdrv_listing(struct msb_vdrv *d, uint32_t offset_at, uint32_t room, int 
             d->entries++;
             pos += (DIRENT_NAME + namelen + 7) & ~7u;
         }
-        if (pos != len) {   /* a record cut short, or its padding beyond the reply */
+        if (pos != len || offset == from) {
+            /* a record cut short, or its padding beyond the reply; or records that end
+             * where the request began: asked again, they would come again forever */
             d->bad++;
             return 0;
         }

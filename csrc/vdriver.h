@@ -108,8 +108,8 @@ int msb_vdrv_run(struct msb_vdrv *d, uint64_t count, uint32_t batch, int32_t exp
  * buffer), one request in flight as a guest's getdents makes them: posted with offset 0
  * (the 8 bytes at `offset_at` in its request), then again from each reply's last
  * record's offset until a reply with no records. Every record's bounds are checked
- * (a record cut short or a length not the records' is bad and ends the listing, as an
- * error reply does); `entries` counts the records, their non-zero node ids go to the
+ * (a record cut short, a length not the records', or records ending at the offset asked
+ * from is bad and ends the listing, as an error reply does); `entries` counts the records, their non-zero node ids go to the
  * log. Returns as msb_vdrv_run. */
 int msb_vdrv_listing(struct msb_vdrv *d, uint32_t offset_at, uint32_t room, int timeout_ms);
 
