@@ -6,11 +6,14 @@
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <pthread.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,6 +26,10 @@
 #include "virtq.h"
 
 #define MAX_READERS 8
+/* How long the reader may be on one request before a watcher takes over (devfuse.h). */
+#define READER_STALL_NS (1000 * 1000)
+/* Idle samples (all READER_STALL apart) before a watcher sleeps until woken. */
+#define WATCH_IDLE_SAMPLES 50
 #define PAGE 4096u
 /* Room for a WRITE's headers beside its data in one socket message. */
 #define WRITE_HEADERS PAGE
@@ -42,6 +49,10 @@ struct msb_relay {
     uint64_t init_flags;
     int nreaders, started;
     int next_reader;                     /* which io[] the next reader thread counts into */
+    int turn;                            /* the reader thread that reads (devfuse.h) */
+    uint64_t seq;                        /* requests read so far, by any reader */
+    uint64_t busy;                       /* seq of the reader's request << 1 | on it now */
+    uint32_t parked;                     /* 1: a watcher sleeps until the next request */
     struct msb_fs_stats io[MAX_READERS]; /* READ/WRITE answered, one writer each */
     pthread_t readers[MAX_READERS], forwarder;
     int joined[MAX_READERS];
@@ -287,6 +298,71 @@ static void forward(struct msb_relay *r, const uint8_t *buf, size_t n,
         reply_errno(r, ih->unique, EIO);
 }
 
+static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *timeout)
+{
+    return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
+}
+
+/* The reader read a request: busy with it from now on (a watcher measures how long).
+ * A watcher sleeping through an idle spell is woken to watch again. */
+static uint64_t reader_busy(struct msb_relay *r)
+{
+    uint64_t seq = __atomic_add_fetch(&r->seq, 1, __ATOMIC_RELAXED);
+    uint64_t mine = seq << 1 | 1;
+    __atomic_store_n(&r->busy, mine, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&r->parked, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&r->parked, 0, __ATOMIC_SEQ_CST);
+        futex(&r->parked, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+    }
+    return seq;
+}
+
+/* Done with it; unless a watcher took the turn meanwhile (then the word is its own). */
+static void reader_done(struct msb_relay *r, uint64_t seq)
+{
+    uint64_t mine = seq << 1 | 1;
+    __atomic_compare_exchange_n(&r->busy, &mine, seq << 1, 0, __ATOMIC_SEQ_CST,
+                                __ATOMIC_RELAXED);
+}
+
+/* A thread without the turn: 1 once it took the turn from a reader that stayed on one
+ * request a whole READER_STALL, 0 when the relay stops. */
+static int watch(struct msb_relay *r, int me)
+{
+    const struct timespec stall = { 0, READER_STALL_NS };
+    uint64_t last = 0;
+    int idle = 0;
+    while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
+        int holder = __atomic_load_n(&r->turn, __ATOMIC_SEQ_CST);
+        if (holder == me)
+            return 1;
+        uint64_t now = __atomic_load_n(&r->busy, __ATOMIC_SEQ_CST);
+        if ((now & 1) && now == last) {
+            /* The same request since the last sample: the reader is stuck in it. */
+            if (__atomic_compare_exchange_n(&r->turn, &holder, me, 0, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_SEQ_CST)) {
+                count(&r->stats.takeovers);
+                return 1;
+            }
+            continue;
+        }
+        last = now;
+        idle = now & 1 ? 0 : idle + 1;
+        if (idle >= WATCH_IDLE_SAMPLES) {
+            /* Idle a while: sleep until the reader's next request (reader_busy wakes us).
+             * Parked first, then the check: a request the reader took meanwhile is seen
+             * here or sees us parked (both sequentially consistent). */
+            idle = 0;
+            __atomic_store_n(&r->parked, 1, __ATOMIC_SEQ_CST);
+            if (!(__atomic_load_n(&r->busy, __ATOMIC_SEQ_CST) & 1))
+                futex(&r->parked, FUTEX_WAIT_PRIVATE, 1, NULL);  /* EINTR: stop */
+            continue;
+        }
+        nanosleep(&stall, NULL);  /* the stop signal interrupts it */
+    }
+    return 0;
+}
+
 static void *reader_main(void *arg)
 {
     struct msb_relay *r = arg;
@@ -305,6 +381,8 @@ static void *reader_main(void *arg)
     vq.sink = sink_push;
     vq.sink_arg = &s;
     while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
+        if (__atomic_load_n(&r->turn, __ATOMIC_SEQ_CST) != me && !watch(r, me))
+            break;
         ssize_t n = read(r->dev_fd, buf, r->bufsize);
         if (n < 0) {
             if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
@@ -315,13 +393,14 @@ static void *reader_main(void *arg)
         }
         if ((size_t)n < sizeof(struct fuse_in_header))
             continue;  /* the kernel never sends one; nothing to answer */
+        uint64_t seq = reader_busy(r);
         struct fuse_in_header ih;
         memcpy(&ih, buf, sizeof ih);
-        if (answer(r, &vq, c, buf, (size_t)n, out, &ih)) {
+        if (answer(r, &vq, c, buf, (size_t)n, out, &ih))
             count(&r->stats.answered);
-            continue;
-        }
-        forward(r, buf, (size_t)n, &ih);
+        else
+            forward(r, buf, (size_t)n, &ih);
+        reader_done(r, seq);
     }
 done:
     free(c);
@@ -528,6 +607,7 @@ void msb_relay_stats(struct msb_relay *r, struct msb_relay_stats *out)
     out->send_errors = __atomic_load_n(&r->stats.send_errors, __ATOMIC_RELAXED);
     out->write_errors = __atomic_load_n(&r->stats.write_errors, __ATOMIC_RELAXED);
     out->clamped = __atomic_load_n(&r->stats.clamped, __ATOMIC_RELAXED);
+    out->takeovers = __atomic_load_n(&r->stats.takeovers, __ATOMIC_RELAXED);
     for (int i = 0; i < 64; i++)
         out->forwarded_op[i] = __atomic_load_n(&r->stats.forwarded_op[i], __ATOMIC_RELAXED);
     out->reads = out->writes = 0;

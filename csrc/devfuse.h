@@ -28,6 +28,16 @@
  * run while holding the inode table and in a section (msb_relay_py_begin/end), as the
  * virtio-fs slow path does: inodes C forgets meanwhile stay open until they end.
  *
+ * One reader at a time: of the reader threads, the one holding the turn reads the
+ * connection and answers what it read; the others watch it. A single client's requests
+ * all land on the same warm thread (two threads in read() take turns, the kernel waking
+ * the one that waited longest: 10-20% slower per create on tmpfs). When the reader has
+ * been on one request for READER_STALL (a call blocking on a slow disk or a stopped
+ * filesystem, a send to a busy libfuse), a watcher takes the turn and reads the next
+ * ones: no request waits behind a blocked one. The reader that loses its turn watches
+ * once done. A watcher samples every READER_STALL while the reader is busy and sleeps
+ * once the connection has been idle a while (woken by the reader's next request).
+ *
  * Shutdown: the readers end when the connection ends (unmounted: ENODEV), and say so on
  * `ended_fd` (an eventfd Python waits on: pyfuse3's loop, reading the socket, would never
  * learn it); msb_relay_stop ends every thread in any case (a signal interrupts the reads)
@@ -50,6 +60,7 @@ struct msb_relay_stats {
     uint64_t clamped;       /* INIT replies whose max_write was lowered */
     uint64_t forwarded_op[64];   /* forwarded, by opcode (the last: 63 and above) */
     uint64_t reads, writes;      /* READ and WRITE answered in C */
+    uint64_t takeovers;          /* reading taken over from a reader busy too long */
 };
 
 struct msb_relay;
@@ -73,7 +84,8 @@ void msb_relay_set_small_dir(struct msb_relay *r, uint64_t bytes);
  * offers no ioctl). Not for requests without replies or the session's own. Before
  * start; -EINVAL for those. */
 int msb_relay_enosys(struct msb_relay *r, uint32_t opcode);
-/* Start `readers` reader threads (1..8) and the forwarder. 0 or -errno. */
+/* Start `readers` reader threads (1..8: one reads at a time, the others take over from
+ * a blocked one) and the forwarder. 0 or -errno. */
 int msb_relay_start(struct msb_relay *r, int readers);
 /* End every thread (interrupting blocked reads) and join them. The connection stays
  * open; msb_relay_take_dev hands it back. Idempotent. */

@@ -65,7 +65,9 @@ OPCODES = (Opcode.LOOKUP, Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.GETATTR,
 #: the installed pyfuse3 at start, so a pyfuse3 that gains the callback gets them.
 UNOFFERED = {Opcode.IOCTL: "ioctl"}
 
-#: Reader threads on the connection: requests of parallel callers are answered at once.
+#: Reader threads on the connection: one reads and answers at a time (a single client's
+#: requests stay on one warm thread), the other takes over when it stays on one request
+#: (csrc/devfuse.h), so a request blocked on a slow or stopped filesystem holds up no other.
 READERS = 2
 #: Bytes per read: at least libfuse's buffer (1 MiB of WRITE data and its headers), as
 #: the kernel refuses a read too small for max_write.
@@ -173,7 +175,7 @@ class Relay:
         lib.msb_relay_stats(r, s)
         out = {k: int(getattr(s, k)) for k in ("answered", "forwarded", "replies",
                                                 "send_errors", "write_errors", "clamped", "reads",
-                                                "writes")}
+                                                "writes", "takeovers")}
         for op, n in enumerate(s.forwarded_op):
             if n:
                 name = Opcode(op).name if op in Opcode._value2member_map_ else str(op)

@@ -19,7 +19,9 @@ daemon without the relay, the reference for "what pyfuse3 answers".
 6. FOPEN_NOFLUSH where FLUSH does nothing (a tmpfs root), FLUSH kept on a submount and
    on a root with a flush of its own;
 7. a pyfuse3 handler's fetched parent fd stays its parent's while C evicts inode fds and
-   answers FORGETs (the handler's grace section, msb_relay_py_begin/end).
+   answers FORGETs (the handler's grace section, msb_relay_py_begin/end);
+8. a READ blocked in C (its submount's daemon stopped): the other reader thread takes
+   over and answers the next requests.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -946,3 +949,46 @@ def test_python_handler_fds_outlive_c_evictions_and_forgets(tmp_path: Path) -> N
     assert not errors, errors
     landed = sorted(str(p.relative_to(src)) for p in src.rglob("slow*"))
     assert landed == sorted(f"target/{n}" for n in made), landed
+
+
+# ---- 8. one reader at a time, and a takeover from a blocked one ---------------------------
+
+def test_a_request_blocked_in_c_holds_up_no_other(tmp_path: Path) -> None:
+    """The relay reads with one thread at a time (csrc/devfuse.h): when it is blocked in
+    a request, here C's READ of a file on a submount whose daemon is stopped (SIGSTOP),
+    the other thread takes over within milliseconds and answers the next requests (a
+    create and a stat in the mount's own directory). Red when nobody takes over."""
+    low, src = tmp_path / "low", tmp_path / "src"
+    low.mkdir()
+    src.mkdir()
+    (low / "f").write_bytes(b"x" * 8192)
+    with daemon(src, "lower", low) as lower, daemon(tmp_path, "upper", src) as upper:
+        fd = os.open(upper.mnt / "lower.mnt" / "f", os.O_RDONLY)
+        done: dict[str, Any] = {}
+
+        def blocked_read() -> None:
+            done["read"] = len(os.pread(fd, 4096, 0))
+
+        def other_requests() -> None:
+            (upper.mnt / "own").write_bytes(b"y")
+            done["own"] = (upper.mnt / "own").stat().st_size
+
+        os.kill(lower.proc.pid, signal.SIGSTOP)
+        try:
+            reader = threading.Thread(target=blocked_read, daemon=True)
+            reader.start()
+            reader.join(0.5)
+            assert reader.is_alive() and "read" not in done  # blocked in the stopped daemon
+            other = threading.Thread(target=other_requests, daemon=True)
+            other.start()
+            other.join(20)
+            assert done.get("own") == 1, "the mount answered nothing while one READ blocked"
+            assert reader.is_alive()
+        finally:
+            os.kill(lower.proc.pid, signal.SIGCONT)
+        reader.join(20)
+        assert done.get("read") == 4096
+        os.close(fd)
+        stats = upper.stop()
+    assert stats["relay"]["takeovers"] >= 1, stats["relay"]
+    assert stats["relay"]["reads"] >= 1 and "read" not in stats["calls"]
