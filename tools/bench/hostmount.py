@@ -208,8 +208,8 @@ def random_reads(d: Path, s: Sizes) -> tuple[float, float]:
 def _set_aside(w: Path) -> None:
     """Move a previous round's tree out of the way, unremoved until the run ends. On a
     filesystem without a journal (ext4 as on the test machines), an inode freed in the
-    last 30 s is skipped by every new file of its block group (find_inode_bit's
-    recently_deleted, one buffer lookup each): removing the last round's files before
+    last 60 s (360 s while its inode table block is dirty) is skipped by every new file
+    of its block group (find_inode_bit's recently_deleted, one buffer lookup each): removing the last round's files before
     timing this one made each target's creations pay for the targets before it (a perf
     profile of a daemon during untar rounds: 55% of its CPU there)."""
     trash = w.parent / ".trash"
