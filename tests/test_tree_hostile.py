@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from msbfs.tree import Ctx, Lock, Policy, SetAttr, Tree
@@ -249,6 +249,12 @@ class Mixed:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(seq=steps)
+# Every valid step once, in an order where each succeeds: the random draws alone left
+# "release valid" (it needs a handle a create or open made before) undrawn in a full run
+# under load, so test_hostile_mix_reached_deep failed on luck, not on the tree.
+@example(seq=[(op, 0, "valid") for op in ("create", "write", "read", "open", "release",
+                                           "lookup", "mkdir", "symlink", "rename", "link",
+                                           "setxattr", "getxattr", "unlink", "forget")])
 def test_hostile_inputs_in_valid_sequences(tmp_path: Path, seq: list[tuple[str, int, str]]) -> None:
     base, root = world(tmp_path)
     # The root starts with the xattr a valid getxattr asks for, so whether getxattr ever
