@@ -503,7 +503,9 @@ async def connect(kind: str, shared: Path, sock: Path, depth: int, file_mib: int
     proc = start_daemon(kind, shared, sock, queues, virtiofsd_args if kind == "virtiofsd" else ())
     # Queue 1 holds the C loop's stepped forms: ``depth`` slots of up to STEPS chains
     # (at most ``depth`` requests in flight, as on every row).
-    sizes = [depth, 1 << (STEPS * depth - 1).bit_length()] + [depth] * (queues - 1)
+    # The hiprio queue takes the BATCH_FORGETs, posted back to back without a reply to
+    # wait for: at least 32 slots, or --depth 1 filled it with the second ("queue full").
+    sizes = [max(depth, 32), 1 << (STEPS * depth - 1).bit_length()] + [depth] * (queues - 1)
     ram = GuestRam(((0, ((sum(sizes) * (MIB + 8192)) >> 20) + 64 << 20),))
     fe = await Frontend.connect(str(sock), ram)
     await fe.handshake(sizes, slot_size=MIB + 8192)
