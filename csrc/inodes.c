@@ -217,14 +217,9 @@ static int trim_due(struct msb_inodes *t)
     return 1;
 }
 
-static void trim(void)
-{
-    malloc_trim(0);
-}
-
 void msb_malloc_trim(void)
 {
-    trim();
+    malloc_trim(0);
 }
 
 /* ---- the CLOCK ring --------------------------------------------------------------- */
@@ -522,7 +517,7 @@ void msb_inodes_clear(struct msb_inodes *t)
     int due = trim_due(t);
     pthread_mutex_unlock(&t->lock);
     if (due)
-        trim();
+        msb_malloc_trim();
 }
 
 void msb_inodes_close(struct msb_inodes *t)
@@ -687,7 +682,7 @@ void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup)
     }
     pthread_mutex_unlock(&t->lock);
     if (due)
-        trim();
+        msb_malloc_trim();
 }
 
 void msb_inodes_hold(struct msb_inodes *t)
@@ -718,7 +713,7 @@ void msb_inodes_unhold(struct msb_inodes *t)
     }
     pthread_mutex_unlock(&t->lock);
     if (due)
-        trim();
+        msb_malloc_trim();
 }
 
 /* The fd of n (re-opened if evicted), marked used; -errno. Lock held. */

@@ -43,7 +43,7 @@ import pyfuse3
 
 from msbfs._native import ffi, lib
 from msbfs.fastmeta import CMetadata
-from msbfs.fuse.abi import Opcode
+from msbfs.fuse.abi import Opcode, opcode_name
 from msbfs.hostmount_entry import APART
 from msbfs.tree.api import TreeOps
 from msbfs.tree.tree import Tree
@@ -178,8 +178,7 @@ class Relay:
                                                 "writes", "takeovers")}
         for op, n in enumerate(s.forwarded_op):
             if n:
-                name = Opcode(op).name if op in Opcode._value2member_map_ else str(op)
-                out[f"forwarded_{name}"] = int(n)
+                out[f"forwarded_{opcode_name(op)}"] = int(n)
         out["max_write"] = int(lib.msb_relay_max_write(r))
         out["minor"] = int(lib.msb_relay_minor(r))
         out["init_flags"] = int(lib.msb_relay_init_flags(r))

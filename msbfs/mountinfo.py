@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 
 from msbfs._native import lib
 from msbfs.confine import MNT_DETACH
@@ -31,16 +32,23 @@ def _unescape_mountinfo(field: str) -> str:
     return "".join(out)
 
 
+def _mounts() -> Iterator[tuple[list[str], str]]:
+    """Each line of ``/proc/self/mountinfo``: the fields before the " - " separator
+    (mount id, parent id, major:minor, root, mount point...) and the filesystem type
+    after it ("?" where a line has none)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            yield left.split(), right.split()[0] if right.strip() else "?"
+
+
 def mount_fstype(mountpoint: str) -> str | None:
     """The filesystem type mounted exactly at ``mountpoint`` (the top one), or None."""
     target = os.path.abspath(mountpoint)
     found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            parts = left.split()
-            if len(parts) >= 5 and _unescape_mountinfo(parts[4]) == target:
-                found = right.split()[0] if right else "?"
+    for fields, fstype in _mounts():
+        if len(fields) >= 5 and _unescape_mountinfo(fields[4]) == target:
+            found = fstype
     return found
 
 
@@ -51,14 +59,10 @@ def fstype_of_fd(fd: int) -> str | None:
             mnt_id = next((line.split()[1] for line in f if line.startswith("mnt_id:")), None)
         if mnt_id is None:
             return None
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if left.split(" ", 1)[0] == mnt_id and right:
-                    return right.split()[0]
+        return next((fstype for fields, fstype in _mounts()
+                     if fields and fields[0] == mnt_id and fstype != "?"), None)
     except OSError:
-        pass
-    return None
+        return None
 
 
 def mount_state(mountpoint: str) -> str:

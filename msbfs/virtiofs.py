@@ -421,14 +421,9 @@ class VirtioFsDevice(VhostUserDevice):
 
     def slow_opcodes(self) -> str:
         """The slow path's requests by opcode name, most first (``LOOKUP=3 ...``)."""
-        def name(op: int) -> str:
-            try:
-                return abi.Opcode(op).name
-            except ValueError:
-                return str(op)
         with self.lock:
             ops = self.slow_ops.most_common()
-        return " ".join(f"{name(op)}={n}" for op, n in ops)
+        return " ".join(f"{abi.opcode_name(op)}={n}" for op, n in ops)
 
 
 def _push_empty(vq: Virtqueue, head: int) -> int:

@@ -78,6 +78,12 @@ class Opcode(IntEnum):
     TMPFILE = 51
 
 
+def opcode_name(op: int) -> str:
+    """The opcode's name, or its number for one this ABI does not know (statistics keys
+    and logs of what a client sent)."""
+    return Opcode(op).name if op in Opcode._value2member_map_ else str(op)
+
+
 # fuse_init_in/out flags (bits 32..63 travel in flags2 when INIT_EXT is set)
 FUSE_ASYNC_READ = 1 << 0
 FUSE_POSIX_LOCKS = 1 << 1
