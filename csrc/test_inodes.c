@@ -168,20 +168,30 @@ static void test_hold(void)
     msb_inodes_free(t);
 }
 
+/* A table with an fd cache of max_fds, or NULL (said, as skipped) where this kernel or
+ * these privileges give no open_by_handle_at to come back by. */
+static struct msb_inodes *cached_table(uint64_t max_fds, const char *test)
+{
+    struct msb_inodes *t = new_table(max_fds, MSB_INODES_NONE, MSB_INODES_NONE);
+    struct msb_inodes_stats s;
+    msb_inodes_stats(t, &s);
+    if (s.max_fds)
+        return t;
+    printf("%s: skipped (no open_by_handle_at here)\n", test);
+    msb_inodes_free(t);
+    return NULL;
+}
+
 /* The same with the fd cache on: a doomed node leaves the CLOCK ring (its `next` chains
  * t->doomed), so neither an eviction nor its own re-open meanwhile touches that list;
  * looked up again, the last unhold puts it back in the ring, to be evicted like any
  * other. (Run under ASan: a node on both lists corrupts one, or leaks.) */
 static void test_hold_cached(void)
 {
-    struct msb_inodes *t = new_table(2, MSB_INODES_NONE, MSB_INODES_NONE);
-    struct msb_inodes_stats s;
-    msb_inodes_stats(t, &s);
-    if (!s.max_fds) {
-        printf("hold with a cache: skipped (no open_by_handle_at here)\n");
-        msb_inodes_free(t);
+    struct msb_inodes *t = cached_table(2, "hold with a cache");
+    if (!t)
         return;
-    }
+    struct msb_inodes_stats s;
     enum { N = 10 };   /* c0..c2 doomed, c3..c9 cycled through a cache of 2 */
     struct msb_inode_info in[N], r;
     char name[16];
@@ -265,14 +275,10 @@ static void test_bounds(void)
 
 static void test_eviction(void)
 {
-    struct msb_inodes *t = new_table(4, MSB_INODES_NONE, MSB_INODES_NONE);
-    struct msb_inodes_stats s;
-    msb_inodes_stats(t, &s);
-    if (!s.max_fds) {
-        printf("eviction: skipped (no open_by_handle_at here)\n");
-        msb_inodes_free(t);
+    struct msb_inodes *t = cached_table(4, "eviction");
+    if (!t)
         return;
-    }
+    struct msb_inodes_stats s;
     struct msb_inode_info info[12], r;
     char name[16];
     for (int i = 0; i < 12; i++) {

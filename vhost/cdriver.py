@@ -99,7 +99,7 @@ class CLoop:
         ram = q.ram
         n = len(self.pending)
         self._heads = ffi.new("uint16_t[]", [p.head for p in self.pending])
-        self._requests = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", ram.uaddr(self._request_gpa(p.head)))
+        self._requests = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", ram.uaddr(self._request_buf(p.head)[0]))
                                                  for p in self.pending])
         self._replies = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", ram.uaddr(p.writable[0][0]))
                                                 for p in self.pending])
@@ -152,9 +152,6 @@ class CLoop:
                 rep = requests[slot + c.from_step][1][0]
                 if not 16 <= c.request_at <= req - 8 or not HDR <= c.reply_at <= min(rep, steps[c.from_step].len) - 8:
                     raise ValueError(f"carry {c}: outside a request or reply")
-
-    def _request_gpa(self, head: int) -> int:
-        return self._request_buf(head)[0]
 
     def _request_buf(self, head: int) -> tuple[int, int]:
         """Where the chain's first readable buffer (its fuse_in_header) lies, and its

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from msbfs import mount_daemon
 from msbfs.store import MIB
-from tools.bench.proc import status_kib
+from tools.bench.proc import fields_kib, status_kib
 
 #: --variant: the fourth target's name, its mount options and its environment.
 VARIANTS: dict[str, tuple[str, list[str], dict[str, str]]] = {
@@ -86,14 +86,6 @@ def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
-
-
-def vmrss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def rss_kib(pid: int) -> dict[str, int]:
@@ -473,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tarball = make_tarball(base, s) if only - {"memory"} or not only else base / "none"
         targets = setup_targets(base, args.variant)
-        rss_idle = {n: vmrss_kib(t.pid) for n, t in targets.items() if t.pid}
+        rss_idle = {n: fields_kib(t.pid, "status", ("VmRSS",))["VmRSS"] for n, t in targets.items() if t.pid}
         results: dict[str, dict[str, float]] = {k: {} for k, *_ in WORKLOADS}
         fns: dict[str, Callable[[Target], tuple[float, float]]] = {
             "seq_write": lambda t: seq_write(t.dir, s),

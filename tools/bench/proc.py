@@ -19,15 +19,28 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def status_kib(pid: int, keys: Iterable[str]) -> dict[str, int]:
-    """The ``/proc/PID/status`` fields ``keys`` (all in KiB), summed over the tree."""
+def fields_kib(pid: int, name: str, keys: Iterable[str]) -> dict[str, int]:
+    """The ``Key: N kB`` fields ``keys`` of ``/proc/PID/<name>`` of the one process."""
+    out = dict.fromkeys(keys, 0)
+    for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in out:
+            out[k] = int(v.split()[0])
+    return out
+
+
+def _summed_kib(pid: int, name: str, keys: Iterable[str]) -> dict[str, int]:
+    """The ``Key: N kB`` fields ``keys`` of ``/proc/PID/<name>``, summed over the tree."""
     total = dict.fromkeys(keys, 0)
     for p in process_tree(pid):
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            k, _, v = line.partition(":")
-            if k in total:
-                total[k] += int(v.split()[0])
+        for k, v in fields_kib(p, name, total).items():
+            total[k] += v
     return total
+
+
+def status_kib(pid: int, keys: Iterable[str]) -> dict[str, int]:
+    """The ``/proc/PID/status`` fields ``keys`` (all in KiB), summed over the tree."""
+    return _summed_kib(pid, "status", keys)
 
 
 def pss_kib(pid: int) -> dict[str, int]:
@@ -35,13 +48,7 @@ def pss_kib(pid: int) -> dict[str, int]:
     shared by N processes counts 1/N. RSS sums count a page each process maps in full,
     so a tree of two Python processes counts their interpreter's pages twice; PSS does
     not (and charges a library's pages to every process on the host that maps them)."""
-    total = dict.fromkeys(("Pss_Anon", "Pss_File", "Pss_Shmem"), 0)
-    for p in process_tree(pid):
-        for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-            k, _, v = line.partition(":")
-            if k in total:
-                total[k] += int(v.split()[0])
-    return total
+    return _summed_kib(pid, "smaps_rollup", ("Pss_Anon", "Pss_File", "Pss_Shmem"))
 
 
 def cpu_seconds(pid: int) -> float:

@@ -61,7 +61,7 @@ from msbfs.fuse.kernel import Requests, parse_dirents, parse_entry, parse_open, 
 from msbfs.launcher.daemon import VIRTIOFSD
 from msbfs.store import MIB
 from msbfs.tree.types import FATTR_ATIME, FATTR_MODE, FATTR_MTIME
-from tools.bench.proc import process_tree, pss_kib, status_kib
+from tools.bench.proc import fields_kib, process_tree, pss_kib, status_kib
 from vhost.cdriver import Carry, CLoop, Step
 from vhost.frontend import Frontend
 from vhost.guest_ram import GuestRam
@@ -329,13 +329,7 @@ class Client:
         return [([self.r.readdir(self.big, 0, 0, self.room - HDR, plus=True)], [self.room])]
 
     async def forget(self, ids: Sequence[int]) -> None:
-        """BATCH_FORGETs on the hiprio queue of ``ids`` (repeats add up), a page each."""
-        counts: dict[int, int] = {}
-        for nid in ids:
-            counts[nid] = counts.get(nid, 0) + 1
-        items = list(counts.items())
-        for i in range(0, len(items), FORGET_BATCH):
-            await self.fe.submit(0, [self.r.batch_forget(items[i:i + FORGET_BATCH])], [HDR])
+        await forget(self.fe, self.r, ids)
 
     async def c_cycles(self, n: int, w: CWork) -> int:
         """``n`` cycles of ``w``'s steps on the prepared loop, every reply checked in C
@@ -492,6 +486,18 @@ class Client:
 #: Node ids per BATCH_FORGET: what one 4 KiB page of forget records holds, as the
 #: guest kernel batches them (fuse_read_batch_forget fills the reader's buffer).
 FORGET_BATCH = (4096 - 24) // 16
+
+
+async def forget(fe: Frontend, r: Requests, ids: Sequence[int]) -> None:
+    """BATCH_FORGETs on the hiprio queue of ``ids`` (repeats add up), a page each."""
+    counts: dict[int, int] = {}
+    for nid in ids:
+        counts[nid] = counts.get(nid, 0) + 1
+    items = list(counts.items())
+    for i in range(0, len(items), FORGET_BATCH):
+        await fe.submit(0, [r.batch_forget(items[i:i + FORGET_BATCH])], [HDR])
+
+
 SYMLINK_TARGET = b"../lib/node_modules/pkg/bin/cli.js"
 
 
@@ -612,9 +618,7 @@ def _per_process(pid: int) -> str:
     tree = process_tree(pid)
     parts = []
     for p in tree:
-        kib = {k: int(v.split()[0]) for k, _, v in (
-            line.partition(":") for line in Path(f"/proc/{p}/status").read_text().splitlines())
-            if k in ("RssAnon", "RssFile")}
+        kib = fields_kib(p, "status", ("RssAnon", "RssFile"))
         argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
         what = ("supervisor" if any(a.endswith(b"supervisor.py") for a in argv)
                 else "parent" if p == pid and len(tree) > 1 else "daemon")
@@ -675,8 +679,7 @@ async def memory_rows(base: Path, shared: Path, args: argparse.Namespace) -> Non
                 1, [r.lookup(ROOT, many.name.encode())], [4096], indirect=True)).data).ok()).nodeid
             ids, err = await _lookups_kept(fe, r, parent, args.inodes, args.depth)
             held = memory_kib(proc.pid)
-            for i in range(0, len(ids), FORGET_BATCH):
-                await fe.submit(0, [r.batch_forget([(x, 1) for x in ids[i:i + FORGET_BATCH]])], [HDR])
+            await forget(fe, r, ids)
             await fe.submit(1, [r.getattr(ROOT)], [4096], indirect=True)  # the forgets were taken
             forgot = memory_kib(proc.pid)
         finally:
