@@ -181,7 +181,8 @@ class VirtioFsDevice(VhostUserDevice):
         self._req_ptr = ffi.from_buffer(self._req)
         #: opcode -> requests the slow path answered (under self.lock): which ones the
         #: C paths handed back, logged at exit (``slow_opcodes``), the first thing to
-        #: look at when a workload costs more daemon CPU than expected.
+        #: look at when a workload costs more daemon CPU than expected. -1: any opcode
+        #: the ABI does not know, and headers too short to carry one.
         self.slow_ops: Counter[int] = Counter()
 
     # ---- VhostUserDevice -----------------------------------------------------------------
@@ -308,7 +309,10 @@ class VirtioFsDevice(VhostUserDevice):
             # of another queue's C path drops an inode half-way through the request.
             # One C call holds, enters and gathers; one leaves, unholds (and answers).
             n = lib.msb_fs_slow_begin(inodes, c, self._req_ptr, MAX_REQUEST)
-            self.slow_ops[int.from_bytes(self._req[4:8], "little") if n >= 8 else -1] += 1
+            op = int.from_bytes(self._req[4:8], "little") if n >= 8 else -1
+            # Opcodes the ABI does not know share one key: a guest sending every 32-bit
+            # number must not grow the daemon's memory by a counter each.
+            self.slow_ops[op if op in abi.Opcode._value2member_map_ else -1] += 1
             try:
                 if n > MAX_REQUEST:
                     # Too long to be a request of ours: answer from the header alone.
@@ -423,7 +427,7 @@ class VirtioFsDevice(VhostUserDevice):
         """The slow path's requests by opcode name, most first (``LOOKUP=3 ...``)."""
         with self.lock:
             ops = self.slow_ops.most_common()
-        return " ".join(f"{abi.opcode_name(op)}={n}" for op, n in ops)
+        return " ".join(f"{abi.opcode_name(op) if op >= 0 else 'unknown'}={n}" for op, n in ops)
 
 
 def _push_empty(vq: Virtqueue, head: int) -> int:

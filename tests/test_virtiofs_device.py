@@ -178,6 +178,12 @@ async def test_slow_path_counts_what_it_answers_by_opcode(fs_client, tmp_path: P
                  if n != before.get(op, 0)}
         assert grown == {Opcode.MKNOD: 1, Opcode.FSYNC: 1}
         assert "MKNOD=1" in c.device.slow_opcodes().split()
+        # A hostile guest's made-up opcodes: one key for all of them, not one each.
+        keys = len(c.device.slow_ops)
+        for op in (4242, 52, 0, 1 << 31, 0xFFFFFFFF):
+            assert (await c.call(r.raw(op, ROOT))).error == errno.ENOSYS
+        assert len(c.device.slow_ops) == keys + 1 and c.device.slow_ops[-1] == 5
+        assert "unknown=5" in c.device.slow_opcodes().split()
 
 
 async def test_quota_keeps_writes_on_the_slow_path(fs_client, tmp_path: Path) -> None:
