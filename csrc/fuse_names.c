@@ -64,6 +64,7 @@ int msb_names_remove(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         int pfd = msb_inodes_fd(m->inodes, ih->nodeid);
         if (pfd < 0)
             return 0;   /* re-opening it failed: the tree says how */
+        msb_inodes_removing(m->inodes, ih->nodeid, pfd, body, (size_t)(nul - body));
         int r;
         do
             r = unlinkat(pfd, body, dir ? AT_REMOVEDIR : 0);

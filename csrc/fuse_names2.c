@@ -108,11 +108,18 @@ int msb_names2_rename(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c
         int npfd = pfd < 0 ? pfd : msb_inodes_fd(m->inodes, ri.newdir);
         if (npfd < 0)
             return 0;   /* re-opening one failed: the tree says how */
+        if (!(ri.flags & RENAME_EXCHANGE))   /* what newname holds may lose its last name */
+            msb_inodes_removing(m->inodes, ri.newdir, npfd, newname, new_len);
         int r;
         do
             r = msb_renameat2(pfd, oldname, npfd, newname, ri.flags);
         while (r == -EINTR);
         err = -r;
+        if (!r) {   /* a named node of what moved follows it (csrc/inodes.h) */
+            msb_inodes_moved(m->inodes, ri.newdir, npfd, newname, new_len);
+            if (ri.flags & RENAME_EXCHANGE)
+                msb_inodes_moved(m->inodes, ih->nodeid, pfd, oldname, old_len);
+        }
     }
     count(&n->stats.renames, 1);
     return reply_error(vq, c, ih->unique, err);

@@ -141,7 +141,6 @@ static int locate(const struct batch *b, int64_t offset, uint32_t *pos)
 struct listing {
     int fd;
     uint64_t nodeid;
-    int pfd;             /* the node's O_PATH fd (the parent of every lookup) */
     int is_root;
     uint64_t root_ino;   /* the ino the root's ".." shows (Tree.readdir: never the host's) */
 };
@@ -156,18 +155,16 @@ static void dot_entry(struct fuse_entry_out *e, uint64_t ino, uint8_t type)
 
 enum entry_result { ENTRY_OK, ENTRY_SKIP, ENTRY_UNDECIDED };
 
-/* The entry of a plain name, looked up exactly as LOOKUP (one more lookup counted); a
- * name whose listed inode is not in the table is opened first (csrc/lookup.h). */
+/* The entry of a plain name, looked up exactly as LOOKUP (one more lookup counted; a
+ * name new to the table is added by name, not opened: csrc/inodes.h). */
 static enum entry_result lookup_entry(struct msb_meta *m, const struct msb_lookup_cfg *cfg,
                                       const struct listing *d, const char *name, size_t len,
-                                      uint64_t d_ino, int *streak, struct fuse_entry_out *e)
+                                      struct fuse_entry_out *e)
 {
     struct stat st;
     struct msb_inode_info info;
     int added;
-    int r = msb_lookup_listed(m->inodes, cfg, d->pfd, name, d_ino, streak, &st, &info);
-    if (r == MSB_LOOKUP_UNDECIDED)
-        r = msb_lookup(m->inodes, cfg, d->nodeid, name, len, &st, &info, &added);
+    int r = msb_lookup(m->inodes, cfg, d->nodeid, name, len, &st, &info, &added);
     if (r == -ENOENT)
         return ENTRY_SKIP;   /* vanished since the listing: Python skips it too */
     if (r < 0)
@@ -196,7 +193,6 @@ static int fill(struct msb_meta *m, const struct listing *d, struct batch *b, ui
                    && offsetof(__typeof__(rec), name) - offsetof(__typeof__(rec), d) == FUSE_NAME_OFFSET,
                    "fuse_direntplus: entry_out, dirent, name");
     uint64_t counted = 0;
-    int streak = 0;   /* csrc/lookup.h msb_lookup_listed */
     *used = *nrec = 0;
     uint32_t pos;
     if (!b->buf && !(b->buf = malloc(BATCH_BYTES)))
@@ -236,8 +232,7 @@ static int fill(struct msb_meta *m, const struct listing *d, struct batch *b, ui
             if (dot || plain) {
                 dot_entry(&rec.e, ino, de->d_type);
             } else {
-                enum entry_result r = lookup_entry(m, &cfg, d, de->d_name, len, de->d_ino,
-                                                   &streak, &rec.e);
+                enum entry_result r = lookup_entry(m, &cfg, d, de->d_name, len, &rec.e);
                 if (r == ENTRY_UNDECIDED) {
                     done = counted ? 1 : 0;
                     break;
@@ -291,9 +286,6 @@ static int serve(struct msb_meta *m, struct msb_vq *vq, struct msb_chain *c,
         return 0;
     struct listing d = { .fd = h.fd, .nodeid = ih->nodeid,
                          .is_root = ih->nodeid == FUSE_ROOT_ID, .root_ino = node.ino };
-    d.pfd = msb_inodes_fd(m->inodes, ih->nodeid);
-    if (d.pfd < 0)
-        return 0;
     uint32_t size = c->in_len - oh;
     size = ri.size < size ? ri.size : size;
     size = size < READDIR_MAX ? size : READDIR_MAX;

@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include "inodes.h"
 #include "grace.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +27,7 @@
 #include <unistd.h>
 
 #define ROOT_ID 1
+#define NAME_MAX_LEN 255
 #define HANDLE_MAX 128                       /* MAX_HANDLE_SZ */
 #define REOPEN_FLAGS (O_PATH | O_NOFOLLOW | O_CLOEXEC)
 
@@ -41,9 +43,21 @@ struct inode_handle {                        /* struct file_handle, sized to its
  * where it was). Hence the 32-bit open count (handles of ours: bounded far below), the
  * 16-bit kind (S_IFMT bits), one byte of flags, and no link of its own for t->doomed:
  * a doomed node is off the CLOCK ring (it is about to go), so `next` chains it there. */
+/* Where a node added without an fd (msb_inodes_add_named) is found again: a plain name
+ * beneath a parent node. */
+struct inode_name {
+    uint64_t parent;
+    int64_t btime;                           /* birth time (ns): tells a reused number */
+    uint16_t len;
+    char name[];                             /* NUL-terminated */
+};
+
 struct inode {
     uint64_t nodeid, dev, ino, nlookup;
-    struct inode_handle *handle;             /* once the fd had to be closed */
+    union {
+        struct inode_handle *handle;         /* once the fd had to be closed */
+        struct inode_name *name;             /* named: not opened yet */
+    };
     struct inode *id_next, *key_next;        /* hash chains */
     struct inode *prev, *next;               /* CLOCK ring; `next` alone: t->doomed */
     uint32_t nopen;
@@ -53,6 +67,7 @@ struct inode {
     uint8_t submount : 1, pinned : 1, used : 1, in_ring : 1;
     uint8_t keyed : 1;                       /* on the (dev, ino) index (see stale()) */
     uint8_t doomed : 1;                      /* on t->doomed: at 0 during a hold */
+    uint8_t named : 1;                       /* fd -1 and `name` set: never opened */
 };
 _Static_assert(sizeof(struct inode) <= 88, "struct inode grew past a 96-byte malloc chunk");
 
@@ -74,6 +89,8 @@ struct msb_inodes {
     uint64_t holds;                          /* msb_inodes_hold: drops wait for 0 */
     struct inode *doomed;                    /* forgotten to 0 while held */
     uint64_t peak, trims;                    /* trim_due() */
+    uint64_t nnamed, opens;                  /* named nodes; named nodes opened since */
+    uint64_t open_flags, open_resolve;       /* msb_inodes_set_open; 0: no named adds */
 };
 
 /* The one place an inode fd is closed (see the top of this file). Request queues run
@@ -392,7 +409,7 @@ static int reopen(struct msb_inodes *t, struct inode *n)
  * The id stays the client's until forgotten. 1: stale. Lock held. */
 static int stale(struct msb_inodes *t, struct inode *n)
 {
-    if (n->fd >= 0 || reopen(t, n) != -ESTALE)
+    if (n->fd >= 0 || n->named || reopen(t, n) != -ESTALE)
         return 0;
     unlink_key(t, n);
     return 1;
@@ -427,7 +444,7 @@ static void fill(const struct inode *n, struct msb_inode_info *out)
     *out = (struct msb_inode_info){
         .nodeid = n->nodeid, .dev = n->dev, .ino = n->ino, .nlookup = n->nlookup,
         .nopen = n->nopen, .kind = n->kind, .fd = n->fd, .submount = n->submount,
-        .pinned = n->pinned,
+        .pinned = n->pinned, .named = n->named,
     };
 }
 
@@ -504,6 +521,7 @@ static void clear_locked(struct msb_inodes *t)
     t->ring.prev = t->ring.next = &t->ring;
     t->ring_len = 0;
     t->doomed = NULL;   /* every node on it was just freed */
+    t->nnamed = 0;
     link_node(t, t->root);
     t->root->nlookup = 1;
     t->count = 1;
@@ -551,22 +569,35 @@ void msb_inodes_stats(struct msb_inodes *t, struct msb_inodes_stats *out)
 {
     pthread_mutex_lock(&t->lock);
     *out = (struct msb_inodes_stats){t->count, t->nfds, t->evictions, t->reopens,
-                                     t->max_fds, t->trims};
+                                     t->max_fds, t->trims, t->nnamed, t->opens};
     pthread_mutex_unlock(&t->lock);
+}
+
+/* -ENFILE if one more inode fd would pass fd_cap (after trying to evict one). Lock held. */
+static int fd_room(struct msb_inodes *t)
+{
+    if (t->fd_cap != MSB_INODES_NONE && t->nfds >= t->fd_cap) {
+        if (t->max_fds)
+            evict_one(t, t->root);
+        if (t->nfds >= t->fd_cap)
+            return -ENFILE;   /* the client holds too many inode fds */
+    }
+    return 0;
+}
+
+static int inode_room(const struct msb_inodes *t)
+{
+    if (t->max_inodes != MSB_INODES_NONE && t->count >= t->max_inodes)
+        return -ENFILE;   /* the client holds too many inodes */
+    return 0;
 }
 
 int msb_inodes_check_room(struct msb_inodes *t)
 {
-    int r = 0;
     pthread_mutex_lock(&t->lock);
-    if (t->max_inodes != MSB_INODES_NONE && t->count >= t->max_inodes) {
-        r = -ENFILE;   /* the client holds too many inodes */
-    } else if (t->fd_cap != MSB_INODES_NONE && t->nfds >= t->fd_cap) {
-        if (t->max_fds)
-            evict_one(t, t->root);
-        if (t->nfds >= t->fd_cap)
-            r = -ENFILE;   /* the client holds too many inode fds */
-    }
+    int r = inode_room(t);
+    if (!r)
+        r = fd_room(t);
     pthread_mutex_unlock(&t->lock);
     return r;
 }
@@ -597,6 +628,90 @@ int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
     return n ? 0 : -ENOENT;
 }
 
+/* ---- dropping ---------------------------------------------------------------------- */
+/* A node whose count fell to zero goes on t->doomed (off the CLOCK ring: never evicted,
+ * its fd kept) until reap() drops it, at once when no Python request holds the table,
+ * else at the last msb_inodes_unhold; a node looked up again meanwhile stays. */
+static void doom(struct msb_inodes *t, struct inode *n)
+{
+    if (n->doomed)
+        return;
+    ring_remove(t, n);
+    n->doomed = 1;
+    n->next = t->doomed;
+    t->doomed = n;
+}
+
+static void drop_locked(struct msb_inodes *t, struct inode *n);
+
+/* Drop the doomed nodes nobody looked up again, one at a time from the head: dropping
+ * a named node may doom its parent (unpin_parent), which is pushed there and reaped in
+ * the same loop (a list taken whole could hold the parent, freed under the walk). */
+static void reap(struct msb_inodes *t)
+{
+    while (t->doomed && !t->holds) {
+        struct inode *n = t->doomed;
+        t->doomed = n->next;
+        n->doomed = 0;
+        n->next = NULL;
+        if (n->nlookup == 0)
+            drop_locked(t, n);
+        else if (n->fd >= 0)
+            opened(t, n);   /* looked up again: back into the cache */
+    }
+}
+
+/* A named node pins its parent with one lookup of its own (a client that forgets a
+ * directory before the names it holds beneath it, as a hostile one may, would strand
+ * them: the name is opened beneath the parent's fd). The root needs no pin. Lock held. */
+static int pin_parent(struct msb_inodes *t, uint64_t parent)
+{
+    if (parent == ROOT_ID)
+        return 0;
+    struct inode *p = by_id(t, parent);
+    if (!p)
+        return -ESTALE;
+    p->nlookup++;
+    return 0;
+}
+
+/* n (named) no longer needs its parent: its pin goes, dooming the parent at zero
+ * (the caller reaps). A parent whose count a client took away already is left alone. */
+static void unpin_parent(struct msb_inodes *t, const struct inode *n)
+{
+    uint64_t parent = n->name->parent;
+    struct inode *p = parent == ROOT_ID ? NULL : by_id(t, parent);
+    if (p && p->nlookup && --p->nlookup == 0)
+        doom(t, p);
+}
+
+/* 1 if fd's object was born when named node n's was (the same file, not a new one the
+ * number was given to since). Lock held: a statx of an fd, only when an fd's inode is
+ * found as a named node. */
+static int same_birth(const struct inode *n, int fd)
+{
+    struct stat st;
+    int64_t born;
+    return msb_statx_at(fd, "", AT_EMPTY_PATH, &st, &born) == 0 && born == n->name->btime;
+}
+
+/* n (evicted, or named) gets fd, which is the table's from now on. Lock held. */
+static void install_fd(struct msb_inodes *t, struct inode *n, int fd)
+{
+    if (n->named) {
+        unpin_parent(t, n);
+        free(n->name);
+        n->name = NULL;
+        n->named = 0;
+        t->nnamed--;
+        t->opens++;
+    }
+    n->fd = fd;
+    t->nfds++;
+    opened(t, n);
+    reap(t);   /* the parent, if that was its last lookup */
+}
+
 int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
                    uint32_t mode, int submount, struct msb_inode_info *out)
 {
@@ -605,6 +720,10 @@ int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
     struct inode *n = by_key(t, dev, ino);
     if (n && stale(t, n))
         n = NULL;
+    if (n && n->named && !same_birth(n, fd)) {
+        unlink_key(t, n);   /* a reused number: see msb_inodes_add_named */
+        n = NULL;
+    }
     if (!n) {
         n = new_node(t->next_id, fd, dev, ino, mode, submount);
         if (!n) {
@@ -620,10 +739,8 @@ int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
         fd = -1;
         opened(t, n);
     } else if (n->fd < 0) {
-        n->fd = fd;
-        t->nfds++;
+        install_fd(t, n, fd);
         fd = -1;
-        opened(t, n);
     }
     n->nlookup++;
     fill(n, out);
@@ -646,6 +763,10 @@ int msb_inodes_ref(struct msb_inodes *t, uint64_t nodeid)
 
 static void drop_locked(struct msb_inodes *t, struct inode *n)
 {
+    if (n->named) {
+        t->nnamed--;
+        unpin_parent(t, n);   /* may doom it: reap() goes on with it */
+    }
     unlink_node(t, n);
     ring_remove(t, n);
     t->count--;
@@ -667,16 +788,10 @@ void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup)
         /* The client decides nlookup: more than it holds takes them all. */
         n->nlookup = nlookup >= n->nlookup ? 0 : n->nlookup - nlookup;
         if (n->nlookup == 0) {
+            doom(t, n);
             if (!t->holds) {
-                drop_locked(t, n);
+                reap(t);
                 due = trim_due(t);
-            } else if (!n->doomed) {
-                /* msb_inodes_unhold drops it, unless looked up again; off the ring
-                 * meanwhile (never evicted: it keeps its fd until then). */
-                ring_remove(t, n);
-                n->doomed = 1;
-                n->next = t->doomed;
-                t->doomed = n;
             }
         }
     }
@@ -697,18 +812,7 @@ void msb_inodes_unhold(struct msb_inodes *t)
     int due = 0;
     pthread_mutex_lock(&t->lock);
     if (t->holds && --t->holds == 0) {
-        struct inode *n = t->doomed;
-        t->doomed = NULL;
-        while (n) {
-            struct inode *next = n->next;
-            n->doomed = 0;
-            n->next = NULL;
-            if (n->nlookup == 0)
-                drop_locked(t, n);
-            else if (n->fd >= 0)
-                opened(t, n);   /* looked up again: back into the cache */
-            n = next;
-        }
+        reap(t);
         due = trim_due(t);
     }
     pthread_mutex_unlock(&t->lock);
@@ -716,20 +820,233 @@ void msb_inodes_unhold(struct msb_inodes *t)
         msb_malloc_trim();
 }
 
-/* The fd of n (re-opened if evicted), marked used; -errno. Lock held. */
+/* The fd of n (re-opened if evicted), marked used; -errno. Lock held; n not named. */
 static int fd_locked(struct msb_inodes *t, struct inode *n)
 {
     if (n->fd < 0)
-        return reopen(t, n);
+        return n->named ? -ESTALE : reopen(t, n);
     n->used = 1;
     return n->fd;
 }
 
-int msb_inodes_fd(struct msb_inodes *t, uint64_t nodeid)
+/* ---- named nodes ------------------------------------------------------------------ */
+void msb_inodes_set_open(struct msb_inodes *t, uint64_t flags, uint64_t resolve)
 {
     pthread_mutex_lock(&t->lock);
+    t->open_flags = flags;
+    t->open_resolve = resolve;
+    pthread_mutex_unlock(&t->lock);
+}
+
+int msb_plain_name(const char *name, size_t len)
+{
+    if (len == 0 || len > NAME_MAX_LEN || memchr(name, '/', len) || memchr(name, '\0', len))
+        return 0;
+    return !(name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')));
+}
+
+static struct inode_name *name_new(uint64_t parent, const char *name, size_t len,
+                                   int64_t btime)
+{
+    struct inode_name *nm = malloc(sizeof *nm + len + 1);
+    if (nm) {
+        nm->parent = parent;
+        nm->btime = btime;
+        nm->len = (uint16_t)len;
+        memcpy(nm->name, name, len);
+        nm->name[len] = '\0';
+    }
+    return nm;
+}
+
+/* n (named) is found as `name` beneath `parent` from now on, which it pins instead of
+ * the old one (the caller reaps). Out of memory, or no such parent: the old name stays
+ * (ESTALE at worst). Lock held. */
+static void rename_named(struct msb_inodes *t, struct inode *n, uint64_t parent,
+                         const char *name, size_t len)
+{
+    const struct inode_name *old = n->name;
+    if (old->parent == parent && old->len == len && !memcmp(old->name, name, len))
+        return;
+    struct inode_name *nm = name_new(parent, name, len, old->btime);
+    if (!nm || pin_parent(t, parent) < 0) {
+        free(nm);
+        return;
+    }
+    unpin_parent(t, n);
+    free(n->name);
+    n->name = nm;
+}
+
+int msb_inodes_add_named(struct msb_inodes *t, uint64_t parent, const char *name, size_t len,
+                         uint64_t dev, uint64_t ino, uint32_t mode, int64_t btime,
+                         struct msb_inode_info *out)
+{
+    if (!msb_plain_name(name, len))
+        return -EINVAL;
+    int r = 0;
+    pthread_mutex_lock(&t->lock);
+    struct inode *n = by_key(t, dev, ino);
+    if (n && stale(t, n))
+        n = NULL;
+    if (n && (n->kind != (mode & S_IFMT) || (n->named && n->name->btime != btime))) {
+        /* The number names another object (another kind, another birth): the one the
+         * node stood for is gone. Only a named node, which holds nothing, lets the
+         * number be reused; it leaves the (dev, ino) index as a stale evicted one does,
+         * and answers ESTALE (its open checks the birth time) until forgotten. */
+        unlink_key(t, n);
+        n = NULL;
+    }
+    if (n) {
+        /* Where the client just found it: the name it was added under may be gone
+         * (renamed, here or on the host). */
+        if (n->named)
+            rename_named(t, n, parent, name, len);
+    } else if (!t->open_flags) {
+        r = -ENOTSUP;   /* no msb_inodes_set_open: the caller opens it */
+        goto out;
+    } else if ((r = inode_room(t)) < 0) {
+        goto out;
+    } else {
+        struct inode_name *nm = name_new(parent, name, len, btime);
+        n = nm ? new_node(t->next_id, -1, dev, ino, mode, 0) : NULL;
+        if (!n || (r = pin_parent(t, parent)) < 0) {
+            free(nm);
+            free(n);
+            r = r < 0 ? r : -ENOMEM;   /* the parent forgotten since it was read */
+            goto out;
+        }
+        n->named = 1;
+        n->name = nm;
+        t->next_id++;
+        maybe_grow(t);
+        link_node(t, n);
+        if (++t->count > t->peak)
+            t->peak = t->count;
+        t->nnamed++;
+        r = 1;
+    }
+    n->nlookup++;
+    fill(n, out);
+    reap(t);   /* an old parent unpinned */
+out:
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+/* Open the named node n: its name beneath its parent's fd, as the tree opens a name
+ * (the flags of msb_inodes_set_open), and keep the fd only if it is the inode the node
+ * was added for (dev, ino, kind): the name may hold another object by now, and the one
+ * opened is the truth. -ESTALE otherwise (the client looks the name up again: the
+ * kernel retries a path walk that met ESTALE with LOOKUP_REVAL). Lock held on entry
+ * and on return; dropped for the two syscalls, so n may be gone on return (the caller
+ * finds it again by id). */
+static int open_named(struct msb_inodes *t, struct inode *n)
+{
+    const uint64_t nodeid = n->nodeid, dev = n->dev, ino = n->ino;
+    const uint32_t kind = n->kind;
+    const int64_t btime = n->name->btime;
+    char name[NAME_MAX_LEN + 1];
+    memcpy(name, n->name->name, (size_t)n->name->len + 1);
+    struct inode *p = by_id(t, n->name->parent);
+    if (!p || p->named)
+        return -ESTALE;   /* forgotten by a client that ignored the pin (or never opened) */
+    int r = fd_room(t);
+    if (r < 0)
+        return r;
+    int pfd = fd_locked(t, p);
+    if (pfd < 0)
+        return pfd;
+    const uint64_t flags = t->open_flags, resolve = t->open_resolve;
+    /* pfd stays ours while the lock is dropped: closes wait for this section. */
+    msb_grace_enter();
+    pthread_mutex_unlock(&t->lock);
+    int fd = msb_openat2(pfd, name, flags, 0, resolve);
+    struct stat st;
+    int64_t born;
+    if (fd < 0)
+        r = fd == -ENOENT || fd == -EXDEV ? -ESTALE : fd;
+    else if ((r = msb_statx_at(fd, "", AT_EMPTY_PATH, &st, &born)) < 0)
+        ;
+    else if ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino
+             || (st.st_mode & S_IFMT) != kind || born != btime)
+        r = -ESTALE;
+    pthread_mutex_lock(&t->lock);
+    msb_grace_exit();
+    n = by_id(t, nodeid);
+    if (r < 0 || !n || !n->named) {
+        if (fd >= 0)
+            close(fd);   /* never in the table: no other thread can hold it */
+        return r;        /* gone or opened meanwhile: the caller finds which */
+    }
+    install_fd(t, n, fd);
+    return 0;
+}
+
+/* The named node of the object `name` (plain) beneath pfd holds now (the same birth),
+ * or NULL. Lock held on return either way. No statx while the table has no named
+ * nodes. */
+static struct inode *named_at(struct msb_inodes *t, int pfd, const char *name, size_t len)
+{
+    pthread_mutex_lock(&t->lock);
+    if (!t->nnamed || !msb_plain_name(name, len))
+        return NULL;
+    pthread_mutex_unlock(&t->lock);
+    struct stat st;
+    int64_t btime;
+    int r = msb_statx_at(pfd, name, AT_SYMLINK_NOFOLLOW, &st, &btime);
+    pthread_mutex_lock(&t->lock);
+    if (r < 0)
+        return NULL;
+    struct inode *n = by_key(t, st.st_dev, st.st_ino);
+    if (n && n->named && n->name->btime == btime && n->kind == (st.st_mode & S_IFMT))
+        return n;
+    return NULL;
+}
+
+void msb_inodes_moved(struct msb_inodes *t, uint64_t parent, int pfd, const char *name,
+                      size_t len)
+{
+    struct inode *n = named_at(t, pfd, name, len);
+    if (n)
+        rename_named(t, n, parent, name, len);
+    reap(t);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void msb_inodes_removing(struct msb_inodes *t, uint64_t parent, int pfd, const char *name,
+                         size_t len)
+{
+    struct inode *n = named_at(t, pfd, name, len);
+    if (n) {
+        rename_named(t, n, parent, name, len);
+        open_named(t, n);   /* failing: ESTALE later, as for any name gone */
+    }
+    reap(t);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* by_id, with a named node opened: the node (NULL: not in the table) and its fd. */
+static struct inode *opened_by_id(struct msb_inodes *t, uint64_t nodeid, int *fd)
+{
     struct inode *n = by_id(t, nodeid);
-    int fd = n ? fd_locked(t, n) : -EBADF;   /* unknown, or forgotten */
+    if (n && n->named) {
+        int r = open_named(t, n);
+        n = by_id(t, nodeid);
+        if (r < 0) {
+            *fd = n ? r : -EBADF;
+            return n;
+        }
+    }
+    *fd = n ? fd_locked(t, n) : -EBADF;   /* unknown, or forgotten */
+    return n;
+}
+
+int msb_inodes_fd(struct msb_inodes *t, uint64_t nodeid)
+{
+    int fd;
+    pthread_mutex_lock(&t->lock);
+    opened_by_id(t, nodeid, &fd);
     pthread_mutex_unlock(&t->lock);
     return fd;
 }
@@ -779,13 +1096,11 @@ int64_t msb_inodes_add_id(struct msb_inodes *t, int fd, uint64_t dev, uint64_t i
 
 int64_t msb_inodes_fd_traits(struct msb_inodes *t, uint64_t nodeid)
 {
-    int64_t r = -EBADF;
+    int fd;
     pthread_mutex_lock(&t->lock);
-    struct inode *n = by_id(t, nodeid);
-    if (n) {
-        int fd = fd_locked(t, n);
-        r = fd < 0 ? fd : (int64_t)fd << MSB_INODE_FD_SHIFT | n->kind | (n->submount ? MSB_INODE_SUBMOUNT : 0);
-    }
+    struct inode *n = opened_by_id(t, nodeid, &fd);
+    int64_t r = fd < 0 ? fd
+                : (int64_t)fd << MSB_INODE_FD_SHIFT | n->kind | (n->submount ? MSB_INODE_SUBMOUNT : 0);
     pthread_mutex_unlock(&t->lock);
     return r;
 }

@@ -25,6 +25,7 @@
 #ifndef MSBFS_INODES_H
 #define MSBFS_INODES_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define MSB_INODES_NONE UINT64_MAX   /* "no bound" for max_inodes / fd_cap */
@@ -42,6 +43,7 @@ struct msb_inode_info {
     int32_t fd;         /* -1: evicted (only its handle kept) */
     uint8_t submount;
     uint8_t pinned;
+    uint8_t named;      /* added by name, not opened yet (msb_inodes_add_named) */
 };
 
 struct msb_inodes_stats {
@@ -51,6 +53,8 @@ struct msb_inodes_stats {
     uint64_t reopens;
     uint64_t max_fds;   /* 0: no fd cache (every inode keeps its fd) */
     uint64_t trims;     /* times forgotten nodes' memory went back (inodes.c: trim_due) */
+    uint64_t named;     /* nodes added by name and not opened yet */
+    uint64_t opens;     /* named nodes opened since the table was made */
 };
 
 /* A table whose root (node id 1) is root_fd (O_PATH; the table owns it from now on).
@@ -81,6 +85,43 @@ int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
  * new inode (or one whose fd was evicted), closed when the inode has one. -ENOMEM. */
 int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
                    uint32_t mode, int submount, struct msb_inode_info *out);
+/* Named nodes: a lookup that found a name by fstatat adds its inode without opening
+ * it, keeping only where it was found (parent node id, plain name), because most nodes
+ * a client looks up or lists are never used through an fd (ls -l, find, stat, a
+ * READDIRPLUS of a whole directory): the first msb_inodes_fd opens it beneath the
+ * parent's fd with the flags given here, and keeps the fd only if it is the (dev, ino,
+ * kind) the node was added for; else -ESTALE (the client's kernel looks the name up
+ * again, and a lookup that finds the node under another name moves it there). A
+ * listing costs one fstatat per entry instead of an open, an fstat and a close.
+ * Containment is the open's: the same openat2 resolve rules, of one plain name,
+ * beneath a parent fd the table holds. Until set, msb_inodes_add_named says -ENOTSUP. */
+void msb_inodes_set_open(struct msb_inodes *t, uint64_t flags, uint64_t resolve);
+/* 1: name is one plain component (not empty, <= 255 bytes, no '/' or NUL, not "." or
+ * ".."): a name the lookup, and any op on a name beneath a directory fd, may use as is
+ * (the only names a named node keeps). */
+int msb_plain_name(const char *name, size_t len);
+/* Count one lookup of inode (dev, ino, mode, born at btime: msb_statx_at) found as
+ * `name` (plain: no '/', NUL; 1..255 bytes) beneath node `parent`: 1 and *out if new to
+ * the table (named), 0 if it was there (a named one is moved to this name); -ENOTSUP,
+ * -ENFILE (max_inodes), -ENOMEM, -EINVAL (not a plain name). The birth time tells a
+ * number the filesystem reused from the file a named node stood for (nothing holds
+ * that file open): a node of its own, as for an evicted node whose handle is stale. */
+int msb_inodes_add_named(struct msb_inodes *t, uint64_t parent, const char *name, size_t len,
+                         uint64_t dev, uint64_t ino, uint32_t mode, int64_t btime,
+                         struct msb_inode_info *out);
+/* A rename made `name` beneath node `parent` (its fd: pfd) hold what it moved there:
+ * a named node of that object is found there from now on (a statx, only while the
+ * table has named nodes), so the client's next use of the node id it holds opens it
+ * without an ESTALE round trip. */
+void msb_inodes_moved(struct msb_inodes *t, uint64_t parent, int pfd, const char *name,
+                      size_t len);
+/* `name` beneath node `parent` (its fd: pfd) is about to lose the object it holds
+ * (unlink, rmdir, a rename over it): a named node of that object is opened now, so the
+ * client reaches it after it has no name left as it reaches any inode it holds (an
+ * O_PATH fd: fstat says nlink 0; a link into a removed directory says ENOENT), never
+ * ESTALE. Call it before the removal; nothing (no statx) without named nodes. */
+void msb_inodes_removing(struct msb_inodes *t, uint64_t parent, int pfd, const char *name,
+                         size_t len);
 /* One more lookup of an inode in the table (link, "."); -EBADF if it is not. */
 int msb_inodes_ref(struct msb_inodes *t, uint64_t nodeid);
 /* Take nlookup lookups away (more than held: all of them); at zero the inode goes (at
@@ -94,8 +135,9 @@ void msb_inodes_forget(struct msb_inodes *t, uint64_t nodeid, uint64_t nlookup);
  * looked up again meanwhile. Counted: holds nest. */
 void msb_inodes_hold(struct msb_inodes *t);
 void msb_inodes_unhold(struct msb_inodes *t);
-/* The inode's O_PATH fd, re-opened from its handle if evicted; marks it used (CLOCK).
- * -EBADF: not in the table (unknown, or forgotten); other -errno: open_by_handle_at's. */
+/* The inode's O_PATH fd, re-opened from its handle if evicted, opened if named; marks
+ * it used (CLOCK). -EBADF: not in the table (unknown, or forgotten); -ESTALE: a named
+ * node whose name holds another object now (or nothing); other -errno: the open's. */
 int msb_inodes_fd(struct msb_inodes *t, uint64_t nodeid);
 /* The same answers packed in one integer, for the Python wrapper's hot path (no
  * struct to allocate per call). Node ids stay below 2^62: the counter moves by one. */

@@ -9,15 +9,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define NAME_MAX_ 255
-
-int msb_plain_name(const char *name, size_t len)
-{
-    if (len == 0 || len > NAME_MAX_ || memchr(name, '/', len) || memchr(name, '\0', len))
-        return 0;
-    return !(name[0] == '.' && (len == 1 || (len == 2 && name[1] == '.')));
-}
-
 /* The cold half: a name new to the table, opened exactly as the tree opens it; the
  * object held is the truth whatever raced (msb_inodes_add counts one lookup of an inode
  * the table has after all, and closes our fd). */
@@ -52,26 +43,27 @@ int msb_lookup(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, uint64_t 
     if (pfd < 0)
         return MSB_LOOKUP_UNDECIDED;
     /* name is NUL-terminated right after len bytes: both callers hand a C string */
-    if (fstatat(pfd, name, st, AT_SYMLINK_NOFOLLOW) < 0)
-        return errno == ENOENT ? -ENOENT : MSB_LOOKUP_UNDECIDED;
+    int64_t btime;
+    int r = msb_statx_at(pfd, name, AT_SYMLINK_NOFOLLOW, st, &btime);
+    if (r < 0)
+        return r == -ENOENT ? -ENOENT : MSB_LOOKUP_UNDECIDED;
     if ((uint64_t)st->st_dev != cfg->root_dev)
         return MSB_LOOKUP_UNDECIDED;   /* another filesystem: the tree tags its st_ino */
+    /* Known, or new and named (opened at its first use: csrc/inodes.h), where the
+     * filesystem keeps birth times (a reused number is told by them). */
+    r = btime == MSB_NO_BTIME ? -ENOTSUP
+        : msb_inodes_add_named(t, parent, name, len, st->st_dev, st->st_ino, st->st_mode,
+                               btime, info);
+    if (r >= 0) {
+        *added = r;
+        return 0;
+    }
+    if (r != -ENOTSUP)
+        return MSB_LOOKUP_UNDECIDED;   /* a bound, or no memory: the tree's own answer */
     if (msb_inodes_find(t, st->st_dev, st->st_ino, 1, info) == 0)
         return 0;
-    int r = lookup_open(t, cfg, pfd, name, st, info);
+    r = lookup_open(t, cfg, pfd, name, st, info);
     *added = r == 0;
-    return r;
-}
-
-int msb_lookup_listed(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, int pfd,
-                      const char *name, uint64_t ino, int *streak, struct stat *st,
-                      struct msb_inode_info *info)
-{
-    struct msb_inode_info known;
-    if (!*streak && msb_inodes_find(t, cfg->root_dev, ino, 0, &known) == 0)
-        return MSB_LOOKUP_UNDECIDED;   /* likely warm: msb_lookup's order is cheaper */
-    int r = lookup_open(t, cfg, pfd, name, st, info);
-    *streak = r == 0 && info->nlookup == 1;   /* new to the table: the next likely is */
     return r;
 }
 

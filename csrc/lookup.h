@@ -42,27 +42,12 @@ struct msb_lookup_stat {
     uint32_t st_mode, st_uid, st_gid;
 };
 
-/* 1: name is one plain component (not empty, <= 255 bytes, no '/' or NUL, not "." or
- * ".."): a name the lookup, and any op on a name beneath a directory fd, may use as is. */
-int msb_plain_name(const char *name, size_t len);
+/* msb_plain_name (csrc/inodes.h): the names this lookup decides. */
 /* 0: *st and *info (one more lookup counted; *added 1 if the inode is new to the
  * table); -ENOENT: no such name; MSB_LOOKUP_UNDECIDED: the caller's. */
 int msb_lookup(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, uint64_t parent,
                const char *name, size_t len, struct stat *st, struct msb_inode_info *info,
                int *added);
-/* The same lookup in the other order, for a name a directory listing just returned
- * (csrc/fuse_readdir.c, READDIRPLUS): when the inode the listing names (`ino`, its
- * d_ino) is not in the table, the name is most likely new to it, and the warm fstatat
- * would only miss: msb_lookup's cold half runs at once (open, fstat, add: the object
- * opened is the truth, as there). *streak (0 at a listing's start) says the name before
- * was new to the table: then the table is not even asked (a listing the guest forgot is
- * new from end to end; the probe is a cache miss per name). `pfd`: the fd of a parent
- * msb_lookup accepts (in the table, on the root's device), `name` plain and
- * NUL-terminated. 0 as msb_lookup's; MSB_LOOKUP_UNDECIDED (nothing counted): call
- * msb_lookup, which decides from scratch. */
-int msb_lookup_listed(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, int pfd,
-                      const char *name, uint64_t ino, int *streak, struct stat *st,
-                      struct msb_inode_info *info);
 /* msb_lookup for the Python tree in one crossing: nodeid << 1 | submount, with the
  * attributes in *out, or -ENOENT, or MSB_LOOKUP_UNDECIDED. */
 int64_t msb_lookup_attr(struct msb_inodes *t, const struct msb_lookup_cfg *cfg,

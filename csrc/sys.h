@@ -16,5 +16,11 @@ int msb_setfsuid(uint32_t uid);   /* returns the previous fsuid */
 int msb_setfsgid(uint32_t gid);   /* returns the previous fsgid */
 int msb_setgroups(size_t n, const uint32_t *groups); /* 0 or -errno */
 int msb_getgroups(size_t n, uint32_t *groups);       /* count or -errno */
+/* statx(2) of name beneath dirfd (flags: AT_*), as fstatat's struct stat, and the
+ * birth time in ns (MSB_NO_BTIME when the filesystem keeps none). 0 or -errno. One
+ * syscall, as fstatat: the inode table tells a reused inode number by the birth. */
+#define MSB_NO_BTIME INT64_MIN
+struct stat;
+int msb_statx_at(int dirfd, const char *name, int flags, struct stat *st, int64_t *btime);
 
 #endif

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "inodes.c"
 #include "grace.c"   /* inode_fd_retire's deferred close: at once here (no sections) */
+#include "sys.c"     /* msb_openat2: a named node's open */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -334,6 +335,249 @@ static void test_eviction(void)
     }
 }
 
+/* What csrc/lookup.c does for a name: fstatat, then add it by name (no fd opened). */
+static int add_named_at(struct msb_inodes *t, int at, uint64_t parent, const char *name,
+                        struct msb_inode_info *out)
+{
+    struct stat st;
+    int64_t btime;
+    CHECK(msb_statx_at(at, name, AT_SYMLINK_NOFOLLOW, &st, &btime) == 0);
+    return msb_inodes_add_named(t, parent, name, strlen(name), st.st_dev, st.st_ino,
+                                st.st_mode, btime, out);
+}
+
+static int add_by_name(struct msb_inodes *t, uint64_t parent, const char *name,
+                       struct msb_inode_info *out)
+{
+    return add_named_at(t, dir_fd, parent, name, out);
+}
+
+static void test_named(void)
+{
+    struct msb_inodes *t = new_table(0, MSB_INODES_NONE, MSB_INODES_NONE);
+    struct msb_inode_info a, r;
+    struct msb_inodes_stats s;
+    int64_t born;
+    make_file("n1");
+    /* Until the tree says how it opens a name, the caller opens it. */
+    CHECK(add_by_name(t, 1, "n1", &a) == -ENOTSUP);
+    msb_inodes_set_open(t, O_PATH | O_NOFOLLOW | O_CLOEXEC, RESOLVE_BENEATH);
+    CHECK(msb_inodes_add_named(t, 1, "a/b", 3, 1, 2, S_IFREG, 0, &r) == -EINVAL);
+    CHECK(msb_inodes_add_named(t, 1, "", 0, 1, 2, S_IFREG, 0, &r) == -EINVAL);
+    CHECK(msb_inodes_add_named(t, 1, "..", 2, 1, 2, S_IFDIR, 0, &r) == -EINVAL);
+    CHECK(add_by_name(t, 1, "n1", &a) == 1);
+    CHECK(a.named && a.fd == -1 && a.nlookup == 1 && a.kind == S_IFREG);
+    msb_inodes_stats(t, &s);
+    CHECK(s.inodes == 2 && s.nfds == 1 && s.named == 1 && s.opens == 0);
+    /* Found again by (dev, ino), through a second name: the same node, one more lookup. */
+    CHECK(linkat(dir_fd, "n1", dir_fd, "n1b", 0) == 0);
+    CHECK(add_by_name(t, 1, "n1b", &r) == 0 && r.nodeid == a.nodeid && r.nlookup == 2);
+    /* The first use opens it, from where it was last found (n1 is gone now). */
+    CHECK(unlinkat(dir_fd, "n1", 0) == 0);
+    int fd = msb_inodes_fd(t, a.nodeid);
+    CHECK(fd >= 0);
+    CHECK(msb_inodes_get(t, a.nodeid, &r) == 0 && !r.named && r.fd == fd);
+    CHECK(msb_inodes_fd(t, a.nodeid) == fd);
+    msb_inodes_stats(t, &s);
+    CHECK(s.named == 0 && s.opens == 1 && s.nfds == 2);
+    msb_inodes_forget(t, a.nodeid, 2);
+    CHECK(msb_inodes_get(t, a.nodeid, &r) == -EBADF && !fd_is_open(fd));
+
+    /* The name holds another object by the first use: ESTALE, nothing opened or kept;
+     * found again under a name that is it, the node opens from there. */
+    make_file("n2");
+    CHECK(add_by_name(t, 1, "n2", &a) == 1);
+    CHECK(renameat(dir_fd, "n2", dir_fd, "n2moved") == 0);
+    make_file("n2");   /* another inode at the old name */
+    CHECK(msb_inodes_fd(t, a.nodeid) == -ESTALE);
+    CHECK(msb_inodes_fd_traits(t, a.nodeid) == -ESTALE);
+    msb_inodes_stats(t, &s);
+    CHECK(s.named == 1 && s.nfds == 1);
+    CHECK(add_by_name(t, 1, "n2moved", &r) == 0 && r.nodeid == a.nodeid && r.named);
+    CHECK(msb_inodes_fd(t, a.nodeid) >= 0);
+    /* A directory's name now a symlink's: ESTALE (the open checks number and kind). */
+    CHECK(mkdirat(dir_fd, "n3", 0755) == 0);
+    struct msb_inode_info d;
+    CHECK(add_by_name(t, 1, "n3", &d) == 1 && d.kind == S_IFDIR);
+    CHECK(unlinkat(dir_fd, "n3", AT_REMOVEDIR) == 0);
+    CHECK(symlinkat("n2moved", dir_fd, "n3") == 0);
+    CHECK(msb_inodes_fd(t, d.nodeid) == -ESTALE);
+    /* A node that says another kind than its number now has is not joined: a new node. */
+    struct stat st;
+    CHECK(fstatat(dir_fd, "n3", &st, AT_SYMLINK_NOFOLLOW) == 0);
+    CHECK(msb_inodes_add_named(t, 1, "n3", 2, d.dev, d.ino, st.st_mode, 0, &r) == 1);
+    CHECK(r.nodeid != d.nodeid && r.kind == S_IFLNK);
+    msb_inodes_forget(t, r.nodeid, 1);
+    /* A named node beneath a named parent: the parent opens first (its own name). */
+    CHECK(unlinkat(dir_fd, "n3", 0) == 0);
+    CHECK(mkdirat(dir_fd, "n4", 0755) == 0);
+    int sub = openat(dir_fd, "n4", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    CHECK(sub >= 0);
+    int f = openat(sub, "x", O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    CHECK(f >= 0);
+    close(f);
+    struct msb_inode_info dir4, x;
+    CHECK(add_by_name(t, 1, "n4", &dir4) == 1 && dir4.named);
+    CHECK(add_named_at(t, sub, dir4.nodeid, "x", &x) == 1);
+    CHECK(msb_inodes_fd(t, x.nodeid) == -ESTALE);   /* its parent was never opened */
+    CHECK(msb_inodes_fd(t, dir4.nodeid) >= 0);
+    CHECK(msb_inodes_fd(t, x.nodeid) >= 0);
+    /* A named node pins its parent: forgotten by the client, the parent stays while
+     * the child is named (x, opened, pins nothing), goes with the child's forget. */
+    msb_inodes_forget(t, x.nodeid, 1);
+    CHECK(unlinkat(sub, "x", 0) == 0);
+    f = openat(sub, "y", O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    CHECK(f >= 0);
+    close(f);
+    CHECK(add_named_at(t, sub, dir4.nodeid, "y", &r) == 1);
+    CHECK(msb_inodes_get(t, dir4.nodeid, &d) == 0 && d.nlookup == 2);
+    msb_inodes_forget(t, dir4.nodeid, 1);
+    CHECK(msb_inodes_get(t, dir4.nodeid, &d) == 0 && d.nlookup == 1);
+    msb_inodes_forget(t, r.nodeid, 1);
+    CHECK(msb_inodes_get(t, r.nodeid, &d) == -EBADF);
+    CHECK(msb_inodes_get(t, dir4.nodeid, &d) == -EBADF);   /* with its last pin */
+    /* ...held while Python runs: both go at the unhold, the child first. */
+    CHECK(add_by_name(t, 1, "n4", &dir4) == 1 && msb_inodes_fd(t, dir4.nodeid) >= 0);
+    CHECK(add_named_at(t, sub, dir4.nodeid, "y", &r) == 1);
+    msb_inodes_hold(t);
+    msb_inodes_forget(t, dir4.nodeid, 1);
+    msb_inodes_forget(t, r.nodeid, 1);
+    CHECK(msb_inodes_get(t, dir4.nodeid, &d) == 0 && msb_inodes_get(t, r.nodeid, &d) == 0);
+    msb_inodes_unhold(t);
+    CHECK(msb_inodes_get(t, r.nodeid, &d) == -EBADF && msb_inodes_get(t, dir4.nodeid, &d) == -EBADF);
+    /* A client taking away more than it holds: the parent goes, the child is ESTALE,
+     * nothing else (node ids are never reused). */
+    CHECK(add_by_name(t, 1, "n4", &dir4) == 1 && msb_inodes_fd(t, dir4.nodeid) >= 0);
+    CHECK(add_named_at(t, sub, dir4.nodeid, "y", &r) == 1);
+    msb_inodes_forget(t, dir4.nodeid, UINT64_MAX);
+    CHECK(msb_inodes_fd(t, r.nodeid) == -ESTALE);
+    msb_inodes_forget(t, r.nodeid, 1);
+    CHECK(unlinkat(sub, "y", 0) == 0);
+    close(sub);
+    CHECK(unlinkat(dir_fd, "n4", AT_REMOVEDIR) == 0);
+    /* Renamed through us: the named node follows (no ESTALE at its first use). */
+    make_file("n7");
+    CHECK(add_by_name(t, 1, "n7", &r) == 1);
+    CHECK(renameat(dir_fd, "n7", dir_fd, "n7moved") == 0);
+    msb_inodes_moved(t, 1, dir_fd, "n7moved", 7);
+    CHECK(msb_inodes_fd(t, r.nodeid) >= 0);
+    msb_inodes_forget(t, r.nodeid, 1);
+    /* ...but never to another object that happens to be there. */
+    CHECK(add_by_name(t, 1, "n7moved", &r) == 1);
+    make_file("n7other");
+    CHECK(renameat(dir_fd, "n7moved", dir_fd, "n7gone") == 0);
+    msb_inodes_moved(t, 1, dir_fd, "n7other", 7);
+    CHECK(msb_inodes_fd(t, r.nodeid) == -ESTALE);
+    msb_inodes_moved(t, 1, dir_fd, "n7gone", 6);
+    CHECK(msb_inodes_fd(t, r.nodeid) >= 0);
+    msb_inodes_forget(t, r.nodeid, 1);
+    /* Unnamed through us: opened first, so its node still reaches it (nlink 0). */
+    make_file("n8");
+    CHECK(add_by_name(t, 1, "n8", &r) == 1);
+    msb_inodes_removing(t, 1, dir_fd, "n8", 2);
+    CHECK(unlinkat(dir_fd, "n8", 0) == 0);
+    fd = msb_inodes_fd(t, r.nodeid);
+    CHECK(fd >= 0 && fstat(fd, &st) == 0 && st.st_nlink == 0);
+    msb_inodes_forget(t, r.nodeid, 1);
+    /* A reused number (faked: the same dev, ino and kind, another birth): the named
+     * node is not joined, by name or by fd, and its own open says ESTALE. */
+    make_file("n6");
+    CHECK(msb_statx_at(dir_fd, "n6", AT_SYMLINK_NOFOLLOW, &st, &born) == 0);
+    struct msb_inode_info old, fresh;
+    CHECK(msb_inodes_add_named(t, 1, "n6", 2, st.st_dev, st.st_ino, st.st_mode, born - 1,
+                               &old) == 1);
+    CHECK(add_by_name(t, 1, "n6", &fresh) == 1 && fresh.nodeid != old.nodeid);
+    CHECK(msb_inodes_fd(t, old.nodeid) == -ESTALE);
+    CHECK(msb_inodes_fd(t, fresh.nodeid) >= 0);
+    msb_inodes_forget(t, fresh.nodeid, 1);
+    CHECK(msb_inodes_add_named(t, 1, "n6", 2, st.st_dev, st.st_ino, st.st_mode, born - 1,
+                               &old) == 1);
+    CHECK(add_name(t, "n6", &fresh) == 0 && fresh.nodeid != old.nodeid && fresh.fd >= 0);
+    msb_inodes_forget(t, fresh.nodeid, 1);
+    /* The same birth, by fd: the named node gets the fd (one node per file). */
+    CHECK(add_by_name(t, 1, "n6", &r) == 1);
+    CHECK(add_name(t, "n6", &fresh) == 0 && fresh.nodeid == r.nodeid && fresh.nlookup == 2);
+    CHECK(!fresh.named && fresh.fd >= 0);
+    /* Forgotten while named, cleared while named: the names are freed (ASan's leak check). */
+    make_file("n5");
+    CHECK(add_by_name(t, 1, "n5", &r) == 1);
+    msb_inodes_forget(t, r.nodeid, 1);
+    CHECK(add_by_name(t, 1, "n5", &r) == 1);
+    msb_inodes_clear(t);
+    msb_inodes_stats(t, &s);
+    CHECK(s.named == 0 && s.inodes == 1);
+    msb_inodes_free(t);
+
+    /* Bounds: a named node counts against max_inodes; its open against fd_cap. */
+    t = new_table(0, 2, 2);
+    msb_inodes_set_open(t, O_PATH | O_NOFOLLOW | O_CLOEXEC, RESOLVE_BENEATH);
+    CHECK(add_by_name(t, 1, "n5", &a) == 1);
+    CHECK(add_by_name(t, 1, "n2", &r) == -ENFILE);
+    CHECK(msb_inodes_fd(t, a.nodeid) >= 0);   /* fds: root + this one = fd_cap */
+    msb_inodes_free(t);
+    t = new_table(0, 1, 3);
+    msb_inodes_set_open(t, O_PATH | O_NOFOLLOW | O_CLOEXEC, RESOLVE_BENEATH);
+    CHECK(add_by_name(t, 1, "n5", &a) == 1);
+    CHECK(msb_inodes_fd(t, a.nodeid) == -ENFILE);   /* the root holds the one fd */
+    CHECK(msb_inodes_get(t, a.nodeid, &r) == 0 && r.named);
+    msb_inodes_free(t);
+    unlinkat(dir_fd, "n1b", 0);
+    unlinkat(dir_fd, "n2", 0);
+    unlinkat(dir_fd, "n2moved", 0);
+    unlinkat(dir_fd, "n5", 0);
+    unlinkat(dir_fd, "n6", 0);
+    unlinkat(dir_fd, "n7gone", 0);
+    unlinkat(dir_fd, "n7other", 0);
+}
+
+/* Threads opening the same named nodes at once: each node keeps one fd, every thread
+ * gets that one, the others' opens are closed (the fd count at exit says so). */
+#define RACE_NODES 64
+#define RACE_THREADS 4
+static struct msb_inodes *race_table;
+static uint64_t race_ids[RACE_NODES];
+static int race_fds[RACE_THREADS][RACE_NODES];
+
+static void *race_open(void *arg)
+{
+    int k = (int)(intptr_t)arg;
+    for (int i = 0; i < RACE_NODES; i++)
+        race_fds[k][i] = msb_inodes_fd(race_table, race_ids[(i + k * 7) % RACE_NODES]);
+    return NULL;
+}
+
+static void test_named_race(void)
+{
+    struct msb_inodes *t = race_table = new_table(0, MSB_INODES_NONE, MSB_INODES_NONE);
+    msb_inodes_set_open(t, O_PATH | O_NOFOLLOW | O_CLOEXEC, RESOLVE_BENEATH);
+    char name[16];
+    struct msb_inode_info r;
+    for (int i = 0; i < RACE_NODES; i++) {
+        snprintf(name, sizeof name, "r%d", i);
+        make_file(name);
+        CHECK(add_by_name(t, 1, name, &r) == 1);
+        race_ids[i] = r.nodeid;
+    }
+    pthread_t th[RACE_THREADS];
+    for (int k = 0; k < RACE_THREADS; k++)
+        CHECK(pthread_create(&th[k], NULL, race_open, (void *)(intptr_t)k) == 0);
+    for (int k = 0; k < RACE_THREADS; k++)
+        pthread_join(th[k], NULL);
+    struct msb_inodes_stats s;
+    msb_inodes_stats(t, &s);
+    CHECK(s.named == 0 && s.opens == RACE_NODES && s.nfds == RACE_NODES + 1);
+    for (int i = 0; i < RACE_NODES; i++) {
+        int fd = msb_inodes_fd(t, race_ids[i]);
+        for (int k = 0; k < RACE_THREADS; k++)
+            CHECK(race_fds[k][(i - k * 7 % RACE_NODES + RACE_NODES) % RACE_NODES] == fd);
+    }
+    msb_inodes_free(t);
+    for (int i = 0; i < RACE_NODES; i++) {
+        snprintf(name, sizeof name, "r%d", i);
+        unlinkat(dir_fd, name, 0);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -355,6 +599,8 @@ int main(int argc, char **argv)
     test_hold_cached();
     test_bounds();
     test_eviction();
+    test_named();
+    test_named_race();
     int fds_after = 0;
     for (int fd = 0; fd < 1024; fd++)
         fds_after += fd_is_open(fd);

@@ -23,7 +23,7 @@ from msbfs.tree import (
     SetAttr,
     Tree,
 )
-from tests.plugins.tree import ROOT, USER, as_unprivileged_daemon, err, walk
+from tests.plugins.tree import ROOT, USER, as_unprivileged_daemon, err, opened, walk
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching identities needs root")
 
@@ -262,7 +262,7 @@ def test_evicted_inodes_reopen_whoever_asks(make_tree: MakeTree) -> None:
     for i in range(80):
         (root / "many" / f"f{i}").write_bytes(b"%d" % i)
     many = walk(tree, "many")
-    nodes = [tree.lookup(many, b"f%d" % i, USER).nodeid for i in range(80)]
+    nodes = [opened(tree, tree.lookup(many, b"f%d" % i, USER)).nodeid for i in range(80)]
     assert tree.statistics().extra["inode_fd_evictions"] > 0
     for i, node in enumerate(nodes):
         fh = tree.open(node, os.O_RDONLY, USER).fh

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from msbfs.tree import FATTR_MODE, ROOT_ID, SetAttr, Tree
-from tests.plugins.tree import ROOT, err, fd_count
+from tests.plugins.tree import ROOT, err, fd_count, opened
 
 DIRS = ["", "a", "a/b", "c"]
 NAMES = [b"f1", b"f2", b"f3", b"g", b"h"]
@@ -129,7 +129,7 @@ def test_tiny_cache_behaves_like_no_cache(tmp_path: Path, seq: list[tuple[Any, .
         dc, dp = Driver(cached), Driver(plain)
         for i in range(40):
             for d in (dc, dp):
-                d.held.append(d.t.lookup(ROOT_ID, f"pad{i}".encode(), ROOT).nodeid)
+                d.held.append(opened(d.t, d.t.lookup(ROOT_ID, f"pad{i}".encode(), ROOT)).nodeid)
         for op in seq:
             assert outcome(dc, op) == outcome(dp, op), op
         stats = cached.statistics().extra

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from msbfs.tree import ROOT_ID, Policy, Tree
-from tests.plugins.tree import ROOT, as_unprivileged_daemon, err, fd_count, lookup_path, walk
+from tests.plugins.tree import (
+    ROOT,
+    as_unprivileged_daemon,
+    err,
+    fd_count,
+    lookup_path,
+    opened,
+    walk,
+)
 
 
 def test_forget_releases_fds(tmp_path: Path) -> None:
@@ -23,7 +31,8 @@ def test_forget_releases_fds(tmp_path: Path) -> None:
         (root / f"f{i}").write_bytes(b"")
     with Tree(root) as tree:
         baseline = fd_count()
-        entries = [tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT) for i in range(5000)]
+        entries = [opened(tree, tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT))
+                   for i in range(5000)]
         assert fd_count() >= baseline + 5000
         assert tree.statistics().inodes == 5001
         # A second lookup of each counts, but opens nothing new.
@@ -336,9 +345,10 @@ def test_fd_cache_holds_more_inodes_than_fds(tmp_path: Path) -> None:
     (src / "sym").symlink_to("f001")
     with Tree(src, max_inode_fds=50) as tree:
         baseline = fd_count()
-        entries = {i: tree.lookup(ROOT_ID, f"f{i:03}".encode(), ROOT) for i in range(600)}
-        d = tree.lookup(ROOT_ID, b"d", ROOT)
-        sym = tree.lookup(ROOT_ID, b"sym", ROOT)
+        entries = {i: opened(tree, tree.lookup(ROOT_ID, f"f{i:03}".encode(), ROOT))
+                   for i in range(600)}
+        d = opened(tree, tree.lookup(ROOT_ID, b"d", ROOT))
+        sym = opened(tree, tree.lookup(ROOT_ID, b"sym", ROOT))
         assert fd_count() <= baseline + 50 + 2  # the cache, plus one fd per mount
         stats = tree.statistics()
         assert stats.inodes == 603 and stats.extra["inode_fds"] <= 50 + 1  # + the root
@@ -381,10 +391,10 @@ def test_unlinked_inodes_are_never_evicted(tmp_path: Path) -> None:
     for i in range(40):
         (tmp_path / f"f{i}").write_bytes(b"")
     with Tree(tmp_path, max_inode_fds=16) as tree:
-        doomed = tree.lookup(ROOT_ID, b"doomed", ROOT)
+        doomed = opened(tree, tree.lookup(ROOT_ID, b"doomed", ROOT))
         os.unlink(tmp_path / "doomed")
         for i in range(40):
-            tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT)
+            opened(tree, tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT))
         attr, _t = tree.getattr(doomed.nodeid, None, ROOT)
         assert attr.nlink == 0 and attr.size == 10
 
@@ -411,7 +421,7 @@ def test_fd_cache_can_be_turned_off(tmp_path: Path) -> None:
         (tmp_path / f"f{i}").write_bytes(b"")
     with Tree(tmp_path, max_inode_fds=0) as tree:
         for i in range(40):
-            tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT)
+            opened(tree, tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT))
         assert tree.statistics().extra["inode_fds"] == 41
         assert tree.statistics().extra["inode_fd_evictions"] == 0
 
@@ -465,7 +475,9 @@ def test_lookup_path_walks_with_client_lookups(tmp_path: Path) -> None:
     with Tree(tmp_path) as tree:
         e = lookup_path(tree, "a/b/f")
         assert e.attr.size == 2 and e.attr.ino == os.stat(tmp_path / "a/b/f").st_ino
-        assert tree.statistics().inodes == 2  # only the result keeps a lookup
+        # only the result keeps a lookup, and it pins its parent while it is a named
+        # node (csrc/inodes.h: opened beneath that parent at its first use)
+        assert tree.statistics().inodes == 3
         assert lookup_path(tree, "a/./b/../b/f").nodeid == e.nodeid
         assert lookup_path(tree, "../../a/b/f").nodeid == e.nodeid  # .. stops at the root
         assert lookup_path(tree, "").nodeid == ROOT_ID

@@ -35,6 +35,7 @@ from tests.test_virtiofs_meta import (
     Step,
     _both,
     _fds,
+    _handle_fds,
     _ids,
     _populate,
 )
@@ -138,7 +139,7 @@ async def test_opens_and_releases_reply_as_python(fs_client: Callable[..., Any],
         r = Requests()
         ids = await _ids(on)
         assert ids == await _ids(off)
-        base = _fds()
+        base = _handle_fds(on, off)
         assert await _both(on, off, _opens(r, ids)) > 50
         last = await _last_fh(on)
         assert last == await _last_fh(off) and last > 5
@@ -157,7 +158,7 @@ async def test_opens_and_releases_reply_as_python(fs_client: Callable[..., Any],
             assert served["open_errors"] >= 2  # the policy's errno, from its own table
         if policy != "readonly":
             assert served["opens"] >= 8
-        assert _fds() == base  # every fd C or Python opened is closed again
+        assert _handle_fds(on, off) == base  # every fd C or Python opened is closed again
 
 
 async def test_full_handle_table_is_emfile_both_ways(fs_client: Callable[..., Any],
@@ -220,7 +221,7 @@ async def test_hostile_open_release_mix_replies_as_python(fs_client: Callable[..
         r = Requests()
         ids = await _ids(on)
         assert ids == await _ids(off)
-        base = _fds()
+        base = _handle_fds(on, off)
         nodes = [ROOT, *ids.values(), 999]
         flags = [os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDWR | os.O_TRUNC,
                  os.O_RDONLY | FMODE_EXEC, os.O_WRONLY | os.O_APPEND, os.O_ACCMODE, 0xFFFFFFFF]
@@ -238,7 +239,7 @@ async def test_hostile_open_release_mix_replies_as_python(fs_client: Callable[..
         assert await _both(on, off, _releases(r, ids, last)) > 0
         served = on.device.meta.open_statistics()
         assert served["opens"] > 20 and served["releases"] > 5 and served["releasedirs"] > 5
-        assert _fds() == base
+        assert _handle_fds(on, off) == base
 
 
 async def test_release_in_c_never_lets_a_read_of_another_queue_see_a_reused_fd(
@@ -376,7 +377,7 @@ async def test_opens_and_releases_on_four_queues_balance(fs_client: Callable[...
         r = c.r
         nodes = [parse_entry(await c.ok(r.lookup(ROOT, n))).nodeid for n in names]
         tree = c.device.tree
-        base = _fds()
+        base = _handle_fds(c)
         before = c.device.meta.open_statistics()
         seen: list[int] = []
 
@@ -402,4 +403,4 @@ async def test_opens_and_releases_on_four_queues_balance(fs_client: Callable[...
         assert after["opendirs"] - before["opendirs"] == 4 * rounds * 4
         assert tree.statistics().handles == 0
         assert all(tree._inodes.nopen(tree._inodes.get(n)) == 0 for n in nodes)
-        assert _fds() == base
+        assert _handle_fds(c) == base

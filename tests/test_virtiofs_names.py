@@ -75,9 +75,12 @@ async def _pair(fs_client: Callable[..., Any], tmp_path: Path, populate: Callabl
         yield on, off, roots
 
 
-async def _lookup_ids(on: Any, off: Any, names: list[bytes]) -> dict[bytes, int]:
+async def _lookup_ids(on: Any, off: Any, names: list[bytes], *,
+                      opened: bool = False) -> dict[bytes, int]:
     """Node ids of ``names`` in the root, the same on both devices (looked up in the
-    same order; the entries themselves differ in inode numbers and times)."""
+    same order; the entries themselves differ in inode numbers and times). ``opened``:
+    each node is used once (a GETATTR) right after its lookup, so it holds an fd (a
+    lookup alone adds a named node: csrc/inodes.h), as the fd cache tests need."""
     ids = {}
     for name in names:
         got = [await c.call(c.r.lookup(ROOT, name)) for c in (on, off)]
@@ -85,6 +88,9 @@ async def _lookup_ids(on: Any, off: Any, names: list[bytes]) -> dict[bytes, int]
         if got[0].error == 0:
             ids[name] = parse_entry(got[0].payload).nodeid
             assert parse_entry(got[1].payload).nodeid == ids[name]
+            if opened:
+                for c in (on, off):
+                    await c.ok(c.r.getattr(ids[name]))
     return ids
 
 
@@ -288,7 +294,7 @@ async def test_access_of_evicted_inodes_re_opens_as_the_daemon(
     async with _pair(fs_client, tmp_path, populate, Policy(), max_inode_fds=16) as (
             on, off, _roots):
         names = [f"e{i}".encode() for i in range(40)]
-        ids = await _lookup_ids(on, off, names)
+        ids = await _lookup_ids(on, off, names, opened=True)
         assert on.device.tree.statistics().extra["inode_fd_evictions"] > 0
         steps: list[Step | HostStep] = []
         for uid, gid in ((OWNER, OWNER), (0, 0), (3000, 3000)):

@@ -264,9 +264,9 @@ async def test_c_and_python_reply_the_same_bytes(
     answered (its counter), and a quota or readonly tree keeps its rule."""
     pol, tree_kw = POLICIES[policy]
     async with _pair(fs_client, tmp_path, _populate, pol, **tree_kw) as (on, off, roots):
-        ids = await _lookup_ids(on, off, NODES)
+        ids = await _lookup_ids(on, off, NODES, opened=policy == "evicting")
         if policy == "evicting":
-            await _lookup_ids(on, off, [b"e%d" % i for i in range(EXTRA)])
+            await _lookup_ids(on, off, [b"e%d" % i for i in range(EXTRA)], opened=True)
         steps = SCRIPTS[op](ids)
         got = [await _run_each(c, root, steps) for c, root in ((on, roots[0]), (off, roots[1]))]
         for i, (a, b) in enumerate(zip(*got, strict=True)):

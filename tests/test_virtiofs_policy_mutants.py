@@ -141,10 +141,20 @@ async def test_names_are_single_components_that_stay_inside(fs_client, tmp_path:
         up = parse_entry(await c.ok(c.r.lookup(ROOT, b"..")))
         assert up.nodeid == ROOT and up.ino == os.stat(root).st_ino
         # a directory moved out of the root behind the daemon's back has no parent
+        # (once used, its node holds its fd and follows it out: the walk up says so)
+        (root / "c").mkdir()
         a = parse_entry(await c.ok(c.r.lookup(ROOT, b"a")))
+        await c.ok(c.r.getattr(a.nodeid))
+        named = parse_entry(await c.ok(c.r.lookup(ROOT, b"c")))
         os.rename(root / "a", tmp_path / "moved")
         assert (await c.call(c.r.lookup(a.nodeid, b".."))).error == errno.ENOENT
-    assert sorted(os.listdir(tmp_path)) == ["moved", "outside", "root"]
+        # only looked up (a named node, csrc/inodes.h): it never reaches the host's
+        # directory at all; its name beneath the root holds nothing now
+        os.rename(root / "c", tmp_path / "moved-c")
+        for req in (c.r.lookup(named.nodeid, b".."), c.r.getattr(named.nodeid),
+                    c.r.lookup(named.nodeid, b"x")):
+            assert (await c.call(req)).error == errno.ESTALE
+    assert sorted(os.listdir(tmp_path)) == ["moved", "moved-c", "outside", "root"]
     assert (tmp_path / "outside" / "secret").read_bytes() == b"host\n"
 
 
@@ -212,3 +222,35 @@ async def test_inode_budget_answers_enfile_and_keeps_serving(fs_client, tmp_path
         assert errno.ENFILE in errors and errors[0] == 0
         assert c.device.tree.statistics().inodes <= 20
         await c.ok(c.r.getattr(ROOT))  # the daemon still serves
+
+
+async def test_a_named_node_never_reaches_what_took_its_name(fs_client, tmp_path: Path) -> None:
+    """A lookup adds a named node (csrc/inodes.h: no fd until its first use); when its
+    name holds another object by then (a symlink out of the root, a FIFO, a directory,
+    a file whose number the filesystem reused), every use of the node id says ESTALE:
+    the C paths' and the tree's (the second client: C off)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "secret").write_bytes(b"host\n")
+    names = (b"link", b"fifo", b"dir", b"file")
+    for n in names:
+        (root / n.decode()).write_bytes(b"inside")
+    for c_on in (True, False):
+        async with fs_client(root) as c:
+            c.device.meta.enabled = c_on
+            nodes = [parse_entry(await c.ok(c.r.lookup(ROOT, n))).nodeid for n in names]
+            for n in names:
+                (root / n.decode()).unlink()
+            (root / "link").symlink_to(tmp_path / "secret")
+            os.mkfifo(root / "fifo")
+            (root / "dir").mkdir()
+            (root / "file").write_bytes(b"a new file")
+            for node in nodes:
+                for req in (c.r.getattr(node), c.r.open(node, os.O_RDONLY),
+                            c.r.getxattr(node, b"user.x", 64)):
+                    assert (await c.call(req)).error == errno.ESTALE
+        for n in names:
+            p = root / n.decode()
+            p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+            p.write_bytes(b"inside")
+    assert (tmp_path / "secret").read_bytes() == b"host\n"

@@ -305,7 +305,7 @@ async def test_setattr_of_evicted_inodes_re_opens_them(fs_client: Callable[..., 
 
     async with _pair(fs_client, tmp_path, populate, Policy(nosuid=True),
                      max_inode_fds=16) as (on, off, roots):
-        ids = await _lookup_ids(on, off, names)
+        ids = await _lookup_ids(on, off, names, opened=True)
         assert on.device.tree.statistics().extra["inode_fd_evictions"] > 0
         r = Requests()
         steps: list[Step | Callable[[Path], None]] = []

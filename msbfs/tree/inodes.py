@@ -142,6 +142,16 @@ class InodeTable:
         return int(self._stats().reopens)
 
     @property
+    def named(self) -> int:
+        """Nodes a lookup added by name that nothing has used through an fd yet."""
+        return int(self._stats().named)
+
+    @property
+    def named_opens(self) -> int:
+        """Named nodes opened at their first use since the table was made."""
+        return int(self._stats().opens)
+
+    @property
     def trims(self) -> int:
         """Times the memory of forgotten nodes went back to the system (the table had
         shrunk to half of its peak: csrc/inodes.c, trim_due)."""

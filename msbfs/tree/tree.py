@@ -137,6 +137,9 @@ _LOOKUP_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPENDIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _RESOLVE = syscalls.RESOLVE_CONTAINED
 _c_lookup = lib.msb_lookup_attr  # csrc/lookup.h
+# A named node (csrc/inodes.h) of what a rename moves or a removal unnames.
+_moved = lib.msb_inodes_moved
+_removing = lib.msb_inodes_removing
 _UNDECIDED = lib.MSB_LOOKUP_UNDECIDED
 _lookup_stat = functools.partial(ffi.new, "struct msb_lookup_stat *")
 
@@ -240,6 +243,9 @@ class Tree:
         self._handles = HandleTable(self._inodes, max(_MIN_INODE_FDS, soft // 8)
                                     if max_handles is None else max_handles,
                                     fast_writes=not policy.writes_need_tree())
+        # A name a lookup finds is added without an fd, opened at its first use with the
+        # rules _lookup_cold opens a name with (csrc/inodes.h, named nodes).
+        lib.msb_inodes_set_open(self._inodes.c, _LOOKUP_FLAGS, _RESOLVE)
         self._root_dev = st.st_dev
         #: the rules csrc/lookup.c follows for this tree (the same as _lookup_cold's)
         self._lookup_cfg = ffi.new("struct msb_lookup_cfg *",
@@ -751,6 +757,7 @@ class Tree:
         if name in (b".", b".."):
             raise os_error(errno.EISDIR)
         before = self._lstat_at(p, name) if self.quota is not None else None
+        _removing(self._inodes.c, p.nodeid, p.fd, name, len(name))
         os.unlink(name, dir_fd=p.fd)
         if before is not None and before.st_nlink <= 1:
             self._discharge_removed(before)
@@ -764,6 +771,7 @@ class Tree:
         if name == b"..":
             raise os_error(errno.ENOTEMPTY)
         before = self._lstat_at(p, name) if self.quota is not None else None
+        _removing(self._inodes.c, p.nodeid, p.fd, name, len(name))
         os.rmdir(name, dir_fd=p.fd)
         if before is not None:
             self._charge_stat(before, None)
@@ -786,7 +794,13 @@ class Tree:
         if self.quota is not None and not flags & RENAME_EXCHANGE:
             replaced = self._lstat_at(np, newname)
         pst = self._dir_before(np)
+        if not flags & RENAME_EXCHANGE:  # what newname holds may lose its last name
+            _removing(self._inodes.c, np.nodeid, np.fd, newname, len(newname))
         _check(lib.msb_renameat2(p.fd, name, np.fd, newname, flags))
+        # a named node of what moved follows it (csrc/inodes.h), as the C path does
+        _moved(self._inodes.c, np.nodeid, np.fd, newname, len(newname))
+        if flags & RENAME_EXCHANGE:
+            _moved(self._inodes.c, p.nodeid, p.fd, name, len(name))
         self._dir_after(np, pst)
         if replaced is not None and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1):
             src = self._lstat_at(np, newname)
@@ -1314,7 +1328,9 @@ class Tree:
             quota_used_inodes=None if self.quota is None else self.quota.inodes,
             extra={"lock_fds": len(self._locks), "foreign_devices": len(self._foreign_devs),
                    "inode_fds": self._inodes.open_fds, "inode_fd_evictions": self._inodes.evictions,
-                   "inode_fd_reopens": self._inodes.reopens, "inode_trims": self._inodes.trims})
+                   "inode_fd_reopens": self._inodes.reopens, "inode_trims": self._inodes.trims,
+                   "inode_named": self._inodes.named,
+                   "inode_named_opens": self._inodes.named_opens})
 
 
 class CMetaConfig(NamedTuple):

@@ -96,6 +96,14 @@ def lookup_path(tree: Tree, path: str, ctx: Ctx = ROOT) -> Entry:
     return entry if entry is not None else tree.lookup(ROOT_ID, b".", ctx)
 
 
+def opened(tree: Tree, entry: Entry) -> Entry:
+    """``entry``'s node after its first use: a lookup adds a named node (csrc/inodes.h:
+    no fd), whose fd is opened when something needs it. Tests of the fd cache and of
+    fds closed at FORGET use nodes that hold one."""
+    assert tree._inodes.get(entry.nodeid).fd >= 0
+    return entry
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -369,6 +369,22 @@ MUTANTS: tuple[Mutant, ...] = (
                   "parent: the d_ino of the '..' record never shows without a getdents "
                   "tool in the guest image"}),
     Mutant(
+        "named-node-identity", "a node a lookup added by name (csrc/inodes.h) is opened "
+        "only if its name still holds the object the lookup found (dev, ino, kind, birth)",
+        (Edit("csrc/inodes.c",
+              "    else if ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino\n"
+              "             || (st.st_mode & S_IFMT) != kind || born != btime)\n",
+              "    else if (0)\n"),),
+        {"tree": ("tests/test_tree_named.py::test_a_swapped_name_never_reaches_the_new_object",),
+         "virtiofs": ("tests/test_virtiofs_policy_mutants.py"
+                      "::test_a_named_node_never_reaches_what_took_its_name",)},
+        {"guest": "the client kernel looks a name up again (its attributes expired, or "
+                  "LOOKUP_REVAL) before it uses the node a listing gave: a swapped name "
+                  "gets a node of its own, the old one is not used again",
+         "hostmount": "the client kernel looks a name up again (its attributes expired, "
+                      "or LOOKUP_REVAL) before it uses the node a listing gave: a swapped "
+                      "name gets a node of its own, the old one is not used again"}),
+    Mutant(
         "dotdot-beneath", "'..' of a directory moved out of the root is ENOENT",
         (Edit(TREE, "            self._check_beneath_root(fd, st)\n", ""),),
         {"tree": ("tests/test_tree_inodes.py::test_directory_moved_out_of_the_root_has_no_parent",),
