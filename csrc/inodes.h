@@ -2,7 +2,8 @@
  * Python tree (msbfs/tree/inodes.py is a thin wrapper) and the C metadata fast path
  * (csrc/fuse_meta.c) both use it; nothing keeps a second copy.
  *
- * One host inode per node id, reached through an O_PATH fd, keyed by (st_dev, st_ino)
+ * One host inode per node id, reached through an O_PATH fd (opened at its first use when
+ * a lookup added it by name: "Named nodes" below), keyed by (st_dev, st_ino)
  * so two names of one file share a node id, counted (nlookup: every entry handed out
  * adds one, FORGET takes them away, at zero the inode is dropped). Node ids are the
  * table's own counter, never reused (generation stays 0).

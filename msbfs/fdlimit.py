@@ -1,8 +1,9 @@
 """The one raiser of this process's descriptor limit (``RLIMIT_NOFILE``).
 
-Every inode a client holds a lookup on is an O_PATH fd in the tree (up to its fd
-cache), so a 1024 soft limit would make that cache small, and a host mount's kernel
-keeps lookups for everything in its inode cache (a walk of 100,000 files needs 100,000
+Every inode a client holds a lookup on and has used is an O_PATH fd in the tree (up to
+its fd cache; a lookup alone adds a named node, no fd: csrc/inodes.h), so a 1024 soft
+limit would make that cache small, and a host mount's kernel keeps lookups for
+everything in its inode cache (a walk of 100,000 files that opens them needs 100,000
 fds). The tree raises the soft limit to the hard one, as virtiofsd does; the host mount
 also asks, as root, for the hard limit to grow to ``WANTED_NOFILE``. Best effort: a
 process-wide setting, only ever raised. ``--rlimit-nofile N`` (an exact bound set before

@@ -1,5 +1,10 @@
 """The inode table: one host inode per node id, reached through an ``O_PATH`` fd.
 
+A lookup adds the inode it found by name (a *named* node: its statx and where it was
+found, no fd), opened at its first use only if that name still holds the same object
+(dev, ino, kind, birth time), else ESTALE; csrc/inodes.h says why and what keeps it
+safe. ``Inode.fd`` is that first use.
+
 The table itself is C (csrc/inodes.c, issue 11): the C metadata fast path of the
 virtio-fs device answers LOOKUP/GETATTR/FORGET from it and the Python tree calls it
 through this thin wrapper. No second copy lives here: an ``Inode`` is a short-lived

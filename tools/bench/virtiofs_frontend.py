@@ -460,8 +460,9 @@ class Client:
         each reply's last cookie until an empty reply (one request in flight: each asks
         from where the last ended), RELEASEDIR, then a BATCH_FORGET of every node id the
         listing returned, with its count, as a guest under memory pressure drops the
-        dentries. Both daemons thus do the same work every round (virtiofsd opens an
-        O_PATH fd per entry as msbfs does). Returns the entries listed."""
+        dentries. Both daemons thus do the same requests every round (virtiofsd opens an
+        O_PATH fd per entry; msbfs adds a named node per entry: one statx, no fd until
+        a node is used, csrc/inodes.h). Returns the entries listed."""
         r = self.r
         fh, _ = parse_open(await self.one(r.opendir(self.big)))
         ids: list[int] = []
