@@ -30,13 +30,15 @@ def _fds(pid: int) -> int:
 
 
 def _kernel_inodes() -> int:
-    """Inodes this kernel holds (all filesystems'; /proc/sys/fs/inode-nr, an exact
-    count): an entry the daemon sends with a node id (its lookup's) makes one, a plain
-    record (node id 0) none. That is what a listing looked up, seen from outside: a
-    lookup costs the daemon no fd (a named node, csrc/inodes.h), so its fds no longer
+    """Inodes in use in this kernel (all filesystems'; /proc/sys/fs/inode-nr: allocated
+    less unused, so the reclaim of cached unused inodes elsewhere does not move it): an
+    entry the daemon sends with a node id (its lookup's) makes one, with its dentry; a
+    plain record (node id 0) none. That is what a listing looked up, seen from outside:
+    a lookup costs the daemon no fd (a named node, csrc/inodes.h), so its fds no longer
     tell. The tests run one at a time; a pipe or a socket elsewhere moves it by one."""
     with open("/proc/sys/fs/inode-nr") as f:
-        return int(f.read().split()[0])
+        allocated, unused = (int(v) for v in f.read().split()[:2])
+    return allocated - unused
 
 
 def _populate(d: Path) -> set[str]:
