@@ -695,7 +695,9 @@ static int same_birth(const struct inode *n, int fd)
     return msb_statx_at(fd, "", AT_EMPTY_PATH, &st, &born) == 0 && born == n->name->btime;
 }
 
-/* n (evicted, or named) gets fd, which is the table's from now on. Lock held. */
+/* n (evicted, or named) gets fd, which is the table's from now on. A named node's
+ * parent is unpinned, maybe doomed: the public function reaps before it returns (never
+ * here, under a caller still using its node). Lock held. */
 static void install_fd(struct msb_inodes *t, struct inode *n, int fd)
 {
     if (n->named) {
@@ -709,7 +711,6 @@ static void install_fd(struct msb_inodes *t, struct inode *n, int fd)
     n->fd = fd;
     t->nfds++;
     opened(t, n);
-    reap(t);   /* the parent, if that was its last lookup */
 }
 
 int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
@@ -720,7 +721,7 @@ int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
     struct inode *n = by_key(t, dev, ino);
     if (n && stale(t, n))
         n = NULL;
-    if (n && n->named && !same_birth(n, fd)) {
+    if (n && n->named && (n->kind != (mode & S_IFMT) || !same_birth(n, fd))) {
         unlink_key(t, n);   /* a reused number: see msb_inodes_add_named */
         n = NULL;
     }
@@ -744,6 +745,7 @@ int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
     }
     n->nlookup++;
     fill(n, out);
+    reap(t);   /* a named node's parent, if that was its last lookup */
 out:
     pthread_mutex_unlock(&t->lock);
     if (fd >= 0)
@@ -958,6 +960,8 @@ static int open_named(struct msb_inodes *t, struct inode *n)
     if (pfd < 0)
         return pfd;
     const uint64_t flags = t->open_flags, resolve = t->open_resolve;
+    t->nfds++;   /* the fd about to be opened, counted while the lock is dropped: threads
+                  * opening at once cannot pass fd_cap together */
     /* pfd stays ours while the lock is dropped: closes wait for this section. */
     msb_grace_enter();
     pthread_mutex_unlock(&t->lock);
@@ -973,6 +977,7 @@ static int open_named(struct msb_inodes *t, struct inode *n)
         r = -ESTALE;
     pthread_mutex_lock(&t->lock);
     msb_grace_exit();
+    t->nfds--;   /* the reservation: install_fd counts the fd it keeps */
     n = by_id(t, nodeid);
     if (r < 0 || !n || !n->named) {
         if (fd >= 0)
@@ -980,6 +985,7 @@ static int open_named(struct msb_inodes *t, struct inode *n)
         return r;        /* gone or opened meanwhile: the caller finds which */
     }
     install_fd(t, n, fd);
+    reap(t);
     return 0;
 }
 
@@ -1033,7 +1039,7 @@ static struct inode *opened_by_id(struct msb_inodes *t, uint64_t nodeid, int *fd
     if (n && n->named) {
         int r = open_named(t, n);
         n = by_id(t, nodeid);
-        if (r < 0) {
+        if (r < 0 && (!n || n->named)) {   /* not opened by another thread meanwhile */
             *fd = n ? r : -EBADF;
             return n;
         }

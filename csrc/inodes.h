@@ -86,16 +86,23 @@ int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
  * new inode (or one whose fd was evicted), closed when the inode has one. -ENOMEM. */
 int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
                    uint32_t mode, int submount, struct msb_inode_info *out);
-/* Named nodes: a lookup that found a name by fstatat adds its inode without opening
- * it, keeping only where it was found (parent node id, plain name), because most nodes
- * a client looks up or lists are never used through an fd (ls -l, find, stat, a
- * READDIRPLUS of a whole directory): the first msb_inodes_fd opens it beneath the
- * parent's fd with the flags given here, and keeps the fd only if it is the (dev, ino,
- * kind) the node was added for; else -ESTALE (the client's kernel looks the name up
- * again, and a lookup that finds the node under another name moves it there). A
- * listing costs one fstatat per entry instead of an open, an fstat and a close.
- * Containment is the open's: the same openat2 resolve rules, of one plain name,
- * beneath a parent fd the table holds. Until set, msb_inodes_add_named says -ENOTSUP. */
+/* Named nodes: a lookup that found a name (not a directory's: csrc/lookup.c) by statx
+ * adds its inode without opening it, keeping where it was found (parent node id, plain
+ * name), because most nodes a client looks up or lists are never used through an fd
+ * (ls -l, find, stat, a READDIRPLUS of a whole directory). The first msb_inodes_fd
+ * opens it beneath the parent's fd with the flags given here and keeps the fd only if
+ * it is the (dev, ino, kind, birth time) the node was added for; else -ESTALE (the
+ * client's kernel looks the name up again, and a lookup that finds the node under
+ * another name moves it there). A listing costs one statx per entry instead of an
+ * open, an fstat and a close. Containment is the open's: the same openat2 resolve
+ * rules, of one plain name, beneath a parent fd the table holds. A named node pins its
+ * parent (one lookup) until it is opened or dropped. Renames and removals through us
+ * keep it reachable (msb_inodes_moved, msb_inodes_removing); a host rename of a name
+ * nobody used is ESTALE until looked up again. The birth time tells a reused inode
+ * number only as finely as the filesystem stamps it: on kernels without fine-grained
+ * timestamps (before 6.13) a file deleted and re-made within one clock tick under the
+ * same number and kind joins the old node id (both inside the tree, the open checked).
+ * Until set, msb_inodes_add_named says -ENOTSUP. */
 void msb_inodes_set_open(struct msb_inodes *t, uint64_t flags, uint64_t resolve);
 /* 1: name is one plain component (not empty, <= 255 bytes, no '/' or NUL, not "." or
  * ".."): a name the lookup, and any op on a name beneath a directory fd, may use as is

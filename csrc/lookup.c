@@ -50,8 +50,12 @@ int msb_lookup(struct msb_inodes *t, const struct msb_lookup_cfg *cfg, uint64_t 
     if ((uint64_t)st->st_dev != cfg->root_dev)
         return MSB_LOOKUP_UNDECIDED;   /* another filesystem: the tree tags its st_ino */
     /* Known, or new and named (opened at its first use: csrc/inodes.h), where the
-     * filesystem keeps birth times (a reused number is told by them). */
-    r = btime == MSB_NO_BTIME ? -ENOTSUP
+     * filesystem keeps birth times (a reused number is told by them). A directory is
+     * opened now, as before: its fd follows it wherever the host moves it, and a
+     * client's cwd in it is never looked up again (a named one, renamed on the host,
+     * would say ESTALE to `ls .` for good); it is also the parent every name beneath
+     * it is opened through. */
+    r = btime == MSB_NO_BTIME || S_ISDIR(st->st_mode) ? -ENOTSUP
         : msb_inodes_add_named(t, parent, name, len, st->st_dev, st->st_ino, st->st_mode,
                                btime, info);
     if (r >= 0) {

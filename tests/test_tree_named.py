@@ -143,3 +143,16 @@ def test_named_nodes_count_against_max_inodes(tmp_path: Path) -> None:
         for i in range(4):
             tree.lookup(ROOT_ID, f"f{i}".encode(), ROOT)
         assert err(lambda: tree.lookup(ROOT_ID, b"f7", ROOT)) == errno.ENFILE
+
+
+def test_a_directory_is_opened_at_its_lookup(tmp_path: Path) -> None:
+    """Directories are never named: a client's cwd is never looked up again, so a named
+    directory the host renamed would say ESTALE to `ls .` for good. Its fd follows it."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"f")
+    with Tree(tmp_path) as tree:
+        d = tree.lookup(ROOT_ID, b"d", ROOT)
+        assert _extra(tree)["inode_named"] == 0
+        os.rename(tmp_path / "d", tmp_path / "d2")
+        assert tree.getattr(d.nodeid, None, ROOT)[0].ino == d.attr.ino
+        assert tree.lookup(d.nodeid, b"f", ROOT).attr.size == 1
