@@ -617,8 +617,8 @@ int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
 {
     pthread_mutex_lock(&t->lock);
     struct inode *n = by_key(t, dev, ino);
-    if (n && stale(t, n))
-        n = NULL;
+    if (n && (n->named || stale(t, n)))
+        n = NULL;   /* a named node: found only by name or by an fd, which check its birth */
     if (n) {
         if (ref)
             n->nlookup++;

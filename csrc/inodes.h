@@ -79,7 +79,9 @@ int msb_inodes_get(struct msb_inodes *t, uint64_t nodeid, struct msb_inode_info 
  * the same lock: a forget in between cannot drop it), or -ENOENT. An evicted inode
  * whose handle says ESTALE (deleted on the host, its number maybe reused) is no longer
  * found by (dev, ino), nor joined by msb_inodes_add: its id answers ESTALE until
- * forgotten. */
+ * forgotten. A named node is not found here either (nothing here tells a reused number
+ * from it): msb_inodes_add_named and msb_inodes_add find it, checking its kind and
+ * birth; a caller that gets -ENOENT opens the name and adds its fd. */
 int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
                     struct msb_inode_info *out);
 /* Count one lookup of the inode fd (O_PATH) names. Takes fd in every case: kept for a

@@ -494,10 +494,13 @@ static void test_named(void)
                                &old) == 1);
     CHECK(add_name(t, "n6", &fresh) == 0 && fresh.nodeid != old.nodeid && fresh.fd >= 0);
     msb_inodes_forget(t, fresh.nodeid, 1);
-    /* The same birth, by fd: the named node gets the fd (one node per file). */
+    /* The same birth, by fd: the named node gets the fd (one node per file). Not found
+     * by (dev, ino) alone while named (nothing there tells a reused number). */
     CHECK(add_by_name(t, 1, "n6", &r) == 1);
+    CHECK(msb_inodes_find(t, r.dev, r.ino, 0, &fresh) == -ENOENT);
     CHECK(add_name(t, "n6", &fresh) == 0 && fresh.nodeid == r.nodeid && fresh.nlookup == 2);
     CHECK(!fresh.named && fresh.fd >= 0);
+    CHECK(msb_inodes_find(t, r.dev, r.ino, 0, &fresh) == 0 && fresh.nodeid == r.nodeid);
     /* Forgotten while named, cleared while named: the names are freed (ASan's leak check). */
     make_file("n5");
     CHECK(add_by_name(t, 1, "n5", &r) == 1);
