@@ -37,12 +37,6 @@ struct inode_handle {                        /* struct file_handle, sized to its
     unsigned char f_handle[];
 };
 
-/* One per inode a client holds: a walk of 100,000 files is 100,000 of these (issue 11:
- * 100,000 cached inodes <= 64 MiB), so the layout is packed to 88 bytes, the largest
- * request glibc serves from a 96-byte chunk (89..104 bytes take 112, 105..120 take 128,
- * where it was). Hence the 32-bit open count (handles of ours: bounded far below), the
- * 16-bit kind (S_IFMT bits), one byte of flags, and no link of its own for t->doomed:
- * a doomed node is off the CLOCK ring (it is about to go), so `next` chains it there. */
 /* Where a node added without an fd (msb_inodes_add_named) is found again: a plain name
  * beneath a parent node. */
 struct inode_name {
@@ -52,6 +46,12 @@ struct inode_name {
     char name[];                             /* NUL-terminated */
 };
 
+/* One per inode a client holds: a walk of 100,000 files is 100,000 of these (issue 11:
+ * 100,000 cached inodes <= 64 MiB), so the layout is packed to 88 bytes, the largest
+ * request glibc serves from a 96-byte chunk (89..104 bytes take 112, 105..120 take 128,
+ * where it was). Hence the 32-bit open count (handles of ours: bounded far below), the
+ * 16-bit kind (S_IFMT bits), one byte of flags, and no link of its own for t->doomed:
+ * a doomed node is off the CLOCK ring (it is about to go), so `next` chains it there. */
 struct inode {
     uint64_t nodeid, dev, ino, nlookup;
     union {
@@ -628,6 +628,16 @@ int msb_inodes_find(struct msb_inodes *t, uint64_t dev, uint64_t ino, int ref,
     return n ? 0 : -ENOENT;
 }
 
+/* A node new_node made with the table's next id: on both indexes, counted. Lock held. */
+static void insert(struct msb_inodes *t, struct inode *n)
+{
+    t->next_id++;
+    maybe_grow(t);
+    link_node(t, n);
+    if (++t->count > t->peak)
+        t->peak = t->count;
+}
+
 /* ---- dropping ---------------------------------------------------------------------- */
 /* A node whose count fell to zero goes on t->doomed (off the CLOCK ring: never evicted,
  * its fd kept) until reap() drops it, at once when no Python request holds the table,
@@ -731,11 +741,7 @@ int msb_inodes_add(struct msb_inodes *t, int fd, uint64_t dev, uint64_t ino,
             r = -ENOMEM;
             goto out;
         }
-        t->next_id++;
-        maybe_grow(t);
-        link_node(t, n);
-        if (++t->count > t->peak)
-            t->peak = t->count;
+        insert(t, n);
         t->nfds++;
         fd = -1;
         opened(t, n);
@@ -920,11 +926,7 @@ int msb_inodes_add_named(struct msb_inodes *t, uint64_t parent, const char *name
         }
         n->named = 1;
         n->name = nm;
-        t->next_id++;
-        maybe_grow(t);
-        link_node(t, n);
-        if (++t->count > t->peak)
-            t->peak = t->count;
+        insert(t, n);
         t->nnamed++;
         r = 1;
     }
@@ -938,7 +940,7 @@ out:
 
 /* Open the named node n: its name beneath its parent's fd, as the tree opens a name
  * (the flags of msb_inodes_set_open), and keep the fd only if it is the inode the node
- * was added for (dev, ino, kind): the name may hold another object by now, and the one
+ * was added for (dev, ino, kind, birth): the name may hold another object by now, and the one
  * opened is the truth. -ESTALE otherwise (the client looks the name up again: the
  * kernel retries a path walk that met ESTALE with LOOKUP_REVAL). Lock held on entry
  * and on return; dropped for the two syscalls, so n may be gone on return (the caller

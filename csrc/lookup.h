@@ -2,15 +2,17 @@
  * (issue 11): the virtio-fs C path (csrc/fuse_meta.c serve_lookup) and the Python tree
  * (msbfs/tree/tree.py Tree.lookup, which the host mount's LOOKUP and READDIRPLUS call).
  *
- * Warm: fstatat(AT_SYMLINK_NOFOLLOW) of the one component finds an inode the table
- * holds (dev, ino) and counts one lookup under the table's lock: no fd opened. Cold:
- * room in the table, openat2 with the tree's flags and resolve rules, fstat of what was
- * opened (the object we hold is the truth, whatever raced), added.
+ * One statx(AT_SYMLINK_NOFOLLOW) of the one component, then msb_inodes_add_named:
+ * an inode the table holds counts one more lookup, a new one is added by name (no fd:
+ * csrc/inodes.h, named nodes). A directory, or a file on a filesystem without birth
+ * times, is opened as before: found by (dev, ino), else openat2 with the tree's flags
+ * and resolve rules and fstat of what was opened (the object held is the truth,
+ * whatever raced), added.
  *
  * It decides only what is unambiguous and hands back everything else untouched, so the
  * caller's own code (Python) redoes it from scratch and sees the state it would have
  * seen: a name that is not plain (empty, > 255 bytes, '/', NUL, ".", ".."), a parent
- * not in the table or on another device than the root's, any errno but fstatat's ENOENT,
+ * not in the table or on another device than the root's, any errno but statx's ENOENT,
  * an inode on another device (the tree tags its st_ino, submount rules), a bound
  * reached. Nothing is counted or added before the decision to answer.
  *

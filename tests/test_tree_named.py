@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from msbfs.tree import ROOT_ID, Tree
+from msbfs.tree import RENAME_EXCHANGE, ROOT_ID, Tree
 from tests.plugins.tree import ROOT, err, fd_count
-
-RENAME_EXCHANGE = 2  # <linux/fs.h>
 
 
 def _extra(tree: Tree) -> dict[str, int]:

@@ -700,8 +700,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "budget-inodes", "a client's inodes are bounded (ENFILE past the budget)",
         (Edit("csrc/inodes.c",
-              "    if (t->max_inodes != MSB_INODES_NONE && t->count >= t->max_inodes) {",
-              "    if (0) {"),),
+              "    if (t->max_inodes != MSB_INODES_NONE && t->count >= t->max_inodes)\n",
+              "    if (0)\n"),),
         {"tree": ("tests/test_tree_hardening.py::test_inode_budget",),
          "virtiofs": ("tests/test_virtiofs_policy_mutants.py",)},
         {"guest": BUDGET_SIZE, "hostmount": BUDGET_SIZE}),
